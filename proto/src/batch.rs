@@ -1,0 +1,220 @@
+//! The batch codec: a channel's events of one tick become ONE payload, encoded
+//! and compressed once, then shared by every member of the channel.
+//!
+//! Payload = length-delimited `Event`s; above `compress_threshold` bytes it is
+//! zstd-compressed (danmaku text is short and repetitive, so it shrinks well).
+//! Decoding is bounded: event count, decompressed size and string lengths.
+
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
+
+use crate::pb::{self, Codec};
+use crate::{Limits, ProtoError};
+
+/// Default size above which a payload is compressed: below it zstd's frame
+/// header costs more than it saves.
+pub const DEFAULT_COMPRESS_THRESHOLD: usize = 256;
+
+/// Builds batches. Holds a reusable zstd context, so keep one per thread or task
+/// rather than one per batch.
+pub struct BatchEncoder {
+    compressor: zstd::bulk::Compressor<'static>,
+    threshold: usize,
+    scratch: BytesMut,
+}
+
+impl BatchEncoder {
+    /// `level` is the zstd level (1–22; 3 is a good speed/ratio point for text).
+    pub fn new(level: i32, threshold: usize) -> Result<Self, ProtoError> {
+        let compressor = zstd::bulk::Compressor::new(level)
+            .map_err(|e| ProtoError::Compression(e.to_string()))?;
+        Ok(BatchEncoder {
+            compressor,
+            threshold,
+            scratch: BytesMut::new(),
+        })
+    }
+
+    /// Encodes `events` of `channel` into one batch.
+    pub fn encode(&mut self, channel: &str, events: &[pb::Event]) -> Result<pb::Batch, ProtoError> {
+        self.scratch.clear();
+        for ev in events {
+            ev.encode_length_delimited(&mut self.scratch)
+                .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+        }
+        let (codec, payload) = if self.scratch.len() > self.threshold {
+            let compressed = self
+                .compressor
+                .compress(&self.scratch)
+                .map_err(|e| ProtoError::Compression(e.to_string()))?;
+            (Codec::Zstd, Bytes::from(compressed))
+        } else {
+            (Codec::Raw, Bytes::copy_from_slice(&self.scratch))
+        };
+        Ok(pb::Batch {
+            channel: channel.to_owned(),
+            codec: codec as i32,
+            dict_id: 0,
+            count: events.len() as u32,
+            payload,
+        })
+    }
+
+    /// Size of the uncompressed payload of the last `encode`, for metrics.
+    pub fn last_raw_len(&self) -> usize {
+        self.scratch.len()
+    }
+}
+
+impl Default for BatchEncoder {
+    fn default() -> Self {
+        // Level 3 always exists; `new` only fails on invalid levels.
+        Self::new(3, DEFAULT_COMPRESS_THRESHOLD).expect("zstd level 3 is valid")
+    }
+}
+
+/// Opens a batch: decompresses (bounded) and decodes its events.
+pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>, ProtoError> {
+    let claimed = batch.count as usize;
+    if claimed > limits.max_batch_events {
+        return Err(ProtoError::TooManyEvents {
+            claimed,
+            limit: limits.max_batch_events,
+        });
+    }
+    let raw: Bytes = match Codec::try_from(batch.codec) {
+        Ok(Codec::Raw) => batch.payload.clone(),
+        Ok(Codec::Zstd) => Bytes::from(decompress_bounded(
+            &batch.payload,
+            limits.max_batch_raw_bytes,
+        )?),
+        Err(_) => return Err(ProtoError::UnknownCodec(batch.codec)),
+    };
+    if raw.len() > limits.max_batch_raw_bytes {
+        return Err(ProtoError::BatchTooLarge {
+            limit: limits.max_batch_raw_bytes,
+        });
+    }
+    let mut events = Vec::with_capacity(claimed);
+    let mut buf = raw;
+    while buf.has_remaining() {
+        if events.len() == claimed {
+            return Err(ProtoError::CountMismatch {
+                claimed,
+                actual: claimed + 1,
+            });
+        }
+        let ev = pb::Event::decode_length_delimited(&mut buf)?;
+        limits.check_str("sender", &ev.sender)?;
+        limits.check_str("text", &ev.text)?;
+        limits.check_str("payload", &ev.payload_json)?;
+        limits.check_str("client_msg_id", &ev.client_msg_id)?;
+        events.push(ev);
+    }
+    if events.len() != claimed {
+        return Err(ProtoError::CountMismatch {
+            claimed,
+            actual: events.len(),
+        });
+    }
+    Ok(events)
+}
+
+fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, ProtoError> {
+    use std::io::Read;
+    // Read at most limit + 1 bytes: one more than allowed proves the payload is too big
+    // without ever holding more than that in memory.
+    let decoder = zstd::stream::read::Decoder::new(data)
+        .map_err(|e| ProtoError::Compression(e.to_string()))?;
+    let mut out = Vec::new();
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ProtoError::Compression(e.to_string()))?;
+    if out.len() > limit {
+        return Err(ProtoError::BatchTooLarge { limit });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::CommentGenerator;
+
+    fn events(n: usize) -> Vec<pb::Event> {
+        CommentGenerator::new(7).events(n, 1_700_000_000_000)
+    }
+
+    #[test]
+    fn small_batches_stay_raw_and_big_ones_compress() {
+        let mut enc = BatchEncoder::default();
+        let small = enc.encode("room:1", &events(1)).unwrap();
+        assert_eq!(small.codec, Codec::Raw as i32);
+        let big = enc.encode("room:1", &events(200)).unwrap();
+        assert_eq!(big.codec, Codec::Zstd as i32);
+        assert!(big.payload.len() < enc.last_raw_len());
+        assert_eq!(decode_batch(&big, &Limits::default()).unwrap(), events(200));
+    }
+
+    #[test]
+    fn refuses_too_many_events() {
+        let mut enc = BatchEncoder::default();
+        let b = enc.encode("room:1", &events(20)).unwrap();
+        let limits = Limits {
+            max_batch_events: 10,
+            ..Limits::default()
+        };
+        assert_eq!(decode_batch(&b, &limits).unwrap_err().code(), "bad_batch");
+    }
+
+    #[test]
+    fn refuses_decompression_bombs() {
+        let zeros = vec![0u8; 1 << 20];
+        let payload = zstd::bulk::compress(&zeros, 3).unwrap();
+        assert!(payload.len() < 1000);
+        let b = pb::Batch {
+            channel: "room:1".into(),
+            codec: Codec::Zstd as i32,
+            dict_id: 0,
+            count: 1,
+            payload: payload.into(),
+        };
+        let limits = Limits {
+            max_batch_raw_bytes: 64 << 10,
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode_batch(&b, &limits).unwrap_err(),
+            ProtoError::BatchTooLarge { limit: 64 << 10 }
+        );
+    }
+
+    #[test]
+    fn count_must_match() {
+        let mut enc = BatchEncoder::default();
+        let mut b = enc.encode("room:1", &events(3)).unwrap();
+        b.count = 2;
+        assert_eq!(
+            decode_batch(&b, &Limits::default()).unwrap_err().code(),
+            "bad_batch"
+        );
+        b.count = 4;
+        assert_eq!(
+            decode_batch(&b, &Limits::default()).unwrap_err().code(),
+            "bad_batch"
+        );
+    }
+
+    #[test]
+    fn unknown_codec_is_refused() {
+        let b = pb::Batch {
+            codec: 9,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_batch(&b, &Limits::default()).unwrap_err(),
+            ProtoError::UnknownCodec(9)
+        );
+    }
+}

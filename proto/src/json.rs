@@ -1,0 +1,340 @@
+//! The JSON form of frames (`danmaku.v1.json` subprotocol), for browsers and
+//! debugging. Same frames as protobuf, shapes as in API.md:
+//! `{"type":"join","channel":"room:42"}`, `{"type":"batch","channel":…,"events":[…]}`.
+//!
+//! The edge serializes a channel's batch to JSON once per tick (only if some
+//! member speaks JSON) with [`batch_json`], borrowing the events, no copies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::pb::{self, client_frame, server_frame};
+use crate::{Limits, ProtoError, frame};
+
+/// A client frame as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JsonClientFrame {
+    Auth { token: String },
+    Join { channel: String },
+    Leave { channel: String },
+    Ack { channel: String, seq: u64 },
+    Resume { channel: String, after_seq: u64 },
+    Ping,
+}
+
+impl JsonClientFrame {
+    pub fn into_pb(self) -> pb::ClientFrame {
+        use client_frame::Body;
+        frame::client(match self {
+            JsonClientFrame::Auth { token } => Body::Auth(pb::Auth { token }),
+            JsonClientFrame::Join { channel } => Body::Join(pb::Join { channel }),
+            JsonClientFrame::Leave { channel } => Body::Leave(pb::Leave { channel }),
+            JsonClientFrame::Ack { channel, seq } => Body::Ack(pb::Ack { channel, seq }),
+            JsonClientFrame::Resume { channel, after_seq } => {
+                Body::Resume(pb::Resume { channel, after_seq })
+            }
+            JsonClientFrame::Ping => Body::Ping(pb::Ping { ts_ms: 0 }),
+        })
+    }
+
+    /// The JSON form of a protobuf client frame (`None` for an empty frame).
+    pub fn from_pb(f: &pb::ClientFrame) -> Option<Self> {
+        use client_frame::Body;
+        Some(match f.body.as_ref()? {
+            Body::Auth(a) => JsonClientFrame::Auth {
+                token: a.token.clone(),
+            },
+            Body::Join(j) => JsonClientFrame::Join {
+                channel: j.channel.clone(),
+            },
+            Body::Leave(l) => JsonClientFrame::Leave {
+                channel: l.channel.clone(),
+            },
+            Body::Ack(a) => JsonClientFrame::Ack {
+                channel: a.channel.clone(),
+                seq: a.seq,
+            },
+            Body::Resume(r) => JsonClientFrame::Resume {
+                channel: r.channel.clone(),
+                after_seq: r.after_seq,
+            },
+            Body::Ping(_) => JsonClientFrame::Ping,
+        })
+    }
+}
+
+/// Decodes a JSON text frame from a client into the protobuf frame the edge
+/// handles, with the same bounds as the binary path.
+pub fn decode_client_json(text: &str, limits: &Limits) -> Result<pb::ClientFrame, ProtoError> {
+    if text.len() > limits.max_frame_bytes {
+        return Err(ProtoError::FrameTooLarge {
+            size: text.len(),
+            limit: limits.max_frame_bytes,
+        });
+    }
+    let f: JsonClientFrame =
+        serde_json::from_str(text).map_err(|e| ProtoError::BadJson(e.to_string()))?;
+    let pbf = f.into_pb();
+    // Re-check string bounds exactly as the binary decoder does.
+    frame::decode_client(&frame::encode(&pbf), limits)
+}
+
+/// One event as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonEvent {
+    pub kind: String,
+    pub sender: String,
+    pub text: String,
+    pub ts_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+impl JsonEvent {
+    pub fn from_pb(ev: &pb::Event) -> Self {
+        JsonEvent {
+            kind: kind_name(ev.kind).to_owned(),
+            sender: ev.sender.clone(),
+            text: ev.text.clone(),
+            ts_ms: ev.ts_ms,
+            seq: (ev.seq != 0).then_some(ev.seq),
+            payload: (!ev.payload_json.is_empty())
+                .then(|| serde_json::from_str(&ev.payload_json).ok())
+                .flatten(),
+        }
+    }
+
+    pub fn into_pb(self) -> pb::Event {
+        pb::Event {
+            kind: pb::Kind::from_name(&self.kind).unwrap_or(pb::Kind::Unspecified) as i32,
+            sender: self.sender,
+            text: self.text,
+            ts_ms: self.ts_ms,
+            seq: self.seq.unwrap_or(0),
+            payload_json: self.payload.map(|p| p.to_string()).unwrap_or_default(),
+            client_msg_id: String::new(),
+        }
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    pb::Kind::try_from(kind)
+        .unwrap_or(pb::Kind::Unspecified)
+        .name()
+}
+
+/// An edge address in a `redirect` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonEdge {
+    pub id: String,
+    pub ws: String,
+    pub quic: String,
+    pub load: f64,
+}
+
+/// A server frame as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JsonServerFrame {
+    AuthOk {
+        user: String,
+    },
+    Joined {
+        channel: String,
+        last_seq: u64,
+    },
+    Left {
+        channel: String,
+    },
+    Batch {
+        channel: String,
+        events: Vec<JsonEvent>,
+    },
+    Reliable {
+        channel: String,
+        seq: u64,
+        event: JsonEvent,
+    },
+    Pong,
+    Redirect {
+        edges: Vec<JsonEdge>,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+impl JsonServerFrame {
+    /// Converts a protobuf server frame; batches are opened with `limits`.
+    pub fn from_pb(f: &pb::ServerFrame, limits: &Limits) -> Result<Self, ProtoError> {
+        use server_frame::Body;
+        Ok(match f.body.as_ref().ok_or(ProtoError::EmptyFrame)? {
+            Body::AuthOk(a) => JsonServerFrame::AuthOk {
+                user: a.user.clone(),
+            },
+            Body::Joined(j) => JsonServerFrame::Joined {
+                channel: j.channel.clone(),
+                last_seq: j.last_seq,
+            },
+            Body::Left(l) => JsonServerFrame::Left {
+                channel: l.channel.clone(),
+            },
+            Body::Batch(b) => JsonServerFrame::Batch {
+                channel: b.channel.clone(),
+                events: crate::decode_batch(b, limits)?
+                    .iter()
+                    .map(JsonEvent::from_pb)
+                    .collect(),
+            },
+            Body::Reliable(r) => JsonServerFrame::Reliable {
+                channel: r.channel.clone(),
+                seq: r.seq,
+                event: r
+                    .event
+                    .as_ref()
+                    .map(JsonEvent::from_pb)
+                    .ok_or(ProtoError::EmptyFrame)?,
+            },
+            Body::Pong(_) => JsonServerFrame::Pong,
+            Body::Redirect(r) => JsonServerFrame::Redirect {
+                edges: r
+                    .edges
+                    .iter()
+                    .map(|e| JsonEdge {
+                        id: e.id.clone(),
+                        ws: e.ws.clone(),
+                        quic: e.quic.clone(),
+                        load: e.load,
+                    })
+                    .collect(),
+            },
+            Body::Error(e) => JsonServerFrame::Error {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            },
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Decodes a JSON text frame from an edge (client side), bounded.
+pub fn decode_server_json(text: &str, limits: &Limits) -> Result<JsonServerFrame, ProtoError> {
+    if text.len() > limits.max_frame_bytes {
+        return Err(ProtoError::FrameTooLarge {
+            size: text.len(),
+            limit: limits.max_frame_bytes,
+        });
+    }
+    serde_json::from_str(text).map_err(|e| ProtoError::BadJson(e.to_string()))
+}
+
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    channel: &'a str,
+    events: Vec<EventOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct EventOut<'a> {
+    kind: &'static str,
+    sender: &'a str,
+    text: &'a str,
+    ts_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+}
+
+/// The JSON text of a channel's batch, built once and shared by all JSON members.
+pub fn batch_json(channel: &str, events: &[pb::Event]) -> String {
+    let out = BatchOut {
+        ty: "batch",
+        channel,
+        events: events
+            .iter()
+            .map(|ev| EventOut {
+                kind: kind_name(ev.kind),
+                sender: &ev.sender,
+                text: &ev.text,
+                ts_ms: ev.ts_ms,
+                seq: (ev.seq != 0).then_some(ev.seq),
+                // Ingest only publishes payloads that parsed as JSON; anything else is left out.
+                payload: (!ev.payload_json.is_empty())
+                    .then(|| serde_json::from_str::<&RawValue>(&ev.payload_json).ok())
+                    .flatten(),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_match_api_md() {
+        let limits = Limits::default();
+        let f = decode_client_json(r#"{"type":"join","channel":"room:42"}"#, &limits).unwrap();
+        assert_eq!(
+            JsonClientFrame::from_pb(&f),
+            Some(JsonClientFrame::Join {
+                channel: "room:42".into()
+            })
+        );
+        let f = decode_client_json(
+            r#"{"type":"resume","channel":"group:7","after_seq":12}"#,
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(
+            JsonClientFrame::from_pb(&f),
+            Some(JsonClientFrame::Resume {
+                channel: "group:7".into(),
+                after_seq: 12
+            })
+        );
+        assert!(decode_client_json(r#"{"type":"ping"}"#, &limits).is_ok());
+        assert_eq!(
+            decode_client_json(r#"{"type":"dance"}"#, &limits)
+                .unwrap_err()
+                .code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            decode_client_json("not json", &limits).unwrap_err().code(),
+            "malformed_json"
+        );
+    }
+
+    #[test]
+    fn batch_json_round_trips_through_server_frame() {
+        let ev = pb::Event {
+            kind: pb::Kind::Danmaku as i32,
+            sender: "alice".into(),
+            text: "hi \"there\" 😀".into(),
+            ts_ms: 1_732_350_000_000,
+            payload_json: r#"{"color":"red"}"#.into(),
+            ..Default::default()
+        };
+        let text = batch_json("room:42", std::slice::from_ref(&ev));
+        match decode_server_json(&text, &Limits::default()).unwrap() {
+            JsonServerFrame::Batch { channel, events } => {
+                assert_eq!(channel, "room:42");
+                assert_eq!(events.len(), 1);
+                assert_eq!(events[0].clone().into_pb(), ev);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
