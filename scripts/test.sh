@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The one test command: formatting, lints and the whole test suite.
+# Installs what it needs (idempotently) so it works on a fresh machine; CI runs it
+# through .ci/run. Environment:
+#   CARGO_TARGET_DIR  build cache outside the clone (default ~/.cache/danmaku/target)
+#   DANMAKU_TEST_SKIP_LINT=1  skip fmt and clippy (local iteration only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE=1
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc g++ make pkg-config >/dev/null
+  fi
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo --version
+
+if [ "${DANMAKU_TEST_SKIP_LINT:-0}" != 1 ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+step "fuzz targets build (cargo check)"
+cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
+
+step "tests (cargo nextest)"
+cargo nextest run --workspace --locked --no-fail-fast --profile ci
