@@ -1,0 +1,83 @@
+//! `POST /v1/dev/token`: mints a token for any user who asks. Only served when
+//! `IngestConfig::dev_tokens` is on (standalone without `--auth-secret`), so a
+//! demo works out of the box; otherwise the route answers the JSON 404.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use danmaku_proto::token::now_secs;
+use serde::Deserialize;
+
+use crate::{ApiError, Ingest, body};
+
+#[derive(Debug, Deserialize)]
+struct DevTokenRequest {
+    user: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// User ids are 1–64 characters of `[A-Za-z0-9_-]`, like channel ids.
+pub fn valid_user(user: &str) -> bool {
+    (1..=64).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub async fn mint(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    match ingest.mint_dev_token(&headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            ingest.metrics.reject(&error);
+            error.into_response()
+        }
+    }
+}
+
+impl Ingest {
+    async fn mint_dev_token(&self, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+        if !self.config.dev_tokens {
+            return Err(ApiError::NotFound);
+        }
+        let bytes = body::read_bounded(headers, body, self.config.max_body_bytes).await?;
+        let request: DevTokenRequest = body::parse_json(&bytes)?;
+        if !valid_user(&request.user) {
+            return Err(ApiError::BadUser);
+        }
+        let role = request.role.unwrap_or_else(|| "user".into());
+        if role != "user" && role != "app" {
+            return Err(ApiError::BadRole);
+        }
+        let now = now_secs();
+        let ttl = self.config.dev_token_ttl_secs;
+        let token = self.tokens.mint(&request.user, &role, now, ttl);
+        tracing::info!(user = %request.user, %role, "minted a dev token");
+        Ok(Json(serde_json::json!({
+            "token": token,
+            "user": request.user,
+            "role": role,
+            "exp": now.saturating_add(ttl),
+        }))
+        .into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_user;
+
+    #[test]
+    fn user_ids() {
+        assert!(valid_user("alice"));
+        assert!(valid_user("A_b-9"));
+        assert!(valid_user(&"x".repeat(64)));
+        for bad in ["", "a b", "é", "a:b", &"x".repeat(65)] {
+            assert!(!valid_user(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Errors: [`ApiError`] is every way a request can fail, mapped in one place to
+//! the status code and `{"error":{"code","message"}}` body that API.md promises;
+//! [`IngestError`] is what can go wrong building the service.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use danmaku_proto::token::TokenError;
+
+/// Why the service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid ingest config: {0}")]
+    Config(String),
+    #[error("registering ingest metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Which limiter refused a request; the `scope` label of `rate_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    User,
+    Channel,
+}
+
+impl RateScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateScope::User => "user",
+            RateScope::Channel => "channel",
+        }
+    }
+}
+
+/// A request the API refuses. Each variant has a stable snake_case code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadChannel(String),
+    #[error("malformed request body: {0}")]
+    BadJson(String),
+    #[error("unknown kind {0:?}: expected danmaku, gift or chat")]
+    BadKind(String),
+    #[error("request body is not valid UTF-8")]
+    BadUtf8,
+    #[error("text is empty")]
+    EmptyText,
+    #[error("text is {chars} characters, limit is {limit}")]
+    TextTooLong { chars: usize, limit: usize },
+    #[error("{0}")]
+    BadPayload(String),
+    #[error("client_msg_id must be 1 to {limit} characters")]
+    BadClientMsgId { limit: usize },
+    #[error("user must be 1 to 64 characters of [A-Za-z0-9_-]")]
+    BadUser,
+    #[error("role must be \"user\" or \"app\"")]
+    BadRole,
+    #[error("missing bearer token: send Authorization: Bearer <token>")]
+    MissingToken,
+    #[error("token is invalid")]
+    BadToken,
+    #[error("token expired")]
+    TokenExpired,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{} rate limit reached, retry in {retry_after_secs} s", scope.as_str())]
+    RateLimited {
+        scope: RateScope,
+        retry_after_secs: u64,
+    },
+    #[error("reliable kinds need the store (issue 5)")]
+    NotImplemented,
+    #[error("bus unavailable: {0}")]
+    BusUnavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            BadChannel(_)
+            | BadJson(_)
+            | BadKind(_)
+            | BadUtf8
+            | EmptyText
+            | TextTooLong { .. }
+            | BadPayload(_)
+            | BadClientMsgId { .. }
+            | BadUser
+            | BadRole => StatusCode::BAD_REQUEST,
+            MissingToken | BadToken | TokenExpired => StatusCode::UNAUTHORIZED,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable code for the JSON body and the `rejected_total{code}` label.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            BadChannel(_) => "bad_channel",
+            BadJson(_) => "bad_json",
+            BadKind(_) => "bad_kind",
+            BadUtf8 => "bad_utf8",
+            EmptyText => "empty_text",
+            TextTooLong { .. } => "text_too_long",
+            BadPayload(_) => "bad_payload",
+            BadClientMsgId { .. } => "bad_client_msg_id",
+            BadUser => "bad_user",
+            BadRole => "bad_role",
+            MissingToken => "missing_token",
+            BadToken => "bad_token",
+            TokenExpired => "token_expired",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            BodyTooLarge { .. } => "body_too_large",
+            RateLimited { .. } => "rate_limited",
+            NotImplemented => "not_implemented",
+            BusUnavailable(_) => "bus_unavailable",
+        }
+    }
+
+    /// A rate-limit refusal whose `Retry-After` is `wait` rounded up to whole
+    /// seconds, at least 1 (0 would invite an immediate retry storm).
+    pub fn rate_limited(scope: RateScope, wait: Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::RateLimited {
+            scope,
+            retry_after_secs: secs.max(1),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Missing => ApiError::MissingToken,
+            TokenError::Malformed | TokenError::BadSignature => ApiError::BadToken,
+            TokenError::Expired => ApiError::TokenExpired,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let secs = |d| match ApiError::rate_limited(RateScope::User, d) {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => retry_after_secs,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(secs(Duration::ZERO), 1);
+        assert_eq!(secs(Duration::from_millis(200)), 1);
+        assert_eq!(secs(Duration::from_secs(2)), 2);
+        assert_eq!(secs(Duration::from_millis(2001)), 3);
+    }
+
+    #[test]
+    fn rate_limited_response_has_retry_after_and_json_code() {
+        let r =
+            ApiError::rate_limited(RateScope::Channel, Duration::from_millis(1500)).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn token_errors_map_to_401_codes() {
+        assert_eq!(ApiError::from(TokenError::Expired).code(), "token_expired");
+        assert_eq!(ApiError::from(TokenError::BadSignature).code(), "bad_token");
+        assert_eq!(ApiError::from(TokenError::Missing).code(), "missing_token");
+        assert_eq!(
+            ApiError::from(TokenError::Malformed).status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! `POST /v1/channels/{channel}/messages`: authenticate, validate, rate-limit,
+//! then publish a danmaku to the bus keyed by channel (so one channel keeps its
+//! order) and answer `202`. Reliable kinds (gift, chat) will be persisted
+//! first to get a `seq`; until the store exists they answer `501`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use danmaku_proto::token::{Claims, now_secs};
+use danmaku_proto::{ChannelName, PROTOCOL_VERSION, frame, now_ms, pb};
+use serde::Deserialize;
+
+use crate::{ApiError, Ingest, auth, body};
+
+/// Largest `payload` object, serialized, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 1024;
+/// Longest `client_msg_id`, in characters.
+pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
+
+/// The JSON body of a post, as sent. Unknown fields are ignored so clients can
+/// be newer than the server.
+#[derive(Debug, Deserialize)]
+pub struct PostMessage {
+    pub kind: String,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// A post that passed validation, ready to become an `Event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub kind: pb::Kind,
+    pub text: String,
+    /// Empty when the sender gave none (proto3's absent string).
+    pub client_msg_id: String,
+    /// Serialized JSON object, or empty.
+    pub payload_json: String,
+}
+
+impl PostMessage {
+    /// Checks kind, text, idempotency key and payload.
+    pub fn validate(self, max_text_chars: usize) -> Result<NewMessage, ApiError> {
+        let kind = pb::Kind::from_name(&self.kind)
+            .ok_or_else(|| ApiError::BadKind(self.kind.chars().take(32).collect()))?;
+        if self.text.trim().is_empty() {
+            return Err(ApiError::EmptyText);
+        }
+        let chars = self.text.chars().count();
+        if chars > max_text_chars {
+            return Err(ApiError::TextTooLong {
+                chars,
+                limit: max_text_chars,
+            });
+        }
+        let client_msg_id = self.client_msg_id.unwrap_or_default();
+        if client_msg_id.chars().count() > MAX_CLIENT_MSG_ID_CHARS {
+            return Err(ApiError::BadClientMsgId {
+                limit: MAX_CLIENT_MSG_ID_CHARS,
+            });
+        }
+        let payload_json = match self.payload {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(v @ serde_json::Value::Object(_)) => {
+                let s = v.to_string();
+                if s.len() > MAX_PAYLOAD_BYTES {
+                    return Err(ApiError::BadPayload(format!(
+                        "payload is {} bytes serialized, limit is {MAX_PAYLOAD_BYTES}",
+                        s.len()
+                    )));
+                }
+                s
+            }
+            Some(_) => return Err(ApiError::BadPayload("payload must be a JSON object".into())),
+        };
+        Ok(NewMessage {
+            kind,
+            text: self.text,
+            client_msg_id,
+            payload_json,
+        })
+    }
+}
+
+/// The axum handler; records `requests_total{kind,status}` and
+/// `rejected_total{code}` around [`Ingest::post_message`].
+pub async fn post_message(
+    State(ingest): State<Arc<Ingest>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut kind = "unknown";
+    let response = match ingest.post_message(path, &headers, body, &mut kind).await {
+        Ok(response) => response,
+        Err(error) => {
+            ingest.metrics.reject(&error);
+            match &error {
+                ApiError::BusUnavailable(reason) => {
+                    tracing::warn!(%reason, "publish failed, answering 503");
+                }
+                other => tracing::debug!(code = other.code(), error = %other, "message refused"),
+            }
+            error.into_response()
+        }
+    };
+    ingest
+        .metrics
+        .requests_total
+        .with_label_values(&[kind, response.status().as_str()])
+        .inc();
+    response
+}
+
+impl Ingest {
+    async fn post_message(
+        &self,
+        path: Result<Path<String>, PathRejection>,
+        headers: &HeaderMap,
+        body: Body,
+        kind_label: &mut &'static str,
+    ) -> Result<Response, ApiError> {
+        // Cheapest checks first: a bad token or channel costs no body read.
+        let claims = auth::authenticate(headers, &self.tokens, now_secs())?;
+        let Path(channel) = path.map_err(|e| ApiError::BadChannel(e.body_text()))?;
+        let channel =
+            ChannelName::parse(&channel).map_err(|e| ApiError::BadChannel(e.to_string()))?;
+        let bytes = body::read_bounded(headers, body, self.config.max_body_bytes).await?;
+        let post: PostMessage = body::parse_json(&bytes)?;
+        let message = post.validate(self.config.max_text_chars)?;
+        *kind_label = message.kind.name();
+        self.limits
+            .check(&claims.sub, &channel)
+            .map_err(|(scope, wait)| ApiError::rate_limited(scope, wait))?;
+        if message.kind.is_reliable() {
+            return Err(ApiError::NotImplemented);
+        }
+        self.publish(&channel, claims, message).await?;
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "accepted": true })),
+        )
+            .into_response())
+    }
+
+    /// Encodes the event once and publishes it keyed by channel.
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        claims: Claims,
+        message: NewMessage,
+    ) -> Result<(), ApiError> {
+        let event = pb::BusEvent {
+            version: PROTOCOL_VERSION,
+            channel: channel.as_str().to_owned(),
+            event: Some(pb::Event {
+                kind: message.kind as i32,
+                sender: claims.sub,
+                text: message.text,
+                ts_ms: now_ms(),
+                seq: 0,
+                payload_json: message.payload_json,
+                client_msg_id: message.client_msg_id,
+            }),
+            origin: self.config.node_id.clone(),
+        };
+        let payload = frame::encode(&event);
+        let len = payload.len() as u64;
+        let key = Bytes::copy_from_slice(channel.as_str().as_bytes());
+        let started = Instant::now();
+        let result = self.bus.publish(key, payload).await;
+        self.metrics
+            .publish_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|e| ApiError::BusUnavailable(e.to_string()))?;
+        self.metrics.published_bytes_total.inc_by(len);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(kind: &str, text: &str) -> PostMessage {
+        PostMessage {
+            kind: kind.into(),
+            text: text.into(),
+            client_msg_id: None,
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn valid_danmaku() {
+        let m = post("danmaku", "hi").validate(200).unwrap();
+        assert_eq!(m.kind, pb::Kind::Danmaku);
+        assert_eq!(m.text, "hi");
+        assert_eq!(m.client_msg_id, "");
+        assert_eq!(m.payload_json, "");
+    }
+
+    #[test]
+    fn text_limit_counts_characters_not_bytes() {
+        let cjk = "弹".repeat(200);
+        assert!(post("danmaku", &cjk).validate(200).is_ok());
+        let err = post("danmaku", &format!("{cjk}!"))
+            .validate(200)
+            .unwrap_err();
+        assert_eq!(err.code(), "text_too_long");
+        assert_eq!(
+            post("danmaku", "  \n").validate(200).unwrap_err().code(),
+            "empty_text"
+        );
+    }
+
+    #[test]
+    fn kind_payload_and_client_msg_id_checks() {
+        assert_eq!(
+            post("like", "x").validate(200).unwrap_err().code(),
+            "bad_kind"
+        );
+        assert_eq!(
+            post("unspecified", "x").validate(200).unwrap_err().code(),
+            "bad_kind"
+        );
+
+        let mut p = post("gift", "rocket");
+        p.payload = Some(serde_json::json!({"gift_id": 7}));
+        p.client_msg_id = Some("m-1".into());
+        let m = p.validate(200).unwrap();
+        assert_eq!(m.payload_json, r#"{"gift_id":7}"#);
+        assert_eq!(m.client_msg_id, "m-1");
+
+        let mut p = post("gift", "rocket");
+        p.payload = Some(serde_json::json!([1, 2]));
+        assert_eq!(p.validate(200).unwrap_err().code(), "bad_payload");
+
+        let mut p = post("gift", "rocket");
+        p.payload = Some(serde_json::json!({"pad": "x".repeat(MAX_PAYLOAD_BYTES)}));
+        assert_eq!(p.validate(200).unwrap_err().code(), "bad_payload");
+
+        let mut p = post("danmaku", "x");
+        p.client_msg_id = Some("x".repeat(MAX_CLIENT_MSG_ID_CHARS + 1));
+        assert_eq!(p.validate(200).unwrap_err().code(), "bad_client_msg_id");
+    }
+}

@@ -1,0 +1,87 @@
+//! The ingest node's Prometheus metrics, all prefixed `danmaku_ingest_` and
+//! registered into the registry the caller passes (never the global default,
+//! so tests can run many nodes in one process).
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::{ApiError, IngestError};
+
+/// Handles to every ingest metric.
+#[derive(Clone)]
+pub struct Metrics {
+    /// `danmaku_ingest_requests_total{kind,status}`: message posts by kind
+    /// (`danmaku`, `gift`, `chat`, or `unknown` when the body did not parse)
+    /// and HTTP status code.
+    pub requests_total: IntCounterVec,
+    /// `danmaku_ingest_rate_limited_total{scope}`: refusals by the `user` or
+    /// `channel` limiter.
+    pub rate_limited_total: IntCounterVec,
+    /// `danmaku_ingest_rejected_total{code}`: refused requests by error code.
+    pub rejected_total: IntCounterVec,
+    /// `danmaku_ingest_publish_latency_seconds`: time for the bus to accept one event.
+    pub publish_latency_seconds: Histogram,
+    /// `danmaku_ingest_published_bytes_total`: encoded `BusEvent` bytes published.
+    pub published_bytes_total: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Result<Self, IngestError> {
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_requests_total",
+                "Message posts by kind and HTTP status.",
+            ),
+            &["kind", "status"],
+        )?;
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_rate_limited_total",
+                "Requests refused by a rate limiter, by scope (user, channel).",
+            ),
+            &["scope"],
+        )?;
+        let rejected_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_rejected_total",
+                "Requests refused, by error code.",
+            ),
+            &["code"],
+        )?;
+        let publish_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "danmaku_ingest_publish_latency_seconds",
+                "Time for the bus to accept one published event.",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let published_bytes_total = IntCounter::new(
+            "danmaku_ingest_published_bytes_total",
+            "Encoded BusEvent bytes published to the bus.",
+        )?;
+        registry.register(Box::new(requests_total.clone()))?;
+        registry.register(Box::new(rate_limited_total.clone()))?;
+        registry.register(Box::new(rejected_total.clone()))?;
+        registry.register(Box::new(publish_latency_seconds.clone()))?;
+        registry.register(Box::new(published_bytes_total.clone()))?;
+        Ok(Metrics {
+            requests_total,
+            rate_limited_total,
+            rejected_total,
+            publish_latency_seconds,
+            published_bytes_total,
+        })
+    }
+
+    /// Counts a refused request under its code (and its limiter scope).
+    pub fn reject(&self, error: &ApiError) {
+        self.rejected_total.with_label_values(&[error.code()]).inc();
+        if let ApiError::RateLimited { scope, .. } = error {
+            self.rate_limited_total
+                .with_label_values(&[scope.as_str()])
+                .inc();
+        }
+    }
+}
