@@ -1,1 +1,214 @@
-//! placeholder
+//! The Rust client of danmaku: the reference SDK used by the tests, the load
+//! generator and the examples.
+//!
+//! A [`Client`] is one long connection to an edge, over WebSocket (JSON or
+//! protobuf, [`ws`]) or QUIC ([`quic`]). Each connection runs a few tasks:
+//!
+//! * a reader per inbound stream: reads the socket, decodes every frame within
+//!   [`ClientConfig::limits`], converts it into a [`ServerEvent`] ([`event`]) and
+//!   pushes it into a bounded queue that [`Client::next_event`] drains. A full
+//!   queue stops the reader, so a slow consumer looks like a slow reader to the
+//!   edge;
+//! * a writer: frames queued by [`Client::join`], [`Client::ping`]… go out in order;
+//! * a heartbeat: a `ping` every [`ClientConfig::heartbeat_interval`].
+//!
+//! A decode error or a transport error ends the connection (logged, never a
+//! panic); `next_event` then returns `None`. Dropping the client closes it.
+//!
+//! Sending goes the other way, over HTTP to ingest: [`IngestClient`].
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod ingest;
+pub mod quic;
+mod session;
+pub mod ws;
+
+use std::net::SocketAddr;
+
+use danmaku_proto::pb::{self, client_frame::Body};
+use danmaku_proto::{frame, now_ms};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ClientConfig, Transport};
+pub use danmaku_proto::Limits;
+pub use error::ClientError;
+pub use event::{EdgeAddr, ServerEvent};
+pub use ingest::{IngestClient, PostOutcome};
+
+/// One connection to an edge. Receive with [`Client::next_event`]; the
+/// connection closes when the client is dropped.
+pub struct Client {
+    transport: Transport,
+    user: String,
+    outgoing: mpsc::Sender<pb::ClientFrame>,
+    events: mpsc::Receiver<ServerEvent>,
+    cancel: CancellationToken,
+}
+
+impl Client {
+    /// Connects over WebSocket (`transport` is [`Transport::WsJson`] or
+    /// [`Transport::WsPb`]) to `base_url` (`http://host:port` or `ws://host:port`;
+    /// `/v1/ws` is appended) and waits for the edge's `AuthOk`.
+    pub async fn connect_ws(
+        base_url: &str,
+        token: &str,
+        transport: Transport,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let timeout = config.connect_timeout;
+        tokio::time::timeout(timeout, async {
+            let conn = ws::connect(base_url, token, transport, &config).await?;
+            Client::start(conn, &config).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("websocket connect and auth_ok"))?
+    }
+
+    /// Connects over QUIC to `addr` and waits for `AuthOk`. `cert_der` is the
+    /// edge's certificate to trust (from `GET /v1/cert`, see
+    /// [`IngestClient::fetch_cert_der`]); `None` accepts any certificate, for
+    /// development only.
+    pub async fn connect_quic(
+        addr: SocketAddr,
+        cert_der: Option<Vec<u8>>,
+        token: &str,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let timeout = config.connect_timeout;
+        tokio::time::timeout(timeout, async {
+            let conn = quic::connect(addr, cert_der, token, &config).await?;
+            Client::start(conn, &config).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("quic connect and auth_ok"))?
+    }
+
+    /// Starts the heartbeat and waits for the edge's first frame, `AuthOk`.
+    async fn start(conn: session::Connected, config: &ClientConfig) -> Result<Client, ClientError> {
+        let session::Connected {
+            transport,
+            outgoing,
+            mut events,
+            cancel,
+        } = conn;
+        let user = match events.recv().await {
+            Some(ServerEvent::AuthOk { user }) => user,
+            other => {
+                cancel.cancel();
+                return Err(match other {
+                    Some(ServerEvent::Error { code, message }) => {
+                        ClientError::AuthRefused { code, message }
+                    }
+                    Some(ev) => ClientError::Unexpected(format!("{ev:?} before auth_ok")),
+                    None => ClientError::Closed,
+                });
+            }
+        };
+        session::spawn_heartbeat(outgoing.clone(), cancel.clone(), config.heartbeat_interval);
+        Ok(Client {
+            transport,
+            user,
+            outgoing,
+            events,
+            cancel,
+        })
+    }
+
+    /// Asks to join `channel`; the `Joined` (or `Error`) answer arrives via
+    /// [`Client::next_event`].
+    pub async fn join(&self, channel: &str) -> Result<(), ClientError> {
+        self.send_raw(frame::client(Body::Join(pb::Join {
+            channel: channel.to_owned(),
+        })))
+        .await
+    }
+
+    /// Asks to leave `channel`.
+    pub async fn leave(&self, channel: &str) -> Result<(), ClientError> {
+        self.send_raw(frame::client(Body::Leave(pb::Leave {
+            channel: channel.to_owned(),
+        })))
+        .await
+    }
+
+    /// Acknowledges reliable events of `channel` up to `seq`.
+    pub async fn ack(&self, channel: &str, seq: u64) -> Result<(), ClientError> {
+        self.send_raw(frame::client(Body::Ack(pb::Ack {
+            channel: channel.to_owned(),
+            seq,
+        })))
+        .await
+    }
+
+    /// Asks the edge to replay reliable events of `channel` after `after_seq`.
+    pub async fn resume(&self, channel: &str, after_seq: u64) -> Result<(), ClientError> {
+        self.send_raw(frame::client(Body::Resume(pb::Resume {
+            channel: channel.to_owned(),
+            after_seq,
+        })))
+        .await
+    }
+
+    /// Sends a ping now (the heartbeat also sends them); `Pong` arrives via `next_event`.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.send_raw(session::ping_frame()).await
+    }
+
+    /// Queues any client frame for the writer task, as is.
+    pub async fn send_raw(&self, frame: pb::ClientFrame) -> Result<(), ClientError> {
+        self.outgoing
+            .send(frame)
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// The next frame from the edge; `None` once the connection has closed.
+    pub async fn next_event(&mut self) -> Option<ServerEvent> {
+        self.events.recv().await
+    }
+
+    /// The transport this client speaks.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The user id the edge authenticated (from `AuthOk`).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Closes the connection; pending `next_event` calls drain what was
+    /// already received and then return `None`.
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Whether the connection has been closed (by either side).
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("transport", &self.transport)
+            .field("user", &self.user)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A ping frame stamped with the current time.
+pub(crate) fn ping_body() -> Body {
+    Body::Ping(pb::Ping { ts_ms: now_ms() })
+}

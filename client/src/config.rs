@@ -1,0 +1,99 @@
+//! How a [`crate::Client`] connects: the transport to use and the knobs of one
+//! connection (heartbeat, decode bounds, buffering).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use danmaku_proto::Limits;
+
+/// The wire a client speaks to an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// WebSocket, subprotocol `danmaku.v1.json`: text frames of JSON.
+    WsJson,
+    /// WebSocket, subprotocol `danmaku.v1.pb`: binary protobuf frames, batches zstd-compressed.
+    WsPb,
+    /// QUIC (ALPN `danmaku/1`): a control stream plus datagrams / unidirectional streams.
+    Quic,
+}
+
+impl Transport {
+    /// The WebSocket subprotocol of this transport (`None` for QUIC).
+    pub fn subprotocol(self) -> Option<&'static str> {
+        match self {
+            Transport::WsJson => Some("danmaku.v1.json"),
+            Transport::WsPb => Some("danmaku.v1.pb"),
+            Transport::Quic => None,
+        }
+    }
+
+    /// Short name used in logs and reports: `ws-json`, `ws-pb`, `quic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WsJson => "ws-json",
+            Transport::WsPb => "ws-pb",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    /// Accepts `ws-json`/`json`, `ws-pb`/`pb`, `quic`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ws-json" | "json" | "wsjson" => Ok(Transport::WsJson),
+            "ws-pb" | "pb" | "wspb" | "ws" => Ok(Transport::WsPb),
+            "quic" => Ok(Transport::Quic),
+            other => Err(format!(
+                "unknown transport {other:?} (ws-json, ws-pb, quic)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Settings of one client connection.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How often the client sends `ping`. The edge closes a connection silent for
+    /// 2.5 intervals, so keep it below the edge's own setting. Default 30 s.
+    pub heartbeat_interval: Duration,
+    /// Bounds applied when decoding frames from the edge (frame size, batch
+    /// events, string lengths). Default: [`Limits::default`].
+    pub limits: Limits,
+    /// Capacity of the queue between the connection's reader task and
+    /// [`crate::Client::next_event`]. When it is full the reader stops reading
+    /// the socket, so a slow consumer shows up to the edge as a slow reader.
+    /// Default 1024.
+    pub event_buffer: usize,
+    /// `SO_RCVBUF` of the WebSocket TCP socket, set before connecting. Tests use
+    /// a tiny value to simulate a slow reader. `None` keeps the OS default.
+    pub recv_buffer_bytes: Option<usize>,
+    /// Local address to bind the socket to (e.g. `127.0.0.2`), so a load
+    /// generator can go past one source address's ephemeral ports. `None` lets
+    /// the OS choose.
+    pub local_addr: Option<IpAddr>,
+    /// How long `connect_*` waits for the transport handshake plus `AuthOk`.
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            heartbeat_interval: Duration::from_secs(30),
+            limits: Limits::default(),
+            event_buffer: 1024,
+            recv_buffer_bytes: None,
+            local_addr: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! What the edge tells a client, as one enum for both wire forms.
+//!
+//! [`from_pb`] turns a bounded-decoded protobuf `ServerFrame` into a
+//! [`ServerEvent`] (opening batches with [`danmaku_proto::decode_batch`]);
+//! [`from_json`] does the same for a `danmaku.v1.json` text frame. Both are pure
+//! so they are tested without a server.
+
+use danmaku_proto::json::{JsonServerFrame, decode_server_json};
+use danmaku_proto::pb::{self, server_frame::Body};
+use danmaku_proto::{Limits, ProtoError, decode_batch, frame};
+
+/// An edge address offered in a `Redirect` (the protobuf type is the shared form).
+pub type EdgeAddr = pb::EdgeAddr;
+
+/// One frame from the edge, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// The edge accepted the token; `user` is the authenticated user id.
+    AuthOk { user: String },
+    /// The client is a member of `channel`; `last_seq` is the channel's latest reliable seq.
+    Joined { channel: String, last_seq: u64 },
+    /// The client left `channel` (on request, or removed by the edge).
+    Left { channel: String },
+    /// A batch of danmaku-lane events of one channel.
+    Batch {
+        channel: String,
+        events: Vec<pb::Event>,
+    },
+    /// One reliable-lane event; ack it with `Ack{channel, seq}`.
+    Reliable {
+        channel: String,
+        seq: u64,
+        event: pb::Event,
+    },
+    /// Answer to a ping.
+    Pong,
+    /// The edge is draining: reconnect to one of these edges.
+    Redirect { edges: Vec<EdgeAddr> },
+    /// The edge reports a problem (bad frame, unknown channel, not allowed...).
+    Error { code: String, message: String },
+}
+
+impl ServerEvent {
+    /// Number of events this frame carries (batch size, 1 for a reliable event, else 0).
+    pub fn event_count(&self) -> usize {
+        match self {
+            ServerEvent::Batch { events, .. } => events.len(),
+            ServerEvent::Reliable { .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Converts a protobuf server frame; batches are decompressed and decoded within `limits`.
+pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, ProtoError> {
+    Ok(match f.body.ok_or(ProtoError::EmptyFrame)? {
+        Body::AuthOk(a) => ServerEvent::AuthOk { user: a.user },
+        Body::Joined(j) => ServerEvent::Joined {
+            channel: j.channel,
+            last_seq: j.last_seq,
+        },
+        Body::Left(l) => ServerEvent::Left { channel: l.channel },
+        Body::Batch(b) => {
+            let events = decode_batch(&b, limits)?;
+            ServerEvent::Batch {
+                channel: b.channel,
+                events,
+            }
+        }
+        Body::Reliable(r) => ServerEvent::Reliable {
+            channel: r.channel,
+            seq: r.seq,
+            event: r.event.ok_or(ProtoError::EmptyFrame)?,
+        },
+        Body::Pong(_) => ServerEvent::Pong,
+        Body::Redirect(r) => ServerEvent::Redirect { edges: r.edges },
+        Body::Error(e) => ServerEvent::Error {
+            code: e.code,
+            message: e.message,
+        },
+    })
+}
+
+/// Decodes (bounded) and converts one binary frame from the edge.
+pub fn decode_pb(buf: &[u8], limits: &Limits) -> Result<ServerEvent, ProtoError> {
+    from_pb(frame::decode_server(buf, limits)?, limits)
+}
+
+/// Converts a JSON server frame.
+pub fn from_json(f: JsonServerFrame) -> ServerEvent {
+    match f {
+        JsonServerFrame::AuthOk { user } => ServerEvent::AuthOk { user },
+        JsonServerFrame::Joined { channel, last_seq } => ServerEvent::Joined { channel, last_seq },
+        JsonServerFrame::Left { channel } => ServerEvent::Left { channel },
+        JsonServerFrame::Batch { channel, events } => ServerEvent::Batch {
+            channel,
+            events: events.into_iter().map(|e| e.into_pb()).collect(),
+        },
+        JsonServerFrame::Reliable {
+            channel,
+            seq,
+            event,
+        } => {
+            let mut event = event.into_pb();
+            if event.seq == 0 {
+                event.seq = seq;
+            }
+            ServerEvent::Reliable {
+                channel,
+                seq,
+                event,
+            }
+        }
+        JsonServerFrame::Pong => ServerEvent::Pong,
+        JsonServerFrame::Redirect { edges } => ServerEvent::Redirect {
+            edges: edges
+                .into_iter()
+                .map(|e| EdgeAddr {
+                    id: e.id,
+                    ws: e.ws,
+                    quic: e.quic,
+                    load: e.load,
+                })
+                .collect(),
+        },
+        JsonServerFrame::Error { code, message } => ServerEvent::Error { code, message },
+    }
+}
+
+/// Decodes (bounded) and converts one JSON text frame from the edge, checking
+/// string and batch bounds like the binary path does.
+pub fn decode_json(text: &str, limits: &Limits) -> Result<ServerEvent, ProtoError> {
+    let ev = from_json(decode_server_json(text, limits)?);
+    check_json_bounds(&ev, limits)?;
+    Ok(ev)
+}
+
+fn check_event(ev: &pb::Event, limits: &Limits) -> Result<(), ProtoError> {
+    limits.check_str("sender", &ev.sender)?;
+    limits.check_str("text", &ev.text)?;
+    limits.check_str("payload", &ev.payload_json)
+}
+
+fn check_json_bounds(ev: &ServerEvent, limits: &Limits) -> Result<(), ProtoError> {
+    match ev {
+        ServerEvent::Batch { channel, events } => {
+            limits.check_str("channel", channel)?;
+            if events.len() > limits.max_batch_events {
+                return Err(ProtoError::TooManyEvents {
+                    claimed: events.len(),
+                    limit: limits.max_batch_events,
+                });
+            }
+            events.iter().try_for_each(|e| check_event(e, limits))
+        }
+        ServerEvent::Reliable { channel, event, .. } => {
+            limits.check_str("channel", channel)?;
+            check_event(event, limits)
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danmaku_proto::BatchEncoder;
+    use danmaku_proto::sample::CommentGenerator;
+
+    fn danmaku(sender: &str, text: &str, ts_ms: i64) -> pb::Event {
+        pb::Event {
+            kind: pb::Kind::Danmaku as i32,
+            sender: sender.into(),
+            text: text.into(),
+            ts_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pb_batch_is_opened() {
+        let events = CommentGenerator::new(7).events(200, 1_000);
+        let batch = BatchEncoder::default().encode("room:1", &events).unwrap();
+        assert_eq!(
+            batch.codec,
+            pb::Codec::Zstd as i32,
+            "big batch is compressed"
+        );
+        let wire = frame::encode(&frame::server(Body::Batch(batch)));
+        let ev = decode_pb(&wire, &Limits::default()).unwrap();
+        assert_eq!(
+            ev,
+            ServerEvent::Batch {
+                channel: "room:1".into(),
+                events
+            }
+        );
+    }
+
+    #[test]
+    fn pb_control_frames() {
+        let limits = Limits::default();
+        let cases = [
+            (
+                Body::AuthOk(pb::AuthOk {
+                    user: "alice".into(),
+                }),
+                ServerEvent::AuthOk {
+                    user: "alice".into(),
+                },
+            ),
+            (
+                Body::Joined(pb::Joined {
+                    channel: "room:42".into(),
+                    last_seq: 17,
+                }),
+                ServerEvent::Joined {
+                    channel: "room:42".into(),
+                    last_seq: 17,
+                },
+            ),
+            (
+                Body::Left(pb::Left {
+                    channel: "room:42".into(),
+                }),
+                ServerEvent::Left {
+                    channel: "room:42".into(),
+                },
+            ),
+            (Body::Pong(pb::Pong { ts_ms: 5 }), ServerEvent::Pong),
+            (
+                Body::Error(pb::Error {
+                    code: "bad_channel".into(),
+                    message: "nope".into(),
+                }),
+                ServerEvent::Error {
+                    code: "bad_channel".into(),
+                    message: "nope".into(),
+                },
+            ),
+        ];
+        for (body, want) in cases {
+            let wire = frame::encode(&frame::server(body));
+            assert_eq!(decode_pb(&wire, &limits).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn pb_reliable_and_redirect() {
+        let gift = pb::Event {
+            kind: pb::Kind::Gift as i32,
+            seq: 18,
+            payload_json: r#"{"id":"rocket"}"#.into(),
+            ..danmaku("bob", "rocket", 9)
+        };
+        let wire = frame::encode(&frame::server(Body::Reliable(pb::Reliable {
+            channel: "group:7".into(),
+            seq: 18,
+            event: Some(gift.clone()),
+        })));
+        assert_eq!(
+            decode_pb(&wire, &Limits::default()).unwrap(),
+            ServerEvent::Reliable {
+                channel: "group:7".into(),
+                seq: 18,
+                event: gift
+            }
+        );
+        let edge = EdgeAddr {
+            id: "e2".into(),
+            ws: "ws://127.0.0.1:7071/v1/ws".into(),
+            quic: "127.0.0.1:7071".into(),
+            load: 0.25,
+        };
+        let wire = frame::encode(&frame::server(Body::Redirect(pb::Redirect {
+            edges: vec![edge.clone()],
+        })));
+        assert_eq!(
+            decode_pb(&wire, &Limits::default()).unwrap(),
+            ServerEvent::Redirect { edges: vec![edge] }
+        );
+    }
+
+    #[test]
+    fn pb_bad_input_is_an_error() {
+        let limits = Limits::default();
+        assert!(decode_pb(&[0xff, 0xff, 0xff], &limits).is_err());
+        let empty = frame::encode(&pb::ServerFrame {
+            version: 1,
+            body: None,
+        });
+        assert_eq!(decode_pb(&empty, &limits), Err(ProtoError::EmptyFrame));
+        // A batch whose count lies about its payload.
+        let mut batch = BatchEncoder::default()
+            .encode("room:1", &[danmaku("a", "hi", 1)])
+            .unwrap();
+        batch.count = 3;
+        let wire = frame::encode(&frame::server(Body::Batch(batch)));
+        assert_eq!(decode_pb(&wire, &limits).unwrap_err().code(), "bad_batch");
+        let small = Limits {
+            max_frame_bytes: 4,
+            ..Limits::default()
+        };
+        let wire = frame::encode(&frame::server(Body::Pong(pb::Pong { ts_ms: 123456 })));
+        assert_eq!(
+            decode_pb(&wire, &small).unwrap_err().code(),
+            "frame_too_large"
+        );
+    }
+
+    #[test]
+    fn json_frames_match_api_md() {
+        let limits = Limits::default();
+        let cases = [
+            (
+                r#"{"type":"auth_ok","user":"alice"}"#,
+                ServerEvent::AuthOk {
+                    user: "alice".into(),
+                },
+            ),
+            (
+                r#"{"type":"joined","channel":"room:42","last_seq":17}"#,
+                ServerEvent::Joined {
+                    channel: "room:42".into(),
+                    last_seq: 17,
+                },
+            ),
+            (
+                r#"{"type":"batch","channel":"room:42","events":[{"kind":"danmaku","sender":"alice","text":"hi","ts_ms":1732350000000}]}"#,
+                ServerEvent::Batch {
+                    channel: "room:42".into(),
+                    events: vec![danmaku("alice", "hi", 1_732_350_000_000)],
+                },
+            ),
+            (r#"{"type":"pong"}"#, ServerEvent::Pong),
+            (
+                r#"{"type":"error","code":"bad_channel","message":"x"}"#,
+                ServerEvent::Error {
+                    code: "bad_channel".into(),
+                    message: "x".into(),
+                },
+            ),
+            (
+                r#"{"type":"redirect","edges":[{"id":"e1","ws":"ws://h/v1/ws","quic":"h:1","load":0.5}]}"#,
+                ServerEvent::Redirect {
+                    edges: vec![EdgeAddr {
+                        id: "e1".into(),
+                        ws: "ws://h/v1/ws".into(),
+                        quic: "h:1".into(),
+                        load: 0.5,
+                    }],
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(decode_json(text, &limits).unwrap(), want, "{text}");
+        }
+        match decode_json(
+            r#"{"type":"reliable","channel":"group:7","seq":18,"event":{"kind":"gift","sender":"bob","text":"rocket","ts_ms":5,"payload":{"n":1}}}"#,
+            &limits,
+        )
+        .unwrap()
+        {
+            ServerEvent::Reliable {
+                channel,
+                seq,
+                event,
+            } => {
+                assert_eq!((channel.as_str(), seq), ("group:7", 18));
+                assert_eq!(event.kind, pb::Kind::Gift as i32);
+                assert_eq!(event.seq, 18);
+                assert_eq!(event.payload_json, r#"{"n":1}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_pb_batches_agree() {
+        let events = CommentGenerator::new(3).events(20, 5);
+        let json = danmaku_proto::json::batch_json("room:9", &events);
+        let wire = frame::encode(&frame::server(Body::Batch(
+            BatchEncoder::default().encode("room:9", &events).unwrap(),
+        )));
+        let limits = Limits::default();
+        assert_eq!(
+            decode_json(&json, &limits).unwrap(),
+            decode_pb(&wire, &limits).unwrap()
+        );
+    }
+
+    #[test]
+    fn json_bad_input_is_an_error() {
+        let limits = Limits {
+            max_string_bytes: 4,
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode_json("{nope", &limits).unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            decode_json(r#"{"type":"dance"}"#, &limits)
+                .unwrap_err()
+                .code(),
+            "malformed_json"
+        );
+        let long = r#"{"type":"batch","channel":"room:1","events":[{"kind":"danmaku","sender":"a","text":"far too long","ts_ms":1}]}"#;
+        assert_eq!(
+            decode_json(long, &limits).unwrap_err().code(),
+            "string_too_long"
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! QUIC transport (quinn), ALPN `danmaku/1`.
+//!
+//! The client opens ONE bidirectional control stream and sends `Auth{token}`
+//! first; control frames go both ways on it, varint length-prefixed. Danmaku
+//! batches arrive as datagrams (one `ServerFrame` each) or on server-opened
+//! unidirectional streams (length-prefixed): every one of them is read and fed
+//! into the same event queue.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use danmaku_proto::framing::{FrameReader, encode_prefixed};
+use danmaku_proto::pb::{self, client_frame::Body};
+use danmaku_proto::{Limits, frame};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::session::{Connected, Wiring, deliver};
+use crate::{ClientConfig, ClientError, ServerEvent, Transport, event};
+
+/// ALPN protocol id of danmaku over QUIC.
+pub const ALPN: &[u8] = b"danmaku/1";
+/// Server name presented in TLS; the dev certificate is issued for it.
+pub const SERVER_NAME: &str = "localhost";
+/// QUIC-level keep-alive, so an idle connection outlives the idle timeout even
+/// with a long application heartbeat.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls configuration: trusts exactly `cert_der`, or (with `None`)
+/// accepts any certificate while still checking the handshake signatures.
+pub fn tls_config(cert_der: Option<Vec<u8>>) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut tls = match cert_der {
+        Some(der) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from(der))
+                .map_err(|e| ClientError::Tls(format!("edge certificate: {e}")))?;
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            warn!("QUIC client accepts any server certificate (no cert given): development only");
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                .with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// Dev-only verifier: any certificate, but the handshake signature must match it.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn quic_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Quic(e.to_string())
+}
+
+/// Connects, sends `Auth`, and spawns the control-stream, datagram,
+/// unidirectional-stream and writer tasks.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    cert_der: Option<Vec<u8>>,
+    token: &str,
+    config: &ClientConfig,
+) -> Result<Connected, ClientError> {
+    let tls = tls_config(cert_der)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    client_config.transport_config(Arc::new(transport));
+
+    let local_ip = config.local_addr.unwrap_or(if addr.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    });
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0))?;
+    endpoint.set_default_client_config(client_config);
+    let conn = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(quic_err)?
+        .await
+        .map_err(quic_err)?;
+    let (mut send, recv) = conn.open_bi().await.map_err(quic_err)?;
+    let auth = frame::client(Body::Auth(pb::Auth {
+        token: token.to_owned(),
+    }));
+    send.write_all(&encode_prefixed(&frame::encode(&auth)))
+        .await
+        .map_err(quic_err)?;
+    debug!(%addr, "quic connected");
+
+    let wiring = Wiring::new(config.event_buffer);
+    let limits = config.limits;
+    let cancel = wiring.cancel.clone();
+    // Control stream: its end is the end of the session.
+    tokio::spawn({
+        let (events, cancel) = (wiring.events_tx.clone(), cancel.clone());
+        async move {
+            read_stream(recv, limits, &events, &cancel, "control").await;
+            cancel.cancel();
+        }
+    });
+    tokio::spawn(read_datagrams(
+        conn.clone(),
+        limits,
+        wiring.events_tx.clone(),
+        cancel.clone(),
+    ));
+    tokio::spawn(accept_uni(
+        conn.clone(),
+        limits,
+        wiring.events_tx,
+        cancel.clone(),
+    ));
+    tokio::spawn(write_loop(send, wiring.out_rx, cancel.clone()));
+    // Closes the connection once anything ends it (or the client is dropped);
+    // holds the endpoint so its driver lives as long as the connection.
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        conn.close(0u32.into(), b"bye");
+        endpoint.wait_idle().await;
+    });
+    Ok(Connected {
+        transport: Transport::Quic,
+        outgoing: wiring.out_tx,
+        events: wiring.events_rx,
+        cancel: wiring.cancel,
+    })
+}
+
+/// Reads length-prefixed frames from one stream until it ends or fails.
+/// Returns normally on a clean finish; a decode error cancels the session.
+async fn read_stream(
+    mut recv: quinn::RecvStream,
+    limits: Limits,
+    events: &mpsc::Sender<ServerEvent>,
+    cancel: &CancellationToken,
+    which: &'static str,
+) {
+    let mut reader = FrameReader::new(limits.max_frame_bytes);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = recv.read(&mut buf) => match r {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    debug!(stream = which, "quic stream finished");
+                    return;
+                }
+                Err(e) => {
+                    debug!(stream = which, error = %e, "quic stream read ended");
+                    return;
+                }
+            },
+        };
+        reader.push(&buf[..n]);
+        match drain_frames(&mut reader, &limits) {
+            Ok(evs) => {
+                for ev in evs {
+                    if !deliver(events, cancel, ev).await {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(stream = which, error = %e, "closing connection");
+                cancel.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// Takes every complete frame out of `reader` and decodes it.
+pub fn drain_frames(
+    reader: &mut FrameReader,
+    limits: &Limits,
+) -> Result<Vec<ServerEvent>, ClientError> {
+    let mut out = Vec::new();
+    while let Some(f) = reader.next_frame()? {
+        out.push(event::decode_pb(&f, limits)?);
+    }
+    Ok(out)
+}
+
+async fn read_datagrams(
+    conn: quinn::Connection,
+    limits: Limits,
+    events: mpsc::Sender<ServerEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let dgram = tokio::select! {
+            _ = cancel.cancelled() => break,
+            d = conn.read_datagram() => match d {
+                Ok(d) => d,
+                Err(e) => {
+                    debug!(error = %e, "quic connection ended");
+                    break;
+                }
+            },
+        };
+        match event::decode_pb(&dgram, &limits) {
+            Ok(ev) => {
+                if !deliver(&events, &cancel, ev).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %ClientError::Proto(e), "bad datagram, closing connection");
+                break;
+            }
+        }
+    }
+    cancel.cancel();
+}
+
+async fn accept_uni(
+    conn: quinn::Connection,
+    limits: Limits,
+    events: mpsc::Sender<ServerEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let recv = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = conn.accept_uni() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "quic connection ended");
+                    break;
+                }
+            },
+        };
+        let (events, cancel) = (events.clone(), cancel.clone());
+        tokio::spawn(async move {
+            read_stream(recv, limits, &events, &cancel, "uni").await;
+        });
+    }
+    cancel.cancel();
+}
+
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut outgoing: mpsc::Receiver<pb::ClientFrame>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => break,
+            f = outgoing.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        if let Err(e) = send
+            .write_all(&encode_prefixed(&frame::encode(&frame)))
+            .await
+        {
+            debug!(error = %e, "quic write failed");
+            break;
+        }
+    }
+    let _ = send.finish();
+    cancel.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danmaku_proto::BatchEncoder;
+    use danmaku_proto::pb::server_frame;
+    use danmaku_proto::sample::CommentGenerator;
+
+    fn wire(f: &pb::ServerFrame) -> Vec<u8> {
+        encode_prefixed(&frame::encode(f)).to_vec()
+    }
+
+    #[test]
+    fn stream_frames_fed_in_pieces() {
+        let events = CommentGenerator::new(1).events(50, 10);
+        let batch = BatchEncoder::default().encode("room:1", &events).unwrap();
+        let frames = [
+            frame::server(server_frame::Body::AuthOk(pb::AuthOk { user: "u".into() })),
+            frame::server(server_frame::Body::Joined(pb::Joined {
+                channel: "room:1".into(),
+                last_seq: 0,
+            })),
+            frame::server(server_frame::Body::Batch(batch)),
+            frame::server(server_frame::Body::Pong(pb::Pong { ts_ms: 1 })),
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(wire).collect();
+        let limits = Limits::default();
+        for chunk in [1, 3, 7, 100, bytes.len()] {
+            let mut reader = FrameReader::new(limits.max_frame_bytes);
+            let mut got = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                reader.push(piece);
+                got.extend(drain_frames(&mut reader, &limits).unwrap());
+            }
+            assert_eq!(got.len(), 4, "chunk {chunk}");
+            assert_eq!(got[0], ServerEvent::AuthOk { user: "u".into() });
+            assert_eq!(
+                got[2],
+                ServerEvent::Batch {
+                    channel: "room:1".into(),
+                    events: events.clone()
+                }
+            );
+            assert_eq!(got[3], ServerEvent::Pong);
+            assert_eq!(reader.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn stream_refuses_oversize_and_garbage() {
+        let limits = Limits {
+            max_frame_bytes: 16,
+            ..Limits::default()
+        };
+        let mut reader = FrameReader::new(limits.max_frame_bytes);
+        reader.push(&encode_prefixed(&[0u8; 17]));
+        assert!(matches!(
+            drain_frames(&mut reader, &limits),
+            Err(ClientError::Proto(e)) if e.code() == "frame_too_large"
+        ));
+        let mut reader = FrameReader::new(limits.max_frame_bytes);
+        reader.push(&encode_prefixed(&[0xff, 0xff, 0xff]));
+        assert!(matches!(
+            drain_frames(&mut reader, &limits),
+            Err(ClientError::Proto(_))
+        ));
+    }
+
+    #[test]
+    fn tls_configs_build_with_ring() {
+        let cfg = tls_config(None).unwrap();
+        assert_eq!(cfg.alpn_protocols, vec![ALPN.to_vec()]);
+        assert!(quinn::crypto::rustls::QuicClientConfig::try_from(cfg).is_ok());
+        // Not a certificate: refused with a typed error, no panic.
+        assert!(tls_config(Some(vec![1, 2, 3])).is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! What the tasks of one connection share: the event queue towards
+//! `next_event`, the outgoing frame queue towards the writer, the cancellation
+//! token that ends them all, and the heartbeat task.
+
+use std::time::Duration;
+
+use danmaku_proto::frame;
+use danmaku_proto::pb;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ServerEvent, Transport};
+
+/// Capacity of the outgoing frame queue (join, leave, ack, ping...).
+const OUTGOING_BUFFER: usize = 256;
+
+/// A transport-level connection whose tasks are running.
+pub(crate) struct Connected {
+    pub transport: Transport,
+    pub outgoing: mpsc::Sender<pb::ClientFrame>,
+    pub events: mpsc::Receiver<ServerEvent>,
+    pub cancel: CancellationToken,
+}
+
+/// Both ends of both queues plus the token, handed to a transport module.
+pub(crate) struct Wiring {
+    pub events_tx: mpsc::Sender<ServerEvent>,
+    pub events_rx: mpsc::Receiver<ServerEvent>,
+    pub out_tx: mpsc::Sender<pb::ClientFrame>,
+    pub out_rx: mpsc::Receiver<pb::ClientFrame>,
+    pub cancel: CancellationToken,
+}
+
+impl Wiring {
+    pub fn new(event_buffer: usize) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(event_buffer.max(1));
+        let (out_tx, out_rx) = mpsc::channel(OUTGOING_BUFFER);
+        Wiring {
+            events_tx,
+            events_rx,
+            out_tx,
+            out_rx,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// Pushes one event to the consumer, waiting while the queue is full. Returns
+/// false when the connection is over (consumer gone or cancelled).
+pub(crate) async fn deliver(
+    tx: &mpsc::Sender<ServerEvent>,
+    cancel: &CancellationToken,
+    ev: ServerEvent,
+) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        r = tx.send(ev) => r.is_ok(),
+    }
+}
+
+pub(crate) fn ping_frame() -> pb::ClientFrame {
+    frame::client(crate::ping_body())
+}
+
+/// Sends a ping every `interval` until the connection ends.
+pub(crate) fn spawn_heartbeat(
+    outgoing: mpsc::Sender<pb::ClientFrame>,
+    cancel: CancellationToken,
+    interval: Duration,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {
+                    if outgoing.send(ping_frame()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
