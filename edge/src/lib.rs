@@ -1,1 +1,217 @@
-//! placeholder
+//! The edge: where viewers connect and danmaku fans out.
+//!
+//! # A tour
+//!
+//! * [`Edge::start`] subscribes to the bus and spawns the **consumer**
+//!   (`consumer.rs`), which drops events of channels without local members
+//!   before decoding them, and routes the rest to **batcher** shards
+//!   (`batcher.rs`). Each shard keeps open batches per channel and flushes them
+//!   by the adaptive window of [`batch_policy`] — a pure, unit-tested rule that
+//!   shares the edge's frame-write budget among channels.
+//! * A flush encodes and compresses ONCE and pushes refcounted clones of the
+//!   same bytes to every member's bounded queue through the [`registry`]
+//!   (channel → local members, sharded maps, no global lock). A full queue
+//!   drops that batch for that member only.
+//! * Connections arrive over WebSocket ([`Edge::router`], `ws.rs`) or QUIC
+//!   ([`Edge::serve_quic`], `quic.rs`). Both become a `Session` (`session.rs`)
+//!   whose frames are handled one file per frame kind (`handlers/`), with a
+//!   writer task per connection that prefers replies over batches.
+//! * Every metric lives in [`metrics`], registered into the registry the
+//!   process passes in.
+
+pub mod batch_policy;
+mod batcher;
+pub mod config;
+mod consumer;
+pub mod error;
+mod handlers;
+pub mod metrics;
+mod quic;
+pub mod registry;
+mod session;
+mod tls;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use base64::Engine;
+use danmaku_bus::Bus;
+use danmaku_proto::token::{Claims, TokenError, TokenKey};
+use tokio_util::sync::CancellationToken;
+
+pub use batcher::{BuiltSizes, FrameBuilder};
+pub use config::{BatchConfig, EdgeConfig};
+pub use consumer::BusResult;
+pub use error::{ApiError, EdgeError};
+pub use registry::Transport;
+pub use tls::ALPN;
+pub use ws::{SUBPROTOCOL_JSON, SUBPROTOCOL_PB};
+
+use crate::metrics::Metrics;
+use crate::registry::{ConnId, Registry};
+use crate::tls::CertMaterial;
+
+/// Most batcher shards: encoding is cheap next to the writes, a few cores suffice.
+const MAX_SHARDS: usize = 4;
+
+/// A running edge. Cheap to share: handlers hold an `Arc<Edge>`.
+pub struct Edge {
+    config: EdgeConfig,
+    tokens: TokenKey,
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    cert: CertMaterial,
+    quic_config: quinn::ServerConfig,
+    shutdown: CancellationToken,
+    next_conn: AtomicU64,
+}
+
+impl Edge {
+    /// Subscribes to the bus and spawns the consumer and batcher tasks; they stop
+    /// when `shutdown` is cancelled. Metrics are registered into `registry` (one
+    /// per process, passed in; never the global default registry, because tests
+    /// start several servers in one process).
+    pub async fn start(
+        config: EdgeConfig,
+        bus: Arc<dyn Bus>,
+        tokens: TokenKey,
+        registry: &prometheus::Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Edge>, EdgeError> {
+        let metrics = Metrics::register(registry)?;
+        let cert = CertMaterial::load_or_generate(&config)?;
+        let quic_config = cert.server_config()?;
+        if config.tls_cert.is_none() || config.tls_key.is_none() {
+            tracing::info!(
+                edge = %config.id,
+                sha256 = %tls::sha256_hex(cert.leaf()),
+                "QUIC uses a self-signed certificate (served at GET /v1/cert)"
+            );
+        }
+        let channels = Arc::new(Registry::new(metrics.clone()));
+        // Subscribe before returning, so nothing published after `start` is missed.
+        let subscription = bus.subscribe_all().await?;
+        let shards = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, MAX_SHARDS);
+        let shard_queues = batcher::spawn_shards(
+            shards,
+            &config.batch,
+            Arc::clone(&channels),
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
+        let consumer = consumer::Consumer {
+            registry: Arc::clone(&channels),
+            metrics: metrics.clone(),
+            shards: shard_queues,
+            limits: config.limits,
+            start_ms: danmaku_proto::now_ms(),
+        };
+        tokio::spawn(consumer.run(subscription, shutdown.clone()));
+        tracing::info!(edge = %config.id, bus = bus.kind(), shards, "edge started");
+        Ok(Arc::new(Edge {
+            config,
+            tokens,
+            metrics,
+            registry: channels,
+            cert,
+            quic_config,
+            shutdown,
+            next_conn: AtomicU64::new(1),
+        }))
+    }
+
+    /// `GET /v1/ws` (WebSocket) and `GET /v1/cert` (the QUIC certificate).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/ws", get(ws::upgrade))
+            .route("/v1/cert", get(cert_handler))
+            .with_state(Arc::clone(self))
+    }
+
+    /// Serves QUIC on `socket` until shutdown. Must be called inside a tokio runtime.
+    pub fn serve_quic(
+        self: &Arc<Self>,
+        socket: std::net::UdpSocket,
+    ) -> Result<tokio::task::JoinHandle<()>, EdgeError> {
+        socket.set_nonblocking(true).map_err(EdgeError::Quic)?;
+        let mut server_config = self.quic_config.clone();
+        let mut transport = quinn::TransportConfig::default();
+        // The transport must not time out before the edge's own heartbeat rule.
+        let idle = self.config.idle_timeout() + std::time::Duration::from_secs(5);
+        transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(EdgeError::Quic)?;
+        if let Ok(addr) = endpoint.local_addr() {
+            tracing::info!(edge = %self.config.id, %addr, "QUIC listening");
+        }
+        Ok(tokio::spawn(quic::accept_loop(Arc::clone(self), endpoint)))
+    }
+
+    /// Sets `TCP_NODELAY` (batches are already coalesced; Nagle only adds
+    /// latency) and `SO_SNDBUF` from the config on an accepted socket.
+    pub fn tune_tcp(&self, stream: &tokio::net::TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        if let Some(size) = self.config.tcp_send_buffer {
+            let sock = socket2::SockRef::from(stream);
+            if let Err(e) = sock.set_send_buffer_size(size) {
+                tracing::debug!(error = %e, size, "cannot set SO_SNDBUF");
+            }
+        }
+    }
+
+    /// DER of the QUIC server certificate (dev clients trust exactly this).
+    pub fn cert_der(&self) -> &[u8] {
+        self.cert.leaf()
+    }
+
+    /// Lowercase hex SHA-256 fingerprint of [`Edge::cert_der`].
+    pub fn cert_sha256_hex(&self) -> String {
+        tls::sha256_hex(self.cert.leaf())
+    }
+
+    /// The configuration this edge runs with.
+    pub fn config(&self) -> &EdgeConfig {
+        &self.config
+    }
+
+    /// Channels with at least one local member.
+    pub fn channel_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        self.tokens.verify(token, danmaku_proto::token::now_secs())
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+async fn cert_handler(State(edge): State<Arc<Edge>>) -> Json<serde_json::Value> {
+    let der = edge.cert_der();
+    Json(serde_json::json!({
+        "sha256": edge.cert_sha256_hex(),
+        "der_base64": base64::engine::general_purpose::STANDARD.encode(der),
+        "pem": tls::pem(der),
+    }))
+}

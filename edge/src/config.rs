@@ -1,0 +1,101 @@
+//! Settings of an edge. Every field says its default and why it matters; the
+//! binary maps command-line flags onto these and nothing else.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use danmaku_proto::Limits;
+
+/// Everything an [`crate::Edge`] needs to know besides its bus, token key and metrics registry.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Name of this edge in logs and, later, in scheduler registration. Default `"edge-1"`.
+    pub id: String,
+    /// Bounds on every frame a client sends and every bus event read. Default
+    /// [`Limits::default`] (1 MiB frames, 8 KiB strings).
+    pub limits: Limits,
+    /// How danmaku events are grouped into batches. Default [`BatchConfig::default`].
+    pub batch: BatchConfig,
+    /// Per-connection bounded queue of danmaku batches waiting for the socket.
+    /// When it is full the next batch is dropped for that connection (and counted)
+    /// instead of slowing the channel for everyone. Default 128 frames.
+    pub send_queue_frames: usize,
+    /// How often clients are expected to ping. The edge closes a connection that
+    /// stays silent for 2.5 intervals (NAT-friendly, tolerates one lost ping).
+    /// Default 30 s.
+    pub heartbeat_interval: Duration,
+    /// `SO_SNDBUF` for accepted TCP sockets; `None` keeps the kernel default.
+    /// A smaller buffer makes slow consumers visible sooner (their queue fills and
+    /// batches are dropped) instead of hiding megabytes in the kernel. Default `None`.
+    pub tcp_send_buffer: Option<usize>,
+    /// PEM certificate chain for QUIC. With `tls_key`; when either is `None` a
+    /// self-signed certificate for `localhost`/`127.0.0.1` is made at start and its
+    /// fingerprint is served at `GET /v1/cert`. Default `None`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`. Default `None`.
+    pub tls_key: Option<PathBuf>,
+    /// Channels one connection may join at once, so one client cannot make the
+    /// edge hold unbounded registry entries. Default 32.
+    pub max_channels_per_conn: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            id: "edge-1".into(),
+            limits: Limits::default(),
+            batch: BatchConfig::default(),
+            send_queue_frames: 128,
+            heartbeat_interval: Duration::from_secs(30),
+            tcp_send_buffer: None,
+            tls_cert: None,
+            tls_key: None,
+            max_channels_per_conn: 32,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Silence after which a connection is closed: 2.5 heartbeat intervals.
+    pub fn idle_timeout(&self) -> Duration {
+        self.heartbeat_interval.mul_f64(2.5)
+    }
+}
+
+/// How the per-channel batcher decides when to flush. See [`crate::batch_policy`]
+/// for the window rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchConfig {
+    /// Shortest batching window: what a small room's viewers wait at most. Default 50 ms.
+    pub min_window: Duration,
+    /// Longest batching window, however big the room. Default 1 s.
+    pub max_window: Duration,
+    /// Frame writes per second this edge may spend on danmaku batches. A push is
+    /// one `send()`, and a core does ~120k of them per second (INFRA.md), so this
+    /// is the budget the adaptive window shares among channels. Default 100,000.
+    pub write_budget_per_sec: u64,
+    /// Flush as soon as a pending batch holds this many events. Default 500.
+    pub max_events: usize,
+    /// Flush as soon as a pending batch holds this many encoded event bytes
+    /// (before compression). Default 64 KiB.
+    pub max_raw_bytes: usize,
+    /// zstd level of batch payloads. Default 3 (fast, good ratio on short text).
+    pub zstd_level: i32,
+    /// Payloads up to this many bytes stay uncompressed: zstd's header would cost
+    /// more than it saves. Default 256.
+    pub compress_threshold: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            min_window: Duration::from_millis(50),
+            max_window: Duration::from_secs(1),
+            write_budget_per_sec: 100_000,
+            max_events: 500,
+            max_raw_bytes: 64 << 10,
+            zstd_level: 3,
+            compress_threshold: danmaku_proto::batch::DEFAULT_COMPRESS_THRESHOLD,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The bus consumer: reads the ONE global topic and routes events of channels
+//! with local members to the batcher shards.
+//!
+//! The message key (the channel) is checked against the registry before the
+//! payload is decoded, so the cost of the many events for channels this edge
+//! does not host is one map lookup. Events older than the consumer's start are
+//! skipped: a backend that replays from an older offset (Kafka) must not flood
+//! new viewers with the past.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use danmaku_bus::{BusError, BusMessage, Subscription};
+use danmaku_proto::{Limits, frame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::ShardItem;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// What became of a bus message: the `result` label of `danmaku_edge_bus_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusResult {
+    /// Handed to a batcher.
+    Batched,
+    /// No local member in that channel: dropped without decoding.
+    NoLocalMembers,
+    /// Undecodable payload, non-UTF-8 key, or key and payload disagree.
+    BadEvent,
+    /// Older than this consumer's start.
+    Stale,
+}
+
+impl BusResult {
+    pub const ALL: [BusResult; 4] = [
+        BusResult::Batched,
+        BusResult::NoLocalMembers,
+        BusResult::BadEvent,
+        BusResult::Stale,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BusResult::Batched => "batched",
+            BusResult::NoLocalMembers => "no_local_members",
+            BusResult::BadEvent => "bad_event",
+            BusResult::Stale => "stale",
+        }
+    }
+}
+
+pub(crate) struct Consumer {
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    pub shards: Vec<mpsc::Sender<ShardItem>>,
+    pub limits: Limits,
+    /// Events stamped before this (ms since the epoch) are skipped.
+    pub start_ms: i64,
+}
+
+impl Consumer {
+    pub async fn run(self, mut sub: Box<dyn Subscription>, shutdown: CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                next = sub.recv() => next,
+            };
+            match next {
+                Ok(msg) => {
+                    let result = self.route(msg).await;
+                    self.metrics
+                        .bus_events
+                        .with_label_values(&[result.label()])
+                        .inc();
+                }
+                Err(BusError::Lagged(n)) => {
+                    self.metrics.bus_lagged.inc_by(n);
+                    tracing::warn!(skipped = n, "bus consumer lagged");
+                }
+                Err(BusError::Closed) => {
+                    tracing::warn!("bus closed; edge stops consuming");
+                    return;
+                }
+                Err(e) => {
+                    // Keep connections; retry until the bus is back (DESIGN.md §8).
+                    tracing::warn!(error = %e, "bus receive failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn route(&self, msg: BusMessage) -> BusResult {
+        let Ok(key) = std::str::from_utf8(&msg.key) else {
+            return BusResult::BadEvent;
+        };
+        let Some(channel) = self.registry.get(key) else {
+            return BusResult::NoLocalMembers;
+        };
+        let bus_event = match frame::decode_bus_event(&msg.payload, &self.limits) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!(channel = key, error = %e, "undecodable bus event");
+                return BusResult::BadEvent;
+            }
+        };
+        if bus_event.channel != key {
+            return BusResult::BadEvent;
+        }
+        let Some(event) = bus_event.event else {
+            return BusResult::BadEvent;
+        };
+        if event.ts_ms < self.start_ms {
+            return BusResult::Stale;
+        }
+        let item = ShardItem {
+            channel: channel.name().clone(),
+            event,
+            members: channel.len(),
+        };
+        let shard = &self.shards[shard_of(key, self.shards.len())];
+        if shard.send(item).await.is_err() {
+            // Shard gone: only during shutdown.
+            return BusResult::BadEvent;
+        }
+        BusResult::Batched
+    }
+}
+
+/// The shard that owns `channel`: stable, so one channel's events keep their order.
+fn shard_of(channel: &str, shards: usize) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    channel.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}

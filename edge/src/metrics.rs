@@ -1,0 +1,176 @@
+//! Every metric of the edge, registered once into the registry the process
+//! passes in (never prometheus' global default: tests run several edges in one
+//! process). All names start with `danmaku_edge_`.
+//!
+//! Hot-path counters with a label are resolved to plain handles here, once, so a
+//! flush never hashes label values.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::registry::Transport;
+
+/// Handles to the edge's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections: IntGaugeVec,
+    pub channels: IntGauge,
+    pub channel_members: IntGauge,
+    pub batches: IntCounter,
+    pub batch_events: Histogram,
+    pub batch_raw_bytes: IntCounter,
+    pub batch_compressed_bytes: IntCounter,
+    pub frames_pushed: IntCounterVec,
+    pub events_delivered: IntCounter,
+    pub slow_consumer_drops: IntCounter,
+    pub bus_events: IntCounterVec,
+    pub bus_lagged: IntCounter,
+    pub bad_frames: IntCounterVec,
+    pub delivery_latency: Histogram,
+    pub batch_window: Histogram,
+    pushed_by_transport: [IntCounter; 3],
+}
+
+impl Metrics {
+    /// Creates and registers every metric into `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "danmaku_edge_connections",
+                "Open client connections by transport.",
+            ),
+            &["transport"],
+        )?;
+        let channels = IntGauge::new(
+            "danmaku_edge_channels",
+            "Channels with at least one local member.",
+        )?;
+        let channel_members = IntGauge::new(
+            "danmaku_edge_channel_members",
+            "Channel memberships held by local connections.",
+        )?;
+        let batches = IntCounter::new("danmaku_edge_batches_total", "Batches built (flushes).")?;
+        let batch_events = Histogram::with_opts(
+            HistogramOpts::new("danmaku_edge_batch_events", "Events per built batch.").buckets(
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+            ),
+        )?;
+        let batch_raw_bytes = IntCounter::new(
+            "danmaku_edge_batch_raw_bytes_total",
+            "Encoded event bytes put into batches, before compression.",
+        )?;
+        let batch_compressed_bytes = IntCounter::new(
+            "danmaku_edge_batch_compressed_bytes_total",
+            "Batch payload bytes after compression (raw bytes when left uncompressed).",
+        )?;
+        let frames_pushed = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_frames_pushed_total",
+                "Batch frames queued to connections, by transport.",
+            ),
+            &["transport"],
+        )?;
+        let events_delivered = IntCounter::new(
+            "danmaku_edge_events_delivered_total",
+            "Events queued to connections (events x members reached).",
+        )?;
+        let slow_consumer_drops = IntCounter::new(
+            "danmaku_edge_slow_consumer_drops_total",
+            "Batches dropped for a connection because its send queue was full.",
+        )?;
+        let bus_events = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_bus_events_total",
+                "Bus messages consumed, by what became of them.",
+            ),
+            &["result"],
+        )?;
+        let bus_lagged = IntCounter::new(
+            "danmaku_edge_bus_lagged_total",
+            "Bus messages skipped because the consumer fell behind.",
+        )?;
+        let bad_frames = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_bad_frames_total",
+                "Malformed client frames (each closes its connection), by error code.",
+            ),
+            &["code"],
+        )?;
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "danmaku_edge_delivery_latency_seconds",
+                "From an event's ingest timestamp to the flush of its batch.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0,
+            ]),
+        )?;
+        let batch_window = Histogram::with_opts(
+            HistogramOpts::new(
+                "danmaku_edge_batch_window_seconds",
+                "Batching window chosen by the adaptive policy when a batch opens.",
+            )
+            .buckets(vec![0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]),
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(channels.clone()))?;
+        registry.register(Box::new(channel_members.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        registry.register(Box::new(batch_events.clone()))?;
+        registry.register(Box::new(batch_raw_bytes.clone()))?;
+        registry.register(Box::new(batch_compressed_bytes.clone()))?;
+        registry.register(Box::new(frames_pushed.clone()))?;
+        registry.register(Box::new(events_delivered.clone()))?;
+        registry.register(Box::new(slow_consumer_drops.clone()))?;
+        registry.register(Box::new(bus_events.clone()))?;
+        registry.register(Box::new(bus_lagged.clone()))?;
+        registry.register(Box::new(bad_frames.clone()))?;
+        registry.register(Box::new(delivery_latency.clone()))?;
+        registry.register(Box::new(batch_window.clone()))?;
+        let pushed_by_transport =
+            Transport::ALL.map(|t| frames_pushed.with_label_values(&[t.label()]));
+        // Make every labelled series visible at zero, so dashboards and the
+        // scheduler see them before the first connection.
+        for t in Transport::ALL {
+            connections.with_label_values(&[t.label()]);
+        }
+        for r in crate::consumer::BusResult::ALL {
+            bus_events.with_label_values(&[r.label()]);
+        }
+        Ok(Metrics {
+            connections,
+            channels,
+            channel_members,
+            batches,
+            batch_events,
+            batch_raw_bytes,
+            batch_compressed_bytes,
+            frames_pushed,
+            events_delivered,
+            slow_consumer_drops,
+            bus_events,
+            bus_lagged,
+            bad_frames,
+            delivery_latency,
+            batch_window,
+            pushed_by_transport,
+        })
+    }
+
+    /// Metrics registered into a throwaway registry, for unit tests and benches.
+    pub fn unregistered() -> Self {
+        Self::register(&Registry::new()).expect("fresh registry accepts every metric")
+    }
+
+    /// The `frames_pushed_total` counter of one transport.
+    pub fn pushed(&self, transport: Transport) -> &IntCounter {
+        &self.pushed_by_transport[transport as usize]
+    }
+
+    /// Counts a malformed client frame by its stable code.
+    pub fn bad_frame(&self, code: &str) {
+        self.bad_frames.with_label_values(&[code]).inc();
+    }
+}

@@ -1,0 +1,252 @@
+//! QUIC transport (quinn), ALPN `danmaku/1`.
+//!
+//! A client opens one bidirectional control stream; its first frame must be
+//! `Auth{token}` (answered `AuthOk`, or `Error` and close). Frames on streams are
+//! varint length-prefixed. Replies go back on the control stream; danmaku
+//! batches go as datagrams when they fit `max_datagram_size()`, else on one
+//! server-opened unidirectional stream. Same session, handlers, registry and
+//! idle rule as WebSocket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use danmaku_proto::framing::{FrameReader, encode_prefixed};
+use danmaku_proto::pb::client_frame;
+use danmaku_proto::pb::server_frame::Body;
+use danmaku_proto::{Limits, ProtoError, frame, pb};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+
+use crate::Edge;
+use crate::registry::{Outbound, Transport};
+use crate::session::{CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session};
+
+/// How long closing waits for the peer to acknowledge the last control frames.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Largest chunk read from the control stream at once.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Accepts connections until shutdown, then closes the endpoint.
+pub(crate) async fn accept_loop(edge: Arc<Edge>, endpoint: quinn::Endpoint) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = edge.shutdown.cancelled() => break,
+            i = endpoint.accept() => i,
+        };
+        let Some(incoming) = incoming else { break };
+        tokio::spawn(handle(Arc::clone(&edge), incoming));
+    }
+    endpoint.close(
+        VarInt::from_u32(CloseReason::Shutdown.quic_code()),
+        CloseReason::Shutdown.text().as_bytes(),
+    );
+    let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+}
+
+/// Why reading the next frame stopped.
+enum ReadEnd {
+    /// Stream finished or connection lost.
+    Closed,
+    Bad(ProtoError),
+}
+
+async fn next_frame(
+    recv: &mut RecvStream,
+    reader: &mut FrameReader,
+    limits: &Limits,
+) -> Result<pb::ClientFrame, ReadEnd> {
+    loop {
+        match reader.next_frame() {
+            Ok(Some(buf)) => return frame::decode_client(&buf, limits).map_err(ReadEnd::Bad),
+            Ok(None) => {}
+            Err(e) => return Err(ReadEnd::Bad(e)),
+        }
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => reader.push(&chunk.bytes),
+            Ok(None) | Err(_) => return Err(ReadEnd::Closed),
+        }
+    }
+}
+
+async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "QUIC handshake failed");
+            return;
+        }
+    };
+    let conn_id = edge.next_conn_id();
+    let idle = edge.config.idle_timeout();
+    let limits = edge.config.limits;
+    let (mut send, mut recv) = match tokio::time::timeout(idle, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        _ => {
+            conn.close(
+                VarInt::from_u32(CloseReason::Idle.quic_code()),
+                b"no control stream",
+            );
+            return;
+        }
+    };
+    let mut reader = FrameReader::new(limits.max_frame_bytes);
+
+    // Authenticate before anything else is accepted or registered.
+    let first = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)).await;
+    let user = match first {
+        Ok(Ok(pb::ClientFrame {
+            body: Some(client_frame::Body::Auth(auth)),
+            ..
+        })) => match edge.verify_token(&auth.token) {
+            Ok(claims) => claims.sub,
+            Err(e) => {
+                let f = frame::error("bad_token", e.to_string());
+                refuse(&conn, send, &f, CloseReason::BadToken).await;
+                return;
+            }
+        },
+        Ok(Ok(_)) => {
+            let f = frame::error("auth_required", "the first frame must be auth");
+            refuse(&conn, send, &f, CloseReason::BadToken).await;
+            return;
+        }
+        Ok(Err(ReadEnd::Bad(e))) => {
+            edge.metrics.bad_frame(e.code());
+            refuse(
+                &conn,
+                send,
+                &frame::error(e.code(), e.to_string()),
+                CloseReason::BadFrame,
+            )
+            .await;
+            return;
+        }
+        Ok(Err(ReadEnd::Closed)) => return,
+        Err(_elapsed) => {
+            let _ = send.finish();
+            conn.close(VarInt::from_u32(CloseReason::Idle.quic_code()), b"no auth");
+            return;
+        }
+    };
+
+    let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
+    tracing::debug!(conn_id, user = %user, remote = %conn.remote_address(), "QUIC connected");
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
+    let writer = tokio::spawn(write_loop(send, conn.clone(), control_rx, batch_rx));
+    let mut session = Session::new(
+        Arc::clone(&edge),
+        conn_id,
+        user.clone(),
+        Transport::Quic,
+        control_tx,
+        batch_tx,
+    );
+    let mut flow = session.reply(Body::AuthOk(pb::AuthOk { user })).await;
+    while flow == Flow::Continue {
+        let next = tokio::select! {
+            biased;
+            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
+            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
+            next = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)) => next,
+        };
+        flow = match next {
+            Err(_elapsed) => Flow::Close(CloseReason::Idle),
+            Ok(Err(ReadEnd::Closed)) => Flow::Close(CloseReason::PeerClosed),
+            Ok(Err(ReadEnd::Bad(e))) => session.reject(&e).await,
+            Ok(Ok(f)) => session.dispatch(f).await,
+        };
+    }
+    let reason = match flow {
+        Flow::Close(r) => r,
+        Flow::Continue => CloseReason::PeerClosed,
+    };
+    tracing::debug!(conn_id, reason = reason.text(), "QUIC closing");
+    session.close(reason).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER * 2, writer).await;
+}
+
+/// Sends one error frame on the control stream, then closes the connection.
+async fn refuse(conn: &Connection, mut send: SendStream, f: &pb::ServerFrame, reason: CloseReason) {
+    let _ = send.write_all(&encode_prefixed(&frame::encode(f))).await;
+    close(conn, send, reason).await;
+}
+
+/// Finishes the control stream, waits (bounded) until the peer acknowledged
+/// it — closing at once would discard frames still in flight — then closes.
+async fn close(conn: &Connection, mut send: SendStream, reason: CloseReason) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+    }
+    conn.close(
+        VarInt::from_u32(reason.quic_code()),
+        reason.text().as_bytes(),
+    );
+}
+
+/// Owns the control send stream and the batch path. Replies first, then batches.
+async fn write_loop(
+    mut send: SendStream,
+    conn: Connection,
+    mut control: mpsc::Receiver<Control>,
+    mut batches: mpsc::Receiver<Outbound>,
+) {
+    let mut batch_stream: Option<SendStream> = None;
+    let mut batches_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            c = control.recv() => match c {
+                Some(Control::Frame(f)) => {
+                    if send.write_all(&encode_prefixed(&frame::encode(&f))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Control::Close(reason)) => {
+                    close(&conn, send, reason).await;
+                    return;
+                }
+                None => {
+                    close(&conn, send, CloseReason::PeerClosed).await;
+                    return;
+                }
+            },
+            b = batches.recv(), if batches_open => match b {
+                Some(Outbound::Binary(bytes)) => {
+                    if send_batch(&conn, &mut batch_stream, bytes).await.is_err() {
+                        return;
+                    }
+                }
+                // JSON text is only built for WebSocket JSON members.
+                Some(Outbound::Text(_)) => {}
+                None => batches_open = false,
+            },
+        }
+    }
+}
+
+/// A batch as one datagram if it fits, else length-prefixed on the batch stream.
+async fn send_batch(
+    conn: &Connection,
+    stream: &mut Option<SendStream>,
+    bytes: Bytes,
+) -> Result<(), ()> {
+    if conn
+        .max_datagram_size()
+        .is_some_and(|max| bytes.len() <= max)
+        && conn.send_datagram(bytes.clone()).is_ok()
+    {
+        return Ok(());
+    }
+    let s = match stream {
+        Some(s) => s,
+        None => stream.insert(conn.open_uni().await.map_err(|_| ())?),
+    };
+    let mut prefix = BytesMut::with_capacity(10);
+    prost::encoding::encode_varint(bytes.len() as u64, &mut prefix);
+    s.write_all_chunks(&mut [prefix.freeze(), bytes])
+        .await
+        .map_err(|_| ())
+}

@@ -1,0 +1,379 @@
+//! Who is listening where: channel name → the local members of that channel.
+//!
+//! Only members connected to THIS edge are held (the bus brings every channel's
+//! events; the consumer drops those with no entry here). Sharded maps all the
+//! way down: the outer `DashMap` shards channels, each [`Channel`]'s `DashMap`
+//! shards its members, so no lock is global and the fan-out path only takes
+//! shard read locks — never a lock per member. A member is a handle to push into
+//! its connection's bounded queue: pushing is a refcount bump and `try_send`.
+//! Channels are removed when their last member leaves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use danmaku_proto::ChannelName;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::metrics::Metrics;
+
+/// Identifies one client connection on this edge.
+pub type ConnId = u64;
+
+/// How a connection receives frames; also the `transport` metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// WebSocket, subprotocol `danmaku.v1.json`: text frames.
+    WsJson = 0,
+    /// WebSocket, subprotocol `danmaku.v1.pb`: binary protobuf frames.
+    WsPb = 1,
+    /// QUIC, ALPN `danmaku/1`: protobuf frames on streams and datagrams.
+    Quic = 2,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::WsJson, Transport::WsPb, Transport::Quic];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WsJson => "ws_json",
+            Transport::WsPb => "ws_pb",
+            Transport::Quic => "quic",
+        }
+    }
+
+    /// Whether this transport reads JSON text rather than protobuf bytes.
+    pub fn is_json(self) -> bool {
+        self == Transport::WsJson
+    }
+}
+
+/// A prebuilt batch frame queued to one connection. Cloning either variant is a
+/// refcount bump: every member of a channel shares the same buffer.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An encoded `ServerFrame` (WebSocket binary message or QUIC datagram/stream).
+    Binary(Bytes),
+    /// A JSON frame (WebSocket text message).
+    Text(Utf8Bytes),
+}
+
+/// The frames of one flush, built once and shared by all members of a channel.
+#[derive(Debug, Clone)]
+pub struct BatchFrames {
+    /// Encoded `ServerFrame{Batch}` for protobuf and QUIC members.
+    pub pb: Bytes,
+    /// JSON text, built only when the channel has JSON members.
+    pub json: Option<Utf8Bytes>,
+}
+
+/// One connection's membership in a channel.
+#[derive(Debug, Clone)]
+pub struct Member {
+    transport: Transport,
+    queue: mpsc::Sender<Outbound>,
+}
+
+impl Member {
+    pub fn new(transport: Transport, queue: mpsc::Sender<Outbound>) -> Self {
+        Member { transport, queue }
+    }
+}
+
+/// What a push to all members of a channel did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Frames queued, indexed by `Transport as usize`.
+    pub pushed: [u64; 3],
+    /// Members whose queue was full: the batch is dropped for them.
+    pub dropped: u64,
+}
+
+impl PushOutcome {
+    pub fn total_pushed(&self) -> u64 {
+        self.pushed.iter().sum()
+    }
+}
+
+/// A channel's local members.
+#[derive(Debug)]
+pub struct Channel {
+    name: ChannelName,
+    members: DashMap<ConnId, Member>,
+    count: AtomicUsize,
+    json_count: AtomicUsize,
+}
+
+impl Channel {
+    fn new(name: ChannelName) -> Self {
+        Channel {
+            name,
+            members: DashMap::new(),
+            count: AtomicUsize::new(0),
+            json_count: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// Local members now.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Local members that read JSON; the batcher builds JSON text only when > 0.
+    pub fn json_members(&self) -> usize {
+        self.json_count.load(Ordering::Relaxed)
+    }
+
+    /// Queues the frames of one flush to every member without waiting: a full
+    /// queue drops the batch for that member only (slow consumer), a closed one
+    /// (connection ending) is skipped.
+    pub fn push(&self, frames: &BatchFrames) -> PushOutcome {
+        let mut out = PushOutcome::default();
+        for member in self.members.iter() {
+            let item = if member.transport.is_json() {
+                match &frames.json {
+                    Some(text) => Outbound::Text(text.clone()),
+                    // Joined after the batch was built: catches the next one.
+                    None => continue,
+                }
+            } else {
+                Outbound::Binary(frames.pb.clone())
+            };
+            match member.queue.try_send(item) {
+                Ok(()) => out.pushed[member.transport as usize] += 1,
+                Err(TrySendError::Full(_)) => out.dropped += 1,
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        out
+    }
+
+    fn insert(&self, conn: ConnId, member: Member) -> bool {
+        let json = member.transport.is_json();
+        if self.members.insert(conn, member).is_some() {
+            return false;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if json {
+            self.json_count.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    fn remove(&self, conn: ConnId) -> bool {
+        let Some((_, member)) = self.members.remove(&conn) else {
+            return false;
+        };
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        if member.transport.is_json() {
+            self.json_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+/// All channels with local members.
+pub struct Registry {
+    channels: DashMap<ChannelName, Arc<Channel>>,
+    metrics: Metrics,
+}
+
+impl Registry {
+    pub fn new(metrics: Metrics) -> Self {
+        Registry {
+            channels: DashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Adds `conn` to `channel`, creating the channel on first join. Returns
+    /// false if `conn` was already a member (joining twice is harmless).
+    pub fn join(&self, channel: &ChannelName, conn: ConnId, member: Member) -> bool {
+        // The member is inserted while the entry (a shard write lock) is held, so
+        // `leave` cannot remove the channel between its creation and this insert.
+        let mut created = false;
+        let entry = self.channels.entry(channel.clone()).or_insert_with(|| {
+            created = true;
+            Arc::new(Channel::new(channel.clone()))
+        });
+        let added = entry.insert(conn, member);
+        drop(entry);
+        if created {
+            self.metrics.channels.inc();
+        }
+        if added {
+            self.metrics.channel_members.inc();
+        }
+        added
+    }
+
+    /// Removes `conn` from `channel`, and the channel if it became empty.
+    /// Returns whether `conn` was a member.
+    pub fn leave(&self, channel: &ChannelName, conn: ConnId) -> bool {
+        let removed = match self.channels.get(channel) {
+            Some(ch) => ch.remove(conn),
+            None => return false,
+        };
+        if removed {
+            self.metrics.channel_members.dec();
+        }
+        // Emptiness is checked under the shard write lock, which `join` holds
+        // while inserting, so a channel that just gained a member is kept.
+        if self
+            .channels
+            .remove_if(channel, |_, ch| ch.is_empty())
+            .is_some()
+        {
+            self.metrics.channels.dec();
+        }
+        removed
+    }
+
+    /// The channel named `name`, if it has local members.
+    pub fn get(&self, name: &str) -> Option<Arc<Channel>> {
+        self.channels.get(name).map(|c| Arc::clone(&c))
+    }
+
+    /// Channels with local members: the `n` of the adaptive window.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap()
+    }
+
+    fn member(t: Transport, cap: usize) -> (Member, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (Member::new(t, tx), rx)
+    }
+
+    fn frames() -> BatchFrames {
+        BatchFrames {
+            pb: Bytes::from_static(b"pb"),
+            json: Some(Utf8Bytes::from_static("{}")),
+        }
+    }
+
+    #[test]
+    fn join_and_leave_keep_counts_and_remove_empty_channels() {
+        let metrics = Metrics::unregistered();
+        let reg = Registry::new(metrics.clone());
+        let r1 = room("room:1");
+        let (m1, _rx1) = member(Transport::WsPb, 4);
+        let (m2, _rx2) = member(Transport::WsJson, 4);
+        assert!(reg.join(&r1, 1, m1.clone()));
+        assert!(
+            !reg.join(&r1, 1, m1),
+            "second join of the same conn is a no-op"
+        );
+        assert!(reg.join(&r1, 2, m2));
+        let ch = reg.get("room:1").expect("channel exists");
+        assert_eq!(ch.len(), 2);
+        assert_eq!(ch.json_members(), 1);
+        assert_eq!(reg.len(), 1);
+        assert_eq!(metrics.channels.get(), 1);
+        assert_eq!(metrics.channel_members.get(), 2);
+
+        assert!(reg.leave(&r1, 2));
+        assert!(!reg.leave(&r1, 2));
+        assert_eq!(ch.json_members(), 0);
+        assert!(reg.get("room:1").is_some());
+        assert!(reg.leave(&r1, 1));
+        assert!(reg.get("room:1").is_none(), "empty channel is removed");
+        assert!(reg.is_empty());
+        assert_eq!(metrics.channels.get(), 0);
+        assert_eq!(metrics.channel_members.get(), 0);
+        assert!(!reg.leave(&room("room:nope"), 1));
+    }
+
+    #[test]
+    fn push_shares_frames_by_codec_and_drops_for_full_queues() {
+        let reg = Registry::new(Metrics::unregistered());
+        let r = room("room:7");
+        let (pb, mut pb_rx) = member(Transport::WsPb, 1);
+        let (js, mut js_rx) = member(Transport::WsJson, 8);
+        let (quic, quic_rx) = member(Transport::Quic, 8);
+        reg.join(&r, 1, pb);
+        reg.join(&r, 2, js);
+        reg.join(&r, 3, quic);
+        drop(quic_rx); // connection ending: skipped, not counted as slow
+        let ch = reg.get("room:7").unwrap();
+        let f = frames();
+        let first = ch.push(&f);
+        assert_eq!(first.pushed, [1, 1, 0]);
+        assert_eq!(first.dropped, 0);
+        let second = ch.push(&f);
+        assert_eq!(second.dropped, 1, "pb member's queue of 1 is full");
+        assert_eq!(second.total_pushed(), 1);
+        match pb_rx.try_recv().unwrap() {
+            Outbound::Binary(b) => {
+                assert_eq!(b, f.pb);
+                assert_eq!(b.as_ptr(), f.pb.as_ptr(), "shared, not copied");
+            }
+            other => panic!("pb member got {other:?}"),
+        }
+        assert!(matches!(js_rx.try_recv().unwrap(), Outbound::Text(t) if t.as_str() == "{}"));
+    }
+
+    #[test]
+    fn json_members_are_skipped_when_no_json_was_built() {
+        let reg = Registry::new(Metrics::unregistered());
+        let r = room("group:g");
+        let (js, mut js_rx) = member(Transport::WsJson, 8);
+        reg.join(&r, 1, js);
+        let out = reg.get("group:g").unwrap().push(&BatchFrames {
+            pb: Bytes::new(),
+            json: None,
+        });
+        assert_eq!(out, PushOutcome::default());
+        assert!(js_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn concurrent_join_and_leave_never_lose_a_member() {
+        let reg = Arc::new(Registry::new(Metrics::unregistered()));
+        let r = room("room:race");
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let reg = Arc::clone(&reg);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000u64 {
+                        let conn = t * 1_000_000 + i;
+                        let (m, _rx) = member(Transport::WsPb, 1);
+                        reg.join(&r, conn, m);
+                        reg.leave(&r, conn);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(reg.get("room:race").is_none());
+        let (m, _rx) = member(Transport::WsPb, 1);
+        reg.join(&r, 42, m);
+        assert_eq!(reg.get("room:race").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,239 @@
+//! WebSocket transport: `GET /v1/ws?token=…` with subprotocol `danmaku.v1.json`
+//! (text) or `danmaku.v1.pb` (binary protobuf).
+//!
+//! The token and subprotocol are checked before the upgrade, so a refused client
+//! gets a plain HTTP error with API.md's JSON body. After the upgrade the socket
+//! is split: the reader loop here decodes frames and dispatches them to the
+//! session; a writer task owns the sink (see `session.rs` for the queues).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use danmaku_proto::json::JsonServerFrame;
+use danmaku_proto::pb::server_frame::Body;
+use danmaku_proto::{Limits, ProtoError, frame, json, pb};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::Edge;
+use crate::error::ApiError;
+use crate::registry::{Outbound, Transport};
+use crate::session::{CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session};
+
+/// Subprotocol for JSON text frames (browsers, debugging).
+pub const SUBPROTOCOL_JSON: &str = "danmaku.v1.json";
+/// Subprotocol for binary protobuf frames.
+pub const SUBPROTOCOL_PB: &str = "danmaku.v1.pb";
+
+/// How long a closing connection may take to flush its last frames.
+const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct WsQuery {
+    token: Option<String>,
+}
+
+pub(crate) async fn upgrade(
+    State(edge): State<Arc<Edge>>,
+    Query(query): Query<WsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = query.token.unwrap_or_default();
+    let claims = match edge.verify_token(&token) {
+        Ok(c) => c,
+        Err(e) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", e.to_string())
+                .into_response();
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not_websocket",
+                rejection.body_text(),
+            )
+            .into_response();
+        }
+    };
+    let ws = ws.protocols([SUBPROTOCOL_PB, SUBPROTOCOL_JSON]);
+    let transport = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(SUBPROTOCOL_PB) => Transport::WsPb,
+        Some(SUBPROTOCOL_JSON) => Transport::WsJson,
+        _ => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_subprotocol",
+                format!("request subprotocol {SUBPROTOCOL_JSON} or {SUBPROTOCOL_PB}"),
+            )
+            .into_response();
+        }
+    };
+    // Room for a frame a bit over the limit, so an oversize frame is answered
+    // with a `frame_too_large` error frame rather than a bare protocol error.
+    let max = edge
+        .config
+        .limits
+        .max_frame_bytes
+        .saturating_mul(2)
+        .max(64 << 10);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run(edge, socket, transport, claims.sub))
+}
+
+async fn run(edge: Arc<Edge>, socket: WebSocket, transport: Transport, user: String) {
+    let conn_id = edge.next_conn_id();
+    let _gauge = ConnectionGauge::open(&edge, transport);
+    tracing::debug!(conn_id, user = %user, transport = transport.label(), "websocket connected");
+    let (sink, mut stream) = socket.split();
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        control_rx,
+        batch_rx,
+        transport,
+        edge.config.limits,
+    ));
+    let mut session = Session::new(
+        Arc::clone(&edge),
+        conn_id,
+        user.clone(),
+        transport,
+        control_tx,
+        batch_tx,
+    );
+    let limits = edge.config.limits;
+    let idle = edge.config.idle_timeout();
+    let mut flow = session.reply(Body::AuthOk(pb::AuthOk { user })).await;
+    while flow == Flow::Continue {
+        let next = tokio::select! {
+            biased;
+            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
+            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        let msg = match next {
+            Err(_elapsed) => {
+                tracing::debug!(conn_id, "idle timeout");
+                flow = Flow::Close(CloseReason::Idle);
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                // Protocol violations (e.g. a message far above the limit) end here
+                // without an error frame: the stream is no longer usable.
+                edge.metrics.bad_frame("websocket_protocol");
+                tracing::debug!(conn_id, error = %e, "websocket read failed");
+                flow = Flow::Close(CloseReason::PeerClosed);
+                break;
+            }
+            Ok(Some(Ok(msg))) => msg,
+        };
+        flow = match decode(transport, msg, &limits) {
+            Decoded::Frame(f) => session.dispatch(f).await,
+            Decoded::Skip => Flow::Continue,
+            Decoded::Closed => break,
+            Decoded::Bad(e) => session.reject(&e).await,
+        };
+    }
+    let reason = match flow {
+        Flow::Close(r) => r,
+        Flow::Continue => CloseReason::PeerClosed,
+    };
+    tracing::debug!(conn_id, reason = reason.text(), "websocket closing");
+    session.close(reason).await;
+    let _ = tokio::time::timeout(WRITER_DRAIN, writer).await;
+}
+
+enum Decoded {
+    Frame(pb::ClientFrame),
+    Skip,
+    Closed,
+    Bad(ProtoError),
+}
+
+fn decode(transport: Transport, msg: Message, limits: &Limits) -> Decoded {
+    let res = match (transport, msg) {
+        (Transport::WsPb, Message::Binary(b)) => frame::decode_client(&b, limits),
+        (_, Message::Text(t)) if transport.is_json() => json::decode_client_json(&t, limits),
+        // Control frames: tungstenite answers pings itself; they still count as activity.
+        (_, Message::Ping(_) | Message::Pong(_)) => return Decoded::Skip,
+        (_, Message::Close(_)) => return Decoded::Closed,
+        (_, Message::Binary(_)) => Err(ProtoError::BadJson(format!(
+            "binary message on a {SUBPROTOCOL_JSON} connection"
+        ))),
+        (_, Message::Text(_)) => Err(ProtoError::Malformed(format!(
+            "text message on a {SUBPROTOCOL_PB} connection"
+        ))),
+    };
+    match res {
+        Ok(f) => Decoded::Frame(f),
+        Err(e) => Decoded::Bad(e),
+    }
+}
+
+/// Owns the socket's sink. Replies first (biased), then batches.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut control: mpsc::Receiver<Control>,
+    mut batches: mpsc::Receiver<Outbound>,
+    transport: Transport,
+    limits: Limits,
+) {
+    let mut batches_open = true;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            c = control.recv() => match c {
+                Some(Control::Frame(f)) => encode_reply(&f, transport, &limits),
+                Some(Control::Close(reason)) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code: reason.ws_code(),
+                            reason: reason.text().into(),
+                        })))
+                        .await;
+                    break;
+                }
+                None => break,
+            },
+            b = batches.recv(), if batches_open => match b {
+                Some(Outbound::Binary(bytes)) => Message::Binary(bytes),
+                Some(Outbound::Text(text)) => Message::Text(text),
+                None => { batches_open = false; continue; }
+            },
+        };
+        if sink.send(msg).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+fn encode_reply(f: &pb::ServerFrame, transport: Transport, limits: &Limits) -> Message {
+    if transport.is_json() {
+        match JsonServerFrame::from_pb(f, limits) {
+            Ok(j) => Message::Text(j.to_text().into()),
+            // Only batches can fail to convert, and they never come this way.
+            Err(e) => Message::Text(
+                JsonServerFrame::Error {
+                    code: "internal".into(),
+                    message: e.to_string(),
+                }
+                .to_text()
+                .into(),
+            ),
+        }
+    } else {
+        Message::Binary(frame::encode(f))
+    }
+}
