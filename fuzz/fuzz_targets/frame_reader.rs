@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // 2. Re-frame what was read: it must come back identical through the same chunking.
-    let wire: Vec<u8> = frames.iter().flat_map(|f| encode_prefixed(f).to_vec()).collect();
+    let wire: Vec<u8> = frames
+        .iter()
+        .flat_map(|f| encode_prefixed(f).to_vec())
+        .collect();
     let mut r = FrameReader::new(MAX);
     let mut again = Vec::new();
     for piece in wire.chunks(chunk) {

@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
         frame::decode_client(&frame::encode(&f), &limits).expect("JSON-accepted frame is valid");
         let back = json::JsonClientFrame::from_pb(&f).expect("has a JSON form");
         let text2 = serde_json::to_string(&back).expect("serializable");
-        assert_eq!(json::decode_client_json(&text2, &limits).expect("round trip"), f);
+        assert_eq!(
+            json::decode_client_json(&text2, &limits).expect("round trip"),
+            f
+        );
     }
     if let Ok(f) = json::decode_server_json(text, &limits) {
         let _ = f.to_text();
