@@ -2,11 +2,12 @@
 //! consumes entirely.
 //!
 //! [`Bus`] is the interface; backends are chosen by URL in [`connect`]:
-//! `memory` (in-process, for standalone) and, later, `kafka://…`. Messages are
+//! `memory` (in-process, for standalone) and `kafka://…` ([`KafkaBus`]). Messages are
 //! opaque: a key (the channel, so one channel keeps its order) and a payload
 //! (an encoded `BusEvent`). Keeping the key outside the payload lets an edge drop
 //! events for channels it does not host without decoding them.
 
+mod kafka;
 mod memory;
 
 use std::sync::Arc;
@@ -14,6 +15,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use kafka::{
+    DEFAULT_PARTITIONS, DEFAULT_TOPIC, KafkaBus, KafkaBusConfig, KafkaStats, PartitionLag,
+    SubscriptionStats,
+};
 pub use memory::{MemoryBus, MemoryBusConfig};
 
 /// One message on the bus.
@@ -52,6 +57,17 @@ pub trait Bus: Send + Sync + 'static {
 
     /// A short name for logs and metrics labels (`memory`, `kafka`).
     fn kind(&self) -> &'static str;
+
+    /// Whether the backend can currently publish and deliver (for readiness checks
+    /// and a `danmaku_bus_up` gauge). The memory bus always can.
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Counters and consumer lag of the Kafka backend; `None` for other backends.
+    fn kafka_stats(&self) -> Option<KafkaStats> {
+        None
+    }
 }
 
 /// A stream of bus messages for one consumer.
@@ -61,14 +77,15 @@ pub trait Subscription: Send {
     async fn recv(&mut self) -> Result<BusMessage, BusError>;
 }
 
-/// Opens the bus named by `url`: `memory` or `kafka://host:port[,…][?topic=NAME]`.
+/// Opens the bus named by `url`: `memory` or
+/// `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R]`
+/// (see [`KafkaBusConfig::from_url`]).
 pub async fn connect(url: &str) -> Result<Arc<dyn Bus>, BusError> {
     match url.split_once("://").map(|(s, _)| s).unwrap_or(url) {
         "memory" => Ok(Arc::new(MemoryBus::new(MemoryBusConfig::default()))),
-        "kafka" => Err(BusError::BadUrl {
-            url: url.to_owned(),
-            reason: "the Kafka backend is not built yet (issue 4)".into(),
-        }),
+        "kafka" => Ok(Arc::new(
+            KafkaBus::connect(KafkaBusConfig::from_url(url)?).await?,
+        )),
         other => Err(BusError::BadUrl {
             url: url.to_owned(),
             reason: format!("unknown scheme {other:?}; expected memory or kafka://"),

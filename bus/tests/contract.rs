@@ -1,6 +1,9 @@
 //! The bus contract: the same tests for every backend. A backend is added by
-//! instantiating `contract_suite!` with a constructor (the Kafka one joins in
-//! issue 4).
+//! instantiating `contract_suite!` with a constructor.
+//!
+//! The Kafka suite runs against the real broker named by `DANMAKU_TEST_KAFKA`
+//! (`scripts/services.sh start kafka`, then `source .services/env`); each test gets a
+//! topic of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +108,31 @@ contract_suite!(
     memory,
     Arc::new(MemoryBus::new(MemoryBusConfig::default())) as Arc<dyn Bus>
 );
+
+/// A Kafka bus on a fresh topic of the test broker.
+async fn kafka_bus() -> Arc<dyn Bus> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let addr = std::env::var("DANMAKU_TEST_KAFKA").unwrap_or_default();
+    assert!(
+        !addr.is_empty(),
+        "DANMAKU_TEST_KAFKA is not set: run `scripts/services.sh start kafka && \
+         source .services/env` first (scripts/test.sh does both)"
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let url = format!(
+        "kafka://{addr}?topic=contract.{}.{nanos}.{n}",
+        std::process::id()
+    );
+    danmaku_bus::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test broker {addr}: {e}"))
+}
+
+contract_suite!(kafka, kafka_bus().await);
 
 #[tokio::test]
 async fn connect_parses_urls() {

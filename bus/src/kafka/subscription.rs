@@ -1,0 +1,372 @@
+//! One subscription = one consumer that owns every partition of the topic.
+//!
+//! A task fetches with a [`StreamConsumer`] and forwards into a bounded channel that
+//! [`Subscription::recv`] reads. On every watch interval it checks the topic's
+//! metadata and, after anything suspicious (an error from librdkafka, the topic
+//! missing, a different partition count), compares its positions with the
+//! partitions' watermarks and re-assigns: unchanged partitions go on where they
+//! were; new partitions and partitions of a re-created topic start at their
+//! beginning (INFRA.md quirk 4).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::{Shared, base_config, log_librdkafka, store_now, topic_partitions, unavailable};
+use crate::{BusError, BusMessage, Subscription};
+
+/// How long one metadata or watermark request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Consumer lag of one partition, as of librdkafka's last statistics (every second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// Offset of the next message this subscription will receive (-1: unknown yet).
+    pub position: i64,
+    /// The partition's high watermark (-1: unknown yet).
+    pub high_watermark: i64,
+    /// `high_watermark - position`, or -1 when either is unknown.
+    pub lag: i64,
+}
+
+/// Health of one subscription.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionStats {
+    /// Messages fetched but not yet taken by `recv`.
+    pub buffered: usize,
+    /// Per-partition lag, sorted by partition.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// What a subscription's consumer callbacks, its task and `KafkaBus::stats` share.
+pub(super) struct SubState {
+    topic: String,
+    /// Set by librdkafka errors: check positions against watermarks at the next tick.
+    disrupted: AtomicBool,
+    buffered: AtomicUsize,
+    lags: Mutex<Vec<PartitionLag>>,
+}
+
+impl SubState {
+    pub(super) fn stats(&self) -> SubscriptionStats {
+        SubscriptionStats {
+            buffered: self.buffered.load(Ordering::Relaxed),
+            partitions: self.lags.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+}
+
+struct SubContext {
+    state: Arc<SubState>,
+}
+
+impl ClientContext for SubContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka("consumer", level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.state.disrupted.store(true, Ordering::Relaxed);
+        tracing::debug!(role = "consumer", %error, reason, "librdkafka error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.state.topic) else {
+            return;
+        };
+        let mut lags: Vec<PartitionLag> = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0) // -1 is librdkafka's internal "unassigned" queue
+            .map(|p| PartitionLag {
+                partition: p.partition,
+                position: p.app_offset,
+                high_watermark: p.hi_offset,
+                lag: if p.app_offset >= 0 && p.hi_offset >= 0 {
+                    (p.hi_offset - p.app_offset).max(0)
+                } else {
+                    -1
+                },
+            })
+            .collect();
+        lags.sort_by_key(|l| l.partition);
+        *self.state.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
+    }
+}
+
+impl ConsumerContext for SubContext {}
+
+type KafkaConsumer = StreamConsumer<SubContext>;
+
+/// Creates the consumer, assigns every partition at its current end and starts the
+/// fetch task. Everything published after this returns is received.
+pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscription>, BusError> {
+    let config = &shared.config;
+    let state = Arc::new(SubState {
+        topic: config.topic.clone(),
+        disrupted: AtomicBool::new(false),
+        buffered: AtomicUsize::new(0),
+        lags: Mutex::new(Vec::new()),
+    });
+    let consumer: KafkaConsumer = base_config(config)
+        // librdkafka wants a group id even for `assign`; with no subscribe and no
+        // commits it never joins the group.
+        .set("group.id", "danmaku-bus")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Used only when a fetch position is out of range: the topic was re-created.
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait.as_millis().to_string(),
+        )
+        .set("fetch.error.backoff.ms", "50")
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(SubContext {
+            state: state.clone(),
+        })
+        .map_err(|e| unavailable(config, "cannot create a consumer", e))?;
+    let consumer = Arc::new(consumer);
+
+    // Resolve the end offsets ourselves rather than assigning `Offset::End`: librdkafka
+    // would resolve that lazily, after a publish that follows this call.
+    let mut ends = blocking_end_offsets(&consumer, &config.topic).await;
+    if matches!(ends, Ok(None)) {
+        shared.create_topic().await?;
+        ends = blocking_end_offsets(&consumer, &config.topic).await;
+    }
+    let ends = match ends {
+        Ok(Some(ends)) => ends,
+        Ok(None) => return Err(unavailable(config, "subscribe", "the topic does not exist")),
+        Err(e) => return Err(unavailable(config, "subscribe", e)),
+    };
+    let positions: Vec<i64> = ends.iter().map(|&(_, high)| high).collect();
+    assign(&consumer, &config.topic, &positions)
+        .map_err(|e| unavailable(config, "cannot assign partitions", e))?;
+
+    let (tx, rx) = mpsc::channel(config.subscription_buffer.max(1));
+    shared
+        .subs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::downgrade(&state));
+    let fetcher = Fetcher {
+        shared,
+        state,
+        consumer,
+        tx,
+        positions,
+        topic_missing: false,
+    };
+    tokio::spawn(fetcher.run());
+    Ok(Box::new(KafkaSubscription { rx }))
+}
+
+struct KafkaSubscription {
+    rx: mpsc::Receiver<BusMessage>,
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn recv(&mut self) -> Result<BusMessage, BusError> {
+        self.rx.recv().await.ok_or(BusError::Closed)
+    }
+}
+
+struct Fetcher {
+    shared: Arc<Shared>,
+    state: Arc<SubState>,
+    consumer: Arc<KafkaConsumer>,
+    tx: mpsc::Sender<BusMessage>,
+    /// Next offset to receive, per partition (index = partition id).
+    positions: Vec<i64>,
+    /// The last metadata check found no topic: when it returns, it is a new one.
+    topic_missing: bool,
+}
+
+enum Step {
+    Stop,
+    Tick,
+    Message(i32, i64, BusMessage),
+    Error(KafkaError),
+}
+
+impl Fetcher {
+    /// Runs until the subscription is dropped. Never gives up on errors: librdkafka
+    /// reconnects by itself and [`Fetcher::check_assignment`] repairs the rest.
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.shared.config.watch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let step = tokio::select! {
+                _ = self.tx.closed() => Step::Stop,
+                _ = tick.tick() => Step::Tick,
+                r = self.consumer.recv() => match r {
+                    Ok(m) => Step::Message(m.partition(), m.offset(), BusMessage {
+                        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+                        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                    }),
+                    Err(e) => Step::Error(e),
+                },
+            };
+            match step {
+                Step::Stop => return,
+                Step::Tick => {
+                    let buffered = self.tx.max_capacity() - self.tx.capacity();
+                    self.state.buffered.store(buffered, Ordering::Relaxed);
+                    self.check_assignment().await;
+                }
+                Step::Message(partition, offset, msg) => {
+                    if let Some(pos) = usize::try_from(partition)
+                        .ok()
+                        .and_then(|p| self.positions.get_mut(p))
+                    {
+                        *pos = offset + 1;
+                    }
+                    let counters = &self.shared.counters;
+                    counters.consumed.fetch_add(1, Ordering::Relaxed);
+                    store_now(&counters.last_fetch_ms);
+                    if self.tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Error(e) => {
+                    self.state.disrupted.store(true, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "kafka fetch error");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn check_assignment(&mut self) {
+        let topic = self.shared.config.topic.clone();
+        let consumer = self.consumer.clone();
+        let count = tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
+                .map(|md| topic_partitions(&md, &topic))
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+        let count = match count {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                if !self.topic_missing {
+                    tracing::warn!(topic = %self.shared.config.topic, "kafka topic disappeared; waiting for it");
+                    self.topic_missing = true;
+                }
+                // The bus's watcher re-creates it too; this covers a process that only
+                // subscribes and has dropped its bus handle.
+                if let Err(e) = self.shared.create_topic().await {
+                    tracing::debug!(error = %e, "cannot re-create the kafka topic");
+                }
+                return;
+            }
+            Err(e) => {
+                self.state.disrupted.store(true, Ordering::Relaxed);
+                tracing::debug!(error = %e, "kafka metadata request failed");
+                return;
+            }
+        };
+        let disrupted = self.state.disrupted.swap(false, Ordering::Relaxed);
+        if !(disrupted || self.topic_missing || count != self.positions.len()) {
+            return;
+        }
+        let topic = self.shared.config.topic.clone();
+        let ends = match blocking_watermarks(&self.consumer, &topic, count).await {
+            Ok(ends) => ends,
+            Err(e) => {
+                self.state.disrupted.store(true, Ordering::Relaxed);
+                tracing::debug!(error = %e, "kafka watermark request failed");
+                return;
+            }
+        };
+        let fresh = self.topic_missing;
+        let positions: Vec<i64> = ends
+            .iter()
+            .enumerate()
+            .map(|(p, &(low, high))| match self.positions.get(p) {
+                // Unchanged partition: go on where we were.
+                Some(&pos) if !fresh && (low..=high).contains(&pos) => pos,
+                // New partition, or the topic was re-created under us (our position is
+                // past its end): everything in it is new to us.
+                _ => low,
+            })
+            .collect();
+        if positions == self.positions {
+            return;
+        }
+        if let Err(e) = assign(&self.consumer, &topic, &positions) {
+            self.state.disrupted.store(true, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot re-assign kafka partitions");
+            return;
+        }
+        tracing::info!(
+            topic = %topic,
+            partitions = count,
+            recreated = fresh,
+            "kafka subscription re-assigned its partitions"
+        );
+        self.positions = positions;
+        self.topic_missing = false;
+        self.shared
+            .counters
+            .reassignments
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn assign(consumer: &KafkaConsumer, topic: &str, positions: &[i64]) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::with_capacity(positions.len());
+    for (p, &offset) in positions.iter().enumerate() {
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(offset))?;
+    }
+    consumer.assign(&tpl)
+}
+
+/// `(low, high)` watermarks of every partition, or `None` if the topic does not exist.
+async fn blocking_end_offsets(
+    consumer: &Arc<KafkaConsumer>,
+    topic: &str,
+) -> Result<Option<Vec<(i64, i64)>>, KafkaError> {
+    let (c, t) = (consumer.clone(), topic.to_owned());
+    let count = tokio::task::spawn_blocking(move || {
+        c.fetch_metadata(Some(&t), REQUEST_TIMEOUT)
+            .map(|md| topic_partitions(&md, &t))
+    })
+    .await
+    .unwrap_or(Err(KafkaError::Canceled))?;
+    match count {
+        Some(n) => blocking_watermarks(consumer, topic, n).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn blocking_watermarks(
+    consumer: &Arc<KafkaConsumer>,
+    topic: &str,
+    count: usize,
+) -> Result<Vec<(i64, i64)>, KafkaError> {
+    let (c, t) = (consumer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        (0..count as i32)
+            .map(|p| c.fetch_watermarks(&t, p, REQUEST_TIMEOUT))
+            .collect()
+    })
+    .await
+    .unwrap_or(Err(KafkaError::Canceled))
+}
