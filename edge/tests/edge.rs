@@ -1,0 +1,727 @@
+//! The edge on real sockets: a MemoryBus, an axum server on a free port, QUIC on
+//! a free UDP port, and real clients (tokio-tungstenite, quinn). Events are
+//! published straight onto the bus, as ingest would.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use danmaku_bus::{Bus, MemoryBus, MemoryBusConfig};
+use danmaku_edge::{BatchConfig, Edge, EdgeConfig};
+use danmaku_proto::framing::{FrameReader, encode_prefixed};
+use danmaku_proto::json::{JsonEvent, JsonServerFrame, decode_server_json};
+use danmaku_proto::pb::{client_frame, server_frame};
+use danmaku_proto::token::TokenKey;
+use danmaku_proto::{Limits, frame, pb};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Nothing in these tests should take long; a hang fails instead of blocking CI.
+const STEP: Duration = Duration::from_secs(10);
+
+struct TestEdge {
+    edge: Arc<Edge>,
+    http: SocketAddr,
+    quic: SocketAddr,
+    bus: Arc<MemoryBus>,
+    key: TokenKey,
+    metrics: prometheus::Registry,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestEdge {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(config: EdgeConfig) -> Result<TestEdge> {
+    let bus = Arc::new(MemoryBus::new(MemoryBusConfig::default()));
+    let key = TokenKey::new("test-secret");
+    let metrics = prometheus::Registry::new();
+    let shutdown = CancellationToken::new();
+    let edge = Edge::start(
+        config,
+        bus.clone() as Arc<dyn Bus>,
+        key.clone(),
+        &metrics,
+        shutdown.clone(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http = listener.local_addr()?;
+    let app = edge.router();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let quic = udp.local_addr()?;
+    edge.serve_quic(udp)?;
+    Ok(TestEdge {
+        edge,
+        http,
+        quic,
+        bus,
+        key,
+        metrics,
+        shutdown,
+    })
+}
+
+fn config() -> EdgeConfig {
+    EdgeConfig {
+        batch: BatchConfig {
+            // Long enough that events published back to back share a batch.
+            min_window: Duration::from_millis(200),
+            ..BatchConfig::default()
+        },
+        ..EdgeConfig::default()
+    }
+}
+
+impl TestEdge {
+    fn token(&self, user: &str) -> String {
+        self.key
+            .mint(user, "user", danmaku_proto::token::now_secs(), 3600)
+    }
+
+    async fn ws(&self, user: &str, subprotocol: Option<&str>) -> Result<Ws> {
+        let url = format!("ws://{}/v1/ws?token={}", self.http, self.token(user));
+        self.ws_url(&url, subprotocol).await
+    }
+
+    async fn ws_url(&self, url: &str, subprotocol: Option<&str>) -> Result<Ws> {
+        let mut req = url.into_client_request()?;
+        if let Some(p) = subprotocol {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p)?);
+        }
+        let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req)).await??;
+        Ok(ws)
+    }
+
+    async fn publish(&self, channel: &str, sender: &str, text: &str) -> Result<()> {
+        let ev = pb::BusEvent {
+            version: 1,
+            channel: channel.into(),
+            event: Some(pb::Event {
+                kind: pb::Kind::Danmaku as i32,
+                sender: sender.into(),
+                text: text.into(),
+                ts_ms: danmaku_proto::now_ms(),
+                ..Default::default()
+            }),
+            origin: "test".into(),
+        };
+        self.bus
+            .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))
+            .await?;
+        Ok(())
+    }
+
+    /// The value of one sample in the registry's text exposition, 0 if absent.
+    fn metric(&self, series: &str) -> f64 {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&self.metrics.gather())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+async fn next_msg(ws: &mut Ws) -> Result<Message> {
+    loop {
+        let msg = tokio::time::timeout(STEP, ws.next())
+            .await
+            .context("timed out waiting for a message")?
+            .context("stream ended")??;
+        if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+            return Ok(msg);
+        }
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Result<JsonServerFrame> {
+    match next_msg(ws).await? {
+        Message::Text(t) => Ok(decode_server_json(&t, &Limits::default())?),
+        other => bail!("expected text, got {other:?}"),
+    }
+}
+
+async fn next_pb(ws: &mut Ws) -> Result<pb::ServerFrame> {
+    match next_msg(ws).await? {
+        Message::Binary(b) => Ok(frame::decode_server(&b, &Limits::default())?),
+        other => bail!("expected binary, got {other:?}"),
+    }
+}
+
+async fn send_pb(ws: &mut Ws, body: client_frame::Body) -> Result<()> {
+    ws.send(Message::Binary(frame::encode(&frame::client(body))))
+        .await?;
+    Ok(())
+}
+
+fn join(channel: &str) -> client_frame::Body {
+    client_frame::Body::Join(pb::Join {
+        channel: channel.into(),
+    })
+}
+
+/// Expects the stream to end (close frame or EOF) before any data frame.
+async fn expect_closed(ws: &mut Ws) -> Result<()> {
+    loop {
+        match tokio::time::timeout(STEP, ws.next()).await? {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(other)) => bail!("expected close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ws_json_batches_several_events_into_fewer_frames() -> Result<()> {
+    let t = start(config()).await?;
+    let mut ws = t.ws("alice", Some("danmaku.v1.json")).await?;
+    assert_eq!(
+        next_json(&mut ws).await?,
+        JsonServerFrame::AuthOk {
+            user: "alice".into()
+        }
+    );
+    ws.send(Message::Text(
+        r#"{"type":"join","channel":"room:42"}"#.into(),
+    ))
+    .await?;
+    assert_eq!(
+        next_json(&mut ws).await?,
+        JsonServerFrame::Joined {
+            channel: "room:42".into(),
+            last_seq: 0
+        }
+    );
+    for i in 0..20 {
+        t.publish("room:42", "bob", &format!("hello {i}")).await?;
+    }
+    // Another room's events must not show up here.
+    t.publish("room:other", "eve", "elsewhere").await?;
+    let mut events: Vec<JsonEvent> = Vec::new();
+    let mut frames = 0;
+    while events.len() < 20 {
+        match next_json(&mut ws).await? {
+            JsonServerFrame::Batch { channel, events: e } => {
+                assert_eq!(channel, "room:42");
+                frames += 1;
+                events.extend(e);
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(events.len(), 20);
+    let texts: Vec<_> = events.iter().map(|e| e.text.as_str()).collect();
+    let want: Vec<String> = (0..20).map(|i| format!("hello {i}")).collect();
+    assert_eq!(texts, want, "one sender's order is kept");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind == "danmaku" && e.sender == "bob")
+    );
+    assert!(frames < 20, "20 events came in {frames} frames");
+    assert!(t.metric("danmaku_edge_batches_total") >= 1.0);
+    assert_eq!(
+        t.metric("danmaku_edge_connections{transport=\"ws_json\"}"),
+        1.0
+    );
+    assert!(t.metric("danmaku_edge_frames_pushed_total{transport=\"ws_json\"}") >= 1.0);
+    assert_eq!(t.metric("danmaku_edge_events_delivered_total"), 20.0);
+    assert_eq!(
+        t.metric("danmaku_edge_bus_events_total{result=\"no_local_members\"}"),
+        1.0
+    );
+
+    // Ping → pong; leave → left.
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await?;
+    assert_eq!(next_json(&mut ws).await?, JsonServerFrame::Pong);
+    ws.send(Message::Text(
+        r#"{"type":"leave","channel":"room:42"}"#.into(),
+    ))
+    .await?;
+    assert_eq!(
+        next_json(&mut ws).await?,
+        JsonServerFrame::Left {
+            channel: "room:42".into()
+        }
+    );
+    assert_eq!(t.edge.channel_count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn ws_pb_receives_zstd_batches_that_decode_to_the_events() -> Result<()> {
+    let t = start(config()).await?;
+    let mut ws = t.ws("carol", Some("danmaku.v1.pb")).await?;
+    match next_pb(&mut ws).await?.body {
+        Some(server_frame::Body::AuthOk(a)) => assert_eq!(a.user, "carol"),
+        other => bail!("expected auth_ok, got {other:?}"),
+    }
+    send_pb(&mut ws, join("room:7")).await?;
+    assert!(matches!(
+        next_pb(&mut ws).await?.body,
+        Some(server_frame::Body::Joined(j)) if j.channel == "room:7"
+    ));
+    let texts: Vec<String> = danmaku_proto::sample::CommentGenerator::new(1)
+        .events(60, 0)
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    for text in &texts {
+        t.publish("room:7", "dave", text).await?;
+    }
+    let mut got = Vec::new();
+    let mut saw_zstd = false;
+    while got.len() < texts.len() {
+        match next_pb(&mut ws).await?.body {
+            Some(server_frame::Body::Batch(b)) => {
+                assert_eq!(b.channel, "room:7");
+                saw_zstd |= b.codec == pb::Codec::Zstd as i32;
+                got.extend(danmaku_proto::decode_batch(&b, &Limits::default())?);
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    let got_texts: Vec<String> = got.into_iter().map(|e| e.text).collect();
+    assert_eq!(got_texts, texts);
+    assert!(saw_zstd, "a 60-event batch is compressed");
+    assert!(
+        t.metric("danmaku_edge_batch_compressed_bytes_total")
+            < t.metric("danmaku_edge_batch_raw_bytes_total")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_subprotocols_in_one_channel_get_the_same_events() -> Result<()> {
+    let t = start(config()).await?;
+    let mut js = t.ws("j", Some("danmaku.v1.json")).await?;
+    let mut bin = t.ws("b", Some("danmaku.v1.pb")).await?;
+    next_json(&mut js).await?;
+    next_pb(&mut bin).await?;
+    js.send(Message::Text(
+        r#"{"type":"join","channel":"group:g1"}"#.into(),
+    ))
+    .await?;
+    next_json(&mut js).await?;
+    send_pb(&mut bin, join("group:g1")).await?;
+    next_pb(&mut bin).await?;
+    t.publish("group:g1", "x", "same for all").await?;
+    match next_json(&mut js).await? {
+        JsonServerFrame::Batch { events, .. } => assert_eq!(events[0].text, "same for all"),
+        other => bail!("unexpected {other:?}"),
+    }
+    match next_pb(&mut bin).await?.body {
+        Some(server_frame::Body::Batch(b)) => {
+            let evs = danmaku_proto::decode_batch(&b, &Limits::default())?;
+            assert_eq!(evs[0].text, "same for all");
+        }
+        other => bail!("unexpected {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_token_is_401_and_missing_subprotocol_is_400() -> Result<()> {
+    let t = start(config()).await?;
+    for url in [
+        format!("ws://{}/v1/ws?token=forged.token", t.http),
+        format!("ws://{}/v1/ws", t.http),
+    ] {
+        let err = t
+            .ws_url(&url, Some("danmaku.v1.json"))
+            .await
+            .expect_err("refused");
+        let (status, body) = http_error(err)?;
+        assert_eq!(status, 401);
+        assert_eq!(body["error"]["code"], "bad_token");
+    }
+    let err = t.ws("alice", None).await.expect_err("refused");
+    let (status, body) = http_error(err)?;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_subprotocol");
+    let err = t.ws("alice", Some("chat")).await.expect_err("refused");
+    assert_eq!(http_error(err)?.0, 400);
+    Ok(())
+}
+
+fn http_error(err: anyhow::Error) -> Result<(u16, serde_json::Value)> {
+    use tokio_tungstenite::tungstenite::Error;
+    match err.downcast::<Error>()? {
+        Error::Http(resp) => {
+            let body = resp.body().clone().unwrap_or_default();
+            Ok((resp.status().as_u16(), serde_json::from_slice(&body)?))
+        }
+        other => bail!("expected an HTTP error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn malformed_frame_closes_only_that_connection() -> Result<()> {
+    let t = start(config()).await?;
+    let mut bad = t.ws("mallory", Some("danmaku.v1.pb")).await?;
+    let mut good = t.ws("alice", Some("danmaku.v1.pb")).await?;
+    next_pb(&mut bad).await?;
+    next_pb(&mut good).await?;
+    send_pb(&mut bad, join("room:1")).await?;
+    next_pb(&mut bad).await?;
+    send_pb(&mut good, join("room:1")).await?;
+    next_pb(&mut good).await?;
+
+    bad.send(Message::Binary(Bytes::from_static(&[0xff, 0xff, 0xff])))
+        .await?;
+    match next_pb(&mut bad).await?.body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, "malformed_frame"),
+        other => bail!("expected an error frame, got {other:?}"),
+    }
+    expect_closed(&mut bad).await?;
+    assert_eq!(
+        t.metric("danmaku_edge_bad_frames_total{code=\"malformed_frame\"}"),
+        1.0
+    );
+
+    // The other connection, in the same channel, goes on.
+    send_pb(&mut good, client_frame::Body::Ping(pb::Ping { ts_ms: 5 })).await?;
+    assert!(matches!(
+        next_pb(&mut good).await?.body,
+        Some(server_frame::Body::Pong(p)) if p.ts_ms == 5
+    ));
+    t.publish("room:1", "x", "still here").await?;
+    assert!(matches!(
+        next_pb(&mut good).await?.body,
+        Some(server_frame::Body::Batch(_))
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_garbage_and_wrong_message_type_close_with_an_error() -> Result<()> {
+    let t = start(config()).await?;
+    let mut ws = t.ws("a", Some("danmaku.v1.json")).await?;
+    next_json(&mut ws).await?;
+    ws.send(Message::Text("{not json".into())).await?;
+    match next_json(&mut ws).await? {
+        JsonServerFrame::Error { code, .. } => assert_eq!(code, "malformed_json"),
+        other => bail!("unexpected {other:?}"),
+    }
+    expect_closed(&mut ws).await?;
+
+    let mut ws = t.ws("a", Some("danmaku.v1.pb")).await?;
+    next_pb(&mut ws).await?;
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await?;
+    match next_pb(&mut ws).await?.body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, "malformed_frame"),
+        other => bail!("unexpected {other:?}"),
+    }
+    expect_closed(&mut ws).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversize_frame_is_refused_with_frame_too_large() -> Result<()> {
+    let mut cfg = config();
+    cfg.limits.max_frame_bytes = 1024;
+    let t = start(cfg).await?;
+    let mut ws = t.ws("a", Some("danmaku.v1.pb")).await?;
+    next_pb(&mut ws).await?;
+    ws.send(Message::Binary(Bytes::from(vec![0u8; 2000])))
+        .await?;
+    match next_pb(&mut ws).await?.body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, "frame_too_large"),
+        other => bail!("unexpected {other:?}"),
+    }
+    expect_closed(&mut ws).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_channel_and_reliable_frames_keep_the_connection() -> Result<()> {
+    let mut cfg = config();
+    cfg.max_channels_per_conn = 1;
+    let t = start(cfg).await?;
+    let mut ws = t.ws("a", Some("danmaku.v1.json")).await?;
+    next_json(&mut ws).await?;
+    let expect_error = |f: JsonServerFrame, want: &str| match f {
+        JsonServerFrame::Error { code, .. } if code == want => Ok(()),
+        other => bail!("expected error {want}, got {other:?}"),
+    };
+    ws.send(Message::Text(r#"{"type":"join","channel":"lobby"}"#.into()))
+        .await?;
+    expect_error(next_json(&mut ws).await?, "bad_channel")?;
+    ws.send(Message::Text(
+        r#"{"type":"ack","channel":"group:7","seq":1}"#.into(),
+    ))
+    .await?;
+    expect_error(next_json(&mut ws).await?, "not_supported")?;
+    ws.send(Message::Text(
+        r#"{"type":"resume","channel":"group:7","after_seq":1}"#.into(),
+    ))
+    .await?;
+    expect_error(next_json(&mut ws).await?, "not_supported")?;
+    ws.send(Message::Text(
+        r#"{"type":"join","channel":"room:1"}"#.into(),
+    ))
+    .await?;
+    assert!(matches!(
+        next_json(&mut ws).await?,
+        JsonServerFrame::Joined { .. }
+    ));
+    ws.send(Message::Text(
+        r#"{"type":"join","channel":"room:2"}"#.into(),
+    ))
+    .await?;
+    expect_error(next_json(&mut ws).await?, "too_many_channels")?;
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await?;
+    assert_eq!(next_json(&mut ws).await?, JsonServerFrame::Pong);
+    assert_eq!(
+        t.metric("danmaku_edge_bad_frames_total{code=\"bad_channel\"}"),
+        0.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_and_leaves_its_channels() -> Result<()> {
+    let mut cfg = config();
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    let t = start(cfg).await?;
+    let mut ws = t.ws("a", Some("danmaku.v1.pb")).await?;
+    next_pb(&mut ws).await?;
+    send_pb(&mut ws, join("room:idle")).await?;
+    next_pb(&mut ws).await?;
+    assert_eq!(t.edge.channel_count(), 1);
+    expect_closed(&mut ws).await?;
+    // The session is dropped right after the close frame is queued.
+    for _ in 0..100 {
+        if t.edge.channel_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(t.edge.channel_count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cert_endpoint_serves_the_quic_certificate() -> Result<()> {
+    let t = start(config()).await?;
+    let mut stream = TcpStream::connect(t.http).await?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /v1/cert HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut resp)).await??;
+    let resp = String::from_utf8(resp)?;
+    let body = resp.split("\r\n\r\n").nth(1).context("no body")?;
+    let v: serde_json::Value = serde_json::from_str(body)?;
+    assert_eq!(v["sha256"], t.edge.cert_sha256_hex());
+    assert!(
+        v["pem"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    use base64::Engine;
+    let der =
+        base64::engine::general_purpose::STANDARD.decode(v["der_base64"].as_str().unwrap_or(""))?;
+    assert_eq!(der, t.edge.cert_der());
+    Ok(())
+}
+
+// ---- QUIC ----
+
+async fn quic_connect(t: &TestEdge) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(
+        t.edge.cert_der().to_vec(),
+    ))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![danmaku_edge::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = tokio::time::timeout(STEP, endpoint.connect(t.quic, "localhost")?).await??;
+    Ok((endpoint, conn))
+}
+
+struct Control {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    reader: FrameReader,
+}
+
+impl Control {
+    async fn send(&mut self, body: client_frame::Body) -> Result<()> {
+        let f = frame::encode(&frame::client(body));
+        self.send.write_all(&encode_prefixed(&f)).await?;
+        Ok(())
+    }
+
+    /// The next frame, or `None` when the server finished the stream.
+    async fn next(&mut self) -> Result<Option<pb::ServerFrame>> {
+        loop {
+            if let Some(buf) = self.reader.next_frame()? {
+                return Ok(Some(frame::decode_server(&buf, &Limits::default())?));
+            }
+            let chunk = tokio::time::timeout(STEP, self.recv.read_chunk(64 << 10, true)).await?;
+            match chunk {
+                Ok(Some(c)) => self.reader.push(&c.bytes),
+                Ok(None) | Err(_) => return Ok(None),
+            }
+        }
+    }
+}
+
+async fn open_control(conn: &quinn::Connection) -> Result<Control> {
+    let (send, recv) = conn.open_bi().await?;
+    Ok(Control {
+        send,
+        recv,
+        reader: FrameReader::new(1 << 20),
+    })
+}
+
+#[tokio::test]
+async fn quic_client_authenticates_joins_and_receives_batches() -> Result<()> {
+    let t = start(config()).await?;
+    let (_endpoint, conn) = quic_connect(&t).await?;
+    let mut ctl = open_control(&conn).await?;
+    ctl.send(client_frame::Body::Auth(pb::Auth {
+        token: t.token("quinn"),
+    }))
+    .await?;
+    match ctl.next().await?.and_then(|f| f.body) {
+        Some(server_frame::Body::AuthOk(a)) => assert_eq!(a.user, "quinn"),
+        other => bail!("expected auth_ok, got {other:?}"),
+    }
+    ctl.send(join("room:q")).await?;
+    assert!(matches!(
+        ctl.next().await?.and_then(|f| f.body),
+        Some(server_frame::Body::Joined(j)) if j.channel == "room:q"
+    ));
+    assert_eq!(
+        t.metric("danmaku_edge_connections{transport=\"quic\"}"),
+        1.0
+    );
+
+    for i in 0..5 {
+        t.publish("room:q", "s", &format!("q{i}")).await?;
+    }
+    // Small batches fit a datagram; accept the stream path too.
+    let mut texts = Vec::new();
+    let mut uni: Option<(quinn::RecvStream, FrameReader)> = None;
+    while texts.len() < 5 {
+        let bytes = if let Some((recv, reader)) = uni.as_mut() {
+            loop {
+                if let Some(f) = reader.next_frame()? {
+                    break f;
+                }
+                match tokio::time::timeout(STEP, recv.read_chunk(64 << 10, true)).await?? {
+                    Some(c) => reader.push(&c.bytes),
+                    None => bail!("batch stream ended"),
+                }
+            }
+        } else {
+            tokio::select! {
+                d = conn.read_datagram() => d?,
+                s = conn.accept_uni() => { uni = Some((s?, FrameReader::new(1 << 20))); continue; }
+                _ = tokio::time::sleep(STEP) => bail!("no batch arrived"),
+            }
+        };
+        match frame::decode_server(&bytes, &Limits::default())?.body {
+            Some(server_frame::Body::Batch(b)) => {
+                for ev in danmaku_proto::decode_batch(&b, &Limits::default())? {
+                    texts.push(ev.text);
+                }
+            }
+            other => bail!("expected a batch, got {other:?}"),
+        }
+    }
+    assert_eq!(texts, vec!["q0", "q1", "q2", "q3", "q4"]);
+    assert!(t.metric("danmaku_edge_frames_pushed_total{transport=\"quic\"}") >= 1.0);
+
+    ctl.send(client_frame::Body::Ping(pb::Ping { ts_ms: 9 }))
+        .await?;
+    assert!(matches!(
+        ctl.next().await?.and_then(|f| f.body),
+        Some(server_frame::Body::Pong(p)) if p.ts_ms == 9
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn quic_refuses_a_bad_token_and_a_missing_auth() -> Result<()> {
+    let t = start(config()).await?;
+    let (_e1, conn) = quic_connect(&t).await?;
+    let mut ctl = open_control(&conn).await?;
+    ctl.send(client_frame::Body::Auth(pb::Auth {
+        token: "forged".into(),
+    }))
+    .await?;
+    match ctl.next().await?.and_then(|f| f.body) {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, "bad_token"),
+        other => bail!("expected an error, got {other:?}"),
+    }
+    tokio::time::timeout(STEP, conn.closed()).await?;
+
+    let (_e2, conn) = quic_connect(&t).await?;
+    let mut ctl = open_control(&conn).await?;
+    ctl.send(join("room:1")).await?;
+    match ctl.next().await?.and_then(|f| f.body) {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, "auth_required"),
+        other => bail!("expected an error, got {other:?}"),
+    }
+    tokio::time::timeout(STEP, conn.closed()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn quic_malformed_frame_gets_an_error_and_a_close() -> Result<()> {
+    let t = start(config()).await?;
+    let (_endpoint, conn) = quic_connect(&t).await?;
+    let mut ctl = open_control(&conn).await?;
+    ctl.send(client_frame::Body::Auth(pb::Auth {
+        token: t.token("q"),
+    }))
+    .await?;
+    ctl.next().await?;
+    ctl.send.write_all(&encode_prefixed(&[0xff, 0xff])).await?;
+    match ctl.next().await?.and_then(|f| f.body) {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, "malformed_frame"),
+        other => bail!("expected an error, got {other:?}"),
+    }
+    tokio::time::timeout(STEP, conn.closed()).await?;
+    assert_eq!(
+        t.metric("danmaku_edge_bad_frames_total{code=\"malformed_frame\"}"),
+        1.0
+    );
+    Ok(())
+}
