@@ -1,0 +1,88 @@
+//! Sending side of a run: each sender posts from its own token at its share of
+//! the rate, to rooms round-robin, honouring `429 Retry-After`.
+
+use std::time::Duration;
+
+use danmaku_client::{IngestClient, PostOutcome};
+use danmaku_proto::sample::CommentGenerator;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, warn};
+
+use crate::tally::post_text;
+
+/// What one sender did.
+#[derive(Debug, Default)]
+pub struct SenderOutcome {
+    pub attempted: u64,
+    pub accepted: u64,
+    pub rate_limited: u64,
+    pub failed: u64,
+    /// `(room index, post number)` of every accepted post.
+    pub accepted_posts: Vec<(usize, u64)>,
+}
+
+/// Posts as sender `index` until `deadline`: one post every `period`, the
+/// first after `offset` (so senders interleave).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_sender(
+    ingest: IngestClient,
+    token: String,
+    index: u32,
+    rooms: Vec<String>,
+    period: Duration,
+    offset: Duration,
+    start: Instant,
+    deadline: Instant,
+) -> SenderOutcome {
+    let mut out = SenderOutcome::default();
+    let mut comments = CommentGenerator::new(u64::from(index) + 1);
+    let mut ticker = tokio::time::interval_at(start + offset, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    'posts: loop {
+        ticker.tick().await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        let room_idx = (index as usize + n as usize) % rooms.len();
+        let text = post_text(index, n, &comments.text());
+        loop {
+            out.attempted += 1;
+            match ingest.post_danmaku(&token, &rooms[room_idx], &text).await {
+                Ok(PostOutcome::Accepted) => {
+                    out.accepted += 1;
+                    out.accepted_posts.push((room_idx, n));
+                    break;
+                }
+                Ok(PostOutcome::RateLimited { retry_after }) => {
+                    out.rate_limited += 1;
+                    debug!(sender = index, ?retry_after, "rate limited");
+                    if Instant::now() + retry_after >= deadline {
+                        break 'posts;
+                    }
+                    tokio::time::sleep(retry_after).await;
+                }
+                Ok(PostOutcome::Rejected {
+                    status,
+                    code,
+                    message,
+                }) => {
+                    out.failed += 1;
+                    if out.failed <= 3 {
+                        warn!(sender = index, status, code, message, "post rejected");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    out.failed += 1;
+                    if out.failed <= 3 {
+                        warn!(sender = index, error = %e, "post failed");
+                    }
+                    break;
+                }
+            }
+        }
+        n += 1;
+    }
+    out
+}
