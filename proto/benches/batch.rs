@@ -29,15 +29,19 @@ fn raw_payload(evs: &[pb::Event]) -> Vec<u8> {
     out
 }
 
-/// Compression ratio (raw / compressed) per batch size, with and without a
-/// dictionary trained on batches from a different seed than the ones measured.
-fn report_ratios() {
-    let sizes = [10usize, 50, 200, 500];
-    // Training set: 2,000 small batches (10 events each) from other seeds.
+/// A 16 KiB zstd dictionary trained on 2,000 small batches (10 events each)
+/// from other seeds than the ones measured.
+fn train_dictionary() -> Vec<u8> {
     let samples: Vec<Vec<u8>> = (0..2_000u64)
         .map(|s| raw_payload(&events(10, 1_000 + s)))
         .collect();
-    let dict = zstd::dict::from_samples(&samples, 16 << 10).expect("dictionary trains");
+    zstd::dict::from_samples(&samples, 16 << 10).expect("dictionary trains")
+}
+
+/// Compression ratio (raw / compressed) per batch size, with and without a
+/// dictionary.
+fn report_ratios(dict: &[u8]) {
+    let sizes = [10usize, 50, 200, 500];
     eprintln!();
     eprintln!("compression of realistic danmaku (sample::CommentGenerator, mean over 50 batches)");
     eprintln!(
@@ -48,7 +52,7 @@ fn report_ratios() {
     for n in sizes {
         let (mut raw, mut z1, mut z3, mut zd) = (0usize, 0usize, 0usize, 0usize);
         let rounds = 50u64;
-        let mut dc = zstd::bulk::Compressor::with_dictionary(3, &dict).expect("dict compressor");
+        let mut dc = zstd::bulk::Compressor::with_dictionary(3, dict).expect("dict compressor");
         for seed in 0..rounds {
             let payload = raw_payload(&events(n, seed));
             raw += payload.len();
@@ -71,7 +75,7 @@ fn report_ratios() {
 }
 
 fn bench_encode(c: &mut Criterion) {
-    report_ratios();
+    report_ratios(&train_dictionary());
     let mut group = c.benchmark_group("batch_encode");
     for n in SIZES {
         let evs = events(n, 7);
@@ -117,5 +121,37 @@ fn bench_decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_encode, bench_decode);
+/// What a dictionary (`Batch.dict_id`, not used by the codec yet) would cost:
+/// compress and decompress of an encoded payload with a prepared dictionary
+/// versus without, on the small batches where it helps most.
+fn bench_dictionary(c: &mut Criterion) {
+    let dict = train_dictionary();
+    let enc_dict = zstd::dict::EncoderDictionary::copy(&dict, 3);
+    let dec_dict = zstd::dict::DecoderDictionary::copy(&dict);
+    let mut group = c.benchmark_group("dictionary");
+    for n in [10usize, 50] {
+        let payload = raw_payload(&events(n, 7));
+        group.throughput(Throughput::Elements(n as u64));
+        let mut plain = zstd::bulk::Compressor::new(3).expect("compressor");
+        let mut with_dict =
+            zstd::bulk::Compressor::with_prepared_dictionary(&enc_dict).expect("dict compressor");
+        group.bench_with_input(BenchmarkId::new("compress_zstd3", n), &payload, |b, p| {
+            b.iter(|| plain.compress(black_box(p)).expect("compress"))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("compress_zstd3_dict", n),
+            &payload,
+            |b, p| b.iter(|| with_dict.compress(black_box(p)).expect("compress")),
+        );
+        let packed = with_dict.compress(&payload).expect("compress");
+        let mut dd =
+            zstd::bulk::Decompressor::with_prepared_dictionary(&dec_dict).expect("decompressor");
+        group.bench_with_input(BenchmarkId::new("decompress_dict", n), &packed, |b, p| {
+            b.iter(|| dd.decompress(black_box(p), 1 << 20).expect("decompress"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_encode, bench_decode, bench_dictionary);
 criterion_main!(benches);
