@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +12,11 @@ use danmaku::standalone::{self, StandaloneConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "danmaku", version, about = "Live-stream danmaku, gift and group chat broadcast engine")]
+#[command(
+    name = "danmaku",
+    version,
+    about = "Live-stream danmaku, gift and group chat broadcast engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -125,8 +128,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     // quinn brings ring, reqwest could bring aws-lc-rs: pick one provider for the process.
@@ -172,7 +174,9 @@ async fn run(command: Command) -> Result<()> {
             }
             cancel_on_signal(shutdown.clone());
             let registry = prometheus::Registry::new();
-            let bus = danmaku_bus::connect(&bus).await.context("connecting to the bus")?;
+            let bus = danmaku_bus::connect(&bus)
+                .await
+                .context("connecting to the bus")?;
             let ingest = danmaku_ingest::Ingest::new(
                 danmaku_ingest::IngestConfig::default(),
                 bus,
@@ -200,7 +204,9 @@ async fn run(command: Command) -> Result<()> {
             let _ = advertise;
             cancel_on_signal(shutdown.clone());
             let registry = prometheus::Registry::new();
-            let bus = danmaku_bus::connect(&bus).await.context("connecting to the bus")?;
+            let bus = danmaku_bus::connect(&bus)
+                .await
+                .context("connecting to the bus")?;
             let (tcp, udp) = bind_pair(listen)?;
             let edge = danmaku_edge::Edge::start(
                 danmaku_edge::EdgeConfig {
@@ -296,6 +302,7 @@ async fn run(command: Command) -> Result<()> {
                 senders,
                 report,
                 source_addrs,
+                ..danmaku_loadtest::LoadtestConfig::default()
             };
             let report = danmaku_loadtest::run(config).await?;
             println!("{}", report.render_text());
@@ -318,7 +325,11 @@ fn parse_edge(s: &str) -> Result<danmaku_scheduler::EdgeInfo> {
     })
 }
 
-async fn serve_http(listen: SocketAddr, app: axum::Router, shutdown: CancellationToken) -> Result<()> {
+async fn serve_http(
+    listen: SocketAddr,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -328,4 +339,3 @@ async fn serve_http(listen: SocketAddr, app: axum::Router, shutdown: Cancellatio
         .await?;
     Ok(())
 }
-

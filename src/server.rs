@@ -66,7 +66,7 @@ pub fn ops_router(registry: Registry) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
 }
 
-fn render_metrics(registry: &Registry) -> impl IntoResponse {
+fn render_metrics(registry: &Registry) -> axum::response::Response {
     let encoder = TextEncoder::new();
     let mut buf = Vec::with_capacity(16 << 10);
     match encoder.encode(&registry.gather(), &mut buf) {
@@ -74,12 +74,9 @@ fn render_metrics(registry: &Registry) -> impl IntoResponse {
             StatusCode::OK,
             [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
             buf,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain".to_owned())],
-            e.to_string().into_bytes(),
-        ),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

@@ -25,8 +25,16 @@ async fn post(base: &str, auth: Option<&str>, channel: &str, body: String) -> re
 async fn error_code(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: serde_json::Value = resp.json().await.expect("JSON error body");
-    let code = body["error"]["code"].as_str().expect("error.code").to_owned();
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     (status, code)
 }
 
@@ -44,7 +52,12 @@ async fn http_refusals_have_status_code_and_json_body() {
     assert_eq!((s, code.as_str()), (401, "bad_token"));
     let (s, _) = error_code(post(&base, None, "room:1", danmaku("hi")).await).await;
     assert_eq!(s, 401);
-    let forged = danmaku_proto::token::TokenKey::new("other-secret").mint("alice", "user", danmaku_proto::token::now_secs(), 60);
+    let forged = danmaku_proto::token::TokenKey::new("other-secret").mint(
+        "alice",
+        "user",
+        danmaku_proto::token::now_secs(),
+        60,
+    );
     let (s, code) = error_code(post(&base, Some(&forged), "room:1", danmaku("hi")).await).await;
     assert_eq!((s, code.as_str()), (401, "bad_token"));
 
@@ -57,7 +70,8 @@ async fn http_refusals_have_status_code_and_json_body() {
     let (s, code) = error_code(post(&base, Some(&good), "room:1", huge).await).await;
     assert_eq!((s, code.as_str()), (413, "body_too_large"));
 
-    let (s, code) = error_code(post(&base, Some(&good), "room:1", danmaku(&"长".repeat(201))).await).await;
+    let (s, code) =
+        error_code(post(&base, Some(&good), "room:1", danmaku(&"长".repeat(201))).await).await;
     assert_eq!((s, code.as_str()), (400, "text_too_long"));
     let (s, _) = error_code(post(&base, Some(&good), "room:1", "{not json".into()).await).await;
     assert_eq!(s, 400);
@@ -86,8 +100,15 @@ async fn http_refusals_have_status_code_and_json_body() {
 
     let metrics = common::metrics_text(&base).await;
     for status in ["401", "400", "413", "429"] {
-        let n = danmaku_testkit::metric_value(&metrics, "danmaku_ingest_requests_total", &[("status", status)]);
-        assert!(n.is_some_and(|n| n >= 1.0), "no requests counted with status {status}");
+        let n = danmaku_testkit::metric_value(
+            &metrics,
+            "danmaku_ingest_requests_total",
+            &[("status", status)],
+        );
+        assert!(
+            n.is_some_and(|n| n >= 1.0),
+            "no requests counted with status {status}"
+        );
     }
     srv.stop().await;
 }
@@ -102,9 +123,13 @@ async fn raw_ws(
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("sec-websocket-protocol", protocol.parse().unwrap());
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("ws upgrade");
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws upgrade");
     assert_eq!(
-        resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()),
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
         Some(protocol)
     );
     ws
@@ -146,18 +171,29 @@ where
 async fn malformed_frames_close_only_their_connection() {
     let srv = common::start(|_| {}).await;
     let base = srv.base_url();
-    let mut bystander = Client::connect_ws(&base, &common::token(&srv, "bystander"), Transport::WsPb, ClientConfig::default())
-        .await
-        .unwrap();
+    let mut bystander = Client::connect_ws(
+        &base,
+        &common::token(&srv, "bystander"),
+        Transport::WsPb,
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
     bystander.join("room:1").await.unwrap();
     common::wait_joined(&mut bystander, "room:1").await;
 
     let mut pb_ws = raw_ws(&base, &common::token(&srv, "mallory"), "danmaku.v1.pb").await;
-    pb_ws.send(Message::Binary(vec![0xff, 0xff, 0xff, 0xff].into())).await.unwrap();
+    pb_ws
+        .send(Message::Binary(vec![0xff, 0xff, 0xff, 0xff].into()))
+        .await
+        .unwrap();
     assert_eq!(error_then_close(&mut pb_ws, false).await, "malformed_frame");
 
     let mut json_ws = raw_ws(&base, &common::token(&srv, "mallory2"), "danmaku.v1.json").await;
-    json_ws.send(Message::Text("{\"type\":\"join\",".into())).await.unwrap();
+    json_ws
+        .send(Message::Text("{\"type\":\"join\",".into()))
+        .await
+        .unwrap();
     assert_eq!(error_then_close(&mut json_ws, true).await, "malformed_json");
 
     // A bad channel name is an error frame but not a reason to close.
@@ -188,7 +224,8 @@ async fn malformed_frames_close_only_their_connection() {
     assert!(saw_bad_channel);
 
     let metrics = common::metrics_text(&base).await;
-    let bad = danmaku_testkit::metric_value(&metrics, "danmaku_edge_bad_frames_total", &[]).unwrap_or(0.0);
+    let bad = danmaku_testkit::metric_value(&metrics, "danmaku_edge_bad_frames_total", &[])
+        .unwrap_or(0.0);
     assert!(bad >= 2.0, "bad frames counted: {bad}");
     srv.stop().await;
 }
@@ -202,7 +239,10 @@ async fn websocket_without_a_valid_token_is_refused() {
         .insert("sec-websocket-protocol", "danmaku.v1.json".parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
-        other => panic!("expected HTTP 401, got {:?}", other.map(|(_, r)| r.status())),
+        other => panic!(
+            "expected HTTP 401, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
     srv.stop().await;
 }

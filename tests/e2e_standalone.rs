@@ -32,14 +32,20 @@ async fn collect(mut client: Client, channel: &'static str, want: usize) -> Seen
                     seen.texts
                         .extend(events.into_iter().map(|e| (e.sender, e.text)));
                 }
-                Some(ServerEvent::Error { code, message }) => panic!("error frame {code}: {message}"),
+                Some(ServerEvent::Error { code, message }) => {
+                    panic!("error frame {code}: {message}")
+                }
                 Some(_) => {}
                 None => panic!("connection closed after {} events", seen.texts.len()),
             }
         }
     })
     .await;
-    assert!(done.is_ok(), "got {} of {want} events in 60 s", seen.texts.len());
+    assert!(
+        done.is_ok(),
+        "got {} of {want} events in 60 s",
+        seen.texts.len()
+    );
     seen
 }
 
@@ -59,9 +65,14 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         .into_iter()
         .enumerate()
     {
-        let c = Client::connect_ws(&base, &common::token(&srv, &format!("ws{i}")), t, ClientConfig::default())
-            .await
-            .expect("ws connect");
+        let c = Client::connect_ws(
+            &base,
+            &common::token(&srv, &format!("ws{i}")),
+            t,
+            ClientConfig::default(),
+        )
+        .await
+        .expect("ws connect");
         viewers.push(c);
     }
     for i in 0..2 {
@@ -80,9 +91,14 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         v.join("room:1").await.unwrap();
         common::wait_joined(v, "room:1").await;
     }
-    let mut other = Client::connect_ws(&base, &common::token(&srv, "other"), Transport::WsPb, ClientConfig::default())
-        .await
-        .unwrap();
+    let mut other = Client::connect_ws(
+        &base,
+        &common::token(&srv, "other"),
+        Transport::WsPb,
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
     other.join("room:2").await.unwrap();
     common::wait_joined(&mut other, "room:2").await;
 
@@ -102,7 +118,10 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
                         .post_danmaku(&token, "room:1", &format!("s{s} {n}"))
                         .await
                         .expect("post");
-                    assert!(matches!(out, PostOutcome::Accepted), "post {s}/{n}: {out:?}");
+                    assert!(
+                        matches!(out, PostOutcome::Accepted),
+                        "post {s}/{n}: {out:?}"
+                    );
                 }
             })
         })
@@ -122,7 +141,11 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         let mut next: HashMap<String, usize> = HashMap::new();
         for (sender, text) in &seen.texts {
             let (tag, n) = text.split_once(' ').expect("text is 's<i> <n>'");
-            assert_eq!(sender, &format!("sender{}", &tag[1..]), "sender is the token's user");
+            assert_eq!(
+                sender,
+                &format!("sender{}", &tag[1..]),
+                "sender is the token's user"
+            );
             let n: usize = n.parse().unwrap();
             let expected = next.entry(tag.to_owned()).or_insert(0);
             assert_eq!(n, *expected, "sender {tag}: got #{n}, expected #{expected}");
@@ -136,12 +159,25 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         );
     }
     let seen = other_task.await.unwrap();
-    assert_eq!(seen.texts, vec![("marker".to_owned(), "room2-marker".to_owned())]);
+    assert_eq!(
+        seen.texts,
+        vec![("marker".to_owned(), "room2-marker".to_owned())]
+    );
 
     let metrics = common::metrics_text(&base).await;
-    let delivered = danmaku_testkit::metric_value(&metrics, "danmaku_edge_events_delivered_total", &[]).unwrap();
-    assert!(delivered >= (TOTAL * 5 + 1) as f64, "events delivered {delivered}");
-    let accepted = danmaku_testkit::metric_value(&metrics, "danmaku_ingest_requests_total", &[("status", "202")]).unwrap();
+    let delivered =
+        danmaku_testkit::metric_value(&metrics, "danmaku_edge_events_delivered_total", &[])
+            .unwrap();
+    assert!(
+        delivered >= (TOTAL * 5 + 1) as f64,
+        "events delivered {delivered}"
+    );
+    let accepted = danmaku_testkit::metric_value(
+        &metrics,
+        "danmaku_ingest_requests_total",
+        &[("status", "202")],
+    )
+    .unwrap();
     assert_eq!(accepted, (TOTAL + 1) as f64);
     srv.stop().await;
 }
@@ -172,9 +208,14 @@ async fn a_slow_viewer_loses_batches_without_stalling_others() {
     common::wait_joined(&mut slow, "room:slow").await;
     // From here on `slow` is never read again.
 
-    let mut fast = Client::connect_ws(&base, &common::token(&srv, "fast"), Transport::WsPb, ClientConfig::default())
-        .await
-        .unwrap();
+    let mut fast = Client::connect_ws(
+        &base,
+        &common::token(&srv, "fast"),
+        Transport::WsPb,
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
     fast.join("room:slow").await.unwrap();
     common::wait_joined(&mut fast, "room:slow").await;
 
@@ -197,13 +238,18 @@ async fn a_slow_viewer_loses_batches_without_stalling_others() {
     let seen = fast_task.await.unwrap();
     assert_eq!(seen.texts.len(), POSTS, "the fast viewer got everything");
 
-    let drops = danmaku_testkit::eventually(Duration::from_secs(10), "slow-consumer drops in /metrics", || {
-        let base = base.clone();
-        async move {
-            let m = common::metrics_text(&base).await;
-            danmaku_testkit::metric_value(&m, "danmaku_edge_slow_consumer_drops_total", &[]).filter(|v| *v > 0.0)
-        }
-    })
+    let drops = danmaku_testkit::eventually(
+        Duration::from_secs(10),
+        "slow-consumer drops in /metrics",
+        || {
+            let base = base.clone();
+            async move {
+                let m = common::metrics_text(&base).await;
+                danmaku_testkit::metric_value(&m, "danmaku_edge_slow_consumer_drops_total", &[])
+                    .filter(|v| *v > 0.0)
+            }
+        },
+    )
     .await;
     assert!(drops >= 1.0);
     drop(slow);
