@@ -127,16 +127,29 @@ pub(crate) async fn connect(
                     .as_deref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
+                // API.md error body: {"error":{"code":…,"message":…}}.
+                let parsed: Option<(String, String)> =
+                    serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| {
+                            let e = v.get("error")?;
+                            Some((
+                                e.get("code")?.as_str()?.to_owned(),
+                                e.get("message")
+                                    .and_then(|m| m.as_str())
+                                    .unwrap_or("")
+                                    .to_owned(),
+                            ))
+                        });
+                let (code, message) =
+                    parsed.unwrap_or_else(|| (format!("http_{}", status.as_u16()), body));
                 return Err(if status == 401 || status == 403 {
-                    ClientError::AuthRefused {
-                        code: format!("http_{}", status.as_u16()),
-                        message: body,
-                    }
+                    ClientError::AuthRefused { code, message }
                 } else {
                     ClientError::HttpStatus {
                         status: status.as_u16(),
-                        code: "upgrade_refused".into(),
-                        message: body,
+                        code,
+                        message,
                     }
                 });
             }
