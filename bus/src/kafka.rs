@@ -116,6 +116,7 @@ struct Counters {
     topic_creations: AtomicU64,
     reassignments: AtomicU64,
     producer_restarts: AtomicU64,
+    consecutive_failures: AtomicU64,
 }
 
 impl KafkaBus {
@@ -169,29 +170,39 @@ impl KafkaBus {
 impl Bus for KafkaBus {
     async fn publish(&self, key: Bytes, payload: Bytes) -> Result<(), BusError> {
         let shared = &self.shared;
-        let result = match shared.send(&key, &payload).await {
+        let producer = shared.producer();
+        let result = match shared.send(&producer, &key, &payload).await {
             // After a broker lost the topic, re-create it at once rather than wait for
             // the watcher, and try once more.
             Err(KafkaError::MessageProduction(
                 RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition,
             )) => {
                 shared.create_topic().await?;
-                shared.send(&key, &payload).await
+                shared.send(&shared.producer(), &key, &payload).await
             }
             other => other,
         };
+        let c = &shared.counters;
         match result {
             Ok(()) => {
-                shared.counters.published.fetch_add(1, Ordering::Relaxed);
-                store_now(&shared.counters.last_delivery_ms);
+                c.published.fetch_add(1, Ordering::Relaxed);
+                c.consecutive_failures.store(0, Ordering::Relaxed);
+                store_now(&c.last_delivery_ms);
                 Ok(())
             }
             Err(e) => {
-                shared
-                    .counters
-                    .publish_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                shared.restart_producer_if_fatal();
+                c.publish_errors.fetch_add(1, Ordering::Relaxed);
+                let failures = c.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    shared.replace_producer(&producer, &format!("fatal error {code}: {reason}"));
+                } else if failures >= 2 && c.reachable.load(Ordering::Relaxed) {
+                    // The broker answers metadata requests but does not take our
+                    // messages: typically a restarted broker that no longer knows our
+                    // idempotent producer id (librdkafka retries UNKNOWN_PRODUCER_ID
+                    // forever). A new producer gets a new id.
+                    let reason = format!("{failures} publishes failed in a row");
+                    shared.replace_producer(&producer, &reason);
+                }
                 Err(unavailable(&shared.config, "publish failed", e))
             }
         }
@@ -225,8 +236,12 @@ impl Shared {
         }
     }
 
-    async fn send(&self, key: &[u8], payload: &[u8]) -> Result<(), KafkaError> {
-        let producer = self.producer();
+    async fn send(
+        &self,
+        producer: &FutureProducer<BusContext>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<(), KafkaError> {
         let record = FutureRecord::to(&self.config.topic)
             .key(key)
             .payload(payload);
@@ -242,26 +257,25 @@ impl Shared {
         }
     }
 
-    /// An idempotent producer can enter a fatal state (e.g. a restarted broker that no
-    /// longer knows its producer id); it then refuses every message, so replace it.
-    fn restart_producer_if_fatal(&self) {
-        let current = self.producer();
-        let Some((code, reason)) = current.client().fatal_error() else {
-            return;
-        };
+    /// Replaces `failed` with a new producer (unless another caller already did).
+    /// Messages still queued in the old one fail and their callers see an error.
+    fn replace_producer(&self, failed: &Arc<FutureProducer<BusContext>>, reason: &str) {
         let Ok(mut slot) = self.producer.write() else {
             return;
         };
-        if !Arc::ptr_eq(&slot, &current) {
-            return; // someone else already replaced it
+        if !Arc::ptr_eq(&slot, failed) {
+            return;
         }
         match new_producer(&self.config) {
             Ok(p) => {
-                tracing::warn!(%code, %reason, "kafka producer hit a fatal error; rebuilt it");
+                tracing::warn!(reason, "rebuilt the kafka producer");
                 *slot = Arc::new(p);
                 self.counters
                     .producer_restarts
                     .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .consecutive_failures
+                    .store(0, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild the kafka producer"),
         }
@@ -295,10 +309,15 @@ impl Shared {
         for result in results {
             match result {
                 Ok(_) => {
-                    self.counters
+                    let before = self
+                        .counters
                         .topic_creations
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(topic = %c.topic, partitions = c.partitions, "created kafka topic");
+                    if before > 0 {
+                        // The broker lost the topic, so it lost our producer id too.
+                        self.replace_producer(&self.producer(), "the broker lost the topic");
+                    }
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
@@ -370,7 +389,10 @@ async fn watch_topic(shared: Weak<Shared>) {
                 }
             }
         }
-        shared.restart_producer_if_fatal();
+        let producer = shared.producer();
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            shared.replace_producer(&producer, &format!("fatal error {code}: {reason}"));
+        }
     }
 }
 
@@ -395,6 +417,10 @@ fn base_config(config: &KafkaBusConfig) -> ClientConfig {
         .set("reconnect.backoff.max.ms", "1000")
         .set("socket.keepalive.enable", "true")
         .set("log_level", "4");
+    // e.g. `DANMAKU_KAFKA_DEBUG=broker,topic,msg,eos` to see librdkafka's own tracing.
+    if let Ok(contexts) = std::env::var("DANMAKU_KAFKA_DEBUG") {
+        c.set("debug", contexts).set("log_level", "7");
+    }
     c
 }
 

@@ -1,0 +1,299 @@
+//! Kafka-specific behaviour against real tansu brokers: failure modes the contract
+//! suite does not cover.
+//!
+//! Tests that kill a broker start a private one (binary from
+//! `DANMAKU_TEST_KAFKA_TANSU`, which `scripts/services.sh start kafka` writes to
+//! `.services/env`) so they never disturb the shared broker other tests use.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use danmaku_bus::{Bus, BusError, KafkaBus, KafkaBusConfig, Subscription};
+
+fn env_or_fail(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: run `scripts/services.sh start kafka && source .services/env` \
+             first (scripts/test.sh does both)"
+        ),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}.{}.{nanos}", std::process::id())
+}
+
+/// A private tansu broker with memory storage on a fixed port.
+struct Broker {
+    bin: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let mut b = Broker {
+            bin: env_or_fail("DANMAKU_TEST_KAFKA_TANSU"),
+            port: free_port(),
+            child: None,
+        };
+        b.launch();
+        b
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: tansu takes seconds to exit on SIGTERM with clients connected
+    /// (INFRA.md quirk 3), and its memory storage has nothing to flush.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts on the same port, retrying while the old socket is still in use.
+    fn launch(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("tcp://{}", self.addr());
+        while Instant::now() < deadline {
+            let mut child = Command::new(&self.bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin));
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: most likely AddrInUse
+                }
+                if TcpStream::connect(self.addr()).is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("tansu did not start on {}", self.addr());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn recv_payload(sub: &mut Box<dyn Subscription>, within: Duration) -> Option<Bytes> {
+    match tokio::time::timeout(within, sub.recv()).await {
+        Ok(Ok(m)) => Some(m.payload),
+        Ok(Err(e)) => panic!("recv failed: {e}"),
+        Err(_) => None,
+    }
+}
+
+/// Waits for `want`, skipping anything else (older events may be re-read after a
+/// restart, INFRA.md quirk 2).
+async fn wait_for(sub: &mut Box<dyn Subscription>, want: &[u8], within: Duration) {
+    let deadline = Instant::now() + within;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if recv_payload(sub, left).await.as_deref() == Some(want) {
+            return;
+        }
+    }
+    panic!(
+        "did not receive {:?} within {within:?}",
+        String::from_utf8_lossy(want)
+    );
+}
+
+async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `RUST_LOG=info cargo test …` shows the bus's and librdkafka's logs.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn key() -> Bytes {
+    Bytes::from_static(b"room:1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_broker_restart() {
+    init_logs();
+    let mut broker = Broker::start();
+    let config = KafkaBusConfig {
+        brokers: broker.addr(),
+        topic: unique("restart"),
+        delivery_timeout: Duration::from_secs(2),
+        watch_interval: Duration::from_millis(300),
+        ..KafkaBusConfig::default()
+    };
+    let bus = KafkaBus::connect(config).await.unwrap();
+    let mut sub = bus.subscribe_all().await.unwrap();
+    bus.publish(key(), Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+    wait_for(&mut sub, b"before", Duration::from_secs(10)).await;
+    assert!(bus.healthy());
+
+    broker.kill();
+    let started = Instant::now();
+    let err = bus
+        .publish(key(), Bytes::from_static(b"during"))
+        .await
+        .expect_err("publish with the broker down must fail");
+    assert!(matches!(err, BusError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains(&broker.addr()), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "publish took {:?} to fail",
+        started.elapsed()
+    );
+    wait_until("bus reports unhealthy", Duration::from_secs(10), || {
+        !bus.healthy()
+    })
+    .await;
+
+    // The new broker has lost the topic (memory storage): the bus must re-create it
+    // and the SAME subscription must pick up the new topic from its start.
+    broker.launch();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match bus.publish(key(), Bytes::from_static(b"after")).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("publish after restart: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("publish never recovered: {e}"),
+        }
+    }
+    wait_for(&mut sub, b"after", Duration::from_secs(20)).await;
+    for i in 0..20u8 {
+        bus.publish(key(), Bytes::from(vec![b'n', i]))
+            .await
+            .unwrap();
+    }
+    for i in 0..20u8 {
+        wait_for(&mut sub, &[b'n', i], Duration::from_secs(10)).await;
+    }
+    wait_until("bus healthy again", Duration::from_secs(10), || {
+        bus.healthy()
+    })
+    .await;
+    let stats = bus.stats();
+    assert!(stats.topic_creations >= 2, "{stats:?}");
+    assert!(stats.reassignments >= 1, "{stats:?}");
+    assert!(stats.publish_errors >= 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn unreachable_broker_fails_fast_naming_it() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let err = danmaku_bus::connect(&format!("kafka://{addr}"))
+        .await
+        .err()
+        .expect("connect must fail");
+    assert!(matches!(err, BusError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn stats_show_deliveries_and_per_partition_lag() {
+    let addr = env_or_fail("DANMAKU_TEST_KAFKA");
+    let url = format!("kafka://{addr}?topic={}&partitions=3", unique("stats"));
+    let bus: Arc<dyn Bus> = danmaku_bus::connect(&url).await.unwrap();
+    assert_eq!(bus.kind(), "kafka");
+    let mut sub = bus.subscribe_all().await.unwrap();
+    for i in 0..30u32 {
+        bus.publish(Bytes::from(format!("room:{i}")), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..30 {
+        recv_payload(&mut sub, Duration::from_secs(10))
+            .await
+            .expect("message");
+    }
+    // librdkafka publishes statistics every second.
+    wait_until("per-partition lag reported", Duration::from_secs(5), || {
+        let s = bus.kafka_stats().unwrap();
+        s.subscriptions.len() == 1
+            && s.subscriptions[0].partitions.len() == 3
+            && s.subscriptions[0].partitions.iter().all(|p| p.lag == 0)
+    })
+    .await;
+    let s = bus.kafka_stats().unwrap();
+    assert_eq!(s.published, 30);
+    assert!(s.consumed >= 30);
+    assert!(s.last_delivery.is_some() && s.last_fetch.is_some());
+    assert!(s.reachable && bus.healthy());
+    drop(sub);
+    wait_until(
+        "dropped subscription leaves the stats",
+        Duration::from_secs(5),
+        || bus.kafka_stats().unwrap().subscriptions.is_empty(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn connect_rejects_bad_kafka_urls() {
+    for url in [
+        "kafka://",
+        "kafka://host",
+        "kafka://h:1?topic=a/b",
+        "kafka://h:1?x=1",
+    ] {
+        match danmaku_bus::connect(url).await {
+            Err(BusError::BadUrl { .. }) => {}
+            other => panic!("{url}: expected BadUrl, got {:?}", other.map(|b| b.kind())),
+        }
+    }
+}
