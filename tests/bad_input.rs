@@ -145,10 +145,12 @@ where
         while let Some(msg) = ws.next().await {
             match msg {
                 Ok(Message::Binary(b)) if !json => {
-                    if let Ok(f) = frame::decode_server(&b, &Limits::default()) {
-                        if let Some(pb::server_frame::Body::Error(e)) = f.body {
-                            code = Some(e.code);
-                        }
+                    if let Ok(pb::ServerFrame {
+                        body: Some(pb::server_frame::Body::Error(e)),
+                        ..
+                    }) = frame::decode_server(&b, &Limits::default())
+                    {
+                        code = Some(e.code);
                     }
                 }
                 Ok(Message::Text(t)) if json => {

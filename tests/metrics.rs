@@ -75,8 +75,10 @@ async fn every_documented_metric_is_served() {
     .await;
     assert!(got.is_ok(), "viewer got a batch");
     // A malformed frame for bad_frames_total, and a scheduler pick.
-    let mut f = danmaku_proto::pb::ClientFrame::default();
-    f.version = 99;
+    let f = danmaku_proto::pb::ClientFrame {
+        version: 99,
+        ..Default::default()
+    };
     let mut mallory = Client::connect_ws(
         &base,
         &common::token(&srv, "mallory"),

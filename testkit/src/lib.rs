@@ -32,15 +32,11 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Op
         if metric != name {
             continue;
         }
-        let matches = labels.iter().all(|(k, v)| {
-            label_str
-                .split(',')
-                .any(|kv| kv == format!("{k}=\"{v}\""))
-        });
-        if matches {
-            if let Ok(v) = value.parse::<f64>() {
-                *total.get_or_insert(0.0) += v;
-            }
+        let matches = labels
+            .iter()
+            .all(|(k, v)| label_str.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if let (true, Ok(v)) = (matches, value.parse::<f64>()) {
+            *total.get_or_insert(0.0) += v;
         }
     }
     total
