@@ -7,6 +7,12 @@
 //! partitions' watermarks and re-assigns: unchanged partitions go on where they
 //! were; new partitions and partitions of a re-created topic start at their
 //! beginning (INFRA.md quirk 4).
+//!
+//! While the broker is unreachable the subscription holds NO assignment: librdkafka
+//! 2.12.1 crashes (NULL topic name in `rd_kafka_metadata_update_op`) when a restarted
+//! tansu answers a fetch for the old topic id with leader hints and a zero topic id.
+//! So on the first transport error the task unassigns everything, keeping its
+//! positions, and assigns again once the topic answers.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,10 +24,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::{Shared, base_config, log_librdkafka, store_now, topic_partitions, unavailable};
 use crate::{BusError, BusMessage, Subscription};
@@ -55,6 +62,8 @@ pub(super) struct SubState {
     topic: String,
     /// Set by librdkafka errors: check positions against watermarks at the next tick.
     disrupted: AtomicBool,
+    /// Woken on a lost connection: the task drops its assignment at once.
+    outage: Notify,
     buffered: AtomicUsize,
     lags: Mutex<Vec<PartitionLag>>,
 }
@@ -79,6 +88,12 @@ impl ClientContext for SubContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.state.disrupted.store(true, Ordering::Relaxed);
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.state.outage.notify_one();
+        }
         tracing::debug!(role = "consumer", %error, reason, "librdkafka error");
     }
 
@@ -117,6 +132,7 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
     let state = Arc::new(SubState {
         topic: config.topic.clone(),
         disrupted: AtomicBool::new(false),
+        outage: Notify::new(),
         buffered: AtomicUsize::new(0),
         lags: Mutex::new(Vec::new()),
     });
@@ -168,6 +184,7 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
         consumer,
         tx,
         positions,
+        assigned: true,
         topic_missing: false,
     };
     tokio::spawn(fetcher.run());
@@ -192,6 +209,8 @@ struct Fetcher {
     tx: mpsc::Sender<BusMessage>,
     /// Next offset to receive, per partition (index = partition id).
     positions: Vec<i64>,
+    /// False while the broker is away (see the module documentation).
+    assigned: bool,
     /// The last metadata check found no topic: when it returns, it is a new one.
     topic_missing: bool,
 }
@@ -199,6 +218,7 @@ struct Fetcher {
 enum Step {
     Stop,
     Tick,
+    Outage,
     Message(i32, i64, BusMessage),
     Error(KafkaError),
 }
@@ -214,6 +234,7 @@ impl Fetcher {
             let step = tokio::select! {
                 _ = self.tx.closed() => Step::Stop,
                 _ = tick.tick() => Step::Tick,
+                _ = self.state.outage.notified() => Step::Outage,
                 r = self.consumer.recv() => match r {
                     Ok(m) => Step::Message(m.partition(), m.offset(), BusMessage {
                         key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
@@ -229,6 +250,7 @@ impl Fetcher {
                     self.state.buffered.store(buffered, Ordering::Relaxed);
                     self.check_assignment().await;
                 }
+                Step::Outage => self.unassign("lost the connection to the broker"),
                 Step::Message(partition, offset, msg) => {
                     if let Some(pos) = usize::try_from(partition)
                         .ok()
@@ -269,6 +291,7 @@ impl Fetcher {
                     tracing::warn!(topic = %self.shared.config.topic, "kafka topic disappeared; waiting for it");
                     self.topic_missing = true;
                 }
+                self.unassign("the topic disappeared");
                 // The bus's watcher re-creates it too; this covers a process that only
                 // subscribes and has dropped its bus handle.
                 if let Err(e) = self.shared.create_topic().await {
@@ -283,7 +306,7 @@ impl Fetcher {
             }
         };
         let disrupted = self.state.disrupted.swap(false, Ordering::Relaxed);
-        if !(disrupted || self.topic_missing || count != self.positions.len()) {
+        if self.assigned && !(disrupted || self.topic_missing || count != self.positions.len()) {
             return;
         }
         let topic = self.shared.config.topic.clone();
@@ -307,7 +330,7 @@ impl Fetcher {
                 _ => low,
             })
             .collect();
-        if positions == self.positions {
+        if self.assigned && positions == self.positions {
             return;
         }
         if let Err(e) = assign(&self.consumer, &topic, &positions) {
@@ -322,11 +345,28 @@ impl Fetcher {
             "kafka subscription re-assigned its partitions"
         );
         self.positions = positions;
+        self.assigned = true;
         self.topic_missing = false;
         self.shared
             .counters
             .reassignments
             .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Fetcher {
+    /// Stops fetching but keeps the positions; `check_assignment` resumes.
+    fn unassign(&mut self, why: &str) {
+        if !self.assigned {
+            return;
+        }
+        match self.consumer.unassign() {
+            Ok(()) => {
+                self.assigned = false;
+                tracing::info!(reason = why, "kafka subscription paused its assignment");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot unassign kafka partitions"),
+        }
     }
 }
 
