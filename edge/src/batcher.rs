@@ -188,3 +188,133 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use danmaku_proto::{Limits, decode_batch};
+
+    use super::*;
+    use crate::registry::{Member, Outbound};
+
+    fn ev(i: usize) -> pb::Event {
+        pb::Event {
+            kind: pb::Kind::Danmaku as i32,
+            sender: "s".into(),
+            text: format!("e{i}"),
+            ts_ms: danmaku_proto::now_ms(),
+            ..Default::default()
+        }
+    }
+
+    fn setup(
+        cfg: BatchConfig,
+    ) -> (
+        Arc<Registry>,
+        Metrics,
+        mpsc::Sender<ShardItem>,
+        CancellationToken,
+    ) {
+        let metrics = Metrics::unregistered();
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let shutdown = CancellationToken::new();
+        let mut shards = spawn_shards(
+            1,
+            &cfg,
+            Arc::clone(&registry),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        (registry, metrics, shards.remove(0), shutdown)
+    }
+
+    fn item(room: &ChannelName, i: usize) -> ShardItem {
+        ShardItem {
+            channel: room.clone(),
+            event: ev(i),
+            members: 2,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shard_flushes_once_per_window_to_every_member() {
+        let (registry, metrics, shard, _shutdown) = setup(BatchConfig::default());
+        let room = ChannelName::parse("room:1").unwrap();
+        let (pb_tx, mut pb_rx) = mpsc::channel(8);
+        let (js_tx, mut js_rx) = mpsc::channel(8);
+        registry.join(&room, 1, Member::new(Transport::WsPb, pb_tx));
+        registry.join(&room, 2, Member::new(Transport::WsJson, js_tx));
+        for i in 0..3 {
+            shard.send(item(&room, i)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(49)).await;
+        assert!(pb_rx.try_recv().is_err(), "window (50 ms) not over yet");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let Ok(Outbound::Binary(bytes)) = pb_rx.try_recv() else {
+            panic!("pb member got no binary batch");
+        };
+        let f = frame::decode_server(&bytes, &Limits::default()).unwrap();
+        let Some(Body::Batch(b)) = f.body else {
+            panic!("not a batch: {f:?}");
+        };
+        let texts: Vec<_> = decode_batch(&b, &Limits::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        assert_eq!(texts, ["e0", "e1", "e2"]);
+        let Ok(Outbound::Text(text)) = js_rx.try_recv() else {
+            panic!("json member got no text batch");
+        };
+        assert!(text.contains("\"e2\""));
+        assert!(pb_rx.try_recv().is_err(), "exactly one frame per flush");
+        assert_eq!(metrics.batches.get(), 1);
+        assert_eq!(metrics.events_delivered.get(), 6);
+        assert_eq!(metrics.pushed(Transport::WsPb).get(), 1);
+        assert_eq!(metrics.pushed(Transport::WsJson).get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_drops_the_batch_for_that_member_only() {
+        let cfg = BatchConfig {
+            max_events: 1, // every event flushes at once
+            ..BatchConfig::default()
+        };
+        let (registry, metrics, shard, _shutdown) = setup(cfg);
+        let room = ChannelName::parse("room:slow").unwrap();
+        let (slow_tx, mut slow_rx) = mpsc::channel(1);
+        let (fast_tx, mut fast_rx) = mpsc::channel(8);
+        registry.join(&room, 1, Member::new(Transport::WsPb, slow_tx));
+        registry.join(&room, 2, Member::new(Transport::Quic, fast_tx));
+        for i in 0..3 {
+            shard.send(item(&room, i)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut fast = 0;
+        while fast_rx.try_recv().is_ok() {
+            fast += 1;
+        }
+        let mut slow = 0;
+        while slow_rx.try_recv().is_ok() {
+            slow += 1;
+        }
+        assert_eq!((fast, slow), (3, 1));
+        assert_eq!(metrics.slow_consumer_drops.get(), 2);
+        assert_eq!(metrics.batches.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_emptied_during_its_window_builds_nothing() {
+        let (registry, metrics, shard, _shutdown) = setup(BatchConfig::default());
+        let room = ChannelName::parse("room:gone").unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        registry.join(&room, 1, Member::new(Transport::WsPb, tx));
+        shard.send(item(&room, 0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        registry.leave(&room, 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(metrics.batches.get(), 0);
+    }
+}

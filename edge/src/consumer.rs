@@ -139,3 +139,129 @@ fn shard_of(channel: &str, shards: usize) -> usize {
     channel.hash(&mut h);
     (h.finish() % shards.max(1) as u64) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use danmaku_bus::{Bus, MemoryBus, MemoryBusConfig};
+    use danmaku_proto::{ChannelName, pb};
+
+    use super::*;
+    use crate::registry::{Member, Transport};
+
+    fn bus_event(channel: &str, ts_ms: i64) -> Bytes {
+        frame::encode(&pb::BusEvent {
+            version: 1,
+            channel: channel.into(),
+            event: Some(pb::Event {
+                kind: pb::Kind::Danmaku as i32,
+                text: "hi".into(),
+                ts_ms,
+                ..Default::default()
+            }),
+            origin: "t".into(),
+        })
+    }
+
+    struct Setup {
+        bus: MemoryBus,
+        metrics: Metrics,
+        shard_rx: mpsc::Receiver<ShardItem>,
+        consumer: Consumer,
+        _member_rx: mpsc::Receiver<crate::registry::Outbound>,
+    }
+
+    fn setup(capacity: usize) -> Setup {
+        let metrics = Metrics::unregistered();
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let (member_tx, member_rx) = mpsc::channel(1);
+        registry.join(
+            &ChannelName::parse("room:here").unwrap(),
+            1,
+            Member::new(Transport::WsPb, member_tx),
+        );
+        let (shard_tx, shard_rx) = mpsc::channel(16);
+        Setup {
+            bus: MemoryBus::new(MemoryBusConfig { capacity }),
+            metrics: metrics.clone(),
+            shard_rx,
+            consumer: Consumer {
+                registry,
+                metrics,
+                shards: vec![shard_tx],
+                limits: Limits::default(),
+                start_ms: 1_000,
+            },
+            _member_rx: member_rx,
+        }
+    }
+
+    fn count(m: &Metrics, r: BusResult) -> u64 {
+        m.bus_events.with_label_values(&[r.label()]).get()
+    }
+
+    #[tokio::test]
+    async fn drops_foreign_bad_and_stale_events_and_routes_the_rest() {
+        let mut s = setup(64);
+        let sub = s.bus.subscribe_all().await.unwrap();
+        let here = Bytes::from_static(b"room:here");
+        s.bus
+            .publish(
+                Bytes::from_static(b"room:elsewhere"),
+                Bytes::from_static(b"not even decoded"),
+            )
+            .await
+            .unwrap();
+        s.bus
+            .publish(here.clone(), Bytes::from_static(&[0xff, 0xff]))
+            .await
+            .unwrap();
+        s.bus
+            .publish(here.clone(), bus_event("room:other", 2_000))
+            .await
+            .unwrap();
+        s.bus
+            .publish(here.clone(), bus_event("room:here", 999))
+            .await
+            .unwrap();
+        s.bus
+            .publish(here.clone(), bus_event("room:here", 2_000))
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(s.consumer.run(sub, shutdown.clone()));
+        let item = s.shard_rx.recv().await.unwrap();
+        assert_eq!(item.channel.as_str(), "room:here");
+        assert_eq!(item.members, 1);
+        assert_eq!(item.event.ts_ms, 2_000);
+        shutdown.cancel();
+        assert_eq!(count(&s.metrics, BusResult::NoLocalMembers), 1);
+        assert_eq!(
+            count(&s.metrics, BusResult::BadEvent),
+            2,
+            "garbage, key/channel mismatch"
+        );
+        assert_eq!(count(&s.metrics, BusResult::Stale), 1);
+    }
+
+    #[tokio::test]
+    async fn lag_is_counted_and_consumption_goes_on() {
+        let mut s = setup(2);
+        let sub = s.bus.subscribe_all().await.unwrap();
+        for _ in 0..5 {
+            s.bus
+                .publish(
+                    Bytes::from_static(b"room:here"),
+                    bus_event("room:here", 2_000),
+                )
+                .await
+                .unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(s.consumer.run(sub, shutdown.clone()));
+        assert!(s.shard_rx.recv().await.is_some());
+        assert!(s.shard_rx.recv().await.is_some());
+        shutdown.cancel();
+        assert_eq!(s.metrics.bus_lagged.get(), 3);
+    }
+}
