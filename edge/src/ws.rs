@@ -181,7 +181,19 @@ fn decode(transport: Transport, msg: Message, limits: &Limits) -> Decoded {
     }
 }
 
-/// Owns the socket's sink. Replies first (biased), then batches.
+/// Most frames written back to back before one flush.
+const MAX_COALESCE: usize = 64;
+
+/// What the writer does next.
+enum Next {
+    Send(Message),
+    Close(CloseReason),
+    End,
+}
+
+/// Owns the socket's sink. Replies first (biased), then batches. Frames that
+/// are already queued are fed together and flushed once: the cost the edge
+/// budgets is `send()` calls, not bytes (INFRA.md).
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut control: mpsc::Receiver<Control>,
@@ -191,32 +203,96 @@ async fn write_loop(
 ) {
     let mut batches_open = true;
     loop {
-        let msg = tokio::select! {
+        let mut next = tokio::select! {
             biased;
             c = control.recv() => match c {
-                Some(Control::Frame(f)) => encode_reply(&f, transport, &limits),
-                Some(Control::Close(reason)) => {
+                Some(c) => from_control(c, transport, &limits),
+                None => Next::End,
+            },
+            b = batches.recv(), if batches_open => match b {
+                Some(o) => Next::Send(from_outbound(o)),
+                None => { batches_open = false; continue; }
+            },
+        };
+        let mut fed = 0;
+        loop {
+            match next {
+                Next::Send(msg) => {
+                    if sink.feed(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Next::Close(reason) => {
                     let _ = sink
                         .send(Message::Close(Some(CloseFrame {
                             code: reason.ws_code(),
                             reason: reason.text().into(),
                         })))
                         .await;
-                    break;
+                    let _ = sink.close().await;
+                    return;
                 }
+                Next::End => {
+                    let _ = sink.close().await;
+                    return;
+                }
+            }
+            fed += 1;
+            if fed >= MAX_COALESCE {
+                break;
+            }
+            match try_next(
+                &mut control,
+                &mut batches,
+                &mut batches_open,
+                transport,
+                &limits,
+            ) {
+                Some(n) => next = n,
                 None => break,
-            },
-            b = batches.recv(), if batches_open => match b {
-                Some(Outbound::Binary(bytes)) => Message::Binary(bytes),
-                Some(Outbound::Text(text)) => Message::Text(text),
-                None => { batches_open = false; continue; }
-            },
-        };
-        if sink.send(msg).await.is_err() {
-            break;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
         }
     }
-    let _ = sink.close().await;
+}
+
+/// The next queued item without waiting, replies first.
+fn try_next(
+    control: &mut mpsc::Receiver<Control>,
+    batches: &mut mpsc::Receiver<Outbound>,
+    batches_open: &mut bool,
+    transport: Transport,
+    limits: &Limits,
+) -> Option<Next> {
+    match control.try_recv() {
+        Ok(c) => return Some(from_control(c, transport, limits)),
+        Err(mpsc::error::TryRecvError::Disconnected) => return Some(Next::End),
+        Err(mpsc::error::TryRecvError::Empty) => {}
+    }
+    if *batches_open {
+        match batches.try_recv() {
+            Ok(o) => return Some(Next::Send(from_outbound(o))),
+            Err(mpsc::error::TryRecvError::Disconnected) => *batches_open = false,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+    }
+    None
+}
+
+fn from_control(c: Control, transport: Transport, limits: &Limits) -> Next {
+    match c {
+        Control::Frame(f) => Next::Send(encode_reply(&f, transport, limits)),
+        Control::Close(reason) => Next::Close(reason),
+    }
+}
+
+fn from_outbound(o: Outbound) -> Message {
+    match o {
+        Outbound::Binary(bytes) => Message::Binary(bytes),
+        Outbound::Text(text) => Message::Text(text),
+    }
 }
 
 fn encode_reply(f: &pb::ServerFrame, transport: Transport, limits: &Limits) -> Message {
