@@ -139,6 +139,9 @@ impl Metrics {
         for r in crate::consumer::BusResult::ALL {
             bus_events.with_label_values(&[r.label()]);
         }
+        for code in ["malformed_frame", "malformed_json", "frame_too_large"] {
+            bad_frames.with_label_values(&[code]);
+        }
         Ok(Metrics {
             connections,
             channels,
@@ -172,5 +175,51 @@ impl Metrics {
     /// Counts a malformed client frame by its stable code.
     pub fn bad_frame(&self, code: &str) {
         self.bad_frames.with_label_values(&[code]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exposed_from_the_start() {
+        let registry = Registry::new();
+        Metrics::register(&registry).unwrap();
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        for want in [
+            "danmaku_edge_connections",
+            "danmaku_edge_channels",
+            "danmaku_edge_channel_members",
+            "danmaku_edge_batches_total",
+            "danmaku_edge_batch_events",
+            "danmaku_edge_batch_raw_bytes_total",
+            "danmaku_edge_batch_compressed_bytes_total",
+            "danmaku_edge_frames_pushed_total",
+            "danmaku_edge_events_delivered_total",
+            "danmaku_edge_slow_consumer_drops_total",
+            "danmaku_edge_bus_events_total",
+            "danmaku_edge_bus_lagged_total",
+            "danmaku_edge_bad_frames_total",
+            "danmaku_edge_delivery_latency_seconds",
+            "danmaku_edge_batch_window_seconds",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_edges_can_share_a_process_but_not_a_registry() {
+        let registry = Registry::new();
+        Metrics::register(&registry).unwrap();
+        assert!(Metrics::register(&registry).is_err());
+        Metrics::register(&Registry::new()).unwrap();
     }
 }

@@ -552,6 +552,25 @@ async fn cert_endpoint_serves_the_quic_certificate() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn tune_tcp_sets_nodelay_and_send_buffer() -> Result<()> {
+    let mut cfg = config();
+    cfg.tcp_send_buffer = Some(64 << 10);
+    let t = start(cfg).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let _client = TcpStream::connect(listener.local_addr()?).await?;
+    let (accepted, _) = listener.accept().await?;
+    t.edge.tune_tcp(&accepted);
+    assert!(accepted.nodelay()?);
+    let size = socket2::SockRef::from(&accepted).send_buffer_size()?;
+    // Linux doubles the requested value for bookkeeping.
+    assert!(
+        (64 << 10..=128 << 10).contains(&size),
+        "SO_SNDBUF is {size}"
+    );
+    Ok(())
+}
+
 // ---- QUIC ----
 
 async fn quic_connect(t: &TestEdge) -> Result<(quinn::Endpoint, quinn::Connection)> {
