@@ -165,7 +165,14 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     };
     tracing::debug!(conn_id, reason = reason.text(), "QUIC closing");
     session.close(reason).await;
-    let _ = tokio::time::timeout(CLOSE_LINGER * 2, writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_LINGER * 2, &mut writer)
+        .await
+        .is_err()
+    {
+        // The peer does not read: drop the socket rather than wait on it.
+        writer.abort();
+    }
 }
 
 /// Sends one error frame on the control stream, then closes the connection.

@@ -43,6 +43,8 @@ pub(crate) enum CloseReason {
     BadToken,
     /// The edge is shutting down.
     Shutdown,
+    /// The peer stopped reading: replies could not be queued for an idle timeout.
+    Stalled,
 }
 
 impl CloseReason {
@@ -54,6 +56,7 @@ impl CloseReason {
             CloseReason::BadFrame => 1002,
             CloseReason::BadToken => 1008,
             CloseReason::Shutdown => 1001,
+            CloseReason::Stalled => 1008,
         }
     }
 
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::BadFrame => 2,
             CloseReason::BadToken => 3,
             CloseReason::Shutdown => 4,
+            CloseReason::Stalled => 5,
         }
     }
 
@@ -75,6 +79,7 @@ impl CloseReason {
             CloseReason::BadFrame => "malformed frame",
             CloseReason::BadToken => "bad token",
             CloseReason::Shutdown => "edge shutting down",
+            CloseReason::Stalled => "peer stopped reading",
         }
     }
 }
@@ -122,19 +127,26 @@ impl Session {
     }
 
     /// Queues a reply. Waits if the writer is behind: replies are never dropped.
+    /// A peer that does not read for an idle timeout is closed, so it cannot pin
+    /// the reader (and the connection) forever.
     pub async fn reply(&self, body: Body) -> Flow {
-        match self.control.send(Control::Frame(frame::server(body))).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Close(CloseReason::PeerClosed),
-        }
+        self.queue(frame::server(body)).await
     }
 
     /// Replies with an `Error` frame and keeps the connection.
     pub async fn reply_error(&self, code: &str, message: impl Into<String>) -> Flow {
-        let frame = frame::error(code, message);
-        match self.control.send(Control::Frame(frame)).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Close(CloseReason::PeerClosed),
+        self.queue(frame::error(code, message)).await
+    }
+
+    async fn queue(&self, frame: pb::ServerFrame) -> Flow {
+        let idle = self.edge.config.idle_timeout();
+        match tokio::time::timeout(idle, self.control.send(Control::Frame(frame))).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(_)) => Flow::Close(CloseReason::PeerClosed),
+            Err(_) => {
+                tracing::info!(conn_id = self.conn_id, "peer stopped reading; closing");
+                Flow::Close(CloseReason::Stalled)
+            }
         }
     }
 
@@ -158,8 +170,9 @@ impl Session {
 
     /// Tells the writer to close after what is queued, then leaves all channels.
     pub async fn close(mut self, reason: CloseReason) {
-        let _ = self.control.send(Control::Close(reason)).await;
         self.leave_all();
+        // A stalled writer cannot take more; the transport aborts it.
+        let _ = self.control.try_send(Control::Close(reason));
     }
 
     fn leave_all(&mut self) {

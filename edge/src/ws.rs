@@ -151,7 +151,14 @@ async fn run(edge: Arc<Edge>, socket: WebSocket, transport: Transport, user: Str
     };
     tracing::debug!(conn_id, reason = reason.text(), "websocket closing");
     session.close(reason).await;
-    let _ = tokio::time::timeout(WRITER_DRAIN, writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
+        .await
+        .is_err()
+    {
+        // The peer does not read: drop the socket rather than wait on it.
+        writer.abort();
+    }
 }
 
 enum Decoded {
