@@ -25,6 +25,12 @@
 //!   subscription by ingest timestamp, and reliable events are deduplicated by `seq`.
 //! * **Events lost with the broker.** Events acknowledged by a broker that then loses
 //!   its storage are gone from the bus; the reliable lane recovers them from the store.
+//! * **tansu × librdkafka 2.12.1 crash.** A restarted tansu answers a fetch for a
+//!   topic id it does not know with leader hints and a zero topic id, and librdkafka
+//!   dereferences a NULL topic name (`rd_kafka_metadata_update_op`). Subscriptions
+//!   therefore drop their assignment as soon as a connection is lost (see
+//!   `subscription.rs`); deleting the topic under live consumers still crashes them.
+//!   Apache Kafka and Redpanda send real topic ids and are not affected.
 //!
 //! Health for `/metrics` and readiness: [`KafkaBus::stats`] ([`KafkaStats`]: last
 //! successful probe, delivery and fetch, counters, per-partition consumer lag) and

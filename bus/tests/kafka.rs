@@ -297,3 +297,36 @@ async fn connect_rejects_bad_kafka_urls() {
         }
     }
 }
+
+/// A supervisor-style restart: the broker is back on the same port at once, before
+/// the bus's watcher has seen it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_quick_broker_restart() {
+    init_logs();
+    let mut broker = Broker::start();
+    let config = KafkaBusConfig {
+        brokers: broker.addr(),
+        topic: unique("quick"),
+        delivery_timeout: Duration::from_secs(2),
+        ..KafkaBusConfig::default()
+    };
+    let bus = KafkaBus::connect(config).await.unwrap();
+    let mut sub = bus.subscribe_all().await.unwrap();
+    for i in 0..3u8 {
+        let before = [b'b', i];
+        bus.publish(key(), Bytes::copy_from_slice(&before))
+            .await
+            .unwrap();
+        wait_for(&mut sub, &before, Duration::from_secs(10)).await;
+
+        broker.kill();
+        broker.launch();
+        let after = [b'a', i];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = bus.publish(key(), Bytes::copy_from_slice(&after)).await {
+            assert!(Instant::now() < deadline, "publish never recovered: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_for(&mut sub, &after, Duration::from_secs(20)).await;
+    }
+}

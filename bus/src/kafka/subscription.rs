@@ -11,8 +11,10 @@
 //! While the broker is unreachable the subscription holds NO assignment: librdkafka
 //! 2.12.1 crashes (NULL topic name in `rd_kafka_metadata_update_op`) when a restarted
 //! tansu answers a fetch for the old topic id with leader hints and a zero topic id.
-//! So on the first transport error the task unassigns everything, keeping its
-//! positions, and assigns again once the topic answers.
+//! So on the first lost connection the task unassigns everything, keeping its
+//! positions, and assigns again once the topic answers; the consumer waits 300 ms
+//! before reconnecting to leave it the time. This makes a crash unlikely, not
+//! impossible; deleting the topic under a live consumer still triggers it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,6 +85,11 @@ struct SubContext {
 
 impl ClientContext for SubContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // "FAIL" is a lost or refused connection. Logs arrive straight from
+        // librdkafka's broker thread, sooner than the error callback.
+        if fac == "FAIL" {
+            self.state.outage.notify_one();
+        }
         log_librdkafka("consumer", level, fac, message);
     }
 
@@ -150,6 +157,9 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
         )
         .set("fetch.error.backoff.ms", "50")
         .set("statistics.interval.ms", "1000")
+        // Leaves the task time to drop its assignment before a restarted broker is
+        // asked for the old topic (see the module documentation).
+        .set("reconnect.backoff.ms", "300")
         .create_with_context(SubContext {
             state: state.clone(),
         })
