@@ -95,7 +95,8 @@ pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>
             limit: limits.max_batch_raw_bytes,
         });
     }
-    let mut events = Vec::with_capacity(claimed);
+    // Every event takes at least one byte, so a tiny frame cannot claim a big allocation.
+    let mut events = Vec::with_capacity(claimed.min(raw.len()));
     let mut buf = raw;
     while buf.has_remaining() {
         if events.len() == claimed {
@@ -121,9 +122,28 @@ pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>
 }
 
 fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, ProtoError> {
+    // Our encoder records the content size in the frame header: then one reused
+    // context decompresses straight into an exact-size buffer (making a context
+    // costs more than decoding a small batch). Frames without a size, or claiming
+    // more than the limit, take the streaming path that never holds over limit + 1.
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(data) {
+        if size > limit as u64 {
+            return Err(ProtoError::BatchTooLarge { limit });
+        }
+        return DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let dctx = match slot.as_mut() {
+                Some(d) => d,
+                None => slot.insert(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| ProtoError::Compression(e.to_string()))?,
+                ),
+            };
+            dctx.decompress(data, size as usize)
+                .map_err(|e| ProtoError::Compression(e.to_string()))
+        });
+    }
     use std::io::Read;
-    // Read at most limit + 1 bytes: one more than allowed proves the payload is too big
-    // without ever holding more than that in memory.
     let decoder = zstd::stream::read::Decoder::new(data)
         .map_err(|e| ProtoError::Compression(e.to_string()))?;
     let mut out = Vec::new();
@@ -135,6 +155,12 @@ fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, ProtoError> 
         return Err(ProtoError::BatchTooLarge { limit });
     }
     Ok(out)
+}
+
+thread_local! {
+    /// One zstd decompression context per thread, reused across batches.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 #[cfg(test)]
