@@ -34,5 +34,12 @@ fi
 step "fuzz targets build (cargo check)"
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 
+step "services (real Kafka-API broker on loopback)"
+bash scripts/services.sh start kafka
+trap 'bash scripts/services.sh stop || true' EXIT
+# shellcheck disable=SC1091
+source .services/env
+echo "DANMAKU_TEST_KAFKA=$DANMAKU_TEST_KAFKA"
+
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
