@@ -176,9 +176,13 @@ async fn run(command: Command) -> Result<()> {
             let registry = prometheus::Registry::new();
             let bus = danmaku_bus::connect(&bus)
                 .await
-                .context("connecting to the bus")?;
+                .with_context(|| format!("connecting to the bus {bus}"))?;
+            danmaku_bus::metrics::register(bus.clone(), &registry)?;
             let ingest = danmaku_ingest::Ingest::new(
-                danmaku_ingest::IngestConfig::default(),
+                danmaku_ingest::IngestConfig {
+                    node_id: format!("ingest-{listen}"),
+                    ..danmaku_ingest::IngestConfig::default()
+                },
                 bus,
                 danmaku_proto::token::TokenKey::new(&auth_secret),
                 &registry,
@@ -201,15 +205,19 @@ async fn run(command: Command) -> Result<()> {
             if store.is_some() || scheduler.is_some() {
                 tracing::warn!("--store and --scheduler are not used yet");
             }
-            let _ = advertise;
             cancel_on_signal(shutdown.clone());
             let registry = prometheus::Registry::new();
             let bus = danmaku_bus::connect(&bus)
                 .await
-                .context("connecting to the bus")?;
+                .with_context(|| format!("connecting to the bus {bus}"))?;
+            danmaku_bus::metrics::register(bus.clone(), &registry)?;
             let (tcp, udp) = bind_pair(listen)?;
             let edge = danmaku_edge::Edge::start(
                 danmaku_edge::EdgeConfig {
+                    id: format!(
+                        "edge-{}",
+                        advertise.clone().unwrap_or_else(|| listen.to_string())
+                    ),
                     tls_cert,
                     tls_key,
                     ..danmaku_edge::EdgeConfig::default()

@@ -69,6 +69,8 @@ pub enum StandaloneError {
     Ingest(#[from] danmaku_ingest::IngestError),
     #[error("scheduler: {0}")]
     Scheduler(#[from] danmaku_scheduler::SchedulerError),
+    #[error("metrics: {0}")]
+    Metrics(prometheus::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -131,6 +133,7 @@ pub async fn start(
     };
 
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(config.bus.clone()));
+    danmaku_bus::metrics::register(bus.clone(), &registry).map_err(StandaloneError::Metrics)?;
     let edge = Edge::start(
         config.edge.clone(),
         bus.clone(),

@@ -9,6 +9,7 @@
 
 mod kafka;
 mod memory;
+pub mod metrics;
 
 use std::sync::Arc;
 

@@ -12,6 +12,8 @@ pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+pub mod kafka;
+
 /// The value of a sample in Prometheus text `exposition`: `name` with all of
 /// `labels` (a subset match), summed over the series that match.
 /// Returns `None` when no series matches.
