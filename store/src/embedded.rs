@@ -1,0 +1,258 @@
+//! [`EmbeddedStore`]: one SQLite file, for standalone mode.
+//!
+//! WAL journal, `synchronous = FULL`: a returned `append` survives a crash or power
+//! loss. Writes go through a pool of ONE connection (writers queue in the process
+//! instead of spinning on SQLite's busy handler) and every multi-statement write runs
+//! under `BEGIN IMMEDIATE`, which takes the file's write lock up front, so a second
+//! process on the same file waits (`busy_timeout`) rather than interleaving. Reads use
+//! a separate pool of read-only connections and never block the writer.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::{
+    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread,
+    from_db, message_from_row, migrations, queries, to_db, unread_from_rows, validate,
+};
+
+/// How long a write waits for another process holding the file's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent readers per process.
+const READERS: u32 = 4;
+
+const ACK: &str = "INSERT INTO acks (user_id, channel, acked_seq) \
+     VALUES ($1, $2, MIN($3, COALESCE((SELECT last_seq FROM channel_seq WHERE channel = $2), 0))) \
+     ON CONFLICT (user_id, channel) DO UPDATE \
+     SET acked_seq = MAX(acks.acked_seq, excluded.acked_seq) \
+     RETURNING acked_seq";
+
+/// The embedded (SQLite) backend.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    path: PathBuf,
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating it and its directory if needed) the database file at `path` and
+    /// applies migrations.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.clone().create_if_missing(true))
+            .await?;
+        migrations::sqlite().run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self {
+            path,
+            writer,
+            reader,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes every connection (checkpointing the WAL into the main file). Operations
+    /// after this fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        validate(&m)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // We hold the write lock: whatever another append did is committed and visible.
+        if let Some(id) = &m.client_msg_id {
+            let found: Option<(i64, i64)> = sqlx::query_as(queries::FIND_CLIENT_MSG)
+                .bind(&m.channel)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some((seq, ts_ms)) = found {
+                tx.rollback().await?;
+                return Ok(Appended {
+                    seq: from_db(seq),
+                    duplicate: true,
+                    ts_ms,
+                });
+            }
+        }
+        let seq: i64 = sqlx::query_scalar(queries::NEXT_SEQ)
+            .bind(&m.channel)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(queries::INSERT_MESSAGE)
+            .bind(&m.channel)
+            .bind(seq)
+            .bind(&m.client_msg_id)
+            .bind(&m.sender)
+            .bind(&m.kind)
+            .bind(&m.text)
+            .bind(&m.payload_json)
+            .bind(m.ts_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Appended {
+            seq: from_db(seq),
+            duplicate: false,
+            ts_ms: m.ts_ms,
+        })
+    }
+
+    async fn read_after(
+        &self,
+        channel: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = limit.min(crate::MAX_READ_LIMIT);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<MessageRow> = sqlx::query_as(queries::READ_AFTER)
+            .bind(channel)
+            .bind(to_db(after_seq))
+            .bind(to_db(limit as u64))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| message_from_row(channel, r))
+            .collect())
+    }
+
+    async fn last_seq(&self, channel: &str) -> Result<u64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(queries::LAST_SEQ)
+            .bind(channel)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(seq.map_or(0, from_db))
+    }
+
+    async fn join_group(&self, group: &str, user: &str) -> Result<u64, StoreError> {
+        if group.is_empty() || user.is_empty() {
+            return Err(StoreError::Invalid("empty group or user".into()));
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let joined: i64 = sqlx::query_scalar(queries::JOIN)
+            .bind(group)
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(from_db(joined))
+    }
+
+    async fn leave_group(&self, group: &str, user: &str) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let removed = sqlx::query(queries::LEAVE)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(queries::FORGET_ACK)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(removed > 0)
+    }
+
+    async fn is_member(&self, group: &str, user: &str) -> Result<Option<u64>, StoreError> {
+        let joined: Option<i64> = sqlx::query_scalar(queries::IS_MEMBER)
+            .bind(group)
+            .bind(user)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(joined.map(from_db))
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(queries::MEMBERS)
+            .bind(group)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, joined_seq)| Member {
+                user,
+                joined_seq: from_db(joined_seq),
+            })
+            .collect())
+    }
+
+    async fn ack(&self, user: &str, channel: &str, seq: u64) -> Result<u64, StoreError> {
+        if user.is_empty() || channel.is_empty() {
+            return Err(StoreError::Invalid("empty user or channel".into()));
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let acked: i64 = sqlx::query_scalar(ACK)
+            .bind(user)
+            .bind(channel)
+            .bind(to_db(seq))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(from_db(acked))
+    }
+
+    async fn acked(&self, user: &str, channel: &str) -> Result<u64, StoreError> {
+        let acked: Option<i64> = sqlx::query_scalar(queries::ACKED)
+            .bind(user)
+            .bind(channel)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(acked.map_or(0, from_db))
+    }
+
+    async fn unread(&self, user: &str) -> Result<Unread, StoreError> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(queries::UNREAD)
+            .bind(user)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(unread_from_rows(rows))
+    }
+}

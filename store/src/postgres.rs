@@ -1,0 +1,264 @@
+//! [`PostgresStore`]: the store shared by every process in distributed mode.
+//!
+//! `append` runs one transaction: bump the channel's `channel_seq` row with
+//! `INSERT … ON CONFLICT DO UPDATE … RETURNING` (which row-locks it until commit, so
+//! appenders to one channel queue there, across processes) and insert the message with
+//! that seq. A rollback undoes the bump, so seqs stay gap-free. A retried
+//! `client_msg_id` is found by a read before the transaction; a retry racing the
+//! original hits the unique index instead and is answered from a re-read.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::{
+    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread,
+    from_db, message_from_row, migrations, queries, to_db, unread_from_rows, validate,
+};
+
+/// Connection settings of [`PostgresStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresStoreConfig {
+    /// Pool size per process. Appends to one channel are serialized by the database,
+    /// so more connections help only with many channels.
+    pub max_connections: u32,
+    /// How long an operation waits for a free connection (or for the server to accept
+    /// one) before failing with [`StoreError::Unavailable`].
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresStoreConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The PostgreSQL backend.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+const ACK: &str = "INSERT INTO acks (user_id, channel, acked_seq) \
+     VALUES ($1, $2, LEAST($3, COALESCE((SELECT last_seq FROM channel_seq WHERE channel = $2), 0))) \
+     ON CONFLICT (user_id, channel) DO UPDATE \
+     SET acked_seq = GREATEST(acks.acked_seq, excluded.acked_seq) \
+     RETURNING acked_seq";
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) and applies migrations.
+    pub async fn connect(url: &str, config: PostgresStoreConfig) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::BadUrl { reason, .. } => StoreError::BadUrl {
+                    url: url.to_owned(),
+                    reason,
+                },
+                other => other,
+            })?;
+        migrations::postgres().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool, for tools and tests.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn find_client_msg(
+        &self,
+        channel: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Appended>, StoreError> {
+        let found: Option<(i64, i64)> = sqlx::query_as(queries::FIND_CLIENT_MSG)
+            .bind(channel)
+            .bind(client_msg_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.map(|(seq, ts_ms)| Appended {
+            seq: from_db(seq),
+            duplicate: true,
+            ts_ms,
+        }))
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        validate(&m)?;
+        if let Some(id) = &m.client_msg_id
+            && let Some(original) = self.find_client_msg(&m.channel, id).await?
+        {
+            return Ok(original);
+        }
+        let mut tx = self.pool.begin().await?;
+        let seq: i64 = sqlx::query_scalar(queries::NEXT_SEQ)
+            .bind(&m.channel)
+            .fetch_one(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(queries::INSERT_MESSAGE)
+            .bind(&m.channel)
+            .bind(seq)
+            .bind(&m.client_msg_id)
+            .bind(&m.sender)
+            .bind(&m.kind)
+            .bind(&m.text)
+            .bind(&m.payload_json)
+            .bind(m.ts_ms)
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(Appended {
+                    seq: from_db(seq),
+                    duplicate: false,
+                    ts_ms: m.ts_ms,
+                })
+            }
+            // A retry with the same client_msg_id committed between our read and our
+            // insert. Roll back (our seq bump with it) and answer the original.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && m.client_msg_id.is_some() => {
+                tx.rollback().await?;
+                let id = m.client_msg_id.as_deref().unwrap_or_default();
+                self.find_client_msg(&m.channel, id).await?.ok_or_else(|| {
+                    StoreError::Internal(format!(
+                        "client_msg_id {id:?} conflicted on {} but is not stored",
+                        m.channel
+                    ))
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_after(
+        &self,
+        channel: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = limit.min(crate::MAX_READ_LIMIT);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<MessageRow> = sqlx::query_as(queries::READ_AFTER)
+            .bind(channel)
+            .bind(to_db(after_seq))
+            .bind(to_db(limit as u64))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| message_from_row(channel, r))
+            .collect())
+    }
+
+    async fn last_seq(&self, channel: &str) -> Result<u64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(queries::LAST_SEQ)
+            .bind(channel)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.map_or(0, from_db))
+    }
+
+    async fn join_group(&self, group: &str, user: &str) -> Result<u64, StoreError> {
+        if group.is_empty() || user.is_empty() {
+            return Err(StoreError::Invalid("empty group or user".into()));
+        }
+        let joined: i64 = sqlx::query_scalar(queries::JOIN)
+            .bind(group)
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(from_db(joined))
+    }
+
+    async fn leave_group(&self, group: &str, user: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query(queries::LEAVE)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(queries::FORGET_ACK)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(removed > 0)
+    }
+
+    async fn is_member(&self, group: &str, user: &str) -> Result<Option<u64>, StoreError> {
+        let joined: Option<i64> = sqlx::query_scalar(queries::IS_MEMBER)
+            .bind(group)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(joined.map(from_db))
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(queries::MEMBERS)
+            .bind(group)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, joined_seq)| Member {
+                user,
+                joined_seq: from_db(joined_seq),
+            })
+            .collect())
+    }
+
+    async fn ack(&self, user: &str, channel: &str, seq: u64) -> Result<u64, StoreError> {
+        if user.is_empty() || channel.is_empty() {
+            return Err(StoreError::Invalid("empty user or channel".into()));
+        }
+        let acked: i64 = sqlx::query_scalar(ACK)
+            .bind(user)
+            .bind(channel)
+            .bind(to_db(seq))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(from_db(acked))
+    }
+
+    async fn acked(&self, user: &str, channel: &str) -> Result<u64, StoreError> {
+        let acked: Option<i64> = sqlx::query_scalar(queries::ACKED)
+            .bind(user)
+            .bind(channel)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(acked.map_or(0, from_db))
+    }
+
+    async fn unread(&self, user: &str) -> Result<Unread, StoreError> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(queries::UNREAD)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(unread_from_rows(rows))
+    }
+}
