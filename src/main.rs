@@ -33,6 +33,8 @@ enum Command {
         /// HMAC key for tokens. Without it, dev tokens are handed out at POST /v1/dev/token.
         #[arg(long, env = "DANMAKU_AUTH_SECRET")]
         auth_secret: Option<String>,
+        #[command(flatten)]
+        limits: IngestLimits,
     },
     /// The upload API: validates, rate-limits and publishes to the bus.
     Ingest {
@@ -46,6 +48,8 @@ enum Command {
         store: Option<String>,
         #[arg(long, env = "DANMAKU_AUTH_SECRET")]
         auth_secret: String,
+        #[command(flatten)]
+        limits: IngestLimits,
     },
     /// Holds client connections and pushes batches from the bus.
     Edge {
@@ -117,6 +121,31 @@ enum Command {
     },
 }
 
+/// Upload limits of ingest (defaults: see `danmaku_ingest::IngestConfig`).
+#[derive(clap::Args)]
+struct IngestLimits {
+    /// Danmaku per second one user may post (token bucket refill).
+    #[arg(long, env = "DANMAKU_USER_RATE", default_value_t = 5.0)]
+    user_rate: f64,
+    /// Posts a user may burst before the rate applies.
+    #[arg(long, env = "DANMAKU_USER_BURST", default_value_t = 10)]
+    user_burst: u32,
+    /// Danmaku per second one channel accepts from all users together.
+    #[arg(long, env = "DANMAKU_CHANNEL_RATE", default_value_t = 2000.0)]
+    channel_rate: f64,
+}
+
+impl IngestLimits {
+    fn apply(&self, config: danmaku_ingest::IngestConfig) -> danmaku_ingest::IngestConfig {
+        danmaku_ingest::IngestConfig {
+            user_rate_per_sec: self.user_rate,
+            user_burst: self.user_burst,
+            channel_rate_per_sec: self.channel_rate,
+            ..config
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LoadTransport {
     WsJson,
@@ -144,12 +173,14 @@ async fn run(command: Command) -> Result<()> {
             listen,
             data,
             auth_secret,
+            limits,
         } => {
             cancel_on_signal(shutdown.clone());
             let config = StandaloneConfig {
                 listen,
                 data,
                 auth_secret,
+                ingest: limits.apply(danmaku_ingest::IngestConfig::default()),
                 ..StandaloneConfig::default()
             };
             let running = standalone::start(config, shutdown)
@@ -168,6 +199,7 @@ async fn run(command: Command) -> Result<()> {
             bus,
             store,
             auth_secret,
+            limits,
         } => {
             if store.is_some() {
                 tracing::warn!("--store is not used yet: the reliable lane is not built");
@@ -179,10 +211,10 @@ async fn run(command: Command) -> Result<()> {
                 .with_context(|| format!("connecting to the bus {bus}"))?;
             danmaku_bus::metrics::register(bus.clone(), &registry)?;
             let ingest = danmaku_ingest::Ingest::new(
-                danmaku_ingest::IngestConfig {
+                limits.apply(danmaku_ingest::IngestConfig {
                     node_id: format!("ingest-{listen}"),
                     ..danmaku_ingest::IngestConfig::default()
-                },
+                }),
                 bus,
                 danmaku_proto::token::TokenKey::new(&auth_secret),
                 &registry,
