@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# A distributed danmaku on one machine: a Kafka-API broker, 2 ingest nodes,
+# 3 edges and a scheduler, all on loopback. Prints the URLs; Ctrl-C stops everything.
+#
+#   deploy/local-cluster.sh                 # uses target/release/danmaku (builds it if missing)
+#   DANMAKU_BUS=kafka://my-broker:9092 deploy/local-cluster.sh   # use your own Kafka/Redpanda
+#   DANMAKU_AUTH_SECRET=…                    # token key (default: a fixed dev secret)
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+BIN="${DANMAKU_BIN:-$ROOT/target/release/danmaku}"
+if [ ! -x "$BIN" ]; then
+  echo "building $BIN" >&2
+  cargo build --release --bin danmaku
+fi
+SECRET="${DANMAKU_AUTH_SECRET:-local-cluster-secret}"
+LOGS="$ROOT/.services/cluster"
+mkdir -p "$LOGS"
+
+if [ -z "${DANMAKU_BUS:-}" ]; then
+  bash scripts/services.sh start kafka
+  # shellcheck disable=SC1091
+  source .services/env
+  DANMAKU_BUS="kafka://$DANMAKU_TEST_KAFKA"
+fi
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+start() { # name, args...
+  local name=$1; shift
+  "$BIN" "$@" >"$LOGS/$name.log" 2>&1 &
+  pids+=($!)
+}
+
+wait_healthy() {
+  for _ in $(seq 200); do
+    curl -fs "http://$1/healthz" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "$1 did not become healthy; see $LOGS" >&2
+  exit 1
+}
+
+edges=()
+for i in 1 2 3; do
+  port=$(free_port)
+  start "edge$i" edge --listen "127.0.0.1:$port" --bus "$DANMAKU_BUS" --auth-secret "$SECRET" --advertise "127.0.0.1:$port"
+  edges+=("127.0.0.1:$port")
+done
+ingests=()
+for i in 1 2; do
+  port=$(free_port)
+  start "ingest$i" ingest --listen "127.0.0.1:$port" --bus "$DANMAKU_BUS" --auth-secret "$SECRET"
+  ingests+=("127.0.0.1:$port")
+done
+edge_flags=()
+for i in "${!edges[@]}"; do
+  edge_flags+=(--edge "edge$((i + 1))=ws://${edges[$i]}/v1/ws|${edges[$i]}")
+done
+sched_port=$(free_port)
+start scheduler scheduler --listen "127.0.0.1:$sched_port" "${edge_flags[@]}"
+
+for a in "${edges[@]}" "${ingests[@]}" "127.0.0.1:$sched_port"; do wait_healthy "$a"; done
+
+cat <<TXT
+danmaku local cluster is up (bus: $DANMAKU_BUS, logs: $LOGS)
+  edges:     ${edges[*]}      (WebSocket ws://ADDR/v1/ws, QUIC udp ADDR, metrics http://ADDR/metrics)
+  ingest:    ${ingests[*]}
+  scheduler: http://127.0.0.1:$sched_port/v1/edges
+Try:
+  TOKEN=\$($BIN token --auth-secret $SECRET --user alice)
+  curl -XPOST http://${ingests[0]}/v1/channels/room:1/messages -H "authorization: Bearer \$TOKEN" \\
+       -H 'content-type: application/json' -d '{"kind":"danmaku","text":"hello"}'
+  cargo run -p danmaku-client --example viewer -- http://${edges[0]} room:1 bob ws-json
+Ctrl-C stops the cluster.
+TXT
+wait
