@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread,
-    from_db, message_from_row, migrations, queries, to_db, unread_from_rows, validate,
+    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread, from_db,
+    message_from_row, migrations, queries, to_db, unread_from_rows, validate,
 };
 
 /// How long a write waits for another process holding the file's write lock.

@@ -162,13 +162,13 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let joined_seq = self
-            .is_member(group, user)
-            .await?
-            .ok_or_else(|| StoreError::NotMember {
-                group: group.to_owned(),
-                user: user.to_owned(),
-            })?;
+        let joined_seq =
+            self.is_member(group, user)
+                .await?
+                .ok_or_else(|| StoreError::NotMember {
+                    group: group.to_owned(),
+                    user: user.to_owned(),
+                })?;
         self.read_after(group, after_seq.max(joined_seq), limit)
             .await
     }

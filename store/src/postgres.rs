@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::{
-    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread,
-    from_db, message_from_row, migrations, queries, to_db, unread_from_rows, validate,
+    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread, from_db,
+    message_from_row, migrations, queries, to_db, unread_from_rows, validate,
 };
 
 /// Connection settings of [`PostgresStore`].
@@ -136,7 +136,9 @@ impl Store for PostgresStore {
             }
             // A retry with the same client_msg_id committed between our read and our
             // insert. Roll back (our seq bump with it) and answer the original.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && m.client_msg_id.is_some() => {
+            Err(sqlx::Error::Database(e))
+                if e.is_unique_violation() && m.client_msg_id.is_some() =>
+            {
                 tx.rollback().await?;
                 let id = m.client_msg_id.as_deref().unwrap_or_default();
                 self.find_client_msg(&m.channel, id).await?.ok_or_else(|| {

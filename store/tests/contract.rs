@@ -1,0 +1,615 @@
+//! The store contract: the same tests for every backend. A backend is added by
+//! instantiating `contract_suite!` with a constructor of a [`Fixture`].
+//!
+//! The PostgreSQL suite runs against the real server named by `DANMAKU_TEST_POSTGRES`
+//! (`scripts/services.sh start postgres`, then `source .services/env`). All tests share
+//! that database, so each one works on channel, group and user names of its own.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use danmaku_store::{MAX_READ_LIMIT, Member, NewMessage, Store, StoreError};
+
+/// A store under test plus what is needed to open it again.
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    /// The URL `store` was opened with: `connect(url)` gives an independent handle.
+    pub url: String,
+    pub backend: &'static str,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A name no other test (in this run or an earlier one on the same database) uses.
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}:t{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn msg(channel: &str, text: &str) -> NewMessage {
+    NewMessage {
+        channel: channel.to_owned(),
+        client_msg_id: None,
+        sender: "alice".into(),
+        kind: "gift".into(),
+        text: text.to_owned(),
+        payload_json: None,
+        ts_ms: 1_732_350_000_000,
+    }
+}
+
+fn msg_id(channel: &str, text: &str, client_msg_id: &str) -> NewMessage {
+    NewMessage {
+        client_msg_id: Some(client_msg_id.to_owned()),
+        ..msg(channel, text)
+    }
+}
+
+async fn append_n(store: &dyn Store, channel: &str, n: u64) {
+    for i in 0..n {
+        store.append(msg(channel, &format!("m{i}"))).await.unwrap();
+    }
+}
+
+/// Every seq of the channel, read back page by page.
+async fn all_seqs(store: &dyn Store, channel: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    loop {
+        let after = seqs.last().copied().unwrap_or(0);
+        let page = store.read_after(channel, after, 500).await.unwrap();
+        if page.is_empty() {
+            return seqs;
+        }
+        seqs.extend(page.iter().map(|m| m.seq));
+    }
+}
+
+/// `tasks` tasks each append `per_task` messages to `channel`, task i through
+/// `handles[i % handles.len()]`; returns every assigned seq.
+async fn append_concurrently(
+    handles: &[Arc<dyn Store>],
+    channel: &str,
+    tasks: usize,
+    per_task: usize,
+) -> Vec<u64> {
+    let mut joins = Vec::new();
+    for t in 0..tasks {
+        let store = handles[t % handles.len()].clone();
+        let channel = channel.to_owned();
+        joins.push(tokio::spawn(async move {
+            let mut seqs = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let a = store
+                    .append(msg(&channel, &format!("t{t}-{i}")))
+                    .await
+                    .unwrap();
+                assert!(!a.duplicate);
+                seqs.push(a.seq);
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for j in joins {
+        seqs.extend(j.await.unwrap());
+    }
+    seqs
+}
+
+fn assert_exactly_one_to(seqs: &[u64], n: u64) {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    let expected: Vec<u64> = (1..=n).collect();
+    assert_eq!(sorted.len() as u64, n, "count of seqs");
+    assert!(sorted == expected, "seqs are not exactly 1..={n}");
+}
+
+// ------------------------------------------------------------------------ the tests
+
+pub async fn backend_name(fx: Fixture) {
+    assert_eq!(fx.store.backend(), fx.backend);
+    fx.store.ping().await.unwrap();
+}
+
+pub async fn seqs_start_at_one_and_are_gap_free(fx: Fixture) {
+    let s = &*fx.store;
+    let (a, b) = (unique("room"), unique("room"));
+    for i in 1..=10u64 {
+        let appended = s.append(msg(&a, &format!("a{i}"))).await.unwrap();
+        assert_eq!(appended.seq, i);
+        assert!(!appended.duplicate);
+        assert_eq!(appended.ts_ms, 1_732_350_000_000);
+    }
+    // Channels count independently.
+    assert_eq!(s.append(msg(&b, "b1")).await.unwrap().seq, 1);
+    assert_eq!(s.last_seq(&a).await.unwrap(), 10);
+    assert_eq!(s.last_seq(&b).await.unwrap(), 1);
+
+    let stored = s.read_after(&a, 0, 100).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(stored[0].text, "a1");
+    assert_eq!(stored[0].channel, a);
+}
+
+pub async fn fields_round_trip(fx: Fixture) {
+    let s = &*fx.store;
+    let ch = unique("group");
+    let m = NewMessage {
+        channel: ch.clone(),
+        client_msg_id: Some("c-1".into()),
+        sender: "bob".into(),
+        kind: "chat".into(),
+        text: "héllo 弹幕 🚀 'quotes' \"and\" \\ backslash".into(),
+        payload_json: Some(r#"{"gift":"rocket","n":3}"#.into()),
+        ts_ms: 42,
+    };
+    s.append(m.clone()).await.unwrap();
+    s.append(msg(&ch, "")).await.unwrap();
+    let got = s.read_after(&ch, 0, 10).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let first = &got[0];
+    assert_eq!(
+        (
+            first.channel.as_str(),
+            first.seq,
+            first.client_msg_id.as_deref()
+        ),
+        (ch.as_str(), 1, Some("c-1"))
+    );
+    assert_eq!(
+        (
+            first.sender.as_str(),
+            first.kind.as_str(),
+            first.text.as_str()
+        ),
+        (m.sender.as_str(), m.kind.as_str(), m.text.as_str())
+    );
+    assert_eq!(
+        (first.payload_json.as_deref(), first.ts_ms),
+        (m.payload_json.as_deref(), 42)
+    );
+    assert_eq!(
+        (got[1].text.as_str(), got[1].client_msg_id.as_deref()),
+        ("", None)
+    );
+}
+
+pub async fn concurrent_appends_are_gap_free(fx: Fixture) {
+    let ch = unique("room");
+    let seqs = append_concurrently(&[fx.store.clone()], &ch, 32, 50).await;
+    assert_exactly_one_to(&seqs, 1600);
+    assert_eq!(fx.store.last_seq(&ch).await.unwrap(), 1600);
+    assert_exactly_one_to(&all_seqs(&*fx.store, &ch).await, 1600);
+}
+
+pub async fn two_handles_append_concurrently(fx: Fixture) {
+    // Two independent connections to one database, as two ingest processes have.
+    let other = danmaku_store::connect(&fx.url).await.unwrap();
+    let ch = unique("group");
+    let seqs = append_concurrently(&[fx.store.clone(), other.clone()], &ch, 32, 50).await;
+    assert_exactly_one_to(&seqs, 1600);
+    assert_eq!(other.last_seq(&ch).await.unwrap(), 1600);
+    assert_exactly_one_to(&all_seqs(&*fx.store, &ch).await, 1600);
+}
+
+pub async fn retry_returns_original_seq(fx: Fixture) {
+    let s = &*fx.store;
+    let (ch, other) = (unique("group"), unique("group"));
+    let first = s.append(msg_id(&ch, "rocket", "gift-1")).await.unwrap();
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    s.append(msg(&ch, "plain")).await.unwrap();
+
+    let mut retry = msg_id(&ch, "rocket (resent)", "gift-1");
+    retry.ts_ms += 5_000;
+    for _ in 0..3 {
+        let again = s.append(retry.clone()).await.unwrap();
+        assert_eq!((again.seq, again.duplicate), (1, true));
+        assert_eq!(
+            again.ts_ms, first.ts_ms,
+            "a duplicate answers the original ts"
+        );
+    }
+    assert_eq!(s.last_seq(&ch).await.unwrap(), 2, "a retry stores nothing");
+    let stored = s.read_after(&ch, 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].text, "rocket");
+
+    // The key is per channel.
+    let elsewhere = s.append(msg_id(&other, "x", "gift-1")).await.unwrap();
+    assert_eq!((elsewhere.seq, elsewhere.duplicate), (1, false));
+    // The next new message continues the sequence.
+    assert_eq!(s.append(msg_id(&ch, "y", "gift-2")).await.unwrap().seq, 3);
+}
+
+pub async fn concurrent_retries_share_one_seq(fx: Fixture) {
+    let ch = unique("group");
+    // 20 client ids, each sent 8 times at once (from several tasks), mixed with
+    // messages without an id.
+    let mut joins = Vec::new();
+    for copy in 0..8 {
+        for id in 0..20 {
+            let store = fx.store.clone();
+            let ch = ch.clone();
+            joins.push(tokio::spawn(async move {
+                let a = store
+                    .append(msg_id(&ch, &format!("copy {copy}"), &format!("id-{id}")))
+                    .await
+                    .unwrap();
+                (id, a)
+            }));
+        }
+    }
+    let plain = {
+        let store = fx.store.clone();
+        let ch = ch.clone();
+        tokio::spawn(async move { append_n(&*store, &ch, 10).await })
+    };
+    let mut by_id: std::collections::BTreeMap<u32, Vec<(u64, bool)>> = Default::default();
+    for j in joins {
+        let (id, a) = j.await.unwrap();
+        by_id.entry(id).or_default().push((a.seq, a.duplicate));
+    }
+    plain.await.unwrap();
+    for (id, answers) in &by_id {
+        let seqs: BTreeSet<u64> = answers.iter().map(|a| a.0).collect();
+        assert_eq!(seqs.len(), 1, "id-{id} got several seqs: {answers:?}");
+        let originals = answers.iter().filter(|a| !a.1).count();
+        assert_eq!(
+            originals, 1,
+            "id-{id}: exactly one answer is not a duplicate"
+        );
+    }
+    assert_eq!(fx.store.last_seq(&ch).await.unwrap(), 30);
+    assert_exactly_one_to(&all_seqs(&*fx.store, &ch).await, 30);
+}
+
+pub async fn paging_across_page_boundaries(fx: Fixture) {
+    let s = &*fx.store;
+    let ch = unique("room");
+    append_n(s, &ch, 25).await;
+    let mut after = 0;
+    let mut sizes = Vec::new();
+    loop {
+        let page = s.read_after(&ch, after, 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert_eq!(
+            page[0].seq,
+            after + 1,
+            "a page starts right after the previous one"
+        );
+        assert!(page.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        sizes.push(page.len());
+        after = page.last().unwrap().seq;
+    }
+    assert_eq!(sizes, [10, 10, 5]);
+    let mid = s.read_after(&ch, 17, 100).await.unwrap();
+    assert_eq!(
+        mid.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (18..=25).collect::<Vec<_>>()
+    );
+    assert!(s.read_after(&ch, 25, 10).await.unwrap().is_empty());
+    assert!(s.read_after(&ch, u64::MAX, 10).await.unwrap().is_empty());
+    assert!(s.read_after(&ch, 0, 0).await.unwrap().is_empty());
+    assert!(
+        s.read_after(&unique("room"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn read_limit_is_capped(fx: Fixture) {
+    let ch = unique("room");
+    let n = MAX_READ_LIMIT + 5;
+    append_concurrently(&[fx.store.clone()], &ch, 5, n / 5).await;
+    let page = fx.store.read_after(&ch, 0, usize::MAX).await.unwrap();
+    assert_eq!(page.len(), MAX_READ_LIMIT);
+    assert_eq!(page.last().unwrap().seq, MAX_READ_LIMIT as u64);
+}
+
+pub async fn last_seq_of_unknown_channel_is_zero(fx: Fixture) {
+    assert_eq!(fx.store.last_seq(&unique("room")).await.unwrap(), 0);
+}
+
+pub async fn join_time_floor(fx: Fixture) {
+    let s = &*fx.store;
+    let (g, alice, bob) = (unique("group"), unique("alice"), unique("bob"));
+    append_n(s, &g, 3).await;
+    assert_eq!(s.join_group(&g, &alice).await.unwrap(), 3);
+    append_n(s, &g, 2).await;
+    assert_eq!(
+        s.join_group(&g, &alice).await.unwrap(),
+        3,
+        "re-join keeps joined_seq"
+    );
+    assert_eq!(s.join_group(&g, &bob).await.unwrap(), 5);
+    assert_eq!(s.is_member(&g, &alice).await.unwrap(), Some(3));
+    assert_eq!(s.members(&g).await.unwrap(), {
+        let mut m = vec![
+            Member {
+                user: alice.clone(),
+                joined_seq: 3,
+            },
+            Member {
+                user: bob.clone(),
+                joined_seq: 5,
+            },
+        ];
+        m.sort();
+        m
+    });
+
+    let seen = |v: Vec<danmaku_store::StoredMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seen(s.read_after_for_member(&g, &alice, 0, 100).await.unwrap()),
+        [4, 5]
+    );
+    assert_eq!(
+        seen(s.read_after_for_member(&g, &alice, 4, 100).await.unwrap()),
+        [5]
+    );
+    assert!(
+        s.read_after_for_member(&g, &bob, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    append_n(s, &g, 1).await;
+    assert_eq!(
+        seen(s.read_after_for_member(&g, &bob, 0, 100).await.unwrap()),
+        [6]
+    );
+
+    let stranger = unique("carol");
+    assert_eq!(s.is_member(&g, &stranger).await.unwrap(), None);
+    match s.read_after_for_member(&g, &stranger, 0, 10).await {
+        Err(e @ StoreError::NotMember { .. }) => assert_eq!(e.kind(), "not_member"),
+        other => panic!("expected NotMember, got {other:?}"),
+    }
+
+    // Leaving forgets the membership; joining again starts from the new last_seq.
+    assert!(s.leave_group(&g, &alice).await.unwrap());
+    assert!(!s.leave_group(&g, &alice).await.unwrap());
+    assert_eq!(s.is_member(&g, &alice).await.unwrap(), None);
+    assert_eq!(s.join_group(&g, &alice).await.unwrap(), 6);
+    assert!(
+        s.read_after_for_member(&g, &alice, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.members(&unique("group")).await.unwrap().is_empty());
+}
+
+pub async fn ack_is_monotonic_and_capped(fx: Fixture) {
+    let s = &*fx.store;
+    let (ch, user) = (unique("group"), unique("u"));
+    assert_eq!(s.acked(&user, &ch).await.unwrap(), 0);
+    append_n(s, &ch, 5).await;
+    assert_eq!(s.ack(&user, &ch, 3).await.unwrap(), 3);
+    assert_eq!(
+        s.ack(&user, &ch, 2).await.unwrap(),
+        3,
+        "an ack never moves back"
+    );
+    assert_eq!(s.acked(&user, &ch).await.unwrap(), 3);
+    assert_eq!(
+        s.ack(&user, &ch, 100).await.unwrap(),
+        5,
+        "capped at last_seq"
+    );
+    assert_eq!(s.ack(&user, &ch, u64::MAX).await.unwrap(), 5);
+    assert_eq!(s.acked(&user, &ch).await.unwrap(), 5);
+    // Acks are per user and per channel.
+    assert_eq!(s.acked(&unique("u"), &ch).await.unwrap(), 0);
+    assert_eq!(s.ack(&user, &unique("room"), 7).await.unwrap(), 0);
+}
+
+pub async fn unread_moves_with_acks(fx: Fixture) {
+    let s = &*fx.store;
+    let (a, b, room, user) = (
+        unique("group"),
+        unique("group"),
+        unique("room"),
+        unique("u"),
+    );
+    assert_eq!(s.unread(&user).await.unwrap().total, 0);
+
+    append_n(s, &a, 2).await; // before joining: never unread
+    s.join_group(&a, &user).await.unwrap();
+    s.join_group(&b, &user).await.unwrap();
+    append_n(s, &a, 3).await;
+    append_n(s, &b, 1).await;
+    let u = s.unread(&user).await.unwrap();
+    assert_eq!(u.total, 4);
+    assert_eq!((u.channels[&a], u.channels[&b]), (3, 1));
+    assert_eq!(u.channels.len(), 2);
+
+    s.ack(&user, &a, 4).await.unwrap();
+    let u = s.unread(&user).await.unwrap();
+    assert_eq!((u.total, u.channels[&a], u.channels[&b]), (2, 1, 1));
+
+    // An ack below joined_seq does not count messages from before the join.
+    s.ack(&user, &b, 0).await.unwrap();
+    assert_eq!(s.unread(&user).await.unwrap().channels[&b], 1);
+
+    // A channel the user acked but does not belong to (a live room) is followed too.
+    append_n(s, &room, 4).await;
+    s.ack(&user, &room, 1).await.unwrap();
+    let u = s.unread(&user).await.unwrap();
+    assert_eq!((u.total, u.channels[&room]), (5, 3));
+
+    // Reading everything clears the count; zeros stay listed.
+    s.ack(&user, &a, 5).await.unwrap();
+    s.ack(&user, &b, 1).await.unwrap();
+    s.ack(&user, &room, 4).await.unwrap();
+    let u = s.unread(&user).await.unwrap();
+    assert_eq!(u.total, 0);
+    assert_eq!(u.channels.len(), 3);
+
+    // New messages show up again; leaving a group drops it.
+    append_n(s, &b, 2).await;
+    assert_eq!(s.unread(&user).await.unwrap().total, 2);
+    s.leave_group(&b, &user).await.unwrap();
+    let u = s.unread(&user).await.unwrap();
+    assert_eq!(u.total, 0);
+    assert!(!u.channels.contains_key(&b));
+}
+
+pub async fn survives_reopen(fx: Fixture) {
+    let (ch, user) = (unique("group"), unique("u"));
+    {
+        let s = fx.store;
+        s.append(msg_id(&ch, "one", "k1")).await.unwrap();
+        append_n(&*s, &ch, 2).await;
+        s.join_group(&ch, &user).await.unwrap();
+        append_n(&*s, &ch, 1).await;
+        s.ack(&user, &ch, 4).await.unwrap();
+    } // dropped: every connection of the first handle goes away
+    let s = danmaku_store::connect(&fx.url).await.unwrap();
+    assert_eq!(s.last_seq(&ch).await.unwrap(), 4);
+    assert_eq!(all_seqs(&*s, &ch).await, [1, 2, 3, 4]);
+    assert_eq!(s.read_after(&ch, 0, 1).await.unwrap()[0].text, "one");
+    let again = s.append(msg_id(&ch, "one", "k1")).await.unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!(s.append(msg(&ch, "five")).await.unwrap().seq, 5);
+    assert_eq!(s.is_member(&ch, &user).await.unwrap(), Some(3));
+    assert_eq!(s.acked(&user, &ch).await.unwrap(), 4);
+}
+
+pub async fn rejects_invalid_input(fx: Fixture) {
+    let s = &*fx.store;
+    let err = s.append(msg("", "x")).await.unwrap_err();
+    assert_eq!(err.kind(), "invalid", "{err}");
+    let err = s
+        .append(msg_id(&unique("room"), "x", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "invalid", "{err}");
+    assert_eq!(s.join_group("", "u").await.unwrap_err().kind(), "invalid");
+    assert_eq!(s.ack("", "room:1", 1).await.unwrap_err().kind(), "invalid");
+}
+
+macro_rules! contract_suite {
+    ($modname:ident, $make:expr) => {
+        mod $modname {
+            use super::*;
+            contract_suite!(@tests $make;
+                backend_name,
+                seqs_start_at_one_and_are_gap_free,
+                fields_round_trip,
+                concurrent_appends_are_gap_free,
+                two_handles_append_concurrently,
+                retry_returns_original_seq,
+                concurrent_retries_share_one_seq,
+                paging_across_page_boundaries,
+                read_limit_is_capped,
+                last_seq_of_unknown_channel_is_zero,
+                join_time_floor,
+                ack_is_monotonic_and_capped,
+                unread_moves_with_acks,
+                survives_reopen,
+                rejects_invalid_input,
+            );
+        }
+    };
+    (@tests $make:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test($make).await
+            }
+        )*
+    };
+}
+
+/// An embedded store on a fresh file in a temporary directory.
+async fn embedded() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().join("store.db").display());
+    Fixture {
+        store: danmaku_store::connect(&url).await.unwrap(),
+        url,
+        backend: "embedded",
+        _dir: Some(dir),
+    }
+}
+
+/// The test PostgreSQL server; every test uses names of its own in it.
+async fn postgres() -> Fixture {
+    let url = std::env::var("DANMAKU_TEST_POSTGRES").unwrap_or_default();
+    assert!(
+        !url.is_empty(),
+        "DANMAKU_TEST_POSTGRES is not set: run `scripts/services.sh start postgres && \
+         source .services/env` first"
+    );
+    Fixture {
+        store: danmaku_store::connect(&url).await.unwrap(),
+        url,
+        backend: "postgres",
+        _dir: None,
+    }
+}
+
+contract_suite!(embedded, embedded().await);
+contract_suite!(postgres, postgres().await);
+
+// ------------------------------------------------------------ not per backend
+
+#[tokio::test]
+async fn connect_rejects_bad_urls() {
+    for url in [
+        "",
+        "memory",
+        "embedded:",
+        "mysql://localhost/db",
+        "sqlite:x.db",
+    ] {
+        match danmaku_store::connect(url).await {
+            Err(e @ StoreError::BadUrl { .. }) => assert_eq!(e.kind(), "bad_url"),
+            Err(e) => panic!("{url:?}: expected BadUrl, got {e}"),
+            Ok(_) => panic!("{url:?}: expected BadUrl, got a store"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    match danmaku_store::connect(&url).await {
+        Err(e) => assert_eq!(e.kind(), "unavailable", "{e}"),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+}
+
+#[tokio::test]
+async fn embedded_creates_missing_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/store.db");
+    let store = danmaku_store::EmbeddedStore::open(&path).await.unwrap();
+    store.append(msg("room:1", "x")).await.unwrap();
+    store.close().await;
+    assert!(path.exists());
+    let err = store.last_seq("room:1").await.unwrap_err();
+    assert_eq!(err.kind(), "unavailable", "{err}");
+}
