@@ -239,6 +239,19 @@ async fn two_ingest_three_edges_deliver_every_comment_in_order() {
         }
         assert_eq!(total, SENDERS * PER_SENDER, "exactly every comment once");
     }
+    // The Kafka bus metrics docs/METRICS.md promises are served by a Kafka edge.
+    let bus_metrics: Vec<String> = common::documented_metrics()
+        .into_iter()
+        .filter(|(section, _)| section == "bus")
+        .map(|(_, name)| name)
+        .collect();
+    assert!(bus_metrics.len() >= 5);
+    let text = common::metrics_text(&edges[0].base).await;
+    let missing = common::missing_metrics(&text, &bus_metrics);
+    assert!(
+        missing.is_empty(),
+        "documented but not served by a Kafka edge: {missing:?}"
+    );
     drop(ingests);
     drop(edges);
 }

@@ -56,3 +56,35 @@ pub async fn metrics_text(base: &str) -> String {
         .await
         .expect("metrics body")
 }
+
+/// `(section, metric)` for every metric row of docs/METRICS.md; section is the
+/// `## heading` it stands under (`edge`, `ingest`, `scheduler`, `bus`).
+pub fn documented_metrics() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md"))
+        .expect("docs/METRICS.md");
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            section = h.split_whitespace().next().unwrap_or("").to_owned();
+        } else if line.starts_with("| `danmaku_") {
+            if let Some(name) = line.split('`').nth(1) {
+                out.push((section.clone(), name.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The names in `names` with no sample in the Prometheus text `exposition`.
+pub fn missing_metrics<'a>(exposition: &str, names: &'a [String]) -> Vec<&'a String> {
+    names
+        .iter()
+        .filter(|n| {
+            !exposition.lines().any(|l| {
+                l.strip_prefix(n.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
+            })
+        })
+        .collect()
+}
