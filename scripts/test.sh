@@ -35,8 +35,13 @@ step "fuzz targets build (cargo check)"
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 
 step "services (real Kafka-API broker on loopback)"
+# Stop on exit only what this run started; a developer's running services stay up.
+started=()
+for svc in kafka; do
+  if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
+done
 bash scripts/services.sh start kafka
-trap 'bash scripts/services.sh stop || true' EXIT
+trap '[ ${#started[@]} -eq 0 ] || bash scripts/services.sh stop "${started[@]}" || true' EXIT
 # shellcheck disable=SC1091
 source .services/env
 echo "DANMAKU_TEST_KAFKA=$DANMAKU_TEST_KAFKA"
