@@ -188,7 +188,7 @@ pub async fn fields_round_trip(fx: Fixture) {
 
 pub async fn concurrent_appends_are_gap_free(fx: Fixture) {
     let ch = unique("room");
-    let seqs = append_concurrently(&[fx.store.clone()], &ch, 32, 50).await;
+    let seqs = append_concurrently(std::slice::from_ref(&fx.store), &ch, 32, 50).await;
     assert_exactly_one_to(&seqs, 1600);
     assert_eq!(fx.store.last_seq(&ch).await.unwrap(), 1600);
     assert_exactly_one_to(&all_seqs(&*fx.store, &ch).await, 1600);
@@ -315,7 +315,7 @@ pub async fn paging_across_page_boundaries(fx: Fixture) {
 pub async fn read_limit_is_capped(fx: Fixture) {
     let ch = unique("room");
     let n = MAX_READ_LIMIT + 5;
-    append_concurrently(&[fx.store.clone()], &ch, 5, n / 5).await;
+    append_concurrently(std::slice::from_ref(&fx.store), &ch, 5, n / 5).await;
     let page = fx.store.read_after(&ch, 0, usize::MAX).await.unwrap();
     assert_eq!(page.len(), MAX_READ_LIMIT);
     assert_eq!(page.last().unwrap().seq, MAX_READ_LIMIT as u64);
