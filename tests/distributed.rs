@@ -61,10 +61,10 @@ async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
     };
     let healthy = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -67,10 +67,10 @@ pub fn documented_metrics() -> Vec<(String, String)> {
     for line in doc.lines() {
         if let Some(h) = line.strip_prefix("## ") {
             section = h.split_whitespace().next().unwrap_or("").to_owned();
-        } else if let Some(rest) = line.strip_prefix("| `") {
-            if let Some(name) = rest.split('`').next().filter(|n| n.starts_with("danmaku_")) {
-                out.push((section.clone(), name.to_owned()));
-            }
+        } else if let Some(rest) = line.strip_prefix("| `")
+            && let Some(name) = rest.split('`').next().filter(|n| n.starts_with("danmaku_"))
+        {
+            out.push((section.clone(), name.to_owned()));
         }
     }
     out
