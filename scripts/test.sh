@@ -34,17 +34,17 @@ fi
 step "fuzz targets build (cargo check)"
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 
-step "services (real Kafka-API broker on loopback)"
+step "services (real Kafka-API broker and PostgreSQL on loopback)"
 # Stop on exit only what this run started; a developer's running services stay up.
 started=()
-for svc in kafka; do
+for svc in kafka postgres; do
   if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
 done
-bash scripts/services.sh start kafka
+bash scripts/services.sh start kafka postgres
 trap '[ ${#started[@]} -eq 0 ] || bash scripts/services.sh stop "${started[@]}" || true' EXIT
 # shellcheck disable=SC1091
 source .services/env
-echo "DANMAKU_TEST_KAFKA=$DANMAKU_TEST_KAFKA"
+echo "DANMAKU_TEST_KAFKA=$DANMAKU_TEST_KAFKA DANMAKU_TEST_POSTGRES=$DANMAKU_TEST_POSTGRES"
 
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
