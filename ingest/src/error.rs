@@ -8,6 +8,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use danmaku_proto::token::TokenError;
+use danmaku_store::StoreError;
 
 /// Why the service could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +75,26 @@ pub enum ApiError {
         scope: RateScope,
         retry_after_secs: u64,
     },
-    #[error("reliable kinds need the store (issue 5)")]
-    NotImplemented,
+    #[error("chat messages are only accepted in group: channels")]
+    ChatNeedsGroup,
+    #[error("{user:?} is not a member of {group:?}")]
+    NotMember { group: String, user: String },
+    #[error("only tokens with role \"app\" may manage group membership")]
+    Forbidden,
+    #[error("bad query string: {0}")]
+    BadQuery(String),
     #[error("bus unavailable: {0}")]
     BusUnavailable(String),
+    /// The reliable message is durable but could not be published; the edges
+    /// will still find it in the store on resume.
+    #[error(
+        "message persisted as seq {seq} but not published (bus unavailable: {reason}); \
+         retry with the same client_msg_id to get the same seq"
+    )]
+    PersistedNotPublished { seq: u64, reason: String },
+    /// Carries the store's own description ("store unavailable: …").
+    #[error("{0}")]
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -93,14 +110,18 @@ impl ApiError {
             | BadPayload(_)
             | BadClientMsgId { .. }
             | BadUser
-            | BadRole => StatusCode::BAD_REQUEST,
+            | BadRole
+            | ChatNeedsGroup
+            | BadQuery(_) => StatusCode::BAD_REQUEST,
             MissingToken | BadToken | TokenExpired => StatusCode::UNAUTHORIZED,
+            NotMember { .. } | Forbidden => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            NotImplemented => StatusCode::NOT_IMPLEMENTED,
-            BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            BusUnavailable(_) | PersistedNotPublished { .. } | StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -125,8 +146,12 @@ impl ApiError {
             MethodNotAllowed => "method_not_allowed",
             BodyTooLarge { .. } => "body_too_large",
             RateLimited { .. } => "rate_limited",
-            NotImplemented => "not_implemented",
-            BusUnavailable(_) => "bus_unavailable",
+            ChatNeedsGroup => "chat_needs_group",
+            NotMember { .. } => "not_member",
+            Forbidden => "forbidden",
+            BadQuery(_) => "bad_query",
+            BusUnavailable(_) | PersistedNotPublished { .. } => "bus_unavailable",
+            StoreUnavailable(_) => "store_unavailable",
         }
     }
 
@@ -147,6 +172,17 @@ impl From<TokenError> for ApiError {
             TokenError::Missing => ApiError::MissingToken,
             TokenError::Malformed | TokenError::BadSignature => ApiError::BadToken,
             TokenError::Expired => ApiError::TokenExpired,
+        }
+    }
+}
+
+/// `NotMember` is the caller's fault (403); every other store failure means
+/// nothing is known to be done: 503, retry later.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotMember { group, user } => ApiError::NotMember { group, user },
+            other => ApiError::StoreUnavailable(other.to_string()),
         }
     }
 }

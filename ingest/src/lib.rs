@@ -12,9 +12,17 @@
 //!    ([`messages`]: kind, text length in characters, payload, idempotency key).
 //! 3. [`rate_limit`] takes one token from the user's bucket, then from the
 //!    channel's (so one flooding user cannot eat a hot room's budget).
-//! 4. A danmaku becomes a `BusEvent`, encoded once and published with the
+//! 4. In a `group:` channel the sender must be a member (any kind); `chat` is
+//!    only accepted there.
+//! 5. A danmaku becomes a `BusEvent`, encoded once and published with the
 //!    channel as key; the answer is `202` as soon as the bus accepted it.
-//!    Reliable kinds will be persisted first to get a `seq` (issue 5).
+//!    A reliable kind (gift, chat) is first appended to the [`Store`], which
+//!    assigns the channel's `seq` (idempotent on `client_msg_id`), then
+//!    published with that `seq`; the answer `200 {"seq":N}` comes only after
+//!    both, so nothing unpersisted is ever acknowledged.
+//!
+//! The rest of the reliable lane lives in [`reliable`]: history paging, group
+//! membership (role `app`), ack offsets and unread counts.
 //!
 //! Every refusal is one [`ApiError`] variant with its status code and JSON body
 //! (see API.md), and is counted in [`metrics`]. `POST /v1/dev/token`
@@ -28,24 +36,30 @@ pub mod error;
 pub mod messages;
 pub mod metrics;
 pub mod rate_limit;
+pub mod reliable;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
-use axum::routing::post;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use danmaku_bus::Bus;
 use danmaku_proto::token::TokenKey;
+use danmaku_store::{Store, StoreError};
 
 pub use config::IngestConfig;
 pub use error::{ApiError, IngestError, RateScope};
 use metrics::Metrics;
 use rate_limit::RateLimits;
 
-/// One ingest node: configuration, the bus it publishes to, the token key,
-/// rate limiters and metrics. Shared by every request as `Arc<Ingest>`.
+/// One ingest node: configuration, the bus it publishes to, the store of the
+/// reliable lane, the token key, rate limiters and metrics. Shared by every
+/// request as `Arc<Ingest>`.
 pub struct Ingest {
     config: IngestConfig,
     bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
     tokens: TokenKey,
     limits: RateLimits,
     metrics: Metrics,
@@ -56,6 +70,7 @@ impl Ingest {
     pub fn new(
         config: IngestConfig,
         bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
         tokens: TokenKey,
         registry: &prometheus::Registry,
     ) -> Result<Arc<Ingest>, IngestError> {
@@ -65,6 +80,7 @@ impl Ingest {
         Ok(Arc::new(Ingest {
             config,
             bus,
+            store,
             tokens,
             limits,
             metrics,
@@ -89,10 +105,67 @@ impl Ingest {
             .route("/v1/dev/token", post(dev_token::mint))
             .route(
                 "/v1/channels/{channel}/messages",
-                post(messages::post_message),
+                post(messages::post_message).get(reliable::history),
             )
+            .route("/v1/channels/{channel}/ack", post(reliable::ack))
+            .route(
+                "/v1/groups/{group}/members/{user}",
+                put(reliable::join).delete(reliable::leave),
+            )
+            .route("/v1/unread", get(reliable::unread))
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self.clone())
+    }
+
+    /// Runs one store call, timing it in `store_op_seconds{op,backend}` and
+    /// counting failures in `store_errors_total{op}` ("not a member" is an
+    /// answer, not a failure).
+    pub(crate) async fn store_call<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .store_op_seconds
+            .with_label_values(&[op, self.store.backend()])
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            if !matches!(e, StoreError::NotMember { .. }) {
+                self.metrics.store_errors_total.with_label_values(&[op]).inc();
+                tracing::warn!(op, backend = self.store.backend(), error = %e, "store call failed");
+            }
+            ApiError::from(e)
+        })
+    }
+
+    /// `Ok(())` when `user` belongs to `group`, else `not_member`.
+    pub(crate) async fn require_member(&self, group: &str, user: &str) -> Result<(), ApiError> {
+        match self
+            .store_call("membership", self.store.is_member(group, user))
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(ApiError::NotMember {
+                group: group.to_owned(),
+                user: user.to_owned(),
+            }),
+        }
+    }
+
+    /// Turns a handler's result into the response, counting and logging a
+    /// refusal.
+    pub(crate) fn answer(&self, result: Result<Response, ApiError>) -> Response {
+        result.unwrap_or_else(|error| {
+            self.metrics.reject(&error);
+            if error.status().is_server_error() {
+                tracing::warn!(code = error.code(), %error, "answering 5xx");
+            } else {
+                tracing::debug!(code = error.code(), %error, "request refused");
+            }
+            error.into_response()
+        })
     }
 }
 

@@ -1,7 +1,14 @@
 //! `POST /v1/channels/{channel}/messages`: authenticate, validate, rate-limit,
-//! then publish a danmaku to the bus keyed by channel (so one channel keeps its
-//! order) and answer `202`. Reliable kinds (gift, chat) will be persisted
-//! first to get a `seq`; until the store exists they answer `501`.
+//! check group membership, then:
+//!
+//! * danmaku: publish to the bus keyed by channel (so one channel keeps its
+//!   order) and answer `202`;
+//! * gift, chat: append to the store (which assigns the `seq`, idempotent on
+//!   `client_msg_id`), publish with that `seq`, answer `200 {"seq":N}`. A
+//!   duplicate is published again (edges dedupe by `seq`), which heals a first
+//!   attempt whose publish failed. Store down: `503 store_unavailable`,
+//!   nothing acknowledged; bus down after persisting: `503 bus_unavailable`
+//!   saying the message is persisted.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +20,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use danmaku_proto::token::{Claims, now_secs};
-use danmaku_proto::{ChannelName, PROTOCOL_VERSION, frame, now_ms, pb};
+use danmaku_proto::token::now_secs;
+use danmaku_proto::{ChannelKind, ChannelName, PROTOCOL_VERSION, frame, now_ms, pb};
 use serde::Deserialize;
 
 use crate::{ApiError, Ingest, auth, body};
@@ -101,19 +108,8 @@ pub async fn post_message(
     body: Body,
 ) -> Response {
     let mut kind = "unknown";
-    let response = match ingest.post_message(path, &headers, body, &mut kind).await {
-        Ok(response) => response,
-        Err(error) => {
-            ingest.metrics.reject(&error);
-            match &error {
-                ApiError::BusUnavailable(reason) => {
-                    tracing::warn!(%reason, "publish failed, answering 503");
-                }
-                other => tracing::debug!(code = other.code(), error = %other, "message refused"),
-            }
-            error.into_response()
-        }
-    };
+    let result = ingest.post_message(path, &headers, body, &mut kind).await;
+    let response = ingest.answer(result);
     ingest
         .metrics
         .requests_total
@@ -139,13 +135,30 @@ impl Ingest {
         let post: PostMessage = body::parse_json(&bytes)?;
         let message = post.validate(self.config.max_text_chars)?;
         *kind_label = message.kind.name();
+        let group = channel.kind() == ChannelKind::Group;
+        if message.kind == pb::Kind::Chat && !group {
+            return Err(ApiError::ChatNeedsGroup);
+        }
         self.limits
             .check(&claims.sub, &channel)
             .map_err(|(scope, wait)| ApiError::rate_limited(scope, wait))?;
-        if message.kind.is_reliable() {
-            return Err(ApiError::NotImplemented);
+        if group {
+            self.require_member(channel.as_str(), &claims.sub).await?;
         }
-        self.publish(&channel, claims, message).await?;
+        if message.kind.is_reliable() {
+            let seq = self.post_reliable(&channel, claims.sub, message).await?;
+            return Ok(Json(serde_json::json!({ "seq": seq })).into_response());
+        }
+        let event = pb::Event {
+            kind: message.kind as i32,
+            sender: claims.sub,
+            text: message.text,
+            ts_ms: now_ms(),
+            seq: 0,
+            payload_json: message.payload_json,
+            client_msg_id: message.client_msg_id,
+        };
+        self.publish(&channel, event).await?;
         Ok((
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "accepted": true })),
@@ -153,25 +166,75 @@ impl Ingest {
             .into_response())
     }
 
-    /// Encodes the event once and publishes it keyed by channel.
-    async fn publish(
+    /// Persists a gift or chat, then publishes it with its `seq`; returns the
+    /// `seq` (the original one for a repeated `client_msg_id`).
+    async fn post_reliable(
         &self,
         channel: &ChannelName,
-        claims: Claims,
+        sender: String,
         message: NewMessage,
-    ) -> Result<(), ApiError> {
+    ) -> Result<u64, ApiError> {
+        let kind = message.kind.name();
+        let new = danmaku_store::NewMessage {
+            channel: channel.as_str().to_owned(),
+            client_msg_id: non_empty(&message.client_msg_id),
+            sender: sender.clone(),
+            kind: kind.to_owned(),
+            text: message.text.clone(),
+            payload_json: non_empty(&message.payload_json),
+            ts_ms: now_ms(),
+        };
+        let appended = self
+            .store_call("append", self.store.append(new))
+            .await?;
+        let mut event = pb::Event {
+            kind: message.kind as i32,
+            sender,
+            text: message.text,
+            ts_ms: appended.ts_ms,
+            seq: appended.seq,
+            payload_json: message.payload_json,
+            client_msg_id: message.client_msg_id,
+        };
+        if appended.duplicate {
+            self.metrics.reliable_duplicates_total.inc();
+            // Publish what was stored under that seq, not this request's copy
+            // (a resend may differ, or come from someone else).
+            let stored = self
+                .store_call(
+                    "read",
+                    self.store
+                        .read_after(channel.as_str(), appended.seq.saturating_sub(1), 1),
+                )
+                .await?;
+            if let Some(stored) = stored.into_iter().find(|m| m.seq == appended.seq) {
+                event.kind = pb::Kind::from_name(&stored.kind).unwrap_or(message.kind) as i32;
+                event.sender = stored.sender;
+                event.text = stored.text;
+                event.ts_ms = stored.ts_ms;
+                event.payload_json = stored.payload_json.unwrap_or_default();
+                event.client_msg_id = stored.client_msg_id.unwrap_or_default();
+            }
+        } else {
+            self.metrics
+                .reliable_persisted_total
+                .with_label_values(&[kind])
+                .inc();
+        }
+        let seq = appended.seq;
+        self.publish(channel, event).await.map_err(|e| match e {
+            ApiError::BusUnavailable(reason) => ApiError::PersistedNotPublished { seq, reason },
+            other => other,
+        })?;
+        Ok(seq)
+    }
+
+    /// Encodes the event once and publishes it keyed by channel.
+    async fn publish(&self, channel: &ChannelName, event: pb::Event) -> Result<(), ApiError> {
         let event = pb::BusEvent {
             version: PROTOCOL_VERSION,
             channel: channel.as_str().to_owned(),
-            event: Some(pb::Event {
-                kind: message.kind as i32,
-                sender: claims.sub,
-                text: message.text,
-                ts_ms: now_ms(),
-                seq: 0,
-                payload_json: message.payload_json,
-                client_msg_id: message.client_msg_id,
-            }),
+            event: Some(event),
             origin: self.config.node_id.clone(),
         };
         let payload = frame::encode(&event);
@@ -186,6 +249,11 @@ impl Ingest {
         self.metrics.published_bytes_total.inc_by(len);
         Ok(())
     }
+}
+
+/// `None` for proto3's absent (empty) string.
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! registered into the registry the caller passes (never the global default,
 //! so tests can run many nodes in one process).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 use crate::{ApiError, IngestError};
 
@@ -22,6 +24,18 @@ pub struct Metrics {
     pub publish_latency_seconds: Histogram,
     /// `danmaku_ingest_published_bytes_total`: encoded `BusEvent` bytes published.
     pub published_bytes_total: IntCounter,
+    /// `danmaku_ingest_reliable_persisted_total{kind}`: reliable messages newly
+    /// written to the store (duplicates not included).
+    pub reliable_persisted_total: IntCounterVec,
+    /// `danmaku_ingest_reliable_duplicates_total`: reliable posts whose
+    /// `client_msg_id` was already stored (answered with the original seq).
+    pub reliable_duplicates_total: IntCounter,
+    /// `danmaku_ingest_store_op_seconds{op,backend}`: time of each store call
+    /// made by ingest; `op` is `append`, `read`, `ack`, `unread` or `membership`.
+    pub store_op_seconds: HistogramVec,
+    /// `danmaku_ingest_store_errors_total{op}`: store calls that failed (a
+    /// "not a member" answer is not a failure).
+    pub store_errors_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -61,17 +75,54 @@ impl Metrics {
             "danmaku_ingest_published_bytes_total",
             "Encoded BusEvent bytes published to the bus.",
         )?;
+        let reliable_persisted_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_reliable_persisted_total",
+                "Reliable messages newly persisted, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let reliable_duplicates_total = IntCounter::new(
+            "danmaku_ingest_reliable_duplicates_total",
+            "Reliable posts answered with the seq of an earlier one with the same client_msg_id.",
+        )?;
+        let store_op_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "danmaku_ingest_store_op_seconds",
+                "Time of store calls made by ingest, by operation and backend.",
+            )
+            .buckets(vec![
+                0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0,
+            ]),
+            &["op", "backend"],
+        )?;
+        let store_errors_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_store_errors_total",
+                "Store calls made by ingest that failed, by operation.",
+            ),
+            &["op"],
+        )?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(rejected_total.clone()))?;
         registry.register(Box::new(publish_latency_seconds.clone()))?;
         registry.register(Box::new(published_bytes_total.clone()))?;
+        registry.register(Box::new(reliable_persisted_total.clone()))?;
+        registry.register(Box::new(reliable_duplicates_total.clone()))?;
+        registry.register(Box::new(store_op_seconds.clone()))?;
+        registry.register(Box::new(store_errors_total.clone()))?;
         Ok(Metrics {
             requests_total,
             rate_limited_total,
             rejected_total,
             publish_latency_seconds,
             published_bytes_total,
+            reliable_persisted_total,
+            reliable_duplicates_total,
+            store_op_seconds,
+            store_errors_total,
         })
     }
 
