@@ -1,6 +1,8 @@
 //! The sending side: a small HTTP client for ingest (`/v1/dev/token`,
-//! `/v1/cert`, `POST /v1/channels/{channel}/messages`).
+//! `/v1/cert`, `POST /v1/channels/{channel}/messages`) and the reliable lane's
+//! HTTP side (history, ack offsets, unread counts, group membership).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -11,8 +13,11 @@ use crate::ClientError;
 /// What ingest did with a posted danmaku.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostOutcome {
-    /// `202`: accepted and published.
+    /// `202`: accepted and published (danmaku lane).
     Accepted,
+    /// `200 {"seq":N}`: a reliable message (gift, chat) persisted with `seq`. A
+    /// retry with the same `client_msg_id` answers the same `seq`.
+    Persisted { seq: u64 },
     /// `429`: try again after `retry_after` (from the `Retry-After` header).
     RateLimited { retry_after: Duration },
     /// Any other non-2xx answer, with the API's error code and message.
@@ -29,6 +34,84 @@ pub enum PostOutcome {
 pub struct IngestClient {
     http: reqwest::Client,
     base: String,
+}
+
+/// One stored reliable message, as `GET /v1/channels/{channel}/messages` lists it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HistoryMessage {
+    pub seq: u64,
+    /// `gift`, `chat`...
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub sender: String,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub ts_ms: i64,
+    /// The message's JSON payload, when it has one.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// One page of reliable history, oldest first.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HistoryPage {
+    pub messages: Vec<HistoryMessage>,
+    /// Pass as `after_seq` to get the next page. When the server omits it, the
+    /// last message's seq (or the requested `after_seq` for an empty page).
+    #[serde(default)]
+    pub next_after_seq: u64,
+}
+
+impl HistoryPage {
+    /// Parses a history answer body; `after_seq` is what was asked for (used
+    /// when the body has no `next_after_seq`).
+    pub fn from_json(body: &str, after_seq: u64) -> Result<HistoryPage, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            messages: Vec<HistoryMessage>,
+            next_after_seq: Option<u64>,
+        }
+        let raw: Raw = serde_json::from_str(body)?;
+        let next_after_seq = raw.next_after_seq.unwrap_or_else(|| {
+            raw.messages
+                .iter()
+                .map(|m| m.seq)
+                .max()
+                .unwrap_or(after_seq)
+        });
+        Ok(HistoryPage {
+            messages: raw.messages,
+            next_after_seq,
+        })
+    }
+}
+
+/// `GET /v1/unread`: unread reliable messages per channel and in total.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct Unread {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub channels: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct SeqBody {
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct AckedBody {
+    acked: u64,
+}
+
+#[derive(Deserialize)]
+struct JoinedSeqBody {
+    #[serde(default)]
+    joined_seq: u64,
 }
 
 #[derive(Deserialize)]
@@ -140,27 +223,184 @@ impl IngestClient {
             .json(&json!({ "kind": "danmaku", "text": text }))
             .send()
             .await?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(PostOutcome::Accepted);
+        post_outcome(resp).await
+    }
+
+    /// Posts one reliable message (`kind` is `gift` or `chat`) to `channel`.
+    /// `200 {"seq":N}` → [`PostOutcome::Persisted`]. On a 503
+    /// (`store_unavailable`, `bus_unavailable`: [`PostOutcome::Rejected`]) or a
+    /// transport error, retry later with the same `client_msg_id`: ingest then
+    /// answers the first `seq` instead of storing a second message.
+    pub async fn post_reliable(
+        &self,
+        token: &str,
+        channel: &str,
+        kind: &str,
+        text: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<PostOutcome, ClientError> {
+        let mut body = json!({ "kind": kind, "text": text });
+        if let Some(id) = client_msg_id {
+            body["client_msg_id"] = json!(id);
         }
-        if status.as_u16() == 429 {
-            return Ok(PostOutcome::RateLimited {
-                retry_after: retry_after(resp.headers()),
-            });
+        let resp = self
+            .http
+            .post(format!("{}/v1/channels/{}/messages", self.base, channel))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        post_outcome(resp).await
+    }
+
+    /// `GET /v1/channels/{channel}/messages?after_seq=…&limit=…`: stored
+    /// reliable messages with `seq > after_seq`, oldest first.
+    pub async fn history(
+        &self,
+        token: &str,
+        channel: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/v1/channels/{}/messages?after_seq={}&limit={}",
+                self.base, channel, after_seq, limit
+            ))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
         }
-        match error_of(resp).await {
-            ClientError::HttpStatus {
-                status,
-                code,
-                message,
-            } => Ok(PostOutcome::Rejected {
-                status,
-                code,
-                message,
-            }),
-            other => Err(other),
+        let body = resp.text().await?;
+        HistoryPage::from_json(&body, after_seq)
+            .map_err(|e| ClientError::Unexpected(format!("history body of {channel}: {e}")))
+    }
+
+    /// `POST /v1/channels/{channel}/ack {"seq":N}`: stores the user's ack
+    /// offset; returns the offset now stored (`acked`).
+    pub async fn ack(&self, token: &str, channel: &str, seq: u64) -> Result<u64, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/channels/{}/ack", self.base, channel))
+            .bearer_auth(token)
+            .json(&json!({ "seq": seq }))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
         }
+        Ok(resp.json::<AckedBody>().await?.acked)
+    }
+
+    /// `GET /v1/unread`: the token owner's unread counts.
+    pub async fn unread(&self, token: &str) -> Result<Unread, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/unread", self.base))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        Ok(resp.json::<Unread>().await?)
+    }
+
+    /// `PUT /v1/groups/{group}/members/{user}` with an app-role token: adds
+    /// `user` to `group`; returns `joined_seq` (the member sees messages after it).
+    pub async fn join_group(
+        &self,
+        app_token: &str,
+        group: &str,
+        user: &str,
+    ) -> Result<u64, ClientError> {
+        let resp = self
+            .http
+            .put(format!(
+                "{}/v1/groups/{}/members/{}",
+                self.base, group, user
+            ))
+            .bearer_auth(app_token)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        let body = resp.bytes().await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(0);
+        }
+        serde_json::from_slice::<JoinedSeqBody>(&body)
+            .map(|b| b.joined_seq)
+            .map_err(|e| ClientError::Unexpected(format!("join_group body: {e}")))
+    }
+
+    /// `DELETE /v1/groups/{group}/members/{user}` with an app-role token:
+    /// removes `user` from `group`. Returns whether the user was a member
+    /// (the `left`/`removed` field of the answer; `true` when absent; `false`
+    /// on a 404 carrying an API error code, e.g. not a member).
+    pub async fn leave_group(
+        &self,
+        app_token: &str,
+        group: &str,
+        user: &str,
+    ) -> Result<bool, ClientError> {
+        let resp = self
+            .http
+            .delete(format!(
+                "{}/v1/groups/{}/members/{}",
+                self.base, group, user
+            ))
+            .bearer_auth(app_token)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        if !resp.status().is_success() {
+            return match error_of(resp).await {
+                ClientError::HttpStatus { code, .. } if status == 404 && !code.is_empty() => {
+                    Ok(false)
+                }
+                e => Err(e),
+            };
+        }
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        Ok(["left", "removed", "was_member"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(serde_json::Value::as_bool))
+            .unwrap_or(true))
+    }
+}
+
+/// Maps a post answer: 2xx `{"seq":N}` → `Persisted`, other 2xx → `Accepted`,
+/// 429 → `RateLimited`, anything else → `Rejected` with the API error code.
+async fn post_outcome(resp: reqwest::Response) -> Result<PostOutcome, ClientError> {
+    let status = resp.status();
+    if status.is_success() {
+        let body = resp.bytes().await?;
+        return Ok(match serde_json::from_slice::<SeqBody>(&body) {
+            Ok(SeqBody { seq }) => PostOutcome::Persisted { seq },
+            Err(_) => PostOutcome::Accepted,
+        });
+    }
+    if status.as_u16() == 429 {
+        return Ok(PostOutcome::RateLimited {
+            retry_after: retry_after(resp.headers()),
+        });
+    }
+    match error_of(resp).await {
+        ClientError::HttpStatus {
+            status,
+            code,
+            message,
+        } => Ok(PostOutcome::Rejected {
+            status,
+            code,
+            message,
+        }),
+        other => Err(other),
     }
 }
 
@@ -179,5 +419,48 @@ mod tests {
         assert_eq!(retry_after(&h), Duration::from_millis(250));
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn history_page_parses() {
+        let body = r#"{"messages":[
+            {"seq":3,"kind":"gift","sender":"bob","text":"rocket","ts_ms":1732350000000,"payload":{"id":"rocket","n":2}},
+            {"seq":4,"kind":"chat","sender":"amy","text":"hi","ts_ms":1732350000001}
+        ],"next_after_seq":4}"#;
+        let page = HistoryPage::from_json(body, 2).unwrap();
+        assert_eq!(page.next_after_seq, 4);
+        assert_eq!(page.messages.len(), 2);
+        assert_eq!(
+            page.messages[0],
+            HistoryMessage {
+                seq: 3,
+                kind: "gift".into(),
+                sender: "bob".into(),
+                text: "rocket".into(),
+                ts_ms: 1_732_350_000_000,
+                payload: Some(serde_json::json!({"id":"rocket","n":2})),
+            }
+        );
+        assert_eq!(page.messages[1].payload, None);
+        assert_eq!(page.messages[1].kind, "chat");
+    }
+
+    #[test]
+    fn history_page_without_next() {
+        let page = HistoryPage::from_json(r#"{"messages":[]}"#, 7).unwrap();
+        assert_eq!((page.messages.len(), page.next_after_seq), (0, 7));
+        let page = HistoryPage::from_json(r#"{"messages":[{"seq":9},{"seq":10}]}"#, 7).unwrap();
+        assert_eq!(page.next_after_seq, 10);
+        assert!(HistoryPage::from_json("{nope", 0).is_err());
+        assert!(HistoryPage::from_json(r#"{"messages":[{"kind":"chat"}]}"#, 0).is_err());
+    }
+
+    #[test]
+    fn unread_parses() {
+        let u: Unread =
+            serde_json::from_str(r#"{"total":5,"channels":{"group:7":3,"group:8":2}}"#).unwrap();
+        assert_eq!(u.total, 5);
+        assert_eq!(u.channels.get("group:7"), Some(&3));
+        assert_eq!(u.channels.len(), 2);
     }
 }

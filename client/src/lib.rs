@@ -36,7 +36,7 @@ pub use config::{ClientConfig, Transport};
 pub use danmaku_proto::Limits;
 pub use error::ClientError;
 pub use event::{EdgeAddr, ServerEvent};
-pub use ingest::{IngestClient, PostOutcome};
+pub use ingest::{HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread};
 
 /// One connection to an edge. Receive with [`Client::next_event`]; the
 /// connection closes when the client is dropped.
