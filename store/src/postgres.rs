@@ -1,9 +1,9 @@
 //! [`PostgresStore`]: the store shared by every process in distributed mode.
 //!
-//! `append` runs one transaction: bump the channel's `channel_seq` row with
-//! `INSERT … ON CONFLICT DO UPDATE … RETURNING` (which row-locks it until commit, so
-//! appenders to one channel queue there, across processes) and insert the message with
-//! that seq. A rollback undoes the bump, so seqs stay gap-free. A retried
+//! `append` is one statement, so one implicit transaction: bump the channel's
+//! `channel_seq` row with `INSERT … ON CONFLICT DO UPDATE … RETURNING` (which row-locks
+//! it until commit, so appenders to one channel queue there, across processes) and
+//! insert the message with that seq. A failure undoes the bump, so seqs stay gap-free. A retried
 //! `client_msg_id` is found by a read before the transaction; a retry racing the
 //! original hits the unique index instead and is answered from a re-read.
 
@@ -42,6 +42,16 @@ impl Default for PostgresStoreConfig {
 pub struct PostgresStore {
     pool: PgPool,
 }
+
+/// Bumps the channel's seq (locking its `channel_seq` row until commit) and inserts the
+/// message with it, in one statement.
+const APPEND: &str = "WITH next AS ( \
+         INSERT INTO channel_seq (channel, last_seq) VALUES ($1, 1) \
+         ON CONFLICT (channel) DO UPDATE SET last_seq = channel_seq.last_seq + 1 \
+         RETURNING last_seq) \
+     INSERT INTO messages (channel, seq, client_msg_id, sender, kind, text, payload_json, ts_ms) \
+     SELECT $1, next.last_seq, $2, $3, $4, $5, $6, $7 FROM next \
+     RETURNING seq";
 
 const ACK: &str = "INSERT INTO acks (user_id, channel, acked_seq) \
      VALUES ($1, $2, LEAST($3, COALESCE((SELECT last_seq FROM channel_seq WHERE channel = $2), 0))) \
@@ -109,37 +119,30 @@ impl Store for PostgresStore {
         {
             return Ok(original);
         }
-        let mut tx = self.pool.begin().await?;
-        let seq: i64 = sqlx::query_scalar(queries::NEXT_SEQ)
+        // One statement: the seq bump and the insert commit (or fail) together, and the
+        // channel's row lock is held only while the server runs it, not across round
+        // trips.
+        let appended: Result<i64, sqlx::Error> = sqlx::query_scalar(APPEND)
             .bind(&m.channel)
-            .fetch_one(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(queries::INSERT_MESSAGE)
-            .bind(&m.channel)
-            .bind(seq)
             .bind(&m.client_msg_id)
             .bind(&m.sender)
             .bind(&m.kind)
             .bind(&m.text)
             .bind(&m.payload_json)
             .bind(m.ts_ms)
-            .execute(&mut *tx)
+            .fetch_one(&self.pool)
             .await;
-        match inserted {
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(Appended {
-                    seq: from_db(seq),
-                    duplicate: false,
-                    ts_ms: m.ts_ms,
-                })
-            }
+        match appended {
+            Ok(seq) => Ok(Appended {
+                seq: from_db(seq),
+                duplicate: false,
+                ts_ms: m.ts_ms,
+            }),
             // A retry with the same client_msg_id committed between our read and our
-            // insert. Roll back (our seq bump with it) and answer the original.
+            // insert; the failed statement rolled our seq bump back. Answer the original.
             Err(sqlx::Error::Database(e))
                 if e.is_unique_violation() && m.client_msg_id.is_some() =>
             {
-                tx.rollback().await?;
                 let id = m.client_msg_id.as_deref().unwrap_or_default();
                 self.find_client_msg(&m.channel, id).await?.ok_or_else(|| {
                     StoreError::Internal(format!(
