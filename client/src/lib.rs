@@ -22,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod ingest;
 pub mod quic;
+pub mod reliable;
 mod session;
 pub mod ws;
 
@@ -37,6 +38,7 @@ pub use danmaku_proto::Limits;
 pub use error::ClientError;
 pub use event::{EdgeAddr, ServerEvent};
 pub use ingest::{HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread};
+pub use reliable::{ReliableTracker, Verdict};
 
 /// One connection to an edge. Receive with [`Client::next_event`]; the
 /// connection closes when the client is dropped.
