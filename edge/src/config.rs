@@ -37,6 +37,9 @@ pub struct EdgeConfig {
     /// Channels one connection may join at once, so one client cannot make the
     /// edge hold unbounded registry entries. Default 32.
     pub max_channels_per_conn: usize,
+    /// The reliable lane: retransmission, reorder hold, backlog limits.
+    /// Default [`ReliableConfig::default`].
+    pub reliable: ReliableConfig,
 }
 
 impl Default for EdgeConfig {
@@ -51,6 +54,7 @@ impl Default for EdgeConfig {
             tls_cert: None,
             tls_key: None,
             max_channels_per_conn: 32,
+            reliable: ReliableConfig::default(),
         }
     }
 }
@@ -96,6 +100,57 @@ impl Default for BatchConfig {
             max_raw_bytes: 64 << 10,
             zstd_level: 3,
             compress_threshold: danmaku_proto::batch::DEFAULT_COMPRESS_THRESHOLD,
+        }
+    }
+}
+
+/// How the edge keeps the reliable lane (gifts, chat) lossless and ordered.
+/// See [`crate::reliable`] for the rules these feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReliableConfig {
+    /// Wait for an ack before the first resend of a reliable frame. Default 1 s.
+    pub retransmit_initial: Duration,
+    /// Each resend doubles the wait, up to this. Default 8 s.
+    pub retransmit_max: Duration,
+    /// Unacked frames one connection may have on one channel; past it the
+    /// connection is closed with `reliable_backlog` (the client resumes).
+    /// Default 2,000.
+    pub max_unacked: usize,
+    /// Sends of one frame (first send included) before the connection is closed
+    /// with `reliable_backlog`. Default 6.
+    pub max_attempts: u32,
+    /// How long a seq that arrived ahead of a missing one is held, waiting for
+    /// the missing one on the bus, before the gap is read from the store. Default 200 ms.
+    pub reorder_hold: Duration,
+    /// Messages pushed on joining a group that the member missed: the newest
+    /// this many (older pages come from HTTP history). Default 50.
+    pub missed_page: usize,
+    /// Least time between two writes of one connection's ack offset on one
+    /// channel to the store (the last one is written on disconnect). Default 1 s.
+    pub ack_persist_interval: Duration,
+}
+
+impl Default for ReliableConfig {
+    fn default() -> Self {
+        ReliableConfig {
+            retransmit_initial: Duration::from_secs(1),
+            retransmit_max: Duration::from_secs(8),
+            max_unacked: 2_000,
+            max_attempts: 6,
+            reorder_hold: Duration::from_millis(200),
+            missed_page: 50,
+            ack_persist_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ReliableConfig {
+    pub(crate) fn window_limits(&self) -> crate::reliable::WindowLimits {
+        crate::reliable::WindowLimits {
+            retransmit_initial: self.retransmit_initial,
+            retransmit_max: self.retransmit_max,
+            max_unacked: self.max_unacked,
+            max_attempts: self.max_attempts,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! payload is decoded, so the cost of the many events for channels this edge
 //! does not host is one map lookup. Events older than the consumer's start are
 //! skipped: a backend that replays from an older offset (Kafka) must not flood
-//! new viewers with the past.
+//! new viewers with the past. Reliable events (`seq > 0`) are never skipped as
+//! stale: they go to the reliable fan-out (`reliable_fanout.rs`), which orders
+//! and deduplicates them by seq.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::ShardItem;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::reliable_fanout::ReliableItem;
 
 /// What became of a bus message: the `result` label of `danmaku_edge_bus_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,14 +34,17 @@ pub enum BusResult {
     BadEvent,
     /// Older than this consumer's start.
     Stale,
+    /// A reliable event (`seq > 0`), handed to the reliable fan-out.
+    Reliable,
 }
 
 impl BusResult {
-    pub const ALL: [BusResult; 4] = [
+    pub const ALL: [BusResult; 5] = [
         BusResult::Batched,
         BusResult::NoLocalMembers,
         BusResult::BadEvent,
         BusResult::Stale,
+        BusResult::Reliable,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +53,7 @@ impl BusResult {
             BusResult::NoLocalMembers => "no_local_members",
             BusResult::BadEvent => "bad_event",
             BusResult::Stale => "stale",
+            BusResult::Reliable => "reliable",
         }
     }
 }
@@ -55,6 +62,8 @@ pub(crate) struct Consumer {
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub shards: Vec<mpsc::Sender<ShardItem>>,
+    /// Queues of the reliable fan-out tasks (same sharding as `shards`).
+    pub reliable: Vec<mpsc::Sender<ReliableItem>>,
     pub limits: Limits,
     /// Events stamped before this (ms since the epoch) are skipped.
     pub start_ms: i64,
@@ -116,6 +125,18 @@ impl Consumer {
         let Some(event) = bus_event.event else {
             return BusResult::BadEvent;
         };
+        if event.seq > 0 {
+            // Never batched, never dropped as stale: deduplicated by seq instead.
+            let shard = &self.reliable[shard_of(key, self.reliable.len())];
+            let item = ReliableItem {
+                channel: channel.name().clone(),
+                event,
+            };
+            if shard.send(item).await.is_err() {
+                return BusResult::BadEvent;
+            }
+            return BusResult::Reliable;
+        }
         if event.ts_ms < self.start_ms {
             return BusResult::Stale;
         }
@@ -167,6 +188,7 @@ mod tests {
         bus: MemoryBus,
         metrics: Metrics,
         shard_rx: mpsc::Receiver<ShardItem>,
+        reliable_rx: mpsc::Receiver<ReliableItem>,
         consumer: Consumer,
         _member_rx: mpsc::Receiver<crate::registry::Outbound>,
     }
@@ -181,14 +203,17 @@ mod tests {
             Member::new(Transport::WsPb, member_tx),
         );
         let (shard_tx, shard_rx) = mpsc::channel(16);
+        let (reliable_tx, reliable_rx) = mpsc::channel(16);
         Setup {
             bus: MemoryBus::new(MemoryBusConfig { capacity }),
             metrics: metrics.clone(),
             shard_rx,
+            reliable_rx,
             consumer: Consumer {
                 registry,
                 metrics,
                 shards: vec![shard_tx],
+                reliable: vec![reliable_tx],
                 limits: Limits::default(),
                 start_ms: 1_000,
             },
@@ -242,6 +267,37 @@ mod tests {
             "garbage, key/channel mismatch"
         );
         assert_eq!(count(&s.metrics, BusResult::Stale), 1);
+    }
+
+    #[tokio::test]
+    async fn reliable_events_bypass_the_batcher_and_the_stale_filter() {
+        let mut s = setup(64);
+        let sub = s.bus.subscribe_all().await.unwrap();
+        let ev = pb::BusEvent {
+            version: 1,
+            channel: "room:here".into(),
+            event: Some(pb::Event {
+                kind: pb::Kind::Gift as i32,
+                text: "rocket".into(),
+                ts_ms: 5, // long before the consumer started
+                seq: 3,
+                ..Default::default()
+            }),
+            origin: "t".into(),
+        };
+        s.bus
+            .publish(Bytes::from_static(b"room:here"), frame::encode(&ev))
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(s.consumer.run(sub, shutdown.clone()));
+        let item = s.reliable_rx.recv().await.unwrap();
+        assert_eq!(item.event.seq, 3);
+        assert_eq!(item.channel.as_str(), "room:here");
+        shutdown.cancel();
+        assert!(s.shard_rx.try_recv().is_err());
+        assert_eq!(count(&s.metrics, BusResult::Reliable), 1);
+        assert_eq!(count(&s.metrics, BusResult::Stale), 0);
     }
 
     #[tokio::test]

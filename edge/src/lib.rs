@@ -16,6 +16,13 @@
 //!   ([`Edge::serve_quic`], `quic.rs`). Both become a `Session` (`session.rs`)
 //!   whose frames are handled one file per frame kind (`handlers/`), with a
 //!   writer task per connection that prefers replies over batches.
+//! * The **reliable lane** (gifts, group chat: bus events with `seq > 0`) skips
+//!   the batchers: `reliable_fanout.rs` orders each channel's seqs (a short
+//!   reorder hold, then a gap read from the [`Store`]) and hands each event,
+//!   encoded once, to every member's connection task. The session keeps per
+//!   channel `sent_upto` and an unacked window, retransmits, serves `Resume`
+//!   and `Ack` (`handlers/reliable.rs`). The decisions are the pure structs of
+//!   [`reliable`].
 //! * Every metric lives in [`metrics`], registered into the registry the
 //!   process passes in.
 
@@ -28,6 +35,8 @@ mod handlers;
 pub mod metrics;
 mod quic;
 pub mod registry;
+pub mod reliable;
+mod reliable_fanout;
 mod session;
 mod tls;
 mod ws;
@@ -42,10 +51,11 @@ use axum::routing::get;
 use base64::Engine;
 use danmaku_bus::Bus;
 use danmaku_proto::token::{Claims, TokenError, TokenKey};
+use danmaku_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use batcher::{BuiltSizes, FrameBuilder};
-pub use config::{BatchConfig, EdgeConfig};
+pub use config::{BatchConfig, EdgeConfig, ReliableConfig};
 pub use consumer::BusResult;
 pub use error::{ApiError, EdgeError};
 pub use registry::Transport;
@@ -63,6 +73,7 @@ const MAX_SHARDS: usize = 4;
 pub struct Edge {
     config: EdgeConfig,
     tokens: TokenKey,
+    store: Arc<dyn Store>,
     metrics: Metrics,
     registry: Arc<Registry>,
     cert: CertMaterial,
@@ -72,13 +83,16 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Subscribes to the bus and spawns the consumer and batcher tasks; they stop
+    /// Subscribes to the bus and spawns the consumer, batcher and reliable tasks;
+    /// `store` serves the reliable lane (join's `last_seq`, membership, resume,
+    /// gap fills, ack offsets). They stop
     /// when `shutdown` is cancelled. Metrics are registered into `registry` (one
     /// per process, passed in; never the global default registry, because tests
     /// start several servers in one process).
     pub async fn start(
         config: EdgeConfig,
         bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
         tokens: TokenKey,
         registry: &prometheus::Registry,
         shutdown: CancellationToken,
@@ -107,18 +121,28 @@ impl Edge {
             metrics.clone(),
             shutdown.clone(),
         )?;
+        let reliable_queues = reliable_fanout::spawn_shards(
+            shards,
+            config.reliable.reorder_hold,
+            Arc::clone(&store),
+            Arc::clone(&channels),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         let consumer = consumer::Consumer {
             registry: Arc::clone(&channels),
             metrics: metrics.clone(),
             shards: shard_queues,
+            reliable: reliable_queues,
             limits: config.limits,
             start_ms: danmaku_proto::now_ms(),
         };
         tokio::spawn(consumer.run(subscription, shutdown.clone()));
-        tracing::info!(edge = %config.id, bus = bus.kind(), shards, "edge started");
+        tracing::info!(edge = %config.id, bus = bus.kind(), store = store.backend(), shards, "edge started");
         Ok(Arc::new(Edge {
             config,
             tokens,
+            store,
             metrics,
             registry: channels,
             cert,

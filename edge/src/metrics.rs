@@ -11,6 +11,9 @@ use prometheus::{
 
 use crate::registry::Transport;
 
+/// The `op` label values of `danmaku_edge_store_errors_total`.
+pub const STORE_OPS: [&str; 5] = ["last_seq", "is_member", "read_after", "ack", "acked"];
+
 /// Handles to the edge's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,6 +32,15 @@ pub struct Metrics {
     pub bad_frames: IntCounterVec,
     pub delivery_latency: Histogram,
     pub batch_window: Histogram,
+    pub reliable_sent: IntCounter,
+    pub reliable_acked: IntCounter,
+    pub reliable_retransmits: IntCounter,
+    pub resumes: IntCounter,
+    pub resume_replayed: IntCounter,
+    pub gap_fills: IntCounter,
+    pub reorder_held: IntCounter,
+    pub reliable_backlog_closes: IntCounter,
+    pub store_errors: IntCounterVec,
     pushed_by_transport: [IntCounter; 3],
 }
 
@@ -114,6 +126,51 @@ impl Metrics {
             )
             .buckets(vec![0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]),
         )?;
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let reliable_sent = counter(
+            "danmaku_edge_reliable_sent_total",
+            "Reliable frames sent to connections for the first time (live, join push, resume, gap fill).",
+        )?;
+        let reliable_acked = counter(
+            "danmaku_edge_reliable_acked_total",
+            "Reliable frames removed from unacked windows by client acks.",
+        )?;
+        let reliable_retransmits = counter(
+            "danmaku_edge_reliable_retransmits_total",
+            "Reliable frames resent because no ack came in time.",
+        )?;
+        let resumes = counter("danmaku_edge_resumes_total", "Resume frames served.")?;
+        let resume_replayed = counter(
+            "danmaku_edge_resume_replayed_total",
+            "Reliable frames replayed from the store for resumes.",
+        )?;
+        let gap_fills = counter(
+            "danmaku_edge_gap_fills_total",
+            "Gaps in a channel's or a connection's seqs read from the store.",
+        )?;
+        let reorder_held = counter(
+            "danmaku_edge_reorder_held_total",
+            "Reliable events held back because they arrived ahead of a missing seq.",
+        )?;
+        let reliable_backlog_closes = counter(
+            "danmaku_edge_reliable_backlog_closes_total",
+            "Connections closed because they could not keep up with the reliable lane.",
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_store_errors_total",
+                "Failed store calls, by operation.",
+            ),
+            &["op"],
+        )?;
+        registry.register(Box::new(store_errors.clone()))?;
+        for op in STORE_OPS {
+            store_errors.with_label_values(&[op]);
+        }
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(channels.clone()))?;
         registry.register(Box::new(channel_members.clone()))?;
@@ -158,6 +215,15 @@ impl Metrics {
             bad_frames,
             delivery_latency,
             batch_window,
+            reliable_sent,
+            reliable_acked,
+            reliable_retransmits,
+            resumes,
+            resume_replayed,
+            gap_fills,
+            reorder_held,
+            reliable_backlog_closes,
+            store_errors,
             pushed_by_transport,
         })
     }
@@ -170,6 +236,11 @@ impl Metrics {
     /// The `frames_pushed_total` counter of one transport.
     pub fn pushed(&self, transport: Transport) -> &IntCounter {
         &self.pushed_by_transport[transport as usize]
+    }
+
+    /// Counts a failed store call; `op` is one of [`STORE_OPS`].
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.with_label_values(&[op]).inc();
     }
 
     /// Counts a malformed client frame by its stable code.
@@ -207,6 +278,15 @@ mod tests {
             "danmaku_edge_bad_frames_total",
             "danmaku_edge_delivery_latency_seconds",
             "danmaku_edge_batch_window_seconds",
+            "danmaku_edge_reliable_sent_total",
+            "danmaku_edge_reliable_acked_total",
+            "danmaku_edge_reliable_retransmits_total",
+            "danmaku_edge_resumes_total",
+            "danmaku_edge_resume_replayed_total",
+            "danmaku_edge_gap_fills_total",
+            "danmaku_edge_reorder_held_total",
+            "danmaku_edge_reliable_backlog_closes_total",
+            "danmaku_edge_store_errors_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 
 use crate::Edge;
 use crate::registry::{Outbound, Transport};
-use crate::session::{CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session};
+use crate::session::{
+    CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session, next_wake,
+};
 
 /// How long closing waits for the peer to acknowledge the last control frames.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -134,6 +136,7 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
     tracing::debug!(conn_id, user = %user, remote = %conn.remote_address(), "QUIC connected");
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
     let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
     let writer = tokio::spawn(write_loop(send, conn.clone(), control_rx, batch_rx));
     let mut session = Session::new(
@@ -143,14 +146,24 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         Transport::Quic,
         control_tx,
         batch_tx,
+        reliable_tx,
     );
     let mut flow = session.reply(Body::AuthOk(pb::AuthOk { user })).await;
     while flow == Flow::Continue {
+        let deadline = session.reliable_deadline();
         let next = tokio::select! {
             biased;
             _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
             _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            next = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)) => next,
+            wake = next_wake(&mut reliable_rx, deadline) => Err(wake),
+            next = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)) => Ok(next),
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(wake) => {
+                flow = session.on_wake(wake).await;
+                continue;
+            }
         };
         flow = match next {
             Err(_elapsed) => Flow::Close(CloseReason::Idle),
@@ -211,6 +224,13 @@ async fn write_loop(
                         return;
                     }
                 }
+                Some(Control::Shared(Outbound::Binary(bytes))) => {
+                    if send.write_all(&encode_prefixed(&bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                // JSON text is only built for WebSocket JSON members.
+                Some(Control::Shared(Outbound::Text(_))) => {}
                 Some(Control::Close(reason)) => {
                     close(&conn, send, reason).await;
                     return;

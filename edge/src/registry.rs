@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use danmaku_proto::ChannelName;
+use danmaku_proto::json::{JsonEvent, JsonServerFrame};
+use danmaku_proto::pb::server_frame::Body;
+use danmaku_proto::{ChannelName, frame, pb};
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -70,16 +72,78 @@ pub struct BatchFrames {
     pub json: Option<Utf8Bytes>,
 }
 
+/// One reliable event, encoded ONCE for every member of a channel: the protobuf
+/// `ServerFrame{Reliable}` and its JSON text. Shared by `Arc` through fan-out,
+/// unacked windows and retransmits.
+#[derive(Debug)]
+pub struct ReliableFrame {
+    pub seq: u64,
+    pub pb: Bytes,
+    pub json: Utf8Bytes,
+}
+
+impl ReliableFrame {
+    /// Encodes `event` (whose `seq` is set) as a `Reliable` frame of `channel`.
+    pub fn build(channel: &str, event: pb::Event) -> Arc<ReliableFrame> {
+        let seq = event.seq;
+        let json = JsonServerFrame::Reliable {
+            channel: channel.to_owned(),
+            seq,
+            event: JsonEvent::from_pb(&event),
+        }
+        .to_text();
+        let frame = frame::server(Body::Reliable(pb::Reliable {
+            channel: channel.to_owned(),
+            seq,
+            event: Some(event),
+        }));
+        Arc::new(ReliableFrame {
+            seq,
+            pb: frame::encode(&frame),
+            json: Utf8Bytes::from(json),
+        })
+    }
+
+    /// The frame as `transport` writes it (a refcount bump).
+    pub fn outbound(&self, transport: Transport) -> Outbound {
+        if transport.is_json() {
+            Outbound::Text(self.json.clone())
+        } else {
+            Outbound::Binary(self.pb.clone())
+        }
+    }
+}
+
+/// A live reliable event handed to one connection's task.
+#[derive(Debug, Clone)]
+pub struct ReliableDelivery {
+    pub channel: ChannelName,
+    pub frame: Arc<ReliableFrame>,
+}
+
 /// One connection's membership in a channel.
 #[derive(Debug, Clone)]
 pub struct Member {
     transport: Transport,
     queue: mpsc::Sender<Outbound>,
+    /// Live reliable events go to the connection's task (which keeps its window
+    /// and `sent_upto`), never through the droppable batch queue.
+    reliable: Option<mpsc::UnboundedSender<ReliableDelivery>>,
 }
 
 impl Member {
     pub fn new(transport: Transport, queue: mpsc::Sender<Outbound>) -> Self {
-        Member { transport, queue }
+        Member {
+            transport,
+            queue,
+            reliable: None,
+        }
+    }
+
+    /// This member also receives the channel's reliable events on `tx`.
+    pub fn with_reliable(mut self, tx: mpsc::UnboundedSender<ReliableDelivery>) -> Self {
+        self.reliable = Some(tx);
+        self
     }
 }
 
@@ -157,6 +221,25 @@ impl Channel {
             }
         }
         out
+    }
+
+    /// Hands a reliable event to every member's connection task. Never drops:
+    /// the queue is unbounded, and each connection bounds its own backlog (its
+    /// unacked window) and closes itself when it cannot keep up. Returns the
+    /// connections reached.
+    pub fn push_reliable(&self, frame: &Arc<ReliableFrame>) -> u64 {
+        let mut reached = 0;
+        for member in self.members.iter() {
+            let Some(tx) = &member.reliable else { continue };
+            let delivery = ReliableDelivery {
+                channel: self.name.clone(),
+                frame: Arc::clone(frame),
+            };
+            if tx.send(delivery).is_ok() {
+                reached += 1;
+            }
+        }
+        reached
     }
 
     fn insert(&self, conn: ConnId, member: Member) -> bool {

@@ -5,10 +5,13 @@
 //! (joined channels) and queue replies on the control queue. A writer task owned
 //! by the transport drains two queues: the small control queue (replies: never
 //! dropped, the reader waits when it is full) and the bounded batch queue the
-//! registry pushes into (dropped when full). Dropping the session leaves every
-//! channel, so no exit path leaks registry entries.
+//! registry pushes into (dropped when full). Reliable frames come from the
+//! fan-out on an unbounded queue the transport races against the socket
+//! ([`next_wake`]); the session tracks and sends them on the control queue, so
+//! they are never dropped. Dropping the session leaves every channel, so no
+//! exit path leaks registry entries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use danmaku_proto::pb::server_frame::Body;
@@ -16,7 +19,8 @@ use danmaku_proto::{ChannelName, ProtoError, frame, pb};
 use tokio::sync::mpsc;
 
 use crate::Edge;
-use crate::registry::{ConnId, Member, Outbound, Transport};
+use crate::registry::{ConnId, Member, Outbound, ReliableDelivery, ReliableFrame, Transport};
+use crate::reliable::UnackedWindow;
 
 /// Replies queued before the reader waits for the writer.
 pub(crate) const CONTROL_QUEUE: usize = 64;
@@ -26,6 +30,9 @@ pub(crate) const CONTROL_QUEUE: usize = 64;
 pub(crate) enum Control {
     /// A reply frame (never a batch: those go through the batch queue).
     Frame(pb::ServerFrame),
+    /// A prebuilt frame shared with other connections (reliable events): sent
+    /// on the control path, so it is never dropped.
+    Shared(Outbound),
     /// Close the connection after everything queued before.
     Close(CloseReason),
 }
@@ -45,6 +52,9 @@ pub(crate) enum CloseReason {
     Shutdown,
     /// The peer stopped reading: replies could not be queued for an idle timeout.
     Stalled,
+    /// The peer cannot keep up with the reliable lane (too many unacked frames
+    /// or too many resends); it should reconnect and resume.
+    ReliableBacklog,
 }
 
 impl CloseReason {
@@ -57,6 +67,7 @@ impl CloseReason {
             CloseReason::BadToken => 1008,
             CloseReason::Shutdown => 1001,
             CloseReason::Stalled => 1008,
+            CloseReason::ReliableBacklog => 1008,
         }
     }
 
@@ -69,6 +80,7 @@ impl CloseReason {
             CloseReason::BadToken => 3,
             CloseReason::Shutdown => 4,
             CloseReason::Stalled => 5,
+            CloseReason::ReliableBacklog => 6,
         }
     }
 
@@ -80,7 +92,36 @@ impl CloseReason {
             CloseReason::BadToken => "bad token",
             CloseReason::Shutdown => "edge shutting down",
             CloseReason::Stalled => "peer stopped reading",
+            CloseReason::ReliableBacklog => "reliable backlog; resume with after_seq",
         }
+    }
+}
+
+/// Something for the reliable lane of a connection to act on.
+#[derive(Debug)]
+pub(crate) enum Wake {
+    /// A live reliable event from the fan-out.
+    Live(ReliableDelivery),
+    /// A retransmission or ack write may be due.
+    Timer,
+}
+
+/// Waits for the next live reliable event or for `deadline`. Cancel-safe: the
+/// transports race it against reading the socket.
+pub(crate) async fn next_wake(
+    rx: &mut mpsc::UnboundedReceiver<ReliableDelivery>,
+    deadline: Option<tokio::time::Instant>,
+) -> Wake {
+    let timer = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = timer => Wake::Timer,
+        Some(d) = rx.recv() => Wake::Live(d),
     }
 }
 
@@ -97,8 +138,24 @@ pub(crate) struct Session {
     pub user: String,
     pub transport: Transport,
     pub joined: HashSet<ChannelName>,
+    /// Reliable-lane state of each joined channel (see `handlers/reliable.rs`).
+    pub lanes: HashMap<ChannelName, Lane>,
     control: mpsc::Sender<Control>,
     batches: mpsc::Sender<Outbound>,
+    reliable: mpsc::UnboundedSender<ReliableDelivery>,
+}
+
+/// One connection's reliable lane on one channel.
+pub(crate) struct Lane {
+    /// `group:` channel: reads go through membership, acks are persisted.
+    pub group: bool,
+    /// The highest seq sent on this connection; live events at or below it are skipped.
+    pub sent_upto: u64,
+    pub window: UnackedWindow<Arc<ReliableFrame>>,
+    /// The highest ack not yet written to the store.
+    pub ack_pending: Option<u64>,
+    /// When the ack offset was last written (throttles the writes).
+    pub ack_written_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -109,6 +166,7 @@ impl Session {
         transport: Transport,
         control: mpsc::Sender<Control>,
         batches: mpsc::Sender<Outbound>,
+        reliable: mpsc::UnboundedSender<ReliableDelivery>,
     ) -> Self {
         Session {
             edge,
@@ -116,14 +174,22 @@ impl Session {
             user,
             transport,
             joined: HashSet::new(),
+            lanes: HashMap::new(),
             control,
             batches,
+            reliable,
         }
     }
 
     /// The registry handle of this connection.
     pub fn member(&self) -> Member {
-        Member::new(self.transport, self.batches.clone())
+        Member::new(self.transport, self.batches.clone()).with_reliable(self.reliable.clone())
+    }
+
+    /// Queues a shared prebuilt frame on the control path (never dropped).
+    pub async fn send_shared(&self, frame: &ReliableFrame) -> Flow {
+        self.send_control(Control::Shared(frame.outbound(self.transport)))
+            .await
     }
 
     /// Queues a reply. Waits if the writer is behind: replies are never dropped.
@@ -139,8 +205,12 @@ impl Session {
     }
 
     async fn queue(&self, frame: pb::ServerFrame) -> Flow {
+        self.send_control(Control::Frame(frame)).await
+    }
+
+    async fn send_control(&self, item: Control) -> Flow {
         let idle = self.edge.config.idle_timeout();
-        match tokio::time::timeout(idle, self.control.send(Control::Frame(frame))).await {
+        match tokio::time::timeout(idle, self.control.send(item)).await {
             Ok(Ok(())) => Flow::Continue,
             Ok(Err(_)) => Flow::Close(CloseReason::PeerClosed),
             Err(_) => {
@@ -158,6 +228,19 @@ impl Session {
         Flow::Close(CloseReason::BadFrame)
     }
 
+    /// When the reliable lane next needs [`Session::on_wake`] without a new event.
+    pub fn reliable_deadline(&self) -> Option<tokio::time::Instant> {
+        crate::handlers::reliable::deadline(self)
+    }
+
+    /// Acts on a live reliable event or an expired reliable timer.
+    pub async fn on_wake(&mut self, wake: Wake) -> Flow {
+        match wake {
+            Wake::Live(d) => crate::handlers::reliable::on_live(self, d).await,
+            Wake::Timer => crate::handlers::reliable::on_timer(self).await,
+        }
+    }
+
     /// Acts on one decoded frame.
     pub async fn dispatch(&mut self, frame: pb::ClientFrame) -> Flow {
         crate::handlers::dispatch(self, frame).await
@@ -170,6 +253,7 @@ impl Session {
 
     /// Tells the writer to close after what is queued, then leaves all channels.
     pub async fn close(mut self, reason: CloseReason) {
+        crate::handlers::reliable::persist_acks(&mut self, true).await;
         self.leave_all();
         // A stalled writer cannot take more; the transport aborts it.
         let _ = self.control.try_send(Control::Close(reason));

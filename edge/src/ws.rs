@@ -24,7 +24,9 @@ use tokio::sync::mpsc;
 use crate::Edge;
 use crate::error::ApiError;
 use crate::registry::{Outbound, Transport};
-use crate::session::{CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session};
+use crate::session::{
+    CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session, next_wake,
+};
 
 /// Subprotocol for JSON text frames (browsers, debugging).
 pub const SUBPROTOCOL_JSON: &str = "danmaku.v1.json";
@@ -95,6 +97,7 @@ async fn run(edge: Arc<Edge>, socket: WebSocket, transport: Transport, user: Str
     tracing::debug!(conn_id, user = %user, transport = transport.label(), "websocket connected");
     let (sink, mut stream) = socket.split();
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
     let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
     let writer = tokio::spawn(write_loop(
         sink,
@@ -110,16 +113,26 @@ async fn run(edge: Arc<Edge>, socket: WebSocket, transport: Transport, user: Str
         transport,
         control_tx,
         batch_tx,
+        reliable_tx,
     );
     let limits = edge.config.limits;
     let idle = edge.config.idle_timeout();
     let mut flow = session.reply(Body::AuthOk(pb::AuthOk { user })).await;
     while flow == Flow::Continue {
+        let deadline = session.reliable_deadline();
         let next = tokio::select! {
             biased;
             _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
             _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            next = tokio::time::timeout(idle, stream.next()) => next,
+            wake = next_wake(&mut reliable_rx, deadline) => Err(wake),
+            next = tokio::time::timeout(idle, stream.next()) => Ok(next),
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(wake) => {
+                flow = session.on_wake(wake).await;
+                continue;
+            }
         };
         let msg = match next {
             Err(_elapsed) => {
@@ -291,6 +304,7 @@ fn try_next(
 fn from_control(c: Control, transport: Transport, limits: &Limits) -> Next {
     match c {
         Control::Frame(f) => Next::Send(encode_reply(&f, transport, limits)),
+        Control::Shared(o) => Next::Send(from_outbound(o)),
         Control::Close(reason) => Next::Close(reason),
     }
 }

@@ -11,6 +11,9 @@ pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
         Ok(c) => c,
         Err(e) => return session.reply_error(e.code(), e.to_string()).await,
     };
+    // Write this channel's pending ack offset before its lane goes.
+    crate::handlers::reliable::persist_acks(session, true).await;
+    session.lanes.remove(&channel);
     if session.joined.remove(&channel) {
         session.edge.registry.leave(&channel, session.conn_id);
         tracing::debug!(conn_id = session.conn_id, channel = %channel, "left");

@@ -6,7 +6,7 @@ mod auth;
 mod join;
 mod leave;
 mod ping;
-mod reliable;
+pub(crate) mod reliable;
 
 use danmaku_proto::pb;
 use danmaku_proto::pb::client_frame::Body;

@@ -1,31 +1,329 @@
-//! `Ack` and `Resume` belong to the reliable lane, which the edge does not serve
-//! yet. They are answered `not_supported` and the connection stays, so clients
-//! written against the full protocol keep working on the danmaku lane.
+//! The reliable lane of one connection: `Ack`, `Resume`, live reliable events
+//! from the fan-out, retransmission timers and ack-offset persistence.
+//!
+//! Per joined channel the session keeps a [`Lane`]: `sent_upto` (the highest
+//! seq sent here) and an [`UnackedWindow`](crate::reliable::UnackedWindow). A
+//! live event at or below `sent_upto` is a duplicate and skipped; one beyond
+//! `sent_upto + 1` means this connection missed some, so the gap is read from
+//! the store first, here in the connection's task, never in the fan-out path.
+//! Store errors are logged and counted; a gap that cannot be filled closes the
+//! connection with `reliable_backlog` so the client resumes.
 
-use danmaku_proto::pb;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::session::{Flow, Session};
+use danmaku_proto::{ChannelName, pb};
+use danmaku_store::{StoreError, StoredMessage};
+use tokio::time::Instant;
+
+use crate::registry::{ReliableDelivery, ReliableFrame};
+use crate::reliable::Backlog;
+use crate::reliable_fanout::event_from_stored;
+use crate::session::{CloseReason, Flow, Lane, Session};
+
+/// Messages read from the store per call when replaying.
+const REPLAY_PAGE: usize = 500;
+
+/// Longest a store write of ack offsets may hold up a closing connection.
+const ACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A new lane for a channel this connection just joined.
+pub(crate) fn new_lane(session: &Session, group: bool, sent_upto: u64) -> Lane {
+    Lane {
+        group,
+        sent_upto,
+        window: crate::reliable::UnackedWindow::new(session.edge.config.reliable.window_limits()),
+        ack_pending: None,
+        ack_written_at: None,
+    }
+}
 
 pub(crate) async fn ack(session: &mut Session, ack: pb::Ack) -> Flow {
-    session
-        .reply_error(
-            "not_supported",
-            format!(
-                "ack on {:?}: the reliable lane is not served by this edge yet",
-                ack.channel
-            ),
-        )
-        .await
+    let channel = match ChannelName::parse(&ack.channel) {
+        Ok(c) => c,
+        Err(e) => return session.reply_error(e.code(), e.to_string()).await,
+    };
+    let Some(lane) = session.lanes.get_mut(&channel) else {
+        tracing::debug!(conn_id = session.conn_id, channel = %channel, "ack on a channel not joined");
+        return Flow::Continue;
+    };
+    let removed = lane.window.on_ack(ack.seq);
+    session.edge.metrics.reliable_acked.inc_by(removed as u64);
+    if lane.group && ack.seq > 0 {
+        lane.ack_pending = Some(lane.ack_pending.unwrap_or(0).max(ack.seq));
+    }
+    persist_acks(session, false).await;
+    Flow::Continue
 }
 
 pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
+    let channel = match ChannelName::parse(&resume.channel) {
+        Ok(c) => c,
+        Err(e) => return session.reply_error(e.code(), e.to_string()).await,
+    };
+    let Some(lane) = session.lanes.get_mut(&channel) else {
+        return session
+            .reply_error("not_joined", format!("join {channel} before resuming it"))
+            .await;
+    };
+    session.edge.metrics.resumes.inc();
+    // The client holds everything up to after_seq: those need no resend.
+    let removed = lane.window.on_ack(resume.after_seq);
+    session.edge.metrics.reliable_acked.inc_by(removed as u64);
+    lane.sent_upto = resume.after_seq;
+    let mut cursor = resume.after_seq;
+    loop {
+        let page = match read_page(session, &channel, cursor, REPLAY_PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(conn_id = session.conn_id, channel = %channel, error = %e, "resume: store read failed");
+                return session
+                    .reply_error("store_unavailable", format!("cannot resume {channel}: {e}"))
+                    .await;
+            }
+        };
+        let n = page.len();
+        for msg in page {
+            cursor = msg.seq;
+            session.edge.metrics.resume_replayed.inc();
+            let frame = ReliableFrame::build(channel.as_str(), event_from_stored(msg));
+            if let Flow::Close(r) = send(session, &channel, frame).await {
+                return Flow::Close(r);
+            }
+        }
+        if n < REPLAY_PAGE {
+            return Flow::Continue;
+        }
+    }
+}
+
+/// A live reliable event from the fan-out.
+pub(crate) async fn on_live(session: &mut Session, delivery: ReliableDelivery) -> Flow {
+    let Some(lane) = session.lanes.get(&delivery.channel) else {
+        return Flow::Continue; // left meanwhile
+    };
+    let seq = delivery.frame.seq;
+    let sent_upto = lane.sent_upto;
+    if seq <= sent_upto {
+        return Flow::Continue;
+    }
+    if seq > sent_upto + 1 {
+        let flow = fill_gap(session, &delivery.channel, sent_upto, seq - 1).await;
+        if flow != Flow::Continue {
+            return flow;
+        }
+    }
+    send(session, &delivery.channel, delivery.frame).await
+}
+
+/// Joining a group: push the newest page of what the member missed (after
+/// `max(acked, joined_seq)`, at most `missed_page`), oldest first.
+pub(crate) async fn push_missed(
+    session: &mut Session,
+    channel: &ChannelName,
+    joined_seq: u64,
+    last_seq: u64,
+) -> Flow {
+    let store = Arc::clone(&session.edge.store);
+    let acked = match store.acked(&session.user, channel.as_str()).await {
+        Ok(a) => a,
+        Err(e) => {
+            store_failed(session, "acked", channel, &e);
+            0
+        }
+    };
+    let page = session.edge.config.reliable.missed_page;
+    let after = acked
+        .max(joined_seq)
+        .max(last_seq.saturating_sub(page as u64));
+    if after >= last_seq {
+        return Flow::Continue;
+    }
+    let msgs = match read_page(session, channel, after, page).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(conn_id = session.conn_id, channel = %channel, error = %e, "cannot push missed messages");
+            return Flow::Continue;
+        }
+    };
+    for msg in msgs {
+        let frame = ReliableFrame::build(channel.as_str(), event_from_stored(msg));
+        if let Flow::Close(r) = send(session, channel, frame).await {
+            return Flow::Close(r);
+        }
+    }
+    Flow::Continue
+}
+
+/// When [`on_timer`] must run next: the earliest retransmission or throttled ack write.
+pub(crate) fn deadline(session: &Session) -> Option<Instant> {
+    let interval = session.edge.config.reliable.ack_persist_interval;
     session
-        .reply_error(
-            "not_supported",
-            format!(
-                "resume on {:?}: the reliable lane is not served by this edge yet",
-                resume.channel
-            ),
+        .lanes
+        .values()
+        .flat_map(|lane| {
+            let resend = lane.window.deadline().map(Instant::from_std);
+            let ack = match (lane.ack_pending, lane.ack_written_at) {
+                (Some(_), Some(at)) => Some(at + interval),
+                (Some(_), None) => Some(Instant::now()),
+                _ => None,
+            };
+            [resend, ack]
+        })
+        .flatten()
+        .min()
+}
+
+/// Resends what is due and writes throttled ack offsets.
+pub(crate) async fn on_timer(session: &mut Session) -> Flow {
+    let now = Instant::now().into_std();
+    let mut resend = Vec::new();
+    for lane in session.lanes.values_mut() {
+        match lane.window.due(now) {
+            Ok(frames) => resend.extend(frames.into_iter().map(|(_, f)| f)),
+            Err(b) => return backlog(session, b).await,
+        }
+    }
+    for frame in resend {
+        session.edge.metrics.reliable_retransmits.inc();
+        if let Flow::Close(r) = session.send_shared(&frame).await {
+            return Flow::Close(r);
+        }
+    }
+    persist_acks(session, false).await;
+    Flow::Continue
+}
+
+/// Writes pending ack offsets of groups to the store: all of them when `force`
+/// (leave, disconnect), else those not written within `ack_persist_interval`.
+pub(crate) async fn persist_acks(session: &mut Session, force: bool) {
+    let now = Instant::now();
+    let interval = session.edge.config.reliable.ack_persist_interval;
+    let mut writes = Vec::new();
+    for (channel, lane) in session.lanes.iter_mut() {
+        let Some(seq) = lane.ack_pending else {
+            continue;
+        };
+        let due = force || lane.ack_written_at.is_none_or(|at| now >= at + interval);
+        if due {
+            lane.ack_pending = None;
+            lane.ack_written_at = Some(now);
+            writes.push((channel.clone(), seq));
+        }
+    }
+    let store = Arc::clone(&session.edge.store);
+    for (channel, seq) in writes {
+        let res = tokio::time::timeout(
+            ACK_WRITE_TIMEOUT,
+            store.ack(&session.user, channel.as_str(), seq),
         )
-        .await
+        .await;
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => store_failed(session, "ack", &channel, &e),
+            Err(_) => {
+                session.edge.metrics.store_error("ack");
+                tracing::warn!(conn_id = session.conn_id, channel = %channel, "ack write timed out");
+            }
+        }
+    }
+}
+
+/// Sends `frame` on this connection's lane of `channel` and tracks it until acked.
+async fn send(session: &mut Session, channel: &ChannelName, frame: Arc<ReliableFrame>) -> Flow {
+    if let Flow::Close(r) = session.send_shared(&frame).await {
+        return Flow::Close(r);
+    }
+    let Some(lane) = session.lanes.get_mut(channel) else {
+        return Flow::Continue;
+    };
+    lane.sent_upto = lane.sent_upto.max(frame.seq);
+    session.edge.metrics.reliable_sent.inc();
+    let now = Instant::now().into_std();
+    match lane.window.on_send(now, frame.seq, frame) {
+        Ok(()) => Flow::Continue,
+        Err(b) => backlog(session, b).await,
+    }
+}
+
+/// Sends `after+1 ..= upto` from the store before a live event.
+async fn fill_gap(session: &mut Session, channel: &ChannelName, after: u64, upto: u64) -> Flow {
+    session.edge.metrics.gap_fills.inc();
+    let mut cursor = after;
+    while cursor < upto {
+        let want = usize::try_from(upto - cursor)
+            .unwrap_or(usize::MAX)
+            .min(REPLAY_PAGE);
+        let page = match read_page(session, channel, cursor, want).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(conn_id = session.conn_id, channel = %channel, error = %e, "cannot fill a gap; closing for resume");
+                session.edge.metrics.reliable_backlog_closes.inc();
+                let _ = session
+                    .reply_error(
+                        "reliable_backlog",
+                        format!("missed {channel} after seq {cursor}; reconnect and resume with after_seq"),
+                    )
+                    .await;
+                return Flow::Close(CloseReason::ReliableBacklog);
+            }
+        };
+        let n = page.len();
+        for msg in page.into_iter().filter(|m| m.seq <= upto) {
+            cursor = msg.seq;
+            let frame = ReliableFrame::build(channel.as_str(), event_from_stored(msg));
+            if let Flow::Close(r) = send(session, channel, frame).await {
+                return Flow::Close(r);
+            }
+        }
+        if n < want {
+            break; // the store has no more (a seq never persisted)
+        }
+    }
+    Flow::Continue
+}
+
+/// One page after `after`, as this connection's user may see it.
+async fn read_page(
+    session: &Session,
+    channel: &ChannelName,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let group = session.lanes.get(channel).is_some_and(|l| l.group);
+    let store = &session.edge.store;
+    let res = if group {
+        store
+            .read_after_for_member(channel.as_str(), &session.user, after, limit)
+            .await
+    } else {
+        store.read_after(channel.as_str(), after, limit).await
+    };
+    if let Err(e) = &res {
+        store_failed(session, "read_after", channel, e);
+    }
+    res
+}
+
+fn store_failed(session: &Session, op: &str, channel: &ChannelName, e: &StoreError) {
+    session.edge.metrics.store_error(op);
+    tracing::warn!(conn_id = session.conn_id, channel = %channel, op, error = %e, "store call failed");
+}
+
+async fn backlog(session: &Session, b: Backlog) -> Flow {
+    session.edge.metrics.reliable_backlog_closes.inc();
+    tracing::info!(conn_id = session.conn_id, backlog = ?b, "reliable lane backlog; closing");
+    let why = match b {
+        Backlog::TooManyUnacked(n) => format!("{n} reliable frames unacked"),
+        Backlog::TooManyAttempts { seq, attempts } => {
+            format!("seq {seq} sent {attempts} times without an ack")
+        }
+    };
+    let _ = session
+        .reply_error(
+            "reliable_backlog",
+            format!("{why}; reconnect and resume with after_seq"),
+        )
+        .await;
+    Flow::Close(CloseReason::ReliableBacklog)
 }
