@@ -2,10 +2,15 @@
 //!
 //! WAL journal, `synchronous = FULL`: a returned `append` survives a crash or power
 //! loss. Writes go through a pool of ONE connection (writers queue in the process
-//! instead of spinning on SQLite's busy handler) and every multi-statement write runs
-//! under `BEGIN IMMEDIATE`, which takes the file's write lock up front, so a second
-//! process on the same file waits (`busy_timeout`) rather than interleaving. Reads use
-//! a separate pool of read-only connections and never block the writer.
+//! instead of spinning on SQLite's busy handler) and every write runs under
+//! `BEGIN IMMEDIATE`, which takes the file's write lock up front, so a second process on
+//! the same file waits (`busy_timeout`) rather than interleaving. Reads use a separate
+//! pool of read-only connections and never block the writer.
+//!
+//! Appends are group-committed: one task takes every append waiting at that moment (up
+//! to [`MAX_BATCH`]) and stores them in one transaction, so concurrent appenders share
+//! one fsync instead of queueing for one each. Each append runs in its own savepoint, so
+//! one failing does not take its batch down (nor leave a seq gap).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,8 +18,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread, from_db,
@@ -32,12 +39,23 @@ const ACK: &str = "INSERT INTO acks (user_id, channel, acked_seq) \
      SET acked_seq = MAX(acks.acked_seq, excluded.acked_seq) \
      RETURNING acked_seq";
 
+/// The most appends committed together by the group-commit task.
+const MAX_BATCH: usize = 256;
+
 /// The embedded (SQLite) backend.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
     path: PathBuf,
     writer: SqlitePool,
     reader: SqlitePool,
+    /// To the group-commit task (see [`run_appender`]).
+    appends: mpsc::Sender<AppendRequest>,
+}
+
+#[derive(Debug)]
+struct AppendRequest {
+    message: NewMessage,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
 impl EmbeddedStore {
@@ -67,10 +85,13 @@ impl EmbeddedStore {
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.read_only(true))
             .await?;
+        let (appends, requests) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(run_appender(writer.clone(), requests));
         Ok(Self {
             path,
             writer,
             reader,
+            appends,
         })
     }
 
@@ -100,44 +121,14 @@ impl Store for EmbeddedStore {
 
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
         validate(&m)?;
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        // We hold the write lock: whatever another append did is committed and visible.
-        if let Some(id) = &m.client_msg_id {
-            let found: Option<(i64, i64)> = sqlx::query_as(queries::FIND_CLIENT_MSG)
-                .bind(&m.channel)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some((seq, ts_ms)) = found {
-                tx.rollback().await?;
-                return Ok(Appended {
-                    seq: from_db(seq),
-                    duplicate: true,
-                    ts_ms,
-                });
-            }
-        }
-        let seq: i64 = sqlx::query_scalar(queries::NEXT_SEQ)
-            .bind(&m.channel)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(queries::INSERT_MESSAGE)
-            .bind(&m.channel)
-            .bind(seq)
-            .bind(&m.client_msg_id)
-            .bind(&m.sender)
-            .bind(&m.kind)
-            .bind(&m.text)
-            .bind(&m.payload_json)
-            .bind(m.ts_ms)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Appended {
-            seq: from_db(seq),
-            duplicate: false,
-            ts_ms: m.ts_ms,
-        })
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .send(AppendRequest { message: m, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("embedded store writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("embedded store writer stopped".into()))?
     }
 
     async fn read_after(
@@ -255,4 +246,84 @@ impl Store for EmbeddedStore {
             .await?;
         Ok(unread_from_rows(rows))
     }
+}
+
+/// The group-commit loop: runs until every [`EmbeddedStore`] handle is dropped.
+async fn run_appender(writer: SqlitePool, mut requests: mpsc::Receiver<AppendRequest>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        match append_batch(&writer, &batch).await {
+            Ok(results) => {
+                for (request, result) in batch.drain(..).zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, appends = batch.len(), "embedded store: append batch failed");
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Stores `batch` in one transaction. `Err` when the transaction failed as a whole
+/// (nothing stored); otherwise one result per request.
+async fn append_batch(
+    writer: &SqlitePool,
+    batch: &[AppendRequest],
+) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for request in batch {
+        sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
+        let result = append_one(&mut tx, &request.message).await;
+        if result.is_err() {
+            sqlx::query("ROLLBACK TO append").execute(&mut *tx).await?;
+        }
+        sqlx::query("RELEASE append").execute(&mut *tx).await?;
+        results.push(result);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// One append inside the batch transaction. We hold the write lock, so every earlier
+/// append (this batch's included) is visible to the duplicate check.
+async fn append_one(conn: &mut SqliteConnection, m: &NewMessage) -> Result<Appended, StoreError> {
+    if let Some(id) = &m.client_msg_id {
+        let found: Option<(i64, i64)> = sqlx::query_as(queries::FIND_CLIENT_MSG)
+            .bind(&m.channel)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((seq, ts_ms)) = found {
+            return Ok(Appended {
+                seq: from_db(seq),
+                duplicate: true,
+                ts_ms,
+            });
+        }
+    }
+    let seq: i64 = sqlx::query_scalar(queries::NEXT_SEQ)
+        .bind(&m.channel)
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query(queries::INSERT_MESSAGE)
+        .bind(&m.channel)
+        .bind(seq)
+        .bind(&m.client_msg_id)
+        .bind(&m.sender)
+        .bind(&m.kind)
+        .bind(&m.text)
+        .bind(&m.payload_json)
+        .bind(m.ts_ms)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Appended {
+        seq: from_db(seq),
+        duplicate: false,
+        ts_ms: m.ts_ms,
+    })
 }

@@ -5,7 +5,7 @@
 //! again later" (ingest answers 503), everything else is a bug or bad input.
 
 /// Errors of store backends.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached, timed out or is busy. Retry later; for an
     /// `append`, retry with the same `client_msg_id` (it may have been persisted).
