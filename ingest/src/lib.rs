@@ -133,7 +133,10 @@ impl Ingest {
             .observe(started.elapsed().as_secs_f64());
         result.map_err(|e| {
             if !matches!(e, StoreError::NotMember { .. }) {
-                self.metrics.store_errors_total.with_label_values(&[op]).inc();
+                self.metrics
+                    .store_errors_total
+                    .with_label_values(&[op])
+                    .inc();
                 tracing::warn!(op, backend = self.store.backend(), error = %e, "store call failed");
             }
             ApiError::from(e)

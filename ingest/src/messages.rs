@@ -184,9 +184,7 @@ impl Ingest {
             payload_json: non_empty(&message.payload_json),
             ts_ms: now_ms(),
         };
-        let appended = self
-            .store_call("append", self.store.append(new))
-            .await?;
+        let appended = self.store_call("append", self.store.append(new)).await?;
         let mut event = pb::Event {
             kind: message.kind as i32,
             sender,

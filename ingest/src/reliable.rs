@@ -199,8 +199,7 @@ impl Ingest {
             return Err(ApiError::Forbidden);
         }
         let Path((group, user)) = path.map_err(|e| ApiError::BadChannel(e.body_text()))?;
-        let group =
-            ChannelName::parse(&group).map_err(|e| ApiError::BadChannel(e.to_string()))?;
+        let group = ChannelName::parse(&group).map_err(|e| ApiError::BadChannel(e.to_string()))?;
         if group.kind() != ChannelKind::Group {
             return Err(ApiError::BadChannel(format!(
                 "{group} is not a group: membership needs a group:<id> channel"

@@ -13,38 +13,106 @@ use danmaku_bus::{Bus, BusError, BusMessage, MemoryBus, MemoryBusConfig, Subscri
 use danmaku_ingest::{Ingest, IngestConfig};
 use danmaku_proto::token::{TokenKey, now_secs};
 use danmaku_proto::{Limits, frame, now_ms, pb};
+use danmaku_store::{Appended, Member, NewMessage, Store, StoreError, StoredMessage, Unread};
 use prometheus::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+/// One ingest node on its own memory bus and its own embedded store (a fresh
+/// temporary file per harness, so tests never share state).
 struct Harness {
     router: Router,
     registry: Registry,
     key: TokenKey,
     sub: Box<dyn Subscription>,
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
     async fn new(config: IngestConfig) -> Harness {
         let bus = Arc::new(MemoryBus::new(MemoryBusConfig::default()));
         let sub = bus.subscribe_all().await.unwrap();
-        Self::with_bus(config, bus, sub)
+        Self::with_bus(config, bus, sub).await
     }
 
-    fn with_bus(config: IngestConfig, bus: Arc<dyn Bus>, sub: Box<dyn Subscription>) -> Harness {
+    async fn with_bus(
+        config: IngestConfig,
+        bus: Arc<dyn Bus>,
+        sub: Box<dyn Subscription>,
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("embedded:{}", dir.path().join("danmaku.db").display());
+        let store = danmaku_store::connect(&url).await.unwrap();
+        Self::with_parts(config, bus, sub, store, Some(dir))
+    }
+
+    fn with_parts(
+        config: IngestConfig,
+        bus: Arc<dyn Bus>,
+        sub: Box<dyn Subscription>,
+        store: Arc<dyn Store>,
+        dir: Option<tempfile::TempDir>,
+    ) -> Harness {
         let registry = Registry::new();
         let key = TokenKey::new("test-secret");
-        let ingest = Ingest::new(config, bus, key.clone(), &registry).unwrap();
+        let ingest = Ingest::new(config, bus, store.clone(), key.clone(), &registry).unwrap();
         Harness {
             router: ingest.router(),
             registry,
             key,
             sub,
+            store,
+            _dir: dir,
         }
     }
 
     fn token(&self, user: &str) -> String {
         self.key.mint(user, "user", now_secs(), 3600)
+    }
+
+    /// A token of the app backend (role `app`), which manages membership.
+    fn app_token(&self) -> String {
+        self.key.mint("backend", "app", now_secs(), 3600)
+    }
+
+    /// Posts and expects 200 with a seq.
+    async fn post_reliable(&self, channel: &str, user: &str, body: Value) -> u64 {
+        let (status, _, reply) = self
+            .send(post(channel, Some(&self.token(user)), body.to_string()))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        reply["seq"].as_u64().unwrap_or_else(|| panic!("{reply}"))
+    }
+
+    /// The app backend adds `user` to `group`; returns `joined_seq`.
+    async fn join(&self, group: &str, user: &str) -> u64 {
+        let (status, _, reply) = self
+            .send(member_request("PUT", group, user, Some(&self.app_token())))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        reply["joined_seq"].as_u64().unwrap()
+    }
+
+    /// `GET` with the user's token; expects 200.
+    async fn get_ok(&self, uri: &str, user: &str) -> Value {
+        let (status, _, reply) = self.send(get(uri, Some(&self.token(user)))).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {reply}");
+        reply
+    }
+
+    /// The seqs of a history page and its `next_after_seq`.
+    async fn history(&self, channel: &str, user: &str, query: &str) -> (Vec<u64>, u64) {
+        let reply = self
+            .get_ok(&format!("/v1/channels/{channel}/messages?{query}"), user)
+            .await;
+        let seqs = reply["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        (seqs, reply["next_after_seq"].as_u64().unwrap())
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
@@ -119,6 +187,40 @@ fn post(channel: &str, token: Option<&str>, body: impl Into<Body>) -> Request<Bo
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
     req.body(body.into()).unwrap()
+}
+
+fn get(uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut req = Request::get(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+fn member_request(method: &str, group: &str, user: &str, token: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("/v1/groups/{group}/members/{user}"));
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+fn ack_request(channel: &str, token: &str, seq: u64) -> Request<Body> {
+    Request::post(format!("/v1/channels/{channel}/ack"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(json!({ "seq": seq }).to_string()))
+        .unwrap()
+}
+
+fn gift(text: &str) -> Value {
+    json!({"kind": "gift", "text": text, "payload": {"gift_id": 7}})
+}
+
+fn chat(text: &str) -> Value {
+    json!({"kind": "chat", "text": text})
 }
 
 fn danmaku(text: &str) -> String {
@@ -437,28 +539,6 @@ async fn a_hot_channel_is_limited_across_users() {
     );
 }
 
-#[tokio::test]
-async fn reliable_kinds_are_not_implemented_yet() {
-    let mut h = Harness::new(IngestConfig::default()).await;
-    let t = h.token("alice");
-    for kind in ["gift", "chat"] {
-        let body = json!({"kind": kind, "text": "rocket", "payload": {"gift_id": 1}});
-        let (status, code) = h.refused(post("room:1", Some(&t), body.to_string())).await;
-        assert_eq!(
-            (status, code.as_str()),
-            (StatusCode::NOT_IMPLEMENTED, "not_implemented")
-        );
-    }
-    h.nothing_published().await;
-    assert_eq!(
-        h.metric(
-            "danmaku_ingest_requests_total",
-            &[("kind", "gift"), ("status", "501")]
-        ),
-        1.0
-    );
-}
-
 /// A bus that is down.
 struct DownBus;
 
@@ -482,7 +562,8 @@ async fn bus_outage_is_503() {
         IngestConfig::default(),
         Arc::new(DownBus),
         idle.subscribe_all().await.unwrap(),
-    );
+    )
+    .await;
     let (status, code) = h
         .refused(post("room:1", Some(&h.token("alice")), danmaku("hi")))
         .await;
@@ -565,5 +646,510 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!(
         h.refused(req).await,
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
+    );
+}
+
+#[tokio::test]
+async fn gifts_are_persisted_then_published_with_their_seq() {
+    let mut h = Harness::new(IngestConfig::default()).await;
+    let before = now_ms();
+    for want in 1..=3 {
+        let seq = h.post_reliable("room:1", "alice", gift("rocket")).await;
+        assert_eq!(seq, want);
+        let (msg, bus_event) = h.next_published().await;
+        assert_eq!(msg.key, Bytes::from_static(b"room:1"));
+        let event = bus_event.event.unwrap();
+        assert_eq!(event.kind(), pb::Kind::Gift);
+        assert_eq!(event.seq, want);
+        assert_eq!(event.sender, "alice");
+        assert_eq!(event.text, "rocket");
+        assert!(event.ts_ms >= before && event.ts_ms <= now_ms());
+        let payload: Value = serde_json::from_str(&event.payload_json).unwrap();
+        assert_eq!(payload, json!({"gift_id": 7}));
+    }
+    // Another channel has its own seq.
+    assert_eq!(h.post_reliable("room:2", "bob", gift("car")).await, 1);
+    assert_eq!(h.next_published().await.1.event.unwrap().seq, 1);
+    h.nothing_published().await;
+
+    let stored = h.store.read_after("room:1", 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[0].kind, "gift");
+    assert_eq!(stored[0].payload_json.as_deref(), Some(r#"{"gift_id":7}"#));
+
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_requests_total",
+            &[("kind", "gift"), ("status", "200")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_reliable_persisted_total",
+            &[("kind", "gift")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_store_op_seconds",
+            &[("op", "append"), ("backend", "embedded")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        h.metric("danmaku_ingest_reliable_duplicates_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_client_msg_id_answers_the_first_seq_and_is_published_again() {
+    let mut h = Harness::new(IngestConfig::default()).await;
+    let first = json!({"kind": "gift", "text": "rocket", "client_msg_id": "g-1"});
+    assert_eq!(h.post_reliable("room:1", "alice", first.clone()).await, 1);
+    let original = h.next_published().await.1.event.unwrap();
+    assert_eq!(original.client_msg_id, "g-1");
+
+    assert_eq!(h.post_reliable("room:1", "alice", gift("other")).await, 2);
+    h.next_published().await;
+
+    // The resend (even with other text) gets seq 1 and republishes what was stored.
+    let resend = json!({"kind": "gift", "text": "changed", "client_msg_id": "g-1"});
+    assert_eq!(h.post_reliable("room:1", "alice", resend).await, 1);
+    let again = h.next_published().await.1.event.unwrap();
+    assert_eq!(again, original);
+    h.nothing_published().await;
+
+    assert_eq!(h.store.last_seq("room:1").await.unwrap(), 2);
+    assert_eq!(
+        h.metric("danmaku_ingest_reliable_duplicates_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_reliable_persisted_total",
+            &[("kind", "gift")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn chat_needs_a_group_and_groups_need_membership() {
+    let mut h = Harness::new(IngestConfig::default()).await;
+    let alice = h.token("alice");
+    let (status, code) = h
+        .refused(post("room:1", Some(&alice), chat("hi").to_string()))
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "chat_needs_group")
+    );
+    for body in [
+        chat("hi").to_string(),
+        gift("rose").to_string(),
+        danmaku("hi"),
+    ] {
+        let (status, code) = h.refused(post("group:7", Some(&alice), body)).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "not_member")
+        );
+    }
+    h.nothing_published().await;
+    assert_eq!(h.store.last_seq("group:7").await.unwrap(), 0);
+
+    assert_eq!(h.join("group:7", "alice").await, 0);
+    assert_eq!(h.post_reliable("group:7", "alice", chat("hi")).await, 1);
+    let event = h.next_published().await.1.event.unwrap();
+    assert_eq!((event.kind(), event.seq), (pb::Kind::Chat, 1));
+    let (status, _, _) = h.send(post("group:7", Some(&alice), danmaku("hi"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(h.next_published().await.1.event.unwrap().seq, 0);
+
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_requests_total",
+            &[("kind", "chat"), ("status", "403")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        h.metric("danmaku_ingest_rejected_total", &[("code", "not_member")]),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn history_pages_oldest_first() {
+    let h = Harness::new(IngestConfig::default()).await;
+    for i in 1..=5 {
+        h.post_reliable("room:h", "alice", gift(&format!("g{i}")))
+            .await;
+    }
+    assert_eq!(h.history("room:h", "bob", "limit=2").await, (vec![1, 2], 2));
+    assert_eq!(
+        h.history("room:h", "bob", "after_seq=2&limit=2").await,
+        (vec![3, 4], 4)
+    );
+    assert_eq!(
+        h.history("room:h", "bob", "after_seq=4&limit=2").await,
+        (vec![5], 5)
+    );
+    assert_eq!(h.history("room:h", "bob", "after_seq=5").await, (vec![], 5));
+    assert_eq!(h.history("room:none", "bob", "").await, (vec![], 0));
+
+    let page = h.get_ok("/v1/channels/room:h/messages", "bob").await;
+    let first = &page["messages"][0];
+    assert_eq!(first["kind"], "gift");
+    assert_eq!(first["sender"], "alice");
+    assert_eq!(first["text"], "g1");
+    assert_eq!(first["payload"], json!({"gift_id": 7}));
+    assert!(first["ts_ms"].as_i64().unwrap() > 0);
+
+    for query in ["after_seq=-1", "after_seq=x", "limit=0", "limit=abc"] {
+        let uri = format!("/v1/channels/room:h/messages?{query}");
+        let (status, code) = h.refused(get(&uri, Some(&h.token("bob")))).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "bad_query")
+        );
+    }
+    let (status, code) = h.refused(get("/v1/channels/room:h/messages", None)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "missing_token")
+    );
+    let (status, code) = h
+        .refused(get("/v1/channels/lobby:1/messages", Some(&h.token("bob"))))
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "bad_channel")
+    );
+    assert!(
+        h.metric(
+            "danmaku_ingest_store_op_seconds",
+            &[("op", "read"), ("backend", "embedded")]
+        ) >= 5.0
+    );
+}
+
+#[tokio::test]
+async fn a_member_sees_only_messages_after_joining() {
+    let h = Harness::new(IngestConfig::default()).await;
+    h.join("group:g", "alice").await;
+    for i in 1..=3 {
+        h.post_reliable("group:g", "alice", chat(&format!("c{i}")))
+            .await;
+    }
+    assert_eq!(h.join("group:g", "bob").await, 3);
+    assert_eq!(
+        h.join("group:g", "bob").await,
+        3,
+        "joining again keeps joined_seq"
+    );
+    assert_eq!(h.post_reliable("group:g", "bob", chat("c4")).await, 4);
+
+    assert_eq!(h.history("group:g", "bob", "").await, (vec![4], 4));
+    assert_eq!(
+        h.history("group:g", "bob", "after_seq=1").await,
+        (vec![4], 4)
+    );
+    assert_eq!(
+        h.history("group:g", "alice", "").await,
+        (vec![1, 2, 3, 4], 4)
+    );
+    let (status, code) = h
+        .refused(get(
+            "/v1/channels/group:g/messages",
+            Some(&h.token("carol")),
+        ))
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "not_member")
+    );
+}
+
+#[tokio::test]
+async fn acks_move_unread_counts() {
+    let h = Harness::new(IngestConfig::default()).await;
+    let bob = h.token("bob");
+    assert_eq!(
+        h.get_ok("/v1/unread", "bob").await,
+        json!({"total": 0, "channels": {}})
+    );
+    h.join("group:u", "alice").await;
+    h.join("group:u", "bob").await;
+    for i in 1..=3 {
+        h.post_reliable("group:u", "alice", chat(&format!("c{i}")))
+            .await;
+    }
+    assert_eq!(
+        h.get_ok("/v1/unread", "bob").await,
+        json!({"total": 3, "channels": {"group:u": 3}})
+    );
+
+    let (status, _, reply) = h.send(ack_request("group:u", &bob, 2)).await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"acked": 2})));
+    assert_eq!(
+        h.get_ok("/v1/unread", "bob").await,
+        json!({"total": 1, "channels": {"group:u": 1}})
+    );
+    // Never backwards, never past the last seq.
+    let (_, _, reply) = h.send(ack_request("group:u", &bob, 1)).await;
+    assert_eq!(reply, json!({"acked": 2}));
+    let (_, _, reply) = h.send(ack_request("group:u", &bob, 99)).await;
+    assert_eq!(reply, json!({"acked": 3}));
+    assert_eq!(
+        h.get_ok("/v1/unread", "bob").await,
+        json!({"total": 0, "channels": {"group:u": 0}})
+    );
+
+    // A room has no members: anyone may ack it, and it then counts.
+    h.post_reliable("room:r", "alice", gift("rose")).await;
+    let (status, _, reply) = h.send(ack_request("room:r", &bob, 0)).await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"acked": 0})));
+    assert_eq!(h.get_ok("/v1/unread", "bob").await["total"], 1);
+
+    let (status, code) = h
+        .refused(ack_request("group:u", &h.token("carol"), 1))
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "not_member")
+    );
+    let bad = Request::post("/v1/channels/group:u/ack")
+        .header(header::AUTHORIZATION, format!("Bearer {bob}"))
+        .body(Body::from(r#"{"seq":-1}"#))
+        .unwrap();
+    assert_eq!(
+        h.refused(bad).await,
+        (StatusCode::BAD_REQUEST, "bad_json".into())
+    );
+    let (status, code) = h.refused(get("/v1/unread", None)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "missing_token")
+    );
+    for op in ["ack", "unread", "membership"] {
+        assert!(
+            h.metric(
+                "danmaku_ingest_store_op_seconds",
+                &[("op", op), ("backend", "embedded")]
+            ) >= 1.0,
+            "{op}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn membership_is_for_app_tokens_only() {
+    let h = Harness::new(IngestConfig::default()).await;
+    let app = h.app_token();
+    let user = h.token("alice");
+    for method in ["PUT", "DELETE"] {
+        let (status, code) = h
+            .refused(member_request(method, "group:m", "alice", Some(&user)))
+            .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+        let (status, code) = h
+            .refused(member_request(method, "group:m", "alice", None))
+            .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::UNAUTHORIZED, "missing_token")
+        );
+    }
+    for (group, user, want) in [
+        ("room:1", "alice", "bad_channel"),
+        ("lobby:1", "alice", "bad_channel"),
+        ("group:m", "a%20b", "bad_user"),
+        ("group:m", "a:b", "bad_user"),
+    ] {
+        let (status, code) = h
+            .refused(member_request("PUT", group, user, Some(&app)))
+            .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, want),
+            "{group} {user}"
+        );
+    }
+    assert!(h.store.members("group:m").await.unwrap().is_empty());
+
+    let (status, _, reply) = h
+        .send(member_request("DELETE", "group:m", "alice", Some(&app)))
+        .await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"removed": false})));
+    assert_eq!(h.join("group:m", "alice").await, 0);
+    assert_eq!(
+        h.store.is_member("group:m", "alice").await.unwrap(),
+        Some(0)
+    );
+    let (status, _, reply) = h
+        .send(member_request("DELETE", "group:m", "alice", Some(&app)))
+        .await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"removed": true})));
+    assert_eq!(h.store.is_member("group:m", "alice").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_bus_outage_after_persisting_says_so_and_a_retry_gets_the_same_seq() {
+    let idle = MemoryBus::new(MemoryBusConfig::default());
+    let h = Harness::with_bus(
+        IngestConfig::default(),
+        Arc::new(DownBus),
+        idle.subscribe_all().await.unwrap(),
+    )
+    .await;
+    let body = json!({"kind": "gift", "text": "rocket", "client_msg_id": "g-1"});
+    for _ in 0..2 {
+        let (status, _, reply) = h
+            .send(post("room:1", Some(&h.token("alice")), body.to_string()))
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply["error"]["code"], "bus_unavailable");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("persisted as seq 1") && message.contains("client_msg_id"),
+            "{message}"
+        );
+    }
+    let stored = h.store.read_after("room:1", 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        h.metric("danmaku_ingest_reliable_duplicates_total", &[]),
+        1.0
+    );
+}
+
+/// A store that is down: every call fails as unavailable. A test double for
+/// the failure path only (the real backends run the store's contract suite).
+struct DownStore;
+
+fn down<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable("database unreachable".into()))
+}
+
+#[async_trait]
+impl Store for DownStore {
+    fn backend(&self) -> &'static str {
+        "down"
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        down()
+    }
+    async fn append(&self, _: NewMessage) -> Result<Appended, StoreError> {
+        down()
+    }
+    async fn read_after(
+        &self,
+        _: &str,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        down()
+    }
+    async fn last_seq(&self, _: &str) -> Result<u64, StoreError> {
+        down()
+    }
+    async fn join_group(&self, _: &str, _: &str) -> Result<u64, StoreError> {
+        down()
+    }
+    async fn leave_group(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        down()
+    }
+    async fn is_member(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
+        down()
+    }
+    async fn members(&self, _: &str) -> Result<Vec<Member>, StoreError> {
+        down()
+    }
+    async fn ack(&self, _: &str, _: &str, _: u64) -> Result<u64, StoreError> {
+        down()
+    }
+    async fn acked(&self, _: &str, _: &str) -> Result<u64, StoreError> {
+        down()
+    }
+    async fn unread(&self, _: &str) -> Result<Unread, StoreError> {
+        down()
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_is_503_and_nothing_is_acknowledged() {
+    let bus = Arc::new(MemoryBus::new(MemoryBusConfig::default()));
+    let sub = bus.subscribe_all().await.unwrap();
+    let mut h = Harness::with_parts(IngestConfig::default(), bus, sub, Arc::new(DownStore), None);
+    let alice = h.token("alice");
+    let unavailable = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable".to_owned(),
+    );
+    assert_eq!(
+        h.refused(post("room:1", Some(&alice), gift("rocket").to_string()))
+            .await,
+        unavailable
+    );
+    assert_eq!(
+        h.refused(post("group:1", Some(&alice), danmaku("hi")))
+            .await,
+        unavailable
+    );
+    h.nothing_published().await;
+    assert_eq!(
+        h.refused(get("/v1/channels/room:1/messages", Some(&alice)))
+            .await,
+        unavailable
+    );
+    assert_eq!(
+        h.refused(ack_request("room:1", &alice, 1)).await,
+        unavailable
+    );
+    assert_eq!(
+        h.refused(get("/v1/unread", Some(&alice))).await,
+        unavailable
+    );
+    assert_eq!(
+        h.refused(member_request(
+            "PUT",
+            "group:1",
+            "bob",
+            Some(&h.app_token())
+        ))
+        .await,
+        unavailable
+    );
+    // The danmaku lane in a room does not need the store.
+    let (status, _, _) = h.send(post("room:1", Some(&alice), danmaku("hi"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    for op in ["append", "membership", "read", "ack", "unread"] {
+        assert_eq!(
+            h.metric("danmaku_ingest_store_errors_total", &[("op", op)]),
+            if op == "membership" { 2.0 } else { 1.0 },
+            "{op}"
+        );
+    }
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_requests_total",
+            &[("kind", "gift"), ("status", "503")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_store_op_seconds",
+            &[("op", "append"), ("backend", "down")]
+        ),
+        1.0
     );
 }
