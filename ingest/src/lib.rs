@@ -91,6 +91,11 @@ impl Ingest {
         &self.config
     }
 
+    /// The store of the reliable lane (e.g. for a readiness check).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// The ingest API with JSON answers for unknown routes (404) and wrong
     /// methods (405). To merge it with another router that has its own
     /// fallback, call `.reset_fallback()` on one of them, or merge
