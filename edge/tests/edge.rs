@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use danmaku_bus::{Bus, MemoryBus, MemoryBusConfig};
-use danmaku_edge::{BatchConfig, Edge, EdgeConfig};
+use danmaku_edge::{BatchConfig, Edge, EdgeConfig, ReliableConfig};
 use danmaku_proto::framing::{FrameReader, encode_prefixed};
 use danmaku_proto::json::{JsonEvent, JsonServerFrame, decode_server_json};
 use danmaku_proto::pb::{client_frame, server_frame};
 use danmaku_proto::token::TokenKey;
 use danmaku_proto::{Limits, frame, pb};
+use danmaku_store::{NewMessage, Store};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -33,6 +34,8 @@ struct TestEdge {
     http: SocketAddr,
     quic: SocketAddr,
     bus: Arc<MemoryBus>,
+    store: Arc<dyn Store>,
+    _store_dir: tempfile::TempDir,
     key: TokenKey,
     metrics: prometheus::Registry,
     shutdown: CancellationToken,
@@ -49,9 +52,16 @@ async fn start(config: EdgeConfig) -> Result<TestEdge> {
     let key = TokenKey::new("test-secret");
     let metrics = prometheus::Registry::new();
     let shutdown = CancellationToken::new();
+    let store_dir = tempfile::tempdir()?;
+    let store = danmaku_store::connect(&format!(
+        "embedded:{}",
+        store_dir.path().join("edge.db").display()
+    ))
+    .await?;
     let edge = Edge::start(
         config,
         bus.clone() as Arc<dyn Bus>,
+        Arc::clone(&store),
         key.clone(),
         &metrics,
         shutdown.clone(),
@@ -74,6 +84,8 @@ async fn start(config: EdgeConfig) -> Result<TestEdge> {
         http,
         quic,
         bus,
+        store,
+        _store_dir: store_dir,
         key,
         metrics,
         shutdown,
@@ -121,6 +133,55 @@ impl TestEdge {
                 sender: sender.into(),
                 text: text.into(),
                 ts_ms: danmaku_proto::now_ms(),
+                ..Default::default()
+            }),
+            origin: "test".into(),
+        };
+        self.bus
+            .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))
+            .await?;
+        Ok(())
+    }
+
+    /// Persists a gift as ingest would (text `gift N` for seq N when appended in order).
+    async fn append(&self, channel: &str, text: &str) -> Result<u64> {
+        let appended = self
+            .store
+            .append(NewMessage {
+                channel: channel.into(),
+                client_msg_id: None,
+                sender: "bob".into(),
+                kind: "gift".into(),
+                text: text.into(),
+                payload_json: Some(r#"{"gift":"rocket"}"#.into()),
+                ts_ms: danmaku_proto::now_ms(),
+            })
+            .await?;
+        Ok(appended.seq)
+    }
+
+    /// Appends `n` gifts `gift <seq>` to `channel`.
+    async fn append_n(&self, channel: &str, n: u64) -> Result<()> {
+        for _ in 0..n {
+            let next = self.store.last_seq(channel).await? + 1;
+            self.append(channel, &format!("gift {next}")).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the reliable event of `seq` on the bus (as ingest does after append).
+    async fn publish_seq(&self, channel: &str, seq: u64) -> Result<()> {
+        let ev = pb::BusEvent {
+            version: 1,
+            channel: channel.into(),
+            event: Some(pb::Event {
+                kind: pb::Kind::Gift as i32,
+                sender: "bob".into(),
+                text: format!("gift {seq}"),
+                // Older than the edge: reliable events are never dropped as stale.
+                ts_ms: 1,
+                seq,
+                payload_json: r#"{"gift":"rocket"}"#.into(),
                 ..Default::default()
             }),
             origin: "test".into(),
@@ -458,7 +519,7 @@ async fn oversize_frame_is_refused_with_frame_too_large() -> Result<()> {
 }
 
 #[tokio::test]
-async fn bad_channel_and_reliable_frames_keep_the_connection() -> Result<()> {
+async fn bad_channel_reliable_and_group_errors_keep_the_connection() -> Result<()> {
     let mut cfg = config();
     cfg.max_channels_per_conn = 1;
     let t = start(cfg).await?;
@@ -471,16 +532,22 @@ async fn bad_channel_and_reliable_frames_keep_the_connection() -> Result<()> {
     ws.send(Message::Text(r#"{"type":"join","channel":"lobby"}"#.into()))
         .await?;
     expect_error(next_json(&mut ws).await?, "bad_channel")?;
+    // An ack on a channel not joined is ignored; resume needs a join first;
+    // a group needs membership.
     ws.send(Message::Text(
         r#"{"type":"ack","channel":"group:7","seq":1}"#.into(),
     ))
     .await?;
-    expect_error(next_json(&mut ws).await?, "not_supported")?;
     ws.send(Message::Text(
         r#"{"type":"resume","channel":"group:7","after_seq":1}"#.into(),
     ))
     .await?;
-    expect_error(next_json(&mut ws).await?, "not_supported")?;
+    expect_error(next_json(&mut ws).await?, "not_joined")?;
+    ws.send(Message::Text(
+        r#"{"type":"join","channel":"group:7"}"#.into(),
+    ))
+    .await?;
+    expect_error(next_json(&mut ws).await?, "not_member")?;
     ws.send(Message::Text(
         r#"{"type":"join","channel":"room:1"}"#.into(),
     ))
@@ -742,5 +809,269 @@ async fn quic_malformed_frame_gets_an_error_and_a_close() -> Result<()> {
         t.metric("danmaku_edge_bad_frames_total{code=\"malformed_frame\"}"),
         1.0
     );
+    Ok(())
+}
+
+// ---- the reliable lane ----
+
+fn reliable_config() -> EdgeConfig {
+    EdgeConfig {
+        reliable: ReliableConfig {
+            reorder_hold: Duration::from_millis(100),
+            ..ReliableConfig::default()
+        },
+        ..config()
+    }
+}
+
+async fn send_json(ws: &mut Ws, text: &str) -> Result<()> {
+    ws.send(Message::Text(text.to_owned().into())).await?;
+    Ok(())
+}
+
+/// Connects `user` over JSON and joins `channel`; returns the socket and `last_seq`.
+async fn join_json(t: &TestEdge, user: &str, channel: &str) -> Result<(Ws, u64)> {
+    let mut ws = t.ws(user, Some("danmaku.v1.json")).await?;
+    next_json(&mut ws).await?; // auth_ok
+    send_json(&mut ws, &format!(r#"{{"type":"join","channel":"{channel}"}}"#)).await?;
+    match next_json(&mut ws).await? {
+        JsonServerFrame::Joined { last_seq, .. } => Ok((ws, last_seq)),
+        other => bail!("expected joined, got {other:?}"),
+    }
+}
+
+/// The next frame, which must be a reliable one of `channel`: its seq.
+async fn next_reliable(ws: &mut Ws, channel: &str) -> Result<u64> {
+    match next_json(ws).await? {
+        JsonServerFrame::Reliable {
+            channel: c,
+            seq,
+            event,
+        } => {
+            assert_eq!(c, channel);
+            assert_eq!(event.seq, Some(seq));
+            assert_eq!(event.kind, "gift");
+            assert_eq!(event.text, format!("gift {seq}"), "event of seq {seq}");
+            assert_eq!(
+                event.payload,
+                Some(serde_json::json!({"gift": "rocket"})),
+                "payload survives bus and store"
+            );
+            Ok(seq)
+        }
+        other => bail!("expected reliable, got {other:?}"),
+    }
+}
+
+async fn reliable_seqs(ws: &mut Ws, channel: &str, n: usize) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(next_reliable(ws, channel).await?);
+    }
+    Ok(out)
+}
+
+/// Acks `seq`, then pings: the pong must be the next frame (nothing extra was sent).
+async fn ack_and_expect_quiet(ws: &mut Ws, channel: &str, seq: u64) -> Result<()> {
+    send_json(ws, &format!(r#"{{"type":"ack","channel":"{channel}","seq":{seq}}}"#)).await?;
+    send_json(ws, r#"{"type":"ping"}"#).await?;
+    assert_eq!(next_json(ws).await?, JsonServerFrame::Pong);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reliable_events_reach_members_in_seq_order_when_published_out_of_order() -> Result<()> {
+    let t = start(reliable_config()).await?;
+    let (mut ws, last) = join_json(&t, "alice", "room:r").await?;
+    assert_eq!(last, 0);
+    let mut pbws = t.ws("pat", Some("danmaku.v1.pb")).await?;
+    next_pb(&mut pbws).await?;
+    send_pb(&mut pbws, join("room:r")).await?;
+    next_pb(&mut pbws).await?;
+    t.append_n("room:r", 5).await?;
+    // Two ingest nodes race: 2 before 1; later 5 before 4; 1 and 3 redelivered.
+    for seq in [2, 1, 3, 1, 5, 3, 4] {
+        t.publish_seq("room:r", seq).await?;
+    }
+    assert_eq!(reliable_seqs(&mut ws, "room:r", 5).await?, vec![1, 2, 3, 4, 5]);
+    ack_and_expect_quiet(&mut ws, "room:r", 5).await?;
+    let mut pb_seqs = Vec::new();
+    while pb_seqs.len() < 5 {
+        match next_pb(&mut pbws).await?.body {
+            Some(server_frame::Body::Reliable(r)) => {
+                assert_eq!(r.event.as_ref().map(|e| e.seq), Some(r.seq));
+                pb_seqs.push(r.seq)
+            }
+            other => bail!("expected reliable, got {other:?}"),
+        }
+    }
+    assert_eq!(pb_seqs, vec![1, 2, 3, 4, 5]);
+    assert!(t.metric("danmaku_edge_reorder_held_total") >= 1.0);
+    assert_eq!(
+        t.metric("danmaku_edge_bus_events_total{result=\"reliable\"}"),
+        7.0
+    );
+    assert_eq!(t.metric("danmaku_edge_reliable_acked_total"), 5.0);
+    assert_eq!(t.metric("danmaku_edge_batches_total"), 0.0, "never batched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gap_never_filled_on_the_bus_is_filled_from_the_store() -> Result<()> {
+    let t = start(reliable_config()).await?;
+    let (mut ws, _) = join_json(&t, "alice", "room:g").await?;
+    t.append_n("room:g", 4).await?;
+    for seq in [1, 3, 4] {
+        t.publish_seq("room:g", seq).await?;
+    }
+    assert_eq!(reliable_seqs(&mut ws, "room:g", 4).await?, vec![1, 2, 3, 4]);
+    ack_and_expect_quiet(&mut ws, "room:g", 4).await?;
+    assert!(t.metric("danmaku_edge_gap_fills_total") >= 1.0);
+    assert!(t.metric("danmaku_edge_reorder_held_total") >= 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn resume_replays_the_gap_then_goes_live_without_duplicates() -> Result<()> {
+    let t = start(reliable_config()).await?;
+    t.append_n("room:x", 3).await?;
+    let (mut ws, last) = join_json(&t, "alice", "room:x").await?;
+    assert_eq!(last, 3, "joined answers the channel's last seq");
+    send_json(&mut ws, r#"{"type":"resume","channel":"room:x","after_seq":1}"#).await?;
+    assert_eq!(reliable_seqs(&mut ws, "room:x", 2).await?, vec![2, 3]);
+    t.append_n("room:x", 2).await?;
+    // Redeliveries of replayed seqs are skipped; 4 and 5 go out once.
+    for seq in [2, 3, 4, 3, 5, 4] {
+        t.publish_seq("room:x", seq).await?;
+    }
+    assert_eq!(reliable_seqs(&mut ws, "room:x", 2).await?, vec![4, 5]);
+    ack_and_expect_quiet(&mut ws, "room:x", 5).await?;
+    // A live event past a gap this connection never saw: the gap comes first.
+    t.append_n("room:x", 3).await?;
+    t.publish_seq("room:x", 8).await?;
+    assert_eq!(reliable_seqs(&mut ws, "room:x", 3).await?, vec![6, 7, 8]);
+    ack_and_expect_quiet(&mut ws, "room:x", 8).await?;
+    assert_eq!(t.metric("danmaku_edge_resumes_total"), 1.0);
+    assert_eq!(t.metric("danmaku_edge_resume_replayed_total"), 2.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unacked_reliable_frames_are_retransmitted_then_the_connection_is_closed() -> Result<()> {
+    let mut cfg = reliable_config();
+    cfg.reliable.retransmit_initial = Duration::from_millis(50);
+    cfg.reliable.retransmit_max = Duration::from_millis(100);
+    cfg.reliable.max_attempts = 3;
+    let t = start(cfg).await?;
+    let (mut ws, _) = join_json(&t, "alice", "room:t").await?;
+    t.append_n("room:t", 1).await?;
+    t.publish_seq("room:t", 1).await?;
+    assert_eq!(next_reliable(&mut ws, "room:t").await?, 1);
+    assert_eq!(next_reliable(&mut ws, "room:t").await?, 1, "resent");
+    assert!(t.metric("danmaku_edge_reliable_retransmits_total") >= 1.0);
+    // Acked: no more resends.
+    send_json(&mut ws, r#"{"type":"ack","channel":"room:t","seq":1}"#).await?;
+    send_json(&mut ws, r#"{"type":"ping"}"#).await?;
+    loop {
+        match next_json(&mut ws).await? {
+            JsonServerFrame::Pong => break,
+            JsonServerFrame::Reliable { seq: 1, .. } => {} // in flight before the ack
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_json(&mut ws, r#"{"type":"ping"}"#).await?;
+    assert_eq!(next_json(&mut ws).await?, JsonServerFrame::Pong);
+    // Never acked: after max_attempts sends the connection is closed with a hint.
+    t.append_n("room:t", 1).await?;
+    t.publish_seq("room:t", 2).await?;
+    for _ in 0..3 {
+        assert_eq!(next_reliable(&mut ws, "room:t").await?, 2);
+    }
+    match next_json(&mut ws).await? {
+        JsonServerFrame::Error { code, message } => {
+            assert_eq!(code, "reliable_backlog");
+            assert!(message.contains("resume with after_seq"), "{message}");
+        }
+        other => bail!("expected reliable_backlog, got {other:?}"),
+    }
+    expect_closed(&mut ws).await?;
+    assert_eq!(t.metric("danmaku_edge_reliable_backlog_closes_total"), 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn group_join_requires_membership_and_pushes_the_newest_missed_page() -> Result<()> {
+    let mut cfg = reliable_config();
+    cfg.reliable.missed_page = 2;
+    cfg.reliable.ack_persist_interval = Duration::from_millis(50);
+    let t = start(cfg).await?;
+    t.store.join_group("group:g", "alice").await?;
+    t.append_n("group:g", 5).await?;
+    t.store.ack("alice", "group:g", 1).await?;
+    let mut bob = t.ws("bob", Some("danmaku.v1.json")).await?;
+    next_json(&mut bob).await?;
+    send_json(&mut bob, r#"{"type":"join","channel":"group:g"}"#).await?;
+    match next_json(&mut bob).await? {
+        JsonServerFrame::Error { code, .. } => assert_eq!(code, "not_member"),
+        other => bail!("expected not_member, got {other:?}"),
+    }
+    send_json(&mut bob, r#"{"type":"ping"}"#).await?;
+    assert_eq!(next_json(&mut bob).await?, JsonServerFrame::Pong, "bob stays");
+
+    let (mut ws, last) = join_json(&t, "alice", "group:g").await?;
+    assert_eq!(last, 5);
+    // Missed 2..=5; the newest page of 2 is pushed, the rest is HTTP history.
+    assert_eq!(reliable_seqs(&mut ws, "group:g", 2).await?, vec![4, 5]);
+    t.append_n("group:g", 1).await?;
+    t.publish_seq("group:g", 6).await?;
+    assert_eq!(next_reliable(&mut ws, "group:g").await?, 6);
+    ack_and_expect_quiet(&mut ws, "group:g", 6).await?;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while t.store.acked("alice", "group:g").await? != 6 {
+        assert!(tokio::time::Instant::now() < deadline, "ack offset never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Resume on a group reads as a member: nothing from before joined_seq.
+    send_json(&mut ws, r#"{"type":"resume","channel":"group:g","after_seq":3}"#).await?;
+    assert_eq!(reliable_seqs(&mut ws, "group:g", 3).await?, vec![4, 5, 6]);
+    ack_and_expect_quiet(&mut ws, "group:g", 6).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_consumer_still_gets_every_reliable_frame() -> Result<()> {
+    let mut cfg = reliable_config();
+    cfg.send_queue_frames = 1;
+    cfg.tcp_send_buffer = Some(4096);
+    cfg.batch.min_window = Duration::from_millis(1);
+    cfg.batch.max_events = 1;
+    // No resends while the client is not reading: only first sends are counted.
+    cfg.reliable.retransmit_initial = Duration::from_secs(30);
+    let t = start(cfg).await?;
+    let (mut ws, _) = join_json(&t, "slow", "room:s").await?;
+    let big = "x".repeat(4000);
+    const GIFTS: u64 = 40;
+    for seq in 1..=GIFTS {
+        t.append("room:s", &format!("gift {seq}")).await?;
+        for _ in 0..50 {
+            t.publish("room:s", "bob", &big).await?;
+        }
+        t.publish_seq("room:s", seq).await?;
+    }
+    // Let the edge fill the socket and its queue while the client does not read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seqs = Vec::new();
+    let mut batches = 0;
+    while seqs.len() < GIFTS as usize {
+        match next_json(&mut ws).await? {
+            JsonServerFrame::Reliable { seq, .. } => seqs.push(seq),
+            JsonServerFrame::Batch { .. } => batches += 1,
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, (1..=GIFTS).collect::<Vec<_>>());
+    assert!(batches < 50 * GIFTS, "{batches} batches: some were dropped");
+    assert!(t.metric("danmaku_edge_slow_consumer_drops_total") > 0.0);
     Ok(())
 }
