@@ -9,17 +9,17 @@
 //!
 //! Appends are group-committed: one task takes every append waiting at that moment (up
 //! to [`MAX_BATCH`]) and stores them in one transaction, so concurrent appenders share
-//! one fsync instead of queueing for one each. Each append runs in its own savepoint, so
-//! one failing does not take its batch down (nor leave a seq gap).
+//! one fsync instead of queueing for one each. If the transaction fails, every append
+//! of the batch gets the error and nothing (no seq either) is kept.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,6 +32,16 @@ use crate::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent readers per process.
 const READERS: u32 = 4;
+
+/// Inserts a message unless its `client_msg_id` is already used on the channel
+/// (`rows_affected` tells which).
+const INSERT_UNLESS_DUPLICATE: &str = "INSERT INTO messages \
+     (channel, seq, client_msg_id, sender, kind, text, payload_json, ts_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (channel, client_msg_id) DO NOTHING";
+
+const SET_LAST_SEQ: &str = "INSERT INTO channel_seq (channel, last_seq) VALUES ($1, $2) \
+     ON CONFLICT (channel) DO UPDATE SET last_seq = excluded.last_seq";
 
 const ACK: &str = "INSERT INTO acks (user_id, channel, acked_seq) \
      VALUES ($1, $2, MIN($3, COALESCE((SELECT last_seq FROM channel_seq WHERE channel = $2), 0))) \
@@ -253,9 +263,9 @@ async fn run_appender(writer: SqlitePool, mut requests: mpsc::Receiver<AppendReq
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
         match append_batch(&writer, &batch).await {
-            Ok(results) => {
-                for (request, result) in batch.drain(..).zip(results) {
-                    let _ = request.reply.send(result);
+            Ok(answers) => {
+                for (request, answer) in batch.drain(..).zip(answers) {
+                    let _ = request.reply.send(Ok(answer));
                 }
             }
             Err(e) => {
@@ -268,62 +278,79 @@ async fn run_appender(writer: SqlitePool, mut requests: mpsc::Receiver<AppendReq
     }
 }
 
-/// Stores `batch` in one transaction. `Err` when the transaction failed as a whole
-/// (nothing stored); otherwise one result per request.
+/// Stores `batch` in one transaction: `Err` (nothing stored, every caller gets the error
+/// and may retry) or one answer per request.
+///
+/// We hold the write lock, so the channels' `last_seq`s are read once and advanced in
+/// memory; the common case is then one `INSERT` per message, and one `channel_seq`
+/// update per channel at the end.
 async fn append_batch(
     writer: &SqlitePool,
     batch: &[AppendRequest],
-) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+) -> Result<Vec<Appended>, StoreError> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for request in batch {
-        sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
-        let result = append_one(&mut tx, &request.message).await;
-        if result.is_err() {
-            sqlx::query("ROLLBACK TO append").execute(&mut *tx).await?;
+    let mut last_seqs: HashMap<&str, i64> = HashMap::new();
+    let mut answers = Vec::with_capacity(batch.len());
+    for AppendRequest { message: m, .. } in batch {
+        let last = match last_seqs.get(m.channel.as_str()) {
+            Some(&last) => last,
+            None => {
+                let last: Option<i64> = sqlx::query_scalar(queries::LAST_SEQ)
+                    .bind(&m.channel)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                last.unwrap_or(0)
+            }
+        };
+        let seq = last + 1;
+        let inserted = sqlx::query(INSERT_UNLESS_DUPLICATE)
+            .bind(&m.channel)
+            .bind(seq)
+            .bind(&m.client_msg_id)
+            .bind(&m.sender)
+            .bind(&m.kind)
+            .bind(&m.text)
+            .bind(&m.payload_json)
+            .bind(m.ts_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if inserted == 1 {
+            last_seqs.insert(&m.channel, seq);
+            answers.push(Appended {
+                seq: from_db(seq),
+                duplicate: false,
+                ts_ms: m.ts_ms,
+            });
+            continue;
         }
-        sqlx::query("RELEASE append").execute(&mut *tx).await?;
-        results.push(result);
-    }
-    tx.commit().await?;
-    Ok(results)
-}
-
-/// One append inside the batch transaction. We hold the write lock, so every earlier
-/// append (this batch's included) is visible to the duplicate check.
-async fn append_one(conn: &mut SqliteConnection, m: &NewMessage) -> Result<Appended, StoreError> {
-    if let Some(id) = &m.client_msg_id {
-        let found: Option<(i64, i64)> = sqlx::query_as(queries::FIND_CLIENT_MSG)
+        last_seqs.insert(&m.channel, last);
+        // The client_msg_id is taken (by an earlier batch or this one): answer the original.
+        let id = m.client_msg_id.as_deref().unwrap_or_default();
+        let (seq, ts_ms): (i64, i64) = sqlx::query_as(queries::FIND_CLIENT_MSG)
             .bind(&m.channel)
             .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some((seq, ts_ms)) = found {
-            return Ok(Appended {
-                seq: from_db(seq),
-                duplicate: true,
-                ts_ms,
-            });
-        }
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "message on {} not inserted, but no client_msg_id {id:?} there",
+                    m.channel
+                ))
+            })?;
+        answers.push(Appended {
+            seq: from_db(seq),
+            duplicate: true,
+            ts_ms,
+        });
     }
-    let seq: i64 = sqlx::query_scalar(queries::NEXT_SEQ)
-        .bind(&m.channel)
-        .fetch_one(&mut *conn)
-        .await?;
-    sqlx::query(queries::INSERT_MESSAGE)
-        .bind(&m.channel)
-        .bind(seq)
-        .bind(&m.client_msg_id)
-        .bind(&m.sender)
-        .bind(&m.kind)
-        .bind(&m.text)
-        .bind(&m.payload_json)
-        .bind(m.ts_ms)
-        .execute(&mut *conn)
-        .await?;
-    Ok(Appended {
-        seq: from_db(seq),
-        duplicate: false,
-        ts_ms: m.ts_ms,
-    })
+    for (channel, last_seq) in last_seqs {
+        sqlx::query(SET_LAST_SEQ)
+            .bind(channel)
+            .bind(last_seq)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(answers)
 }

@@ -269,14 +269,6 @@ mod queries {
     pub const FIND_CLIENT_MSG: &str =
         "SELECT seq, ts_ms FROM messages WHERE channel = $1 AND client_msg_id = $2";
 
-    pub const NEXT_SEQ: &str = "INSERT INTO channel_seq (channel, last_seq) VALUES ($1, 1) \
-         ON CONFLICT (channel) DO UPDATE SET last_seq = channel_seq.last_seq + 1 \
-         RETURNING last_seq";
-
-    pub const INSERT_MESSAGE: &str = "INSERT INTO messages \
-         (channel, seq, client_msg_id, sender, kind, text, payload_json, ts_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-
     pub const READ_AFTER: &str = "SELECT seq, client_msg_id, sender, kind, text, payload_json, ts_ms \
          FROM messages WHERE channel = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
