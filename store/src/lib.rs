@@ -16,9 +16,10 @@
 //!
 //! Every channel has its own `seq`, starting at 1 and without gaps, assigned by
 //! [`Store::append`] inside the transaction that stores the message: PostgreSQL locks the
-//! channel's `channel_seq` row (`INSERT … ON CONFLICT DO UPDATE … RETURNING`), SQLite takes
-//! the database write lock (`BEGIN IMMEDIATE`). A failed append rolls its `seq` back, so
-//! no number is ever skipped, however many processes append to one channel.
+//! channel's `channel_seq` row (`INSERT … ON CONFLICT DO UPDATE … RETURNING`, in the same
+//! statement as the insert), SQLite takes the database write lock (`BEGIN IMMEDIATE`) and
+//! group-commits the appends waiting at that moment. A failed append rolls its `seq`
+//! back, so no number is ever skipped, however many processes append to one channel.
 //!
 //! A message may carry a `client_msg_id`: a second append with the same id on the same
 //! channel stores nothing and answers the original `seq` with `duplicate: true`.
