@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             }
             ServerEvent::Error { code, message } => eprintln!("error {code}: {message}"),
             ServerEvent::Left { channel } => println!("left {channel}"),
+            ServerEvent::Reconnected { edge } => println!("reconnected to {edge}"),
             ServerEvent::Pong | ServerEvent::AuthOk { .. } => {}
         }
     }

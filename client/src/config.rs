@@ -83,6 +83,21 @@ pub struct ClientConfig {
     /// How long `connect_*` waits for the transport handshake plus `AuthOk`.
     /// Default 10 s.
     pub connect_timeout: Duration,
+    /// [`crate::ResilientClient`]: how long it keeps trying to reconnect after
+    /// losing its edge before `next_event` gives up and returns `None`.
+    /// Default 60 s.
+    pub max_reconnect_time: Duration,
+    /// [`crate::ResilientClient`]: pause after the first failed reconnect
+    /// attempt; doubled after each further failure up to
+    /// `reconnect_backoff_max`. Default 100 ms.
+    pub reconnect_backoff_initial: Duration,
+    /// [`crate::ResilientClient`]: the longest pause between reconnect
+    /// attempts. Default 2 s.
+    pub reconnect_backoff_max: Duration,
+    /// [`crate::ResilientClient`]: a connection that delivers nothing (not even
+    /// a `pong`) for this long is taken as lost and replaced. `None` means
+    /// three heartbeat intervals (none when the heartbeat is off). Default `None`.
+    pub dead_edge_timeout: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -94,6 +109,10 @@ impl Default for ClientConfig {
             recv_buffer_bytes: None,
             local_addr: None,
             connect_timeout: Duration::from_secs(10),
+            max_reconnect_time: Duration::from_secs(60),
+            reconnect_backoff_initial: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(2),
+            dead_edge_timeout: None,
         }
     }
 }

@@ -38,6 +38,10 @@ pub enum ServerEvent {
     Redirect { edges: Vec<EdgeAddr> },
     /// The edge reports a problem (bad frame, unknown channel, not allowed...).
     Error { code: String, message: String },
+    /// Never on the wire: a [`crate::ResilientClient`] lost its edge and is
+    /// connected again, to `edge` (its base URL), with its channels re-joined
+    /// and resumed.
+    Reconnected { edge: String },
 }
 
 impl ServerEvent {

@@ -23,6 +23,7 @@ pub mod event;
 pub mod ingest;
 pub mod quic;
 pub mod reliable;
+pub mod resilient;
 mod session;
 pub mod ws;
 
@@ -39,6 +40,7 @@ pub use error::ClientError;
 pub use event::{EdgeAddr, ServerEvent};
 pub use ingest::{HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread};
 pub use reliable::{ReliableTracker, Verdict};
+pub use resilient::{EdgeTarget, ResilientClient};
 
 /// One connection to an edge. Receive with [`Client::next_event`]; the
 /// connection closes when the client is dropped.
@@ -164,6 +166,13 @@ impl Client {
         self.outgoing
             .send(frame)
             .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Queues a frame without waiting; fails when the queue is full or closed.
+    pub(crate) fn try_send_raw(&self, frame: pb::ClientFrame) -> Result<(), ClientError> {
+        self.outgoing
+            .try_send(frame)
             .map_err(|_| ClientError::Closed)
     }
 

@@ -1,0 +1,513 @@
+//! A client that survives losing its edge: [`ResilientClient`].
+//!
+//! It holds one [`Client`] connection to one of a list of edges. When the
+//! connection ends (edge gone, `Error{code:"reliable_backlog"}`, `Redirect`,
+//! nothing heard for [`ClientConfig::dead_edge_timeout`]) it reconnects — to
+//! the next edge of the list first, cycling, with a backoff of
+//! [`ClientConfig::reconnect_backoff_initial`] doubling up to
+//! [`ClientConfig::reconnect_backoff_max`] between failed attempts — and gives
+//! up only after [`ClientConfig::max_reconnect_time`]. Once connected again it
+//! re-joins every channel and sends `Resume{after_seq = delivered_upto}` for
+//! each channel that has delivered something, so the edge replays what was
+//! published meanwhile from the store.
+//!
+//! Reliable events go through a [`ReliableTracker`]: the application sees
+//! each seq of a channel once, in order, and the client acks cumulatively
+//! once it has handed them out.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use danmaku_proto::frame;
+use danmaku_proto::pb::{self, client_frame::Body};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::reliable::{ReliableTracker, Verdict};
+use crate::{Client, ClientConfig, ClientError, EdgeAddr, IngestClient, ServerEvent, Transport};
+
+/// One edge a [`ResilientClient`] may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeTarget {
+    /// `http://host:port`: the WebSocket endpoint (`/v1/ws`) and, for QUIC,
+    /// where the dev certificate is fetched (`/v1/cert`).
+    pub base_url: String,
+    pub transport: Transport,
+    /// QUIC address; `None` means the host and port of `base_url` (the edge
+    /// serves QUIC on the same port number over UDP).
+    pub quic_addr: Option<SocketAddr>,
+}
+
+impl EdgeTarget {
+    /// A WebSocket or QUIC target at `base_url` (QUIC on the same port).
+    pub fn new(base_url: &str, transport: Transport) -> Self {
+        EdgeTarget {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            transport,
+            quic_addr: None,
+        }
+    }
+
+    /// The target an edge's `Redirect` entry names, spoken over `transport`.
+    pub fn from_edge_addr(addr: &EdgeAddr, transport: Transport) -> Option<Self> {
+        let ws = addr.ws.trim();
+        let base = if let Some(rest) = ws.strip_prefix("ws://") {
+            format!("http://{rest}")
+        } else if let Some(rest) = ws.strip_prefix("wss://") {
+            format!("https://{rest}")
+        } else if ws.starts_with("http://") || ws.starts_with("https://") {
+            ws.to_owned()
+        } else {
+            return None;
+        };
+        let base = base.trim_end_matches('/');
+        let base = base.strip_suffix("/v1/ws").unwrap_or(base);
+        Some(EdgeTarget {
+            base_url: base.to_owned(),
+            transport,
+            quic_addr: addr.quic.parse().ok(),
+        })
+    }
+
+    async fn resolve_quic(&self) -> Result<SocketAddr, ClientError> {
+        if let Some(a) = self.quic_addr {
+            return Ok(a);
+        }
+        let bad = |reason: String| ClientError::InvalidUrl {
+            url: self.base_url.clone(),
+            reason,
+        };
+        let url = url::Url::parse(&self.base_url).map_err(|e| bad(e.to_string()))?;
+        let host = url.host_str().ok_or_else(|| bad("no host".into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| bad("no port".into()))?;
+        tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| bad("host resolves to no address".into()))
+    }
+
+    async fn open(&self, token: &str, config: &ClientConfig) -> Result<Client, ClientError> {
+        match self.transport {
+            Transport::Quic => {
+                let addr = self.resolve_quic().await?;
+                // Fetched on every connect: a restarted edge has a new dev certificate.
+                let cert = IngestClient::new(&self.base_url).fetch_cert_der().await?;
+                Client::connect_quic(addr, Some(cert), token, config.clone()).await
+            }
+            ws => Client::connect_ws(&self.base_url, token, ws, config.clone()).await,
+        }
+    }
+}
+
+/// A client connection that reconnects across edges and keeps the reliable
+/// lane exactly-once and in order. See the [module docs](self).
+pub struct ResilientClient {
+    edges: Vec<EdgeTarget>,
+    token: String,
+    config: ClientConfig,
+    current: usize,
+    client: Option<Client>,
+    /// Channels joined, in join order; re-joined after a reconnect.
+    joined: Vec<String>,
+    tracker: ReliableTracker<pb::Event>,
+    /// Events ready for the application, in order.
+    pending: VecDeque<ServerEvent>,
+    /// Per channel, the `after_seq` of the last `Resume` sent (no repeats).
+    resumed: std::collections::HashMap<String, u64>,
+    reconnects: u64,
+    /// Set when reconnecting failed for `max_reconnect_time`.
+    gave_up: bool,
+}
+
+impl std::fmt::Debug for ResilientClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResilientClient")
+            .field("current_edge", &self.current_edge())
+            .field("joined", &self.joined)
+            .field("reconnects", &self.reconnects)
+            .field("connected", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl ResilientClient {
+    /// Connects to the first edge of `edges` that answers (each is tried once,
+    /// in order); fails with the last error when none does.
+    pub async fn connect(
+        edges: Vec<EdgeTarget>,
+        token: String,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        if edges.is_empty() {
+            return Err(ClientError::InvalidUrl {
+                url: String::new(),
+                reason: "no edge to connect to".into(),
+            });
+        }
+        let mut last = ClientError::Closed;
+        for (i, edge) in edges.iter().enumerate() {
+            match edge.open(&token, &config).await {
+                Ok(client) => {
+                    return Ok(ResilientClient {
+                        current: i,
+                        client: Some(client),
+                        edges,
+                        token,
+                        config,
+                        joined: Vec::new(),
+                        tracker: ReliableTracker::new(),
+                        pending: VecDeque::new(),
+                        resumed: Default::default(),
+                        reconnects: 0,
+                        gave_up: false,
+                    });
+                }
+                Err(e) => {
+                    debug!(edge = %edge.base_url, error = %e, "edge did not answer");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Joins `channel`; it is remembered and re-joined after every reconnect.
+    /// The `Joined` answer comes through [`ResilientClient::next_event`]. When
+    /// the connection is down the join is sent on the next one.
+    pub async fn join(&mut self, channel: &str) -> Result<(), ClientError> {
+        if !self.joined.iter().any(|c| c == channel) {
+            self.joined.push(channel.to_owned());
+        }
+        self.send(Body::Join(pb::Join {
+            channel: channel.to_owned(),
+        }))
+        .await
+    }
+
+    /// Joins `channel` and resumes it after `after_seq` (e.g. an offset the
+    /// application stored): every seq ≤ `after_seq` counts as delivered, and
+    /// the edge replays the rest.
+    pub async fn join_from(&mut self, channel: &str, after_seq: u64) -> Result<(), ClientError> {
+        self.tracker.set_delivered_upto(channel, after_seq);
+        self.join(channel).await?;
+        self.resumed.insert(channel.to_owned(), after_seq);
+        self.send(Body::Resume(pb::Resume {
+            channel: channel.to_owned(),
+            after_seq,
+        }))
+        .await
+    }
+
+    /// Leaves `channel` and forgets it (no re-join, delivery state dropped).
+    pub async fn leave(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.joined.retain(|c| c != channel);
+        self.tracker.forget(channel);
+        self.resumed.remove(channel);
+        self.send(Body::Leave(pb::Leave {
+            channel: channel.to_owned(),
+        }))
+        .await
+    }
+
+    /// Sends on the current connection; a missing or closed connection is not
+    /// an error (the frame's effect is restored by the re-join after reconnecting).
+    async fn send(&mut self, body: Body) -> Result<(), ClientError> {
+        if let Some(c) = &self.client {
+            match c.send_raw(frame::client(body)).await {
+                Ok(()) | Err(ClientError::Closed) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a frame without waiting (so `next_event` stays cancel-safe);
+    /// a full queue drops it, which the acks and retransmits of the reliable
+    /// lane tolerate.
+    fn try_send(&self, body: Body) {
+        if let Some(c) = &self.client {
+            let _ = c.try_send_raw(frame::client(body));
+        }
+    }
+
+    /// Next event for the application. Reliable events come deduplicated and
+    /// in seq order per channel, and are acked (cumulatively) once handed out.
+    /// On connection loss it reconnects (see the [module docs](self)) and then
+    /// yields [`ServerEvent::Reconnected`]. `None` once reconnecting failed for
+    /// [`ClientConfig::max_reconnect_time`].
+    pub async fn next_event(&mut self) -> Option<ServerEvent> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                if let ServerEvent::Reliable { channel, .. } = &ev {
+                    let more = self.pending.iter().any(
+                        |p| matches!(p, ServerEvent::Reliable { channel: c, .. } if c == channel),
+                    );
+                    if !more && let Some(seq) = self.tracker.ack_due(channel) {
+                        self.try_send(Body::Ack(pb::Ack {
+                            channel: channel.clone(),
+                            seq,
+                        }));
+                    }
+                }
+                return Some(ev);
+            }
+            if self.gave_up {
+                return None;
+            }
+            let dead_edge_timeout = self.dead_edge_timeout();
+            let Some(client) = self.client.as_mut() else {
+                let next = (self.current + 1) % self.edges.len();
+                if !self.reconnect(next).await {
+                    self.gave_up = true;
+                }
+                continue;
+            };
+            let ev = match dead_edge_timeout {
+                Some(t) => match tokio::time::timeout(t, client.next_event()).await {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        warn!(edge = %self.edges[self.current].base_url, "edge silent, reconnecting");
+                        None
+                    }
+                },
+                None => client.next_event().await,
+            };
+            match ev {
+                None => {
+                    info!(edge = %self.current_edge(), "connection lost");
+                    self.client = None;
+                }
+                Some(ServerEvent::Reliable {
+                    channel,
+                    seq,
+                    event,
+                }) => self.on_reliable(channel, seq, event),
+                Some(ServerEvent::Error { code, message }) if code == "reliable_backlog" => {
+                    info!(edge = %self.current_edge(), %message, "reliable backlog, reconnecting");
+                    self.client = None;
+                }
+                Some(ServerEvent::Redirect { edges }) => self.on_redirect(&edges),
+                Some(other) => return Some(other),
+            }
+        }
+    }
+
+    fn on_reliable(&mut self, channel: String, seq: u64, event: pb::Event) {
+        match self.tracker.offer(&channel, seq, event) {
+            Verdict::Deliver => {
+                while let Some((seq, event)) = self.tracker.pop_ready(&channel) {
+                    self.pending.push_back(ServerEvent::Reliable {
+                        channel: channel.clone(),
+                        seq,
+                        event,
+                    });
+                }
+            }
+            Verdict::Duplicate => {
+                // The edge retransmits what it thinks unacked: ack again.
+                let upto = self.tracker.delivered_upto(&channel);
+                if upto > 0
+                    && !self.pending.iter().any(
+                        |p| matches!(p, ServerEvent::Reliable { channel: c, .. } if *c == channel),
+                    )
+                {
+                    self.try_send(Body::Ack(pb::Ack { channel, seq: upto }));
+                }
+            }
+            Verdict::Gap { after_seq } => {
+                if self.resumed.get(&channel) != Some(&after_seq) {
+                    debug!(%channel, after_seq, seq, "gap, resuming");
+                    self.resumed.insert(channel.clone(), after_seq);
+                    self.try_send(Body::Resume(pb::Resume { channel, after_seq }));
+                }
+            }
+        }
+    }
+
+    /// Moves to the edges a draining edge offers: they go into the list (if
+    /// new) and the first becomes the next one tried.
+    fn on_redirect(&mut self, offered: &[EdgeAddr]) {
+        let transport = self.edges[self.current].transport;
+        let mut first = None;
+        for addr in offered {
+            let Some(target) = EdgeTarget::from_edge_addr(addr, transport) else {
+                continue;
+            };
+            let idx = match self
+                .edges
+                .iter()
+                .position(|e| e.base_url == target.base_url)
+            {
+                Some(i) => i,
+                None => {
+                    self.edges.push(target);
+                    self.edges.len() - 1
+                }
+            };
+            first.get_or_insert(idx);
+        }
+        info!(edge = %self.current_edge(), "redirected");
+        // reconnect() starts at current + 1.
+        if let Some(idx) = first.filter(|i| *i != self.current) {
+            self.current = (idx + self.edges.len() - 1) % self.edges.len();
+        }
+        self.client = None;
+    }
+
+    fn dead_edge_timeout(&self) -> Option<Duration> {
+        self.config.dead_edge_timeout.or_else(|| {
+            let hb = self.config.heartbeat_interval;
+            (!hb.is_zero()).then(|| hb * 3)
+        })
+    }
+
+    /// Connects again, starting with edge `start`, then re-joins and resumes.
+    /// False when `max_reconnect_time` passed without success.
+    async fn reconnect(&mut self, start: usize) -> bool {
+        let began = Instant::now();
+        let deadline = began + self.config.max_reconnect_time;
+        let mut delay = self.config.reconnect_backoff_initial;
+        let mut idx = start % self.edges.len();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                warn!(
+                    after = ?began.elapsed(),
+                    "giving up reconnecting"
+                );
+                return false;
+            }
+            let edge = self.edges[idx].clone();
+            let attempt = async {
+                let client = edge.open(&self.token, &self.config).await?;
+                self.rejoin(&client).await?;
+                Ok::<_, ClientError>(client)
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(client)) => {
+                    info!(edge = %edge.base_url, after = ?began.elapsed(), "reconnected");
+                    self.client = Some(client);
+                    self.current = idx;
+                    self.reconnects += 1;
+                    self.pending.push_back(ServerEvent::Reconnected {
+                        edge: edge.base_url,
+                    });
+                    return true;
+                }
+                Ok(Err(e)) => debug!(edge = %edge.base_url, error = %e, "reconnect attempt failed"),
+                Err(_) => {}
+            }
+            let wait = delay.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(self.config.reconnect_backoff_max);
+            idx = (idx + 1) % self.edges.len();
+        }
+    }
+
+    /// Re-joins every channel on a fresh connection and resumes those that
+    /// delivered something. A channel that never delivered relies on the
+    /// edge's join push (the newest missed messages) instead.
+    async fn rejoin(&self, client: &Client) -> Result<(), ClientError> {
+        for channel in &self.joined {
+            client.join(channel).await?;
+            if self.tracker.is_anchored(channel) {
+                client
+                    .resume(channel, self.tracker.delivered_upto(channel))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every seq ≤ this was delivered on `channel` (0 before the first one).
+    pub fn delivered_upto(&self, channel: &str) -> u64 {
+        self.tracker.delivered_upto(channel)
+    }
+
+    /// How many times the client connected again after losing its edge.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Base URL of the edge in use (or last used, while reconnecting).
+    pub fn current_edge(&self) -> &str {
+        &self.edges[self.current].base_url
+    }
+
+    /// The channels joined (re-joined after every reconnect).
+    pub fn channels(&self) -> &[String] {
+        &self.joined
+    }
+
+    /// The current connection, if up (e.g. to send raw frames or ping).
+    pub fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
+    }
+
+    /// Drops the current connection now, as if the edge had gone away; the
+    /// next `next_event` reconnects to the next edge.
+    pub fn disconnect(&mut self) {
+        self.client = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_entry_to_target() {
+        let addr = EdgeAddr {
+            id: "e2".into(),
+            ws: "ws://127.0.0.1:7071/v1/ws".into(),
+            quic: "127.0.0.1:7071".into(),
+            load: 0.2,
+        };
+        let t = EdgeTarget::from_edge_addr(&addr, Transport::Quic).unwrap();
+        assert_eq!(t.base_url, "http://127.0.0.1:7071");
+        assert_eq!(t.quic_addr, Some("127.0.0.1:7071".parse().unwrap()));
+        assert_eq!(t.transport, Transport::Quic);
+        let addr = EdgeAddr {
+            ws: "wss://edge.example/v1/ws".into(),
+            quic: "edge.example:443".into(),
+            ..addr
+        };
+        let t = EdgeTarget::from_edge_addr(&addr, Transport::WsPb).unwrap();
+        assert_eq!(
+            (t.base_url.as_str(), t.quic_addr),
+            ("https://edge.example", None)
+        );
+        let bad = EdgeAddr {
+            ws: "tcp://x".into(),
+            ..addr
+        };
+        assert!(EdgeTarget::from_edge_addr(&bad, Transport::WsPb).is_none());
+    }
+
+    #[tokio::test]
+    async fn connect_fails_when_no_edge_answers() {
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        };
+        // Port 9 on loopback: nothing listens, the connect is refused.
+        let edges = vec![
+            EdgeTarget::new("http://127.0.0.1:9", Transport::WsJson),
+            EdgeTarget::new("http://127.0.0.1:9/", Transport::WsPb),
+        ];
+        assert!(
+            ResilientClient::connect(edges, "t".into(), config.clone())
+                .await
+                .is_err()
+        );
+        assert!(
+            ResilientClient::connect(Vec::new(), "t".into(), config)
+                .await
+                .is_err()
+        );
+    }
+}
