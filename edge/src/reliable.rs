@@ -206,8 +206,7 @@ impl<F: Clone> UnackedWindow<F> {
     /// A cumulative ack: everything `<= seq` was received. Returns how many frames it removed.
     pub fn on_ack(&mut self, seq: u64) -> usize {
         let keep = self.frames.split_off(&seq.saturating_add(1));
-        let removed = std::mem::replace(&mut self.frames, keep).len();
-        removed
+        std::mem::replace(&mut self.frames, keep).len()
     }
 
     /// When the next retransmission is due.

@@ -379,6 +379,9 @@ async fn ws_pb_receives_zstd_batches_that_decode_to_the_events() -> Result<()> {
 #[tokio::test]
 async fn two_subprotocols_in_one_channel_get_the_same_events() -> Result<()> {
     let t = start(config()).await?;
+    // A group channel needs membership in the store.
+    t.store.join_group("group:g1", "j").await?;
+    t.store.join_group("group:g1", "b").await?;
     let mut js = t.ws("j", Some("danmaku.v1.json")).await?;
     let mut bin = t.ws("b", Some("danmaku.v1.pb")).await?;
     next_json(&mut js).await?;
@@ -833,7 +836,11 @@ async fn send_json(ws: &mut Ws, text: &str) -> Result<()> {
 async fn join_json(t: &TestEdge, user: &str, channel: &str) -> Result<(Ws, u64)> {
     let mut ws = t.ws(user, Some("danmaku.v1.json")).await?;
     next_json(&mut ws).await?; // auth_ok
-    send_json(&mut ws, &format!(r#"{{"type":"join","channel":"{channel}"}}"#)).await?;
+    send_json(
+        &mut ws,
+        &format!(r#"{{"type":"join","channel":"{channel}"}}"#),
+    )
+    .await?;
     match next_json(&mut ws).await? {
         JsonServerFrame::Joined { last_seq, .. } => Ok((ws, last_seq)),
         other => bail!("expected joined, got {other:?}"),
@@ -873,7 +880,11 @@ async fn reliable_seqs(ws: &mut Ws, channel: &str, n: usize) -> Result<Vec<u64>>
 
 /// Acks `seq`, then pings: the pong must be the next frame (nothing extra was sent).
 async fn ack_and_expect_quiet(ws: &mut Ws, channel: &str, seq: u64) -> Result<()> {
-    send_json(ws, &format!(r#"{{"type":"ack","channel":"{channel}","seq":{seq}}}"#)).await?;
+    send_json(
+        ws,
+        &format!(r#"{{"type":"ack","channel":"{channel}","seq":{seq}}}"#),
+    )
+    .await?;
     send_json(ws, r#"{"type":"ping"}"#).await?;
     assert_eq!(next_json(ws).await?, JsonServerFrame::Pong);
     Ok(())
@@ -893,7 +904,10 @@ async fn reliable_events_reach_members_in_seq_order_when_published_out_of_order(
     for seq in [2, 1, 3, 1, 5, 3, 4] {
         t.publish_seq("room:r", seq).await?;
     }
-    assert_eq!(reliable_seqs(&mut ws, "room:r", 5).await?, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        reliable_seqs(&mut ws, "room:r", 5).await?,
+        vec![1, 2, 3, 4, 5]
+    );
     ack_and_expect_quiet(&mut ws, "room:r", 5).await?;
     let mut pb_seqs = Vec::new();
     while pb_seqs.len() < 5 {
@@ -937,7 +951,11 @@ async fn resume_replays_the_gap_then_goes_live_without_duplicates() -> Result<()
     t.append_n("room:x", 3).await?;
     let (mut ws, last) = join_json(&t, "alice", "room:x").await?;
     assert_eq!(last, 3, "joined answers the channel's last seq");
-    send_json(&mut ws, r#"{"type":"resume","channel":"room:x","after_seq":1}"#).await?;
+    send_json(
+        &mut ws,
+        r#"{"type":"resume","channel":"room:x","after_seq":1}"#,
+    )
+    .await?;
     assert_eq!(reliable_seqs(&mut ws, "room:x", 2).await?, vec![2, 3]);
     t.append_n("room:x", 2).await?;
     // Redeliveries of replayed seqs are skipped; 4 and 5 go out once.
@@ -1017,7 +1035,11 @@ async fn group_join_requires_membership_and_pushes_the_newest_missed_page() -> R
         other => bail!("expected not_member, got {other:?}"),
     }
     send_json(&mut bob, r#"{"type":"ping"}"#).await?;
-    assert_eq!(next_json(&mut bob).await?, JsonServerFrame::Pong, "bob stays");
+    assert_eq!(
+        next_json(&mut bob).await?,
+        JsonServerFrame::Pong,
+        "bob stays"
+    );
 
     let (mut ws, last) = join_json(&t, "alice", "group:g").await?;
     assert_eq!(last, 5);
@@ -1029,11 +1051,18 @@ async fn group_join_requires_membership_and_pushes_the_newest_missed_page() -> R
     ack_and_expect_quiet(&mut ws, "group:g", 6).await?;
     let deadline = tokio::time::Instant::now() + STEP;
     while t.store.acked("alice", "group:g").await? != 6 {
-        assert!(tokio::time::Instant::now() < deadline, "ack offset never stored");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ack offset never stored"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Resume on a group reads as a member: nothing from before joined_seq.
-    send_json(&mut ws, r#"{"type":"resume","channel":"group:g","after_seq":3}"#).await?;
+    send_json(
+        &mut ws,
+        r#"{"type":"resume","channel":"group:g","after_seq":3}"#,
+    )
+    .await?;
     assert_eq!(reliable_seqs(&mut ws, "group:g", 3).await?, vec![4, 5, 6]);
     ack_and_expect_quiet(&mut ws, "group:g", 6).await?;
     Ok(())
