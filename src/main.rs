@@ -43,9 +43,9 @@ enum Command {
         /// `memory` or `kafka://host:port[,host:port…][?topic=NAME]`.
         #[arg(long, env = "DANMAKU_BUS")]
         bus: String,
-        /// `embedded:PATH` or `postgres://…` (used by the reliable lane).
+        /// `embedded:PATH` or `postgres://…`: where gifts and group chat are persisted.
         #[arg(long, env = "DANMAKU_STORE")]
-        store: Option<String>,
+        store: String,
         #[arg(long, env = "DANMAKU_AUTH_SECRET")]
         auth_secret: String,
         #[command(flatten)]
@@ -57,8 +57,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, env = "DANMAKU_BUS")]
         bus: String,
+        /// `embedded:PATH` or `postgres://…` (resume and gap fills read from it).
         #[arg(long, env = "DANMAKU_STORE")]
-        store: Option<String>,
+        store: String,
         /// Address clients should use to reach this edge (defaults to --listen).
         #[arg(long, env = "DANMAKU_ADVERTISE")]
         advertise: Option<String>,
@@ -201,21 +202,22 @@ async fn run(command: Command) -> Result<()> {
             auth_secret,
             limits,
         } => {
-            if store.is_some() {
-                tracing::warn!("--store is not used yet: the reliable lane is not built");
-            }
             cancel_on_signal(shutdown.clone());
             let registry = prometheus::Registry::new();
             let bus = danmaku_bus::connect(&bus)
                 .await
                 .with_context(|| format!("connecting to the bus {bus}"))?;
             danmaku_bus::metrics::register(bus.clone(), &registry)?;
+            let store = danmaku_store::connect(&store)
+                .await
+                .with_context(|| format!("opening the store {store}"))?;
             let ingest = danmaku_ingest::Ingest::new(
                 limits.apply(danmaku_ingest::IngestConfig {
                     node_id: format!("ingest-{listen}"),
                     ..danmaku_ingest::IngestConfig::default()
                 }),
                 bus,
+                store,
                 danmaku_proto::token::TokenKey::new(&auth_secret),
                 &registry,
             )?;
@@ -234,8 +236,8 @@ async fn run(command: Command) -> Result<()> {
             tls_cert,
             tls_key,
         } => {
-            if store.is_some() || scheduler.is_some() {
-                tracing::warn!("--store and --scheduler are not used yet");
+            if scheduler.is_some() {
+                tracing::warn!("--scheduler is not used yet: edges do not self-register");
             }
             cancel_on_signal(shutdown.clone());
             let registry = prometheus::Registry::new();
@@ -243,6 +245,9 @@ async fn run(command: Command) -> Result<()> {
                 .await
                 .with_context(|| format!("connecting to the bus {bus}"))?;
             danmaku_bus::metrics::register(bus.clone(), &registry)?;
+            let store = danmaku_store::connect(&store)
+                .await
+                .with_context(|| format!("opening the store {store}"))?;
             let (tcp, udp) = bind_pair(listen)?;
             let edge = danmaku_edge::Edge::start(
                 danmaku_edge::EdgeConfig {
@@ -255,6 +260,7 @@ async fn run(command: Command) -> Result<()> {
                     ..danmaku_edge::EdgeConfig::default()
                 },
                 bus,
+                store,
                 danmaku_proto::token::TokenKey::new(&auth_secret),
                 &registry,
                 shutdown.clone(),

@@ -71,6 +71,8 @@ pub enum StandaloneError {
     Scheduler(#[from] danmaku_scheduler::SchedulerError),
     #[error("metrics: {0}")]
     Metrics(prometheus::Error),
+    #[error("store: {0}")]
+    Store(#[from] danmaku_store::StoreError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -132,11 +134,15 @@ pub async fn start(
         }
     };
 
+    std::fs::create_dir_all(&config.data)?;
+    let store_url = format!("embedded:{}", config.data.join("danmaku.db").display());
+    let store = danmaku_store::connect(&store_url).await?;
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(config.bus.clone()));
     danmaku_bus::metrics::register(bus.clone(), &registry).map_err(StandaloneError::Metrics)?;
     let edge = Edge::start(
         config.edge.clone(),
         bus.clone(),
+        store.clone(),
         tokens.clone(),
         &registry,
         shutdown.clone(),
@@ -148,6 +154,7 @@ pub async fn start(
             ..config.ingest.clone()
         },
         bus,
+        store,
         tokens.clone(),
         &registry,
     )?;

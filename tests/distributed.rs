@@ -34,6 +34,7 @@ fn free_addr() -> std::net::SocketAddr {
 }
 
 async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
+    let postgres = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
     let addr = free_addr();
     let log = std::env::temp_dir().join(format!("{}.log", unique(&format!("danmaku-{role}"))));
     let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
@@ -46,6 +47,7 @@ async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
             "--auth-secret",
             common::SECRET,
         ])
+        .args(["--store", &postgres])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

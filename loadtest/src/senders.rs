@@ -49,7 +49,8 @@ pub async fn run_sender(
         loop {
             out.attempted += 1;
             match ingest.post_danmaku(&token, &rooms[room_idx], &text).await {
-                Ok(PostOutcome::Accepted) => {
+                // A danmaku post is answered 202; a seq would mean a reliable kind.
+                Ok(PostOutcome::Accepted | PostOutcome::Persisted { .. }) => {
                     out.accepted += 1;
                     out.accepted_posts.push((room_idx, n));
                     break;
