@@ -1,0 +1,193 @@
+//! `ResilientClient` against two scripted fake edges (JSON WebSocket): the
+//! first sends seqs 1..=5 with a duplicate and a reordering and then dies; the
+//! client moves to the second, re-joins, resumes after 5 and gets 6..=7.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use danmaku_client::{ClientConfig, EdgeTarget, ResilientClient, ServerEvent, Transport};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// Client frames a fake edge received.
+type Log = Arc<Mutex<Vec<Value>>>;
+
+fn reliable(seq: u64) -> String {
+    json!({"type":"reliable","channel":"group:7","seq":seq,
+           "event":{"kind":"chat","sender":"bob","text":format!("m{seq}"),"ts_ms":1}})
+    .to_string()
+}
+
+/// Serves one WebSocket connection: auth_ok, then `script(frame)` answers each
+/// client frame with text frames; `None` closes the connection.
+async fn fake_edge<F>(script: F) -> (SocketAddr, Log)
+where
+    F: Fn(&Value) -> Option<Vec<String>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log: Log = Arc::default();
+    let log2 = log.clone();
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let cb = |_req: &Request, mut resp: Response| {
+            resp.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("danmaku.v1.json"),
+            );
+            Ok(resp)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, cb)
+            .await
+            .unwrap();
+        ws.send(Message::text(r#"{"type":"auth_ok","user":"amy"}"#))
+            .await
+            .unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(t) = msg else { continue };
+            let frame: Value = serde_json::from_str(&t).unwrap();
+            log2.lock().unwrap().push(frame.clone());
+            match script(&frame) {
+                Some(out) => {
+                    for o in out {
+                        ws.send(Message::text(o)).await.unwrap();
+                    }
+                }
+                None => {
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            }
+        }
+        // Keep the listener alive until the client goes (drop after).
+        drop(listener);
+    });
+    (addr, log)
+}
+
+fn ty(f: &Value) -> &str {
+    f["type"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn survives_edge_loss_without_loss_or_duplicates() {
+    // Edge A: on join, 1 2 3 2(dup) 5(early) 4; on the first ack of 5, dies.
+    let (a, log_a) = fake_edge(|f| match ty(f) {
+        "join" => Some(vec![
+            json!({"type":"joined","channel":"group:7","last_seq":0}).to_string(),
+            reliable(1),
+            reliable(2),
+            reliable(3),
+            reliable(2),
+            reliable(5),
+            reliable(4),
+        ]),
+        "ack" if f["seq"] == 5 => None,
+        _ => Some(vec![]),
+    })
+    .await;
+    // Edge B: replays after the resume point.
+    let (b, log_b) = fake_edge(|f| match ty(f) {
+        "join" => Some(vec![
+            json!({"type":"joined","channel":"group:7","last_seq":7}).to_string(),
+        ]),
+        "resume" => {
+            let after = f["after_seq"].as_u64().unwrap();
+            Some(((after + 1)..=7).map(reliable).collect())
+        }
+        _ => Some(vec![]),
+    })
+    .await;
+
+    let edges = vec![
+        EdgeTarget::new(&format!("http://{a}"), Transport::WsJson),
+        EdgeTarget::new(&format!("http://{b}"), Transport::WsJson),
+    ];
+    let config = ClientConfig {
+        max_reconnect_time: Duration::from_secs(10),
+        ..ClientConfig::default()
+    };
+    let mut c = ResilientClient::connect(edges, "tok".into(), config)
+        .await
+        .unwrap();
+    assert_eq!(c.current_edge(), format!("http://{a}"));
+    c.join("group:7").await.unwrap();
+
+    let mut seqs = Vec::new();
+    let mut reconnected = Vec::new();
+    let mut joined = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seqs.len() < 7 {
+            match c.next_event().await.expect("client gave up") {
+                ServerEvent::Reliable { seq, event, .. } => {
+                    assert_eq!(event.text, format!("m{seq}"));
+                    seqs.push(seq);
+                }
+                ServerEvent::Reconnected { edge } => reconnected.push(edge),
+                ServerEvent::Joined { .. } => joined += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("all seven in time");
+
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(reconnected, vec![format!("http://{b}")]);
+    assert_eq!(joined, 2);
+    assert_eq!(c.reconnects(), 1);
+    assert_eq!(c.current_edge(), format!("http://{b}"));
+    assert_eq!(c.delivered_upto("group:7"), 7);
+
+    let a_frames = log_a.lock().unwrap().clone();
+    assert!(
+        a_frames.iter().any(|f| ty(f) == "ack" && f["seq"] == 5),
+        "cumulative ack of 5 on A: {a_frames:?}"
+    );
+    // B got join, then resume after 5, then an ack of 7.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b_frames = log_b.lock().unwrap().clone();
+    let kinds: Vec<&str> = b_frames.iter().map(ty).collect();
+    assert_eq!(&kinds[..2], ["join", "resume"], "{b_frames:?}");
+    assert_eq!(b_frames[1]["after_seq"], 5);
+    assert!(
+        b_frames.iter().any(|f| ty(f) == "ack" && f["seq"] == 7),
+        "{b_frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn gives_up_after_max_reconnect_time() {
+    let (a, _log) = fake_edge(|f| match ty(f) {
+        "join" => None,
+        _ => Some(vec![]),
+    })
+    .await;
+    let config = ClientConfig {
+        max_reconnect_time: Duration::from_millis(800),
+        ..ClientConfig::default()
+    };
+    let mut c = ResilientClient::connect(
+        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
+        "tok".into(),
+        config,
+    )
+    .await
+    .unwrap();
+    c.join("room:1").await.unwrap();
+    let started = std::time::Instant::now();
+    let ev = tokio::time::timeout(Duration::from_secs(5), c.next_event())
+        .await
+        .expect("gives up in time");
+    assert_eq!(ev, None);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert_eq!(c.reconnects(), 0);
+}
