@@ -37,6 +37,7 @@ where
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
+        #[allow(clippy::result_large_err)] // the signature tungstenite asks for
         let cb = |_req: &Request, mut resp: Response| {
             resp.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
