@@ -15,7 +15,13 @@
 //! A decode error or a transport error ends the connection (logged, never a
 //! panic); `next_event` then returns `None`. Dropping the client closes it.
 //!
-//! Sending goes the other way, over HTTP to ingest: [`IngestClient`].
+//! Sending goes the other way, over HTTP to ingest: [`IngestClient`] (danmaku,
+//! reliable posts, history, ack offsets, unread counts, group membership).
+//!
+//! The reliable lane: [`ResilientClient`] ([`resilient`]) keeps a connection
+//! to one of several edges, reconnects and resumes when it is lost, and hands
+//! out reliable events once each, in seq order, acking them; the bookkeeping is
+//! the sans-IO [`ReliableTracker`] ([`reliable`]).
 
 pub mod config;
 pub mod error;
