@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# A distributed danmaku on one machine: a Kafka-API broker, 2 ingest nodes,
-# 3 edges and a scheduler, all on loopback. Prints the URLs; Ctrl-C stops everything.
+# A distributed danmaku on one machine: a Kafka-API broker, PostgreSQL, 2 ingest
+# nodes, 3 edges and a scheduler, all on loopback. Prints the URLs; Ctrl-C stops everything.
 #
 #   deploy/local-cluster.sh                 # uses target/release/danmaku (builds it if missing)
 #   DANMAKU_BUS=kafka://my-broker:9092 deploy/local-cluster.sh   # use your own Kafka/Redpanda
+#   DANMAKU_STORE=postgres://user@db/danmaku                    # use your own PostgreSQL
 #   DANMAKU_AUTH_SECRET=…                    # token key (default: a fixed dev secret)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,10 +19,16 @@ LOGS="$ROOT/.services/cluster"
 mkdir -p "$LOGS"
 
 if [ -z "${DANMAKU_BUS:-}" ]; then
-  bash scripts/services.sh start kafka
+  bash scripts/services.sh start kafka >/dev/null
   # shellcheck disable=SC1091
   source .services/env
   DANMAKU_BUS="kafka://$DANMAKU_TEST_KAFKA"
+fi
+if [ -z "${DANMAKU_STORE:-}" ]; then
+  bash scripts/services.sh start postgres >/dev/null
+  # shellcheck disable=SC1091
+  source .services/env
+  DANMAKU_STORE="$DANMAKU_TEST_POSTGRES"
 fi
 
 free_port() {
@@ -53,13 +60,13 @@ wait_healthy() {
 edges=()
 for i in 1 2 3; do
   port=$(free_port)
-  start "edge$i" edge --listen "127.0.0.1:$port" --bus "$DANMAKU_BUS" --auth-secret "$SECRET" --advertise "127.0.0.1:$port"
+  start "edge$i" edge --listen "127.0.0.1:$port" --bus "$DANMAKU_BUS" --store "$DANMAKU_STORE" --auth-secret "$SECRET" --advertise "127.0.0.1:$port"
   edges+=("127.0.0.1:$port")
 done
 ingests=()
 for i in 1 2; do
   port=$(free_port)
-  start "ingest$i" ingest --listen "127.0.0.1:$port" --bus "$DANMAKU_BUS" --auth-secret "$SECRET"
+  start "ingest$i" ingest --listen "127.0.0.1:$port" --bus "$DANMAKU_BUS" --store "$DANMAKU_STORE" --auth-secret "$SECRET"
   ingests+=("127.0.0.1:$port")
 done
 edge_flags=()
@@ -72,7 +79,7 @@ start scheduler scheduler --listen "127.0.0.1:$sched_port" "${edge_flags[@]}"
 for a in "${edges[@]}" "${ingests[@]}" "127.0.0.1:$sched_port"; do wait_healthy "$a"; done
 
 cat <<TXT
-danmaku local cluster is up (bus: $DANMAKU_BUS, logs: $LOGS)
+danmaku local cluster is up (bus: $DANMAKU_BUS, store: $DANMAKU_STORE, logs: $LOGS)
   edges:     ${edges[*]}      (WebSocket ws://ADDR/v1/ws, QUIC udp ADDR, metrics http://ADDR/metrics)
   ingest:    ${ingests[*]}
   scheduler: http://127.0.0.1:$sched_port/v1/edges
