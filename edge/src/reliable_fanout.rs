@@ -26,6 +26,9 @@ use crate::reliable::ReorderBuffer;
 /// Queue depth between the consumer and each reliable task.
 const QUEUE: usize = 8192;
 
+/// Channels with order state above which those without local members are forgotten.
+const SWEEP_ABOVE: usize = 4096;
+
 /// One reliable event routed to a shard.
 #[derive(Debug)]
 pub(crate) struct ReliableItem {
@@ -61,6 +64,7 @@ pub(crate) fn spawn_shards(
             let shard = Shard {
                 hold,
                 buffers: HashMap::new(),
+                sweep_above: SWEEP_ABOVE,
                 store: Arc::clone(&store),
                 registry: Arc::clone(&registry),
                 metrics: metrics.clone(),
@@ -74,6 +78,7 @@ pub(crate) fn spawn_shards(
 struct Shard {
     hold: Duration,
     buffers: HashMap<ChannelName, ReorderBuffer<pb::Event>>,
+    sweep_above: usize,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     metrics: Metrics,
@@ -108,6 +113,13 @@ impl Shard {
             self.metrics.reorder_held.inc();
         }
         self.deliver(&item.channel, ready);
+        if self.buffers.len() > self.sweep_above {
+            let registry = &self.registry;
+            self.buffers
+                .retain(|ch, b| b.held() > 0 || registry.get(ch.as_str()).is_some());
+            // Sweeps stay rare even when every channel is live.
+            self.sweep_above = (self.buffers.len() * 2).max(SWEEP_ABOVE);
+        }
     }
 
     async fn on_timeout(&mut self) {

@@ -156,6 +156,17 @@ pub(crate) struct Lane {
     pub ack_pending: Option<u64>,
     /// When the ack offset was last written (throttles the writes).
     pub ack_written_at: Option<tokio::time::Instant>,
+    /// Set while this connection reads the store from `sent_upto` towards the
+    /// channel's head (resume, or a gap seen on a live event). Live events are
+    /// skipped meanwhile (the store has them); acks make room and continue it.
+    pub catching_up: Option<CatchUp>,
+}
+
+/// Why a lane reads the store (the metric its frames count towards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchUp {
+    Resume,
+    Gap,
 }
 
 impl Session {

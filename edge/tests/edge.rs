@@ -975,6 +975,43 @@ async fn resume_replays_the_gap_then_goes_live_without_duplicates() -> Result<()
 }
 
 #[tokio::test]
+async fn a_long_resume_is_paced_by_acks_instead_of_overflowing_the_window() -> Result<()> {
+    let mut cfg = reliable_config();
+    cfg.reliable.max_unacked = 3;
+    let t = start(cfg).await?;
+    t.append_n("room:p", 7).await?;
+    let (mut ws, _) = join_json(&t, "alice", "room:p").await?;
+    send_json(
+        &mut ws,
+        r#"{"type":"resume","channel":"room:p","after_seq":0}"#,
+    )
+    .await?;
+    assert_eq!(reliable_seqs(&mut ws, "room:p", 3).await?, vec![1, 2, 3]);
+    // Live events while catching up are skipped: the store read reaches them.
+    t.append_n("room:p", 1).await?;
+    t.publish_seq("room:p", 8).await?;
+    send_json(&mut ws, r#"{"type":"ping"}"#).await?;
+    assert_eq!(
+        next_json(&mut ws).await?,
+        JsonServerFrame::Pong,
+        "window full: waits"
+    );
+    send_json(&mut ws, r#"{"type":"ack","channel":"room:p","seq":3}"#).await?;
+    assert_eq!(reliable_seqs(&mut ws, "room:p", 3).await?, vec![4, 5, 6]);
+    send_json(&mut ws, r#"{"type":"ack","channel":"room:p","seq":6}"#).await?;
+    assert_eq!(reliable_seqs(&mut ws, "room:p", 2).await?, vec![7, 8]);
+    ack_and_expect_quiet(&mut ws, "room:p", 8).await?;
+    // Caught up: live again.
+    t.append_n("room:p", 1).await?;
+    t.publish_seq("room:p", 9).await?;
+    assert_eq!(next_reliable(&mut ws, "room:p").await?, 9);
+    ack_and_expect_quiet(&mut ws, "room:p", 9).await?;
+    assert_eq!(t.metric("danmaku_edge_reliable_backlog_closes_total"), 0.0);
+    assert_eq!(t.metric("danmaku_edge_resume_replayed_total"), 8.0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn unacked_reliable_frames_are_retransmitted_then_the_connection_is_closed() -> Result<()> {
     let mut cfg = reliable_config();
     cfg.reliable.retransmit_initial = Duration::from_millis(50);

@@ -6,6 +6,10 @@
 //! live event at or below `sent_upto` is a duplicate and skipped; one beyond
 //! `sent_upto + 1` means this connection missed some, so the gap is read from
 //! the store first, here in the connection's task, never in the fan-out path.
+//! `Resume` and gaps share one catch-up: read the store from `sent_upto` while
+//! the unacked window has room, skip live events meanwhile (the store has them),
+//! continue on acks, and go live again at the channel's head — so a resume from
+//! far back is paced by the client's acks instead of overflowing the window.
 //! Store errors are logged and counted; a gap that cannot be filled closes the
 //! connection with `reliable_backlog` so the client resumes.
 
@@ -19,7 +23,7 @@ use tokio::time::Instant;
 use crate::registry::{ReliableDelivery, ReliableFrame};
 use crate::reliable::Backlog;
 use crate::reliable_fanout::event_from_stored;
-use crate::session::{CloseReason, Flow, Lane, Session};
+use crate::session::{CatchUp, CloseReason, Flow, Lane, Session};
 
 /// Messages read from the store per call when replaying.
 const REPLAY_PAGE: usize = 500;
@@ -35,6 +39,7 @@ pub(crate) fn new_lane(session: &Session, group: bool, sent_upto: u64) -> Lane {
         window: crate::reliable::UnackedWindow::new(session.edge.config.reliable.window_limits()),
         ack_pending: None,
         ack_written_at: None,
+        catching_up: None,
     }
 }
 
@@ -52,7 +57,11 @@ pub(crate) async fn ack(session: &mut Session, ack: pb::Ack) -> Flow {
     if lane.group && ack.seq > 0 {
         lane.ack_pending = Some(lane.ack_pending.unwrap_or(0).max(ack.seq));
     }
+    let catching_up = lane.catching_up.is_some();
     persist_acks(session, false).await;
+    if catching_up {
+        return catch_up_or_close(session, &channel).await;
+    }
     Flow::Continue
 }
 
@@ -71,28 +80,17 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
     let removed = lane.window.on_ack(resume.after_seq);
     session.edge.metrics.reliable_acked.inc_by(removed as u64);
     lane.sent_upto = resume.after_seq;
-    let mut cursor = resume.after_seq;
-    loop {
-        let page = match read_page(session, &channel, cursor, REPLAY_PAGE).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(conn_id = session.conn_id, channel = %channel, error = %e, "resume: store read failed");
-                return session
-                    .reply_error("store_unavailable", format!("cannot resume {channel}: {e}"))
-                    .await;
+    lane.catching_up = Some(CatchUp::Resume);
+    match catch_up(session, &channel).await {
+        Ok(flow) => flow,
+        Err(e) => {
+            if let Some(lane) = session.lanes.get_mut(&channel) {
+                // The next live event finds the gap and tries again.
+                lane.catching_up = None;
             }
-        };
-        let n = page.len();
-        for msg in page {
-            cursor = msg.seq;
-            session.edge.metrics.resume_replayed.inc();
-            let frame = ReliableFrame::build(channel.as_str(), event_from_stored(msg));
-            if let Flow::Close(r) = send(session, &channel, frame).await {
-                return Flow::Close(r);
-            }
-        }
-        if n < REPLAY_PAGE {
-            return Flow::Continue;
+            session
+                .reply_error("store_unavailable", format!("cannot resume {channel}: {e}"))
+                .await
         }
     }
 }
@@ -102,15 +100,26 @@ pub(crate) async fn on_live(session: &mut Session, delivery: ReliableDelivery) -
     let Some(lane) = session.lanes.get(&delivery.channel) else {
         return Flow::Continue; // left meanwhile
     };
+    if lane.catching_up.is_some() {
+        return Flow::Continue; // the store read will reach it
+    }
     let seq = delivery.frame.seq;
-    let sent_upto = lane.sent_upto;
-    if seq <= sent_upto {
+    if seq <= lane.sent_upto {
         return Flow::Continue;
     }
-    if seq > sent_upto + 1 {
-        let flow = fill_gap(session, &delivery.channel, sent_upto, seq - 1).await;
+    if seq > lane.sent_upto + 1 {
+        session.edge.metrics.gap_fills.inc();
+        if let Some(lane) = session.lanes.get_mut(&delivery.channel) {
+            lane.catching_up = Some(CatchUp::Gap);
+        }
+        let flow = catch_up_or_close(session, &delivery.channel).await;
         if flow != Flow::Continue {
             return flow;
+        }
+        // Caught up past it (the store had it), or still reading: skip it.
+        match session.lanes.get(&delivery.channel) {
+            Some(l) if l.catching_up.is_none() && seq == l.sent_upto + 1 => {}
+            _ => return Flow::Continue,
         }
     }
     send(session, &delivery.channel, delivery.frame).await
@@ -246,41 +255,63 @@ async fn send(session: &mut Session, channel: &ChannelName, frame: Arc<ReliableF
     }
 }
 
-/// Sends `after+1 ..= upto` from the store before a live event.
-async fn fill_gap(session: &mut Session, channel: &ChannelName, after: u64, upto: u64) -> Flow {
-    session.edge.metrics.gap_fills.inc();
-    let mut cursor = after;
-    while cursor < upto {
-        let want = usize::try_from(upto - cursor)
-            .unwrap_or(usize::MAX)
-            .min(REPLAY_PAGE);
-        let page = match read_page(session, channel, cursor, want).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(conn_id = session.conn_id, channel = %channel, error = %e, "cannot fill a gap; closing for resume");
-                session.edge.metrics.reliable_backlog_closes.inc();
-                let _ = session
-                    .reply_error(
-                        "reliable_backlog",
-                        format!("missed {channel} after seq {cursor}; reconnect and resume with after_seq"),
-                    )
-                    .await;
-                return Flow::Close(CloseReason::ReliableBacklog);
-            }
+/// Reads the store from the lane's `sent_upto` and sends what it finds, while
+/// the unacked window has room. Ends the catch-up at the channel's head; with
+/// the window full it waits for acks (each ack calls it again).
+async fn catch_up(session: &mut Session, channel: &ChannelName) -> Result<Flow, StoreError> {
+    let max = session.edge.config.reliable.max_unacked;
+    loop {
+        let Some(lane) = session.lanes.get(channel) else {
+            return Ok(Flow::Continue);
         };
+        let Some(reason) = lane.catching_up else {
+            return Ok(Flow::Continue);
+        };
+        let room = max.saturating_sub(lane.window.len()).min(REPLAY_PAGE);
+        if room == 0 {
+            return Ok(Flow::Continue);
+        }
+        let after = lane.sent_upto;
+        let page = read_page(session, channel, after, room).await?;
         let n = page.len();
-        for msg in page.into_iter().filter(|m| m.seq <= upto) {
-            cursor = msg.seq;
+        for msg in page {
+            if reason == CatchUp::Resume {
+                session.edge.metrics.resume_replayed.inc();
+            }
             let frame = ReliableFrame::build(channel.as_str(), event_from_stored(msg));
             if let Flow::Close(r) = send(session, channel, frame).await {
-                return Flow::Close(r);
+                return Ok(Flow::Close(r));
             }
         }
-        if n < want {
-            break; // the store has no more (a seq never persisted)
+        if n < room {
+            if let Some(lane) = session.lanes.get_mut(channel) {
+                lane.catching_up = None;
+            }
+            return Ok(Flow::Continue);
         }
     }
-    Flow::Continue
+}
+
+/// [`catch_up`] where a store failure closes the connection with a resume hint
+/// (this connection would otherwise skip seqs).
+async fn catch_up_or_close(session: &mut Session, channel: &ChannelName) -> Flow {
+    match catch_up(session, channel).await {
+        Ok(flow) => flow,
+        Err(e) => {
+            let after = session.lanes.get(channel).map_or(0, |l| l.sent_upto);
+            tracing::warn!(conn_id = session.conn_id, channel = %channel, error = %e, "cannot read missed seqs; closing for resume");
+            session.edge.metrics.reliable_backlog_closes.inc();
+            let _ = session
+                .reply_error(
+                    "reliable_backlog",
+                    format!(
+                        "missed {channel} after seq {after}; reconnect and resume with after_seq"
+                    ),
+                )
+                .await;
+            Flow::Close(CloseReason::ReliableBacklog)
+        }
+    }
 }
 
 /// One page after `after`, as this connection's user may see it.
