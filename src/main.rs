@@ -96,9 +96,22 @@ enum Command {
     },
     /// Joins many clients, posts comments, reports delivery, loss, order and latency.
     Loadtest {
-        /// Base HTTP URL of a standalone server, e.g. http://127.0.0.1:7070.
-        #[arg(long, env = "DANMAKU_TARGET")]
-        target: String,
+        /// Base HTTP URL of a standalone server, e.g. http://127.0.0.1:7070 (the
+        /// default for --ingest and --edges; not needed when both are given).
+        #[arg(long, env = "DANMAKU_TARGET", required_unless_present_all = ["ingest", "edges"])]
+        target: Option<String>,
+        /// Distributed mode: ingest base URLs, posted to round-robin (default: --target).
+        #[arg(long, env = "DANMAKU_INGEST", value_delimiter = ',')]
+        ingest: Vec<String>,
+        /// Distributed mode: edge base URLs, viewers spread round-robin (default: --target).
+        #[arg(long, env = "DANMAKU_EDGES", value_delimiter = ',')]
+        edges: Vec<String>,
+        /// Mint tokens locally with the cluster's secret instead of POST /v1/dev/token.
+        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
+        auth_secret: Option<String>,
+        /// Extra danmaku per second to rooms no viewer joined (room:foreign-N).
+        #[arg(long, env = "DANMAKU_FOREIGN_RATE", default_value_t = 0.0)]
+        foreign_rate: f64,
         #[arg(long, env = "DANMAKU_CONNECTIONS", default_value_t = 100)]
         connections: usize,
         #[arg(long, env = "DANMAKU_ROOMS", default_value_t = 1)]
@@ -325,6 +338,10 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Loadtest {
             target,
+            ingest,
+            edges,
+            auth_secret,
+            foreign_rate,
             connections,
             rooms,
             rate,
@@ -335,7 +352,11 @@ async fn run(command: Command) -> Result<()> {
             source_addrs,
         } => {
             let config = danmaku_loadtest::LoadtestConfig {
-                target,
+                target: target.unwrap_or_default(),
+                ingest,
+                edges,
+                auth_secret,
+                foreign_rate,
                 connections,
                 rooms,
                 rate,

@@ -1,5 +1,6 @@
 //! The danmaku load harness: opens many viewer connections to a standalone
-//! server, posts uniquely numbered comments through ingest at a fixed rate, and
+//! server (or to the edges of a distributed one, posting through its ingest
+//! nodes), posts uniquely numbered comments through ingest at a fixed rate, and
 //! reports exactly what arrived where: loss, duplicates, per-sender order,
 //! frames, events per frame and end-to-end latency.
 //!
@@ -22,11 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use danmaku_client::{IngestClient, Transport};
+use danmaku_proto::token::{TokenKey, now_secs};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use config::FOREIGN_ROOMS;
 pub use config::LoadtestConfig;
 pub use error::LoadtestError;
 pub use report::{ClientReport, Latency, Report};
@@ -34,14 +37,16 @@ pub use tally::{RoomExpected, Tally, ViewerLog};
 
 /// Distinct viewer users (viewer `i` uses token `i % VIEWER_USERS`).
 const VIEWER_USERS: usize = 64;
+/// Lifetime of locally minted tokens (a run is minutes at most).
+const TOKEN_TTL_SECS: u64 = 6 * 3600;
 /// Histogram shards for latency recording.
 const LATENCY_SHARDS: usize = 32;
 
-async fn quic_addr(target: &str) -> Result<SocketAddr, LoadtestError> {
-    let url = url::Url::parse(target).map_err(|e| LoadtestError::Config(format!("target: {e}")))?;
+async fn quic_addr(base: &str) -> Result<SocketAddr, LoadtestError> {
+    let url = url::Url::parse(base).map_err(|e| LoadtestError::Config(format!("{base}: {e}")))?;
     let host = url
         .host_str()
-        .ok_or_else(|| LoadtestError::Config("target has no host".into()))?
+        .ok_or_else(|| LoadtestError::Config(format!("{base} has no host")))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
@@ -52,46 +57,82 @@ async fn quic_addr(target: &str) -> Result<SocketAddr, LoadtestError> {
         .ok_or_else(|| LoadtestError::Config(format!("{host} resolves to no address")))
 }
 
-/// Runs one load test against `config.target` and returns its report (also
-/// written as JSON to `config.report` when set).
+/// Where tokens come from: the server's dev endpoint, or minted here with the
+/// cluster's secret.
+enum Tokens<'a> {
+    Dev(&'a IngestClient),
+    Local(TokenKey),
+}
+
+impl Tokens<'_> {
+    async fn get(&self, user: &str) -> Result<String, LoadtestError> {
+        match self {
+            Tokens::Dev(ingest) => Ok(ingest.dev_token(user).await?),
+            Tokens::Local(key) => Ok(key.mint(user, "user", now_secs(), TOKEN_TTL_SECS)),
+        }
+    }
+}
+
+/// Runs one load test against `config.target` (or its `ingest` and `edges`)
+/// and returns its report (also written as JSON to `config.report` when set).
 pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
-    if config.rooms == 0 || !(config.rate >= 0.0 && config.rate.is_finite()) {
+    if config.rooms == 0
+        || !(config.rate >= 0.0 && config.rate.is_finite())
+        || !(config.foreign_rate >= 0.0 && config.foreign_rate.is_finite())
+    {
         return Err(LoadtestError::Config(
-            "rooms must be ≥ 1 and rate a finite number ≥ 0".into(),
+            "rooms must be ≥ 1, rate and foreign rate finite numbers ≥ 0".into(),
         ));
     }
+    let endpoints = config.endpoints().map_err(LoadtestError::Config)?;
     let wall = Instant::now();
-    let ingest = IngestClient::new(&config.target);
+    let ingest = Arc::new(senders::IngestPool::new(&endpoints.ingest));
     let run_id = danmaku_proto::now_ms() % 100_000_000;
     let rooms: Vec<String> = (0..config.rooms)
         .map(|k| format!("room:lt{run_id}-{k}"))
         .collect();
+    let foreign_rooms: Vec<String> = (0..FOREIGN_ROOMS).map(config::foreign_room).collect();
     let n_senders = config.effective_senders();
+    let n_foreign = config.foreign_senders();
 
     // Tokens first: a server that cannot mint them fails the run early.
+    let tokens = match &config.auth_secret {
+        Some(secret) => Tokens::Local(TokenKey::new(secret)),
+        None => Tokens::Dev(ingest.first()),
+    };
     let mut viewer_tokens = Vec::new();
     for u in 0..VIEWER_USERS.min(config.connections.max(1)) {
-        viewer_tokens.push(ingest.dev_token(&format!("lt-viewer-{u}")).await?);
+        viewer_tokens.push(tokens.get(&format!("lt-viewer-{u}")).await?);
     }
     let mut sender_tokens = Vec::with_capacity(n_senders);
     for i in 0..n_senders {
-        sender_tokens.push(ingest.dev_token(&format!("lt-sender-{i}")).await?);
+        sender_tokens.push(tokens.get(&format!("lt-sender-{i}")).await?);
     }
-    let (quic_addr, cert_der) = if config.transport == Transport::Quic {
-        (
-            Some(quic_addr(&config.target).await?),
-            Some(ingest.fetch_cert_der().await?),
-        )
-    } else {
-        (None, None)
-    };
+    let mut foreign_tokens = Vec::with_capacity(n_foreign);
+    for i in 0..n_foreign {
+        foreign_tokens.push(tokens.get(&format!("lt-foreign-{i}")).await?);
+    }
+    let mut edges = Vec::with_capacity(endpoints.edges.len());
+    for url in &endpoints.edges {
+        let (quic_addr, cert_der) = if config.transport == Transport::Quic {
+            (
+                Some(quic_addr(url).await?),
+                Some(IngestClient::new(url).fetch_cert_der().await?),
+            )
+        } else {
+            (None, None)
+        };
+        edges.push(viewers::EdgeTarget {
+            url: url.clone(),
+            quic_addr,
+            cert_der,
+        });
+    }
 
     // Viewers: connect and join, a bounded number at a time.
     let setup = Arc::new(viewers::ViewerSetup {
         transport: config.transport,
-        target: config.target.clone(),
-        quic_addr,
-        cert_der,
+        edges,
         tokens: viewer_tokens,
         source_addrs: config.source_addrs.clone(),
         connect_gate: Semaphore::new(config.connect_concurrency.max(1)),
@@ -143,6 +184,28 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     );
     let start = Instant::now();
     let deadline = start + config.duration;
+    // Foreign traffic: rooms no viewer joined, sender numbers after the real ones.
+    let foreign_period = Duration::from_secs_f64(if config.foreign_rate > 0.0 {
+        n_foreign as f64 / config.foreign_rate
+    } else {
+        1.0
+    });
+    let foreign_handles: Vec<_> = foreign_tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| {
+            tokio::spawn(senders::run_sender(
+                ingest.clone(),
+                token,
+                (n_senders + i) as u32,
+                foreign_rooms.clone(),
+                foreign_period,
+                foreign_period.mul_f64(i as f64 / n_foreign as f64),
+                start,
+                deadline,
+            ))
+        })
+        .collect();
     let sender_handles: Vec<_> = sender_tokens
         .into_iter()
         .enumerate()
@@ -171,6 +234,14 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
             expected[room].add(i as u32, n);
         }
     }
+    let mut foreign = senders::SenderOutcome::default();
+    for h in foreign_handles {
+        let Ok(o) = h.await else { continue };
+        foreign.attempted += o.attempted;
+        foreign.accepted += o.accepted;
+        foreign.rate_limited += o.rate_limited;
+        foreign.failed += o.failed;
+    }
     let posting_time = start.elapsed();
     info!(accepted = posts.accepted, "posting done, draining");
     tokio::time::sleep(config.drain_grace).await;
@@ -183,7 +254,7 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
         .map(|(i, r)| (r.as_str(), i))
         .collect();
     let mut total = Tally::default();
-    let mut foreign = 0;
+    let mut foreign_events = 0;
     let mut dropped = 0;
     let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut clients = Vec::with_capacity(handles.len());
@@ -194,7 +265,7 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
             Ok(()) => {
                 let t = v.log.tally(&expected[room_index[v.room.as_str()]]);
                 total += t;
-                foreign += v.log.foreign;
+                foreign_events += v.log.foreign;
                 t
             }
             Err(reason) => {
@@ -206,6 +277,7 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
         clients.push(ClientReport {
             client: v.id,
             room: v.room,
+            edge: v.edge,
             connected,
             dropped: v.dropped,
             tally,
@@ -214,6 +286,8 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     let hist = setup.latency.merged();
     let report = Report {
         target: config.target.clone(),
+        ingest: endpoints.ingest.clone(),
+        edges: endpoints.edges.clone(),
         transport: config.transport.name().to_owned(),
         rooms: config.rooms,
         senders: n_senders,
@@ -241,7 +315,12 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
         events_unexpected: total.unexpected,
         duplicates: total.duplicates,
         order_violations: total.order_violations,
-        foreign_events: foreign,
+        foreign_events,
+        foreign_rate: config.foreign_rate,
+        foreign_posts_accepted: foreign.accepted,
+        foreign_posts_rate_limited: foreign.rate_limited,
+        foreign_posts_failed: foreign.failed,
+        foreign_posts_per_s: foreign.accepted as f64 / posting_time.as_secs_f64().max(1e-9),
         frames_received: total.frames,
         events_per_frame: if total.frames == 0 {
             0.0

@@ -41,6 +41,8 @@ impl Latency {
 pub struct ClientReport {
     pub client: usize,
     pub room: String,
+    /// Base URL of the edge it connected to.
+    pub edge: String,
     /// Connected and joined before posting started.
     pub connected: bool,
     /// The connection closed before the end of the run.
@@ -53,6 +55,10 @@ pub struct ClientReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub target: String,
+    /// Ingest nodes posted to (round-robin).
+    pub ingest: Vec<String>,
+    /// Edges the viewers were spread over (round-robin).
+    pub edges: Vec<String>,
     pub transport: String,
     pub rooms: usize,
     pub senders: usize,
@@ -89,6 +95,13 @@ pub struct Report {
     /// Events received whose text was not a loadtest post.
     pub foreign_events: u64,
 
+    /// Requested rate of posts to rooms no viewer joined.
+    pub foreign_rate: f64,
+    pub foreign_posts_accepted: u64,
+    pub foreign_posts_rate_limited: u64,
+    pub foreign_posts_failed: u64,
+    pub foreign_posts_per_s: f64,
+
     pub frames_received: u64,
     pub events_per_frame: f64,
     /// Receive time − event `ts_ms`, over every received event.
@@ -112,7 +125,16 @@ impl Report {
         let _ = writeln!(
             s,
             "danmaku loadtest → {} over {} ({} rooms, {} senders, {:.1} msg/s for {:.1} s)",
-            self.target, self.transport, self.rooms, self.senders, self.rate, self.duration_s
+            if self.target.is_empty() {
+                "cluster"
+            } else {
+                &self.target
+            },
+            self.transport,
+            self.rooms,
+            self.senders,
+            self.rate,
+            self.duration_s
         );
         let _ = writeln!(
             s,
@@ -123,6 +145,14 @@ impl Report {
             self.connections_dropped,
             self.connect_time_s
         );
+        if self.ingest.len() > 1 || self.edges.len() > 1 || self.ingest != self.edges {
+            let _ = writeln!(
+                s,
+                "cluster      ingest {}  edges {}",
+                self.ingest.join(","),
+                self.edges.join(",")
+            );
+        }
         for (reason, n) in &self.connect_errors {
             let _ = writeln!(s, "  {n} × {reason}");
         }
@@ -135,6 +165,17 @@ impl Report {
             self.posts_rate_limited,
             self.posts_failed
         );
+        if self.foreign_rate > 0.0 {
+            let _ = writeln!(
+                s,
+                "foreign      accepted {} ({:.1}/s of {:.1} asked, rooms no viewer joined)  rate-limited {}  failed {}",
+                self.foreign_posts_accepted,
+                self.foreign_posts_per_s,
+                self.foreign_rate,
+                self.foreign_posts_rate_limited,
+                self.foreign_posts_failed
+            );
+        }
         let _ = writeln!(
             s,
             "delivery     expected {}  received {}  lost {} ({:.3}%)  duplicates {}  order violations {}  unexpected {}  foreign {}",

@@ -1,6 +1,9 @@
 //! Sending side of a run: each sender posts from its own token at its share of
-//! the rate, to rooms round-robin, honouring `429 Retry-After`.
+//! the rate, to rooms round-robin and ingest nodes round-robin, honouring
+//! `429 Retry-After`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use danmaku_client::{IngestClient, PostOutcome};
@@ -9,6 +12,45 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
 
 use crate::tally::post_text;
+
+/// The ingest nodes posts go to, round-robin over every post of every sender
+/// sharing the pool.
+#[derive(Debug)]
+pub struct IngestPool {
+    clients: Vec<IngestClient>,
+    next: AtomicUsize,
+}
+
+impl IngestPool {
+    /// One client per base URL. Panics on an empty list (the config resolves
+    /// an empty list to the target first).
+    pub fn new(urls: &[String]) -> Self {
+        assert!(!urls.is_empty(), "an ingest pool needs at least one URL");
+        IngestPool {
+            clients: urls.iter().map(|u| IngestClient::new(u)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The client for the next post.
+    pub fn next(&self) -> &IngestClient {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+
+    /// The first node (dev tokens are minted there).
+    pub fn first(&self) -> &IngestClient {
+        &self.clients[0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
 
 /// What one sender did.
 #[derive(Debug, Default)]
@@ -25,7 +67,7 @@ pub struct SenderOutcome {
 /// first after `offset` (so senders interleave).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_sender(
-    ingest: IngestClient,
+    ingest: Arc<IngestPool>,
     token: String,
     index: u32,
     rooms: Vec<String>,
@@ -46,6 +88,8 @@ pub async fn run_sender(
         }
         let room_idx = (index as usize + n as usize) % rooms.len();
         let text = post_text(index, n, &comments.text());
+        // A retry after a 429 goes to the same node.
+        let ingest = ingest.next();
         loop {
             out.attempted += 1;
             match ingest.post_danmaku(&token, &rooms[room_idx], &text).await {
@@ -86,4 +130,27 @@ pub async fn run_sender(
         n += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_pool_is_round_robin() {
+        let pool = IngestPool::new(&["http://a:1".into(), "http://b:2/".into()]);
+        let seen: Vec<&str> = (0..5).map(|_| pool.next().base_url()).collect();
+        assert_eq!(
+            seen,
+            [
+                "http://a:1",
+                "http://b:2",
+                "http://a:1",
+                "http://b:2",
+                "http://a:1"
+            ]
+        );
+        assert_eq!(pool.first().base_url(), "http://a:1");
+        assert_eq!(pool.len(), 2);
+    }
 }

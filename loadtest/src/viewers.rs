@@ -50,12 +50,26 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// One edge viewers connect to.
+#[derive(Debug, Clone)]
+pub struct EdgeTarget {
+    /// Base HTTP URL (WebSocket goes to `/v1/ws` on it).
+    pub url: String,
+    /// QUIC: the edge's UDP address and dev certificate.
+    pub quic_addr: Option<SocketAddr>,
+    pub cert_der: Option<Vec<u8>>,
+}
+
+/// The edge of viewer `id`: round-robin over `edges`.
+pub fn edge_of(id: usize, edges: usize) -> usize {
+    id % edges.max(1)
+}
+
 /// Where and how viewers connect.
 pub struct ViewerSetup {
     pub transport: Transport,
-    pub target: String,
-    pub quic_addr: Option<SocketAddr>,
-    pub cert_der: Option<Vec<u8>>,
+    /// Viewer `i` connects to `edges[edge_of(i, edges.len())]`; never empty.
+    pub edges: Vec<EdgeTarget>,
     pub tokens: Vec<String>,
     pub source_addrs: Vec<std::net::IpAddr>,
     pub connect_gate: Semaphore,
@@ -66,6 +80,8 @@ pub struct ViewerSetup {
 pub struct ViewerOutcome {
     pub id: usize,
     pub room: String,
+    /// Base URL of the edge it connected to.
+    pub edge: String,
     /// `Err(reason)` when it never got to `Joined`.
     pub joined: Result<(), String>,
     /// The connection closed before the run ended.
@@ -81,12 +97,13 @@ async fn connect(setup: &ViewerSetup, id: usize) -> Result<Client, ClientError> 
         ..ClientConfig::default()
     };
     let token = &setup.tokens[id % setup.tokens.len()];
-    match (setup.transport, setup.quic_addr) {
+    let edge = &setup.edges[edge_of(id, setup.edges.len())];
+    match (setup.transport, edge.quic_addr) {
         (Transport::Quic, Some(addr)) => {
-            Client::connect_quic(addr, setup.cert_der.clone(), token, config).await
+            Client::connect_quic(addr, edge.cert_der.clone(), token, config).await
         }
         (Transport::Quic, None) => Err(ClientError::Quic("no QUIC address".into())),
-        (ws, _) => Client::connect_ws(&setup.target, token, ws, config).await,
+        (ws, _) => Client::connect_ws(&edge.url, token, ws, config).await,
     }
 }
 
@@ -102,6 +119,7 @@ pub async fn run_viewer(
     let mut out = ViewerOutcome {
         id,
         room,
+        edge: setup.edges[edge_of(id, setup.edges.len())].url.clone(),
         joined: Ok(()),
         dropped: false,
         log: ViewerLog::default(),
@@ -177,5 +195,21 @@ fn short_reason(e: &ClientError) -> String {
     match s.char_indices().nth(120) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewers_spread_round_robin_over_edges() {
+        let counts = (0..1000).fold([0usize; 2], |mut c, id| {
+            c[edge_of(id, 2)] += 1;
+            c
+        });
+        assert_eq!(counts, [500, 500]);
+        assert_eq!(edge_of(7, 3), 1);
+        assert_eq!(edge_of(7, 0), 0);
     }
 }
