@@ -5,80 +5,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::spawn;
 use danmaku_client::{Client, ClientConfig, IngestClient, PostOutcome, ServerEvent, Transport};
 use danmaku_testkit::kafka::{Broker, shared_broker, unique};
-
-/// A danmaku process, killed when dropped. Its log goes to a file named in panics.
-struct Proc {
-    child: Child,
-    base: String,
-    quic: std::net::SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    // Bind both protocols (edges use UDP on the same port for QUIC), then release.
-    let (tcp, _udp) = danmaku::server::bind_pair("127.0.0.1:0".parse().unwrap()).unwrap();
-    tcp.local_addr().unwrap()
-}
-
-async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
-    let postgres = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
-    let addr = free_addr();
-    let log = std::env::temp_dir().join(format!("{}.log", unique(&format!("danmaku-{role}"))));
-    let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
-        .arg(role)
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--bus",
-            bus,
-            "--auth-secret",
-            common::SECRET,
-        ])
-        .args(["--store", &postgres])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn danmaku");
-    let p = Proc {
-        child,
-        base: format!("http://{addr}"),
-        quic: addr,
-        log,
-    };
-    let healthy = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(
-        healthy.is_ok(),
-        "{role} on {addr} not healthy; log: {}",
-        p.log.display()
-    );
-    p
-}
 
 fn token(user: &str) -> String {
     danmaku_proto::token::TokenKey::new(common::SECRET).mint(
@@ -101,7 +32,7 @@ async fn viewer(i: usize, edge: &Proc) -> Client {
                 .fetch_cert_der()
                 .await
                 .unwrap();
-            Client::connect_quic(edge.quic, Some(cert), &t, config).await
+            Client::connect_quic(edge.addr, Some(cert), &t, config).await
         }
     };
     c.unwrap_or_else(|e| panic!("viewer {i} to {}: {e}", edge.base))

@@ -2,6 +2,8 @@
 //! helpers (metrics parsing, waiting) live in the `danmaku-testkit` crate.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use danmaku::standalone::{self, Running, StandaloneConfig};
@@ -87,4 +89,80 @@ pub fn missing_metrics<'a>(exposition: &str, names: &'a [String]) -> Vec<&'a Str
             })
         })
         .collect()
+}
+
+/// A danmaku process, killed when dropped. Its log goes to a file named in panics.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+    /// TCP (HTTP, WebSocket) and UDP (QUIC, edges) address.
+    pub addr: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_addr() -> std::net::SocketAddr {
+    // Bind both protocols (edges use UDP on the same port for QUIC), then release.
+    let (tcp, udp) = danmaku::server::bind_pair("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = tcp.local_addr().unwrap();
+    drop((tcp, udp));
+    addr
+}
+
+/// Starts `danmaku ROLE` with the bus, the test PostgreSQL store and the test
+/// secret on a free address; returns once `/healthz` answers.
+pub async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
+    let postgres = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
+    let addr = free_addr();
+    let log = std::env::temp_dir().join(format!(
+        "{}.log",
+        danmaku_testkit::kafka::unique(&format!("danmaku-{role}"))
+    ));
+    let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .arg(role)
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--bus",
+            bus,
+            "--auth-secret",
+            SECRET,
+        ])
+        .args(["--store", &postgres])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn danmaku");
+    let p = Proc {
+        child,
+        base: format!("http://{addr}"),
+        addr,
+        log,
+    };
+    let healthy = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        healthy.is_ok(),
+        "{role} on {addr} not healthy; log: {}",
+        p.log.display()
+    );
+    p
 }
