@@ -1141,3 +1141,53 @@ async fn a_slow_consumer_still_gets_every_reliable_frame() -> Result<()> {
     assert!(t.metric("danmaku_edge_slow_consumer_drops_total") > 0.0);
     Ok(())
 }
+
+#[tokio::test]
+async fn quic_receives_reliable_frames_on_the_control_stream_and_resumes() -> Result<()> {
+    let t = start(reliable_config()).await?;
+    t.append_n("room:qr", 2).await?;
+    let (_endpoint, conn) = quic_connect(&t).await?;
+    let mut ctl = open_control(&conn).await?;
+    ctl.send(client_frame::Body::Auth(pb::Auth {
+        token: t.token("quinn"),
+    }))
+    .await?;
+    ctl.next().await?;
+    ctl.send(join("room:qr")).await?;
+    assert!(matches!(
+        ctl.next().await?.and_then(|f| f.body),
+        Some(server_frame::Body::Joined(j)) if j.last_seq == 2
+    ));
+    ctl.send(client_frame::Body::Resume(pb::Resume {
+        channel: "room:qr".into(),
+        after_seq: 0,
+    }))
+    .await?;
+    t.append_n("room:qr", 1).await?;
+    t.publish_seq("room:qr", 3).await?;
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        match ctl.next().await?.and_then(|f| f.body) {
+            Some(server_frame::Body::Reliable(r)) => {
+                assert_eq!(r.channel, "room:qr");
+                assert_eq!(r.event.map(|e| e.text), Some(format!("gift {}", r.seq)));
+                seqs.push(r.seq);
+            }
+            other => bail!("expected reliable, got {other:?}"),
+        }
+    }
+    assert_eq!(seqs, vec![1, 2, 3]);
+    ctl.send(client_frame::Body::Ack(pb::Ack {
+        channel: "room:qr".into(),
+        seq: 3,
+    }))
+    .await?;
+    ctl.send(client_frame::Body::Ping(pb::Ping { ts_ms: 1 }))
+        .await?;
+    assert!(matches!(
+        ctl.next().await?.and_then(|f| f.body),
+        Some(server_frame::Body::Pong(_))
+    ));
+    assert_eq!(t.metric("danmaku_edge_reliable_acked_total"), 3.0);
+    Ok(())
+}
