@@ -200,3 +200,147 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use danmaku_store::{Appended, Member as GroupMember, NewMessage, StoreError, Unread};
+
+    use super::*;
+    use crate::registry::{Member, ReliableDelivery, Transport};
+
+    /// Just enough of a store: a fixed list of messages for `read_after`.
+    struct FakeStore {
+        messages: Vec<StoredMessage>,
+        reads: Mutex<Vec<(u64, usize)>>,
+    }
+
+    #[async_trait]
+    impl Store for FakeStore {
+        fn backend(&self) -> &'static str {
+            "fake"
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn append(&self, _: NewMessage) -> Result<Appended, StoreError> {
+            Err(StoreError::Invalid("read-only".into()))
+        }
+        async fn read_after(
+            &self,
+            _channel: &str,
+            after_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<StoredMessage>, StoreError> {
+            self.reads.lock().unwrap().push((after_seq, limit));
+            Ok(self
+                .messages
+                .iter()
+                .filter(|m| m.seq > after_seq)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn last_seq(&self, _: &str) -> Result<u64, StoreError> {
+            Ok(self.messages.len() as u64)
+        }
+        async fn join_group(&self, _: &str, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn leave_group(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        async fn is_member(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
+            Ok(None)
+        }
+        async fn members(&self, _: &str) -> Result<Vec<GroupMember>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn ack(&self, _: &str, _: &str, seq: u64) -> Result<u64, StoreError> {
+            Ok(seq)
+        }
+        async fn acked(&self, _: &str, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn unread(&self, _: &str) -> Result<Unread, StoreError> {
+            Ok(Unread::default())
+        }
+    }
+
+    fn stored(seq: u64) -> StoredMessage {
+        StoredMessage {
+            channel: "room:f".into(),
+            seq,
+            client_msg_id: None,
+            sender: "bob".into(),
+            kind: "gift".into(),
+            text: format!("gift {seq}"),
+            payload_json: None,
+            ts_ms: 1,
+        }
+    }
+
+    fn item(seq: u64) -> ReliableItem {
+        ReliableItem {
+            channel: ChannelName::parse("room:f").unwrap(),
+            event: event_from_stored(stored(seq)),
+        }
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<ReliableDelivery>) -> Vec<u64> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|d| d.frame.seq)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_out_of_order_seqs_then_fills_the_gap_from_the_store() {
+        let metrics = Metrics::unregistered();
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let (batch_tx, _batch_rx) = mpsc::channel(1);
+        let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
+        registry.join(
+            &ChannelName::parse("room:f").unwrap(),
+            1,
+            Member::new(Transport::WsPb, batch_tx).with_reliable(rel_tx),
+        );
+        let store = Arc::new(FakeStore {
+            messages: (1..=5).map(stored).collect(),
+            reads: Mutex::new(Vec::new()),
+        });
+        let shutdown = CancellationToken::new();
+        let queues = spawn_shards(
+            1,
+            Duration::from_millis(200),
+            store.clone(),
+            Arc::clone(&registry),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let q = &queues[0];
+        for seq in [1, 4, 3, 1] {
+            q.send(item(seq)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(drain(&mut rel_rx), vec![1], "3 and 4 wait for 2");
+        assert_eq!(metrics.reorder_held.get(), 2);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(drain(&mut rel_rx).is_empty(), "still within the hold");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(drain(&mut rel_rx), vec![2, 3, 4]);
+        assert_eq!(
+            *store.reads.lock().unwrap(),
+            vec![(1, 1)],
+            "read just the gap"
+        );
+        assert_eq!(metrics.gap_fills.get(), 1);
+        // The filled frame is the stored message, encoded once.
+        q.send(item(5)).await.unwrap();
+        q.send(item(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(drain(&mut rel_rx), vec![5], "duplicates dropped");
+        shutdown.cancel();
+    }
+}
