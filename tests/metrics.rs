@@ -53,6 +53,24 @@ async fn every_documented_metric_is_served() {
         limited,
         "the default per-user limit should have refused some of 30 posts"
     );
+    // The reliable lane: a gift, its retry (a duplicate) and a history read.
+    let gifter = common::token(&srv, "gifter");
+    for _ in 0..2 {
+        let out = ingest
+            .post_reliable(&gifter, "room:m", "gift", "rocket", Some("gift-1"))
+            .await
+            .unwrap();
+        assert!(matches!(out, PostOutcome::Persisted { seq: 1 }), "{out:?}");
+    }
+    assert_eq!(
+        ingest
+            .history(&gifter, "room:m", 0, 10)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
     let bad = ingest.post_danmaku(&token, "nope", "x").await.unwrap();
     assert!(
         matches!(bad, PostOutcome::Rejected { status: 400, .. }),

@@ -8,6 +8,9 @@ use prometheus::{
 
 use crate::{ApiError, IngestError};
 
+/// The store operations ingest times and counts (`op` label values).
+pub const STORE_OPS: [&str; 5] = ["append", "read", "ack", "unread", "membership"];
+
 /// Handles to every ingest metric.
 #[derive(Clone)]
 pub struct Metrics {
@@ -113,6 +116,10 @@ impl Metrics {
         registry.register(Box::new(reliable_duplicates_total.clone()))?;
         registry.register(Box::new(store_op_seconds.clone()))?;
         registry.register(Box::new(store_errors_total.clone()))?;
+        // Start every operation's error series at 0 so dashboards and alerts see it.
+        for op in STORE_OPS {
+            store_errors_total.with_label_values(&[op]);
+        }
         Ok(Metrics {
             requests_total,
             rate_limited_total,
