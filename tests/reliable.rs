@@ -106,7 +106,7 @@ async fn every_viewer_gets_every_gift_once_in_order_across_an_edge_kill() {
                             }) => {
                                 assert_eq!(c, channel);
                                 seqs.push(seq);
-                                latencies_ms.push(danmaku_proto::now_ms() - event.ts_ms);
+                                latencies_ms.push((seq, danmaku_proto::now_ms() - event.ts_ms));
                             }
                             Some(_) => {}
                             None => panic!("viewer gave up after {} gifts", seqs.len()),
@@ -185,14 +185,27 @@ async fn every_viewer_gets_every_gift_once_in_order_across_an_edge_kill() {
         reconnected >= VIEWERS / 2,
         "viewers of the killed edge reconnected ({reconnected})"
     );
-    all_latencies.sort_unstable();
-    let pct = |p: f64| all_latencies[((all_latencies.len() - 1) as f64 * p) as usize];
-    eprintln!(
-        "gift latency across an edge kill: p50 {} ms, p99 {} ms, max {} ms (n = {})",
-        pct(0.5),
-        pct(0.99),
-        all_latencies.last().unwrap(),
-        all_latencies.len()
+    // Numbers for BENCHMARKS.md (not asserted: timing goals are not pass/fail).
+    let report = |what: &str, mut v: Vec<i64>| {
+        v.sort_unstable();
+        let pct = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+        eprintln!(
+            "gift latency {what}: p50 {} ms, p99 {} ms, max {} ms (n = {})",
+            pct(0.5),
+            pct(0.99),
+            v[v.len() - 1],
+            v.len()
+        );
+    };
+    let steady = all_latencies
+        .iter()
+        .filter(|(s, _)| *s <= GIFTS * 2 / 5)
+        .map(|(_, l)| *l)
+        .collect();
+    report("before the kill (seq <= 800)", steady);
+    report(
+        "overall, across the kill",
+        all_latencies.iter().map(|(_, l)| *l).collect(),
     );
 }
 
