@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::spawn;
+use common::{Proc, spawn};
 use danmaku_client::{Client, ClientConfig, IngestClient, PostOutcome, ServerEvent, Transport};
 use danmaku_testkit::kafka::{Broker, shared_broker, unique};
 

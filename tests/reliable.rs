@@ -43,7 +43,7 @@ async fn every_viewer_gets_every_gift_once_in_order_across_an_edge_kill() {
     const VIEWERS: usize = 20;
     let bus = format!("kafka://{}?topic={}", shared_broker(), unique("gifts"));
     let limits = ["--user-rate", "100000", "--user-burst", "100000"];
-    let mut edges = vec![
+    let mut edges = [
         Some(spawn("edge", &bus, &[]).await),
         Some(spawn("edge", &bus, &[]).await),
     ];
