@@ -7,7 +7,8 @@
 # kafka:   1 ingest + 2 edges over Kafka (fresh topic), the same load split over the edges
 # foreign: as kafka, plus --foreign-rate $FOREIGN_RATE to rooms no viewer joined
 # For kafka runs it prints each edge's CPU seconds (utime+stime from /proc) over the
-# loadtest and its danmaku_edge_bus_events_total deltas. Reports go to $OUT.
+# loadtest and its danmaku_edge_bus_events_total deltas, and the CPU of ingest, the
+# broker and the load generator. Reports go to $OUT.
 #
 # Environment: DANMAKU_BIN (default $CARGO_TARGET_DIR/release/danmaku), CONNECTIONS
 # (1000), RATE (100), DURATION (10), FOREIGN_RATE (2000), OUT (a fresh temp dir).
@@ -57,8 +58,10 @@ bus_events() { # host:port → "result=count …" of danmaku_edge_bus_events_tot
 loadtest() { # name, extra args…
   local name=$1; shift
   echo "== $name: $BIN loadtest --connections $CONNECTIONS --rooms 1 --rate $RATE --duration $DURATION --transport ws-pb $*" >&2
-  "$BIN" loadtest --connections "$CONNECTIONS" --rooms 1 --rate "$RATE" --duration "$DURATION" \
+  /usr/bin/time -f "loadgen cpu_s %U+%S" -o "$OUT/$name.time" \
+    "$BIN" loadtest --connections "$CONNECTIONS" --rooms 1 --rate "$RATE" --duration "$DURATION" \
     --transport ws-pb --report "$OUT/$name.json" "$@" 2>"$OUT/$name.loadtest.log" | tee "$OUT/$name.txt"
+  tee -a "$OUT/$name.txt" <"$OUT/$name.time"
 }
 
 run_memory() {
@@ -95,9 +98,10 @@ run_kafka() { # name, extra loadtest args…
   local ingest_pid=$!
   for a in "${edges[@]}" "$ingest"; do wait_healthy "$a"; done
   sleep 1 # edges assign partitions
-  local c0=() m0=() ci0
+  local c0=() m0=() ci0 cb0=0
   for i in 0 1; do c0+=("$(cpu_ticks "${edge_pids[$i]}")"); m0+=("$(bus_events "${edges[$i]}")"); done
   ci0=$(cpu_ticks "$ingest_pid")
+  [ -n "${DANMAKU_TEST_KAFKA_PID:-}" ] && cb0=$(cpu_ticks "$DANMAKU_TEST_KAFKA_PID")
   local t0; t0=$(date +%s.%N)
   loadtest "$name" --auth-secret "$SECRET" --ingest "http://$ingest" \
     --edges "http://${edges[0]},http://${edges[1]}" "$@"
@@ -111,6 +115,8 @@ run_kafka() { # name, extra loadtest args…
       echo "edge$((i + 1)) bus_events after:  $(bus_events "${edges[$i]}")"
     done
     echo "ingest cpu_s $(( $(cpu_ticks "$ingest_pid") - ci0 ))/$HZ"
+    [ -n "${DANMAKU_TEST_KAFKA_PID:-}" ] &&
+      echo "broker cpu_s $(( $(cpu_ticks "$DANMAKU_TEST_KAFKA_PID") - cb0 ))/$HZ (shared broker: includes anyone else's use)"
   } | tee -a "$OUT/$name.txt"
   cleanup
 }
