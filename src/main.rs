@@ -217,13 +217,7 @@ async fn run(command: Command) -> Result<()> {
         } => {
             cancel_on_signal(shutdown.clone());
             let registry = prometheus::Registry::new();
-            let bus = danmaku_bus::connect(&bus)
-                .await
-                .with_context(|| format!("connecting to the bus {bus}"))?;
-            danmaku_bus::metrics::register(bus.clone(), &registry)?;
-            let store = danmaku_store::connect(&store)
-                .await
-                .with_context(|| format!("opening the store {store}"))?;
+            let (bus, store) = open_backends(&bus, &store, &registry).await?;
             let ingest = danmaku_ingest::Ingest::new(
                 limits.apply(danmaku_ingest::IngestConfig {
                     node_id: format!("ingest-{listen}"),
@@ -254,13 +248,7 @@ async fn run(command: Command) -> Result<()> {
             }
             cancel_on_signal(shutdown.clone());
             let registry = prometheus::Registry::new();
-            let bus = danmaku_bus::connect(&bus)
-                .await
-                .with_context(|| format!("connecting to the bus {bus}"))?;
-            danmaku_bus::metrics::register(bus.clone(), &registry)?;
-            let store = danmaku_store::connect(&store)
-                .await
-                .with_context(|| format!("opening the store {store}"))?;
+            let (bus, store) = open_backends(&bus, &store, &registry).await?;
             let (tcp, udp) = bind_pair(listen)?;
             let edge = danmaku_edge::Edge::start(
                 danmaku_edge::EdgeConfig {
@@ -376,6 +364,26 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Connects the bus (and registers its metrics) and opens the store: what every
+/// distributed ingest and edge process needs before it can serve.
+async fn open_backends(
+    bus_url: &str,
+    store_url: &str,
+    registry: &prometheus::Registry,
+) -> Result<(
+    std::sync::Arc<dyn danmaku_bus::Bus>,
+    std::sync::Arc<dyn danmaku_store::Store>,
+)> {
+    let bus = danmaku_bus::connect(bus_url)
+        .await
+        .with_context(|| format!("connecting to the bus {bus_url}"))?;
+    danmaku_bus::metrics::register(bus.clone(), registry)?;
+    let store = danmaku_store::connect(store_url)
+        .await
+        .with_context(|| format!("opening the store {store_url}"))?;
+    Ok((bus, store))
 }
 
 /// Parses `id=ws_url|quic_addr`.
