@@ -62,8 +62,12 @@ pub async fn metrics_text(base: &str) -> String {
 /// `(section, metric)` for every metric row of docs/METRICS.md; section is the
 /// `## heading` it stands under (`edge`, `ingest`, `scheduler`, `bus`).
 pub fn documented_metrics() -> Vec<(String, String)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md"))
-        .expect("docs/METRICS.md");
+    // The run-time variable (set by cargo and nextest) follows the checkout even when a
+    // shared target dir reuses a test binary built in another checkout.
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let path = std::path::Path::new(&root).join("docs/METRICS.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut section = String::new();
     let mut out = Vec::new();
     for line in doc.lines() {
