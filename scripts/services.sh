@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real services on 127.0.0.1 for tests and local clusters (see /INFRA.md recipes).
+# Real services on 127.0.0.1 for tests and local clusters (see docs/ARCHITECTURE.md, "Services").
 #
 #   scripts/services.sh start [kafka] [postgres] [prometheus]   (default: kafka)
 #   scripts/services.sh stop [NAME…]                           (default: all)

@@ -7,19 +7,19 @@
 //!   into [`BusError::Unavailable`] after [`KafkaBusConfig::delivery_timeout`].
 //! * **Subscribe** gives every subscription its own consumer that `assign`s itself ALL
 //!   partitions of the topic, starting at their current end offsets: no consumer
-//!   group, no rebalancing, no commits (DESIGN.md §1). A task per subscription feeds a
+//!   group, no rebalancing, no commits (docs/ARCHITECTURE.md, "The bus"). A task per subscription feeds a
 //!   bounded channel; when it is full, fetching pauses and the backlog stays in Kafka.
 //! * **The topic is kept alive**: `connect` creates it if missing, and a watcher task
 //!   re-creates it whenever the broker has lost it (tansu keeps topics in memory; a
 //!   restart loses them). Subscriptions check their assignment on the same interval:
 //!   a topic that disappeared and came back, or whose partition count changed, is
 //!   re-assigned — partitions of a brand-new topic from offset 0, since it starts
-//!   empty (INFRA.md quirk 4). librdkafka reconnects by itself; the tasks only have
+//!   empty (docs/ARCHITECTURE.md, broker quirk 4). librdkafka reconnects by itself; the tasks only have
 //!   to survive its errors.
 //!
 //! What consumers must tolerate (documented, not hidden):
 //! * **Some older events after subscribing.** tansu reports a wrong end offset after
-//!   a multi-message batch (INFRA.md quirk 2), so "start at the end" may re-read a few
+//!   a multi-message batch (docs/ARCHITECTURE.md, broker quirk 2), so "start at the end" may re-read a few
 //!   earlier events; after a broker outage a partition whose end offset went below our
 //!   position is re-read from its beginning. The edge ignores events older than its
 //!   subscription by ingest timestamp, and reliable events are deduplicated by `seq`.

@@ -21,7 +21,7 @@ async fn recv_payload(sub: &mut Box<dyn Subscription>, within: Duration) -> Opti
 }
 
 /// Waits for `want`, skipping anything else (older events may be re-read after a
-/// restart, INFRA.md quirk 2).
+/// restart, docs/ARCHITECTURE.md broker quirk 2).
 async fn wait_for(sub: &mut Box<dyn Subscription>, want: &[u8], within: Duration) {
     let deadline = Instant::now() + within;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {

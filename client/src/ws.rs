@@ -127,7 +127,7 @@ pub(crate) async fn connect(
                     .as_deref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                // API.md error body: {"error":{"code":…,"message":…}}.
+                // docs/PROTOCOL.md error body: {"error":{"code":…,"message":…}}.
                 let parsed: Option<(String, String)> =
                     serde_json::from_str::<serde_json::Value>(&body)
                         .ok()

@@ -4,7 +4,7 @@
 //! # The rule
 //!
 //! The edge's scarce resource is frame writes per second (one `send()` per member
-//! per flush; ~120k per core here, INFRA.md), not bytes. A channel with `m` local
+//! per flush; ~120k per core here, BENCHMARKS.md), not bytes. A channel with `m` local
 //! members flushing every `w` seconds costs `m / w` writes per second. With `n`
 //! active channels each gets an equal share `budget / n` of the write budget, so
 //!

@@ -75,7 +75,7 @@ pub struct BatchConfig {
     /// Longest batching window, however big the room. Default 1 s.
     pub max_window: Duration,
     /// Frame writes per second this edge may spend on danmaku batches. A push is
-    /// one `send()`, and a core does ~120k of them per second (INFRA.md), so this
+    /// one `send()`, and a core does ~120k of them per second (BENCHMARKS.md), so this
     /// is the budget the adaptive window shares among channels. Default 100,000.
     pub write_budget_per_sec: u64,
     /// Flush as soon as a pending batch holds this many events. Default 500.

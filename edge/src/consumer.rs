@@ -94,7 +94,7 @@ impl Consumer {
                     return;
                 }
                 Err(e) => {
-                    // Keep connections; retry until the bus is back (DESIGN.md §8).
+                    // Keep connections; retry until the bus is back (docs/ARCHITECTURE.md, failures).
                     tracing::warn!(error = %e, "bus receive failed; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -1,5 +1,5 @@
 //! Errors of the edge: [`EdgeError`] for starting and serving, [`ApiError`] for
-//! the HTTP answers given before a WebSocket upgrade (API.md's error body).
+//! the HTTP answers given before a WebSocket upgrade (docs/PROTOCOL.md's error body).
 
 use axum::Json;
 use axum::http::StatusCode;

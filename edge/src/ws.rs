@@ -2,7 +2,7 @@
 //! (text) or `danmaku.v1.pb` (binary protobuf).
 //!
 //! The token and subprotocol are checked before the upgrade, so a refused client
-//! gets a plain HTTP error with API.md's JSON body. After the upgrade the socket
+//! gets a plain HTTP error with docs/PROTOCOL.md's JSON body. After the upgrade the socket
 //! is split: the reader loop here decodes frames and dispatches them to the
 //! session; a writer task owns the sink (see `session.rs` for the queues).
 
@@ -213,7 +213,7 @@ enum Next {
 
 /// Owns the socket's sink. Replies first (biased), then batches. Frames that
 /// are already queued are fed together and flushed once: the cost the edge
-/// budgets is `send()` calls, not bytes (INFRA.md).
+/// budgets is `send()` calls, not bytes (BENCHMARKS.md).
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut control: mpsc::Receiver<Control>,

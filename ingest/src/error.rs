@@ -1,5 +1,5 @@
 //! Errors: [`ApiError`] is every way a request can fail, mapped in one place to
-//! the status code and `{"error":{"code","message"}}` body that API.md promises;
+//! the status code and `{"error":{"code","message"}}` body docs/PROTOCOL.md promises;
 //! [`IngestError`] is what can go wrong building the service.
 
 use std::time::Duration;

@@ -25,7 +25,7 @@
 //! membership (role `app`), ack offsets and unread counts.
 //!
 //! Every refusal is one [`ApiError`] variant with its status code and JSON body
-//! (see API.md), and is counted in [`metrics`]. `POST /v1/dev/token`
+//! (see docs/PROTOCOL.md), and is counted in [`metrics`]. `POST /v1/dev/token`
 //! ([`dev_token`]) mints tokens for standalone demos.
 
 pub mod auth;

@@ -1,5 +1,5 @@
 //! The JSON form of frames (`danmaku.v1.json` subprotocol), for browsers and
-//! debugging. Same frames as protobuf, shapes as in API.md:
+//! debugging. Same frames as protobuf, shapes as in docs/PROTOCOL.md:
 //! `{"type":"join","channel":"room:42"}`, `{"type":"batch","channel":…,"events":[…]}`.
 //!
 //! The edge serializes a channel's batch to JSON once per tick (only if some

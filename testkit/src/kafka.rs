@@ -56,7 +56,7 @@ impl Broker {
     }
 
     /// SIGKILL: tansu takes seconds to exit on SIGTERM with clients connected
-    /// (INFRA.md quirk 3), and its memory storage has nothing to flush.
+    /// (docs/ARCHITECTURE.md, broker quirk 3), and its memory storage has nothing to flush.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -36,7 +36,7 @@ pub struct KafkaBusConfig {
     pub compression: String,
     /// How long a broker may hold a fetch waiting for data (`fetch.wait.max.ms`).
     /// Default 10 ms: tansu waits the full time, so this is the consumer's latency
-    /// floor (INFRA.md quirk 1).
+    /// floor (docs/ARCHITECTURE.md, broker quirk 1).
     pub fetch_wait: Duration,
     /// How often the bus checks that the topic exists (creating it again after a
     /// broker lost it) and subscriptions check their assignment. Default 1 s.

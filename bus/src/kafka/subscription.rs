@@ -6,7 +6,7 @@
 //! missing, a different partition count), compares its positions with the
 //! partitions' watermarks and re-assigns: unchanged partitions go on where they
 //! were; new partitions and partitions of a re-created topic start at their
-//! beginning (INFRA.md quirk 4).
+//! beginning (docs/ARCHITECTURE.md, broker quirk 4).
 //!
 //! While the broker is unreachable the subscription holds NO assignment: librdkafka
 //! 2.12.1 crashes (NULL topic name in `rd_kafka_metadata_update_op`) when a restarted
