@@ -1,0 +1,444 @@
+// DanmakuClient: one long connection to an edge, kept alive for the app.
+//
+// * connects through the scheduler: `GET /v1/edges`, then races WebSockets to the
+//   best few and keeps the first that authenticates;
+// * speaks protobuf (`danmaku.v1.pb`, zstd batches decoded here) by default and
+//   falls back to JSON (`danmaku.v1.json`) when protobuf connections keep failing;
+// * pings every heartbeat, and drops a connection silent for 2.5 heartbeats;
+// * reconnects with exponential backoff and jitter, follows `redirect`, re-joins
+//   every channel and resumes the reliable lane where the app left it;
+// * does the reliable lane for the app: each gift / chat is handed over exactly
+//   once, in seq order, and acked cumulatively (see reliable.js).
+
+import { Backoff } from "./backoff.js";
+import { ApiError, HttpApi, TokenSource } from "./http.js";
+import { decodeJsonFrame, encodeJsonFrame } from "./json.js";
+import { DecodeError, decodeServerFrame, encodeClientFrame } from "./pb.js";
+import { ReliableTracker } from "./reliable.js";
+
+export const SUBPROTOCOL_PB = "danmaku.v1.pb";
+export const SUBPROTOCOL_JSON = "danmaku.v1.json";
+
+/** Errors of a join answered with an `error` frame instead of `joined`. */
+const JOIN_ERRORS = new Set(["bad_channel", "too_many_channels", "not_member"]);
+
+function defaultBaseUrl() {
+  const loc = globalThis.location;
+  return loc && /^https?:$/.test(loc.protocol) ? loc.origin : "http://127.0.0.1:7070";
+}
+
+function wsUrlFromBase(baseUrl) {
+  return baseUrl.replace(/^http/, "ws").replace(/\/+$/, "") + "/v1/ws";
+}
+
+export class DanmakuClient {
+  /** @param {import("../types/index.d.ts").ClientOptions} o */
+  constructor(o = {}) {
+    this.baseUrl = (o.baseUrl ?? defaultBaseUrl()).replace(/\/+$/, "");
+    this.tokens = new TokenSource({ token: o.token, getToken: o.getToken, refreshBeforeSecs: o.refreshBeforeSecs });
+    this.http = new HttpApi({ baseUrl: this.baseUrl, tokens: this.tokens, fetch: o.fetch });
+    this.WebSocket = o.WebSocket ?? globalThis.WebSocket;
+    if (!this.WebSocket) throw new TypeError("no WebSocket implementation (pass options.WebSocket)");
+    this.protocolOption = o.protocol ?? "auto"; // "auto" = pb, falling back to json
+    this.protocol = this.protocolOption === "json" ? "json" : "pb";
+    this.staticEdges = o.edges ?? null;
+    this.raceCount = o.raceCount ?? 3;
+    this.heartbeatMs = o.heartbeatMs ?? 30_000;
+    this.idleMs = o.idleMs ?? this.heartbeatMs * 2.5;
+    this.connectTimeoutMs = o.connectTimeoutMs ?? 10_000;
+    this.backoff = new Backoff(o.backoff);
+    this.limits = o.limits;
+    this.tracker = new ReliableTracker();
+    /** channels to (re)join, in join order */
+    this.channels = new Set();
+    this.state = "idle";
+    this.user = null;
+    this.stats = { frames: 0, batches: 0, events: 0, reliable: 0, duplicates: 0, reconnects: 0, decodeMs: 0, rttMs: null };
+    this.#listeners = new Map();
+    this.#pendingJoins = [];
+  }
+
+  #listeners;
+  #pendingJoins;
+  #ws = null;
+  #closed = false;
+  #running = null;
+  #redirectEdges = null;
+  #dropConnection = null;
+  #pbFailures = 0;
+  #connectedOnce = false;
+  #timers = [];
+  #lastFrameAt = 0;
+  #ackDue = new Map();
+  #ackScheduled = false;
+
+  /**
+   * Subscribes to an event kind: `danmaku`, `gift`, `chat` (one event each),
+   * `event` (every event), `batch` ({channel, events}), `reliable` ({channel, seq, event}),
+   * `online` ({channel, online}), `joined`, `left`, `state` ({state, resumed, protocol}),
+   * `error` (Error or {code, message}), `redirect`.
+   * @returns {() => void} unsubscribe
+   */
+  on(kind, fn) {
+    let set = this.#listeners.get(kind);
+    if (!set) this.#listeners.set(kind, (set = new Set()));
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  #emit(kind, ...args) {
+    const set = this.#listeners.get(kind);
+    if (!set) return;
+    for (const fn of set) {
+      try {
+        fn(...args);
+      } catch (e) {
+        if (kind !== "error") this.#emit("error", e);
+      }
+    }
+  }
+
+  #setState(state, extra = {}) {
+    this.state = state;
+    this.#emit("state", { state, protocol: this.protocol, ...extra });
+  }
+
+  /** Starts the connection; resolves once the first edge authenticated us. */
+  connect() {
+    if (this.#running) return this.#firstConnect;
+    this.#closed = false;
+    this.#firstConnect = new Promise((resolve, reject) => {
+      this.#resolveFirst = resolve;
+      this.#rejectFirst = reject;
+    });
+    this.#running = this.#run();
+    return this.#firstConnect;
+  }
+
+  #firstConnect = null;
+  #resolveFirst = null;
+  #rejectFirst = null;
+
+  /** Closes for good (no reconnect). */
+  close() {
+    this.#closed = true;
+    this.#rejectFirst?.(new Error("client closed"));
+    this.#dropConnection?.();
+    this.#setState("closed");
+  }
+
+  /**
+   * Joins a channel (re-joined after every reconnect). Resolves with `{channel, last_seq}`.
+   * `afterSeq`: resume the reliable lane after an offset the app stored.
+   */
+  join(channel, { afterSeq } = {}) {
+    this.channels.add(channel);
+    if (afterSeq !== undefined) this.tracker.anchor(channel, afterSeq);
+    return new Promise((resolve, reject) => {
+      const p = { channel, resolve, reject, timer: null };
+      this.#pendingJoins.push(p);
+      if (this.#ws && this.state === "connected") {
+        this.#send({ type: "join", channel });
+        if (afterSeq !== undefined) this.#send({ type: "resume", channel, after_seq: afterSeq });
+      }
+    });
+  }
+
+  /** Leaves a channel and forgets its reliable state. */
+  leave(channel) {
+    this.channels.delete(channel);
+    this.tracker.forget(channel);
+    if (this.#ws && this.state === "connected") this.#send({ type: "leave", channel });
+  }
+
+  /** Sends over HTTP (see HttpApi.send); gifts and chat are idempotent on retry. */
+  send(channel, msg, o) {
+    return this.http.send(channel, typeof msg === "string" ? { kind: "danmaku", text: msg } : msg, o);
+  }
+  history(channel, o) { return this.http.history(channel, o); }
+  historyPages(channel, o) { return this.http.historyPages(channel, o); }
+  unread() { return this.http.unread(); }
+  online(channel) { return this.http.online(channel); }
+  ackHttp(channel, seq) { return this.http.ack(channel, seq); }
+  /** The highest reliable seq handed to the app on `channel` (null before any). */
+  deliveredUpto(channel) { return this.tracker.deliveredUpto(channel); }
+
+  // ---- connection loop --------------------------------------------------------
+
+  async #run() {
+    while (!this.#closed) {
+      let closedPromise = null;
+      try {
+        const conn = await this.#open();
+        if (this.#closed) {
+          conn.ws.close(1000);
+          break;
+        }
+        closedPromise = this.#attach(conn);
+      } catch (e) {
+        this.#emit("error", e);
+      }
+      if (closedPromise) {
+        await closedPromise;
+        if (this.#closed) break;
+        this.stats.reconnects++;
+      }
+      if (this.#closed) break;
+      this.#setState("reconnecting");
+      const delay = this.#redirectEdges ? Math.round(Math.random() * 250) : this.backoff.next();
+      await new Promise((r) => setTimeout(r, delay));
+    }
+    this.#running = null;
+  }
+
+  async #edgeUrls() {
+    if (this.#redirectEdges) {
+      const r = this.#redirectEdges;
+      this.#redirectEdges = null;
+      const urls = r.map((e) => e.ws).filter(Boolean);
+      if (urls.length) return urls;
+    }
+    if (this.staticEdges?.length) return this.staticEdges;
+    try {
+      const edges = await this.http.edges(this.raceCount);
+      const urls = edges.map((e) => e.ws).filter(Boolean);
+      if (urls.length) return urls;
+    } catch (e) {
+      this.#emit("error", e);
+    }
+    return [wsUrlFromBase(this.baseUrl)];
+  }
+
+  /** Races connections to the best edges; the first `auth_ok` wins. */
+  async #open() {
+    if (this.#connectedOnce) this.#setState("reconnecting");
+    else this.#setState("connecting");
+    const token = await this.tokens.get();
+    const urls = (await this.#edgeUrls()).slice(0, Math.max(1, this.raceCount));
+    const protocol = this.protocol;
+    const sub = protocol === "pb" ? SUBPROTOCOL_PB : SUBPROTOCOL_JSON;
+    const attempts = [];
+    const winner = await new Promise((resolve, reject) => {
+      let failed = 0;
+      let done = false;
+      const timer = setTimeout(() => finish(null, new Error("connect timeout")), this.connectTimeoutMs);
+      const finish = (win, err) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        for (const a of attempts) if (a !== win) {
+          a.ws.onopen = a.ws.onmessage = a.ws.onerror = a.ws.onclose = null;
+          try { a.ws.close(1000); } catch { /* closing anyway */ }
+        }
+        if (win) resolve(win);
+        else reject(err);
+      };
+      for (const url of urls) {
+        const full = url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+        let ws;
+        try {
+          ws = new this.WebSocket(full, sub);
+        } catch (e) {
+          if (++failed === urls.length) finish(null, e);
+          continue;
+        }
+        ws.binaryType = "arraybuffer";
+        const a = { ws, url, protocol, early: [] };
+        attempts.push(a);
+        ws.onmessage = (m) => {
+          let f;
+          try {
+            f = this.#decode(m.data, protocol);
+          } catch (e) {
+            ws.close(1002);
+            return;
+          }
+          if (f.type === "auth_ok") {
+            a.user = f.user;
+            finish(a);
+          } else if (f.type === "error") {
+            a.error = f;
+          }
+        };
+        const fail = () => {
+          if (++failed === urls.length) finish(null, new Error(`no edge accepted the connection (${urls.join(", ")})`));
+        };
+        ws.onerror = fail;
+        ws.onclose = () => { ws.onerror = null; fail(); };
+      }
+      if (attempts.length === 0 && !done) finish(null, new Error("no edge to connect to"));
+    }).catch(async (e) => {
+      // Before the upgrade a refused token and a refused subprotocol look alike to a
+      // browser. After two failures: ask for a fresh token, then try JSON.
+      if (protocol === "pb" && this.protocolOption === "auto" && ++this.#pbFailures >= 3) {
+        this.protocol = "json";
+      }
+      if (this.backoff.attempt >= 1) await this.tokens.refresh().catch(() => {});
+      throw e;
+    });
+    if (protocol === "pb") this.#pbFailures = 0;
+    return winner;
+  }
+
+  #decode(data, protocol) {
+    if (protocol === "pb") {
+      if (typeof data === "string") throw new DecodeError("malformed_frame", "text frame on the protobuf subprotocol");
+      const t0 = performance.now();
+      const f = decodeServerFrame(new Uint8Array(data), this.limits);
+      if (f.type === "batch") this.stats.decodeMs += performance.now() - t0;
+      return f;
+    }
+    if (typeof data !== "string") throw new DecodeError("malformed_json", "binary frame on the JSON subprotocol");
+    return decodeJsonFrame(data);
+  }
+
+  /** Makes `conn` the live connection; resolves when it ends. */
+  #attach(conn) {
+    const { ws } = conn;
+    this.#ws = ws;
+    this.#connProtocol = conn.protocol;
+    this.user = conn.user;
+    this.backoff.reset();
+    this.tracker.onReconnect();
+    const resumed = this.#connectedOnce;
+    this.#connectedOnce = true;
+    this.#lastFrameAt = Date.now();
+    let resolveClosed;
+    const closed = new Promise((r) => (resolveClosed = r));
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      for (const t of this.#timers) clearInterval(t);
+      this.#timers = [];
+      ws.onmessage = ws.onclose = ws.onerror = null;
+      if (this.#ws === ws) this.#ws = null;
+      this.#dropConnection = null;
+      resolveClosed();
+    };
+    this.#dropConnection = () => {
+      try { ws.close(1000); } catch { /* gone */ }
+      end();
+    };
+    ws.onmessage = (m) => {
+      this.#lastFrameAt = Date.now();
+      let f;
+      try {
+        f = this.#decode(m.data, conn.protocol);
+      } catch (e) {
+        this.#emit("error", e);
+        if (conn.protocol === "pb" && this.protocolOption === "auto") this.protocol = "json";
+        this.#dropConnection?.();
+        return;
+      }
+      this.#onFrame(f);
+    };
+    ws.onclose = end;
+    ws.onerror = () => {};
+    this.#timers.push(setInterval(() => this.#send({ type: "ping", ts_ms: Date.now() }), this.heartbeatMs));
+    this.#timers.push(setInterval(() => {
+      if (Date.now() - this.#lastFrameAt > this.idleMs) this.#dropConnection?.();
+    }, Math.min(1000, this.idleMs / 2)));
+
+    this.#setState("connected", { resumed, user: this.user });
+    // Join everything again; resume the channels whose reliable lane is anchored.
+    for (const channel of this.channels) {
+      this.#send({ type: "join", channel });
+      const upto = this.tracker.deliveredUpto(channel);
+      if (upto !== null) this.#send({ type: "resume", channel, after_seq: upto });
+    }
+    this.#resolveFirst?.();
+    this.#resolveFirst = null;
+    return closed;
+  }
+
+  #connProtocol = "pb";
+
+  #send(frame) {
+    const ws = this.#ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      ws.send(this.#connProtocol === "pb" ? encodeClientFrame(frame) : encodeJsonFrame(frame));
+      return true;
+    } catch (e) {
+      this.#emit("error", e);
+      return false;
+    }
+  }
+
+  #queueAck(channel, seq) {
+    this.#ackDue.set(channel, seq);
+    if (this.#ackScheduled) return;
+    this.#ackScheduled = true;
+    queueMicrotask(() => {
+      this.#ackScheduled = false;
+      for (const [channel, seq] of this.#ackDue) this.#send({ type: "ack", channel, seq });
+      this.#ackDue.clear();
+    });
+  }
+
+  #onFrame(f) {
+    this.stats.frames++;
+    switch (f.type) {
+      case "batch": {
+        this.stats.batches++;
+        this.stats.events += f.events.length;
+        this.#emit("batch", f);
+        for (const ev of f.events) {
+          this.#emit("event", ev, f.channel);
+          this.#emit(ev.kind, ev, f.channel);
+        }
+        break;
+      }
+      case "reliable": {
+        const r = this.tracker.onReliable(f.channel, f.seq, f.event);
+        if (r.duplicate) this.stats.duplicates++;
+        for (const ev of r.deliver) {
+          this.stats.reliable++;
+          this.#emit("reliable", { channel: f.channel, seq: ev.seq, event: ev });
+          this.#emit("event", ev, f.channel);
+          this.#emit(ev.kind, ev, f.channel);
+        }
+        if (r.resume !== null) this.#send({ type: "resume", channel: f.channel, after_seq: r.resume });
+        if (r.ack !== null) this.#queueAck(f.channel, r.ack);
+        break;
+      }
+      case "joined": {
+        // A room pushes every gift after `last_seq`: anchor there on a first join.
+        if (f.channel.startsWith("room:") && !this.tracker.anchored(f.channel)) {
+          this.tracker.anchor(f.channel, f.last_seq);
+        }
+        const i = this.#pendingJoins.findIndex((p) => p.channel === f.channel);
+        if (i >= 0) this.#pendingJoins.splice(i, 1)[0].resolve(f);
+        this.#emit("joined", f);
+        break;
+      }
+      case "left":
+        this.#emit("left", f);
+        break;
+      case "online":
+        this.#emit("online", f);
+        break;
+      case "pong":
+        if (f.ts_ms) this.stats.rttMs = Date.now() - f.ts_ms;
+        break;
+      case "redirect":
+        this.#emit("redirect", f);
+        this.#redirectEdges = f.edges;
+        this.#dropConnection?.();
+        break;
+      case "error": {
+        const err = new ApiError(0, f.code, f.message);
+        if (JOIN_ERRORS.has(f.code) && this.#pendingJoins.length) {
+          const p = this.#pendingJoins.shift();
+          this.channels.delete(p.channel);
+          p.reject(err);
+        }
+        this.#emit("error", err);
+        break;
+      }
+      default:
+        break; // a newer server's frame: ignored
+    }
+  }
+}

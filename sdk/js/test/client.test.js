@@ -1,0 +1,184 @@
+// The SDK against a REAL `danmaku standalone` process (see standalone.js): the
+// scheduler race, protobuf + zstd and JSON, the reliable lane across a server
+// restart, token refresh, history paging and unread counts.
+
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+import { DanmakuClient, devToken } from "../src/index.js";
+import { Standalone } from "./standalone.js";
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, cond, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await cond()) return;
+    await sleep(25);
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+function client(server, user, o = {}) {
+  let refreshes = 0;
+  const c = new DanmakuClient({
+    baseUrl: server.baseUrl,
+    getToken: async () => {
+      refreshes++;
+      return devToken(server.baseUrl, user);
+    },
+    heartbeatMs: 2_000,
+    backoff: { initialMs: 100, maxMs: 1_000 },
+    ...o,
+  });
+  c.refreshes = () => refreshes;
+  return c;
+}
+
+const RATE = ["--user-rate", "1000", "--user-burst", "1000"];
+
+describe("against a real standalone", () => {
+  const server = new Standalone({ args: RATE });
+  before(() => server.start());
+  after(() => server.stop());
+
+  for (const protocol of ["auto", "json"]) {
+    test(`danmaku arrive over ${protocol === "auto" ? "protobuf (zstd batches)" : "JSON"}`, async () => {
+      const viewer = client(server, `v-${protocol}`, { protocol });
+      const seen = [];
+      let zstd = 0;
+      viewer.on("danmaku", (ev, channel) => seen.push({ ...ev, channel }));
+      viewer.on("batch", (b) => { if (b.codec === 1) zstd++; });
+      const states = [];
+      viewer.on("state", (s) => states.push(s.state));
+      await viewer.connect();
+      assert.equal(viewer.protocol, protocol === "auto" ? "pb" : "json");
+      const joined = await viewer.join("room:dm");
+      assert.equal(joined.channel, "room:dm");
+      const sender = client(server, "poster");
+      const n = 60;
+      await Promise.all(
+        Array.from({ length: n }, (_, i) => sender.send("room:dm", `弹幕 ${protocol} number ${i} — 前方高能 awesome play!`)),
+      );
+      await until(`${n} danmaku`, () => seen.length >= n);
+      assert.equal(seen.length, n);
+      assert.deepEqual(new Set(seen.map((e) => e.text)).size, n);
+      assert.ok(seen.every((e) => e.channel === "room:dm" && e.sender === "poster" && e.kind === "danmaku"));
+      if (protocol === "auto") assert.ok(zstd > 0, "at least one zstd-compressed batch");
+      assert.deepEqual(states.slice(0, 2), ["connecting", "connected"]);
+      viewer.close();
+    });
+  }
+
+  test("gifts: exactly once, in order, acked (no retransmits shown)", async () => {
+    const viewer = client(server, "giftwatcher");
+    const gifts = [];
+    viewer.on("gift", (ev) => gifts.push(ev.seq));
+    await viewer.connect();
+    await viewer.join("room:gifts");
+    const sender = client(server, "giver");
+    const seqs = [];
+    for (let i = 0; i < 5; i++) seqs.push((await sender.send("room:gifts", { kind: "gift", text: "rocket", payload: { n: i } })).seq);
+    // A retry with the same client_msg_id is the same gift.
+    const again = await sender.send("room:gifts", { kind: "gift", text: "rocket", client_msg_id: "same-id" });
+    const again2 = await sender.send("room:gifts", { kind: "gift", text: "rocket", client_msg_id: "same-id" });
+    assert.equal(again.seq, again2.seq);
+    seqs.push(again.seq);
+    await until("6 gifts", () => gifts.length >= 6);
+    // The edge retransmits unacked frames after 1 s; wait past that: nothing new.
+    await sleep(2_500);
+    assert.deepEqual(gifts, seqs);
+    assert.equal(viewer.stats.duplicates, 0, "acks reached the edge (no retransmissions)");
+    viewer.close();
+  });
+
+  test("history pages, group chat and unread counts over HTTP", async () => {
+    const app = await devToken(server.baseUrl, "backend", "app");
+    const put = await fetch(`${server.baseUrl}/v1/groups/group:g1/members/carol`, { method: "PUT", headers: { authorization: `Bearer ${app}` } });
+    assert.equal(put.status, 200);
+    const carol = client(server, "carol");
+    for (let i = 0; i < 5; i++) await carol.send("group:g1", { kind: "chat", text: `hello ${i}` });
+    const pages = [];
+    for await (const page of carol.historyPages("group:g1", { limit: 2 })) pages.push(page.map((m) => m.text));
+    assert.deepEqual(pages, [["hello 0", "hello 1"], ["hello 2", "hello 3"], ["hello 4"]]);
+    let unread = await carol.unread();
+    assert.equal(unread.channels["group:g1"], 5);
+    const h = await carol.history("group:g1", { afterSeq: 0, limit: 50 });
+    assert.equal(await carol.ackHttp("group:g1", h.next_after_seq), h.next_after_seq);
+    unread = await carol.unread();
+    assert.equal(unread.channels["group:g1"], 0);
+    // Joining the group over the socket pushes nothing already acked; new chat arrives once.
+    const chats = [];
+    carol.on("chat", (ev) => chats.push(ev.text));
+    await carol.connect();
+    await carol.join("group:g1");
+    await carol.send("group:g1", { kind: "chat", text: "live" });
+    await until("live chat", () => chats.length >= 1);
+    await sleep(300);
+    assert.deepEqual(chats, ["live"]);
+    await assert.rejects(carol.join("group:nope"), { code: "not_member" });
+    carol.close();
+  });
+});
+
+describe("across a server restart", () => {
+  test("reconnecting, then resumed: every gift once, token refreshed", async () => {
+    const server = new Standalone({ args: RATE });
+    await server.start();
+    try {
+      const viewer = client(server, "survivor");
+      const gifts = [];
+      const states = [];
+      viewer.on("gift", (ev) => gifts.push(ev.seq));
+      viewer.on("state", (s) => states.push(s.resumed ? "resumed" : s.state));
+      await viewer.connect();
+      await viewer.join("room:restart");
+      const giver = await server.token("giver");
+      const expected = [];
+      for (let i = 0; i < 3; i++) expected.push((await server.post(giver, "room:restart", { kind: "gift", text: "before", client_msg_id: `b${i}` })).seq);
+      await until("3 gifts before", () => gifts.length >= 3);
+      await server.kill();
+      await until("reconnecting", () => states.includes("reconnecting"));
+      await server.start(); // same port and data dir, a NEW random token key
+      const giver2 = await server.token("giver");
+      for (let i = 0; i < 3; i++) expected.push((await server.post(giver2, "room:restart", { kind: "gift", text: "after", client_msg_id: `a${i}` })).seq);
+      await until("resumed", () => states.includes("resumed"), 30_000);
+      await until("6 gifts", () => gifts.length >= 6, 20_000);
+      await sleep(1_500);
+      assert.deepEqual(gifts, expected);
+      assert.deepEqual(expected, [1, 2, 3, 4, 5, 6]);
+      assert.ok(viewer.refreshes() >= 2, "the old token was refused and a new one fetched");
+      viewer.close();
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("an expiring token is refreshed through the callback", async () => {
+    const secret = "sdk-test-secret";
+    const server = new Standalone({ args: ["--auth-secret", secret] });
+    await server.start();
+    const b64 = (b) => Buffer.from(b).toString("base64url");
+    const mint = (sub, exp) => {
+      const body = b64(JSON.stringify({ sub, exp, role: "user" }));
+      return `${body}.${b64(createHmac("sha256", secret).update(body).digest())}`;
+    };
+    try {
+      const reasons = [];
+      const c = new DanmakuClient({
+        baseUrl: server.baseUrl,
+        token: mint("dave", Math.floor(Date.now() / 1000) + 5),
+        getToken: (reason) => {
+          reasons.push(reason);
+          return mint("dave", Math.floor(Date.now() / 1000) + 3600);
+        },
+      });
+      await c.connect();
+      assert.deepEqual(reasons, ["expiring"]);
+      assert.equal(c.user, "dave");
+      c.close();
+    } finally {
+      await server.stop();
+    }
+  });
+});

@@ -1,0 +1,151 @@
+// Pure parts: the protobuf field table against proto/danmaku.proto, client frame
+// encoding, batch bounds, the reliable tracker, backoff.
+
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { Backoff, decodeBatchPayload, decodeServerFrame, encodeClientFrame, ReliableTracker, tokenExpiry } from "../src/index.js";
+import { FIELDS } from "../src/pb.js";
+
+const PROTO = readFileSync(new URL("../../../proto/danmaku.proto", import.meta.url), "utf8");
+
+/** message name → {field: number} parsed from the .proto text. */
+function protoFields() {
+  const out = {};
+  for (const m of PROTO.matchAll(/message\s+(\w+)\s*\{/g)) {
+    let depth = 1;
+    let i = m.index + m[0].length;
+    const start = i;
+    while (depth > 0 && i < PROTO.length) {
+      if (PROTO[i] === "{") depth++;
+      else if (PROTO[i] === "}") depth--;
+      i++;
+    }
+    const body = PROTO.slice(start, i - 1).replace(/\/\/.*$/gm, "");
+    out[m[1]] = {};
+    for (const f of body.matchAll(/(?:repeated\s+)?[\w.]+\s+(\w+)\s*=\s*(\d+)\s*;/g)) out[m[1]][f[1]] = Number(f[2]);
+  }
+  return out;
+}
+
+test("field numbers match proto/danmaku.proto", () => {
+  const proto = protoFields();
+  for (const [msg, fields] of Object.entries(FIELDS)) {
+    // `Online` is the edge's new presence frame; an older .proto may not have it yet.
+    if (msg === "Online" && !proto.Online) continue;
+    assert.ok(proto[msg], `message ${msg} in the .proto`);
+    for (const [name, no] of Object.entries(fields)) {
+      if (msg === "ServerFrame" && name === "online" && !proto.Online) continue;
+      assert.equal(proto[msg][name], no, `${msg}.${name}`);
+    }
+  }
+});
+
+test("client frames encode as protobuf ClientFrame with version 1", () => {
+  const bytes = encodeClientFrame({ type: "resume", channel: "group:7", after_seq: 12 });
+  const r = new BinaryReader(bytes);
+  assert.deepEqual(r.tag(), [1, WireType.Varint]);
+  assert.equal(r.uint32(), 1);
+  assert.deepEqual(r.tag(), [6, WireType.LengthDelimited]);
+  const inner = new BinaryReader(r.bytes());
+  assert.deepEqual(inner.tag(), [1, WireType.LengthDelimited]);
+  assert.equal(inner.string(), "group:7");
+  assert.deepEqual(inner.tag(), [2, WireType.Varint]);
+  assert.equal(Number(inner.uint64()), 12);
+  assert.throws(() => encodeClientFrame({ type: "nope" }), TypeError);
+});
+
+function eventBytes(ev) {
+  const w = new BinaryWriter();
+  w.tag(1, WireType.Varint).int32(ev.kind);
+  w.tag(2, WireType.LengthDelimited).string(ev.sender);
+  w.tag(3, WireType.LengthDelimited).string(ev.text);
+  w.tag(4, WireType.Varint).int64(ev.ts_ms);
+  if (ev.seq) w.tag(5, WireType.Varint).uint64(ev.seq);
+  if (ev.payload_json) w.tag(6, WireType.LengthDelimited).string(ev.payload_json);
+  return w.finish();
+}
+
+function rawPayload(events) {
+  const w = new BinaryWriter();
+  for (const e of events) w.bytes(eventBytes(e));
+  return w.finish();
+}
+
+test("raw batches decode; counts and codecs are checked", () => {
+  const evs = [
+    { kind: 1, sender: "alice", text: "666", ts_ms: 1732350000000 },
+    { kind: 1, sender: "鲍勃", text: "前方高能", ts_ms: 1732350000001, payload_json: '{"c":"#fff"}' },
+  ];
+  const payload = rawPayload(evs);
+  const out = decodeBatchPayload({ codec: 0, dictId: 0, count: 2, payload });
+  assert.equal(out.length, 2);
+  assert.deepEqual(out[1], { kind: "danmaku", sender: "鲍勃", text: "前方高能", ts_ms: 1732350000001, seq: 0, payload: { c: "#fff" } });
+  assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 3, payload }), { code: "bad_batch" });
+  assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 20_000, payload }), { code: "bad_batch" });
+  assert.throws(() => decodeBatchPayload({ codec: 1, dictId: 0, count: 2, payload }), { code: "bad_compression" });
+  assert.throws(() => decodeBatchPayload({ codec: 7, dictId: 0, count: 2, payload }), { code: "bad_compression" });
+});
+
+test("server frames decode; garbage is a DecodeError, unknown bodies are skipped", () => {
+  const w = new BinaryWriter();
+  w.tag(1, WireType.Varint).uint32(1);
+  w.tag(5, WireType.LengthDelimited).fork();
+  w.tag(1, WireType.LengthDelimited).string("room:1");
+  w.tag(2, WireType.Varint).uint64(18);
+  w.tag(3, WireType.LengthDelimited).bytes(eventBytes({ kind: 2, sender: "bob", text: "rocket", ts_ms: 5, seq: 18 }));
+  w.join();
+  const f = decodeServerFrame(w.finish());
+  assert.equal(f.type, "reliable");
+  assert.equal(f.seq, 18);
+  assert.equal(f.event.kind, "gift");
+  assert.throws(() => decodeServerFrame(new Uint8Array([0x22, 0x50, 1, 2])), { name: "DecodeError" });
+  const future = new BinaryWriter();
+  future.tag(1, WireType.Varint).uint32(1);
+  future.tag(42, WireType.LengthDelimited).bytes(new Uint8Array([1, 2, 3]));
+  assert.equal(decodeServerFrame(future.finish()).type, "unknown");
+  const v2 = new BinaryWriter().tag(1, WireType.Varint).uint32(2).finish();
+  assert.throws(() => decodeServerFrame(v2), { code: "unsupported_version" });
+});
+
+test("reliable tracker: dedupe, order, holes, cumulative acks", () => {
+  const t = new ReliableTracker();
+  const ev = (seq) => ({ seq });
+  let r = t.onReliable("room:1", 5, ev(5)); // fresh join: anchored by the first seq
+  assert.deepEqual(r.deliver, [ev(5)]);
+  assert.equal(r.ack, 5);
+  r = t.onReliable("room:1", 5, ev(5)); // retransmission
+  assert.equal(r.duplicate, true);
+  assert.deepEqual(r.deliver, []);
+  assert.equal(r.ack, 5);
+  r = t.onReliable("room:1", 8, ev(8)); // ahead of a hole
+  assert.deepEqual(r.deliver, []);
+  assert.equal(r.resume, 5);
+  r = t.onReliable("room:1", 7, ev(7));
+  assert.equal(r.resume, null, "one resume per after_seq");
+  r = t.onReliable("room:1", 6, ev(6));
+  assert.deepEqual(r.deliver.map((e) => e.seq), [6, 7, 8]);
+  assert.equal(r.ack, 8);
+  t.anchor("room:2", 10);
+  assert.equal(t.onReliable("room:2", 10, ev(10)).duplicate, true);
+  assert.deepEqual(t.onReliable("room:2", 11, ev(11)).deliver, [ev(11)]);
+  t.onReconnect();
+  assert.equal(t.onReliable("room:1", 10, ev(10)).resume, 8);
+});
+
+test("backoff grows exponentially, with jitter, up to the cap", () => {
+  const b = new Backoff({ initialMs: 100, maxMs: 1000, jitter: 0.5 }, () => 1);
+  assert.deepEqual([1, 2, 3, 4, 5].map(() => b.next()), [100, 200, 400, 800, 1000]);
+  const lo = new Backoff({ initialMs: 100, maxMs: 1000, jitter: 0.5 }, () => 0);
+  assert.deepEqual([1, 2, 3].map(() => lo.next()), [50, 100, 200]);
+  b.reset();
+  assert.equal(b.next(), 100);
+});
+
+test("token expiry is read from the claims", () => {
+  // The example token of docs/PROTOCOL.md (exp 4102444800).
+  const t = "eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMCwicm9sZSI6InVzZXIifQ.XQtGWBQuKCC0jte07c6jy97130b4aRsAKIxew1sOOYk";
+  assert.equal(tokenExpiry(t), 4102444800);
+  assert.equal(tokenExpiry("garbage"), null);
+});

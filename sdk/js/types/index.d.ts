@@ -1,0 +1,210 @@
+// Types of @danmaku/sdk. Frames follow docs/PROTOCOL.md of the danmaku repository.
+
+export type Kind = "danmaku" | "gift" | "chat" | "unspecified";
+
+/** One thing that happened in a channel. */
+export interface DanmakuEvent {
+  kind: Kind;
+  sender: string;
+  text: string;
+  /** ingest accept time, ms since the Unix epoch */
+  ts_ms: number;
+  /** per-channel seq of reliable events (gift, chat); 0 for danmaku */
+  seq: number;
+  /** the sender's JSON object (gift id, colour…) when given */
+  payload?: Record<string, unknown>;
+  /** a payload that was not valid JSON, as sent */
+  payload_json?: string;
+  client_msg_id?: string;
+}
+
+export interface EdgeAddr { id: string; ws: string; quic: string; load: number }
+
+export type ServerFrame =
+  | { type: "auth_ok"; user: string }
+  | { type: "joined"; channel: string; last_seq: number }
+  | { type: "left"; channel: string }
+  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number }
+  | { type: "reliable"; channel: string; seq: number; event: DanmakuEvent }
+  | { type: "pong"; ts_ms?: number }
+  | { type: "redirect"; edges: EdgeAddr[] }
+  | { type: "error"; code: string; message: string }
+  | { type: "online"; channel: string; online: number }
+  | { type: "unknown" };
+
+export type ClientFrame =
+  | { type: "join" | "leave"; channel: string }
+  | { type: "ack"; channel: string; seq: number }
+  | { type: "resume"; channel: string; after_seq: number }
+  | { type: "ping"; ts_ms?: number }
+  | { type: "auth"; token: string };
+
+export type TokenReason = "initial" | "expiring" | "rejected";
+
+export interface BackoffOptions { initialMs?: number; maxMs?: number; factor?: number; jitter?: number }
+
+export interface BatchLimits { maxBatchEvents?: number; maxBatchRawBytes?: number }
+
+export interface ClientOptions {
+  /** HTTP base of ingest + scheduler; default: the page's origin, else http://127.0.0.1:7070 */
+  baseUrl?: string;
+  /** a token to start with */
+  token?: string;
+  /** called for a first token, before one expires, and after one was refused */
+  getToken?: (reason: TokenReason) => string | Promise<string>;
+  /** refresh this many seconds before `exp` (default 60) */
+  refreshBeforeSecs?: number;
+  /** "auto" (default: protobuf, JSON after repeated protobuf failures), "pb" or "json" */
+  protocol?: "auto" | "pb" | "json";
+  /** fixed WebSocket URLs instead of asking the scheduler */
+  edges?: string[];
+  /** how many edges to race (default 3) */
+  raceCount?: number;
+  /** ping interval, default 30,000 ms; a connection silent 2.5× this long is dropped */
+  heartbeatMs?: number;
+  idleMs?: number;
+  connectTimeoutMs?: number;
+  backoff?: BackoffOptions;
+  limits?: BatchLimits;
+  WebSocket?: typeof WebSocket;
+  fetch?: typeof fetch;
+}
+
+export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "closed";
+
+export interface StateChange {
+  state: ConnectionState;
+  /** on "connected": true when this is a reconnection (channels re-joined and resumed) */
+  resumed?: boolean;
+  protocol: "pb" | "json";
+  user?: string;
+}
+
+export interface SendMessage {
+  kind?: "danmaku" | "gift" | "chat";
+  text: string;
+  payload?: Record<string, unknown>;
+  /** idempotency key; generated for gifts and chat when absent */
+  client_msg_id?: string;
+}
+
+export interface HistoryMessage {
+  seq: number;
+  kind: Kind;
+  sender: string;
+  text: string;
+  ts_ms: number;
+  payload?: Record<string, unknown>;
+}
+
+export interface HistoryPage { messages: HistoryMessage[]; next_after_seq: number }
+export interface Unread { total: number; channels: Record<string, number> }
+
+export interface ClientStats {
+  frames: number;
+  batches: number;
+  events: number;
+  reliable: number;
+  duplicates: number;
+  reconnects: number;
+  /** total ms spent decoding protobuf batches (zstd + events) */
+  decodeMs: number;
+  rttMs: number | null;
+}
+
+export interface EventMap {
+  danmaku: (ev: DanmakuEvent, channel: string) => void;
+  gift: (ev: DanmakuEvent, channel: string) => void;
+  chat: (ev: DanmakuEvent, channel: string) => void;
+  event: (ev: DanmakuEvent, channel: string) => void;
+  batch: (b: { channel: string; events: DanmakuEvent[]; codec?: number }) => void;
+  reliable: (r: { channel: string; seq: number; event: DanmakuEvent }) => void;
+  online: (o: { channel: string; online: number }) => void;
+  joined: (j: { channel: string; last_seq: number }) => void;
+  left: (l: { channel: string }) => void;
+  state: (s: StateChange) => void;
+  redirect: (r: { edges: EdgeAddr[] }) => void;
+  error: (e: Error | ApiError) => void;
+}
+
+export class ApiError extends Error {
+  status: number;
+  code: string;
+  retryAfterSecs: number | null;
+}
+
+export class DecodeError extends Error {
+  code: string;
+}
+
+export class DanmakuClient {
+  constructor(options?: ClientOptions);
+  readonly state: ConnectionState;
+  readonly protocol: "pb" | "json";
+  readonly user: string | null;
+  readonly stats: ClientStats;
+  readonly http: HttpApi;
+  on<K extends keyof EventMap>(kind: K, fn: EventMap[K]): () => void;
+  connect(): Promise<void>;
+  close(): void;
+  join(channel: string, options?: { afterSeq?: number }): Promise<{ channel: string; last_seq: number }>;
+  leave(channel: string): void;
+  send(channel: string, msg: string | SendMessage, options?: { retries?: number }): Promise<{ accepted?: boolean; seq?: number }>;
+  history(channel: string, options?: { afterSeq?: number; limit?: number }): Promise<HistoryPage>;
+  historyPages(channel: string, options?: { afterSeq?: number; limit?: number }): AsyncGenerator<HistoryMessage[]>;
+  unread(): Promise<Unread>;
+  online(channel: string): Promise<number>;
+  ackHttp(channel: string, seq: number): Promise<number>;
+  deliveredUpto(channel: string): number | null;
+}
+
+export class HttpApi {
+  constructor(options: { baseUrl: string; tokens?: TokenSource; fetch?: typeof fetch });
+  request(method: string, path: string, body?: unknown, options?: { auth?: boolean }): Promise<any>;
+  devToken(user: string, role?: "user" | "app"): Promise<string>;
+  edges(k?: number): Promise<EdgeAddr[]>;
+  send(channel: string, msg: SendMessage, options?: { retries?: number }): Promise<{ accepted?: boolean; seq?: number }>;
+  history(channel: string, options?: { afterSeq?: number; limit?: number }): Promise<HistoryPage>;
+  historyPages(channel: string, options?: { afterSeq?: number; limit?: number }): AsyncGenerator<HistoryMessage[]>;
+  ack(channel: string, seq: number): Promise<number>;
+  unread(): Promise<Unread>;
+  online(channel: string): Promise<number>;
+}
+
+export class TokenSource {
+  constructor(options: { token?: string; getToken?: (reason: TokenReason) => string | Promise<string>; refreshBeforeSecs?: number });
+  get(): Promise<string>;
+  refresh(): Promise<string | null>;
+}
+
+export interface ReliableDecision { deliver: DanmakuEvent[]; ack: number | null; resume: number | null; duplicate: boolean }
+
+export class ReliableTracker {
+  deliveredUpto(channel: string): number | null;
+  anchor(channel: string, seq: number): void;
+  anchored(channel: string): boolean;
+  forget(channel: string): void;
+  onReconnect(): void;
+  onReliable(channel: string, seq: number, event: DanmakuEvent): ReliableDecision;
+}
+
+export class Backoff {
+  constructor(options?: BackoffOptions, random?: () => number);
+  attempt: number;
+  next(): number;
+  reset(): void;
+}
+
+export const SUBPROTOCOL_PB: "danmaku.v1.pb";
+export const SUBPROTOCOL_JSON: "danmaku.v1.json";
+export const PROTOCOL_VERSION: 1;
+export const CODEC_RAW: 0;
+export const CODEC_ZSTD: 1;
+export function devToken(baseUrl: string, user: string, role?: "user" | "app"): Promise<string>;
+export function newClientMsgId(): string;
+export function tokenExpiry(token: string): number | null;
+export function decodeServerFrame(bytes: Uint8Array, limits?: BatchLimits): ServerFrame;
+export function encodeClientFrame(frame: ClientFrame): Uint8Array;
+export function decodeBatchPayload(batch: { codec: number; dictId: number; count: number; payload: Uint8Array }, limits?: BatchLimits): DanmakuEvent[];
+export function decodeJsonFrame(text: string): ServerFrame;
+export function encodeJsonFrame(frame: ClientFrame): string;
