@@ -5,6 +5,7 @@
 #
 # Installs what it needs, idempotently, so it works on a fresh Debian machine:
 #   apt: chromium, fonts-noto-cjk (Chinese danmaku render as text, not boxes),
+#        fonts-noto-color-emoji,
 #        nodejs + npm when node is missing;
 #   npm: the packages in sdk/js and web/test package-lock.json (npm ci, skipped
 #        while the lock file is unchanged).
@@ -23,6 +24,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
+dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || need+=(fonts-noto-color-emoji)
 if [ ${#need[@]} -gt 0 ]; then
   echo "apt-get install ${need[*]}"
   apt-get update -qq
