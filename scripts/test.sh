@@ -48,3 +48,4 @@ echo "DANMAKU_TEST_KAFKA=$DANMAKU_TEST_KAFKA DANMAKU_TEST_POSTGRES=$DANMAKU_TEST
 
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
+bash scripts/test-browser.sh  # JavaScript SDK + player page in headless Chromium (installs chromium, fonts, npm packages)

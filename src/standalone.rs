@@ -24,8 +24,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::server::{ServeError, bind_pair, ops_router};
 
-/// The demo page, served at `/`.
+/// The player page, served at `/`, with its script and the JavaScript SDK bundle
+/// it imports (prebuilt by `npm run build` in sdk/js; no build step at run time).
 const INDEX_HTML: &str = include_str!("../web/index.html");
+const APP_JS: &str = include_str!("../web/app.js");
+const SDK_JS: &str = include_str!("../sdk/js/dist/danmaku.min.js");
+
+/// A JavaScript module as an HTTP answer.
+fn javascript(body: &'static str) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
+}
 
 /// How long open connections get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -172,6 +183,8 @@ pub async fn start(
 
     let app = Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/app.js", get(|| async { javascript(APP_JS) }))
+        .route("/sdk/danmaku.min.js", get(|| async { javascript(SDK_JS) }))
         .merge(ops_router(registry.clone()))
         .merge(edge.router())
         .merge(scheduler.router())

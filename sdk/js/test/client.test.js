@@ -5,10 +5,13 @@
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { after, before, describe, test } from "node:test";
+import { WebSocket as WsWebSocket } from "ws";
 import { DanmakuClient, devToken } from "../src/index.js";
-import { Standalone } from "./standalone.js";
+import { Standalone } from "./standalone.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Node 22+ has a WebSocket like the browser's; older Node uses the `ws` package.
+const WebSocket = globalThis.WebSocket ?? WsWebSocket;
 
 async function until(what, cond, ms = 15_000) {
   const deadline = Date.now() + ms;
@@ -28,6 +31,7 @@ function client(server, user, o = {}) {
       return devToken(server.baseUrl, user);
     },
     heartbeatMs: 2_000,
+    WebSocket,
     backoff: { initialMs: 100, maxMs: 1_000 },
     ...o,
   });
@@ -167,6 +171,7 @@ describe("across a server restart", () => {
       const reasons = [];
       const c = new DanmakuClient({
         baseUrl: server.baseUrl,
+        WebSocket,
         token: mint("dave", Math.floor(Date.now() / 1000) + 5),
         getToken: (reason) => {
           reasons.push(reason);

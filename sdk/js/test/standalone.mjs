@@ -1,7 +1,7 @@
 // Starts a REAL `danmaku standalone` process for tests: a free port, a temp data
-// dir, waits for /healthz. The binary is $DANMAKU_BIN, else the newest of
-// $CARGO_TARGET_DIR/{debug,release}/danmaku (default target dir
-// ~/.cache/danmaku/target, as scripts/test.sh uses) and ./target/{debug,release}.
+// dir, waits for /healthz. The binary is $DANMAKU_BIN, else the newer of
+// {debug,release}/danmaku in the first of $CARGO_TARGET_DIR,
+// ~/.cache/danmaku/target (scripts/test.sh's default) and ./target that has one.
 
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
@@ -14,15 +14,19 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 
 export function findBinary() {
   if (process.env.DANMAKU_BIN) return process.env.DANMAKU_BIN;
+  // The first target dir that has a build wins (another checkout's build under a
+  // shared default dir would serve another version of the page); within it, the
+  // newer of debug and release.
   const dirs = [process.env.CARGO_TARGET_DIR, join(homedir(), ".cache/danmaku/target"), join(REPO, "target")].filter(Boolean);
-  const found = [];
-  for (const d of dirs) for (const p of ["debug", "release"]) {
-    const bin = join(d, p, "danmaku");
-    if (existsSync(bin)) found.push({ bin, t: statSync(bin).mtimeMs });
+  for (const d of dirs) {
+    const found = [];
+    for (const p of ["debug", "release"]) {
+      const bin = join(d, p, "danmaku");
+      if (existsSync(bin)) found.push({ bin, t: statSync(bin).mtimeMs });
+    }
+    if (found.length) return found.sort((a, b) => b.t - a.t)[0].bin;
   }
-  if (!found.length) throw new Error(`no danmaku binary: build it (cargo build) or set DANMAKU_BIN; looked in ${dirs.join(", ")}`);
-  found.sort((a, b) => b.t - a.t);
-  return found[0].bin;
+  throw new Error(`no danmaku binary: build it (cargo build) or set DANMAKU_BIN; looked in ${dirs.join(", ")}`);
 }
 
 /** A TCP port free right now (the server binds TCP and UDP on it). */

@@ -1,0 +1,279 @@
+// The player page in headless Chromium (puppeteer-core driving Debian's
+// /usr/bin/chromium) against a REAL `danmaku standalone`:
+//   * two pages in one room see each other's danmaku (own comments at once);
+//   * a gift posted over HTTP appears exactly once on both pages;
+//   * a killed and restarted server: "reconnecting", then "resumed", no gift lost
+//     or doubled;
+//   * 1,000 danmaku/s for 10 s: the page keeps drawing and answering, and shows
+//     every gift; frame times (performance.now between animation frames) are
+//     written to the artifacts for BENCHMARKS.md.
+// Screenshots (PNG) and measurements go to $DANMAKU_ARTIFACTS (default
+// <repo>/artifacts/browser, ignored by git).
+
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { after, before, describe, test } from "node:test";
+import { Agent, request } from "node:http";
+import puppeteer from "puppeteer-core";
+import { Standalone } from "../../sdk/js/test/standalone.mjs";
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const ARTIFACTS = process.env.DANMAKU_ARTIFACTS ?? join(REPO, "artifacts/browser");
+mkdirSync(ARTIFACTS, { recursive: true });
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A keep-alive POST (node:http: cheaper per request than fetch, for the load test). */
+const agent = new Agent({ keepAlive: true, maxSockets: 32 });
+function post(url, token, body) {
+  return new Promise((res) => {
+    const data = JSON.stringify(body);
+    const req = request(url, {
+      method: "POST",
+      agent,
+      headers: { "content-type": "application/json", "content-length": Buffer.byteLength(data), authorization: `Bearer ${token}` },
+    }, (r) => {
+      r.resume();
+      r.on("end", () => res(r.statusCode));
+    });
+    req.on("error", () => res(0));
+    req.end(data);
+  });
+}
+
+async function until(what, cond, ms = 20_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    last = await cond();
+    if (last) return last;
+    await sleep(50);
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+const server = new Standalone({ args: ["--user-rate", "5000", "--user-burst", "5000"] });
+let browser;
+let profile;
+
+before(async () => {
+  await server.start();
+  profile = mkdtempSync(join(tmpdir(), "danmaku-chromium-"));
+  browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      `--user-data-dir=${profile}`, "--window-size=1280,860",
+      // Several pages draw at once: keep background tabs animating.
+      "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+      "--disable-backgrounding-occluded-windows",
+    ],
+    defaultViewport: { width: 1280, height: 860 },
+  });
+});
+
+after(async () => {
+  agent.destroy();
+  await browser?.close();
+  await server.stop();
+  if (profile) rmSync(profile, { recursive: true, force: true });
+});
+
+async function openPlayer(roomName, user, extra = "") {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.errors = errors;
+  await page.goto(`${server.baseUrl}/?room=${encodeURIComponent(roomName)}&user=${user}${extra}`, { waitUntil: "load" });
+  await until(`${user} connected`, () => page.evaluate(() => window.__danmaku?.ready === true && window.__danmaku.states.at(-1) === "connected"));
+  return page;
+}
+
+const dbg = (page, fn) => page.evaluate(fn);
+const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, name) });
+const giftSeqs = (page, channel) =>
+  page.evaluate((c) => window.__danmaku.gifts.filter((g) => g.channel === c).map((g) => g.seq), channel);
+const feedCount = (page, seq) => page.evaluate((s) => document.querySelectorAll(`#gift-feed li[data-seq="${s}"]`).length, seq);
+
+describe("the player page in Chromium", () => {
+  test("two pages in one room see each other's danmaku; own comments at once", async () => {
+    const a = await openPlayer("room:b1", "alice");
+    const b = await openPlayer("room:b1", "bob");
+    await a.type("#send-text", "大家好 from alice");
+    await a.keyboard.press("Enter");
+    // Shown on alice's own stage before any round trip could matter.
+    assert.equal(await dbg(a, () => window.__danmaku.own), 1);
+    assert.ok((await dbg(a, () => window.__danmaku.shown)) >= 1);
+    await until("bob sees alice", () => b.evaluate(() => window.__danmaku.texts.includes("大家好 from alice")));
+    await b.type("#send-text", "hi alice 666");
+    await b.click("#send-form button[type=submit]");
+    await until("alice sees bob", () => a.evaluate(() => window.__danmaku.texts.includes("hi alice 666")));
+    // Drawn on alice's stage (headless Chromium animates the front tab); her own
+    // comment's echo is not drawn a second time.
+    await a.bringToFront();
+    await until("alice draws bob's comment", () => a.evaluate(() => window.__danmaku.shown >= 2));
+    await sleep(500);
+    assert.equal(await dbg(a, () => window.__danmaku.shown), 2);
+    await shot(a, "two-pages-alice.png");
+    await shot(b, "two-pages-bob.png");
+    assert.deepEqual([...a.errors, ...b.errors], []);
+    await a.close();
+    await b.close();
+  });
+
+  test("a gift sent over HTTP appears exactly once on both pages", async () => {
+    const a = await openPlayer("room:b2", "carol");
+    const b = await openPlayer("room:b2", "dave", "&protocol=json");
+    const giver = await server.token("giver");
+    const { seq } = await server.post(giver, "room:b2", { kind: "gift", text: "rocket", client_msg_id: "g-once", payload: { gift: "rocket", n: 1 } });
+    // The same post retried: the same seq, still one gift.
+    assert.equal((await server.post(giver, "room:b2", { kind: "gift", text: "rocket", client_msg_id: "g-once", payload: { gift: "rocket", n: 1 } })).seq, seq);
+    await until("gift on both", async () => (await giftSeqs(a, "room:b2")).includes(seq) && (await giftSeqs(b, "room:b2")).includes(seq));
+    await shot(a, "gift-once.png");
+    // Past the edge's 1 s retransmit (and its doubling): still exactly once.
+    await sleep(3_500);
+    for (const p of [a, b]) {
+      assert.deepEqual(await giftSeqs(p, "room:b2"), [seq]);
+      assert.equal(await feedCount(p, seq), 1);
+    }
+    await a.close();
+    await b.close();
+  });
+
+  test("server restart: reconnecting, then resumed, no gift lost or doubled", async () => {
+    const a = await openPlayer("room:b3", "erin");
+    const b = await openPlayer("room:b3", "frank", "&protocol=json");
+    let giver = await server.token("giver");
+    const expected = [];
+    for (let i = 0; i < 3; i++) {
+      expected.push((await server.post(giver, "room:b3", { kind: "gift", text: "heart", client_msg_id: `pre-${i}`, payload: { gift: "heart" } })).seq);
+    }
+    await until("gifts before", async () => (await giftSeqs(a, "room:b3")).length === 3 && (await giftSeqs(b, "room:b3")).length === 3);
+    await server.kill();
+    await until("reconnecting", () => a.evaluate(() => window.__danmaku.states.includes("reconnecting")));
+    await shot(a, "reconnecting.png");
+    await server.start(); // same port and data, a new dev token key: the page refreshes its token
+    giver = await server.token("giver");
+    for (let i = 0; i < 3; i++) {
+      expected.push((await server.post(giver, "room:b3", { kind: "gift", text: "car", client_msg_id: `post-${i}`, payload: { gift: "car" } })).seq);
+    }
+    for (const p of [a, b]) {
+      await until("resumed", () => p.evaluate(() => window.__danmaku.states.at(-1) === "resumed"), 30_000);
+      await until("every gift", async () => (await giftSeqs(p, "room:b3")).length >= 6, 20_000);
+    }
+    await shot(a, "resumed.png");
+    await sleep(2_500);
+    for (const p of [a, b]) {
+      assert.deepEqual(await giftSeqs(p, "room:b3"), expected);
+      const states = await p.evaluate(() => window.__danmaku.states);
+      assert.ok(states.indexOf("reconnecting") < states.lastIndexOf("resumed"), states.join(" → "));
+      assert.equal(await p.$eval("#conn", (el) => el.textContent), "resumed");
+    }
+    await a.close();
+    await b.close();
+  });
+
+  test("1,000 danmaku/s for 10 s: the page keeps drawing and shows every gift", async () => {
+    const page = await openPlayer("room:load", "viewer", "&groups=group:fans");
+    const senders = await Promise.all(Array.from({ length: 8 }, (_, i) => server.token(`load-${i}`)));
+    const giver = await server.token("big-giver");
+    const RATE = 1_000;
+    const SECONDS = 10;
+    const texts = ["666", "前方高能！！！", "哈哈哈哈哈哈", "awesome play", "主播加油 💪", "这波操作可以", "gg", "打卡 🎉", "yyds", "太强了吧"];
+    const startFrames = await dbg(page, () => window.__danmaku.frameTimes.length);
+    const t0 = Date.now();
+    let posted = 0;
+    let failed = 0;
+    const gifts = [];
+    const inflight = new Set();
+    // At most a minute of posting: a slow (debug, busy) server gets fewer posts, and
+    // the report says the rate reached.
+    for (let tick = 0; tick < SECONDS * 20 && Date.now() - t0 < 60_000; tick++) {
+      // 50 ms ticks of 50 posts; a gift every 0.5 s.
+      const due = t0 + tick * 50;
+      if (Date.now() < due) await sleep(due - Date.now());
+      for (let i = 0; i < RATE / 20; i++) {
+        const n = posted++;
+        const p = post(`${server.baseUrl}/v1/channels/room:load/messages`, senders[n % senders.length], {
+          kind: "danmaku", text: `${texts[n % texts.length]} ${n}`,
+        }).then((status) => { if (status !== 202) failed++; });
+        inflight.add(p);
+        p.finally(() => inflight.delete(p));
+      }
+      if (tick % 10 === 5) {
+        gifts.push(server.post(giver, "room:load", { kind: "gift", text: "rocket", client_msg_id: `load-g${tick}`, payload: { gift: "rocket", n: tick } }).then((r) => r.seq));
+      }
+      if (tick === 100) shot(page, "under-load.png").catch(() => {});
+      // Bound the in-flight requests so a slow server cannot pile them up.
+      while (inflight.size > 200) await Promise.race(inflight);
+    }
+    await Promise.all(inflight);
+    const seconds = (Date.now() - t0) / 1000;
+    const giftSeqList = await Promise.all(gifts);
+    // Responsive: it answers, and it drew frames all along.
+    const tAnswer = Date.now();
+    await dbg(page, () => 1);
+    const answerMs = Date.now() - tAnswer;
+    await until("every gift on the page", async () => (await giftSeqs(page, "room:load")).length >= giftSeqList.length, 20_000);
+    await shot(page, "after-load.png");
+    const d = await dbg(page, () => ({ ...window.__danmaku, client: undefined, texts: undefined, stats: window.__danmaku.client.stats }));
+    const frames = d.frameTimes.slice(startFrames);
+    const sorted = [...frames].sort((x, y) => x - y);
+    const pct = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+    const report = {
+      posted, failed, seconds, posted_per_sec: posted / seconds, received: d.received, shown: d.shown, dropped: d.dropped,
+      gifts_expected: giftSeqList.length, gifts_shown: d.gifts.filter((g) => g.channel === "room:load").length,
+      frames: frames.length, frame_ms_p50: pct(0.5), frame_ms_p95: pct(0.95), frame_ms_p99: pct(0.99), frame_ms_max: sorted.at(-1),
+      long_tasks: d.longTasks, evaluate_ms: answerMs, batches: d.stats.batches,
+      decode_ms_per_batch: d.stats.batches ? d.stats.decodeMs / d.stats.batches : null,
+      events_per_batch: d.stats.batches ? d.stats.events / d.stats.batches : null,
+      protocol: await dbg(page, () => window.__danmaku.client.protocol),
+    };
+    writeFileSync(join(ARTIFACTS, "load-report.json"), JSON.stringify(report, null, 2));
+    console.log("load report:", JSON.stringify(report));
+    assert.equal(failed, 0, "every post accepted");
+    // Gifts were posted concurrently with the load: seq order is the server's.
+    assert.deepEqual(await giftSeqs(page, "room:load"), [...giftSeqList].sort((x, y) => x - y), "every gift once, in seq order");
+    assert.ok(report.received > posted * 0.9, `received ${report.received} of ${posted}`);
+    assert.ok(frames.length >= seconds * 5, `the page kept drawing (${frames.length} frames in ${seconds} s)`);
+    assert.ok(report.dropped > 0 && report.shown > 0, "excess danmaku dropped, some shown");
+    assert.deepEqual(page.errors, []);
+    await page.close();
+  });
+
+  test("group chat panel: history, live messages and unread badges", async () => {
+    const page = await openPlayer("room:b5", "gina", "&groups=group:club,group:news");
+    const app = await server.token("backend", "app");
+    for (const g of ["group:club", "group:news"]) {
+      const r = await fetch(`${server.baseUrl}/v1/groups/${g}/members/hank`, { method: "PUT", headers: { authorization: `Bearer ${app}` } });
+      assert.equal(r.status, 200);
+    }
+    const hank = await server.token("hank");
+    for (let i = 0; i < 60; i++) await server.post(hank, "group:club", { kind: "chat", text: `club message ${i}` });
+    for (let i = 0; i < 2; i++) await server.post(hank, "group:news", { kind: "chat", text: `news ${i}` });
+    const badge = (g) => page.evaluate((g) => document.querySelector(`#groups button[data-group="${g}"] .badge`)?.dataset.n, g);
+    await until("unread badges", async () => (await badge("group:club")) === "60" && (await badge("group:news")) === "2", 15_000);
+    await shot(page, "chat-badges.png");
+    await page.click('#groups button[data-group="group:club"]');
+    // History is paged (50 per page): all 60, in order.
+    await until("history", () => page.evaluate(() => document.querySelectorAll("#chat-log li[data-seq]").length === 60));
+    const seqs = await page.evaluate(() => [...document.querySelectorAll("#chat-log li[data-seq]")].map((li) => Number(li.dataset.seq)));
+    assert.deepEqual(seqs, Array.from({ length: 60 }, (_, i) => i + 1));
+    assert.equal(await badge("group:club"), "0");
+    await page.type("#chat-text", "hello club 你好");
+    await page.keyboard.press("Enter");
+    await until("own chat live", () => page.evaluate(() => [...document.querySelectorAll("#chat-log li")].some((li) => li.textContent.includes("hello club 你好"))));
+    await server.post(hank, "group:news", { kind: "chat", text: "breaking" });
+    await until("news badge grows", async () => (await badge("group:news")) === "3", 15_000);
+    await shot(page, "chat-panel.png");
+    const count = await page.evaluate(() => document.querySelectorAll("#chat-log li[data-seq]").length);
+    assert.equal(count, 61, "the live message once, after the history");
+    assert.deepEqual(page.errors, []);
+    await page.close();
+  });
+});
