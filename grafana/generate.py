@@ -164,12 +164,13 @@ def reliable_panels(ids, sel):
         ),
         ts(
             ids,
-            "Gift and chat refusals (5xx)",
-            "Reliable posts answered 5xx: store_unavailable or bus_unavailable. Nothing "
-            "answered 200 is lost, but these senders must retry.",
+            "Gift and chat posts by status",
+            "Reliable posts by HTTP status: 200 persisted; 503 store_unavailable or "
+            "bus_unavailable (nothing answered 200 is lost, but these senders must retry); "
+            "409 idempotency conflicts; 4xx refused.",
             "reqps",
             (
-                'sum by (kind, status) (rate(danmaku_ingest_requests_total{kind=~"gift|chat", status=~"5.."}[$__rate_interval]))',
+                'sum by (kind, status) (rate(danmaku_ingest_requests_total{kind=~"gift|chat"}[$__rate_interval]))',
                 "{{kind}} {{status}}",
             ),
         ),

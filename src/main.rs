@@ -35,6 +35,8 @@ enum Command {
         auth_secret: Option<String>,
         #[command(flatten)]
         limits: IngestLimits,
+        #[command(flatten)]
+        top: TopRooms,
     },
     /// The upload API: validates, rate-limits and publishes to the bus.
     Ingest {
@@ -72,6 +74,8 @@ enum Command {
         tls_cert: Option<PathBuf>,
         #[arg(long, env = "DANMAKU_TLS_KEY")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        top: TopRooms,
     },
     /// Hands clients the least-loaded edges.
     Scheduler {
@@ -160,6 +164,23 @@ impl IngestLimits {
     }
 }
 
+/// The edge's top-rooms ranking (gauges by rank, `GET /v1/top-rooms`).
+#[derive(clap::Args)]
+struct TopRooms {
+    /// Rooms ranked by members and by inbound rate (0 turns the ranking off).
+    #[arg(long, env = "DANMAKU_TOP_ROOMS", default_value_t = 20)]
+    top_rooms: usize,
+}
+
+impl TopRooms {
+    fn apply(&self, config: danmaku_edge::EdgeConfig) -> danmaku_edge::EdgeConfig {
+        danmaku_edge::EdgeConfig {
+            top_rooms: self.top_rooms,
+            ..config
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LoadTransport {
     WsJson,
@@ -188,6 +209,7 @@ async fn run(command: Command) -> Result<()> {
             data,
             auth_secret,
             limits,
+            top,
         } => {
             cancel_on_signal(shutdown.clone());
             let config = StandaloneConfig {
@@ -195,6 +217,7 @@ async fn run(command: Command) -> Result<()> {
                 data,
                 auth_secret,
                 ingest: limits.apply(danmaku_ingest::IngestConfig::default()),
+                edge: top.apply(danmaku_edge::EdgeConfig::default()),
                 ..StandaloneConfig::default()
             };
             let running = standalone::start(config, shutdown)
@@ -242,6 +265,7 @@ async fn run(command: Command) -> Result<()> {
             auth_secret,
             tls_cert,
             tls_key,
+            top,
         } => {
             if scheduler.is_some() {
                 tracing::warn!("--scheduler is not used yet: edges do not self-register");
@@ -251,7 +275,7 @@ async fn run(command: Command) -> Result<()> {
             let (bus, store) = open_backends(&bus, &store, &registry).await?;
             let (tcp, udp) = bind_pair(listen)?;
             let edge = danmaku_edge::Edge::start(
-                danmaku_edge::EdgeConfig {
+                top.apply(danmaku_edge::EdgeConfig {
                     id: format!(
                         "edge-{}",
                         advertise.clone().unwrap_or_else(|| listen.to_string())
@@ -259,7 +283,7 @@ async fn run(command: Command) -> Result<()> {
                     tls_cert,
                     tls_key,
                     ..danmaku_edge::EdgeConfig::default()
-                },
+                }),
                 bus,
                 store,
                 danmaku_proto::token::TokenKey::new(&auth_secret),

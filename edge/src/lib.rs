@@ -24,7 +24,8 @@
 //!   and `Ack` (`handlers/reliable.rs`). The decisions are the pure structs of
 //!   [`reliable`].
 //! * Every metric lives in [`metrics`], registered into the registry the
-//!   process passes in.
+//!   process passes in. [`top_rooms`] ranks the hottest rooms every few
+//!   seconds into rank-labelled gauges and `GET /v1/top-rooms`.
 
 pub mod batch_policy;
 mod batcher;
@@ -39,6 +40,7 @@ pub mod reliable;
 mod reliable_fanout;
 mod session;
 mod tls;
+pub mod top_rooms;
 mod ws;
 
 use std::sync::Arc;
@@ -80,6 +82,7 @@ pub struct Edge {
     quic_config: quinn::ServerConfig,
     shutdown: CancellationToken,
     next_conn: AtomicU64,
+    top_rooms: tokio::sync::watch::Receiver<Arc<top_rooms::TopRoomsSnapshot>>,
 }
 
 impl Edge {
@@ -138,6 +141,24 @@ impl Edge {
             start_ms: danmaku_proto::now_ms(),
         };
         tokio::spawn(consumer.run(subscription, shutdown.clone()));
+        let (top_tx, top_rx) = tokio::sync::watch::channel(Arc::new(top_rooms::TopRoomsSnapshot {
+            edge: config.id.clone(),
+            ..Default::default()
+        }));
+        let gauges = metrics::TopRoomGauges::register(registry, config.top_rooms)?;
+        if config.top_rooms > 0 {
+            tokio::spawn(top_rooms::run(
+                config.id.clone(),
+                config.top_rooms,
+                config
+                    .top_rooms_interval
+                    .max(std::time::Duration::from_millis(100)),
+                Arc::clone(&channels),
+                gauges,
+                top_tx,
+                shutdown.clone(),
+            ));
+        }
         tracing::info!(edge = %config.id, bus = bus.kind(), store = store.backend(), shards, "edge started");
         Ok(Arc::new(Edge {
             config,
@@ -149,14 +170,17 @@ impl Edge {
             quic_config,
             shutdown,
             next_conn: AtomicU64::new(1),
+            top_rooms: top_rx,
         }))
     }
 
-    /// `GET /v1/ws` (WebSocket) and `GET /v1/cert` (the QUIC certificate).
+    /// `GET /v1/ws` (WebSocket), `GET /v1/cert` (the QUIC certificate) and
+    /// `GET /v1/top-rooms` (the latest top-rooms ranking).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/ws", get(ws::upgrade))
             .route("/v1/cert", get(cert_handler))
+            .route("/v1/top-rooms", get(top_rooms_handler))
             .with_state(Arc::clone(self))
     }
 
@@ -214,6 +238,11 @@ impl Edge {
         &self.config
     }
 
+    /// The latest top-rooms ranking (empty before the first one).
+    pub fn top_rooms(&self) -> Arc<top_rooms::TopRoomsSnapshot> {
+        Arc::clone(&self.top_rooms.borrow())
+    }
+
     /// Channels with at least one local member.
     pub fn channel_count(&self) -> usize {
         self.registry.len()
@@ -229,6 +258,10 @@ impl Edge {
     fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+async fn top_rooms_handler(State(edge): State<Arc<Edge>>) -> Json<top_rooms::TopRoomsSnapshot> {
+    Json(edge.top_rooms().as_ref().clone())
 }
 
 async fn cert_handler(State(edge): State<Arc<Edge>>) -> Json<serde_json::Value> {
