@@ -345,6 +345,13 @@ def overview():
             ("danmaku:edge_delivery_latency_seconds:p50", "p50"),
             ("danmaku:edge_delivery_latency_seconds:p99", "p99"),
         ),
+        ts(
+            ids,
+            "E2E latency p99 per edge",
+            "The slow edge stands out here (recording rule); open it in 'danmaku / edge'.",
+            "s",
+            ("instance:danmaku_edge_delivery_latency_seconds:p99", "{{instance}}"),
+        ),
         latency_heatmap(
             ids,
             "E2E latency heatmap",
