@@ -400,6 +400,35 @@ fn require(have: &Option<BTreeSet<String>>, want: &Labels, what: &str, problems:
     }
 }
 
+/// The metric names `expr` selects (recording rules included).
+pub fn selector_names(expr: &str) -> Result<BTreeSet<String>, String> {
+    fn walk(e: &Expr, out: &mut BTreeSet<String>) {
+        match e {
+            Expr::VectorSelector(vs) => out.extend(vs.name.clone()),
+            Expr::MatrixSelector(ms) => out.extend(ms.vs.name.clone()),
+            Expr::Paren(p) => walk(&p.expr, out),
+            Expr::Unary(u) => walk(&u.expr, out),
+            Expr::Subquery(s) => walk(&s.expr, out),
+            Expr::Aggregate(a) => {
+                walk(&a.expr, out);
+                if let Some(p) = &a.param {
+                    walk(p, out);
+                }
+            }
+            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
+            Expr::Binary(b) => {
+                walk(&b.lhs, out);
+                walk(&b.rhs, out);
+            }
+            _ => {}
+        }
+    }
+    let ast = parser::parse(expr)?;
+    let mut out = BTreeSet::new();
+    walk(&ast, &mut out);
+    Ok(out)
+}
+
 /// Grafana template variables in `expr`, replaced by values PromQL accepts.
 pub fn substitute_grafana_vars(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
@@ -588,6 +617,13 @@ mod tests {
         c.check("sum by (kind) (a_total) / on () group_left sum(a_total)")
             .unwrap();
         assert!(c.check("sum(").is_err());
+    }
+
+    #[test]
+    fn lists_selected_names() {
+        let n = selector_names("sum(rate(a_total[1m])) / on () group_left max(b) or vector(0)")
+            .unwrap();
+        assert_eq!(n, ["a_total", "b"].map(String::from).into());
     }
 
     #[test]
