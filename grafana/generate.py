@@ -164,12 +164,13 @@ def reliable_panels(ids, sel):
         ),
         ts(
             ids,
-            "Gift and chat refusals (5xx)",
-            "Reliable posts answered 5xx: store_unavailable or bus_unavailable. Nothing "
-            "answered 200 is lost, but these senders must retry.",
+            "Gift and chat posts by status",
+            "Reliable posts by HTTP status: 200 persisted; 503 store_unavailable or "
+            "bus_unavailable (nothing answered 200 is lost, but these senders must retry); "
+            "409 idempotency conflicts; 4xx refused.",
             "reqps",
             (
-                'sum by (kind, status) (rate(danmaku_ingest_requests_total{kind=~"gift|chat", status=~"5.."}[$__rate_interval]))',
+                'sum by (kind, status) (rate(danmaku_ingest_requests_total{kind=~"gift|chat"}[$__rate_interval]))',
                 "{{kind}} {{status}}",
             ),
         ),
@@ -343,6 +344,13 @@ def overview():
             "s",
             ("danmaku:edge_delivery_latency_seconds:p50", "p50"),
             ("danmaku:edge_delivery_latency_seconds:p99", "p99"),
+        ),
+        ts(
+            ids,
+            "E2E latency p99 per edge",
+            "The slow edge stands out here (recording rule); open it in 'danmaku / edge'.",
+            "s",
+            ("instance:danmaku_edge_delivery_latency_seconds:p99", "{{instance}}"),
         ),
         latency_heatmap(
             ids,

@@ -38,6 +38,8 @@ enum Command {
         auth_secret: Option<String>,
         #[command(flatten)]
         limits: IngestLimits,
+        #[command(flatten)]
+        top: TopRooms,
     },
     /// The upload API: validates, rate-limits and publishes to the bus.
     Ingest {
@@ -77,6 +79,8 @@ enum Command {
         tls_key: Option<PathBuf>,
         #[command(flatten)]
         control: EdgeControl,
+        #[command(flatten)]
+        top: TopRooms,
     },
     /// Hands clients the least-loaded edges.
     Scheduler {
@@ -213,6 +217,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// The edge's top-rooms ranking (gauges by rank, `GET /v1/top-rooms`).
+#[derive(clap::Args)]
+struct TopRooms {
+    /// Rooms ranked by members and by inbound rate (0 turns the ranking off).
+    #[arg(long, env = "DANMAKU_TOP_ROOMS", default_value_t = 20)]
+    top_rooms: usize,
+}
+
+impl TopRooms {
+    fn apply(&self, config: danmaku_edge::EdgeConfig) -> danmaku_edge::EdgeConfig {
+        danmaku_edge::EdgeConfig {
+            top_rooms: self.top_rooms,
+            ..config
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LoadTransport {
     WsJson,
@@ -241,6 +262,7 @@ async fn run(command: Command) -> Result<()> {
             data,
             auth_secret,
             limits,
+            top,
         } => {
             cancel_on_signal(shutdown.clone());
             let config = StandaloneConfig {
@@ -248,6 +270,7 @@ async fn run(command: Command) -> Result<()> {
                 data,
                 auth_secret,
                 ingest: limits.apply(danmaku_ingest::IngestConfig::default()),
+                edge: top.apply(danmaku_edge::EdgeConfig::default()),
                 ..StandaloneConfig::default()
             };
             let running = standalone::start(config, shutdown)
@@ -302,13 +325,14 @@ async fn run(command: Command) -> Result<()> {
             tls_cert,
             tls_key,
             control,
+            top,
         } => {
             let registry = process_registry();
             let (bus, store) = open_backends(&bus, &store, &registry).await?;
             let (tcp, udp) = bind_pair(listen)?;
             let advertise = advertise.unwrap_or_else(|| listen.to_string());
             let edge = danmaku_edge::Edge::start(
-                danmaku_edge::EdgeConfig {
+                top.apply(danmaku_edge::EdgeConfig {
                     id: format!("edge-{advertise}"),
                     tls_cert,
                     tls_key,
@@ -323,7 +347,7 @@ async fn run(command: Command) -> Result<()> {
                         online_push_interval: control.online_push_interval,
                     },
                     ..danmaku_edge::EdgeConfig::default()
-                },
+                }),
                 bus,
                 store,
                 danmaku_proto::token::TokenKey::new(&auth_secret),

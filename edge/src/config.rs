@@ -43,6 +43,12 @@ pub struct EdgeConfig {
     /// Scheduler registration, drain and online pushes.
     /// Default [`crate::ControlConfig::default`].
     pub control: crate::ControlConfig,
+    /// Rooms in the top-N gauges and `GET /v1/top-rooms` (by members and by
+    /// inbound rate). Bounds the series an edge exports however many rooms it
+    /// hosts; 0 turns the ranking off. Default 20.
+    pub top_rooms: usize,
+    /// How often the top rooms are ranked (and inbound rates measured). Default 5 s.
+    pub top_rooms_interval: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -59,6 +65,8 @@ impl Default for EdgeConfig {
             max_channels_per_conn: 32,
             reliable: ReliableConfig::default(),
             control: crate::ControlConfig::default(),
+            top_rooms: 20,
+            top_rooms_interval: Duration::from_secs(5),
         }
     }
 }

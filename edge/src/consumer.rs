@@ -112,6 +112,7 @@ impl Consumer {
         let Some(channel) = self.registry.get(key) else {
             return BusResult::NoLocalMembers;
         };
+        channel.count_inbound();
         let bus_event = match frame::decode_bus_event(&msg.payload, &self.limits) {
             Ok(ev) => ev,
             Err(e) => {

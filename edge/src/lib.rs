@@ -24,7 +24,8 @@
 //!   and `Ack` (`handlers/reliable.rs`). The decisions are the pure structs of
 //!   [`reliable`].
 //! * Every metric lives in [`metrics`], registered into the registry the
-//!   process passes in.
+//!   process passes in. [`top_rooms`] ranks the hottest rooms every few
+//!   seconds into rank-labelled gauges and `GET /v1/top-rooms`.
 
 pub mod batch_policy;
 mod batcher;
@@ -40,6 +41,7 @@ pub mod reliable;
 mod reliable_fanout;
 mod session;
 mod tls;
+pub mod top_rooms;
 mod ws;
 
 use std::sync::Arc;
@@ -83,6 +85,7 @@ pub struct Edge {
     shutdown: CancellationToken,
     next_conn: AtomicU64,
     control: control_plane::ControlState,
+    top_rooms: tokio::sync::watch::Receiver<Arc<top_rooms::TopRoomsSnapshot>>,
 }
 
 impl Edge {
@@ -142,6 +145,24 @@ impl Edge {
             start_ms: danmaku_proto::now_ms(),
         };
         tokio::spawn(consumer.run(subscription, shutdown.clone()));
+        let (top_tx, top_rx) = tokio::sync::watch::channel(Arc::new(top_rooms::TopRoomsSnapshot {
+            edge: config.id.clone(),
+            ..Default::default()
+        }));
+        let gauges = metrics::TopRoomGauges::register(registry, config.top_rooms)?;
+        if config.top_rooms > 0 {
+            tokio::spawn(top_rooms::run(
+                config.id.clone(),
+                config.top_rooms,
+                config
+                    .top_rooms_interval
+                    .max(std::time::Duration::from_millis(100)),
+                Arc::clone(&channels),
+                gauges,
+                top_tx,
+                shutdown.clone(),
+            ));
+        }
         tracing::info!(edge = %config.id, bus = bus.kind(), store = store.backend(), shards, "edge started");
         let control = control_plane::ControlState::new(control_metrics, bus, &config.control);
         let edge = Arc::new(Edge {
@@ -155,12 +176,14 @@ impl Edge {
             shutdown: shutdown.clone(),
             next_conn: AtomicU64::new(1),
             control,
+            top_rooms: top_rx,
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)
     }
 
-    /// `GET /v1/ws` (WebSocket) and `GET /v1/cert` (the QUIC certificate).
+    /// `GET /v1/ws` (WebSocket), `GET /v1/cert` (the QUIC certificate) and
+    /// `GET /v1/top-rooms` (the latest top-rooms ranking).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(
@@ -171,6 +194,7 @@ impl Edge {
                 )),
             )
             .route("/v1/cert", get(cert_handler))
+            .route("/v1/top-rooms", get(top_rooms_handler))
             .with_state(Arc::clone(self))
     }
 
@@ -228,6 +252,11 @@ impl Edge {
         &self.config
     }
 
+    /// The latest top-rooms ranking (empty before the first one).
+    pub fn top_rooms(&self) -> Arc<top_rooms::TopRoomsSnapshot> {
+        Arc::clone(&self.top_rooms.borrow())
+    }
+
     /// Channels with at least one local member.
     pub fn channel_count(&self) -> usize {
         self.registry.len()
@@ -243,6 +272,10 @@ impl Edge {
     fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+async fn top_rooms_handler(State(edge): State<Arc<Edge>>) -> Json<top_rooms::TopRoomsSnapshot> {
+    Json(edge.top_rooms().as_ref().clone())
 }
 
 async fn cert_handler(State(edge): State<Arc<Edge>>) -> Json<serde_json::Value> {

@@ -6,7 +6,8 @@
 //! flush never hashes label values.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::registry::Transport;
@@ -345,6 +346,64 @@ impl ControlMetrics {
         self.scheduler_requests
             .with_label_values(&[op, result])
             .inc();
+    }
+}
+
+/// The top-N rooms gauges, labelled by `rank` only ("1"..="N"): a fixed set of
+/// series per edge however many rooms come and go. The room behind each rank is
+/// served by `GET /v1/top-rooms` (see `top_rooms.rs` for why no room label).
+#[derive(Clone)]
+pub struct TopRoomGauges {
+    /// `danmaku_edge_top_room_members{rank}`.
+    members: Vec<IntGauge>,
+    /// `danmaku_edge_top_room_inbound_per_second{rank}`.
+    inbound: Vec<prometheus::Gauge>,
+}
+
+impl TopRoomGauges {
+    /// Registers `n` ranks of both gauges, all at 0 until the first ranking.
+    pub fn register(registry: &Registry, n: usize) -> Result<Self, prometheus::Error> {
+        let members = IntGaugeVec::new(
+            Opts::new(
+                "danmaku_edge_top_room_members",
+                "Local members of this edge's rank-th biggest room (room names: GET /v1/top-rooms).",
+            ),
+            &["rank"],
+        )?;
+        let inbound = GaugeVec::new(
+            Opts::new(
+                "danmaku_edge_top_room_inbound_per_second",
+                "Bus events per second into this edge's rank-th busiest room (room names: GET /v1/top-rooms).",
+            ),
+            &["rank"],
+        )?;
+        registry.register(Box::new(members.clone()))?;
+        registry.register(Box::new(inbound.clone()))?;
+        let ranks: Vec<String> = (1..=n).map(|r| r.to_string()).collect();
+        Ok(TopRoomGauges {
+            members: ranks
+                .iter()
+                .map(|r| members.with_label_values(&[r.as_str()]))
+                .collect(),
+            inbound: ranks
+                .iter()
+                .map(|r| inbound.with_label_values(&[r.as_str()]))
+                .collect(),
+        })
+    }
+
+    /// Sets every rank from a ranking (best first); ranks without a room read 0.
+    pub fn set(
+        &self,
+        by_members: &[crate::top_rooms::RoomStat],
+        by_inbound: &[crate::top_rooms::RoomStat],
+    ) {
+        for (i, g) in self.members.iter().enumerate() {
+            g.set(by_members.get(i).map_or(0, |r| r.members as i64));
+        }
+        for (i, g) in self.inbound.iter().enumerate() {
+            g.set(by_inbound.get(i).map_or(0.0, |r| r.inbound_per_sec));
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! Channels are removed when their last member leaves.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -169,6 +169,8 @@ pub struct Channel {
     members: DashMap<ConnId, Member>,
     count: AtomicUsize,
     json_count: AtomicUsize,
+    /// Bus events routed here since the top-rooms task last looked (`top_rooms.rs`).
+    inbound: AtomicU64,
 }
 
 impl Channel {
@@ -178,7 +180,19 @@ impl Channel {
             members: DashMap::new(),
             count: AtomicUsize::new(0),
             json_count: AtomicUsize::new(0),
+            inbound: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one bus event routed to this channel: one relaxed add, the only
+    /// per-event cost of the top-rooms ranking.
+    pub fn count_inbound(&self) {
+        self.inbound.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events counted since the previous call (resets the count).
+    pub fn take_inbound(&self) -> u64 {
+        self.inbound.swap(0, Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &ChannelName {
@@ -326,6 +340,14 @@ impl Registry {
     /// The channel named `name`, if it has local members.
     pub fn get(&self, name: &str) -> Option<Arc<Channel>> {
         self.channels.get(name).map(|c| Arc::clone(&c))
+    }
+
+    /// Calls `f` with every channel, holding one map shard's read lock at a
+    /// time. For periodic reports (`top_rooms.rs`), not the fan-out path.
+    pub fn for_each_channel(&self, mut f: impl FnMut(&Channel)) {
+        for entry in self.channels.iter() {
+            f(entry.value());
+        }
     }
 
     /// Channels with local members: the `n` of the adaptive window.

@@ -13,6 +13,7 @@ pub fn init_crypto() {
 }
 
 pub mod kafka;
+pub mod promql;
 
 /// The value of a sample in Prometheus text `exposition`: `name` with all of
 /// `labels` (a subset match), summed over the series that match.
