@@ -246,6 +246,55 @@ describe("the player page in Chromium", () => {
     await page.close();
   });
 
+  test("SDK decode cost per batch in Chromium (real zstd batches from the edge)", async () => {
+    const page = await openPlayer("room:b6", "bench");
+    // Capture the edge's binary frames with a raw protobuf WebSocket in the page.
+    await page.evaluate(async () => {
+      const sdk = await import("/sdk/danmaku.min.js");
+      const token = await sdk.devToken(location.origin, "bench-raw");
+      const ws = new WebSocket(`ws://${location.host}/v1/ws?token=${encodeURIComponent(token)}`, "danmaku.v1.pb");
+      ws.binaryType = "arraybuffer";
+      window.__frames = [];
+      ws.onmessage = (m) => window.__frames.push(new Uint8Array(m.data));
+      await new Promise((r) => (ws.onopen = r));
+      ws.send(sdk.encodeClientFrame({ type: "join", channel: "room:b6" }));
+      await new Promise((r) => setTimeout(r, 300));
+    });
+    const tokens = await Promise.all(Array.from({ length: 4 }, (_, i) => server.token(`bench-${i}`)));
+    const texts = ["666", "前方高能！！！", "哈哈哈哈哈哈", "awesome play", "主播加油", "这波操作可以", "gg", "打卡", "yyds", "太强了吧"];
+    const N = 2_000;
+    const inflight = new Set();
+    for (let n = 0; n < N; n++) {
+      const p = post(`${server.baseUrl}/v1/channels/room:b6/messages`, tokens[n % tokens.length], { kind: "danmaku", text: `${texts[n % texts.length]} ${n}` });
+      inflight.add(p);
+      p.finally(() => inflight.delete(p));
+      while (inflight.size > 64) await Promise.race(inflight);
+    }
+    await Promise.all(inflight);
+    const report = await until("every event captured", () => page.evaluate(async (N) => {
+      const sdk = await import("/sdk/danmaku.min.js");
+      const batches = window.__frames.map((f) => ({ f, d: sdk.decodeServerFrame(f) })).filter((x) => x.d.type === "batch");
+      const events = batches.reduce((n, x) => n + x.d.events.length, 0);
+      if (events < N) return null;
+      const REPEAT = 30;
+      const t0 = performance.now();
+      for (let i = 0; i < REPEAT; i++) for (const x of batches) sdk.decodeServerFrame(x.f);
+      const ms = performance.now() - t0;
+      return {
+        batches: batches.length, events, zstd_batches: batches.filter((x) => x.d.codec === 1).length,
+        events_per_batch: events / batches.length,
+        bytes_per_batch: batches.reduce((n, x) => n + x.f.length, 0) / batches.length,
+        decode_us_per_batch: (ms * 1000) / (REPEAT * batches.length),
+        decode_us_per_event: (ms * 1000) / (REPEAT * events),
+      };
+    }, N), 30_000);
+    writeFileSync(join(ARTIFACTS, "decode-report.json"), JSON.stringify(report, null, 2));
+    console.log("decode report:", JSON.stringify(report));
+    assert.equal(report.events, N, "every posted danmaku decoded once");
+    assert.ok(report.zstd_batches > 0, "zstd batches were decoded");
+    await page.close();
+  });
+
   test("group chat panel: history, live messages and unread badges", async () => {
     const page = await openPlayer("room:b5", "gina", "&groups=group:club,group:news");
     const app = await server.token("backend", "app");
