@@ -152,6 +152,7 @@ describe("across a server restart", () => {
       assert.deepEqual(gifts, expected);
       assert.deepEqual(expected, [1, 2, 3, 4, 5, 6]);
       assert.ok(viewer.refreshes() >= 2, "the old token was refused and a new one fetched");
+      assert.equal(viewer.protocol, "pb", "a restart is no reason to leave protobuf");
       viewer.close();
     } finally {
       await server.stop();
