@@ -208,7 +208,7 @@ describe("the player page in Chromium", () => {
       if (tick % 10 === 5) {
         gifts.push(server.post(giver, "room:load", { kind: "gift", text: "rocket", client_msg_id: `load-g${tick}`, payload: { gift: "rocket", n: tick } }).then((r) => r.seq));
       }
-      if (tick === 100) shot(page, "under-load.png").catch(() => {});
+      if (tick === 20) shot(page, "under-load.png").catch(() => {});
       // Bound the in-flight requests so a slow server cannot pile them up.
       while (inflight.size > 200) await Promise.race(inflight);
     }
