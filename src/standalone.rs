@@ -22,7 +22,9 @@ use prometheus::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{ServeError, bind_pair, ops_router};
+use crate::server::{
+    Readiness, ServeError, bind_pair, ops_router, process_registry, readyz_router,
+};
 
 /// The player page, served at `/`, with its script and the JavaScript SDK bundle
 /// it imports (prebuilt by `npm run build` in sdk/js; no build step at run time).
@@ -137,7 +139,7 @@ pub async fn start(
     let http_addr = tcp.local_addr()?;
     let quic_addr = udp.local_addr()?;
 
-    let registry = Registry::new();
+    let registry = process_registry();
     let (tokens, dev_tokens) = match &config.auth_secret {
         Some(secret) => (TokenKey::new(secret), false),
         None => {
@@ -180,6 +182,7 @@ pub async fn start(
                 quic: quic_addr.to_string(),
                 load: 0.0,
             }],
+            ..SchedulerConfig::default()
         },
         &registry,
     )?;
@@ -189,6 +192,11 @@ pub async fn start(
         .route("/app.js", get(|| async { javascript(APP_JS) }))
         .route("/sdk/danmaku.min.js", get(|| async { javascript(SDK_JS) }))
         .merge(ops_router(registry.clone()))
+        .merge(readyz_router(Readiness {
+            edge: Some(edge.clone()),
+            ..Readiness::default()
+        }))
+        .merge(edge.local_online_router())
         .merge(edge.router())
         .merge(scheduler.router())
         .merge(ingest.router());
