@@ -119,6 +119,8 @@ describe("the player page in Chromium", () => {
     await until("alice draws bob's comment", () => a.evaluate(() => window.__danmaku.shown >= 2));
     await sleep(500);
     assert.equal(await dbg(a, () => window.__danmaku.shown), 2);
+    // The room's online count (GET /v1/channels/{channel}/online, polled by the page).
+    await until("online count 2", () => a.$eval("#online", (el) => el.textContent === "2"), 15_000);
     await shot(a, "two-pages-alice.png");
     await shot(b, "two-pages-bob.png");
     assert.deepEqual([...a.errors, ...b.errors], []);

@@ -59,6 +59,7 @@ describe("against a real standalone", () => {
       assert.equal(viewer.protocol, protocol === "auto" ? "pb" : "json");
       const joined = await viewer.join("room:dm");
       assert.equal(joined.channel, "room:dm");
+      await until("online count", async () => (await viewer.online("room:dm")) === 1);
       const sender = client(server, "poster");
       const n = 60;
       await Promise.all(
