@@ -35,7 +35,10 @@ const SDK_JS: &str = include_str!("../sdk/js/dist/danmaku.min.js");
 /// A JavaScript module as an HTTP answer.
 fn javascript(body: &'static str) -> impl axum::response::IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
         body,
     )
 }

@@ -184,8 +184,10 @@ fn every_named_document_exists_in_the_repository() {
 fn references_are_found_and_resolved_as_documented() {
     let text = concat!(
         "see docs/PROTOCOL.md#errors and (../BENCHMARKS.md), not https://x.org/a/B.md\n",
-        "glob *", ".md; ./docs/ARCHITECTURE.md; README.mdx is no document\n",
-        "the note at /etc/NOTE", ".md"
+        "glob *",
+        ".md; ./docs/ARCHITECTURE.md; README.mdx is no document\n",
+        "the note at /etc/NOTE",
+        ".md"
     );
     let refs = md_references(text);
     let names: Vec<&str> = refs.iter().map(|(_, r)| r.as_str()).collect();
@@ -205,8 +207,18 @@ fn references_are_found_and_resolved_as_documented() {
     let from = Path::new("docs/ARCHITECTURE.md");
     assert!(resolves("../BENCHMARKS.md", from, &root, &names));
     assert!(resolves("PROTOCOL.md", from, &root, &names));
-    assert!(resolves("METRICS.md", Path::new("tests/x.rs"), &root, &names));
-    assert!(!resolves(concat!("../../outside", ".md"), from, &root, &names));
+    assert!(resolves(
+        "METRICS.md",
+        Path::new("tests/x.rs"),
+        &root,
+        &names
+    ));
+    assert!(!resolves(
+        concat!("../../outside", ".md"),
+        from,
+        &root,
+        &names
+    ));
     assert!(!resolves(concat!("/etc/NOTE", ".md"), from, &root, &names));
     let gone = concat!("docs/NOT_THERE", ".md");
     assert!(!resolves(gone, from, &root, &names));

@@ -226,6 +226,11 @@ const client = new DanmakuClient({
 });
 debug.client = client;
 const stage = new Stage($("canvas"));
+// For the browser tests' render benchmark: comments straight onto the stage.
+debug.inject = (text, sender = "bench") => {
+  debug.received++;
+  stage.add({ text, sender });
+};
 const pendingOwn = new Map(); // text → how many echoes to skip
 
 $("room-name").textContent = room;

@@ -66,6 +66,7 @@ export class DanmakuClient {
   #redirectEdges = null;
   #dropConnection = null;
   #pbFailures = 0;
+  #httpOk = false;
   #connectedOnce = false;
   #timers = [];
   #lastFrameAt = 0;
@@ -198,12 +199,14 @@ export class DanmakuClient {
       const urls = r.map((e) => e.ws).filter(Boolean);
       if (urls.length) return urls;
     }
+    this.#httpOk = true;
     if (this.staticEdges?.length) return this.staticEdges;
     try {
       const edges = await this.http.edges(this.raceCount);
       const urls = edges.map((e) => e.ws).filter(Boolean);
       if (urls.length) return urls;
     } catch (e) {
+      this.#httpOk = e instanceof ApiError && e.status !== 0;
       this.#emit("error", e);
     }
     return [wsUrlFromBase(this.baseUrl)];
@@ -269,11 +272,17 @@ export class DanmakuClient {
       if (attempts.length === 0 && !done) finish(null, new Error("no edge to connect to"));
     }).catch(async (e) => {
       // Before the upgrade a refused token and a refused subprotocol look alike to a
-      // browser. After two failures: ask for a fresh token, then try JSON.
-      if (protocol === "pb" && this.protocolOption === "auto" && ++this.#pbFailures >= 3) {
+      // browser. The second failure in a row asks for a fresh token (and every fifth
+      // after it); protobuf failures while HTTP answers, four in a row after that
+      // refresh, switch to JSON. A server that is down (HTTP fails too) changes nothing.
+      const failures = this.backoff.attempt + 1;
+      if (failures === 2 || (failures > 2 && failures % 5 === 0)) {
+        await this.tokens.refresh().catch(() => {});
+        if (failures === 2) this.#pbFailures = 0;
+      }
+      if (protocol === "pb" && this.protocolOption === "auto" && this.#httpOk && ++this.#pbFailures >= 4) {
         this.protocol = "json";
       }
-      if (this.backoff.attempt >= 1) await this.tokens.refresh().catch(() => {});
       throw e;
     });
     if (protocol === "pb") this.#pbFailures = 0;

@@ -59,6 +59,7 @@ describe("against a real standalone", () => {
       assert.equal(viewer.protocol, protocol === "auto" ? "pb" : "json");
       const joined = await viewer.join("room:dm");
       assert.equal(joined.channel, "room:dm");
+      await until("online count", async () => (await viewer.online("room:dm")) === 1);
       const sender = client(server, "poster");
       const n = 60;
       await Promise.all(
@@ -152,6 +153,7 @@ describe("across a server restart", () => {
       assert.deepEqual(gifts, expected);
       assert.deepEqual(expected, [1, 2, 3, 4, 5, 6]);
       assert.ok(viewer.refreshes() >= 2, "the old token was refused and a new one fetched");
+      assert.equal(viewer.protocol, "pb", "a restart is no reason to leave protobuf");
       viewer.close();
     } finally {
       await server.stop();
