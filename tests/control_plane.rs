@@ -126,16 +126,23 @@ fn via(url: &str, addr: std::net::SocketAddr) -> (String, String) {
 /// `danmaku ROLE` with a `--store` of our choosing (the common helper always
 /// passes the test PostgreSQL URL).
 async fn spawn_with_store(role: &str, bus: &str, store: &str) -> Proc {
+    spawn_logged(role, bus, store, &[]).await
+}
+
+/// Like `common::spawn`, with the log (tracing writes to stdout) kept in `Proc::log`.
+async fn spawn_logged(role: &str, bus: &str, store: &str, extra: &[&str]) -> Proc {
     let addr = common::free_addr();
     let log = std::env::temp_dir().join(format!("{}.log", unique(&format!("danmaku-{role}"))));
+    let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
         .arg(role)
         .args(["--listen", &addr.to_string(), "--bus", bus])
         .args(["--auth-secret", common::SECRET, "--store", store])
-        .env("RUST_LOG", "info")
+        .args(extra)
+        .env("RUST_LOG", "info,danmaku_client=warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
         .spawn()
         .expect("spawn danmaku");
     let p = Proc {
@@ -308,14 +315,17 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
     const VIEWERS: usize = 500;
     const GIFTS: u64 = 300;
     let bus = format!("kafka://{}?topic={}", shared_broker(), unique("drain"));
-    let mut draining = spawn("edge", &bus, &["--drain-rate", "0.2"]).await;
-    let other = spawn("edge", &bus, &[]).await;
-    let ingest = spawn(
+    let store = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
+    let mut draining = spawn_logged("edge", &bus, &store, &["--drain-rate", "0.2"]).await;
+    let other = spawn_logged("edge", &bus, &store, &[]).await;
+    let ingest = spawn_logged(
         "ingest",
         &bus,
+        &store,
         &["--user-rate", "100000", "--user-burst", "100000"],
     )
     .await;
+    eprintln!("logs: draining {} other {}", draining.log.display(), other.log.display());
     let channel = format!("room:{}", unique("d").replace('.', "-"));
     let target = |p: &Proc| EdgeTarget {
         base_url: p.base.clone(),
