@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use danmaku::server::{bind_pair, cancel_on_signal, ops_router};
+use danmaku::server::{
+    Readiness, bind_pair, cancel_on_signal, drain_on_signal, ops_router, process_registry,
+    readyz_router,
+};
 use danmaku::standalone::{self, StandaloneConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +66,7 @@ enum Command {
         /// Address clients should use to reach this edge (defaults to --listen).
         #[arg(long, env = "DANMAKU_ADVERTISE")]
         advertise: Option<String>,
-        /// Scheduler to register with.
+        /// Scheduler to register with (base URL, e.g. http://10.0.0.2:7000).
         #[arg(long, env = "DANMAKU_SCHEDULER")]
         scheduler: Option<String>,
         #[arg(long, env = "DANMAKU_AUTH_SECRET")]
@@ -72,6 +75,8 @@ enum Command {
         tls_cert: Option<PathBuf>,
         #[arg(long, env = "DANMAKU_TLS_KEY")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        control: EdgeControl,
     },
     /// Hands clients the least-loaded edges.
     Scheduler {
@@ -165,6 +170,49 @@ impl IngestLimits {
     }
 }
 
+/// Registration, drain and online pushes of an edge (defaults: see
+/// `danmaku_edge::ControlConfig`).
+#[derive(clap::Args)]
+struct EdgeControl {
+    /// Client connections this edge is sized for (reported to the scheduler).
+    #[arg(long, env = "DANMAKU_CAPACITY", default_value_t = 19_000)]
+    capacity: u64,
+    /// Egress bytes per second this edge may send (scheduler default: 125000000).
+    #[arg(long, env = "DANMAKU_EGRESS_CAPACITY")]
+    egress_capacity: Option<u64>,
+    /// Fraction of the connections redirected per second while draining.
+    #[arg(long, env = "DANMAKU_DRAIN_RATE", default_value_t = 0.1)]
+    drain_rate: f64,
+    /// Longest a drain lasts before the rest is closed, e.g. 60s or 2m.
+    #[arg(long, env = "DANMAKU_DRAIN_DEADLINE", default_value = "60s", value_parser = parse_duration)]
+    drain_deadline: Duration,
+    /// Channels with at least this many members on an edge get `online` frames.
+    #[arg(long, env = "DANMAKU_ONLINE_PUSH_MIN", default_value_t = 50)]
+    online_push_min: usize,
+    /// How often `online` frames are pushed, e.g. 5s.
+    #[arg(long, env = "DANMAKU_ONLINE_PUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    online_push_interval: Duration,
+}
+
+/// `250ms`, `60s`, `2m` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 250ms, 60s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LoadTransport {
     WsJson,
@@ -221,8 +269,13 @@ async fn run(command: Command) -> Result<()> {
             limits,
         } => {
             cancel_on_signal(shutdown.clone());
-            let registry = prometheus::Registry::new();
+            let registry = process_registry();
             let (bus, store) = open_backends(&bus, &store, &registry).await?;
+            let readiness = Readiness {
+                bus: Some(bus.clone()),
+                store: Some(store.clone()),
+                edge: None,
+            };
             let ingest = danmaku_ingest::Ingest::new(
                 limits.apply(danmaku_ingest::IngestConfig {
                     node_id: format!("ingest-{listen}"),
@@ -235,6 +288,7 @@ async fn run(command: Command) -> Result<()> {
             )?;
             let app = axum::Router::new()
                 .merge(ops_router(registry))
+                .merge(readyz_router(readiness))
                 .merge(ingest.router());
             serve_http(listen, app, shutdown).await
         }
@@ -247,22 +301,27 @@ async fn run(command: Command) -> Result<()> {
             auth_secret,
             tls_cert,
             tls_key,
+            control,
         } => {
-            if scheduler.is_some() {
-                tracing::warn!("--scheduler is not used yet: edges do not self-register");
-            }
-            cancel_on_signal(shutdown.clone());
-            let registry = prometheus::Registry::new();
+            let registry = process_registry();
             let (bus, store) = open_backends(&bus, &store, &registry).await?;
             let (tcp, udp) = bind_pair(listen)?;
+            let advertise = advertise.unwrap_or_else(|| listen.to_string());
             let edge = danmaku_edge::Edge::start(
                 danmaku_edge::EdgeConfig {
-                    id: format!(
-                        "edge-{}",
-                        advertise.clone().unwrap_or_else(|| listen.to_string())
-                    ),
+                    id: format!("edge-{advertise}"),
                     tls_cert,
                     tls_key,
+                    control: danmaku_edge::ControlConfig {
+                        scheduler,
+                        advertise: Some(advertise),
+                        capacity: control.capacity,
+                        egress_capacity: control.egress_capacity,
+                        drain_rate: control.drain_rate,
+                        drain_deadline: control.drain_deadline,
+                        online_push_min: control.online_push_min,
+                        online_push_interval: control.online_push_interval,
+                    },
                     ..danmaku_edge::EdgeConfig::default()
                 },
                 bus,
@@ -272,9 +331,17 @@ async fn run(command: Command) -> Result<()> {
                 shutdown.clone(),
             )
             .await?;
+            // SIGTERM or Ctrl-C drains (a second one stops at once); a finished
+            // drain stops the process.
+            drain_on_signal(edge.clone(), shutdown.clone());
             let quic = edge.serve_quic(udp)?;
             let app = axum::Router::new()
                 .merge(ops_router(registry))
+                .merge(readyz_router(Readiness {
+                    edge: Some(edge.clone()),
+                    ..Readiness::default()
+                }))
+                .merge(edge.admin_router())
                 .merge(edge.router());
             let listener = tokio::net::TcpListener::from_std(tcp)?;
             tracing::info!(%listen, "edge serving");
@@ -300,7 +367,7 @@ async fn run(command: Command) -> Result<()> {
                 bail!("give --auth-secret (edges register with it) or at least one --edge");
             }
             cancel_on_signal(shutdown.clone());
-            let registry = prometheus::Registry::new();
+            let registry = process_registry();
             let static_edges = edges
                 .iter()
                 .map(|e| parse_edge(e))

@@ -1,13 +1,19 @@
-//! What every danmaku process serves besides its own API: `/metrics` and
-//! `/healthz`, the socket pair of one `--listen` address (TCP for HTTP and
-//! WebSocket, UDP with the same port number for QUIC), and signal handling.
+//! What every danmaku process serves besides its own API: `/metrics`,
+//! `/healthz` (alive) and `/readyz` (able to serve), the socket pair of one
+//! `--listen` address (TCP for HTTP and WebSocket, UDP with the same port number
+//! for QUIC), and signal handling.
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::{Json, Router};
+use danmaku_bus::Bus;
+use danmaku_edge::{Edge, NotReady};
+use danmaku_store::Store;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +72,97 @@ pub fn ops_router(registry: Registry) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
 }
 
+/// A process registry with the standard process collector
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, …) already in it: the scheduler's load model reads CPU
+/// from every edge's `/metrics`.
+pub fn process_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    if let Err(e) = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::warn!(error = %e, "cannot register the process collector");
+    }
+    registry
+}
+
+/// Longest a readiness check waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` checks: the bus and store a process depends on, and the edge
+/// (draining, plus its own bus and store checks).
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pub bus: Option<Arc<dyn Bus>>,
+    pub store: Option<Arc<dyn Store>>,
+    pub edge: Option<Arc<Edge>>,
+}
+
+impl Readiness {
+    /// `Ok` when every dependency answers; else the first reason it cannot serve.
+    pub async fn check(&self) -> Result<(), NotReady> {
+        if let Some(edge) = &self.edge {
+            edge.readiness().await?;
+        }
+        if let Some(bus) = &self.bus
+            && !bus.healthy()
+        {
+            return Err(NotReady {
+                reason: "bus_unavailable",
+                message: format!("the {} bus cannot deliver", bus.kind()),
+            });
+        }
+        if let Some(store) = &self.store {
+            match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(NotReady {
+                        reason: "store_unavailable",
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(NotReady {
+                        reason: "store_unavailable",
+                        message: format!("store ping took over {READY_TIMEOUT:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `/readyz`: 200 `{"ready":true}` when the process can serve, else 503
+/// `{"ready":false,"reason":"draining|bus_unavailable|store_unavailable","message":"…"}`.
+/// Load balancers and the scheduler stop sending work on 503; `/healthz` stays 200
+/// (alive: do not restart it).
+pub fn readyz_router(readiness: Readiness) -> Router {
+    Router::new().route(
+        "/readyz",
+        get(move || {
+            let readiness = readiness.clone();
+            async move {
+                match readiness.check().await {
+                    Ok(()) => (StatusCode::OK, Json(serde_json::json!({"ready": true}))),
+                    Err(NotReady { reason, message }) => {
+                        tracing::debug!(reason, %message, "not ready");
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json::json!({
+                                "ready": false,
+                                "reason": reason,
+                                "message": message,
+                            })),
+                        )
+                    }
+                }
+            }
+        }),
+    )
+}
+
 fn render_metrics(registry: &Registry) -> axum::response::Response {
     let encoder = TextEncoder::new();
     let mut buf = Vec::with_capacity(16 << 10);
@@ -78,6 +175,34 @@ fn render_metrics(registry: &Registry) -> axum::response::Response {
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// For an edge: the first Ctrl-C or SIGTERM starts a drain (clients are
+/// redirected in waves), a second one cancels `shutdown` at once. A finished
+/// drain (or a drain started by `POST /admin/drain`) cancels `shutdown` too.
+pub fn drain_on_signal(edge: Arc<Edge>, shutdown: CancellationToken) {
+    let signalled = CancellationToken::new();
+    cancel_on_signal(signalled.clone());
+    let drained = edge.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        drained.drained().await;
+        stop.cancel();
+    });
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = signalled.cancelled() => {}
+        }
+        tracing::info!("draining before exit; signal again to stop at once");
+        edge.request_drain();
+        let again = CancellationToken::new();
+        cancel_on_signal(again.clone());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = again.cancelled() => shutdown.cancel(),
+        }
+    });
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM, so every task can wind down.

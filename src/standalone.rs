@@ -22,7 +22,9 @@ use prometheus::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{ServeError, bind_pair, ops_router};
+use crate::server::{
+    Readiness, ServeError, bind_pair, ops_router, process_registry, readyz_router,
+};
 
 /// The demo page, served at `/`.
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -123,7 +125,7 @@ pub async fn start(
     let http_addr = tcp.local_addr()?;
     let quic_addr = udp.local_addr()?;
 
-    let registry = Registry::new();
+    let registry = process_registry();
     let (tokens, dev_tokens) = match &config.auth_secret {
         Some(secret) => (TokenKey::new(secret), false),
         None => {
@@ -174,6 +176,11 @@ pub async fn start(
     let app = Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .merge(ops_router(registry.clone()))
+        .merge(readyz_router(Readiness {
+            edge: Some(edge.clone()),
+            ..Readiness::default()
+        }))
+        .merge(edge.local_online_router())
         .merge(edge.router())
         .merge(scheduler.router())
         .merge(ingest.router());

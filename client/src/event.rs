@@ -38,6 +38,8 @@ pub enum ServerEvent {
     Redirect { edges: Vec<EdgeAddr> },
     /// The edge reports a problem (bad frame, unknown channel, not allowed...).
     Error { code: String, message: String },
+    /// Cluster-wide member count of a big channel this client joined.
+    Online { channel: String, online: u64 },
     /// Never on the wire: a [`crate::ResilientClient`] lost its edge and is
     /// connected again, to `edge` (its base URL), with its channels re-joined
     /// and resumed.
@@ -81,6 +83,10 @@ pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, Proto
         Body::Error(e) => ServerEvent::Error {
             code: e.code,
             message: e.message,
+        },
+        Body::Online(o) => ServerEvent::Online {
+            channel: o.channel,
+            online: o.online,
         },
     })
 }
@@ -128,6 +134,7 @@ pub fn from_json(f: JsonServerFrame) -> ServerEvent {
                 .collect(),
         },
         JsonServerFrame::Error { code, message } => ServerEvent::Error { code, message },
+        JsonServerFrame::Online { channel, online } => ServerEvent::Online { channel, online },
     }
 }
 

@@ -40,6 +40,9 @@ pub struct EdgeConfig {
     /// The reliable lane: retransmission, reorder hold, backlog limits.
     /// Default [`ReliableConfig::default`].
     pub reliable: ReliableConfig,
+    /// Scheduler registration, drain and online pushes.
+    /// Default [`crate::ControlConfig::default`].
+    pub control: crate::ControlConfig,
 }
 
 impl Default for EdgeConfig {
@@ -55,6 +58,7 @@ impl Default for EdgeConfig {
             tls_key: None,
             max_channels_per_conn: 32,
             reliable: ReliableConfig::default(),
+            control: crate::ControlConfig::default(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod batch_policy;
 mod batcher;
 pub mod config;
 mod consumer;
+pub mod control_plane;
 pub mod error;
 mod handlers;
 pub mod metrics;
@@ -57,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 pub use batcher::{BuiltSizes, FrameBuilder};
 pub use config::{BatchConfig, EdgeConfig, ReliableConfig};
 pub use consumer::BusResult;
+pub use control_plane::{ControlConfig, NotReady};
 pub use error::{ApiError, EdgeError};
 pub use registry::Transport;
 pub use tls::ALPN;
@@ -80,6 +82,7 @@ pub struct Edge {
     quic_config: quinn::ServerConfig,
     shutdown: CancellationToken,
     next_conn: AtomicU64,
+    control: control_plane::ControlState,
 }
 
 impl Edge {
@@ -98,6 +101,7 @@ impl Edge {
         shutdown: CancellationToken,
     ) -> Result<Arc<Edge>, EdgeError> {
         let metrics = Metrics::register(registry)?;
+        let control_metrics = metrics::ControlMetrics::register(registry)?;
         let cert = CertMaterial::load_or_generate(&config)?;
         let quic_config = cert.server_config()?;
         if config.tls_cert.is_none() || config.tls_key.is_none() {
@@ -139,7 +143,8 @@ impl Edge {
         };
         tokio::spawn(consumer.run(subscription, shutdown.clone()));
         tracing::info!(edge = %config.id, bus = bus.kind(), store = store.backend(), shards, "edge started");
-        Ok(Arc::new(Edge {
+        let control = control_plane::ControlState::new(control_metrics, bus, &config.control);
+        let edge = Arc::new(Edge {
             config,
             tokens,
             store,
@@ -147,15 +152,24 @@ impl Edge {
             registry: channels,
             cert,
             quic_config,
-            shutdown,
+            shutdown: shutdown.clone(),
             next_conn: AtomicU64::new(1),
-        }))
+            control,
+        });
+        control_plane::spawn(&edge, shutdown);
+        Ok(edge)
     }
 
     /// `GET /v1/ws` (WebSocket) and `GET /v1/cert` (the QUIC certificate).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/v1/ws", get(ws::upgrade))
+            .route(
+                "/v1/ws",
+                get(ws::upgrade).route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(self),
+                    control_plane::refuse_while_draining,
+                )),
+            )
             .route("/v1/cert", get(cert_handler))
             .with_state(Arc::clone(self))
     }

@@ -249,6 +249,105 @@ impl Metrics {
     }
 }
 
+/// The control plane's metrics: registration with the scheduler, drain, online
+/// pushes (see `control_plane.rs`). Separate from [`Metrics`] because nothing on
+/// the fan-out path touches them.
+#[derive(Clone)]
+pub struct ControlMetrics {
+    pub capacity: IntGauge,
+    pub draining: IntGauge,
+    pub scheduler_requests: IntCounterVec,
+    pub drain_requests: IntCounterVec,
+    pub drain_redirects: IntCounter,
+    pub drain_forced_closes: IntCounter,
+    pub drain_remaining: IntGauge,
+    pub online_frames: IntCounter,
+}
+
+/// The `op` label values of `danmaku_edge_scheduler_requests_total`.
+pub const SCHEDULER_OPS: [&str; 4] = ["register", "heartbeat", "deregister", "picks"];
+/// The `result` label values of `danmaku_edge_scheduler_requests_total`.
+pub const SCHEDULER_RESULTS: [&str; 3] = ["ok", "unknown_edge", "error"];
+/// The `result` label values of `danmaku_edge_drain_requests_total`.
+pub const DRAIN_RESULTS: [&str; 3] = ["accepted", "bad_token", "forbidden"];
+
+impl ControlMetrics {
+    /// Creates and registers the control plane's metrics into `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let capacity = IntGauge::new(
+            "danmaku_edge_capacity_connections",
+            "Client connections this edge is sized for (--capacity); the scheduler divides by it.",
+        )?;
+        let draining = IntGauge::new(
+            "danmaku_edge_draining",
+            "1 while the edge drains (refuses new connections, redirects its clients), else 0.",
+        )?;
+        let scheduler_requests = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_scheduler_requests_total",
+                "Calls to the scheduler's registry and edge list by op and result.",
+            ),
+            &["op", "result"],
+        )?;
+        let drain_requests = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_drain_requests_total",
+                "POST /admin/drain requests by result (accepted, bad_token, forbidden).",
+            ),
+            &["result"],
+        )?;
+        let drain_redirects = IntCounter::new(
+            "danmaku_edge_drain_redirects_total",
+            "Redirect frames queued to clients while draining.",
+        )?;
+        let drain_forced_closes = IntCounter::new(
+            "danmaku_edge_drain_forced_closes_total",
+            "Connections closed by the drain because they stayed after their redirect.",
+        )?;
+        let drain_remaining = IntGauge::new(
+            "danmaku_edge_drain_remaining_connections",
+            "Connections still on the edge during a drain (0 when not draining).",
+        )?;
+        let online_frames = IntCounter::new(
+            "danmaku_edge_online_frames_total",
+            "Online-count frames queued to members of big channels.",
+        )?;
+        registry.register(Box::new(capacity.clone()))?;
+        registry.register(Box::new(draining.clone()))?;
+        registry.register(Box::new(scheduler_requests.clone()))?;
+        registry.register(Box::new(drain_requests.clone()))?;
+        registry.register(Box::new(drain_redirects.clone()))?;
+        registry.register(Box::new(drain_forced_closes.clone()))?;
+        registry.register(Box::new(drain_remaining.clone()))?;
+        registry.register(Box::new(online_frames.clone()))?;
+        for op in SCHEDULER_OPS {
+            for r in SCHEDULER_RESULTS {
+                scheduler_requests.with_label_values(&[op, r]);
+            }
+        }
+        for r in DRAIN_RESULTS {
+            drain_requests.with_label_values(&[r]);
+        }
+        Ok(ControlMetrics {
+            capacity,
+            draining,
+            scheduler_requests,
+            drain_requests,
+            drain_redirects,
+            drain_forced_closes,
+            drain_remaining,
+            online_frames,
+        })
+    }
+
+    /// Counts one scheduler call; `op` in [`SCHEDULER_OPS`], `result` in [`SCHEDULER_RESULTS`].
+    pub fn scheduler(&self, op: &str, result: &str) {
+        self.scheduler_requests
+            .with_label_values(&[op, result])
+            .inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

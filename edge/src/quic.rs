@@ -133,6 +133,14 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         }
     };
 
+    if edge.is_draining() {
+        let f = frame::error(
+            "draining",
+            "this edge is draining: ask the scheduler for another",
+        );
+        refuse(&conn, send, &f, CloseReason::Shutdown).await;
+        return;
+    }
     let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
     tracing::debug!(conn_id, user = %user, remote = %conn.remote_address(), "QUIC connected");
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);

@@ -336,6 +336,15 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
     }
+
+    /// Every channel with local members now (for heartbeats and online pushes,
+    /// once a second or less: never on the fan-out path).
+    pub fn snapshot(&self) -> Vec<Arc<Channel>> {
+        self.channels
+            .iter()
+            .map(|c| Arc::clone(c.value()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

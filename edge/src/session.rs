@@ -179,6 +179,8 @@ impl Session {
         batches: mpsc::Sender<Outbound>,
         reliable: mpsc::UnboundedSender<ReliableDelivery>,
     ) -> Self {
+        edge.control
+            .conn_opened(conn_id, transport, control.clone());
         Session {
             edge,
             conn_id,
@@ -280,6 +282,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.leave_all();
+        self.edge.control.conn_closed(self.conn_id);
     }
 }
 

@@ -166,6 +166,11 @@ pub enum JsonServerFrame {
         code: String,
         message: String,
     },
+    /// Cluster-wide member count of `channel` (big channels, every few seconds).
+    Online {
+        channel: String,
+        online: u64,
+    },
 }
 
 impl JsonServerFrame {
@@ -215,6 +220,10 @@ impl JsonServerFrame {
             Body::Error(e) => JsonServerFrame::Error {
                 code: e.code.clone(),
                 message: e.message.clone(),
+            },
+            Body::Online(o) => JsonServerFrame::Online {
+                channel: o.channel.clone(),
+                online: o.online,
             },
         })
     }

@@ -1,0 +1,511 @@
+//! The edge's control plane on real processes: `/readyz` against a store that
+//! goes away, `POST /admin/drain` auth, a drain that moves 500 viewers of a room
+//! receiving gifts to another edge with every gift exactly once, and `online`
+//! frames with the standalone `GET /v1/channels/{channel}/online`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Proc, spawn};
+use danmaku_client::{
+    Client, ClientConfig, EdgeTarget, IngestClient, PostOutcome, ResilientClient, ServerEvent,
+    Transport,
+};
+use danmaku_testkit::kafka::{shared_broker, unique};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+fn token(user: &str, role: &str) -> String {
+    danmaku_proto::token::TokenKey::new(common::SECRET).mint(
+        user,
+        role,
+        danmaku_proto::token::now_secs(),
+        3600,
+    )
+}
+
+async fn readyz(base: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("{base}/readyz"))
+        .await
+        .expect("GET /readyz");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("readyz body is JSON"))
+}
+
+/// Polls `/readyz` until it answers `want` (bounded); returns the last body.
+async fn wait_readyz(base: &str, want: u16, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = readyz(base).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz of {base} still {status} {body} after {within:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A TCP forwarder in front of PostgreSQL that the test can cut and restore:
+/// a real network partition between a process and its store.
+struct Partition {
+    addr: std::net::SocketAddr,
+    upstream: String,
+    cut: CancellationToken,
+}
+
+impl Partition {
+    async fn start(upstream: String) -> Partition {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let p = Partition {
+            addr,
+            upstream,
+            cut: CancellationToken::new(),
+        };
+        p.serve(listener);
+        p
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let cut = self.cut.clone();
+        let upstream = self.upstream.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = cut.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => return },
+                };
+                let cut = cut.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// Drops every forwarded connection and refuses new ones.
+    fn cut(&mut self) {
+        self.cut.cancel();
+    }
+
+    /// Serves again on the same port.
+    async fn restore(&mut self) {
+        self.cut = CancellationToken::new();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+/// `postgres://user:pw@host:port/db?…` with `host:port` replaced by `addr`.
+fn via(url: &str, addr: std::net::SocketAddr) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (auth, rest) = rest.rsplit_once('@').map_or(("", rest), |(a, r)| (a, r));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (hostport, tail) = rest.split_at(end);
+    let at = if auth.is_empty() { "" } else { "@" };
+    (
+        format!("{scheme}://{auth}{at}{addr}{tail}"),
+        hostport.to_owned(),
+    )
+}
+
+/// `danmaku ROLE` with a `--store` of our choosing (the common helper always
+/// passes the test PostgreSQL URL).
+async fn spawn_with_store(role: &str, bus: &str, store: &str) -> Proc {
+    let addr = common::free_addr();
+    let log = std::env::temp_dir().join(format!("{}.log", unique(&format!("danmaku-{role}"))));
+    let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .arg(role)
+        .args(["--listen", &addr.to_string(), "--bus", bus])
+        .args(["--auth-secret", common::SECRET, "--store", store])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn danmaku");
+    let p = Proc {
+        child,
+        base: format!("http://{addr}"),
+        addr,
+        log,
+    };
+    let up = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(up.is_ok(), "{role} not healthy; log {}", p.log.display());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_goes_503_while_the_store_is_unreachable() {
+    danmaku_testkit::init_crypto();
+    let postgres = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
+    let (_, upstream) = via(&postgres, "127.0.0.1:1".parse().unwrap());
+    let mut partition = Partition::start(upstream).await;
+    let (store, _) = via(&postgres, partition.addr);
+    let ingest = spawn_with_store("ingest", "memory", &store).await;
+    let edge = spawn_with_store("edge", "memory", &store).await;
+
+    for p in [&ingest, &edge] {
+        let body = wait_readyz(&p.base, 200, Duration::from_secs(10)).await;
+        assert_eq!(body["ready"], true);
+    }
+    partition.cut();
+    for p in [&ingest, &edge] {
+        let body = wait_readyz(&p.base, 503, Duration::from_secs(20)).await;
+        assert_eq!(body["ready"], false, "{body}");
+        assert_eq!(body["reason"], "store_unavailable", "{body}");
+        // Alive all the same: an orchestrator must not restart it for this.
+        let alive = reqwest::get(format!("{}/healthz", p.base)).await.unwrap();
+        assert_eq!(alive.status(), 200);
+    }
+    partition.restore().await;
+    for p in [&ingest, &edge] {
+        wait_readyz(&p.base, 200, Duration::from_secs(30)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_drain_needs_an_app_token_then_refuses_and_redirects() {
+    danmaku_testkit::init_crypto();
+    let mut edge = spawn("edge", "memory", &["--drain-deadline", "30s"]).await;
+    let http = reqwest::Client::new();
+    let drain = |auth: Option<String>| {
+        let mut req = http.post(format!("{}/admin/drain", edge.base));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let r = drain(None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_token");
+    let r = drain(Some("not-a-token".into())).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = drain(Some(token("viewer", "user"))).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(readyz(&edge.base).await.0, 200, "refused drains change nothing");
+
+    // A plain client that ignores redirects keeps the drain going until it is closed.
+    let mut viewer = Client::connect_ws(
+        &edge.base,
+        &token("stayer", "user"),
+        Transport::WsPb,
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let r = drain(Some(token("ops", "app"))).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let body = wait_readyz(&edge.base, 503, Duration::from_secs(5)).await;
+    assert_eq!(body["reason"], "draining", "{body}");
+
+    // New connections are refused with a clear code, on both transports.
+    let refused = Client::connect_ws(
+        &edge.base,
+        &token("late", "user"),
+        Transport::WsPb,
+        ClientConfig::default(),
+    )
+    .await
+    .expect_err("a draining edge refuses WebSocket upgrades");
+    assert!(refused.to_string().contains("draining"), "{refused}");
+    let cert = IngestClient::new(&edge.base)
+        .fetch_cert_der()
+        .await
+        .unwrap();
+    match Client::connect_quic(
+        edge.addr,
+        Some(cert),
+        &token("late-quic", "user"),
+        ClientConfig::default(),
+    )
+    .await
+    {
+        Err(e) => assert!(e.to_string().contains("draining"), "{e}"),
+        Ok(mut c) => {
+            let ev = tokio::time::timeout(Duration::from_secs(5), c.next_event())
+                .await
+                .unwrap();
+            assert!(
+                matches!(&ev, Some(ServerEvent::Error { code, .. }) if code == "draining"),
+                "{ev:?}"
+            );
+        }
+    }
+
+    // The connected client is told to move, then closed when it stays.
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut redirected = false;
+        while let Some(ev) = viewer.next_event().await {
+            if let ServerEvent::Redirect { .. } = ev {
+                redirected = true;
+            }
+        }
+        redirected
+    })
+    .await
+    .expect("the edge closes a client that ignores its redirect");
+    assert!(got, "a redirect frame came before the close");
+
+    // With nobody left the process exits on its own.
+    let exited = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(status) = edge.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("drained edge did not exit; log {}", edge.log.display()));
+    assert!(exited.success(), "exit status {exited}");
+}
+
+/// Posts a gift until the store has it (503s are retried with the same client_msg_id).
+async fn post_gift(http: &IngestClient, t: &str, channel: &str, id: &str) -> u64 {
+    for _ in 0..600 {
+        match http.post_reliable(t, channel, "gift", "rocket", Some(id)).await {
+            Ok(PostOutcome::Persisted { seq }) => return seq,
+            Ok(PostOutcome::Rejected { status: 503, .. }) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Ok(other) => panic!("gift {id}: {other:?}"),
+        }
+    }
+    panic!("gift {id} never persisted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
+    danmaku_testkit::init_crypto();
+    const VIEWERS: usize = 500;
+    const GIFTS: u64 = 300;
+    let bus = format!("kafka://{}?topic={}", shared_broker(), unique("drain"));
+    let mut draining = spawn("edge", &bus, &["--drain-rate", "0.2"]).await;
+    let other = spawn("edge", &bus, &[]).await;
+    let ingest = spawn(
+        "ingest",
+        &bus,
+        &["--user-rate", "100000", "--user-burst", "100000"],
+    )
+    .await;
+    let channel = format!("room:{}", unique("d").replace('.', "-"));
+    let target = |p: &Proc| EdgeTarget {
+        base_url: p.base.clone(),
+        transport: Transport::WsPb,
+        quic_addr: Some(p.addr),
+    };
+    // Every viewer starts on the edge to drain and knows the other as a fallback
+    // (the redirect carries scheduler picks when the edge has a scheduler).
+    let mut viewers = Vec::new();
+    for chunk in 0..VIEWERS / 50 {
+        let joins: Vec<_> = (0..50)
+            .map(|i| {
+                let list = vec![target(&draining), target(&other)];
+                let channel = channel.clone();
+                let n = chunk * 50 + i;
+                tokio::spawn(async move {
+                    let mut list = list;
+                    if n % 5 == 4 {
+                        for t in &mut list {
+                            t.transport = Transport::WsJson;
+                        }
+                    }
+                    let mut c = ResilientClient::connect(
+                        list,
+                        token(&format!("viewer{n}"), "user"),
+                        ClientConfig::default(),
+                    )
+                    .await
+                    .expect("viewer connects");
+                    c.join(&channel).await.unwrap();
+                    c
+                })
+            })
+            .collect();
+        for j in joins {
+            viewers.push(j.await.unwrap());
+        }
+    }
+    assert!(viewers.iter().all(|v| v.current_edge() == draining.base));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let collectors: Vec<_> = viewers
+        .into_iter()
+        .map(|mut v| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let mut seqs = Vec::with_capacity(GIFTS as usize);
+                let r = tokio::time::timeout(Duration::from_secs(240), async {
+                    while seqs.len() < GIFTS as usize {
+                        match v.next_event().await {
+                            Some(ServerEvent::Reliable { channel: c, seq, .. }) => {
+                                assert_eq!(c, channel);
+                                seqs.push(seq);
+                            }
+                            Some(_) => {}
+                            None => panic!("viewer gave up after {} gifts", seqs.len()),
+                        }
+                    }
+                })
+                .await;
+                assert!(r.is_ok(), "viewer got {} of {GIFTS} gifts", seqs.len());
+                (seqs, v.current_edge().to_owned(), v.reconnects())
+            })
+        })
+        .collect();
+
+    let posted = Arc::new(AtomicU64::new(0));
+    let gifter = {
+        let http = IngestClient::new(&ingest.base);
+        let channel = channel.clone();
+        let posted = posted.clone();
+        tokio::spawn(async move {
+            let t = token("gifter", "user");
+            for n in 0..GIFTS {
+                post_gift(&http, &t, &channel, &format!("d{n}")).await;
+                posted.fetch_add(1, Ordering::Relaxed);
+                // ~50 gifts/s: the stream spans the whole drain.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    while posted.load(Ordering::Relaxed) < GIFTS / 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let began = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/admin/drain", draining.base))
+        .bearer_auth(token("ops", "app"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let exited = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            if let Some(status) = draining.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("draining edge did not exit; log {}", draining.log.display()));
+    let drain_took = began.elapsed();
+    assert!(exited.success(), "exit status {exited}");
+    gifter.await.unwrap();
+
+    for c in collectors {
+        let (seqs, edge, reconnects) = c.await.unwrap();
+        let want: Vec<u64> = (1..=GIFTS).collect();
+        assert_eq!(seqs, want, "every gift exactly once, in order");
+        assert_eq!(edge, other.base, "the viewer ended on the other edge");
+        assert!(reconnects >= 1);
+    }
+    let metrics = common::metrics_text(&other.base).await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("danmaku_edge_connections{transport=\"ws_pb\"}"))
+        .unwrap()
+        .to_owned();
+    eprintln!(
+        "drain of {VIEWERS} viewers at --drain-rate 0.2 took {:.1} s (POST /admin/drain to exit); other edge: {line}",
+        drain_took.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_channels_get_online_frames_and_standalone_serves_the_count() {
+    let srv = common::start(|c| {
+        c.edge.control.online_push_min = 3;
+        c.edge.control.online_push_interval = Duration::from_millis(300);
+    })
+    .await;
+    let channel = format!("room:{}", unique("o").replace('.', "-"));
+    let mut clients = Vec::new();
+    for (i, t) in [Transport::WsPb, Transport::WsJson, Transport::WsPb]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = Client::connect_ws(
+            &srv.base_url(),
+            &common::token(&srv, &format!("o{i}")),
+            t,
+            ClientConfig::default(),
+        )
+        .await
+        .unwrap();
+        c.join(&channel).await.unwrap();
+        common::wait_joined(&mut c, &channel).await;
+        clients.push(c);
+    }
+    for c in &mut clients {
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.next_event().await {
+                    Some(ServerEvent::Online { channel: ch, online }) if ch == channel => {
+                        return online;
+                    }
+                    Some(_) => {}
+                    None => panic!("closed before an online frame"),
+                }
+            }
+        })
+        .await
+        .expect("an online frame within 10 s");
+        assert_eq!(got, 3);
+    }
+    let online: serde_json::Value =
+        reqwest::get(format!("{}/v1/channels/{channel}/online", srv.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(online["channel"], channel.as_str());
+    assert_eq!(online["online"], 3);
+    let r = reqwest::get(format!("{}/v1/channels/nope:1/online", srv.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_channel");
+    let (status, body) = readyz(&srv.base_url()).await;
+    assert_eq!((status, body["ready"].clone()), (200, true.into()));
+    let metrics = common::metrics_text(&srv.base_url()).await;
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "danmaku_edge_capacity_connections 19000",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    srv.stop().await;
+}
