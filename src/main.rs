@@ -82,9 +82,14 @@ enum Command {
     Scheduler {
         #[arg(long, env = "DANMAKU_LISTEN")]
         listen: SocketAddr,
+        /// HMAC key of the `app`-role tokens edges register with (required
+        /// unless only static --edge entries are served).
+        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
+        auth_secret: Option<String>,
+        /// Read edge load from this Prometheus server instead of scraping edges.
         #[arg(long, env = "DANMAKU_PROMETHEUS_URL")]
         prometheus_url: Option<String>,
-        /// Edges to hand out, as `id=ws_url|quic_addr` (until edges self-register).
+        /// Static edges, always handed out, as `id=ws_url|quic_addr`.
         #[arg(long = "edge", env = "DANMAKU_EDGES", value_delimiter = ',')]
         edges: Vec<String>,
     },
@@ -354,11 +359,12 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Scheduler {
             listen,
+            auth_secret,
             prometheus_url,
             edges,
         } => {
-            if prometheus_url.is_some() {
-                tracing::warn!("--prometheus-url is not used yet: edges are static");
+            if auth_secret.is_none() && edges.is_empty() {
+                bail!("give --auth-secret (edges register with it) or at least one --edge");
             }
             cancel_on_signal(shutdown.clone());
             let registry = process_registry();
@@ -367,12 +373,22 @@ async fn run(command: Command) -> Result<()> {
                 .map(|e| parse_edge(e))
                 .collect::<Result<Vec<_>>>()?;
             let scheduler = danmaku_scheduler::Scheduler::new(
-                danmaku_scheduler::SchedulerConfig { static_edges },
+                danmaku_scheduler::SchedulerConfig {
+                    static_edges,
+                    auth_secret,
+                    load_source: match prometheus_url {
+                        Some(url) => danmaku_scheduler::LoadSource::Prometheus { url },
+                        None => danmaku_scheduler::LoadSource::Scrape,
+                    },
+                    ..danmaku_scheduler::SchedulerConfig::default()
+                },
                 &registry,
             )?;
+            tokio::spawn(scheduler.clone().run(shutdown.clone()));
             let app = axum::Router::new()
                 .merge(ops_router(registry))
-                .merge(scheduler.router());
+                .merge(scheduler.router())
+                .merge(scheduler.control_router());
             serve_http(listen, app, shutdown).await
         }
         Command::Token {

@@ -168,6 +168,7 @@ pub async fn start(
                 quic: quic_addr.to_string(),
                 load: 0.0,
             }],
+            ..SchedulerConfig::default()
         },
         &registry,
     )?;

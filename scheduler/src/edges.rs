@@ -1,5 +1,8 @@
-//! `GET /v1/edges?k=N`: the best `k` edges (default 3), best first, so a
-//! client can race connections to several and keep the first that answers.
+//! `GET /v1/edges?k=N[&seed=S]`: the best `k` edges (default 3), best first,
+//! so a client can race connections to several and keep the first that
+//! answers. `seed` (optional, any u64, e.g. a hash of the user id) makes the
+//! answer reproducible: two schedulers with the same registry and readings
+//! give the same edges for the same seed.
 
 use std::sync::Arc;
 
@@ -8,16 +11,17 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, EdgeInfo, Scheduler, ranking};
+use crate::{ApiError, EdgeInfo, Scheduler};
 
 /// Edges returned when the client does not say.
 pub const DEFAULT_K: usize = 3;
 /// Most edges one answer may hold.
-pub const MAX_K: usize = 32;
+pub const MAX_K: usize = 16;
 
 #[derive(Debug, Deserialize)]
 pub struct EdgesQuery {
     pub k: Option<usize>,
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,16 +40,9 @@ pub async fn get_edges(
             "k must be between 1 and {MAX_K}"
         )));
     }
-    let edges = ranking::best_edges(scheduler.edges(), k);
+    let edges = scheduler.pick(k, query.seed);
     if edges.is_empty() {
-        return Err(ApiError::NoEdges);
-    }
-    for edge in &edges {
-        scheduler
-            .metrics
-            .picks_total
-            .with_label_values(&[edge.id.as_str()])
-            .inc();
+        return Err(ApiError::NoEdge(crate::readiness::why_none(&scheduler)));
     }
     Ok(Json(EdgesResponse { edges }))
 }
