@@ -386,6 +386,16 @@ impl ResilientClient {
                     info!(edge = %self.current_edge(), %message, "reliable backlog, reconnecting");
                     self.client = None;
                 }
+                // A join or resume the edge could not serve from its store leaves
+                // the channel un-joined on this connection: nothing would ever
+                // arrive. Reconnect (with the usual backoff) to join and resume again.
+                Some(ServerEvent::Error { code, message })
+                    if code == "store_unavailable" && !self.joined.is_empty() =>
+                {
+                    info!(edge = %self.current_edge(), %message, "store unavailable on join, reconnecting");
+                    tokio::time::sleep(self.config.reconnect_backoff_initial).await;
+                    self.client = None;
+                }
                 Some(ServerEvent::Redirect { edges }) => self.on_redirect(&edges),
                 Some(other) => return Some(other),
             }
