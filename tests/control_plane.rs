@@ -126,16 +126,37 @@ fn via(url: &str, addr: std::net::SocketAddr) -> (String, String) {
 /// `danmaku ROLE` with a `--store` of our choosing (the common helper always
 /// passes the test PostgreSQL URL).
 async fn spawn_with_store(role: &str, bus: &str, store: &str) -> Proc {
+    spawn_logged(role, bus, store, &[]).await
+}
+
+/// Like `common::spawn`, with the log (tracing writes to stdout) kept in `Proc::log`.
+async fn spawn_logged(role: &str, bus: &str, store: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--bus",
+        bus,
+        "--auth-secret",
+        common::SECRET,
+        "--store",
+        store,
+    ];
+    args.extend_from_slice(extra);
+    spawn_proc(role, &args).await
+}
+
+/// `danmaku ROLE --listen ADDR ARGS…` on a free address; `{addr}` in ARGS is
+/// replaced by that address (for `--advertise`).
+async fn spawn_proc(role: &str, args: &[&str]) -> Proc {
     let addr = common::free_addr();
     let log = std::env::temp_dir().join(format!("{}.log", unique(&format!("danmaku-{role}"))));
+    let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
         .arg(role)
-        .args(["--listen", &addr.to_string(), "--bus", bus])
-        .args(["--auth-secret", common::SECRET, "--store", store])
-        .env("RUST_LOG", "info")
+        .args(["--listen", &addr.to_string()])
+        .args(args.iter().map(|a| a.replace("{addr}", &addr.to_string())))
+        .env("RUST_LOG", "info,danmaku_client=warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
         .spawn()
         .expect("spawn danmaku");
     let p = Proc {
@@ -210,7 +231,11 @@ async fn admin_drain_needs_an_app_token_then_refuses_and_redirects() {
     assert_eq!(r.status(), 403);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "forbidden");
-    assert_eq!(readyz(&edge.base).await.0, 200, "refused drains change nothing");
+    assert_eq!(
+        readyz(&edge.base).await.0,
+        200,
+        "refused drains change nothing"
+    );
 
     // A plain client that ignores redirects keeps the drain going until it is closed.
     let mut viewer = Client::connect_ws(
@@ -291,7 +316,10 @@ async fn admin_drain_needs_an_app_token_then_refuses_and_redirects() {
 /// Posts a gift until the store has it (503s are retried with the same client_msg_id).
 async fn post_gift(http: &IngestClient, t: &str, channel: &str, id: &str) -> u64 {
     for _ in 0..600 {
-        match http.post_reliable(t, channel, "gift", "rocket", Some(id)).await {
+        match http
+            .post_reliable(t, channel, "gift", "rocket", Some(id))
+            .await
+        {
             Ok(PostOutcome::Persisted { seq }) => return seq,
             Ok(PostOutcome::Rejected { status: 503, .. }) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -308,14 +336,21 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
     const VIEWERS: usize = 500;
     const GIFTS: u64 = 300;
     let bus = format!("kafka://{}?topic={}", shared_broker(), unique("drain"));
-    let mut draining = spawn("edge", &bus, &["--drain-rate", "0.2"]).await;
-    let other = spawn("edge", &bus, &[]).await;
-    let ingest = spawn(
+    let store = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
+    let mut draining = spawn_logged("edge", &bus, &store, &["--drain-rate", "0.05"]).await;
+    let other = spawn_logged("edge", &bus, &store, &[]).await;
+    let ingest = spawn_logged(
         "ingest",
         &bus,
+        &store,
         &["--user-rate", "100000", "--user-burst", "100000"],
     )
     .await;
+    eprintln!(
+        "logs: draining {} other {}",
+        draining.log.display(),
+        other.log.display()
+    );
     let channel = format!("room:{}", unique("d").replace('.', "-"));
     let target = |p: &Proc| EdgeTarget {
         base_url: p.base.clone(),
@@ -363,10 +398,12 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
             let channel = channel.clone();
             tokio::spawn(async move {
                 let mut seqs = Vec::with_capacity(GIFTS as usize);
-                let r = tokio::time::timeout(Duration::from_secs(240), async {
+                let r = tokio::time::timeout(Duration::from_secs(300), async {
                     while seqs.len() < GIFTS as usize {
                         match v.next_event().await {
-                            Some(ServerEvent::Reliable { channel: c, seq, .. }) => {
+                            Some(ServerEvent::Reliable {
+                                channel: c, seq, ..
+                            }) => {
                                 assert_eq!(c, channel);
                                 seqs.push(seq);
                             }
@@ -436,7 +473,7 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
         .unwrap()
         .to_owned();
     eprintln!(
-        "drain of {VIEWERS} viewers at --drain-rate 0.2 took {:.1} s (POST /admin/drain to exit); other edge: {line}",
+        "drain of {VIEWERS} viewers at --drain-rate 0.05 took {:.1} s (POST /admin/drain to exit); other edge: {line}",
         drain_took.as_secs_f64()
     );
 }
@@ -470,7 +507,10 @@ async fn big_channels_get_online_frames_and_standalone_serves_the_count() {
         let got = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match c.next_event().await {
-                    Some(ServerEvent::Online { channel: ch, online }) if ch == channel => {
+                    Some(ServerEvent::Online {
+                        channel: ch,
+                        online,
+                    }) if ch == channel => {
                         return online;
                     }
                     Some(_) => {}
@@ -508,4 +548,125 @@ async fn big_channels_get_online_frames_and_standalone_serves_the_count() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     srv.stop().await;
+}
+
+async fn online_of(scheduler: &str, channel: &str) -> u64 {
+    let v: serde_json::Value = reqwest::get(format!("{scheduler}/v1/channels/{channel}/online"))
+        .await
+        .expect("GET online")
+        .json()
+        .await
+        .expect("online body");
+    v["online"].as_u64().expect("online is a number")
+}
+
+/// Polls the scheduler's online count until it is `want`; returns how long it took.
+async fn wait_online(scheduler: &str, channel: &str, want: u64) -> Duration {
+    let began = Instant::now();
+    loop {
+        let got = online_of(scheduler, channel).await;
+        if got == want {
+            return began.elapsed();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "online count of {channel} still {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_count_of_900_members_on_3_self_registered_edges() {
+    danmaku_testkit::init_crypto();
+    let store = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
+    let scheduler = spawn_proc("scheduler", &["--auth-secret", common::SECRET]).await;
+    let mut edges = Vec::new();
+    for _ in 0..3 {
+        edges.push(
+            spawn_logged(
+                "edge",
+                "memory",
+                &store,
+                &[
+                    "--scheduler",
+                    &scheduler.base,
+                    "--advertise",
+                    "{addr}",
+                    "--online-push-interval",
+                    "1s",
+                ],
+            )
+            .await,
+        );
+    }
+    // All three registered and picked.
+    let registered = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/v1/edges?k=3", scheduler.base)).await
+                && let Ok(v) = r.json::<serde_json::Value>().await
+                && v["edges"].as_array().is_some_and(|e| e.len() == 3)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(registered.is_ok(), "3 edges registered with the scheduler");
+
+    let channel = format!("room:{}", unique("on").replace('.', "-"));
+    let mut members: Vec<Client> = Vec::new();
+    for chunk in 0..900 / 50 {
+        let joins: Vec<_> = (0..50)
+            .map(|i| {
+                let n = chunk * 50 + i;
+                let base = edges[n % 3].base.clone();
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    let mut c = Client::connect_ws(
+                        &base,
+                        &token(&format!("m{n}"), "user"),
+                        Transport::WsPb,
+                        ClientConfig::default(),
+                    )
+                    .await
+                    .expect("member connects");
+                    c.join(&channel).await.unwrap();
+                    common::wait_joined(&mut c, &channel).await;
+                    c
+                })
+            })
+            .collect();
+        for j in joins {
+            members.push(j.await.unwrap());
+        }
+    }
+    let took = wait_online(&scheduler.base, &channel, 900).await;
+    eprintln!("online 900 seen by the scheduler {took:?} after the last join");
+    // A member of a 300-member room on one edge hears the cluster-wide count.
+    let heard = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match members[0].next_event().await {
+                Some(ServerEvent::Online { channel: c, online })
+                    if c == channel && online == 900 =>
+                {
+                    return;
+                }
+                Some(_) => {}
+                None => panic!("member closed"),
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "an online frame with 900");
+
+    // 300 leave (100 per edge, by closing their connections).
+    let leaving: Vec<Client> = members.drain(600..).collect();
+    for c in &leaving {
+        c.close();
+    }
+    drop(leaving);
+    let took = wait_online(&scheduler.base, &channel, 600).await;
+    eprintln!("online 600 seen by the scheduler {took:?} after 300 left");
 }

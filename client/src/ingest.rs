@@ -149,7 +149,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
-async fn error_of(resp: reqwest::Response) -> ClientError {
+pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
     let body: ErrorBody = resp.json().await.unwrap_or_default();
     ClientError::HttpStatus {

@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod quic;
 pub mod reliable;
 pub mod resilient;
+pub mod scheduler;
 mod session;
 pub mod ws;
 
@@ -47,6 +48,7 @@ pub use event::{EdgeAddr, ServerEvent};
 pub use ingest::{HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread};
 pub use reliable::{ReliableTracker, Verdict};
 pub use resilient::{EdgeTarget, ResilientClient};
+pub use scheduler::SchedulerClient;
 
 /// One connection to an edge. Receive with [`Client::next_event`]; the
 /// connection closes when the client is dropped.

@@ -11,6 +11,14 @@
 //! each channel that has delivered something, so the edge replays what was
 //! published meanwhile from the store.
 //!
+//! Started with [`ResilientClient::connect_via_scheduler`], it asks the
+//! scheduler (`GET /v1/edges`) for edges and *races* them: the first edge gets
+//! a head start of [`RACE_STAGGER`], then the next joins, and so on; the first
+//! completed handshake wins and the other attempts are dropped (closed). On
+//! losing its edge it asks the scheduler again and races the fresh answer,
+//! falling back to the edges it knows when the scheduler cannot answer; the
+//! edges of a `Redirect` are raced first.
+//!
 //! Reliable events go through a [`ReliableTracker`]: the application sees
 //! each seq of a channel once, in order, and the client acks cumulatively
 //! once it has handed them out.
@@ -25,7 +33,61 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::reliable::{ReliableTracker, Verdict};
+use crate::scheduler::SchedulerClient;
 use crate::{Client, ClientConfig, ClientError, EdgeAddr, IngestClient, ServerEvent, Transport};
+
+/// Head start of each edge over the next in a race: long enough that the
+/// scheduler's first choice normally wins (a loopback or LAN handshake takes a
+/// few ms), short enough that a dead first choice costs little.
+pub const RACE_STAGGER: Duration = Duration::from_millis(250);
+
+/// Edges asked from the scheduler.
+pub const SCHEDULER_PICKS: usize = 3;
+
+/// Connects to the first of `edges` to complete its handshake. Attempt `i`
+/// starts [`RACE_STAGGER`] after attempt `i − 1`, or at once when every
+/// earlier attempt has failed. Returns the winner's index; the attempts still
+/// running are dropped, which closes their sockets.
+pub async fn race(
+    edges: &[EdgeTarget],
+    token: &str,
+    config: &ClientConfig,
+) -> Result<(usize, Client), ClientError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    // One closure, so every attempt is the same future type.
+    let open = |i: usize, edge: &EdgeTarget| {
+        let edge = edge.clone();
+        async move { (i, edge.open(token, config).await) }
+    };
+    let mut pending = FuturesUnordered::new();
+    let mut next = 0;
+    let mut last = ClientError::InvalidUrl {
+        url: String::new(),
+        reason: "no edge to connect to".into(),
+    };
+    loop {
+        if pending.is_empty() {
+            let Some(edge) = edges.get(next) else {
+                return Err(last);
+            };
+            pending.push(open(next, edge));
+            next += 1;
+        }
+        tokio::select! {
+            Some((i, result)) = pending.next() => match result {
+                Ok(client) => return Ok((i, client)),
+                Err(e) => {
+                    debug!(edge = %edges[i].base_url, error = %e, "edge did not answer");
+                    last = e;
+                }
+            },
+            _ = tokio::time::sleep(RACE_STAGGER), if next < edges.len() => {
+                pending.push(open(next, &edges[next]));
+                next += 1;
+            }
+        }
+    }
+}
 
 /// One edge a [`ResilientClient`] may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +183,10 @@ pub struct ResilientClient {
     reconnects: u64,
     /// Set when reconnecting failed for `max_reconnect_time`.
     gave_up: bool,
+    /// Asked for fresh edges on every reconnect, when set.
+    scheduler: Option<SchedulerClient>,
+    /// Edges a `Redirect` offered, raced first on the next reconnect.
+    offered: Vec<EdgeTarget>,
 }
 
 impl std::fmt::Debug for ResilientClient {
@@ -164,6 +230,8 @@ impl ResilientClient {
                         resumed: Default::default(),
                         reconnects: 0,
                         gave_up: false,
+                        scheduler: None,
+                        offered: Vec::new(),
                     });
                 }
                 Err(e) => {
@@ -173,6 +241,34 @@ impl ResilientClient {
             }
         }
         Err(last)
+    }
+
+    /// Asks the scheduler at `scheduler_url` for edges (`GET /v1/edges`) and
+    /// [races](race) them over `transport`. Later reconnects ask it again.
+    pub async fn connect_via_scheduler(
+        scheduler_url: &str,
+        transport: Transport,
+        token: String,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let scheduler = SchedulerClient::new(scheduler_url);
+        let edges = targets(&scheduler.edges(SCHEDULER_PICKS).await?, transport);
+        let (current, client) = race(&edges, &token, &config).await?;
+        Ok(ResilientClient {
+            current,
+            client: Some(client),
+            edges,
+            token,
+            config,
+            joined: Vec::new(),
+            tracker: ReliableTracker::new(),
+            pending: VecDeque::new(),
+            resumed: Default::default(),
+            reconnects: 0,
+            gave_up: false,
+            scheduler: Some(scheduler),
+            offered: Vec::new(),
+        })
     }
 
     /// Joins `channel`; it is remembered and re-joined after every reconnect.
@@ -290,6 +386,16 @@ impl ResilientClient {
                     info!(edge = %self.current_edge(), %message, "reliable backlog, reconnecting");
                     self.client = None;
                 }
+                // A join or resume the edge could not serve from its store leaves
+                // the channel un-joined on this connection: nothing would ever
+                // arrive. Reconnect (with the usual backoff) to join and resume again.
+                Some(ServerEvent::Error { code, message })
+                    if code == "store_unavailable" && !self.joined.is_empty() =>
+                {
+                    info!(edge = %self.current_edge(), %message, "store unavailable on join, reconnecting");
+                    tokio::time::sleep(self.config.reconnect_backoff_initial).await;
+                    self.client = None;
+                }
                 Some(ServerEvent::Redirect { edges }) => self.on_redirect(&edges),
                 Some(other) => return Some(other),
             }
@@ -333,6 +439,7 @@ impl ResilientClient {
     fn on_redirect(&mut self, offered: &[EdgeAddr]) {
         let transport = self.edges[self.current].transport;
         let mut first = None;
+        self.offered = targets(offered, transport);
         for addr in offered {
             let Some(target) = EdgeTarget::from_edge_addr(addr, transport) else {
                 continue;
@@ -381,30 +488,65 @@ impl ResilientClient {
                 );
                 return false;
             }
-            let edge = self.edges[idx].clone();
+            let fresh = self.fresh_edges().await;
+            let candidates = if fresh.is_empty() {
+                vec![self.edges[idx].clone()]
+            } else {
+                fresh
+            };
             let attempt = async {
-                let client = edge.open(&self.token, &self.config).await?;
+                let (won, client) = race(&candidates, &self.token, &self.config).await?;
                 self.rejoin(&client).await?;
-                Ok::<_, ClientError>(client)
+                Ok::<_, ClientError>((candidates[won].clone(), client))
             };
             match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(client)) => {
+                Ok(Ok((edge, client))) => {
                     info!(edge = %edge.base_url, after = ?began.elapsed(), "reconnected");
                     self.client = Some(client);
-                    self.current = idx;
+                    self.current = self.index_of(edge.clone());
                     self.reconnects += 1;
                     self.pending.push_back(ServerEvent::Reconnected {
                         edge: edge.base_url,
                     });
                     return true;
                 }
-                Ok(Err(e)) => debug!(edge = %edge.base_url, error = %e, "reconnect attempt failed"),
+                Ok(Err(e)) => debug!(error = %e, "reconnect attempt failed"),
                 Err(_) => {}
             }
             let wait = delay.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(wait).await;
             delay = (delay * 2).min(self.config.reconnect_backoff_max);
             idx = (idx + 1) % self.edges.len();
+        }
+    }
+
+    /// What to race on a reconnect attempt: the edges a `Redirect` offered
+    /// (once), else a fresh answer of the scheduler; empty without either.
+    async fn fresh_edges(&mut self) -> Vec<EdgeTarget> {
+        if !self.offered.is_empty() {
+            return std::mem::take(&mut self.offered);
+        }
+        let Some(scheduler) = &self.scheduler else {
+            return Vec::new();
+        };
+        let transport = self.edges[self.current].transport;
+        match scheduler.edges(SCHEDULER_PICKS).await {
+            Ok(addrs) => targets(&addrs, transport),
+            Err(e) => {
+                debug!(scheduler = %scheduler.base_url(), error = %e, "scheduler did not answer");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Index of `edge` in the known list, adding it if new.
+    fn index_of(&mut self, edge: EdgeTarget) -> usize {
+        match self.edges.iter().position(|e| e.base_url == edge.base_url) {
+            Some(i) => i,
+            None => {
+                self.edges.push(edge);
+                self.edges.len() - 1
+            }
         }
     }
 
@@ -455,6 +597,14 @@ impl ResilientClient {
     }
 }
 
+/// The usable targets among `addrs`, in order.
+fn targets(addrs: &[EdgeAddr], transport: Transport) -> Vec<EdgeTarget> {
+    addrs
+        .iter()
+        .filter_map(|a| EdgeTarget::from_edge_addr(a, transport))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +636,25 @@ mod tests {
             ..addr
         };
         assert!(EdgeTarget::from_edge_addr(&bad, Transport::WsPb).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_race_of_dead_edges_fails_without_waiting_for_the_stagger() {
+        let edges = vec![
+            EdgeTarget::new("http://127.0.0.1:9", Transport::WsPb),
+            EdgeTarget::new("http://127.0.0.1:9", Transport::WsJson),
+            EdgeTarget::new("http://127.0.0.1:9", Transport::WsPb),
+        ];
+        let started = Instant::now();
+        let r = race(&edges, "t", &ClientConfig::default()).await;
+        assert!(r.is_err());
+        // Refused connects fail at once, so the next attempt starts at once.
+        assert!(
+            started.elapsed() < RACE_STAGGER * 2,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(race(&[], "t", &ClientConfig::default()).await.is_err());
     }
 
     #[tokio::test]

@@ -160,6 +160,10 @@ pub(crate) struct Lane {
     /// channel's head (resume, or a gap seen on a live event). Live events are
     /// skipped meanwhile (the store has them); acks make room and continue it.
     pub catching_up: Option<CatchUp>,
+    /// The highest live seq skipped while catching up: a store read that ends
+    /// below it reads again (the event was persisted before it was published),
+    /// or it would be lost until the next live event revealed the gap.
+    pub live_skipped_upto: u64,
 }
 
 /// Why a lane reads the store (the metric its frames count towards).

@@ -40,6 +40,7 @@ pub(crate) fn new_lane(session: &Session, group: bool, sent_upto: u64) -> Lane {
         ack_pending: None,
         ack_written_at: None,
         catching_up: None,
+        live_skipped_upto: 0,
     }
 }
 
@@ -97,11 +98,13 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
 
 /// A live reliable event from the fan-out.
 pub(crate) async fn on_live(session: &mut Session, delivery: ReliableDelivery) -> Flow {
-    let Some(lane) = session.lanes.get(&delivery.channel) else {
+    let Some(lane) = session.lanes.get_mut(&delivery.channel) else {
         return Flow::Continue; // left meanwhile
     };
     if lane.catching_up.is_some() {
-        return Flow::Continue; // the store read will reach it
+        // The store read will reach it (it reads again if it ends below this).
+        lane.live_skipped_upto = lane.live_skipped_upto.max(delivery.frame.seq);
+        return Flow::Continue;
     }
     let seq = delivery.frame.seq;
     if seq <= lane.sent_upto {
@@ -259,7 +262,11 @@ async fn send(session: &mut Session, channel: &ChannelName, frame: Arc<ReliableF
 /// the unacked window has room. Ends the catch-up at the channel's head; with
 /// the window full it waits for acks (each ack calls it again).
 async fn catch_up(session: &mut Session, channel: &ChannelName) -> Result<Flow, StoreError> {
+    /// Bound on extra reads for skipped live events (each finds at least one
+    /// new seq unless the store lags the bus; then the next live event fills it).
+    const MAX_REREADS: u32 = 3;
     let max = session.edge.config.reliable.max_unacked;
+    let mut rereads = 0;
     loop {
         let Some(lane) = session.lanes.get(channel) else {
             return Ok(Flow::Continue);
@@ -285,6 +292,11 @@ async fn catch_up(session: &mut Session, channel: &ChannelName) -> Result<Flow, 
         }
         if n < room {
             if let Some(lane) = session.lanes.get_mut(channel) {
+                if lane.sent_upto < lane.live_skipped_upto && rereads < MAX_REREADS {
+                    // A live event skipped during this read is past what it saw.
+                    rereads += 1;
+                    continue;
+                }
                 lane.catching_up = None;
             }
             return Ok(Flow::Continue);

@@ -1,0 +1,79 @@
+//! Asking the scheduler where to connect: [`SchedulerClient::edges`] is
+//! `GET /v1/edges?k=N`, the first edge being the scheduler's choice and the
+//! rest alternatives to race or fall back to. See
+//! [`crate::ResilientClient::connect_via_scheduler`].
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ingest::error_of;
+use crate::{ClientError, EdgeAddr};
+
+/// Longest the scheduler may take to answer.
+const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+struct EdgesBody {
+    edges: Vec<EdgeJson>,
+}
+
+#[derive(Deserialize)]
+struct EdgeJson {
+    id: String,
+    #[serde(default)]
+    ws: String,
+    #[serde(default)]
+    quic: String,
+    #[serde(default)]
+    load: f64,
+}
+
+/// A handle on one scheduler (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct SchedulerClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl SchedulerClient {
+    /// `base_url` like `http://127.0.0.1:7000` (a trailing `/` is ignored).
+    pub fn new(base_url: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(SCHEDULER_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        SchedulerClient {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/edges?k={k}`: up to `k` edges, the scheduler's choice first.
+    /// An error answer (e.g. `503 no_edge`) is [`ClientError::HttpStatus`].
+    pub async fn edges(&self, k: usize) -> Result<Vec<EdgeAddr>, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/edges?k={k}", self.base))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        let body: EdgesBody = resp.json().await?;
+        Ok(body
+            .edges
+            .into_iter()
+            .map(|e| EdgeAddr {
+                id: e.id,
+                ws: e.ws,
+                quic: e.quic,
+                load: e.load,
+            })
+            .collect())
+    }
+}
