@@ -436,7 +436,10 @@ async fn run_loadtest(a: LoadtestArgs) -> Result<()> {
     let peer = match a.peer.as_str() {
         "danmaku" => danmaku_loadtest::Peer::Danmaku,
         "nats" => danmaku_loadtest::Peer::Nats {
-            ws_url: a.nats_ws.clone().context("--peer nats needs --nats-ws ws://HOST:PORT")?,
+            ws_url: a
+                .nats_ws
+                .clone()
+                .context("--peer nats needs --nats-ws ws://HOST:PORT")?,
         },
         other => bail!("--peer must be danmaku or nats, not {other:?}"),
     };

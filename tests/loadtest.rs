@@ -56,7 +56,11 @@ async fn two_thousand_viewers_over_two_workers_see_zero_loss() {
     for lane in [&r.danmaku, &r.gifts] {
         let t = &lane.tally;
         assert!(t.expected > 0, "{text}");
-        assert_eq!((t.lost, t.excess, t.duplicates, t.unexpected), (0, 0, 0, 0), "{text}");
+        assert_eq!(
+            (t.lost, t.excess, t.duplicates, t.unexpected),
+            (0, 0, 0, 0),
+            "{text}"
+        );
         assert_eq!(t.received, t.expected, "{text}");
         assert_eq!(t.order_violations, 0, "{text}");
         assert!(lane.latency_ms.count > 0, "probes measured latency: {text}");
@@ -77,10 +81,14 @@ async fn lossy_relay(edge: std::net::SocketAddr, dropped: Arc<AtomicU64>) -> std
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((client, _)) = listener.accept().await else { continue };
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
             let dropped = dropped.clone();
             tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(edge).await else { return };
+                let Ok(server) = TcpStream::connect(edge).await else {
+                    return;
+                };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
                 tokio::spawn(async move {
@@ -98,7 +106,9 @@ async fn lossy_relay(edge: std::net::SocketAddr, dropped: Arc<AtomicU64>) -> std
                     };
                     buf.extend_from_slice(&chunk[..n]);
                     if !head_done {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
                         if cw.write_all(&buf[..end + 4]).await.is_err() {
                             return;
                         }
@@ -147,8 +157,16 @@ async fn a_lossy_relay_is_reported_exactly() {
     let dropped = dropped.load(Ordering::SeqCst);
     assert!(dropped > 0, "the relay dropped something: {text}");
     assert_eq!(r.danmaku.tally.lost, dropped, "{text}");
-    assert_eq!(r.danmaku.tally.received + dropped, r.danmaku.tally.expected, "{text}");
-    assert_eq!(r.danmaku.tally.excess + r.danmaku.tally.duplicates, 0, "{text}");
+    assert_eq!(
+        r.danmaku.tally.received + dropped,
+        r.danmaku.tally.expected,
+        "{text}"
+    );
+    assert_eq!(
+        r.danmaku.tally.excess + r.danmaku.tally.duplicates,
+        0,
+        "{text}"
+    );
     // Gifts travel in reliable frames, which the relay passes: none lost.
     assert_eq!(r.gifts.tally.lost, 0, "{text}");
     assert!(r.gifts.tally.expected > 0, "{text}");

@@ -70,7 +70,9 @@ pub fn prebuilt_frame(room: &str, frame_bytes: usize, events: u32) -> Bytes {
 fn hello_frames(room: &str) -> Vec<u8> {
     let mut out = server_frame(
         OP_BINARY,
-        &frame::encode(&frame::server(Body::AuthOk(pb::AuthOk { user: "bare".into() }))),
+        &frame::encode(&frame::server(Body::AuthOk(pb::AuthOk {
+            user: "bare".into(),
+        }))),
     );
     out.extend(server_frame(
         OP_BINARY,
@@ -109,7 +111,9 @@ pub async fn process_main() -> std::io::Result<()> {
         let (shards, hello, accepted) = (shards.clone(), hello.clone(), accepted.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { continue };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (shards, hello, accepted) = (shards.clone(), hello.clone(), accepted.clone());
                 tokio::spawn(async move {
                     let _ = s.set_nodelay(true);
@@ -141,8 +145,13 @@ pub async fn process_main() -> std::io::Result<()> {
     // Writers: one task per shard, one tick per frame period.
     let period = Duration::from_secs_f64(1.0 / spec.frame_rate.max(0.001));
     for i in 0..SHARDS {
-        let (shards, frame, going, written, errors) =
-            (shards.clone(), frame.clone(), going.clone(), written.clone(), errors.clone());
+        let (shards, frame, going, written, errors) = (
+            shards.clone(),
+            frame.clone(),
+            going.clone(),
+            written.clone(),
+            errors.clone(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,10 +209,21 @@ mod tests {
     fn the_prebuilt_frame_has_the_asked_size_and_counts_as_a_batch() {
         for size in [100usize, 300, 1000, 5000] {
             let f = prebuilt_frame("room:b", size, 50);
-            assert!(f.len() <= size && f.len() + 3 >= size, "{size} → {}", f.len());
+            assert!(
+                f.len() <= size && f.len() + 3 >= size,
+                "{size} → {}",
+                f.len()
+            );
             let h = parse_frame(&f).unwrap().unwrap();
             let mut c = ViewerCounts::new(false);
-            counting::on_message(&mut c, Wire::WsPb, "room:b", &f[h.header..], 0, &mut |_, _| {});
+            counting::on_message(
+                &mut c,
+                Wire::WsPb,
+                "room:b",
+                &f[h.header..],
+                0,
+                &mut |_, _| {},
+            );
             assert_eq!((c.danmaku, c.frames), (50, 1));
         }
     }

@@ -471,7 +471,9 @@ mod tests {
     }
 
     fn batch_frame(room: &str, texts: &[String]) -> Vec<u8> {
-        let b = BatchEncoder::default().encode(room, &events(texts)).unwrap();
+        let b = BatchEncoder::default()
+            .encode(room, &events(texts))
+            .unwrap();
         frame::encode(&frame::server(Body::Batch(b))).to_vec()
     }
 
@@ -498,18 +500,46 @@ mod tests {
         let mut counting = ViewerCounts::new(false);
         let mut probe = ViewerCounts::new(true);
         for c in [&mut counting, &mut probe] {
-            let r = on_message(c, Wire::WsPb, room, &batch_frame(room, &texts), 1100, &mut rec);
+            let r = on_message(
+                c,
+                Wire::WsPb,
+                room,
+                &batch_frame(room, &texts),
+                1100,
+                &mut rec,
+            );
             assert_eq!(r, Reply::default());
             // another room's batch is not counted
-            on_message(c, Wire::WsPb, room, &batch_frame("room:2", &texts), 1100, &mut rec);
+            on_message(
+                c,
+                Wire::WsPb,
+                room,
+                &batch_frame("room:2", &texts),
+                1100,
+                &mut rec,
+            );
             for seq in [1, 2, 2, 4, 3] {
-                let r = on_message(c, Wire::WsPb, room, &reliable_frame(room, seq), 1000, &mut rec);
+                let r = on_message(
+                    c,
+                    Wire::WsPb,
+                    room,
+                    &reliable_frame(room, seq),
+                    1000,
+                    &mut rec,
+                );
                 assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, seq)]);
             }
         }
         for c in [&counting, &probe] {
             assert_eq!((c.danmaku, c.frames, c.gifts), (40, 6, 5));
-            assert_eq!((c.gift_seqs.len(), c.gift_duplicates, c.gift_order_violations), (4, 1, 1));
+            assert_eq!(
+                (
+                    c.gift_seqs.len(),
+                    c.gift_duplicates,
+                    c.gift_order_violations
+                ),
+                (4, 1, 1)
+            );
         }
         // Only the probe measured latency: 40 danmaku at 100 ms, 5 gifts at 100 ms.
         assert_eq!(lat.iter().filter(|(l, _)| *l == Lane::Danmaku).count(), 40);
@@ -521,7 +551,11 @@ mod tests {
     #[test]
     fn json_counting_matches_the_json_batch() {
         let room = "room:j";
-        let evs = events(&(0..7).map(|n| post_text(2, n, "{\"kind\":\"x\"}")).collect::<Vec<_>>());
+        let evs = events(
+            &(0..7)
+                .map(|n| post_text(2, n, "{\"kind\":\"x\"}"))
+                .collect::<Vec<_>>(),
+        );
         let text = danmaku_proto::json::batch_json(room, &evs);
         let mut none = |_: Lane, _: u64| {};
         let mut c = ViewerCounts::new(false);
@@ -554,7 +588,14 @@ mod tests {
         let room = "room:n";
         let mut none = |_: Lane, _: u64| {};
         let mut c = ViewerCounts::new(false);
-        let r = on_message(&mut c, Wire::Nats, room, b"INFO {\"x\":1}\r\n", 0, &mut none);
+        let r = on_message(
+            &mut c,
+            Wire::Nats,
+            room,
+            b"INFO {\"x\":1}\r\n",
+            0,
+            &mut none,
+        );
         assert!(String::from_utf8_lossy(&r.send[0]).contains("SUB room.n 1\r\n"));
         let d = event_json("danmaku", "s", &post_text(0, 1, "x"), 5);
         let g = event_json("gift", "s", &post_text(9, 0, "gift"), 5);

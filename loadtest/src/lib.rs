@@ -46,17 +46,20 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use config::{LoadtestConfig, Peer};
 use config::{FOREIGN_ROOMS, foreign_room, senders_for_rate, wire_of};
+pub use config::{LoadtestConfig, Peer};
 use counting::Wire;
 pub use error::LoadtestError;
 use procstat::ProcSample;
-pub use report::{Latency, Report};
 use report::{BareReport, LaneReport, PostReport, ServerReport, WireReport, new_histogram};
+pub use report::{Latency, Report};
 use scenario::is_every;
 use senders::{IngestPool, SenderOutcome, sender_user};
 pub use tally::{RoomExpected, Tally, ViewerLog};
-use worker::{Control, Progress, RoomExpectation, Slot, StaticEdge, Targets, WorkerMsg, WorkerResult, WorkerSpec};
+use worker::{
+    Control, Progress, RoomExpectation, Slot, StaticEdge, Targets, WorkerMsg, WorkerResult,
+    WorkerSpec,
+};
 
 /// Distinct viewer users (viewer `i` uses token `i % VIEWER_USERS`).
 const VIEWER_USERS: usize = 64;
@@ -111,7 +114,10 @@ impl Link {
     async fn finish(self) {
         if let Link::Proc { stdin, mut child } = self {
             drop(stdin);
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }
@@ -150,8 +156,14 @@ async fn spawn_worker(
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()?;
-    let mut stdin = child.stdin.take().ok_or_else(|| LoadtestError::Config("worker stdin".into()))?;
-    let stdout = child.stdout.take().ok_or_else(|| LoadtestError::Config("worker stdout".into()))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| LoadtestError::Config("worker stdin".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| LoadtestError::Config("worker stdout".into()))?;
     let line = serde_json::to_string(&spec)?;
     stdin.write_all(format!("{line}\n").as_bytes()).await?;
     stdin.flush().await?;
@@ -241,7 +253,12 @@ impl Live {
 
 fn sample_all(pids: &[u32]) -> Vec<ProcSample> {
     pids.iter()
-        .map(|&p| procstat::sample(p).unwrap_or(ProcSample { pid: p, ..ProcSample::default() }))
+        .map(|&p| {
+            procstat::sample(p).unwrap_or(ProcSample {
+                pid: p,
+                ..ProcSample::default()
+            })
+        })
         .collect()
 }
 
@@ -317,7 +334,7 @@ async fn post_all(
                     out.danmaku.raw_json_bytes += p.raw_json_bytes;
                     let e = &mut out.expected[r];
                     e.danmaku = p.danmaku.len() as u64;
-                    e.danmaku_posts.insert(r as u32, p.danmaku);
+                    e.danmaku_posts.push((r as u32, p.danmaku));
                     e.gift_seqs = p.gifts;
                 }
                 Ok(Err(e)) => {
@@ -348,7 +365,15 @@ async fn post_all(
                     gifts.push((
                         r,
                         tokio::spawn(senders::run_gift_sender(
-                            ingest.clone(), token, index, rooms[r].clone(), period, offset, start, deadline, posted.clone(),
+                            ingest.clone(),
+                            token,
+                            index,
+                            rooms[r].clone(),
+                            period,
+                            offset,
+                            start,
+                            deadline,
+                            posted.clone(),
                         )),
                     ));
                 } else {
@@ -356,7 +381,15 @@ async fn post_all(
                         r,
                         index,
                         tokio::spawn(senders::run_sender(
-                            ingest.clone(), token, index, vec![rooms[r].clone()], period, offset, start, deadline, posted.clone(),
+                            ingest.clone(),
+                            token,
+                            index,
+                            vec![rooms[r].clone()],
+                            period,
+                            offset,
+                            start,
+                            deadline,
+                            posted.clone(),
                         )),
                     ));
                 }
@@ -391,9 +424,7 @@ async fn post_all(
         let e = &mut out.expected[r];
         e.danmaku += o.accepted_posts.len() as u64;
         e.danmaku_posts
-            .entry(sender)
-            .or_default()
-            .extend(o.accepted_posts.iter().map(|(_, n)| *n));
+            .push((sender, o.accepted_posts.iter().map(|(_, n)| *n).collect()));
     }
     for (r, h) in gifts {
         let Ok(o) = h.await else { continue };
@@ -432,9 +463,14 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     let nats = matches!(config.peer, Peer::Nats { .. });
     let wall = Instant::now();
     let run_id = danmaku_proto::now_ms() % 100_000_000;
-    let rooms: Vec<String> = (0..plan.len()).map(|k| format!("room:lt{run_id}-{k}")).collect();
+    let rooms: Vec<String> = (0..plan.len())
+        .map(|k| format!("room:lt{run_id}-{k}"))
+        .collect();
     let endpoints = if nats {
-        config::Endpoints { ingest: vec![], edges: vec![] }
+        config::Endpoints {
+            ingest: vec![],
+            edges: vec![],
+        }
     } else {
         config.endpoints().map_err(LoadtestError::Config)?
     };
@@ -461,11 +497,18 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
         let mut edges = Vec::new();
         for url in &endpoints.edges {
             let (quic, cert_der) = if quic_wanted {
-                (Some(quic_addr(url).await?), Some(IngestClient::new(url).fetch_cert_der().await?))
+                (
+                    Some(quic_addr(url).await?),
+                    Some(IngestClient::new(url).fetch_cert_der().await?),
+                )
             } else {
                 (None, None)
             };
-            edges.push(StaticEdge { url: url.clone(), quic, cert_der });
+            edges.push(StaticEdge {
+                url: url.clone(),
+                quic,
+                cert_der,
+            });
         }
         Targets::Static(edges)
     };
@@ -480,7 +523,11 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
             slots[id as usize % n_workers].push(Slot {
                 id,
                 room: r as u32,
-                wire: if nats { Wire::Nats } else { wire_of(id, &config.mix) },
+                wire: if nats {
+                    Wire::Nats
+                } else {
+                    wire_of(id, &config.mix)
+                },
                 probe: !churn && is_every(id, config.probe_fraction),
                 churn,
             });
@@ -492,7 +539,12 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     let pids = if !config.server_pids.is_empty() {
         config.server_pids.clone()
     } else {
-        let mut urls: Vec<String> = endpoints.ingest.iter().chain(&endpoints.edges).cloned().collect();
+        let mut urls: Vec<String> = endpoints
+            .ingest
+            .iter()
+            .chain(&endpoints.edges)
+            .cloned()
+            .collect();
         urls.extend(config.scheduler.clone());
         if let Peer::Nats { ws_url } = &config.peer {
             urls.push(ws_url.clone());
@@ -504,7 +556,11 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     let before = sample_all(&pids);
 
     // Workers.
-    let exe = if config.workers > 0 { Some(worker_exe(&config)?) } else { None };
+    let exe = if config.workers > 0 {
+        Some(worker_exe(&config)?)
+    } else {
+        None
+    };
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
     let mut links = Vec::new();
     for (w, s) in slots.into_iter().enumerate() {
@@ -544,11 +600,24 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     let connected = sample_all(&pids);
 
     // Post, watching progress.
-    info!(danmaku_rate = config.scenario.danmaku_rate(), gift_rate = config.scenario.gift_rate(), "posting");
+    info!(
+        danmaku_rate = config.scenario.danmaku_rate(),
+        gift_rate = config.scenario.gift_rate(),
+        "posting"
+    );
     let start = Instant::now() + Duration::from_millis(200);
     let deadline = start + config.scenario.duration;
     let at_start = sample_all(&pids);
-    let posting = post_all(&config, &rooms, &plan, ingest.clone(), &tokens, start, deadline, posted.clone());
+    let posting = post_all(
+        &config,
+        &rooms,
+        &plan,
+        ingest.clone(),
+        &tokens,
+        start,
+        deadline,
+        posted.clone(),
+    );
     tokio::pin!(posting);
     let posted_out = loop {
         tokio::select! {
@@ -570,7 +639,9 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     let end = sample_all(&pids);
 
     // Tally.
-    let stop = Control::Stop { expected: posted_out.expected.clone() };
+    let stop = Control::Stop {
+        expected: posted_out.expected.clone(),
+    };
     for l in &mut links {
         l.send(&stop).await;
     }
@@ -626,7 +697,14 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
             .filter(|w| w.frames > 0)
             .map(|w| (w.bytes_in / w.frames) as usize)
             .unwrap_or(200);
-        let mut bare = run_bare(&config, report.connections_ok as usize, bytes.max(64), rate, report.frames_per_cpu_s).await?;
+        let mut bare = run_bare(
+            &config,
+            report.connections_ok as usize,
+            bytes.max(64),
+            rate,
+            report.frames_per_cpu_s,
+        )
+        .await?;
         bare.sut_frames_per_cpu_s = report.frames_per_cpu_s;
         report.bare = Some(bare);
     }
@@ -663,7 +741,11 @@ fn build_report(
         worker::add_pairs(&mut h, pairs);
         LaneReport {
             tally: t,
-            loss_ratio: if t.expected == 0 { 0.0 } else { t.lost as f64 / t.expected as f64 },
+            loss_ratio: if t.expected == 0 {
+                0.0
+            } else {
+                t.lost as f64 / t.expected as f64
+            },
             latency_ms: Latency::from_histogram(&h),
         }
     };
@@ -681,7 +763,11 @@ fn build_report(
         scheduler: config.scheduler.clone(),
         workers: config.workers,
         source_addrs: config.source_addrs.iter().map(|a| a.to_string()).collect(),
-        mix: config.mix.iter().map(|(w, s)| (w.name().to_owned(), *s)).collect(),
+        mix: config
+            .mix
+            .iter()
+            .map(|(w, s)| (w.name().to_owned(), *s))
+            .collect(),
         rooms: plan.len(),
         biggest_room: plan.iter().map(|p| p.viewers).max().unwrap_or(0),
         danmaku_rate: config.scenario.danmaku_rate(),
@@ -713,7 +799,11 @@ fn build_report(
                     k.clone(),
                     WireReport {
                         tally: *w,
-                        bytes_per_delivery: if w.deliveries == 0 { 0.0 } else { w.bytes_in as f64 / w.deliveries as f64 },
+                        bytes_per_delivery: if w.deliveries == 0 {
+                            0.0
+                        } else {
+                            w.bytes_in as f64 / w.deliveries as f64
+                        },
                     },
                 )
             })
@@ -746,8 +836,17 @@ async fn run_bare(
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().unwrap_or(0);
-    let mut stdin = child.stdin.take().ok_or_else(|| LoadtestError::Config("bare stdin".into()))?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| LoadtestError::Config("bare stdout".into()))?).lines();
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| LoadtestError::Config("bare stdin".into()))?;
+    let mut lines = BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| LoadtestError::Config("bare stdout".into()))?,
+    )
+    .lines();
     let spec = bare::BareSpec {
         listen: "127.0.0.1:0".into(),
         room: room.clone(),
@@ -755,7 +854,9 @@ async fn run_bare(
         frame_rate,
         events_per_frame: 1,
     };
-    stdin.write_all(format!("{}\n", serde_json::to_string(&spec)?).as_bytes()).await?;
+    stdin
+        .write_all(format!("{}\n", serde_json::to_string(&spec)?).as_bytes())
+        .await?;
     stdin.flush().await?;
     let first = lines.next_line().await?.unwrap_or_default();
     let addr = serde_json::from_str::<serde_json::Value>(&first)?
@@ -768,7 +869,13 @@ async fn run_bare(
     let n_workers = config.workers.max(1);
     let mut slots: Vec<Vec<Slot>> = vec![Vec::new(); n_workers];
     for id in 0..connections as u64 {
-        slots[id as usize % n_workers].push(Slot { id, room: 0, wire: Wire::WsPb, probe: false, churn: false });
+        slots[id as usize % n_workers].push(Slot {
+            id,
+            room: 0,
+            wire: Wire::WsPb,
+            probe: false,
+            churn: false,
+        });
     }
     let exe_opt = (config.workers > 0).then_some(exe);
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
@@ -810,9 +917,12 @@ async fn run_bare(
     tokio::time::sleep(duration).await;
     stdin.write_all(b"stop\n").await?;
     stdin.flush().await?;
-    let stats: bare::BareStats = serde_json::from_str(&lines.next_line().await?.unwrap_or_default())?;
+    let stats: bare::BareStats =
+        serde_json::from_str(&lines.next_line().await?.unwrap_or_default())?;
     let cpu1 = procstat::sample(pid).unwrap_or_default();
-    let stop = Control::Stop { expected: vec![RoomExpectation::default()] };
+    let stop = Control::Stop {
+        expected: vec![RoomExpectation::default()],
+    };
     for l in &mut links {
         l.send(&stop).await;
     }
@@ -834,7 +944,11 @@ async fn run_bare(
     }
     let _ = child.kill().await;
     let cpu_s = cpu1.cpu_s - cpu0.cpu_s;
-    let frames_per_cpu_s = if cpu_s > 0.0 { stats.frames_written as f64 / cpu_s } else { 0.0 };
+    let frames_per_cpu_s = if cpu_s > 0.0 {
+        stats.frames_written as f64 / cpu_s
+    } else {
+        0.0
+    };
     let _ = before;
     Ok(BareReport {
         connections: stats.connections,
@@ -847,11 +961,15 @@ async fn run_bare(
         rss_kb_connected: connected.rss_kb,
         frames_per_cpu_s,
         sut_frames_per_cpu_s,
-        ratio: if frames_per_cpu_s > 0.0 { sut_frames_per_cpu_s / frames_per_cpu_s } else { 0.0 },
+        ratio: if frames_per_cpu_s > 0.0 {
+            sut_frames_per_cpu_s / frames_per_cpu_s
+        } else {
+            0.0
+        },
     })
 }
 
-/// Exposed for the worker subcommand.
-pub use worker::process_main as worker_main;
 /// Exposed for the bare-writer subcommand.
 pub use bare::process_main as bare_main;
+/// Exposed for the worker subcommand.
+pub use worker::process_main as worker_main;

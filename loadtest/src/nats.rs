@@ -37,8 +37,11 @@ async fn handshake(conn: &mut WsConn) -> std::io::Result<()> {
             None => return Err(std::io::Error::other("NATS closed before INFO")),
         }
     }
-    conn.send(OP_TEXT, b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
-        .await
+    conn.send(
+        OP_TEXT,
+        b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n",
+    )
+    .await
 }
 
 async fn flush(conn: &mut WsConn) -> std::io::Result<()> {
@@ -76,9 +79,16 @@ pub async fn run_publisher(
     let mut out = Published::default();
     let mut comments = CommentGenerator::new(u64::from(room_idx) + 1);
     let far = Duration::from_secs(1 << 20);
-    let period = |r: f64| if r > 0.0 { Duration::from_secs_f64(1.0 / r) } else { far };
+    let period = |r: f64| {
+        if r > 0.0 {
+            Duration::from_secs_f64(1.0 / r)
+        } else {
+            far
+        }
+    };
     let mut d_tick = tokio::time::interval_at(start, period(danmaku_rate));
-    let mut g_tick = tokio::time::interval_at(start + period(gift_rate.max(1e-6)) / 2, period(gift_rate));
+    let mut g_tick =
+        tokio::time::interval_at(start + period(gift_rate.max(1e-6)) / 2, period(gift_rate));
     d_tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     g_tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let end = tokio::time::sleep_until(deadline);
@@ -113,7 +123,9 @@ pub async fn run_publisher(
             out.danmaku.push(n);
         }
     }
-    flush(&mut conn).await.map_err(|e| format!("NATS flush: {e}"))?;
+    flush(&mut conn)
+        .await
+        .map_err(|e| format!("NATS flush: {e}"))?;
     conn.close().await;
     Ok(out)
 }

@@ -81,7 +81,12 @@ pub struct ServerReport {
 }
 
 impl ServerReport {
-    pub fn new(before: &ProcSample, connected: &ProcSample, start: &ProcSample, end: &ProcSample) -> Self {
+    pub fn new(
+        before: &ProcSample,
+        connected: &ProcSample,
+        start: &ProcSample,
+        end: &ProcSample,
+    ) -> Self {
         ServerReport {
             pid: end.pid,
             name: end.name.clone(),
@@ -180,7 +185,11 @@ pub struct Report {
 }
 
 fn pct(a: u64, b: u64) -> f64 {
-    if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 }
+    if b == 0 {
+        0.0
+    } else {
+        100.0 * a as f64 / b as f64
+    }
 }
 
 fn si(v: f64) -> String {
@@ -208,7 +217,11 @@ impl Report {
             } else {
                 self.target.clone()
             },
-            if self.source_addrs.is_empty() { String::new() } else { format!(", from {}", self.source_addrs.join(",")) },
+            if self.source_addrs.is_empty() {
+                String::new()
+            } else {
+                format!(", from {}", self.source_addrs.join(","))
+            },
             self.workers,
             self.rooms,
             self.biggest_room,
@@ -241,7 +254,10 @@ impl Report {
             );
         }
         let _ = writeln!(s, "posts         accepted (per s)  rate-limited  failed");
-        for (name, p) in [("danmaku", &self.danmaku_posts), ("gifts", &self.gift_posts)] {
+        for (name, p) in [
+            ("danmaku", &self.danmaku_posts),
+            ("gifts", &self.gift_posts),
+        ] {
             let _ = writeln!(
                 s,
                 "  {name:<10}  {} ({:.1}/s)  {}  {}",
@@ -258,8 +274,20 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  {name:<10}  {}/{}  {} ({:.4}%)  {}  {}  {}  {} │ {} {} {} {} {} ({})",
-                t.received, t.expected, t.lost, pct(t.lost, t.expected), t.excess, t.duplicates,
-                t.order_violations, t.unexpected, m.p50, m.p90, m.p99, m.p999, m.max, m.count
+                t.received,
+                t.expected,
+                t.lost,
+                pct(t.lost, t.expected),
+                t.excess,
+                t.duplicates,
+                t.order_violations,
+                t.unexpected,
+                m.p50,
+                m.p90,
+                m.p99,
+                m.p999,
+                m.max,
+                m.count
             );
         }
         for w in self.worst.iter().take(5) {
@@ -278,13 +306,20 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  {name:<10}  {} viewers  {} frames  {} deliveries  {} bytes  {:.1} B/msg",
-                w.tally.viewers, w.tally.frames, w.tally.deliveries, w.tally.bytes_in, w.bytes_per_delivery
+                w.tally.viewers,
+                w.tally.frames,
+                w.tally.deliveries,
+                w.tally.bytes_in,
+                w.bytes_per_delivery
             );
         }
         if self.servers.is_empty() {
             let _ = writeln!(s, "servers       none measured (give --server-pids)");
         } else {
-            let _ = writeln!(s, "servers       pid  name  CPU-s  RSS MB before → connected → end (peak)");
+            let _ = writeln!(
+                s,
+                "servers       pid  name  CPU-s  RSS MB before → connected → end (peak)"
+            );
             for p in &self.servers {
                 let _ = writeln!(
                     s,
@@ -322,7 +357,11 @@ impl Report {
                 b.ratio
             );
         }
-        let _ = writeln!(s, "errors {}  wall time {:.1} s", self.errors, self.wall_time_s);
+        let _ = writeln!(
+            s,
+            "errors {}  wall time {:.1} s",
+            self.errors, self.wall_time_s
+        );
         s
     }
 }
@@ -353,7 +392,14 @@ mod tests {
             ..Report::default()
         };
         let t = r.render_text();
-        for k in ["connections", "posts", "lane", "wire", "servers", "wall time"] {
+        for k in [
+            "connections",
+            "posts",
+            "lane",
+            "wire",
+            "servers",
+            "wall time",
+        ] {
             assert!(t.contains(k), "{k} missing from {t}");
         }
     }

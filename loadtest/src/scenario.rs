@@ -52,7 +52,13 @@ impl Scenario {
     /// `connections` viewers spread over `rooms` rooms (the first rooms get one
     /// more when it does not divide), `rate` danmaku/s and `gift_rate` gifts/s
     /// in total, split evenly.
-    pub fn uniform(connections: usize, rooms: usize, rate: f64, gift_rate: f64, duration: Duration) -> Self {
+    pub fn uniform(
+        connections: usize,
+        rooms: usize,
+        rate: f64,
+        gift_rate: f64,
+        duration: Duration,
+    ) -> Self {
         let rooms = rooms.max(1);
         let base = connections / rooms;
         let extra = connections % rooms;
@@ -78,16 +84,17 @@ impl Scenario {
     /// Parses a TOML scenario (see the module docs).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("scenario: {e}"))?;
-        let num = |item: Option<&toml_edit::Item>, what: &str, default: f64| -> Result<f64, String> {
-            match item {
-                None => Ok(default),
-                Some(i) => i
-                    .as_float()
-                    .or_else(|| i.as_integer().map(|v| v as f64))
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    .ok_or_else(|| format!("scenario: {what} must be a number ≥ 0")),
-            }
-        };
+        let num =
+            |item: Option<&toml_edit::Item>, what: &str, default: f64| -> Result<f64, String> {
+                match item {
+                    None => Ok(default),
+                    Some(i) => i
+                        .as_float()
+                        .or_else(|| i.as_integer().map(|v| v as f64))
+                        .filter(|v| v.is_finite() && *v >= 0.0)
+                        .ok_or_else(|| format!("scenario: {what} must be a number ≥ 0")),
+                }
+            };
         let duration = num(doc.get("duration"), "duration", 60.0)?;
         let churn = num(doc.get("churn"), "churn", 0.0)?;
         if churn > 1.0 {
@@ -146,11 +153,17 @@ impl Scenario {
     }
 
     pub fn danmaku_rate(&self) -> f64 {
-        self.rooms.iter().map(|g| g.count as f64 * g.danmaku_rate).sum()
+        self.rooms
+            .iter()
+            .map(|g| g.count as f64 * g.danmaku_rate)
+            .sum()
     }
 
     pub fn gift_rate(&self) -> f64 {
-        self.rooms.iter().map(|g| g.count as f64 * g.gift_rate).sum()
+        self.rooms
+            .iter()
+            .map(|g| g.count as f64 * g.gift_rate)
+            .sum()
     }
 }
 

@@ -120,7 +120,8 @@ pub async fn run_sender(
                 Ok(PostOutcome::Accepted | PostOutcome::Persisted { .. }) => {
                     out.accepted += 1;
                     out.accepted_posts.push((room_idx, n));
-                    out.raw_json_bytes += event_json("danmaku", &user, &text, danmaku_proto::now_ms()).len() as u64;
+                    out.raw_json_bytes +=
+                        event_json("danmaku", &user, &text, danmaku_proto::now_ms()).len() as u64;
                     posted.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -190,11 +191,15 @@ pub async fn run_gift_sender(
         let ingest = ingest.next();
         loop {
             out.attempted += 1;
-            let retry = match ingest.post_reliable(&token, &room, "gift", &text, Some(&id)).await {
+            let retry = match ingest
+                .post_reliable(&token, &room, "gift", &text, Some(&id))
+                .await
+            {
                 Ok(PostOutcome::Persisted { seq }) => {
                     out.accepted += 1;
                     out.seqs.push(seq);
-                    out.raw_json_bytes += event_json("gift", &user, &text, danmaku_proto::now_ms()).len() as u64;
+                    out.raw_json_bytes +=
+                        event_json("gift", &user, &text, danmaku_proto::now_ms()).len() as u64;
                     posted.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -207,11 +212,22 @@ pub async fn run_gift_sender(
                     out.rate_limited += 1;
                     retry_after
                 }
-                Ok(PostOutcome::Rejected { status, code, message }) if status >= 500 => {
-                    debug!(sender = index, status, code, message, "gift refused, retrying");
+                Ok(PostOutcome::Rejected {
+                    status,
+                    code,
+                    message,
+                }) if status >= 500 => {
+                    debug!(
+                        sender = index,
+                        status, code, message, "gift refused, retrying"
+                    );
                     Duration::from_millis(200)
                 }
-                Ok(PostOutcome::Rejected { status, code, message }) => {
+                Ok(PostOutcome::Rejected {
+                    status,
+                    code,
+                    message,
+                }) => {
                     out.failed += 1;
                     warn!(sender = index, status, code, message, "gift rejected");
                     break;

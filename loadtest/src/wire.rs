@@ -210,7 +210,10 @@ impl WsConn {
 
     /// Writes one masked frame.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        self.mask = self.mask.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        self.mask = self
+            .mask
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
         let frame = client_frame(opcode, payload, self.mask.to_be_bytes());
         self.stream.write_all(&frame).await
     }
@@ -348,7 +351,10 @@ mod tests {
 
             let s = server_frame(OP_TEXT, &payload);
             let h = parse_frame(&s).unwrap().unwrap();
-            assert_eq!((h.opcode, h.mask, h.header + h.len), (OP_TEXT, None, s.len()));
+            assert_eq!(
+                (h.opcode, h.mask, h.header + h.len),
+                (OP_TEXT, None, s.len())
+            );
         }
     }
 

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::counting::{self, Lane, ViewerCounts, Wire};
-use crate::tally::RoomExpected;
 use crate::report::new_histogram;
+use crate::tally::RoomExpected;
 use crate::wire::{OP_BINARY, OP_TEXT, WsConn, WsTarget};
 
 /// One viewer to run.
@@ -79,9 +79,11 @@ pub struct WorkerSpec {
 /// What the coordinator accepted for a room.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoomExpectation {
-    /// Danmaku accepted, and per sender their post numbers (for probes).
+    /// Danmaku accepted, and per sender their post numbers (for probes). A
+    /// list, not a map: integer map keys do not survive serde's internally
+    /// tagged enums.
     pub danmaku: u64,
-    pub danmaku_posts: HashMap<u32, Vec<u64>>,
+    pub danmaku_posts: Vec<(u32, Vec<u64>)>,
     /// Gift seqs persisted (NATS: post number + 1).
     pub gift_seqs: Vec<u64>,
 }
@@ -115,10 +117,15 @@ pub struct Progress {
 pub enum WorkerMsg {
     Progress(Progress),
     /// Every viewer has tried to connect once.
-    Ready { ok: u64, failed: u64 },
+    Ready {
+        ok: u64,
+        failed: u64,
+    },
     Result(WorkerResult),
     /// The worker could not run.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// One lane's accounting summed over viewers.
@@ -238,7 +245,8 @@ impl WorkerResult {
         self.churn_deliveries += o.churn_deliveries;
         self.errors += o.errors;
         self.worst.extend(o.worst);
-        self.worst.sort_by_key(|w| std::cmp::Reverse(w.expected.saturating_sub(w.received)));
+        self.worst
+            .sort_by_key(|w| std::cmp::Reverse(w.expected.saturating_sub(w.received)));
         self.worst.truncate(10);
     }
 }
@@ -436,9 +444,10 @@ async fn connect_and_join(
                         return Err("closed before joined".to_owned());
                     };
                     let now = danmaku_proto::now_ms();
-                    let reply = counting::on_message(counts, slot.wire, room, &data, now, &mut |l, ms| {
-                        ctx.record(l, ms)
-                    });
+                    let reply =
+                        counting::on_message(counts, slot.wire, room, &data, now, &mut |l, ms| {
+                            ctx.record(l, ms)
+                        });
                     for s in &reply.send {
                         conn.send(opcode(slot.wire), s)
                             .await
@@ -518,6 +527,7 @@ async fn serve(
     match conn {
         Conn::Ws(mut conn) => {
             let base = conn.bytes_in;
+            let mut seen = base;
             let end = loop {
                 tokio::select! {
                     _ = stop.cancelled() => break End::Stopped,
@@ -529,6 +539,8 @@ async fn serve(
                     }
                     msg = conn.next() => {
                         let Ok(Some((_, data))) = msg else { break End::Dropped };
+                        ctx.bytes.fetch_add(conn.bytes_in - seen, Relaxed);
+                        seen = conn.bytes_in;
                         let before = counts.danmaku + counts.gifts;
                         let frames = counts.frames;
                         let now = danmaku_proto::now_ms();
@@ -548,7 +560,7 @@ async fn serve(
                     }
                 }
             };
-            ctx.bytes.fetch_add(conn.bytes_in - base, Relaxed);
+            ctx.bytes.fetch_add(conn.bytes_in - seen, Relaxed);
             *bytes += conn.bytes_in - base;
             if !matches!(end, End::Dropped) {
                 conn.close().await;
@@ -650,7 +662,17 @@ async fn run_viewer(
         let leave_at = slot
             .churn
             .then(|| Instant::now() + Duration::from_millis(ctx.spec.churn_stay_ms));
-        match serve(&ctx, &slot, conn, &mut res.counts, &mut res.bytes_in, &stop, leave_at).await {
+        match serve(
+            &ctx,
+            &slot,
+            conn,
+            &mut res.counts,
+            &mut res.bytes_in,
+            &stop,
+            leave_at,
+        )
+        .await
+        {
             End::Stopped => return res,
             End::Dropped => {
                 res.dropped = true;
@@ -669,7 +691,11 @@ async fn run_viewer(
 }
 
 /// Tallies one viewer against its room's expectation.
-fn tally_viewer(v: &ViewerResult, exp: &RoomExpectation, probe_exp: Option<&RoomExpected>) -> (LaneTally, LaneTally) {
+fn tally_viewer(
+    v: &ViewerResult,
+    exp: &RoomExpectation,
+    probe_exp: Option<&RoomExpected>,
+) -> (LaneTally, LaneTally) {
     let c = &v.counts;
     let mut d = LaneTally {
         expected: exp.danmaku,
@@ -701,7 +727,11 @@ fn tally_viewer(v: &ViewerResult, exp: &RoomExpectation, probe_exp: Option<&Room
         g.lost = g.expected.saturating_sub(c.gifts);
         g.excess = c.gifts.saturating_sub(g.expected);
     } else {
-        let hit = exp.gift_seqs.iter().filter(|s| c.gift_seqs.contains(**s)).count() as u64;
+        let hit = exp
+            .gift_seqs
+            .iter()
+            .filter(|s| c.gift_seqs.contains(**s))
+            .count() as u64;
         g.lost = g.expected - hit;
         g.unexpected = c.gift_seqs.len() - hit;
     }
@@ -748,7 +778,11 @@ pub async fn run(
                 }
                 let p99 = {
                     let mut h = lock(&ctx.lat_interval);
-                    let v = if h.is_empty() { 0 } else { h.value_at_quantile(0.99) };
+                    let v = if h.is_empty() {
+                        0
+                    } else {
+                        h.value_at_quantile(0.99)
+                    };
                     h.reset();
                     v
                 };
@@ -769,7 +803,11 @@ pub async fn run(
     // Ramp: spawn viewers in 10 ms steps at `ramp_per_sec`.
     let slots = ctx.spec.slots.clone();
     let total = slots.len() as u64;
-    let ramp = if ctx.spec.ramp_per_sec > 0.0 { ctx.spec.ramp_per_sec } else { f64::INFINITY };
+    let ramp = if ctx.spec.ramp_per_sec > 0.0 {
+        ctx.spec.ramp_per_sec
+    } else {
+        f64::INFINITY
+    };
     let spawner = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         tokio::spawn(async move {
@@ -783,7 +821,12 @@ pub async fn run(
                 let due = (start.elapsed().as_secs_f64() * ramp).min(total as f64) as u64;
                 while spawned < due.max(1) {
                     let Some(slot) = it.next() else { break };
-                    handles.push(tokio::spawn(run_viewer(ctx.clone(), slot, ready_tx.clone(), stop.clone())));
+                    handles.push(tokio::spawn(run_viewer(
+                        ctx.clone(),
+                        slot,
+                        ready_tx.clone(),
+                        stop.clone(),
+                    )));
                     spawned += 1;
                 }
                 if spawned >= total {
@@ -853,7 +896,11 @@ pub async fn run(
             continue;
         }
         let room = v.slot.room as usize;
-        let (d, g) = tally_viewer(&v, expected.get(room).unwrap_or(&none), probe_expected.get(room));
+        let (d, g) = tally_viewer(
+            &v,
+            expected.get(room).unwrap_or(&none),
+            probe_expected.get(room),
+        );
         for (lane, t) in [("danmaku", d), ("gift", g)] {
             if t.lost > 0 {
                 res.worst.push(Worst {
@@ -868,7 +915,8 @@ pub async fn run(
         res.danmaku += d;
         res.gifts += g;
     }
-    res.worst.sort_by_key(|w| std::cmp::Reverse(w.expected.saturating_sub(w.received)));
+    res.worst
+        .sort_by_key(|w| std::cmp::Reverse(w.expected.saturating_sub(w.received)));
     res.worst.truncate(10);
     res.latency_danmaku = hist_pairs(&lock(&ctx.lat_danmaku));
     res.latency_gift = hist_pairs(&lock(&ctx.lat_gift));
@@ -897,8 +945,11 @@ pub async fn process_main() -> std::io::Result<()> {
     };
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(c) = serde_json::from_str::<Control>(&line) {
-                let _ = ctl_tx.send(c);
+            match serde_json::from_str::<Control>(&line) {
+                Ok(c) => {
+                    let _ = ctl_tx.send(c);
+                }
+                Err(e) => tracing::error!(error = %e, "unreadable control line"),
             }
         }
         // stdin closed: the coordinator is gone; ctl_tx drops and the worker ends.
@@ -921,8 +972,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_and_results_survive_json_lines() {
+        let stop = Control::Stop {
+            expected: vec![RoomExpectation {
+                danmaku: 3,
+                danmaku_posts: vec![(7, vec![0, 1, 2])],
+                gift_seqs: vec![1, 2],
+            }],
+        };
+        let back: Control = serde_json::from_str(&serde_json::to_string(&stop).unwrap()).unwrap();
+        let Control::Stop { expected } = back;
+        assert_eq!(expected[0].danmaku_posts, vec![(7, vec![0, 1, 2])]);
+        let mut r = WorkerResult::default();
+        r.wires.insert(
+            "ws-pb".into(),
+            WireTally {
+                viewers: 2,
+                ..Default::default()
+            },
+        );
+        r.latency_danmaku = vec![(5, 2)];
+        let line = serde_json::to_string(&WorkerMsg::Result(r)).unwrap();
+        match serde_json::from_str::<WorkerMsg>(&line).unwrap() {
+            WorkerMsg::Result(r) => assert_eq!(
+                (r.wires["ws-pb"].viewers, r.latency_danmaku),
+                (2, vec![(5, 2)])
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn http_base_of_ws_urls() {
-        assert_eq!(http_base("ws://127.0.0.1:7071/v1/ws"), "http://127.0.0.1:7071");
+        assert_eq!(
+            http_base("ws://127.0.0.1:7071/v1/ws"),
+            "http://127.0.0.1:7071"
+        );
         assert_eq!(http_base("ws://h:1/"), "http://h:1");
         assert_eq!(http_base("http://h:1"), "http://h:1");
     }
@@ -935,7 +1020,13 @@ mod tests {
             counts.on_gift(s);
         }
         let v = ViewerResult {
-            slot: Slot { id: 0, room: 0, wire: Wire::WsPb, probe: false, churn: false },
+            slot: Slot {
+                id: 0,
+                room: 0,
+                wire: Wire::WsPb,
+                probe: false,
+                churn: false,
+            },
             joined: Ok(()),
             dropped: false,
             churn_cycles: 0,
