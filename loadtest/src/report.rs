@@ -206,6 +206,24 @@ impl Report {
     /// The human table.
     pub fn render_text(&self) -> String {
         let mut s = String::new();
+        if self.peer == "bare" {
+            if let Some(b) = &self.bare {
+                let _ = writeln!(
+                    s,
+                    "bare writer   {} conns × {:.2} frames/s × {} B for {:.0} s: {} written ({} received), {:.2} CPU-s → {} frames per CPU-s; RSS {:.1} MB connected",
+                    b.connections,
+                    b.frame_rate,
+                    b.frame_bytes,
+                    b.duration_s,
+                    b.frames_written,
+                    b.frames_received,
+                    b.cpu_s,
+                    si(b.frames_per_cpu_s),
+                    b.rss_kb_connected as f64 / 1024.0
+                );
+            }
+            return s;
+        }
         let _ = writeln!(
             s,
             "danmaku loadtest → {} ({}{}), {} workers, {} rooms (biggest {}), {:.0} danmaku/s + {:.1} gifts/s for {:.0} s",
