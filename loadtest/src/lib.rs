@@ -327,6 +327,9 @@ async fn post_all(
         for (r, h) in handles {
             match h.await {
                 Ok(Ok(p)) => {
+                    if p.stalled {
+                        warn!(room = %rooms[r], "NATS stalled the publisher (slow subscribers): posting stopped early");
+                    }
                     out.danmaku.accepted += p.danmaku.len() as u64;
                     out.danmaku.attempted += p.danmaku.len() as u64;
                     out.gifts.accepted += p.gifts.len() as u64;

@@ -27,6 +27,9 @@ pub struct Published {
     pub danmaku: Vec<u64>,
     pub gifts: Vec<u64>,
     pub raw_json_bytes: u64,
+    /// NATS stopped reading from the publisher (it fans out on the publisher's
+    /// read loop, so slow subscribers stall it) past the deadline + 10 s.
+    pub stalled: bool,
 }
 
 async fn handshake(conn: &mut WsConn) -> std::io::Result<()> {
@@ -94,7 +97,11 @@ pub async fn run_publisher(
     let end = tokio::time::sleep_until(deadline);
     tokio::pin!(end);
     let (mut dn, mut gn) = (0u64, 0u64);
+    let give_up = deadline + Duration::from_secs(10);
     loop {
+        if Instant::now() >= deadline {
+            break;
+        }
         let (kind, n, text) = tokio::select! {
             _ = &mut end => break,
             _ = d_tick.tick() => { let t = post_text(room_idx, dn, &comments.text()); dn += 1; ("danmaku", dn - 1, t) }
@@ -112,9 +119,13 @@ pub async fn run_publisher(
         };
         let payload = event_json(kind, &sender, &text, danmaku_proto::now_ms());
         let msg = format!("PUB {subject} {}\r\n{payload}\r\n", payload.len());
-        conn.send(OP_TEXT, msg.as_bytes())
-            .await
-            .map_err(|e| format!("NATS publish: {e}"))?;
+        match tokio::time::timeout_at(give_up, conn.send(OP_TEXT, msg.as_bytes())).await {
+            Ok(r) => r.map_err(|e| format!("NATS publish: {e}"))?,
+            Err(_) => {
+                out.stalled = true;
+                return Ok(out);
+            }
+        }
         out.raw_json_bytes += payload.len() as u64;
         posted.fetch_add(1, Ordering::Relaxed);
         if kind == "gift" {
