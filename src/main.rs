@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use danmaku::server::{
     Readiness, bind_pair, cancel_on_signal, drain_on_signal, ops_router, process_registry,
     readyz_router,
@@ -108,45 +108,109 @@ enum Command {
         #[arg(long, env = "DANMAKU_ROLE", default_value = "user")]
         role: String,
     },
-    /// Joins many clients, posts comments, reports delivery, loss, order and latency.
-    Loadtest {
-        /// Base HTTP URL of a standalone server, e.g. http://127.0.0.1:7070 (the
-        /// default for --ingest and --edges; not needed when both are given).
-        #[arg(long, env = "DANMAKU_TARGET", required_unless_present_all = ["ingest", "edges"])]
-        target: Option<String>,
-        /// Distributed mode: ingest base URLs, posted to round-robin (default: --target).
-        #[arg(long, env = "DANMAKU_INGEST", value_delimiter = ',')]
-        ingest: Vec<String>,
-        /// Distributed mode: edge base URLs, viewers spread round-robin (default: --target).
-        #[arg(long, env = "DANMAKU_EDGES", value_delimiter = ',')]
-        edges: Vec<String>,
-        /// Mint tokens locally with the cluster's secret instead of POST /v1/dev/token.
-        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
-        auth_secret: Option<String>,
-        /// Extra danmaku per second to rooms no viewer joined (room:foreign-N).
-        #[arg(long, env = "DANMAKU_FOREIGN_RATE", default_value_t = 0.0)]
-        foreign_rate: f64,
-        #[arg(long, env = "DANMAKU_CONNECTIONS", default_value_t = 100)]
-        connections: usize,
-        #[arg(long, env = "DANMAKU_ROOMS", default_value_t = 1)]
-        rooms: usize,
-        /// Danmaku posted per second, in total.
-        #[arg(long, env = "DANMAKU_RATE", default_value_t = 50.0)]
-        rate: f64,
-        /// Seconds of posting.
-        #[arg(long, env = "DANMAKU_DURATION", default_value_t = 10)]
-        duration: u64,
-        #[arg(long, env = "DANMAKU_TRANSPORT", value_enum, default_value_t = LoadTransport::WsPb)]
-        transport: LoadTransport,
-        #[arg(long, env = "DANMAKU_SENDERS", default_value_t = 10)]
-        senders: usize,
-        /// Write the report as JSON here.
-        #[arg(long, env = "DANMAKU_REPORT")]
-        report: Option<PathBuf>,
-        /// Local addresses to spread client sockets over (e.g. 127.0.0.2,127.0.0.3).
-        #[arg(long, env = "DANMAKU_SOURCE_ADDRS", value_delimiter = ',')]
-        source_addrs: Vec<std::net::IpAddr>,
-    },
+    /// Load harness: many viewers over worker processes and source addresses,
+    /// danmaku and gifts through ingest, exact per-lane loss, latency, server CPU
+    /// and RSS; optional bare-writer floor and NATS peer. See loadtest/README.md.
+    Loadtest(Box<LoadtestArgs>),
+    /// (internal) A loadtest worker: spec on stdin, results on stdout.
+    #[command(name = "loadtest-worker", hide = true)]
+    LoadtestWorker,
+    /// (internal) The bare-writer server of `loadtest --bare-writer`.
+    #[command(name = "loadtest-bare-server", hide = true)]
+    LoadtestBareServer,
+}
+
+#[derive(clap::Args)]
+struct LoadtestArgs {
+    /// Run a built-in preset instead: `room-100k` starts a whole cluster on this
+    /// host (scripts/bench.sh) and drives 100,000 viewers through the scheduler.
+    #[arg(long, env = "DANMAKU_PRESET")]
+    preset: Option<String>,
+    /// Base HTTP URL of a standalone server, e.g. http://127.0.0.1:7070 (the
+    /// default for --ingest and --edges).
+    #[arg(long, env = "DANMAKU_TARGET", default_value = "")]
+    target: String,
+    /// Distributed mode: ingest base URLs, posted to round-robin (default: --target).
+    #[arg(long, env = "DANMAKU_INGEST", value_delimiter = ',')]
+    ingest: Vec<String>,
+    /// Distributed mode: edge base URLs, viewers spread round-robin (default: --target).
+    #[arg(long, env = "DANMAKU_EDGES", value_delimiter = ',')]
+    edges: Vec<String>,
+    /// Viewers ask GET {scheduler}/v1/edges?k=3 and connect to the first edge.
+    #[arg(long, env = "DANMAKU_SCHEDULER")]
+    scheduler: Option<String>,
+    /// Mint tokens locally with the cluster's secret instead of POST /v1/dev/token.
+    #[arg(long, env = "DANMAKU_AUTH_SECRET")]
+    auth_secret: Option<String>,
+    /// System under test: `danmaku`, or `nats` (with --nats-ws).
+    #[arg(long, env = "DANMAKU_PEER", default_value = "danmaku")]
+    peer: String,
+    /// Peer mode: the NATS WebSocket listener, ws://HOST:PORT.
+    #[arg(long, env = "DANMAKU_NATS_WS")]
+    nats_ws: Option<String>,
+    /// Workload from a TOML file (rooms, sizes, rates, duration, churn); replaces
+    /// --connections/--rooms/--rate/--gift-rate/--churn (--duration still overrides).
+    #[arg(long, env = "DANMAKU_SCENARIO")]
+    scenario: Option<PathBuf>,
+    #[arg(long, env = "DANMAKU_CONNECTIONS", default_value_t = 100)]
+    connections: usize,
+    #[arg(long, env = "DANMAKU_ROOMS", default_value_t = 1)]
+    rooms: usize,
+    /// Danmaku posted per second, all rooms together.
+    #[arg(long, env = "DANMAKU_RATE", default_value_t = 50.0)]
+    rate: f64,
+    /// Gifts posted per second, all rooms together (reliable lane).
+    #[arg(long, env = "DANMAKU_GIFT_RATE", default_value_t = 0.0)]
+    gift_rate: f64,
+    /// Seconds of posting.
+    #[arg(long, env = "DANMAKU_DURATION")]
+    duration: Option<f64>,
+    /// Share of viewers (0–1) that leave and rejoin during the run.
+    #[arg(long, env = "DANMAKU_CHURN", default_value_t = 0.0)]
+    churn: f64,
+    /// Transport, or a mix: ws-pb | ws-json | quic | ws-pb=0.8,ws-json=0.1,quic=0.1.
+    #[arg(long, env = "DANMAKU_TRANSPORT", default_value = "ws-pb")]
+    transport: String,
+    /// Share of viewers that decode everything and measure latency/order/duplicates.
+    #[arg(long, env = "DANMAKU_PROBE_FRACTION", default_value_t = 0.01)]
+    probe_fraction: f64,
+    /// Worker processes (≤19k viewers each); 0 = in this process.
+    #[arg(long, env = "DANMAKU_WORKERS", default_value_t = 0)]
+    workers: usize,
+    /// Local addresses to spread client sockets over (e.g. 127.0.0.2,127.0.0.3).
+    #[arg(long, env = "DANMAKU_SOURCE_ADDRS", value_delimiter = ',')]
+    source_addrs: Vec<std::net::IpAddr>,
+    /// Connections opened per second, all workers together (0 = unlimited).
+    #[arg(long, env = "DANMAKU_RAMP", default_value_t = 2000.0)]
+    ramp: f64,
+    /// Viewers connecting at the same time, per worker.
+    #[arg(long, env = "DANMAKU_CONNECT_CONCURRENCY", default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Seconds to wait after posting for the last frames.
+    #[arg(long, env = "DANMAKU_DRAIN_GRACE", default_value_t = 3.0)]
+    drain_grace: f64,
+    /// Extra danmaku per second to rooms no viewer joined (room:foreign-N).
+    #[arg(long, env = "DANMAKU_FOREIGN_RATE", default_value_t = 0.0)]
+    foreign_rate: f64,
+    /// Server pids to measure (default: found from the listening ports).
+    #[arg(long, env = "DANMAKU_SERVER_PIDS", value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// Afterwards, run the bare writer on the same sockets at the same frame
+    /// size and rate, and report the frames-per-CPU-second ratio.
+    #[arg(long, env = "DANMAKU_BARE_WRITER")]
+    bare_writer: bool,
+    /// Only the bare writer: --connections viewers, this frame size in bytes…
+    #[arg(long, env = "DANMAKU_BARE_FRAME_BYTES")]
+    bare_frame_bytes: Option<usize>,
+    /// …and this many frames per second per connection.
+    #[arg(long, env = "DANMAKU_BARE_FRAME_RATE", default_value_t = 1.0)]
+    bare_frame_rate: f64,
+    /// No progress line.
+    #[arg(long, env = "DANMAKU_QUIET")]
+    quiet: bool,
+    /// Write the report as JSON here.
+    #[arg(long, env = "DANMAKU_REPORT")]
+    report: Option<PathBuf>,
 }
 
 /// Upload limits of ingest (defaults: see `danmaku_ingest::IngestConfig`).
@@ -234,16 +298,10 @@ impl TopRooms {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LoadTransport {
-    WsJson,
-    WsPb,
-    Quic,
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -431,46 +489,101 @@ async fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Loadtest {
-            target,
-            ingest,
-            edges,
-            auth_secret,
-            foreign_rate,
-            connections,
-            rooms,
-            rate,
-            duration,
-            transport,
-            senders,
-            report,
-            source_addrs,
-        } => {
-            let config = danmaku_loadtest::LoadtestConfig {
-                target: target.unwrap_or_default(),
-                ingest,
-                edges,
-                auth_secret,
-                foreign_rate,
-                connections,
-                rooms,
-                rate,
-                duration: Duration::from_secs(duration),
-                transport: match transport {
-                    LoadTransport::WsJson => danmaku_client::Transport::WsJson,
-                    LoadTransport::WsPb => danmaku_client::Transport::WsPb,
-                    LoadTransport::Quic => danmaku_client::Transport::Quic,
-                },
-                senders,
-                report,
-                source_addrs,
-                ..danmaku_loadtest::LoadtestConfig::default()
-            };
-            let report = danmaku_loadtest::run(config).await?;
-            println!("{}", report.render_text());
-            Ok(())
-        }
+        Command::Loadtest(args) => run_loadtest(*args).await,
+        Command::LoadtestWorker => Ok(danmaku_loadtest::worker_main().await?),
+        Command::LoadtestBareServer => Ok(danmaku_loadtest::bare_main().await?),
     }
+}
+
+/// Maps `danmaku loadtest` flags onto a `LoadtestConfig` (or runs a preset).
+async fn run_loadtest(a: LoadtestArgs) -> Result<()> {
+    use danmaku_loadtest::scenario::Scenario;
+    if let Some(preset) = &a.preset {
+        // Presets start a whole cluster: that lives in scripts/bench.sh.
+        let script = std::path::Path::new("scripts/bench.sh");
+        if !script.exists() {
+            bail!("--preset {preset} runs scripts/bench.sh: start it from the repository root");
+        }
+        let mut cmd = tokio::process::Command::new("bash");
+        cmd.arg(script).arg(preset);
+        if let Some(d) = a.duration {
+            cmd.env("DURATION", format!("{d}"));
+        }
+        if let Some(r) = &a.report {
+            cmd.env("REPORT", r);
+        }
+        cmd.env("BIN", std::env::current_exe()?);
+        let status = cmd.status().await?;
+        if !status.success() {
+            bail!("scripts/bench.sh {preset} failed: {status}");
+        }
+        return Ok(());
+    }
+    let mut scenario = match &a.scenario {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Scenario::from_toml(&text).map_err(anyhow::Error::msg)?
+        }
+        None => {
+            let mut s = Scenario::uniform(
+                a.connections,
+                a.rooms,
+                a.rate,
+                a.gift_rate,
+                Duration::from_secs(10),
+            );
+            s.churn = a.churn;
+            s
+        }
+    };
+    if let Some(d) = a.duration {
+        scenario.duration = Duration::from_secs_f64(d.max(0.0));
+    }
+    let peer = match a.peer.as_str() {
+        "danmaku" => danmaku_loadtest::Peer::Danmaku,
+        "nats" => danmaku_loadtest::Peer::Nats {
+            ws_url: a
+                .nats_ws
+                .clone()
+                .context("--peer nats needs --nats-ws ws://HOST:PORT")?,
+        },
+        other => bail!("--peer must be danmaku or nats, not {other:?}"),
+    };
+    if a.bare_frame_bytes.is_none()
+        && matches!(peer, danmaku_loadtest::Peer::Danmaku)
+        && a.target.is_empty()
+        && a.ingest.is_empty()
+    {
+        bail!("give --target (standalone) or --ingest with --edges or --scheduler");
+    }
+    let config = danmaku_loadtest::LoadtestConfig {
+        target: a.target,
+        ingest: a.ingest,
+        edges: a.edges,
+        scheduler: a.scheduler,
+        auth_secret: a.auth_secret,
+        peer,
+        scenario,
+        mix: danmaku_loadtest::config::parse_mix(&a.transport).map_err(anyhow::Error::msg)?,
+        probe_fraction: a.probe_fraction,
+        workers: a.workers,
+        worker_exe: None,
+        source_addrs: a.source_addrs,
+        ramp_per_sec: a.ramp,
+        connect_concurrency: a.connect_concurrency,
+        heartbeat: Duration::from_secs(20),
+        drain_grace: Duration::from_secs_f64(a.drain_grace.max(0.0)),
+        foreign_rate: a.foreign_rate,
+        server_pids: a.server_pids,
+        bare_writer: a.bare_writer,
+        bare_only: a.bare_frame_bytes.map(|b| (b, a.bare_frame_rate)),
+        progress: !a.quiet,
+        report: a.report,
+    };
+    let report = danmaku_loadtest::run(config).await?;
+    println!("{}", report.render_text());
+    Ok(())
 }
 
 /// Connects the bus (and registers its metrics) and opens the store: what every

@@ -1,10 +1,22 @@
-//! What a load test does: how many viewers, rooms and senders, how fast, how long.
+//! What a load test does: where it connects, the workload ([`Scenario`]), the
+//! viewer mix, how many worker processes and source addresses, and what to
+//! compare against (the bare writer, a NATS peer).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use danmaku_client::Transport;
+use crate::counting::Wire;
+use crate::scenario::Scenario;
+
+/// The system under test.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peer {
+    /// danmaku: standalone (`target`) or a cluster (`ingest` + `edges` or `scheduler`).
+    Danmaku,
+    /// NATS over its WebSocket listener, `ws://host:port`.
+    Nats { ws_url: String },
+}
 
 /// Settings of one load-test run.
 #[derive(Debug, Clone)]
@@ -12,41 +24,88 @@ pub struct LoadtestConfig {
     /// Base HTTP URL of a standalone server (ingest, edge and `/v1/dev/token` on
     /// one address), e.g. `http://127.0.0.1:7070`. QUIC goes to the same port over UDP.
     pub target: String,
-    /// Viewer connections to open. Default 100.
-    pub connections: usize,
-    /// Rooms the viewers are spread over (viewer `i` joins room `i % rooms`). Default 1.
-    pub rooms: usize,
-    /// Danmaku posted per second, all senders together. Default 50.
-    pub rate: f64,
-    /// How long to post. Default 10 s.
-    pub duration: Duration,
-    /// Transport of the viewers. Default [`Transport::WsPb`].
-    pub transport: Transport,
-    /// Posting users (each with its own token). Raised to `ceil(rate / 4)` so no
-    /// sender exceeds the server's default per-user limit (5 msgs/s). Default 10.
-    pub senders: usize,
-    /// Write the JSON report here as well.
-    pub report: Option<PathBuf>,
-    /// Local addresses the viewer sockets bind to, round-robin (127.0.0.2,
-    /// 127.0.0.3…), to go past one address's ephemeral ports. Empty = OS default.
-    pub source_addrs: Vec<IpAddr>,
-    /// Viewers connecting at the same time. Default 200.
-    pub connect_concurrency: usize,
-    /// Wait after the last post for the last batches to arrive. Default 2 s.
-    pub drain_grace: Duration,
-    /// Distributed mode: mint tokens locally with this HMAC secret (the cluster's
-    /// `--auth-secret`) instead of `POST /v1/dev/token` on the first ingest.
-    pub auth_secret: Option<String>,
     /// Ingest base URLs; posts go to them round-robin. Empty = `[target]`.
     pub ingest: Vec<String>,
-    /// Edge base URLs; viewer `i` connects to edge `i % edges.len()` (QUIC: the
-    /// same host and port over UDP, certificate from that edge's `/v1/cert`).
-    /// Empty = `[target]`.
+    /// Edge base URLs; viewer `i` connects to edge `i % edges.len()`. Empty =
+    /// `[target]` unless `scheduler` is set.
     pub edges: Vec<String>,
-    /// Extra danmaku per second posted to rooms no viewer joined
-    /// (`room:foreign-<k>`, [`FOREIGN_ROOMS`] of them), to measure what edges pay
-    /// for other edges' rooms. Default 0.
+    /// Viewers ask `GET {scheduler}/v1/edges?k=3` and connect to the first edge.
+    pub scheduler: Option<String>,
+    /// Mint tokens locally with this HMAC secret (the cluster's `--auth-secret`)
+    /// instead of `POST /v1/dev/token` on the first ingest.
+    pub auth_secret: Option<String>,
+    pub peer: Peer,
+    /// Rooms, viewers, rates, duration, churn.
+    pub scenario: Scenario,
+    /// Transport mix: viewer `i` takes the transport whose cumulative share
+    /// covers `i`'s position. Default: all `ws-pb`.
+    pub mix: Vec<(Wire, f64)>,
+    /// Share of viewers that fully decode every frame and measure latency,
+    /// order and duplicates (the rest only count). Default 0.01.
+    pub probe_fraction: f64,
+    /// Worker processes holding the viewers (≤19k connections each: the
+    /// open-file limit is 20,000). 0 = in this process. Default 0.
+    pub workers: usize,
+    /// The binary to re-execute as a worker (`<exe> loadtest-worker`).
+    /// Default: this process's executable.
+    pub worker_exe: Option<PathBuf>,
+    /// Local addresses viewer sockets bind to, round-robin over viewers
+    /// (127.0.0.2, 127.0.0.3…): each has ~28k ephemeral ports.
+    pub source_addrs: Vec<IpAddr>,
+    /// Connections opened per second, all workers together. 0 = as fast as
+    /// `connect_concurrency` allows. Default 2000.
+    pub ramp_per_sec: f64,
+    /// Viewers connecting at the same time per worker. Default 200.
+    pub connect_concurrency: usize,
+    /// Viewer heartbeat (`ping`) interval. Default 20 s (edges close a
+    /// connection silent for 2.5 × their 30 s interval).
+    pub heartbeat: Duration,
+    /// Wait after the last post for the last batches to arrive. Default 3 s.
+    pub drain_grace: Duration,
+    /// Extra danmaku per second to rooms no viewer joined (`room:foreign-<k>`). Default 0.
     pub foreign_rate: f64,
+    /// Server processes to measure (CPU, RSS). Empty = discovered from the
+    /// listening ports of `target`, `ingest`, `edges` and `scheduler`.
+    pub server_pids: Vec<u32>,
+    /// After the run, run the bare writer with the same viewers, frame size
+    /// and frame rate, and report the edge-vs-floor ratio.
+    pub bare_writer: bool,
+    /// Bare writer only (no system under test): frame bytes and frames per
+    /// second per connection.
+    pub bare_only: Option<(usize, f64)>,
+    /// Print a progress line every second (stderr). Default true.
+    pub progress: bool,
+    /// Write the JSON report here as well.
+    pub report: Option<PathBuf>,
+}
+
+impl Default for LoadtestConfig {
+    fn default() -> Self {
+        LoadtestConfig {
+            target: "http://127.0.0.1:7070".into(),
+            ingest: Vec::new(),
+            edges: Vec::new(),
+            scheduler: None,
+            auth_secret: None,
+            peer: Peer::Danmaku,
+            scenario: Scenario::uniform(100, 1, 50.0, 0.0, Duration::from_secs(10)),
+            mix: vec![(Wire::WsPb, 1.0)],
+            probe_fraction: 0.01,
+            workers: 0,
+            worker_exe: None,
+            source_addrs: Vec::new(),
+            ramp_per_sec: 2000.0,
+            connect_concurrency: 200,
+            heartbeat: Duration::from_secs(20),
+            drain_grace: Duration::from_secs(3),
+            foreign_rate: 0.0,
+            server_pids: Vec::new(),
+            bare_writer: false,
+            bare_only: None,
+            progress: true,
+            report: None,
+        }
+    }
 }
 
 /// Rooms the foreign traffic is spread over (round-robin), so it lands on many
@@ -79,6 +138,44 @@ pub fn split_urls(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// Parses a transport mix: `ws-pb` or `ws-pb=0.8,ws-json=0.1,quic=0.1`
+/// (shares are normalised).
+pub fn parse_mix(s: &str) -> Result<Vec<(Wire, f64)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, share) = part.split_once('=').unwrap_or((part, "1"));
+        let wire: Wire = name.trim().parse()?;
+        let share: f64 = share
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad share in {part:?}"))?;
+        if !(share.is_finite() && share >= 0.0) {
+            return Err(format!("bad share in {part:?}"));
+        }
+        out.push((wire, share));
+    }
+    let total: f64 = out.iter().map(|(_, s)| s).sum();
+    if out.is_empty() || total <= 0.0 {
+        return Err("the transport mix is empty".into());
+    }
+    Ok(out.into_iter().map(|(w, s)| (w, s / total)).collect())
+}
+
+/// The transport of viewer `i` of `n` under `mix` (shares summing to 1):
+/// interleaved, so every room gets its share of each transport.
+pub fn wire_of(i: u64, mix: &[(Wire, f64)]) -> Wire {
+    // Position of i within a cycle of 1000 viewers, spread by a golden-ratio step.
+    let x = ((i as f64) * 0.618_033_988_75).fract();
+    let mut acc = 0.0;
+    for &(w, s) in mix {
+        acc += s;
+        if x < acc {
+            return w;
+        }
+    }
+    mix.last().map(|(w, _)| *w).unwrap_or(Wire::WsPb)
+}
+
 /// Where posts and viewers go, with `target` filling in what was not given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -86,54 +183,19 @@ pub struct Endpoints {
     pub edges: Vec<String>,
 }
 
-impl Default for LoadtestConfig {
-    fn default() -> Self {
-        LoadtestConfig {
-            target: "http://127.0.0.1:7070".into(),
-            connections: 100,
-            rooms: 1,
-            rate: 50.0,
-            duration: Duration::from_secs(10),
-            transport: Transport::WsPb,
-            senders: 10,
-            report: None,
-            source_addrs: Vec::new(),
-            connect_concurrency: 200,
-            drain_grace: Duration::from_secs(2),
-            auth_secret: None,
-            ingest: Vec::new(),
-            edges: Vec::new(),
-            foreign_rate: 0.0,
-        }
-    }
-}
-
 impl LoadtestConfig {
-    /// Senders actually used: `max(senders, ceil(rate / 4), 1)`.
-    pub fn effective_senders(&self) -> usize {
-        senders_for_rate(self.rate, self.senders)
-    }
-
-    /// Senders of the foreign traffic: `ceil(foreign_rate / 4)`, 0 when off.
-    pub fn foreign_senders(&self) -> usize {
-        if self.foreign_rate > 0.0 {
-            senders_for_rate(self.foreign_rate, 1)
-        } else {
-            0
-        }
-    }
-
     /// Ingest and edge URLs (trailing `/` dropped); an empty list means `[target]`.
-    /// Fails when a list is empty and so is `target`.
+    /// Fails when a list is empty and so is `target`. Edges may stay empty when
+    /// a scheduler hands them out.
     pub fn endpoints(&self) -> Result<Endpoints, String> {
         let target = self.target.trim().trim_end_matches('/');
-        let pick = |list: &[String], what: &str| -> Result<Vec<String>, String> {
+        let pick = |list: &[String], what: &str, optional: bool| -> Result<Vec<String>, String> {
             let list: Vec<String> = list
                 .iter()
                 .map(|u| u.trim().trim_end_matches('/').to_owned())
                 .filter(|u| !u.is_empty())
                 .collect();
-            if !list.is_empty() {
+            if !list.is_empty() || optional {
                 Ok(list)
             } else if !target.is_empty() {
                 Ok(vec![target.to_owned()])
@@ -142,8 +204,8 @@ impl LoadtestConfig {
             }
         };
         Ok(Endpoints {
-            ingest: pick(&self.ingest, "ingest")?,
-            edges: pick(&self.edges, "edge")?,
+            ingest: pick(&self.ingest, "ingest", false)?,
+            edges: pick(&self.edges, "edge", self.scheduler.is_some())?,
         })
     }
 }
@@ -154,36 +216,9 @@ mod tests {
 
     #[test]
     fn senders_respect_per_user_limit() {
-        let c = LoadtestConfig::default();
-        assert_eq!(c.effective_senders(), 13);
-        let c = LoadtestConfig {
-            rate: 10.0,
-            senders: 2,
-            ..LoadtestConfig::default()
-        };
-        assert_eq!(c.effective_senders(), 3);
-        let c = LoadtestConfig {
-            rate: 0.0,
-            senders: 0,
-            ..LoadtestConfig::default()
-        };
-        assert_eq!(c.effective_senders(), 1);
-    }
-
-    #[test]
-    fn foreign_senders_follow_the_foreign_rate() {
-        let c = LoadtestConfig::default();
-        assert_eq!(c.foreign_senders(), 0);
-        let c = LoadtestConfig {
-            foreign_rate: 2000.0,
-            ..LoadtestConfig::default()
-        };
-        assert_eq!(c.foreign_senders(), 500);
-        let c = LoadtestConfig {
-            foreign_rate: 0.5,
-            ..LoadtestConfig::default()
-        };
-        assert_eq!(c.foreign_senders(), 1);
+        assert_eq!(senders_for_rate(50.0, 1), 13);
+        assert_eq!(senders_for_rate(10.0, 2), 3);
+        assert_eq!(senders_for_rate(0.0, 0), 1);
         assert_eq!(senders_for_rate(f64::NAN, 3), 3);
     }
 
@@ -207,25 +242,35 @@ mod tests {
         assert_eq!(e.ingest, vec!["http://a:1", "http://b:2"]);
         assert_eq!(e.edges, vec!["http://e1:3", "http://e2:4"]);
 
-        // Only edges given: posts still go to the target.
-        let c = LoadtestConfig {
-            target: "http://t:1".into(),
-            edges: vec!["http://e:2".into()],
-            ..LoadtestConfig::default()
-        };
-        assert_eq!(c.endpoints().unwrap().ingest, vec!["http://t:1"]);
-
         let c = LoadtestConfig {
             target: String::new(),
             edges: vec!["http://e:2".into()],
             ..LoadtestConfig::default()
         };
         assert!(c.endpoints().unwrap_err().contains("ingest"));
+
+        // With a scheduler, edges come from it.
+        let c = LoadtestConfig {
+            target: String::new(),
+            ingest: vec!["http://i:1".into()],
+            scheduler: Some("http://s:1".into()),
+            ..LoadtestConfig::default()
+        };
+        assert!(c.endpoints().unwrap().edges.is_empty());
     }
 
     #[test]
-    fn foreign_rooms_are_distinct_from_loadtest_rooms() {
-        assert_eq!(foreign_room(3), "room:foreign-3");
-        assert_ne!(foreign_room(0), foreign_room(FOREIGN_ROOMS - 1));
+    fn mixes_parse_and_spread() {
+        assert_eq!(parse_mix("ws-pb").unwrap(), vec![(Wire::WsPb, 1.0)]);
+        let m = parse_mix("ws-pb=8,ws-json=1,quic=1").unwrap();
+        assert!((m[0].1 - 0.8).abs() < 1e-9);
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..10_000 {
+            *counts.entry(wire_of(i, &m)).or_insert(0) += 1;
+        }
+        assert!((7_900..8_100).contains(&counts[&Wire::WsPb]), "{counts:?}");
+        assert!((900..1_100).contains(&counts[&Wire::Quic]), "{counts:?}");
+        assert!(parse_mix("smoke").is_err());
+        assert!(parse_mix("ws-pb=0").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! `429 Retry-After`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use danmaku_client::{IngestClient, PostOutcome};
@@ -11,6 +11,7 @@ use danmaku_proto::sample::CommentGenerator;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
 
+use crate::counting::event_json;
 use crate::tally::post_text;
 
 /// The ingest nodes posts go to, round-robin over every post of every sender
@@ -61,6 +62,26 @@ pub struct SenderOutcome {
     pub failed: u64,
     /// `(room index, post number)` of every accepted post.
     pub accepted_posts: Vec<(usize, u64)>,
+    /// Gifts: the seq ingest assigned to every accepted post.
+    pub seqs: Vec<u64>,
+    /// Σ of the accepted events' size as one JSON object each (the baseline
+    /// "bytes per message" of a naive one-message-per-frame JSON push).
+    pub raw_json_bytes: u64,
+}
+
+impl SenderOutcome {
+    pub fn add_counts(&mut self, o: &SenderOutcome) {
+        self.attempted += o.attempted;
+        self.accepted += o.accepted;
+        self.rate_limited += o.rate_limited;
+        self.failed += o.failed;
+        self.raw_json_bytes += o.raw_json_bytes;
+    }
+}
+
+/// The user id of sender `index` (its token's subject).
+pub fn sender_user(index: u32) -> String {
+    format!("lt-sender-{index}")
 }
 
 /// Posts as sender `index` until `deadline`: one post every `period`, the
@@ -75,8 +96,10 @@ pub async fn run_sender(
     offset: Duration,
     start: Instant,
     deadline: Instant,
+    posted: Arc<AtomicU64>,
 ) -> SenderOutcome {
     let mut out = SenderOutcome::default();
+    let user = sender_user(index);
     let mut comments = CommentGenerator::new(u64::from(index) + 1);
     let mut ticker = tokio::time::interval_at(start + offset, period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -97,6 +120,9 @@ pub async fn run_sender(
                 Ok(PostOutcome::Accepted | PostOutcome::Persisted { .. }) => {
                     out.accepted += 1;
                     out.accepted_posts.push((room_idx, n));
+                    out.raw_json_bytes +=
+                        event_json("danmaku", &user, &text, danmaku_proto::now_ms()).len() as u64;
+                    posted.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Ok(PostOutcome::RateLimited { retry_after }) => {
@@ -126,6 +152,96 @@ pub async fn run_sender(
                     break;
                 }
             }
+        }
+        n += 1;
+    }
+    out
+}
+
+/// Posts gifts as sender `index` to `room` until `deadline`, one every
+/// `period`. Each gift has its own `client_msg_id`; a 429, 5xx or transport
+/// error is retried with the same id (ingest then answers the first seq) until
+/// `deadline` + 10 s, so a gift is either persisted once or counted failed.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_gift_sender(
+    ingest: Arc<IngestPool>,
+    token: String,
+    index: u32,
+    room: String,
+    period: Duration,
+    offset: Duration,
+    start: Instant,
+    deadline: Instant,
+    posted: Arc<AtomicU64>,
+) -> SenderOutcome {
+    let mut out = SenderOutcome::default();
+    let user = sender_user(index);
+    let run = danmaku_proto::now_ms();
+    let mut ticker = tokio::time::interval_at(start + offset, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let give_up = deadline + Duration::from_secs(10);
+    let mut n: u64 = 0;
+    loop {
+        ticker.tick().await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        let text = post_text(index, n, "gift");
+        let id = format!("lt-{run}-{index}-{n}");
+        let ingest = ingest.next();
+        loop {
+            out.attempted += 1;
+            let retry = match ingest
+                .post_reliable(&token, &room, "gift", &text, Some(&id))
+                .await
+            {
+                Ok(PostOutcome::Persisted { seq }) => {
+                    out.accepted += 1;
+                    out.seqs.push(seq);
+                    out.raw_json_bytes +=
+                        event_json("gift", &user, &text, danmaku_proto::now_ms()).len() as u64;
+                    posted.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Ok(PostOutcome::Accepted) => {
+                    warn!(sender = index, "a gift was answered 202 without a seq");
+                    out.failed += 1;
+                    break;
+                }
+                Ok(PostOutcome::RateLimited { retry_after }) => {
+                    out.rate_limited += 1;
+                    retry_after
+                }
+                Ok(PostOutcome::Rejected {
+                    status,
+                    code,
+                    message,
+                }) if status >= 500 => {
+                    debug!(
+                        sender = index,
+                        status, code, message, "gift refused, retrying"
+                    );
+                    Duration::from_millis(200)
+                }
+                Ok(PostOutcome::Rejected {
+                    status,
+                    code,
+                    message,
+                }) => {
+                    out.failed += 1;
+                    warn!(sender = index, status, code, message, "gift rejected");
+                    break;
+                }
+                Err(e) => {
+                    debug!(sender = index, error = %e, "gift post failed, retrying");
+                    Duration::from_millis(200)
+                }
+            };
+            if Instant::now() + retry >= give_up {
+                out.failed += 1;
+                break;
+            }
+            tokio::time::sleep(retry).await;
         }
         n += 1;
     }

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Load-test presets that start everything they need on this host, run, report
+# and stop everything. Also reached as `danmaku loadtest --preset NAME`.
+#
+#   scripts/bench.sh room-100k      # 100,000 viewers in one room through the scheduler
+#
+# room-100k: a Kafka-API broker and PostgreSQL (scripts/services.sh), INGESTS
+# ingest nodes, EDGES edges (each ≤19k viewers: the open-file limit is 20,000 per
+# process), a scheduler; then `danmaku loadtest` with WORKERS worker processes and
+# one source address per worker (127.0.0.2…), viewers asking the scheduler for an
+# edge like real clients, RATE danmaku/s + GIFT_RATE gifts/s for DURATION s.
+# Overrides (environment): VIEWERS=100000 EDGES=6 INGESTS=2 WORKERS=6 RATE=1000
+# GIFT_RATE=10 DURATION=60 RAMP=2000 PROBE=0.01 TRANSPORT=ws-pb REPORT=bench-room-100k.json
+# BIN=target/release/danmaku EXTRA="…more loadtest flags".
+#
+# Edges register themselves with the scheduler when the build has edge
+# self-registration (`danmaku edge --help` lists --capacity); otherwise the
+# scheduler gets a static --edge list.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+PRESET="${1:-}"
+case "$PRESET" in
+  room-100k) ;;
+  *) echo "usage: scripts/bench.sh room-100k" >&2; exit 2 ;;
+esac
+
+BIN="${BIN:-$ROOT/target/release/danmaku}"
+if [ ! -x "$BIN" ]; then
+  echo "building $BIN" >&2
+  cargo build --release --bin danmaku
+fi
+VIEWERS="${VIEWERS:-100000}"
+EDGES="${EDGES:-6}"
+INGESTS="${INGESTS:-2}"
+WORKERS="${WORKERS:-6}"
+RATE="${RATE:-1000}"
+GIFT_RATE="${GIFT_RATE:-10}"
+DURATION="${DURATION:-60}"
+RAMP="${RAMP:-2000}"
+PROBE="${PROBE:-0.01}"
+TRANSPORT="${TRANSPORT:-ws-pb}"
+REPORT="${REPORT:-bench-room-100k.json}"
+SECRET="bench-secret-$$"
+LOGS="$ROOT/.services/bench"
+mkdir -p "$LOGS"
+
+per_edge=$(( (VIEWERS + EDGES - 1) / EDGES ))
+if [ "$per_edge" -gt 19000 ]; then
+  echo "each edge would hold $per_edge viewers (> 19,000, the open-file limit): raise EDGES" >&2
+  exit 2
+fi
+per_worker=$(( (VIEWERS + WORKERS - 1) / WORKERS ))
+if [ "$per_worker" -gt 19000 ]; then
+  echo "each worker would hold $per_worker viewers (> 19,000): raise WORKERS" >&2
+  exit 2
+fi
+
+bash scripts/services.sh start kafka postgres >/dev/null
+# shellcheck disable=SC1091
+source .services/env
+BUS="kafka://$DANMAKU_TEST_KAFKA"
+STORE="$DANMAKU_TEST_POSTGRES"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+start() { # name, args…
+  local name=$1; shift
+  "$BIN" "$@" >"$LOGS/$name.log" 2>&1 &
+  pids+=($!)
+}
+wait_healthy() {
+  for _ in $(seq 400); do
+    curl -fs "http://$1/healthz" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "$1 did not become healthy; see $LOGS" >&2
+  exit 1
+}
+
+self_register=0
+if "$BIN" edge --help 2>/dev/null | grep -q -- '--capacity'; then self_register=1; fi
+
+sched_port=$(free_port)
+edges=()
+for i in $(seq "$EDGES"); do edges+=("127.0.0.1:$(free_port)"); done
+sched_args=(scheduler --listen "127.0.0.1:$sched_port")
+if [ "$self_register" = 1 ]; then
+  sched_args+=(--auth-secret "$SECRET")
+else
+  for i in "${!edges[@]}"; do
+    sched_args+=(--edge "edge$((i + 1))=ws://${edges[$i]}/v1/ws|${edges[$i]}")
+  done
+fi
+start scheduler "${sched_args[@]}"
+for i in "${!edges[@]}"; do
+  args=(edge --listen "${edges[$i]}" --bus "$BUS" --store "$STORE" --auth-secret "$SECRET"
+        --advertise "${edges[$i]}")
+  if [ "$self_register" = 1 ]; then
+    args+=(--scheduler "http://127.0.0.1:$sched_port" --capacity 19000)
+  fi
+  start "edge$((i + 1))" "${args[@]}"
+done
+ingests=()
+for i in $(seq "$INGESTS"); do
+  port=$(free_port)
+  start "ingest$i" ingest --listen "127.0.0.1:$port" --bus "$BUS" --store "$STORE" \
+    --auth-secret "$SECRET" --channel-rate 100000
+  ingests+=("http://127.0.0.1:$port")
+done
+for a in "${edges[@]}" "127.0.0.1:$sched_port" "${ingests[@]#http://}"; do wait_healthy "$a"; done
+# Let self-registration reach the scheduler before viewers ask it.
+[ "$self_register" = 1 ] && sleep 3
+
+srcs=()
+for w in $(seq "$WORKERS"); do srcs+=("127.0.0.$((w + 1))"); done
+server_pids=$(IFS=,; echo "${pids[*]},$DANMAKU_TEST_KAFKA_PID")
+echo "bench $PRESET: $VIEWERS viewers, $EDGES edges, $INGESTS ingest, $WORKERS workers; logs in $LOGS" >&2
+ingest_list=$(IFS=,; echo "${ingests[*]}")
+src_list=$(IFS=,; echo "${srcs[*]}")
+# shellcheck disable=SC2086
+"$BIN" loadtest --auth-secret "$SECRET" --ingest "$ingest_list" \
+  --scheduler "http://127.0.0.1:$sched_port" \
+  --connections "$VIEWERS" --rooms 1 --rate "$RATE" --gift-rate "$GIFT_RATE" \
+  --duration "$DURATION" --workers "$WORKERS" --source-addrs "$src_list" --ramp "$RAMP" \
+  --probe-fraction "$PROBE" --transport "$TRANSPORT" --server-pids "$server_pids" \
+  --report "$REPORT" ${EXTRA:-}
+echo "report: $REPORT" >&2
