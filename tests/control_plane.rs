@@ -210,7 +210,11 @@ async fn admin_drain_needs_an_app_token_then_refuses_and_redirects() {
     assert_eq!(r.status(), 403);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "forbidden");
-    assert_eq!(readyz(&edge.base).await.0, 200, "refused drains change nothing");
+    assert_eq!(
+        readyz(&edge.base).await.0,
+        200,
+        "refused drains change nothing"
+    );
 
     // A plain client that ignores redirects keeps the drain going until it is closed.
     let mut viewer = Client::connect_ws(
@@ -291,7 +295,10 @@ async fn admin_drain_needs_an_app_token_then_refuses_and_redirects() {
 /// Posts a gift until the store has it (503s are retried with the same client_msg_id).
 async fn post_gift(http: &IngestClient, t: &str, channel: &str, id: &str) -> u64 {
     for _ in 0..600 {
-        match http.post_reliable(t, channel, "gift", "rocket", Some(id)).await {
+        match http
+            .post_reliable(t, channel, "gift", "rocket", Some(id))
+            .await
+        {
             Ok(PostOutcome::Persisted { seq }) => return seq,
             Ok(PostOutcome::Rejected { status: 503, .. }) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -366,7 +373,9 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
                 let r = tokio::time::timeout(Duration::from_secs(240), async {
                     while seqs.len() < GIFTS as usize {
                         match v.next_event().await {
-                            Some(ServerEvent::Reliable { channel: c, seq, .. }) => {
+                            Some(ServerEvent::Reliable {
+                                channel: c, seq, ..
+                            }) => {
                                 assert_eq!(c, channel);
                                 seqs.push(seq);
                             }
@@ -470,7 +479,10 @@ async fn big_channels_get_online_frames_and_standalone_serves_the_count() {
         let got = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match c.next_event().await {
-                    Some(ServerEvent::Online { channel: ch, online }) if ch == channel => {
+                    Some(ServerEvent::Online {
+                        channel: ch,
+                        online,
+                    }) if ch == channel => {
                         return online;
                     }
                     Some(_) => {}
