@@ -37,9 +37,11 @@ use crate::scheduler::SchedulerClient;
 use crate::{Client, ClientConfig, ClientError, EdgeAddr, IngestClient, ServerEvent, Transport};
 
 /// Head start of each edge over the next in a race: long enough that the
-/// scheduler's first choice normally wins (a loopback or LAN handshake takes a
-/// few ms), short enough that a dead first choice costs little.
-pub const RACE_STAGGER: Duration = Duration::from_millis(250);
+/// scheduler's first choice wins even when a flash crowd slows handshakes to
+/// hundreds of ms (a second edge started early would win by luck and undo the
+/// scheduler's spreading), short enough that a dead first choice costs little
+/// (a refused connect starts the next attempt at once).
+pub const RACE_STAGGER: Duration = Duration::from_secs(1);
 
 /// Edges asked from the scheduler.
 pub const SCHEDULER_PICKS: usize = 3;

@@ -10,8 +10,10 @@ use serde::Deserialize;
 use crate::ingest::error_of;
 use crate::{ClientError, EdgeAddr};
 
-/// Longest the scheduler may take to answer.
-const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the scheduler may take to answer one request.
+const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries of one [`SchedulerClient::edges`] call.
+pub const ATTEMPTS: u32 = 3;
 
 #[derive(Deserialize)]
 struct EdgesBody {
@@ -54,8 +56,25 @@ impl SchedulerClient {
     }
 
     /// `GET /v1/edges?k={k}`: up to `k` edges, the scheduler's choice first.
-    /// An error answer (e.g. `503 no_edge`) is [`ClientError::HttpStatus`].
+    /// A request that fails before an answer (a scheduler swamped by a flash
+    /// crowd) is tried [`ATTEMPTS`] times with a short backoff. An error answer
+    /// (e.g. `503 no_edge`) is [`ClientError::HttpStatus`].
     pub async fn edges(&self, k: usize) -> Result<Vec<EdgeAddr>, ClientError> {
+        let mut backoff = Duration::from_millis(100);
+        for _ in 1..ATTEMPTS {
+            match self.edges_once(k).await {
+                Err(ClientError::Http(e)) => {
+                    tracing::debug!(scheduler = %self.base, error = %e, "asking again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.edges_once(k).await
+    }
+
+    async fn edges_once(&self, k: usize) -> Result<Vec<EdgeAddr>, ClientError> {
         let resp = self
             .http
             .get(format!("{}/v1/edges?k={k}", self.base))

@@ -170,3 +170,46 @@ pub async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
     );
     p
 }
+
+/// Starts `danmaku ROLE --listen ADDR ARGS…` on a free address with exactly the
+/// given flags (no bus, store or secret added); returns once `/healthz` answers.
+pub async fn spawn_plain(role: &str, args: &[String]) -> Proc {
+    let addr = free_addr();
+    let log = std::env::temp_dir().join(format!(
+        "{}.log",
+        danmaku_testkit::kafka::unique(&format!("danmaku-{role}"))
+    ));
+    let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .arg(role)
+        .args(["--listen", &addr.to_string()])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn danmaku");
+    let p = Proc {
+        child,
+        base: format!("http://{addr}"),
+        addr,
+        log,
+    };
+    let healthy = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        healthy.is_ok(),
+        "{role} on {addr} not healthy; log: {}",
+        p.log.display()
+    );
+    p
+}
