@@ -34,6 +34,8 @@ fi
 step "fuzz targets build (cargo check)"
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 
+step "dashboards and alert rules (generation check, promtool)"; bash scripts/test-grafana.sh
+
 step "services (real Kafka-API broker and PostgreSQL on loopback)"
 # Stop on exit only what this run started; a developer's running services stay up.
 started=()
