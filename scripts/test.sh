@@ -33,6 +33,7 @@ fi
 
 step "fuzz targets build (cargo check)"
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
+step "fuzz targets run (~20 s each)"; bash scripts/test-fuzz.sh
 
 step "services (real Kafka-API broker and PostgreSQL on loopback)"
 # Stop on exit only what this run started; a developer's running services stay up.

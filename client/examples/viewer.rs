@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             ServerEvent::Error { code, message } => eprintln!("error {code}: {message}"),
-            ServerEvent::Left { channel } => println!("left {channel}"),
+            ServerEvent::Left { channel, reason } => println!("left {channel} {reason}"),
             ServerEvent::Reconnected { edge } => println!("reconnected to {edge}"),
             ServerEvent::Pong | ServerEvent::AuthOk { .. } => {}
         }

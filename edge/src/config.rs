@@ -40,6 +40,9 @@ pub struct EdgeConfig {
     /// The reliable lane: retransmission, reorder hold, backlog limits.
     /// Default [`ReliableConfig::default`].
     pub reliable: ReliableConfig,
+    /// Frame budgets, connection caps and the handshake deadline of clients.
+    /// Default [`crate::ClientLimits::default`].
+    pub client_limits: crate::ClientLimits,
 }
 
 impl Default for EdgeConfig {
@@ -55,6 +58,7 @@ impl Default for EdgeConfig {
             tls_key: None,
             max_channels_per_conn: 32,
             reliable: ReliableConfig::default(),
+            client_limits: crate::ClientLimits::default(),
         }
     }
 }

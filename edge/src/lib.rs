@@ -32,6 +32,7 @@ pub mod config;
 mod consumer;
 pub mod error;
 mod handlers;
+pub mod limits;
 pub mod metrics;
 mod quic;
 pub mod registry;
@@ -58,6 +59,7 @@ pub use batcher::{BuiltSizes, FrameBuilder};
 pub use config::{BatchConfig, EdgeConfig, ReliableConfig};
 pub use consumer::BusResult;
 pub use error::{ApiError, EdgeError};
+pub use limits::ClientLimits;
 pub use registry::Transport;
 pub use tls::ALPN;
 pub use ws::{SUBPROTOCOL_JSON, SUBPROTOCOL_PB};
@@ -80,6 +82,8 @@ pub struct Edge {
     quic_config: quinn::ServerConfig,
     shutdown: CancellationToken,
     next_conn: AtomicU64,
+    /// Per-user and per-IP connection counts and frame budgets (`limits.rs`).
+    limiter: Arc<limits::Limiter>,
 }
 
 impl Edge {
@@ -149,6 +153,7 @@ impl Edge {
             quic_config,
             shutdown,
             next_conn: AtomicU64::new(1),
+            limiter: Arc::default(),
         }))
     }
 
@@ -217,6 +222,11 @@ impl Edge {
     /// Channels with at least one local member.
     pub fn channel_count(&self) -> usize {
         self.registry.len()
+    }
+
+    /// Users with a connection on this edge (the limiter's entries).
+    pub fn connected_users(&self) -> usize {
+        self.limiter.users()
     }
 
     fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
