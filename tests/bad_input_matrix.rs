@@ -689,30 +689,30 @@ fn cases() -> Vec<Case> {
             .await
         ),
         case!(
-            "unknown route",
+            "history of a group by a non-member",
             "http",
-            http(404, "not_found"),
+            http(403, "not_member"),
             REJ,
-            &[("code", "not_found")],
+            &[("code", "not_member")],
             |c| http_call(
                 "GET",
-                format!("{}/v1/nope", c.base),
-                Some(c.token("alice")),
+                format!("{}/v1/channels/group:m/messages", c.base),
+                Some(c.token("mallory")),
                 None
             )
             .await
         ),
         case!(
-            "wrong method",
+            "ack body without seq",
             "http",
-            http(405, "method_not_allowed"),
+            http(400, "bad_json"),
             REJ,
-            &[("code", "method_not_allowed")],
+            &[("code", "bad_json")],
             |c| http_call(
-                "DELETE",
-                format!("{}/v1/unread", c.base),
+                "POST",
+                format!("{}/v1/channels/room:gifts/ack", c.base),
                 Some(c.token("alice")),
-                None
+                Some(r#"{"sq":1}"#.into())
             )
             .await
         ),
@@ -1209,13 +1209,25 @@ async fn metric(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     danmaku_testkit::metric_value(&text, name, labels).unwrap_or(0.0)
 }
 
-/// The bystander still gets answers: a ping, answered with a pong.
+/// The bystander still gets answers: a ping, answered with a pong. It acks the
+/// reliable events it gets on the way, as a client must (or the edge would close
+/// it for `reliable_backlog`).
 async fn bystander_alive(bystander: &mut Client, after: &str) {
-    bystander.ping().await.expect("bystander can send");
+    bystander
+        .ping()
+        .await
+        .unwrap_or_else(|e| panic!("bystander cannot send after {after:?}: {e}"));
     tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(ev) = bystander.next_event().await {
-            if ev == ServerEvent::Pong {
-                return;
+            match ev {
+                ServerEvent::Pong => return,
+                ServerEvent::Reliable { channel, seq, .. } => {
+                    bystander.ack(&channel, seq).await.unwrap();
+                }
+                ServerEvent::Error { code, message } => {
+                    panic!("bystander got {code} after {after:?}: {message}")
+                }
+                _ => {}
             }
         }
         panic!("bystander connection closed after {after:?}");

@@ -178,12 +178,14 @@ pub async fn spawn_args(addr: std::net::SocketAddr, args: &[&str]) -> Proc {
         "{}.log",
         danmaku_testkit::kafka::unique(&format!("danmaku-{}", args[0]))
     ));
+    // The log (tracing writes to stdout) and stderr both go to the file.
+    let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
         .spawn()
         .expect("spawn danmaku");
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
