@@ -116,9 +116,10 @@ pub struct ClientConfig {
 /// A callback returning a fresh token (e.g. from the app backend), or `None`
 /// when there is none; see [`ClientConfig::token_refresh`].
 #[derive(Clone)]
-pub struct TokenRefresh(
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>,
-);
+pub struct TokenRefresh(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+/// What a [`TokenRefresh`] callback returns.
+type TokenFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 impl TokenRefresh {
     pub fn new<F, Fut>(f: F) -> Self
