@@ -33,6 +33,7 @@ fi
 
 step "fuzz targets build (cargo check)"
 cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
+step "fuzz targets run (~20 s each)"; bash scripts/test-fuzz.sh
 
 step "dashboards and alert rules (generation check, promtool)"; bash scripts/test-grafana.sh
 

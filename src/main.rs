@@ -33,9 +33,13 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, env = "DANMAKU_DATA", default_value = "./data")]
         data: PathBuf,
-        /// HMAC key for tokens. Without it, dev tokens are handed out at POST /v1/dev/token.
-        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
-        auth_secret: Option<String>,
+        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the
+        /// first signs. Without it, dev tokens are handed out at POST /v1/dev/token.
+        #[arg(long, env = "DANMAKU_AUTH_SECRET", value_delimiter = ',')]
+        auth_secret: Vec<String>,
+        /// Let POST /v1/dev/token also mint `app` tokens (group management); dev only.
+        #[arg(long, env = "DANMAKU_DEV_APP_TOKENS")]
+        dev_app_tokens: bool,
         #[command(flatten)]
         limits: IngestLimits,
         #[command(flatten)]
@@ -51,8 +55,14 @@ enum Command {
         /// `embedded:PATH` or `postgres://…`: where gifts and group chat are persisted.
         #[arg(long, env = "DANMAKU_STORE")]
         store: String,
-        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
-        auth_secret: String,
+        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the first signs.
+        #[arg(
+            long,
+            env = "DANMAKU_AUTH_SECRET",
+            value_delimiter = ',',
+            required = true
+        )]
+        auth_secret: Vec<String>,
         #[command(flatten)]
         limits: IngestLimits,
     },
@@ -71,8 +81,14 @@ enum Command {
         /// Scheduler to register with (base URL, e.g. http://10.0.0.2:7000).
         #[arg(long, env = "DANMAKU_SCHEDULER")]
         scheduler: Option<String>,
-        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
-        auth_secret: String,
+        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the first signs.
+        #[arg(
+            long,
+            env = "DANMAKU_AUTH_SECRET",
+            value_delimiter = ',',
+            required = true
+        )]
+        auth_secret: Vec<String>,
         #[arg(long, env = "DANMAKU_TLS_CERT")]
         tls_cert: Option<PathBuf>,
         #[arg(long, env = "DANMAKU_TLS_KEY")]
@@ -99,8 +115,14 @@ enum Command {
     },
     /// Prints a signed token, as an app backend would mint it.
     Token {
-        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
-        auth_secret: String,
+        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the first signs.
+        #[arg(
+            long,
+            env = "DANMAKU_AUTH_SECRET",
+            value_delimiter = ',',
+            required = true
+        )]
+        auth_secret: Vec<String>,
         #[arg(long, env = "DANMAKU_USER")]
         user: String,
         #[arg(long, env = "DANMAKU_TTL_SECS", default_value_t = 3600)]
@@ -319,16 +341,22 @@ async fn run(command: Command) -> Result<()> {
             listen,
             data,
             auth_secret,
+            dev_app_tokens,
             limits,
             top,
         } => {
             cancel_on_signal(shutdown.clone());
+            let mut secrets = auth_secret.into_iter();
             let config = StandaloneConfig {
                 listen,
                 data,
-                auth_secret,
-                ingest: limits.apply(danmaku_ingest::IngestConfig::default()),
+                auth_secret: secrets.next(),
                 edge: top.apply(danmaku_edge::EdgeConfig::default()),
+                extra_auth_secrets: secrets.collect(),
+                ingest: limits.apply(danmaku_ingest::IngestConfig {
+                    dev_app_tokens,
+                    ..danmaku_ingest::IngestConfig::default()
+                }),
                 ..StandaloneConfig::default()
             };
             let running = standalone::start(config, shutdown)
@@ -364,7 +392,7 @@ async fn run(command: Command) -> Result<()> {
                 }),
                 bus,
                 store,
-                danmaku_proto::token::TokenKey::new(&auth_secret),
+                token_key(&auth_secret)?,
                 &registry,
             )?;
             let app = axum::Router::new()
@@ -408,7 +436,7 @@ async fn run(command: Command) -> Result<()> {
                 }),
                 bus,
                 store,
-                danmaku_proto::token::TokenKey::new(&auth_secret),
+                token_key(&auth_secret)?,
                 &registry,
                 shutdown.clone(),
             )
@@ -433,6 +461,8 @@ async fn run(command: Command) -> Result<()> {
                 listener.tap_io(move |s| edge.tune_tcp(s))
             };
             let graceful = shutdown.clone();
+            // Connect info gives the edge the peer address (per-IP connection caps).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(tuned, app)
                 .with_graceful_shutdown(async move { graceful.cancelled().await })
                 .await?;
@@ -482,7 +512,7 @@ async fn run(command: Command) -> Result<()> {
             if role != "user" && role != "app" {
                 bail!("--role must be user or app, not {role:?}");
             }
-            let key = danmaku_proto::token::TokenKey::new(&auth_secret);
+            let key = token_key(&auth_secret)?;
             println!(
                 "{}",
                 key.mint(&user, &role, danmaku_proto::token::now_secs(), ttl_secs)
@@ -604,6 +634,14 @@ async fn open_backends(
         .await
         .with_context(|| format!("opening the store {store_url}"))?;
     Ok((bus, store))
+}
+
+/// The token key ring of `--auth-secret` (repeatable): the first signs, all verify.
+fn token_key(secrets: &[String]) -> Result<danmaku_proto::token::TokenKey> {
+    if secrets.iter().any(|s| s.is_empty()) {
+        bail!("--auth-secret must not be empty");
+    }
+    danmaku_proto::token::TokenKey::ring(secrets).context("--auth-secret is required")
 }
 
 /// Parses `id=ws_url|quic_addr`.

@@ -56,6 +56,9 @@ pub struct StandaloneConfig {
     pub data: PathBuf,
     /// HMAC key for tokens; `None` enables the dev token endpoint with a random key.
     pub auth_secret: Option<String>,
+    /// More secrets whose tokens are accepted (key rotation: `auth_secret` signs,
+    /// these only verify). Ignored without `auth_secret`. Default none.
+    pub extra_auth_secrets: Vec<String>,
     pub edge: EdgeConfig,
     pub ingest: IngestConfig,
     pub bus: MemoryBusConfig,
@@ -67,6 +70,7 @@ impl Default for StandaloneConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data: PathBuf::from("./data"),
             auth_secret: None,
+            extra_auth_secrets: Vec::new(),
             edge: EdgeConfig::default(),
             ingest: IngestConfig::default(),
             bus: MemoryBusConfig::default(),
@@ -130,6 +134,24 @@ impl Running {
     }
 }
 
+/// Logs a loud warning when `POST /v1/dev/token` is reachable from other
+/// machines: anyone who can connect can then mint tokens for any user (and, with
+/// `--dev-app-tokens`, manage groups). Returns whether it warned.
+pub fn warn_if_dev_tokens_exposed(listen: SocketAddr, app_tokens: bool) -> bool {
+    if listen.ip().is_loopback() {
+        return false;
+    }
+    tracing::warn!(
+        %listen,
+        app_tokens,
+        "DANGER: dev tokens are enabled on a non-loopback address: ANYONE who can reach \
+         {listen} can mint a token for ANY user at POST /v1/dev/token{}. Set --auth-secret \
+         (and mint tokens in your app backend) or listen on 127.0.0.1.",
+        if app_tokens { " INCLUDING app tokens that manage groups (--dev-app-tokens)" } else { "" }
+    );
+    true
+}
+
 /// Starts all components and returns once the sockets are bound.
 pub async fn start(
     config: StandaloneConfig,
@@ -141,7 +163,13 @@ pub async fn start(
 
     let registry = process_registry();
     let (tokens, dev_tokens) = match &config.auth_secret {
-        Some(secret) => (TokenKey::new(secret), false),
+        Some(secret) => {
+            let ring = std::iter::once(secret).chain(&config.extra_auth_secrets);
+            (
+                TokenKey::ring(ring).unwrap_or_else(|| TokenKey::new(secret)),
+                false,
+            )
+        }
         None => {
             tracing::warn!(
                 "no --auth-secret: using a random key and enabling POST /v1/dev/token (development only)"
@@ -164,9 +192,13 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
+    let dev_tokens = dev_tokens || config.ingest.dev_tokens;
+    if dev_tokens {
+        warn_if_dev_tokens_exposed(http_addr, config.ingest.dev_app_tokens);
+    }
     let ingest = Ingest::new(
         IngestConfig {
-            dev_tokens: dev_tokens || config.ingest.dev_tokens,
+            dev_tokens,
             ..config.ingest.clone()
         },
         bus,
@@ -210,6 +242,8 @@ pub async fn start(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let graceful = shutdown.clone();
+            // Connect info gives the edge the peer address (per-IP connection caps).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 graceful.cancelled().await;
             });

@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
             }
             ServerEvent::Error { code, message } => eprintln!("error {code}: {message}"),
             ServerEvent::Online { channel, online } => println!("{channel}: {online} online"),
-            ServerEvent::Left { channel } => println!("left {channel}"),
+            ServerEvent::Left { channel, reason } => println!("left {channel} {reason}"),
             ServerEvent::Reconnected { edge } => println!("reconnected to {edge}"),
             ServerEvent::Pong | ServerEvent::AuthOk { .. } => {}
         }

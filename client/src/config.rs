@@ -1,7 +1,10 @@
 //! How a [`crate::Client`] connects: the transport to use and the knobs of one
 //! connection (heartbeat, decode bounds, buffering).
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use danmaku_proto::Limits;
@@ -98,6 +101,45 @@ pub struct ClientConfig {
     /// a `pong`) for this long is taken as lost and replaced. `None` means
     /// three heartbeat intervals (none when the heartbeat is off). Default `None`.
     pub dead_edge_timeout: Option<Duration>,
+    /// Where a fresh token comes from before the current one expires. The edge
+    /// closes a connection whose token expires (`error{code:"token_expired"}`);
+    /// with a callback the client asks it for a new token `token_refresh_before`
+    /// ahead of expiry and sends it as an `auth` frame, so the connection lives on
+    /// (the edge answers `AuthOk`, which `next_event` shows). `None` (default):
+    /// no refresh.
+    pub token_refresh: Option<TokenRefresh>,
+    /// How long before its token expires the client asks `token_refresh`.
+    /// Default 60 s (a token with less life left is refreshed at once).
+    pub token_refresh_before: Duration,
+}
+
+/// A callback returning a fresh token (e.g. from the app backend), or `None`
+/// when there is none; see [`ClientConfig::token_refresh`].
+#[derive(Clone)]
+pub struct TokenRefresh(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+/// What a [`TokenRefresh`] callback returns.
+type TokenFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+impl TokenRefresh {
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<String>> + Send + 'static,
+    {
+        TokenRefresh(Arc::new(move || Box::pin(f())))
+    }
+
+    /// Asks the callback for a token.
+    pub async fn fetch(&self) -> Option<String> {
+        (self.0)().await
+    }
+}
+
+impl std::fmt::Debug for TokenRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenRefresh(..)")
+    }
 }
 
 impl Default for ClientConfig {
@@ -113,6 +155,8 @@ impl Default for ClientConfig {
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(2),
             dead_edge_timeout: None,
+            token_refresh: None,
+            token_refresh_before: Duration::from_secs(60),
         }
     }
 }

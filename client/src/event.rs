@@ -19,8 +19,9 @@ pub enum ServerEvent {
     AuthOk { user: String },
     /// The client is a member of `channel`; `last_seq` is the channel's latest reliable seq.
     Joined { channel: String, last_seq: u64 },
-    /// The client left `channel` (on request, or removed by the edge).
-    Left { channel: String },
+    /// The client left `channel`: on request (`reason` empty), or `"removed"`
+    /// when the user was removed from the group (nothing more arrives from it).
+    Left { channel: String, reason: String },
     /// A batch of danmaku-lane events of one channel.
     Batch {
         channel: String,
@@ -65,7 +66,10 @@ pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, Proto
             channel: j.channel,
             last_seq: j.last_seq,
         },
-        Body::Left(l) => ServerEvent::Left { channel: l.channel },
+        Body::Left(l) => ServerEvent::Left {
+            channel: l.channel,
+            reason: l.reason,
+        },
         Body::Batch(b) => {
             let events = decode_batch(&b, limits)?;
             ServerEvent::Batch {
@@ -101,7 +105,7 @@ pub fn from_json(f: JsonServerFrame) -> ServerEvent {
     match f {
         JsonServerFrame::AuthOk { user } => ServerEvent::AuthOk { user },
         JsonServerFrame::Joined { channel, last_seq } => ServerEvent::Joined { channel, last_seq },
-        JsonServerFrame::Left { channel } => ServerEvent::Left { channel },
+        JsonServerFrame::Left { channel, reason } => ServerEvent::Left { channel, reason },
         JsonServerFrame::Batch { channel, events } => ServerEvent::Batch {
             channel,
             events: events.into_iter().map(|e| e.into_pb()).collect(),
@@ -232,10 +236,12 @@ mod tests {
             ),
             (
                 Body::Left(pb::Left {
-                    channel: "room:42".into(),
+                    channel: "group:7".into(),
+                    reason: "removed".into(),
                 }),
                 ServerEvent::Left {
-                    channel: "room:42".into(),
+                    channel: "group:7".into(),
+                    reason: "removed".into(),
                 },
             ),
             (Body::Pong(pb::Pong { ts_ms: 5 }), ServerEvent::Pong),

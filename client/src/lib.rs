@@ -41,7 +41,7 @@ use danmaku_proto::{frame, now_ms};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ClientConfig, Transport};
+pub use config::{ClientConfig, TokenRefresh, Transport};
 pub use danmaku_proto::Limits;
 pub use error::ClientError;
 pub use event::{EdgeAddr, ServerEvent};
@@ -73,7 +73,7 @@ impl Client {
         let timeout = config.connect_timeout;
         tokio::time::timeout(timeout, async {
             let conn = ws::connect(base_url, token, transport, &config).await?;
-            Client::start(conn, &config).await
+            Client::start(conn, &config, token).await
         })
         .await
         .map_err(|_| ClientError::Timeout("websocket connect and auth_ok"))?
@@ -92,14 +92,19 @@ impl Client {
         let timeout = config.connect_timeout;
         tokio::time::timeout(timeout, async {
             let conn = quic::connect(addr, cert_der, token, &config).await?;
-            Client::start(conn, &config).await
+            Client::start(conn, &config, token).await
         })
         .await
         .map_err(|_| ClientError::Timeout("quic connect and auth_ok"))?
     }
 
-    /// Starts the heartbeat and waits for the edge's first frame, `AuthOk`.
-    async fn start(conn: session::Connected, config: &ClientConfig) -> Result<Client, ClientError> {
+    /// Starts the heartbeat (and the token refresh, when configured) and waits
+    /// for the edge's first frame, `AuthOk`.
+    async fn start(
+        conn: session::Connected,
+        config: &ClientConfig,
+        token: &str,
+    ) -> Result<Client, ClientError> {
         let session::Connected {
             transport,
             outgoing,
@@ -120,6 +125,15 @@ impl Client {
             }
         };
         session::spawn_heartbeat(outgoing.clone(), cancel.clone(), config.heartbeat_interval);
+        if let Some(refresh) = &config.token_refresh {
+            session::spawn_token_refresh(
+                outgoing.clone(),
+                cancel.clone(),
+                refresh.clone(),
+                config.token_refresh_before,
+                token.to_owned(),
+            );
+        }
         Ok(Client {
             transport,
             user,

@@ -496,6 +496,16 @@ impl ResilientClient {
             } else {
                 fresh
             };
+            // A token that expires within the refresh margin is replaced first.
+            if let Some(refresh) = &self.config.token_refresh {
+                let exp = danmaku_proto::token::unverified_exp(&self.token).unwrap_or(0);
+                let margin = self.config.token_refresh_before.as_secs();
+                if exp <= danmaku_proto::token::now_secs().saturating_add(margin)
+                    && let Some(fresh) = refresh.fetch().await
+                {
+                    self.token = fresh;
+                }
+            }
             let attempt = async {
                 let (won, client) = race(&candidates, &self.token, &self.config).await?;
                 self.rejoin(&client).await?;

@@ -62,6 +62,46 @@ pub(crate) fn ping_frame() -> pb::ClientFrame {
     frame::client(crate::ping_body())
 }
 
+/// While the connection lives, sends a fresh token from `refresh` as an `auth`
+/// frame `before` ahead of each token's expiry (read from the token itself).
+pub(crate) fn spawn_token_refresh(
+    outgoing: mpsc::Sender<pb::ClientFrame>,
+    cancel: CancellationToken,
+    refresh: crate::config::TokenRefresh,
+    before: Duration,
+    token: String,
+) {
+    tokio::spawn(async move {
+        let mut exp = danmaku_proto::token::unverified_exp(&token);
+        loop {
+            let Some(e) = exp else { return };
+            let left = e.saturating_sub(danmaku_proto::token::now_secs());
+            let wait = Duration::from_secs(left).saturating_sub(before);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let Some(fresh) = refresh.fetch().await else {
+                tracing::warn!(
+                    "token refresh callback gave no token; the edge will close at expiry"
+                );
+                return;
+            };
+            let next = danmaku_proto::token::unverified_exp(&fresh);
+            let auth = frame::client(pb::client_frame::Body::Auth(pb::Auth { token: fresh }));
+            if outgoing.send(auth).await.is_err() {
+                return;
+            }
+            if next <= exp {
+                // Not fresher than the last one: asking again at once would spin.
+                tracing::warn!("token refresh callback returned a token that expires no later");
+                return;
+            }
+            exp = next;
+        }
+    });
+}
+
 /// Sends a ping every `interval` until the connection ends.
 pub(crate) fn spawn_heartbeat(
     outgoing: mpsc::Sender<pb::ClientFrame>,

@@ -49,6 +49,9 @@ pub struct EdgeConfig {
     pub top_rooms: usize,
     /// How often the top rooms are ranked (and inbound rates measured). Default 5 s.
     pub top_rooms_interval: Duration,
+    /// Frame budgets, connection caps and the handshake deadline of clients.
+    /// Default [`crate::ClientLimits::default`].
+    pub client_limits: crate::ClientLimits,
 }
 
 impl Default for EdgeConfig {
@@ -67,6 +70,7 @@ impl Default for EdgeConfig {
             control: crate::ControlConfig::default(),
             top_rooms: 20,
             top_rooms_interval: Duration::from_secs(5),
+            client_limits: crate::ClientLimits::default(),
         }
     }
 }

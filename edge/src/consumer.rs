@@ -36,15 +36,18 @@ pub enum BusResult {
     Stale,
     /// A reliable event (`seq > 0`), handed to the reliable fan-out.
     Reliable,
+    /// A group membership change, handed to the channel's local connections.
+    Membership,
 }
 
 impl BusResult {
-    pub const ALL: [BusResult; 5] = [
+    pub const ALL: [BusResult; 6] = [
         BusResult::Batched,
         BusResult::NoLocalMembers,
         BusResult::BadEvent,
         BusResult::Stale,
         BusResult::Reliable,
+        BusResult::Membership,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +57,7 @@ impl BusResult {
             BusResult::BadEvent => "bad_event",
             BusResult::Stale => "stale",
             BusResult::Reliable => "reliable",
+            BusResult::Membership => "membership",
         }
     }
 }
@@ -123,6 +127,13 @@ impl Consumer {
         if bus_event.channel != key {
             return BusResult::BadEvent;
         }
+        if let Some(m) = &bus_event.membership {
+            // A membership change: the connections of a removed member leave.
+            if m.removed && !m.user.is_empty() {
+                channel.notify_removed(&m.user);
+            }
+            return BusResult::Membership;
+        }
         let Some(event) = bus_event.event else {
             return BusResult::BadEvent;
         };
@@ -182,6 +193,7 @@ mod tests {
                 ..Default::default()
             }),
             origin: "t".into(),
+            membership: None,
         })
     }
 
@@ -285,6 +297,7 @@ mod tests {
                 ..Default::default()
             }),
             origin: "t".into(),
+            membership: None,
         };
         s.bus
             .publish(Bytes::from_static(b"room:here"), frame::encode(&ev))

@@ -34,6 +34,7 @@ mod consumer;
 pub mod control_plane;
 pub mod error;
 mod handlers;
+pub mod limits;
 pub mod metrics;
 mod quic;
 pub mod registry;
@@ -62,6 +63,7 @@ pub use config::{BatchConfig, EdgeConfig, ReliableConfig};
 pub use consumer::BusResult;
 pub use control_plane::{ControlConfig, NotReady};
 pub use error::{ApiError, EdgeError};
+pub use limits::ClientLimits;
 pub use registry::Transport;
 pub use tls::ALPN;
 pub use ws::{SUBPROTOCOL_JSON, SUBPROTOCOL_PB};
@@ -86,6 +88,8 @@ pub struct Edge {
     next_conn: AtomicU64,
     control: control_plane::ControlState,
     top_rooms: tokio::sync::watch::Receiver<Arc<top_rooms::TopRoomsSnapshot>>,
+    /// Per-user and per-IP connection counts and frame budgets (`limits.rs`).
+    limiter: Arc<limits::Limiter>,
 }
 
 impl Edge {
@@ -177,6 +181,7 @@ impl Edge {
             next_conn: AtomicU64::new(1),
             control,
             top_rooms: top_rx,
+            limiter: Arc::default(),
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)
@@ -260,6 +265,11 @@ impl Edge {
     /// Channels with at least one local member.
     pub fn channel_count(&self) -> usize {
         self.registry.len()
+    }
+
+    /// Users with a connection on this edge (the limiter's entries).
+    pub fn connected_users(&self) -> usize {
+        self.limiter.users()
     }
 
     fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {

@@ -42,6 +42,15 @@ pub struct Metrics {
     pub reorder_held: IntCounter,
     pub reliable_backlog_closes: IntCounter,
     pub store_errors: IntCounterVec,
+    /// `danmaku_edge_refused_total{code}`: client frames and connections refused
+    /// by a limit (`limits.rs`) or an expired token.
+    pub refused_total: IntCounterVec,
+    /// `danmaku_edge_members_removed_total`: connections that left a group because
+    /// their user was removed from it.
+    pub members_removed: IntCounter,
+    /// `danmaku_edge_errors_total{code}`: error answers sent to clients (`error`
+    /// frames, refused WebSocket upgrades), by code.
+    pub errors_total: IntCounterVec,
     pushed_by_transport: [IntCounter; 3],
 }
 
@@ -172,6 +181,32 @@ impl Metrics {
         for op in STORE_OPS {
             store_errors.with_label_values(&[op]);
         }
+        let refused_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_refused_total",
+                "Client frames and connections refused by a limit, or closed for an expired token, by error code.",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(refused_total.clone()))?;
+        for code in crate::limits::REFUSAL_CODES {
+            refused_total.with_label_values(&[code]);
+        }
+        let errors_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_errors_total",
+                "Error answers sent to clients (error frames, refused WebSocket upgrades), by code.",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(errors_total.clone()))?;
+        for code in ["bad_token", "bad_channel", "not_member"] {
+            errors_total.with_label_values(&[code]);
+        }
+        let members_removed = counter(
+            "danmaku_edge_members_removed_total",
+            "Connections that left a group because their user was removed from it.",
+        )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(channels.clone()))?;
         registry.register(Box::new(channel_members.clone()))?;
@@ -225,6 +260,9 @@ impl Metrics {
             reorder_held,
             reliable_backlog_closes,
             store_errors,
+            refused_total,
+            members_removed,
+            errors_total,
             pushed_by_transport,
         })
     }
@@ -242,6 +280,16 @@ impl Metrics {
     /// Counts a failed store call; `op` is one of [`STORE_OPS`].
     pub fn store_error(&self, op: &str) {
         self.store_errors.with_label_values(&[op]).inc();
+    }
+
+    /// Counts a refusal by its `error` code (see `limits.rs`).
+    pub fn refused(&self, code: &str) {
+        self.refused_total.with_label_values(&[code]).inc();
+    }
+
+    /// Counts an error answer sent to a client by its code.
+    pub fn error(&self, code: &str) {
+        self.errors_total.with_label_values(&[code]).inc();
     }
 
     /// Counts a malformed client frame by its stable code.
@@ -445,6 +493,9 @@ mod tests {
             "danmaku_edge_reorder_held_total",
             "danmaku_edge_reliable_backlog_closes_total",
             "danmaku_edge_store_errors_total",
+            "danmaku_edge_refused_total",
+            "danmaku_edge_members_removed_total",
+            "danmaku_edge_errors_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

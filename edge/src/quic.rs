@@ -83,9 +83,13 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     let conn_id = edge.next_conn_id();
     let idle = edge.config.idle_timeout();
     let limits = edge.config.limits;
-    let (mut send, mut recv) = match tokio::time::timeout(idle, conn.accept_bi()).await {
+    let handshake = edge.config.client_limits.handshake_timeout;
+    let (send, mut recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
-        _ => {
+        other => {
+            if other.is_err() {
+                edge.metrics.refused("handshake_timeout");
+            }
             conn.close(
                 VarInt::from_u32(CloseReason::Idle.quic_code()),
                 b"no control stream",
@@ -96,27 +100,28 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     let mut reader = FrameReader::new(limits.max_frame_bytes);
 
     // Authenticate before anything else is accepted or registered.
-    let first = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)).await;
-    let user = match first {
+    let first = tokio::time::timeout(handshake, next_frame(&mut recv, &mut reader, &limits)).await;
+    let (user, token_exp) = match first {
         Ok(Ok(pb::ClientFrame {
             body: Some(client_frame::Body::Auth(auth)),
             ..
         })) => match edge.verify_token(&auth.token) {
-            Ok(claims) => claims.sub,
+            Ok(claims) => (claims.sub, claims.exp),
             Err(e) => {
                 let f = frame::error("bad_token", e.to_string());
-                refuse(&conn, send, &f, CloseReason::BadToken).await;
+                refuse(&edge, &conn, send, &f, CloseReason::BadToken).await;
                 return;
             }
         },
         Ok(Ok(_)) => {
             let f = frame::error("auth_required", "the first frame must be auth");
-            refuse(&conn, send, &f, CloseReason::BadToken).await;
+            refuse(&edge, &conn, send, &f, CloseReason::BadToken).await;
             return;
         }
         Ok(Err(ReadEnd::Bad(e))) => {
             edge.metrics.bad_frame(e.code());
             refuse(
+                &edge,
                 &conn,
                 send,
                 &frame::error(e.code(), e.to_string()),
@@ -127,8 +132,12 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         }
         Ok(Err(ReadEnd::Closed)) => return,
         Err(_elapsed) => {
-            let _ = send.finish();
-            conn.close(VarInt::from_u32(CloseReason::Idle.quic_code()), b"no auth");
+            edge.metrics.refused("handshake_timeout");
+            let f = frame::error(
+                "handshake_timeout",
+                format!("no auth frame within {} s", handshake.as_secs()),
+            );
+            refuse(&edge, &conn, send, &f, CloseReason::Idle).await;
             return;
         }
     };
@@ -138,7 +147,7 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
             "draining",
             "this edge is draining: ask the scheduler for another",
         );
-        refuse(&conn, send, &f, CloseReason::Shutdown).await;
+        refuse(&edge, &conn, send, &f, CloseReason::Shutdown).await;
         return;
     }
     let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
@@ -156,7 +165,9 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         batch_tx,
         reliable_tx,
     );
-    let mut flow = session.reply(Body::AuthOk(pb::AuthOk { user })).await;
+    let mut flow = session
+        .start(Some(conn.remote_address().ip()), token_exp)
+        .await;
     while flow == Flow::Continue {
         let deadline = session.reliable_deadline();
         let next = tokio::select! {
@@ -196,8 +207,18 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     }
 }
 
-/// Sends one error frame on the control stream, then closes the connection.
-async fn refuse(conn: &Connection, mut send: SendStream, f: &pb::ServerFrame, reason: CloseReason) {
+/// Sends one error frame (counted in `errors_total{code}`) on the control
+/// stream, then closes the connection.
+async fn refuse(
+    edge: &Edge,
+    conn: &Connection,
+    mut send: SendStream,
+    f: &pb::ServerFrame,
+    reason: CloseReason,
+) {
+    if let Some(Body::Error(e)) = &f.body {
+        edge.metrics.error(&e.code);
+    }
     let _ = send.write_all(&encode_prefixed(&frame::encode(f))).await;
     close(conn, send, reason).await;
 }

@@ -121,6 +121,19 @@ pub struct ReliableDelivery {
     pub frame: Arc<ReliableFrame>,
 }
 
+/// What the registry hands a connection's own task (not its writer): live
+/// reliable events, and membership changes it must act on.
+#[derive(Debug, Clone)]
+pub enum ConnEvent {
+    Reliable(ReliableDelivery),
+    /// `user` was removed from the group `channel` (over HTTP, on any ingest): a
+    /// connection of that user leaves the channel with `Left{reason:"removed"}`.
+    Removed {
+        channel: ChannelName,
+        user: Arc<str>,
+    },
+}
+
 /// One connection's membership in a channel.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -128,7 +141,7 @@ pub struct Member {
     queue: mpsc::Sender<Outbound>,
     /// Live reliable events go to the connection's task (which keeps its window
     /// and `sent_upto`), never through the droppable batch queue.
-    reliable: Option<mpsc::UnboundedSender<ReliableDelivery>>,
+    reliable: Option<mpsc::UnboundedSender<ConnEvent>>,
 }
 
 impl Member {
@@ -141,7 +154,7 @@ impl Member {
     }
 
     /// This member also receives the channel's reliable events on `tx`.
-    pub fn with_reliable(mut self, tx: mpsc::UnboundedSender<ReliableDelivery>) -> Self {
+    pub fn with_reliable(mut self, tx: mpsc::UnboundedSender<ConnEvent>) -> Self {
         self.reliable = Some(tx);
         self
     }
@@ -249,11 +262,29 @@ impl Channel {
                 channel: self.name.clone(),
                 frame: Arc::clone(frame),
             };
-            if tx.send(delivery).is_ok() {
+            if tx.send(ConnEvent::Reliable(delivery)).is_ok() {
                 reached += 1;
             }
         }
         reached
+    }
+
+    /// Tells every member's connection task that `user` left the group; only
+    /// that user's connections act on it. Returns the connections told.
+    pub fn notify_removed(&self, user: &str) -> u64 {
+        let user: Arc<str> = Arc::from(user);
+        let mut told = 0;
+        for member in self.members.iter() {
+            let Some(tx) = &member.reliable else { continue };
+            let event = ConnEvent::Removed {
+                channel: self.name.clone(),
+                user: Arc::clone(&user),
+            };
+            if tx.send(event).is_ok() {
+                told += 1;
+            }
+        }
+        told
     }
 
     fn insert(&self, conn: ConnId, member: Member) -> bool {

@@ -209,7 +209,7 @@ mod tests {
     use danmaku_store::{Appended, Member as GroupMember, NewMessage, StoreError, Unread};
 
     use super::*;
-    use crate::registry::{Member, ReliableDelivery, Transport};
+    use crate::registry::{ConnEvent, Member, Transport};
 
     /// Just enough of a store: a fixed list of messages for `read_after`.
     struct FakeStore {
@@ -289,9 +289,12 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<ReliableDelivery>) -> Vec<u64> {
+    fn drain(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> Vec<u64> {
         std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|d| d.frame.seq)
+            .filter_map(|e| match e {
+                ConnEvent::Reliable(d) => Some(d.frame.seq),
+                ConnEvent::Removed { .. } => None,
+            })
             .collect()
     }
 

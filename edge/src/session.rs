@@ -19,7 +19,9 @@ use danmaku_proto::{ChannelName, ProtoError, frame, pb};
 use tokio::sync::mpsc;
 
 use crate::Edge;
-use crate::registry::{ConnId, Member, Outbound, ReliableDelivery, ReliableFrame, Transport};
+use crate::registry::{
+    ConnEvent, ConnId, Member, Outbound, ReliableDelivery, ReliableFrame, Transport,
+};
 use crate::reliable::UnackedWindow;
 
 /// Replies queued before the reader waits for the writer.
@@ -55,6 +57,10 @@ pub(crate) enum CloseReason {
     /// The peer cannot keep up with the reliable lane (too many unacked frames
     /// or too many resends); it should reconnect and resume.
     ReliableBacklog,
+    /// The token expired and no fresh `auth` frame arrived in time.
+    TokenExpired,
+    /// A limit refused the connection (see `limits.rs`; the error frame says which).
+    Refused,
 }
 
 impl CloseReason {
@@ -68,6 +74,8 @@ impl CloseReason {
             CloseReason::Shutdown => 1001,
             CloseReason::Stalled => 1008,
             CloseReason::ReliableBacklog => 1008,
+            CloseReason::TokenExpired => 1008,
+            CloseReason::Refused => 1008,
         }
     }
 
@@ -81,6 +89,8 @@ impl CloseReason {
             CloseReason::Shutdown => 4,
             CloseReason::Stalled => 5,
             CloseReason::ReliableBacklog => 6,
+            CloseReason::TokenExpired => 7,
+            CloseReason::Refused => 8,
         }
     }
 
@@ -93,6 +103,8 @@ impl CloseReason {
             CloseReason::Shutdown => "edge shutting down",
             CloseReason::Stalled => "peer stopped reading",
             CloseReason::ReliableBacklog => "reliable backlog; resume with after_seq",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::Refused => "refused by a limit",
         }
     }
 }
@@ -102,14 +114,19 @@ impl CloseReason {
 pub(crate) enum Wake {
     /// A live reliable event from the fan-out.
     Live(ReliableDelivery),
-    /// A retransmission or ack write may be due.
+    /// A user was removed from a group this connection joined.
+    Removed {
+        channel: ChannelName,
+        user: Arc<str>,
+    },
+    /// A retransmission or ack write may be due, or the token expires.
     Timer,
 }
 
 /// Waits for the next live reliable event or for `deadline`. Cancel-safe: the
 /// transports race it against reading the socket.
 pub(crate) async fn next_wake(
-    rx: &mut mpsc::UnboundedReceiver<ReliableDelivery>,
+    rx: &mut mpsc::UnboundedReceiver<ConnEvent>,
     deadline: Option<tokio::time::Instant>,
 ) -> Wake {
     let timer = async {
@@ -121,7 +138,10 @@ pub(crate) async fn next_wake(
     tokio::select! {
         biased;
         _ = timer => Wake::Timer,
-        Some(d) = rx.recv() => Wake::Live(d),
+        Some(e) = rx.recv() => match e {
+            ConnEvent::Reliable(d) => Wake::Live(d),
+            ConnEvent::Removed { channel, user } => Wake::Removed { channel, user },
+        },
     }
 }
 
@@ -140,9 +160,13 @@ pub(crate) struct Session {
     pub joined: HashSet<ChannelName>,
     /// Reliable-lane state of each joined channel (see `handlers/reliable.rs`).
     pub lanes: HashMap<ChannelName, Lane>,
+    /// When the token expires (unix seconds); a fresh `auth` frame moves it.
+    pub token_exp: u64,
+    /// Per-connection and per-user frame budgets (see `limits.rs`).
+    pub limits: crate::limits::ConnLimits,
     control: mpsc::Sender<Control>,
     batches: mpsc::Sender<Outbound>,
-    reliable: mpsc::UnboundedSender<ReliableDelivery>,
+    reliable: mpsc::UnboundedSender<ConnEvent>,
 }
 
 /// One connection's reliable lane on one channel.
@@ -181,10 +205,11 @@ impl Session {
         transport: Transport,
         control: mpsc::Sender<Control>,
         batches: mpsc::Sender<Outbound>,
-        reliable: mpsc::UnboundedSender<ReliableDelivery>,
+        reliable: mpsc::UnboundedSender<ConnEvent>,
     ) -> Self {
         edge.control
             .conn_opened(conn_id, transport, control.clone());
+        let limits = crate::limits::ConnLimits::new(&edge, &user);
         Session {
             edge,
             conn_id,
@@ -192,10 +217,27 @@ impl Session {
             transport,
             joined: HashSet::new(),
             lanes: HashMap::new(),
+            token_exp: u64::MAX,
+            limits,
             control,
             batches,
             reliable,
         }
+    }
+
+    /// Admits the authenticated connection (connection caps of `limits.rs`) and
+    /// answers `AuthOk`; a refused one gets an `error` frame and is closed.
+    /// `ip` is the peer's address when the transport knows it; `token_exp` is
+    /// when the connection's token expires (see `handlers/auth.rs`).
+    pub async fn start(&mut self, ip: Option<std::net::IpAddr>, token_exp: u64) -> Flow {
+        self.token_exp = token_exp;
+        if let Err(refusal) = crate::limits::admit(self, ip) {
+            return crate::limits::refuse(self, refusal).await;
+        }
+        self.reply(Body::AuthOk(pb::AuthOk {
+            user: self.user.clone(),
+        }))
+        .await
     }
 
     /// The registry handle of this connection.
@@ -216,8 +258,10 @@ impl Session {
         self.queue(frame::server(body)).await
     }
 
-    /// Replies with an `Error` frame and keeps the connection.
+    /// Replies with an `Error` frame (counted in `errors_total{code}`) and keeps
+    /// the connection.
     pub async fn reply_error(&self, code: &str, message: impl Into<String>) -> Flow {
+        self.edge.metrics.error(code);
         self.queue(frame::error(code, message)).await
     }
 
@@ -245,21 +289,37 @@ impl Session {
         Flow::Close(CloseReason::BadFrame)
     }
 
-    /// When the reliable lane next needs [`Session::on_wake`] without a new event.
+    /// When the session next needs [`Session::on_wake`] without a new event: the
+    /// reliable lane's timers, or the token's expiry.
     pub fn reliable_deadline(&self) -> Option<tokio::time::Instant> {
-        crate::handlers::reliable::deadline(self)
-    }
-
-    /// Acts on a live reliable event or an expired reliable timer.
-    pub async fn on_wake(&mut self, wake: Wake) -> Flow {
-        match wake {
-            Wake::Live(d) => crate::handlers::reliable::on_live(self, d).await,
-            Wake::Timer => crate::handlers::reliable::on_timer(self).await,
+        let expiry = crate::handlers::auth::expiry_instant(self.token_exp);
+        match (crate::handlers::reliable::deadline(self), expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
-    /// Acts on one decoded frame.
+    /// Acts on a live reliable event, a membership change or an expired timer.
+    pub async fn on_wake(&mut self, wake: Wake) -> Flow {
+        match wake {
+            Wake::Live(d) => crate::handlers::reliable::on_live(self, d).await,
+            Wake::Removed { channel, user } => {
+                crate::handlers::leave::removed(self, channel, &user).await
+            }
+            Wake::Timer => {
+                if crate::handlers::auth::expired(self) {
+                    return crate::handlers::auth::on_expired(self).await;
+                }
+                crate::handlers::reliable::on_timer(self).await
+            }
+        }
+    }
+
+    /// Acts on one decoded frame, once the limits let it through.
     pub async fn dispatch(&mut self, frame: pb::ClientFrame) -> Flow {
+        if let Err(refusal) = self.limits.check_frame(&frame, tokio::time::Instant::now()) {
+            return crate::limits::refuse(self, refusal).await;
+        }
         crate::handlers::dispatch(self, frame).await
     }
 

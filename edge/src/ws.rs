@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use danmaku_proto::json::JsonServerFrame;
-use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{Limits, ProtoError, frame, json, pb};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -44,12 +43,16 @@ pub(crate) struct WsQuery {
 pub(crate) async fn upgrade(
     State(edge): State<Arc<Edge>>,
     Query(query): Query<WsQuery>,
+    // Present when the server was started with connect info (per-IP caps).
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ip = peer.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
     let token = query.token.unwrap_or_default();
     let claims = match edge.verify_token(&token) {
         Ok(c) => c,
         Err(e) => {
+            edge.metrics.error("bad_token");
             return ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", e.to_string())
                 .into_response();
         }
@@ -57,6 +60,7 @@ pub(crate) async fn upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
+            edge.metrics.error("not_websocket");
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "not_websocket",
@@ -70,6 +74,7 @@ pub(crate) async fn upgrade(
         Some(SUBPROTOCOL_PB) => Transport::WsPb,
         Some(SUBPROTOCOL_JSON) => Transport::WsJson,
         _ => {
+            edge.metrics.error("bad_subprotocol");
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_subprotocol",
@@ -88,10 +93,17 @@ pub(crate) async fn upgrade(
         .max(64 << 10);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run(edge, socket, transport, claims.sub))
+        .on_upgrade(move |socket| run(edge, socket, transport, claims, ip))
 }
 
-async fn run(edge: Arc<Edge>, socket: WebSocket, transport: Transport, user: String) {
+async fn run(
+    edge: Arc<Edge>,
+    socket: WebSocket,
+    transport: Transport,
+    claims: danmaku_proto::token::Claims,
+    ip: Option<std::net::IpAddr>,
+) {
+    let user = claims.sub;
     let conn_id = edge.next_conn_id();
     let _gauge = ConnectionGauge::open(&edge, transport);
     tracing::debug!(conn_id, user = %user, transport = transport.label(), "websocket connected");
@@ -117,7 +129,7 @@ async fn run(edge: Arc<Edge>, socket: WebSocket, transport: Transport, user: Str
     );
     let limits = edge.config.limits;
     let idle = edge.config.idle_timeout();
-    let mut flow = session.reply(Body::AuthOk(pb::AuthOk { user })).await;
+    let mut flow = session.start(ip, claims.exp).await;
     while flow == Flow::Continue {
         let deadline = session.reliable_deadline();
         let next = tokio::select! {

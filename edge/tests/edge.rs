@@ -136,6 +136,7 @@ impl TestEdge {
                 ..Default::default()
             }),
             origin: "test".into(),
+            membership: None,
         };
         self.bus
             .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))
@@ -185,6 +186,7 @@ impl TestEdge {
                 ..Default::default()
             }),
             origin: "test".into(),
+            membership: None,
         };
         self.bus
             .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))
@@ -326,7 +328,8 @@ async fn ws_json_batches_several_events_into_fewer_frames() -> Result<()> {
     assert_eq!(
         next_json(&mut ws).await?,
         JsonServerFrame::Left {
-            channel: "room:42".into()
+            channel: "room:42".into(),
+            reason: String::new(),
         }
     );
     assert_eq!(t.edge.channel_count(), 0);

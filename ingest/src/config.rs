@@ -28,6 +28,11 @@ pub struct IngestConfig {
     /// Serve `POST /v1/dev/token`, which mints a token for anyone who asks.
     /// Only for standalone runs without `--auth-secret`. Default `false`.
     pub dev_tokens: bool,
+    /// Let `POST /v1/dev/token` also mint `app` tokens (group management). Off,
+    /// the endpoint mints only `user` tokens and refuses `"role":"app"` with
+    /// `403 role_not_allowed`: anyone who can reach a dev endpoint must not be
+    /// able to manage groups. Default `false`.
+    pub dev_app_tokens: bool,
     /// Lifetime of a dev token, in seconds. Default 86400 (one day).
     pub dev_token_ttl_secs: u64,
 }
@@ -42,6 +47,7 @@ impl Default for IngestConfig {
             user_burst: 10,
             channel_rate_per_sec: 2000.0,
             dev_tokens: false,
+            dev_app_tokens: false,
             dev_token_ttl_secs: 86_400,
         }
     }

@@ -1,6 +1,9 @@
 //! `POST /v1/dev/token`: mints a token for any user who asks. Only served when
 //! `IngestConfig::dev_tokens` is on (standalone without `--auth-secret`), so a
-//! demo works out of the box; otherwise the route answers the JSON 404.
+//! demo works out of the box; otherwise the route answers the JSON 404. It
+//! mints role `user` only, unless `IngestConfig::dev_app_tokens` is on
+//! (`--dev-app-tokens`): an `app` token manages group membership, which must
+//! not be handed to whoever reaches the port.
 
 use std::sync::Arc;
 
@@ -52,6 +55,9 @@ impl Ingest {
         let role = request.role.unwrap_or_else(|| "user".into());
         if role != "user" && role != "app" {
             return Err(ApiError::BadRole);
+        }
+        if role == "app" && !self.config.dev_app_tokens {
+            return Err(ApiError::RoleNotAllowed);
         }
         let now = now_secs();
         let ttl = self.config.dev_token_ttl_secs;

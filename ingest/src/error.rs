@@ -66,6 +66,9 @@ pub enum ApiError {
     TokenExpired,
     #[error("not found")]
     NotFound,
+    /// An ack for a room that has no reliable message: nothing to acknowledge.
+    #[error("{0} has no reliable messages to acknowledge")]
+    UnknownChannel(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("request body exceeds {limit} bytes")]
@@ -81,6 +84,11 @@ pub enum ApiError {
     NotMember { group: String, user: String },
     #[error("only tokens with role \"app\" may manage group membership")]
     Forbidden,
+    #[error(
+        "dev tokens are role \"user\" only; start the server with --dev-app-tokens \
+         to mint \"app\" tokens"
+    )]
+    RoleNotAllowed,
     #[error("bad query string: {0}")]
     BadQuery(String),
     #[error("bus unavailable: {0}")]
@@ -92,6 +100,10 @@ pub enum ApiError {
          retry with the same client_msg_id to get the same seq"
     )]
     PersistedNotPublished { seq: u64, reason: String },
+    /// The sender already stored a different message under this `client_msg_id`
+    /// (as `seq`); nothing was stored. Carries the store's description.
+    #[error("{message}")]
+    IdempotencyConflict { seq: u64, message: String },
     /// Carries the store's own description ("store unavailable: …").
     #[error("{0}")]
     StoreUnavailable(String),
@@ -114,8 +126,9 @@ impl ApiError {
             | ChatNeedsGroup
             | BadQuery(_) => StatusCode::BAD_REQUEST,
             MissingToken | BadToken | TokenExpired => StatusCode::UNAUTHORIZED,
-            NotMember { .. } | Forbidden => StatusCode::FORBIDDEN,
-            NotFound => StatusCode::NOT_FOUND,
+            NotMember { .. } | Forbidden | RoleNotAllowed => StatusCode::FORBIDDEN,
+            IdempotencyConflict { .. } => StatusCode::CONFLICT,
+            NotFound | UnknownChannel(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -143,15 +156,18 @@ impl ApiError {
             BadToken => "bad_token",
             TokenExpired => "token_expired",
             NotFound => "not_found",
+            UnknownChannel(_) => "unknown_channel",
             MethodNotAllowed => "method_not_allowed",
             BodyTooLarge { .. } => "body_too_large",
             RateLimited { .. } => "rate_limited",
             ChatNeedsGroup => "chat_needs_group",
             NotMember { .. } => "not_member",
             Forbidden => "forbidden",
+            RoleNotAllowed => "role_not_allowed",
             BadQuery(_) => "bad_query",
             BusUnavailable(_) | PersistedNotPublished { .. } => "bus_unavailable",
             StoreUnavailable(_) => "store_unavailable",
+            IdempotencyConflict { .. } => "idempotency_conflict",
         }
     }
 
@@ -176,12 +192,16 @@ impl From<TokenError> for ApiError {
     }
 }
 
-/// `NotMember` is the caller's fault (403); every other store failure means
-/// nothing is known to be done: 503, retry later.
+/// `NotMember` (403) and `IdempotencyConflict` (409) are the caller's fault;
+/// every other store failure means nothing is known to be done: 503, retry later.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotMember { group, user } => ApiError::NotMember { group, user },
+            StoreError::IdempotencyConflict { seq, .. } => ApiError::IdempotencyConflict {
+                seq,
+                message: e.to_string(),
+            },
             other => ApiError::StoreUnavailable(other.to_string()),
         }
     }

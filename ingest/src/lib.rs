@@ -123,8 +123,8 @@ impl Ingest {
     }
 
     /// Runs one store call, timing it in `store_op_seconds{op,backend}` and
-    /// counting failures in `store_errors_total{op}` ("not a member" is an
-    /// answer, not a failure).
+    /// counting failures in `store_errors_total{op}` ("not a member" and an
+    /// idempotency conflict are answers, not failures).
     pub(crate) async fn store_call<T>(
         &self,
         op: &'static str,
@@ -137,7 +137,10 @@ impl Ingest {
             .with_label_values(&[op, self.store.backend()])
             .observe(started.elapsed().as_secs_f64());
         result.map_err(|e| {
-            if !matches!(e, StoreError::NotMember { .. }) {
+            if !matches!(
+                e,
+                StoreError::NotMember { .. } | StoreError::IdempotencyConflict { .. }
+            ) {
                 self.metrics
                     .store_errors_total
                     .with_label_values(&[op])

@@ -197,7 +197,7 @@ impl Ingest {
         if appended.duplicate {
             self.metrics.reliable_duplicates_total.inc();
             // Publish what was stored under that seq, not this request's copy
-            // (a resend may differ, or come from someone else).
+            // (its original ts_ms and ids).
             let stored = self
                 .store_call(
                     "read",
@@ -227,6 +227,35 @@ impl Ingest {
         Ok(seq)
     }
 
+    /// Publishes a membership change of `group` (keyed by the group, so it stays
+    /// in order with the group's messages).
+    pub(crate) async fn publish_membership(
+        &self,
+        group: &ChannelName,
+        user: &str,
+        removed: bool,
+    ) -> Result<(), ApiError> {
+        let event = pb::BusEvent {
+            version: PROTOCOL_VERSION,
+            channel: group.as_str().to_owned(),
+            event: None,
+            origin: self.config.node_id.clone(),
+            membership: Some(pb::Membership {
+                user: user.to_owned(),
+                removed,
+            }),
+        };
+        let key = Bytes::copy_from_slice(group.as_str().as_bytes());
+        self.bus
+            .publish(key, frame::encode(&event))
+            .await
+            .map_err(|e| {
+                ApiError::BusUnavailable(format!(
+                    "{user} was removed from {group} but edges were not told ({e}); retry the DELETE"
+                ))
+            })
+    }
+
     /// Encodes the event once and publishes it keyed by channel.
     async fn publish(&self, channel: &ChannelName, event: pb::Event) -> Result<(), ApiError> {
         let event = pb::BusEvent {
@@ -234,6 +263,7 @@ impl Ingest {
             channel: channel.as_str().to_owned(),
             event: Some(event),
             origin: self.config.node_id.clone(),
+            membership: None,
         };
         let payload = frame::encode(&event);
         let len = payload.len() as u64;

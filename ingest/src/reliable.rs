@@ -4,8 +4,13 @@
 //!   oldest first; in a `group:` channel only for members and only messages
 //!   after they joined.
 //! * `PUT` / `DELETE /v1/groups/{group}/members/{user}` — membership, for
-//!   tokens of role `app` (the app backend) only.
-//! * `POST /v1/channels/{channel}/ack` `{"seq":N}` — the caller's ack offset.
+//!   tokens of role `app` (the app backend) only. A removal is published on the
+//!   bus (`BusEvent.membership`) so edges drop the user's live subscriptions;
+//!   if the bus is down the answer is `503 bus_unavailable` (the removal is
+//!   stored; retry the DELETE).
+//! * `POST /v1/channels/{channel}/ack` `{"seq":N}` — the caller's ack offset,
+//!   only for channels they can read (a group they belong to, a room with
+//!   reliable messages).
 //! * `GET /v1/unread` — the caller's unread counts.
 //!
 //! Every store call goes through [`Ingest::store_call`] so it is timed and its
@@ -219,6 +224,10 @@ impl Ingest {
                 .store_call("membership", self.store.leave_group(group.as_str(), &user))
                 .await?;
             tracing::info!(%group, %user, removed, by = %claims.sub, "member left");
+            // Tell the edges, so the user's live subscriptions end now. Sent even
+            // when the user was no longer a member: a retried DELETE heals a first
+            // attempt whose publish failed.
+            self.publish_membership(&group, &user, true).await?;
             json!({ "removed": removed })
         };
         Ok(Json(answer).into_response())
@@ -234,8 +243,19 @@ impl Ingest {
         let channel = parse_channel(path)?;
         let bytes = body::read_bounded(headers, body, self.config.max_body_bytes).await?;
         let AckBody { seq } = body::parse_json(&bytes)?;
-        if channel.kind() == ChannelKind::Group {
-            self.require_member(channel.as_str(), &claims.sub).await?;
+        // Only channels the caller can read get an offset row: a group they
+        // belong to, or a room that has reliable messages. Anything else would let
+        // one token grow the acks table (and its /v1/unread) without bound.
+        match channel.kind() {
+            ChannelKind::Group => self.require_member(channel.as_str(), &claims.sub).await?,
+            ChannelKind::Room => {
+                let last_seq = self
+                    .store_call("ack", self.store.last_seq(channel.as_str()))
+                    .await?;
+                if last_seq == 0 {
+                    return Err(ApiError::UnknownChannel(channel.to_string()));
+                }
+            }
         }
         let acked = self
             .store_call("ack", self.store.ack(&claims.sub, channel.as_str(), seq))

@@ -604,16 +604,30 @@ async fn dev_tokens_only_when_enabled() {
         ..IngestConfig::default()
     })
     .await;
-    let (status, _, body) = on
-        .send(dev_token_request(json!({"user": "carol", "role": "app"})))
+    // Dev tokens are user tokens: an app token (group management) is refused.
+    let (status, code) = on
+        .refused(dev_token_request(json!({"user": "carol", "role": "app"})))
         .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "role_not_allowed")
+    );
+    assert_eq!(
+        on.metric(
+            "danmaku_ingest_rejected_total",
+            &[("code", "role_not_allowed")]
+        ),
+        1.0
+    );
+    let (status, _, body) = on.send(dev_token_request(json!({"user": "carol"}))).await;
     assert_eq!(status, StatusCode::OK);
     let token = body["token"].as_str().unwrap().to_owned();
     let claims = on.key.verify(&token, now_secs()).unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.role.as_str()),
-        ("carol", "app")
+        ("carol", "user")
     );
+    assert_eq!(body["role"], "user");
     assert!(claims.exp >= now_secs() + 86_000);
 
     let (status, _, _) = on.send(post("room:1", Some(&token), danmaku("hi"))).await;
@@ -630,6 +644,27 @@ async fn dev_tokens_only_when_enabled() {
         let (status, code) = on.refused(dev_token_request(body)).await;
         assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, want));
     }
+}
+
+#[tokio::test]
+async fn dev_app_tokens_only_with_their_flag() {
+    let on = Harness::new(IngestConfig {
+        dev_tokens: true,
+        dev_app_tokens: true,
+        ..IngestConfig::default()
+    })
+    .await;
+    let (status, _, body) = on
+        .send(dev_token_request(json!({"user": "backend", "role": "app"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(on.key.verify(&token, now_secs()).unwrap().role, "app");
+    // ... and it manages groups.
+    let (status, _, reply) = on
+        .send(member_request("PUT", "group:1", "alice", Some(&token)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
 }
 
 #[tokio::test]
@@ -715,9 +750,8 @@ async fn a_repeated_client_msg_id_answers_the_first_seq_and_is_published_again()
     assert_eq!(h.post_reliable("room:1", "alice", gift("other")).await, 2);
     h.next_published().await;
 
-    // The resend (even with other text) gets seq 1 and republishes what was stored.
-    let resend = json!({"kind": "gift", "text": "changed", "client_msg_id": "g-1"});
-    assert_eq!(h.post_reliable("room:1", "alice", resend).await, 1);
+    // The identical resend gets seq 1 and republishes what was stored.
+    assert_eq!(h.post_reliable("room:1", "alice", first).await, 1);
     let again = h.next_published().await.1.event.unwrap();
     assert_eq!(again, original);
     h.nothing_published().await;
@@ -734,6 +768,94 @@ async fn a_repeated_client_msg_id_answers_the_first_seq_and_is_published_again()
         ),
         2.0
     );
+}
+
+/// The gift-loss bug: bob reusing alice's `client_msg_id` used to get alice's
+/// seq back while his own gift was never stored.
+#[tokio::test]
+async fn another_senders_gift_with_the_same_client_msg_id_is_stored() {
+    let mut h = Harness::new(IngestConfig::default()).await;
+    let alice = json!({"kind": "gift", "text": "rocket", "client_msg_id": "x"});
+    let bob = json!({"kind": "gift", "text": "castle", "client_msg_id": "x"});
+    assert_eq!(h.post_reliable("room:1", "alice", alice).await, 1);
+    let a = h.next_published().await.1.event.unwrap();
+    assert_eq!(h.post_reliable("room:1", "bob", bob.clone()).await, 2);
+    let b = h.next_published().await.1.event.unwrap();
+    assert_eq!((a.sender.as_str(), a.seq), ("alice", 1));
+    assert_eq!(
+        (b.sender.as_str(), b.text.as_str(), b.seq),
+        ("bob", "castle", 2)
+    );
+    // Bob's own retry is his duplicate.
+    assert_eq!(h.post_reliable("room:1", "bob", bob).await, 2);
+
+    let history = h.get_ok("/v1/channels/room:1/messages", "carol").await;
+    let got: Vec<(String, String)> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["sender"].as_str().unwrap().to_owned(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("alice".to_owned(), "rocket".to_owned()),
+            ("bob".to_owned(), "castle".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_reused_client_msg_id_with_another_body_is_409() {
+    let mut h = Harness::new(IngestConfig::default()).await;
+    let first = json!({"kind": "gift", "text": "rocket", "client_msg_id": "g-1",
+                       "payload": {"gift_id": 7}});
+    assert_eq!(h.post_reliable("room:1", "alice", first.clone()).await, 1);
+    h.next_published().await;
+
+    for changed in [
+        json!({"kind": "gift", "text": "castle", "client_msg_id": "g-1", "payload": {"gift_id": 7}}),
+        json!({"kind": "gift", "text": "rocket", "client_msg_id": "g-1", "payload": {"gift_id": 8}}),
+        json!({"kind": "gift", "text": "rocket", "client_msg_id": "g-1"}),
+    ] {
+        let (status, _, body) = h
+            .send(post("room:1", Some(&h.token("alice")), changed.to_string()))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "idempotency_conflict", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("seq 1") && message.contains("g-1"),
+            "{message}"
+        );
+    }
+    h.nothing_published().await;
+    assert_eq!(h.store.last_seq("room:1").await.unwrap(), 1);
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_rejected_total",
+            &[("code", "idempotency_conflict")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_requests_total",
+            &[("kind", "gift"), ("status", "409")]
+        ),
+        3.0
+    );
+    // A conflict is the client's mistake, not a store failure.
+    assert_eq!(h.metric("danmaku_ingest_store_errors_total", &[]), 0.0);
+    // The identical retry (payload keys in another order) still answers seq 1.
+    let reordered = json!({"payload": {"gift_id": 7}, "client_msg_id": "g-1",
+                           "text": "rocket", "kind": "gift"});
+    assert_eq!(h.post_reliable("room:1", "alice", reordered).await, 1);
 }
 
 #[tokio::test]
@@ -915,6 +1037,30 @@ async fn acks_move_unread_counts() {
     assert_eq!((status, reply), (StatusCode::OK, json!({"acked": 0})));
     assert_eq!(h.get_ok("/v1/unread", "bob").await["total"], 1);
 
+    // A room without reliable messages (any name a client makes up) stores nothing:
+    // acks cannot grow the table or /v1/unread without bound.
+    for i in 0..20 {
+        let (status, code) = h
+            .refused(ack_request(&format!("room:made-up-{i}"), &bob, 1))
+            .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::NOT_FOUND, "unknown_channel")
+        );
+    }
+    assert_eq!(
+        h.get_ok("/v1/unread", "bob").await,
+        json!({"total": 1, "channels": {"group:u": 0, "room:r": 1}})
+    );
+    assert_eq!(h.store.acked("bob", "room:made-up-0").await.unwrap(), 0);
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_rejected_total",
+            &[("code", "unknown_channel")]
+        ),
+        20.0
+    );
+
     let (status, code) = h
         .refused(ack_request("group:u", &h.token("carol"), 1))
         .await;
@@ -948,7 +1094,7 @@ async fn acks_move_unread_counts() {
 
 #[tokio::test]
 async fn membership_is_for_app_tokens_only() {
-    let h = Harness::new(IngestConfig::default()).await;
+    let mut h = Harness::new(IngestConfig::default()).await;
     let app = h.app_token();
     let user = h.token("alice");
     for method in ["PUT", "DELETE"] {
@@ -998,6 +1144,20 @@ async fn membership_is_for_app_tokens_only() {
         .await;
     assert_eq!((status, reply), (StatusCode::OK, json!({"removed": true})));
     assert_eq!(h.store.is_member("group:m", "alice").await.unwrap(), None);
+    // Each DELETE told the edges (keyed by the group), the retry included.
+    for _ in 0..2 {
+        let (msg, ev) = h.next_published().await;
+        assert_eq!(&msg.key[..], b"group:m");
+        assert_eq!(ev.event, None);
+        assert_eq!(
+            ev.membership,
+            Some(pb::Membership {
+                user: "alice".into(),
+                removed: true
+            })
+        );
+    }
+    h.nothing_published().await;
 }
 
 #[tokio::test]

@@ -148,6 +148,10 @@ pub enum JsonServerFrame {
     },
     Left {
         channel: String,
+        /// Absent for a client's own `leave`; `"removed"` when the user was
+        /// removed from the group.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
     },
     Batch {
         channel: String,
@@ -187,6 +191,7 @@ impl JsonServerFrame {
             },
             Body::Left(l) => JsonServerFrame::Left {
                 channel: l.channel.clone(),
+                reason: l.reason.clone(),
             },
             Body::Batch(b) => JsonServerFrame::Batch {
                 channel: b.channel.clone(),

@@ -3,6 +3,13 @@
 //! The app's backend mints them with the shared secret (or `danmaku token`);
 //! ingest and edge verify them without a database round trip. The format is
 //! documented in docs/PROTOCOL.md so any language can mint one.
+//!
+//! Key rotation: a [`TokenKey`] is a ring of secrets. The first signs; every one
+//! verifies. A token names its signing key in the `kid` claim (a short hash of the
+//! secret, [`key_id`]), so verifying costs one HMAC whatever the ring's size; a
+//! token without `kid` (minted by an older backend) is tried against each key.
+//! Rotate by deploying `new,old` everywhere, moving the backend to `new`, and
+//! dropping `old` once its tokens have expired.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,6 +32,9 @@ pub struct Claims {
     /// `user` (default) or `app`; `app` may manage group membership.
     #[serde(default = "default_role")]
     pub role: String,
+    /// Id of the signing key ([`key_id`]); absent in tokens of older minters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 fn default_role() -> String {
@@ -50,10 +60,24 @@ pub enum TokenError {
     Expired,
 }
 
-/// Signs and verifies tokens with one HMAC key.
+/// The key id of `secret`: the first 8 hex digits of
+/// SHA-256(`"danmaku-kid:"` ++ secret). Names a key without revealing it.
+pub fn key_id(secret: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(b"danmaku-kid:");
+    h.update(secret);
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Signs tokens with its first secret and verifies them with any of its secrets.
 #[derive(Clone)]
 pub struct TokenKey {
-    secret: Vec<u8>,
+    /// `(key_id, secret)`, the signing key first. Never empty.
+    keys: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -63,35 +87,60 @@ impl std::fmt::Debug for TokenKey {
 }
 
 impl TokenKey {
+    /// A ring of one secret.
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
+        let secret = secret.as_ref().to_vec();
         TokenKey {
-            secret: secret.as_ref().to_vec(),
+            keys: vec![(key_id(&secret), secret)],
         }
     }
 
-    fn mac(&self) -> HmacSha256 {
-        // HMAC accepts keys of any length.
-        HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length")
+    /// A ring of several secrets: the first signs, all verify. `None` when empty.
+    pub fn ring<S: AsRef<[u8]>>(secrets: impl IntoIterator<Item = S>) -> Option<Self> {
+        let keys: Vec<_> = secrets
+            .into_iter()
+            .map(|s| {
+                let s = s.as_ref().to_vec();
+                (key_id(&s), s)
+            })
+            .collect();
+        (!keys.is_empty()).then_some(TokenKey { keys })
     }
 
+    /// The id of the signing key (written as `kid` into minted tokens).
+    pub fn signing_key_id(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    fn mac(secret: &[u8]) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        HmacSha256::new_from_slice(secret).expect("HMAC takes any key length")
+    }
+
+    /// Signs `claims` as they are (set `kid` to [`TokenKey::signing_key_id`] to
+    /// name the key; [`TokenKey::mint`] does).
     pub fn sign(&self, claims: &Claims) -> String {
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let mut mac = self.mac();
+        let mut mac = Self::mac(&self.keys[0].1);
         mac.update(body.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         format!("{body}.{sig}")
     }
 
-    /// Mints a token for `user` valid for `ttl_secs` from `now_secs`.
+    /// Mints a token for `user` valid for `ttl_secs` from `now_secs`, signed by the
+    /// first key and naming it in `kid`.
     pub fn mint(&self, user: &str, role: &str, now_secs: u64, ttl_secs: u64) -> String {
         self.sign(&Claims {
             sub: user.to_owned(),
             exp: now_secs.saturating_add(ttl_secs),
             role: role.to_owned(),
+            kid: Some(self.signing_key_id().to_owned()),
         })
     }
 
-    /// Checks signature (constant time) and expiry.
+    /// Checks signature (constant time) and expiry. A token naming a `kid` is
+    /// checked against that key only (an unknown `kid` is a bad signature); one
+    /// without is tried against every key.
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
@@ -103,14 +152,27 @@ impl TokenKey {
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(body.as_bytes());
-        mac.verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)?;
+        // The claims are read before the MAC is checked only to pick the key; nothing
+        // in them is trusted until a key verifies the signature.
         let json = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        let verifies = |secret: &[u8]| {
+            let mut mac = Self::mac(secret);
+            mac.update(body.as_bytes());
+            mac.verify_slice(&sig).is_ok()
+        };
+        let ok = match &claims.kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .any(|(id, secret)| id == kid && verifies(secret)),
+            None => self.keys.iter().any(|(_, secret)| verifies(secret)),
+        };
+        if !ok {
+            return Err(TokenError::BadSignature);
+        }
         if claims.sub.is_empty() || claims.sub.len() > 128 {
             return Err(TokenError::Malformed);
         }
@@ -119,6 +181,14 @@ impl TokenKey {
         }
         Ok(claims)
     }
+}
+
+/// The `exp` claim of `token`, read WITHOUT checking the signature: for a client
+/// deciding when to refresh its own token, never for authorization.
+pub fn unverified_exp(token: &str) -> Option<u64> {
+    let (body, _) = token.split_once('.')?;
+    let json = URL_SAFE_NO_PAD.decode(body).ok()?;
+    serde_json::from_slice::<Claims>(&json).ok().map(|c| c.exp)
 }
 
 /// Seconds since the Unix epoch.
@@ -160,5 +230,47 @@ mod tests {
         assert_eq!(k.verify(body, 1000), Err(TokenError::Malformed));
         assert_eq!(k.verify("", 1000), Err(TokenError::Missing));
         assert_eq!(k.verify("a.!!!", 1000), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn rotation_first_signs_all_verify() {
+        let old = TokenKey::new("old-secret");
+        let ring = TokenKey::ring(["new-secret", "old-secret"]).unwrap();
+        assert!(TokenKey::ring(Vec::<String>::new()).is_none());
+        // Tokens of the old key still verify on the ring; the ring signs with the new.
+        let t_old = old.mint("alice", "user", 1000, 60);
+        assert_eq!(ring.verify(&t_old, 1000).unwrap().sub, "alice");
+        let t_new = ring.mint("bob", "user", 1000, 60);
+        let c = ring.verify(&t_new, 1000).unwrap();
+        assert_eq!(c.kid.as_deref(), Some(key_id(b"new-secret").as_str()));
+        assert_eq!(old.verify(&t_new, 1000), Err(TokenError::BadSignature));
+        assert_eq!(
+            TokenKey::new("new-secret")
+                .verify(&t_new, 1000)
+                .unwrap()
+                .sub,
+            "bob"
+        );
+        // After the old key is dropped its tokens are refused.
+        let rotated = TokenKey::new("new-secret");
+        assert_eq!(rotated.verify(&t_old, 1000), Err(TokenError::BadSignature));
+        // No kid: every key is tried (tokens of minters that do not write one).
+        let legacy = old.sign(&Claims {
+            sub: "carol".into(),
+            exp: 2000,
+            role: "user".into(),
+            kid: None,
+        });
+        assert_eq!(ring.verify(&legacy, 1000).unwrap().sub, "carol");
+        // A kid naming a key not on the ring is refused even with a valid MAC.
+        let lying = ring.sign(&Claims {
+            sub: "dave".into(),
+            exp: 2000,
+            role: "user".into(),
+            kid: Some("00000000".into()),
+        });
+        assert_eq!(ring.verify(&lying, 1000), Err(TokenError::BadSignature));
+        assert_eq!(key_id(b"x").len(), 8);
+        assert_ne!(key_id(b"x"), key_id(b"y"));
     }
 }

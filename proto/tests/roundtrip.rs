@@ -218,7 +218,7 @@ proptest! {
         let role = if app { "app" } else { "user" };
         let t = key.mint(&sub, role, 1_000, ttl);
         let claims = key.verify(&t, 1_000).unwrap();
-        prop_assert_eq!(claims, Claims { sub, exp: 1_000 + ttl, role: role.to_owned() });
+        prop_assert_eq!(claims, Claims { sub, exp: 1_000 + ttl, role: role.to_owned(), kid: Some(key.signing_key_id().to_owned()) });
         prop_assert!(key.verify(&t, 1_000 + ttl).is_err());
     }
 }

@@ -24,8 +24,9 @@ use sqlx::sqlite::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread, from_db,
-    message_from_row, migrations, queries, to_db, unread_from_rows, validate,
+    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
+    Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
+    unread_from_rows, validate,
 };
 
 /// How long a write waits for another process holding the file's write lock.
@@ -33,12 +34,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent readers per process.
 const READERS: u32 = 4;
 
-/// Inserts a message unless its `client_msg_id` is already used on the channel
+/// Inserts a message unless its sender already used its `client_msg_id` on the channel
 /// (`rows_affected` tells which).
 const INSERT_UNLESS_DUPLICATE: &str = "INSERT INTO messages \
      (channel, seq, client_msg_id, sender, kind, text, payload_json, ts_ms) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-     ON CONFLICT (channel, client_msg_id) DO NOTHING";
+     ON CONFLICT (channel, sender, client_msg_id) DO NOTHING";
 
 const SET_LAST_SEQ: &str = "INSERT INTO channel_seq (channel, last_seq) VALUES ($1, $2) \
      ON CONFLICT (channel) DO UPDATE SET last_seq = excluded.last_seq";
@@ -265,7 +266,7 @@ async fn run_appender(writer: SqlitePool, mut requests: mpsc::Receiver<AppendReq
         match append_batch(&writer, &batch).await {
             Ok(answers) => {
                 for (request, answer) in batch.drain(..).zip(answers) {
-                    let _ = request.reply.send(Ok(answer));
+                    let _ = request.reply.send(answer);
                 }
             }
             Err(e) => {
@@ -279,7 +280,8 @@ async fn run_appender(writer: SqlitePool, mut requests: mpsc::Receiver<AppendReq
 }
 
 /// Stores `batch` in one transaction: `Err` (nothing stored, every caller gets the error
-/// and may retry) or one answer per request.
+/// and may retry) or one answer per request (an idempotency conflict is an answer: it
+/// fails that request only).
 ///
 /// We hold the write lock, so the channels' `last_seq`s are read once and advanced in
 /// memory; the common case is then one `INSERT` per message, and one `channel_seq`
@@ -287,7 +289,7 @@ async fn run_appender(writer: SqlitePool, mut requests: mpsc::Receiver<AppendReq
 async fn append_batch(
     writer: &SqlitePool,
     batch: &[AppendRequest],
-) -> Result<Vec<Appended>, StoreError> {
+) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     let mut last_seqs: HashMap<&str, i64> = HashMap::new();
     let mut answers = Vec::with_capacity(batch.len());
@@ -317,18 +319,19 @@ async fn append_batch(
             .rows_affected();
         if inserted == 1 {
             last_seqs.insert(&m.channel, seq);
-            answers.push(Appended {
+            answers.push(Ok(Appended {
                 seq: from_db(seq),
                 duplicate: false,
                 ts_ms: m.ts_ms,
-            });
+            }));
             continue;
         }
         last_seqs.insert(&m.channel, last);
-        // The client_msg_id is taken (by an earlier batch or this one): answer the original.
+        // The key is taken (by an earlier batch or this one): answer the original.
         let id = m.client_msg_id.as_deref().unwrap_or_default();
-        let (seq, ts_ms): (i64, i64) = sqlx::query_as(queries::FIND_CLIENT_MSG)
+        let row: ClientMsgRow = sqlx::query_as(queries::FIND_CLIENT_MSG)
             .bind(&m.channel)
+            .bind(&m.sender)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
@@ -338,11 +341,7 @@ async fn append_batch(
                     m.channel
                 ))
             })?;
-        answers.push(Appended {
-            seq: from_db(seq),
-            duplicate: true,
-            ts_ms,
-        });
+        answers.push(answer_duplicate(m, row));
     }
     for (channel, last_seq) in last_seqs {
         sqlx::query(SET_LAST_SEQ)

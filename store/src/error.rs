@@ -19,6 +19,17 @@ pub enum StoreError {
     /// [`crate::Store::read_after_for_member`] for a user outside the group.
     #[error("{user:?} is not a member of {group:?}")]
     NotMember { group: String, user: String },
+    /// The sender already stored a different message under this `client_msg_id` on this
+    /// channel (as `seq`). Nothing was written; the client must use a fresh id.
+    #[error(
+        "client_msg_id {client_msg_id:?} was already used on {channel} for a different \
+         message (seq {seq}); use a new client_msg_id for a new message"
+    )]
+    IdempotencyConflict {
+        channel: String,
+        client_msg_id: String,
+        seq: u64,
+    },
     /// Creating or upgrading the schema failed.
     #[error("store migration failed: {0}")]
     Migration(String),
@@ -35,6 +46,7 @@ impl StoreError {
             StoreError::BadUrl { .. } => "bad_url",
             StoreError::Invalid(_) => "invalid",
             StoreError::NotMember { .. } => "not_member",
+            StoreError::IdempotencyConflict { .. } => "idempotency_conflict",
             StoreError::Migration(_) => "migration",
             StoreError::Internal(_) => "internal",
         }
@@ -139,6 +151,11 @@ mod tests {
             StoreError::NotMember {
                 group: String::new(),
                 user: String::new(),
+            },
+            StoreError::IdempotencyConflict {
+                channel: String::new(),
+                client_msg_id: String::new(),
+                seq: 0,
             },
             StoreError::Migration(String::new()),
             StoreError::Internal(String::new()),

@@ -21,8 +21,12 @@
 //! group-commits the appends waiting at that moment. A failed append rolls its `seq`
 //! back, so no number is ever skipped, however many processes append to one channel.
 //!
-//! A message may carry a `client_msg_id`: a second append with the same id on the same
-//! channel stores nothing and answers the original `seq` with `duplicate: true`.
+//! A message may carry a `client_msg_id`, its sender's idempotency key: the key is
+//! `(channel, sender, client_msg_id)`, so two users can never collide. A second append
+//! with the same key and the same body (`kind`, `text`, `payload_json`) stores nothing
+//! and answers the original `seq` with `duplicate: true`; one whose body differs is
+//! refused with [`StoreError::IdempotencyConflict`] (the sender reused a key for a
+//! different message: storing nothing and answering success would lose it).
 //!
 //! # Groups and offsets
 //!
@@ -71,8 +75,8 @@ pub struct NewMessage {
 pub struct Appended {
     /// The message's `seq` in its channel (the original one for a duplicate).
     pub seq: u64,
-    /// True when a message with the same `client_msg_id` was already stored: nothing
-    /// new was written.
+    /// True when the same sender already stored this message under the same
+    /// `client_msg_id`: nothing new was written.
     pub duplicate: bool,
     /// The stored message's timestamp (the original one for a duplicate).
     pub ts_ms: i64,
@@ -123,8 +127,9 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Persists a message and assigns the channel's next `seq`, or returns the original
-    /// `seq` (`duplicate: true`) when `client_msg_id` was seen before on this channel.
-    /// When this returns `Ok`, the message is durable.
+    /// `seq` (`duplicate: true`) when the same sender already stored the same body under
+    /// this `client_msg_id` on this channel ([`StoreError::IdempotencyConflict`] when the
+    /// stored body differs). When this returns `Ok`, the message is durable.
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
 
     /// Messages with `seq > after_seq`, oldest first, at most `limit` (capped at
@@ -228,6 +233,27 @@ fn from_db(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// Columns of [`queries::FIND_CLIENT_MSG`]: seq, ts_ms, kind, text, payload_json.
+type ClientMsgRow = (i64, i64, String, String, Option<String>);
+
+/// The answer to an append whose idempotency key is already stored as `row`: the
+/// original seq when the bodies match, else [`StoreError::IdempotencyConflict`].
+fn answer_duplicate(m: &NewMessage, row: ClientMsgRow) -> Result<Appended, StoreError> {
+    let (seq, ts_ms, kind, text, payload_json) = row;
+    if kind != m.kind || text != m.text || payload_json != m.payload_json {
+        return Err(StoreError::IdempotencyConflict {
+            channel: m.channel.clone(),
+            client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
+            seq: from_db(seq),
+        });
+    }
+    Ok(Appended {
+        seq: from_db(seq),
+        duplicate: true,
+        ts_ms,
+    })
+}
+
 /// Columns of `messages` in the order [`queries::READ_AFTER`] selects them.
 type MessageRow = (
     i64,
@@ -267,8 +293,9 @@ fn unread_from_rows(rows: Vec<(String, i64, i64, i64)>) -> Unread {
 /// SQL text shared by both backends (`$N` placeholders work in SQLite too, bound by
 /// number). Backend-specific statements live in their modules.
 mod queries {
-    pub const FIND_CLIENT_MSG: &str =
-        "SELECT seq, ts_ms FROM messages WHERE channel = $1 AND client_msg_id = $2";
+    /// Binds channel, sender, client_msg_id (the idempotency key).
+    pub const FIND_CLIENT_MSG: &str = "SELECT seq, ts_ms, kind, text, payload_json \
+         FROM messages WHERE channel = $1 AND sender = $2 AND client_msg_id = $3";
 
     pub const READ_AFTER: &str = "SELECT seq, client_msg_id, sender, kind, text, payload_json, ts_ms \
          FROM messages WHERE channel = $1 AND seq > $2 ORDER BY seq LIMIT $3";

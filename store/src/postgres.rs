@@ -4,8 +4,9 @@
 //! `channel_seq` row with `INSERT … ON CONFLICT DO UPDATE … RETURNING` (which row-locks
 //! it until commit, so appenders to one channel queue there, across processes) and
 //! insert the message with that seq. A failure undoes the bump, so seqs stay gap-free. A retried
-//! `client_msg_id` is found by a read before the transaction; a retry racing the
-//! original hits the unique index instead and is answered from a re-read.
+//! idempotency key `(channel, sender, client_msg_id)` is found by a read before the
+//! transaction; a retry racing the original hits the unique index instead and is
+//! answered from a re-read.
 
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::{
-    Appended, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage, Unread, from_db,
-    message_from_row, migrations, queries, to_db, unread_from_rows, validate,
+    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
+    Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
+    unread_from_rows, validate,
 };
 
 /// Connection settings of [`PostgresStore`].
@@ -83,21 +85,20 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The stored message under `m`'s idempotency key, if any, answered as a duplicate
+    /// (or a conflict when its body differs).
     async fn find_client_msg(
         &self,
-        channel: &str,
+        m: &NewMessage,
         client_msg_id: &str,
     ) -> Result<Option<Appended>, StoreError> {
-        let found: Option<(i64, i64)> = sqlx::query_as(queries::FIND_CLIENT_MSG)
-            .bind(channel)
+        let found: Option<ClientMsgRow> = sqlx::query_as(queries::FIND_CLIENT_MSG)
+            .bind(&m.channel)
+            .bind(&m.sender)
             .bind(client_msg_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(found.map(|(seq, ts_ms)| Appended {
-            seq: from_db(seq),
-            duplicate: true,
-            ts_ms,
-        }))
+        found.map(|row| answer_duplicate(m, row)).transpose()
     }
 }
 
@@ -115,7 +116,7 @@ impl Store for PostgresStore {
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
         validate(&m)?;
         if let Some(id) = &m.client_msg_id
-            && let Some(original) = self.find_client_msg(&m.channel, id).await?
+            && let Some(original) = self.find_client_msg(&m, id).await?
         {
             return Ok(original);
         }
@@ -144,7 +145,7 @@ impl Store for PostgresStore {
                 if e.is_unique_violation() && m.client_msg_id.is_some() =>
             {
                 let id = m.client_msg_id.as_deref().unwrap_or_default();
-                self.find_client_msg(&m.channel, id).await?.ok_or_else(|| {
+                self.find_client_msg(&m, id).await?.ok_or_else(|| {
                     StoreError::Internal(format!(
                         "client_msg_id {id:?} conflicted on {} but is not stored",
                         m.channel

@@ -211,7 +211,8 @@ pub async fn retry_returns_original_seq(fx: Fixture) {
     assert_eq!((first.seq, first.duplicate), (1, false));
     s.append(msg(&ch, "plain")).await.unwrap();
 
-    let mut retry = msg_id(&ch, "rocket (resent)", "gift-1");
+    // An identical resend (only the accept time differs) is the same message.
+    let mut retry = msg_id(&ch, "rocket", "gift-1");
     retry.ts_ms += 5_000;
     for _ in 0..3 {
         let again = s.append(retry.clone()).await.unwrap();
@@ -233,18 +234,144 @@ pub async fn retry_returns_original_seq(fx: Fixture) {
     assert_eq!(s.append(msg_id(&ch, "y", "gift-2")).await.unwrap().seq, 3);
 }
 
+pub async fn idempotency_key_is_per_sender(fx: Fixture) {
+    let s = &*fx.store;
+    let ch = unique("room");
+    let alice = s.append(msg_id(&ch, "rocket", "x")).await.unwrap();
+    assert_eq!((alice.seq, alice.duplicate), (1, false));
+    // Bob reuses alice's id for a gift of his own: it is a new message, not hers.
+    let bob = NewMessage {
+        sender: "bob".into(),
+        ..msg_id(&ch, "castle", "x")
+    };
+    let appended = s.append(bob.clone()).await.unwrap();
+    assert_eq!((appended.seq, appended.duplicate), (2, false));
+    // Even with a body equal to alice's, bob's message is his own.
+    let bob_same_body = NewMessage {
+        sender: "bob".into(),
+        ..msg_id(&ch, "rocket", "y")
+    };
+    let a = s
+        .append(NewMessage {
+            sender: "carol".into(),
+            ..bob_same_body.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((a.seq, a.duplicate), (3, false));
+    let b = s.append(bob_same_body).await.unwrap();
+    assert_eq!((b.seq, b.duplicate), (4, false));
+    // Each sender's retry finds their own message.
+    assert_eq!(s.append(bob).await.unwrap().seq, 2);
+    assert_eq!(s.append(msg_id(&ch, "rocket", "x")).await.unwrap().seq, 1);
+
+    let stored = s.read_after(&ch, 0, 10).await.unwrap();
+    let got: Vec<(&str, &str)> = stored
+        .iter()
+        .map(|m| (m.sender.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("alice", "rocket"),
+            ("bob", "castle"),
+            ("carol", "rocket"),
+            ("bob", "rocket")
+        ]
+    );
+}
+
+pub async fn reused_key_with_another_body_conflicts(fx: Fixture) {
+    let s = &*fx.store;
+    let ch = unique("room");
+    let mut first = msg_id(&ch, "rocket", "k");
+    first.payload_json = Some(r#"{"gift_id":7}"#.into());
+    assert_eq!(s.append(first.clone()).await.unwrap().seq, 1);
+
+    let different_text = msg_id(&ch, "castle", "k");
+    let different_payload = NewMessage {
+        payload_json: Some(r#"{"gift_id":8}"#.into()),
+        ..first.clone()
+    };
+    let no_payload = NewMessage {
+        payload_json: None,
+        ..first.clone()
+    };
+    let different_kind = NewMessage {
+        kind: "chat".into(),
+        ..first.clone()
+    };
+    for conflicting in [
+        different_text,
+        different_payload,
+        no_payload,
+        different_kind,
+    ] {
+        match s.append(conflicting.clone()).await {
+            Err(e @ StoreError::IdempotencyConflict { seq: 1, .. }) => {
+                assert_eq!(e.kind(), "idempotency_conflict");
+                assert!(e.to_string().contains("\"k\""), "{e}");
+            }
+            other => panic!("{conflicting:?}: expected a conflict on seq 1, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        s.last_seq(&ch).await.unwrap(),
+        1,
+        "a conflict stores nothing"
+    );
+    // The identical retry still succeeds, and so do other appends afterwards.
+    let again = s.append(first).await.unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!(s.append(msg(&ch, "next")).await.unwrap().seq, 2);
+}
+
+/// Conflicts racing the original and each other: exactly one body wins, every other
+/// answer is either a duplicate of it or a conflict naming its seq.
+pub async fn concurrent_conflicts_keep_one_body(fx: Fixture) {
+    let ch = unique("room");
+    let mut joins = Vec::new();
+    for copy in 0..12 {
+        let store = fx.store.clone();
+        let ch = ch.clone();
+        joins.push(tokio::spawn(async move {
+            let body = format!("body {}", copy % 3);
+            (body.clone(), store.append(msg_id(&ch, &body, "same")).await)
+        }));
+    }
+    let mut winners = BTreeSet::new();
+    let mut answers = Vec::new();
+    for j in joins {
+        answers.push(j.await.unwrap());
+    }
+    for (body, answer) in &answers {
+        match answer {
+            Ok(a) => {
+                assert_eq!(a.seq, 1);
+                winners.insert(body.clone());
+            }
+            Err(StoreError::IdempotencyConflict { seq: 1, .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one body stored: {answers:?}");
+    let stored = fx.store.read_after(&ch, 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(winners.contains(&stored[0].text));
+}
+
 pub async fn concurrent_retries_share_one_seq(fx: Fixture) {
     let ch = unique("group");
     // 20 client ids, each sent 8 times at once (from several tasks), mixed with
     // messages without an id.
     let mut joins = Vec::new();
-    for copy in 0..8 {
+    for _copy in 0..8 {
         for id in 0..20 {
             let store = fx.store.clone();
             let ch = ch.clone();
             joins.push(tokio::spawn(async move {
                 let a = store
-                    .append(msg_id(&ch, &format!("copy {copy}"), &format!("id-{id}")))
+                    .append(msg_id(&ch, &format!("gift {id}"), &format!("id-{id}")))
                     .await
                     .unwrap();
                 (id, a)
@@ -515,6 +642,9 @@ macro_rules! contract_suite {
                 concurrent_appends_are_gap_free,
                 two_handles_append_concurrently,
                 retry_returns_original_seq,
+                idempotency_key_is_per_sender,
+                reused_key_with_another_body_conflicts,
+                concurrent_conflicts_keep_one_body,
                 concurrent_retries_share_one_seq,
                 paging_across_page_boundaries,
                 read_limit_is_capped,

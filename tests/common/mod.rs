@@ -213,3 +213,46 @@ pub async fn spawn_plain(role: &str, args: &[String]) -> Proc {
     );
     p
 }
+
+/// Starts `danmaku ARGS…` (the caller gives every flag, `--listen` included, at
+/// `addr`) and returns once `/healthz` answers on `addr`.
+pub async fn spawn_args(addr: std::net::SocketAddr, args: &[&str]) -> Proc {
+    let log = std::env::temp_dir().join(format!(
+        "{}.log",
+        danmaku_testkit::kafka::unique(&format!("danmaku-{}", args[0]))
+    ));
+    // The log (tracing writes to stdout) and stderr both go to the file.
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("spawn danmaku");
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let p = Proc {
+        child,
+        base: format!("http://{local}"),
+        addr: local,
+        log,
+    };
+    let healthy = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        healthy.is_ok(),
+        "{args:?} not healthy; log: {}",
+        p.log.display()
+    );
+    p
+}

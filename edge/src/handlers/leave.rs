@@ -1,8 +1,15 @@
 //! `Leave{channel}`: stop receiving a channel. Idempotent: leaving a channel
 //! not joined still answers `Left`.
+//!
+//! Also the other way out of a group: the user was removed from it over HTTP
+//! (ingest tells every edge on the bus). Their connections leave the channel at
+//! once and get `Left{channel, reason:"removed"}`; nothing more is pushed.
 
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelName, pb};
+
+/// `Left.reason` when the user was removed from the group.
+pub(crate) const REASON_REMOVED: &str = "removed";
 
 use crate::session::{Flow, Session};
 
@@ -21,6 +28,26 @@ pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
     session
         .reply(Body::Left(pb::Left {
             channel: channel.to_string(),
+            reason: String::new(),
+        }))
+        .await
+}
+
+/// `user` was removed from the group `channel`: if that is this session's user
+/// and it joined the channel, leave it (without writing the ack offset: the
+/// store forgot it with the membership) and say so.
+pub(crate) async fn removed(session: &mut Session, channel: ChannelName, user: &str) -> Flow {
+    if user != session.user || !session.joined.remove(&channel) {
+        return Flow::Continue;
+    }
+    session.lanes.remove(&channel);
+    session.edge.registry.leave(&channel, session.conn_id);
+    session.edge.metrics.members_removed.inc();
+    tracing::info!(conn_id = session.conn_id, user, channel = %channel, "removed from group; left");
+    session
+        .reply(Body::Left(pb::Left {
+            channel: channel.to_string(),
+            reason: REASON_REMOVED.to_owned(),
         }))
         .await
 }

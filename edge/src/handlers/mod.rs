@@ -2,9 +2,9 @@
 //! decoded message and the session, acts, and queues its reply. Adding a frame
 //! kind touches one file and one match arm here.
 
-mod auth;
+pub(crate) mod auth;
 mod join;
-mod leave;
+pub(crate) mod leave;
 mod ping;
 pub(crate) mod reliable;
 
