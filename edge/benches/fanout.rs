@@ -3,18 +3,12 @@
 //!
 //! `fanout/10k_members` measures the registry push path only (refcount bump +
 //! `try_send` per member); queues are drained outside the timed region.
-//!
-//! `metrics/*` is what metrics add to that path: the counter and histogram
-//! updates one flush makes (the same calls as `batcher::flush_to`), the per-event
-//! top-rooms count, one top-rooms ranking of 10k channels, and one `/metrics`
-//! render of an edge registry. Metrics "off" = `fanout` alone.
 
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use danmaku_edge::metrics::{Metrics, TopRoomGauges};
+use danmaku_edge::metrics::Metrics;
 use danmaku_edge::registry::{Member, Outbound, Registry, Transport};
-use danmaku_edge::top_rooms::{RoomSample, rank};
 use danmaku_edge::{BatchConfig, FrameBuilder};
 use danmaku_proto::ChannelName;
 use danmaku_proto::sample::CommentGenerator;
@@ -86,73 +80,12 @@ fn build(c: &mut Criterion) {
     );
 }
 
-fn metrics(c: &mut Criterion) {
-    let registry = prometheus::Registry::new();
-    let m = Metrics::register(&registry).expect("registers");
-    let gauges = TopRoomGauges::register(&registry, 20).expect("registers");
-    let events = CommentGenerator::new(3).events(50, danmaku_proto::now_ms());
-    let mut group = c.benchmark_group("metrics");
-    // Mirrors the metric updates of `batcher::flush_to` for one 50-event batch
-    // pushed to 10k members (9k pb, 1k json).
-    group.bench_function("per_flush_50_events", |b| {
-        b.iter(|| {
-            let now_ms = danmaku_proto::now_ms();
-            for ev in &events {
-                let ms = now_ms.saturating_sub(ev.ts_ms).max(0);
-                m.delivery_latency.observe(ms as f64 / 1000.0);
-            }
-            m.batches.inc();
-            m.batch_events.observe(events.len() as f64);
-            m.batch_window.observe(0.1);
-            m.batch_raw_bytes.inc_by(4_000);
-            m.batch_compressed_bytes.inc_by(1_500);
-            m.pushed(Transport::WsPb).inc_by(9_000);
-            m.pushed(Transport::WsJson).inc_by(1_000);
-            m.events_delivered.inc_by(10_000 * events.len() as u64);
-        })
-    });
-    let reg = Registry::new(Metrics::unregistered());
-    let room = ChannelName::parse("room:count").expect("valid name");
-    let (tx, _rx) = mpsc::channel(1);
-    reg.join(&room, 1, Member::new(Transport::WsPb, tx));
-    let ch = reg.get("room:count").expect("joined");
-    group.bench_function("count_inbound_per_event", |b| b.iter(|| ch.count_inbound()));
-    let names: Vec<String> = (0..10_000).map(|i| format!("room:{i}")).collect();
-    group.bench_function("top_rooms_rank_10k_channels", |b| {
-        b.iter(|| {
-            let (by_members, by_inbound) = rank(
-                20,
-                Duration::from_secs(5),
-                names.iter().enumerate().map(|(i, n)| RoomSample {
-                    channel: n,
-                    members: (i * 7919 % 10_007) as u64,
-                    inbound: (i % 97) as u64,
-                }),
-            );
-            gauges.set(&by_members, &by_inbound);
-        })
-    });
-    group.bench_function("render_edge_registry", |b| {
-        b.iter(|| {
-            let mut buf = Vec::with_capacity(16 << 10);
-            prometheus::Encoder::encode(
-                &prometheus::TextEncoder::new(),
-                &registry.gather(),
-                &mut buf,
-            )
-            .expect("encodes");
-            buf.len()
-        })
-    });
-    group.finish();
-}
-
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = fanout, build, metrics
+    targets = fanout, build
 }
 criterion_main!(benches);
