@@ -41,7 +41,9 @@ pub struct Metrics {
     pub reorder_held: IntCounter,
     pub reliable_backlog_closes: IntCounter,
     pub store_errors: IntCounterVec,
+    pub egress_bytes: IntCounterVec,
     pushed_by_transport: [IntCounter; 3],
+    egress_by_transport: [IntCounter; 3],
 }
 
 impl Metrics {
@@ -168,6 +170,16 @@ impl Metrics {
             &["op"],
         )?;
         registry.register(Box::new(store_errors.clone()))?;
+        let egress_bytes = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_egress_bytes_total",
+                "Bytes written to client sockets (WebSocket frames incl. headers; QUIC payloads and stream length prefixes, before QUIC's own framing), by transport.",
+            ),
+            &["transport"],
+        )?;
+        registry.register(Box::new(egress_bytes.clone()))?;
+        let egress_by_transport =
+            Transport::ALL.map(|t| egress_bytes.with_label_values(&[t.label()]));
         for op in STORE_OPS {
             store_errors.with_label_values(&[op]);
         }
@@ -224,7 +236,9 @@ impl Metrics {
             reorder_held,
             reliable_backlog_closes,
             store_errors,
+            egress_bytes,
             pushed_by_transport,
+            egress_by_transport,
         })
     }
 
@@ -236,6 +250,12 @@ impl Metrics {
     /// The `frames_pushed_total` counter of one transport.
     pub fn pushed(&self, transport: Transport) -> &IntCounter {
         &self.pushed_by_transport[transport as usize]
+    }
+
+    /// The `egress_bytes_total` counter of one transport (cloned into each
+    /// connection's writer: a plain atomic add per write, no label lookup).
+    pub fn egress(&self, transport: Transport) -> &IntCounter {
+        &self.egress_by_transport[transport as usize]
     }
 
     /// Counts a failed store call; `op` is one of [`STORE_OPS`].
@@ -287,6 +307,7 @@ mod tests {
             "danmaku_edge_reorder_held_total",
             "danmaku_edge_reliable_backlog_closes_total",
             "danmaku_edge_store_errors_total",
+            "danmaku_edge_egress_bytes_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),
