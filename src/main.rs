@@ -44,6 +44,8 @@ enum Command {
         limits: IngestLimits,
         #[command(flatten)]
         top: TopRooms,
+        #[command(flatten)]
+        caps: ClientCaps,
     },
     /// The upload API: validates, rate-limits and publishes to the bus.
     Ingest {
@@ -97,6 +99,8 @@ enum Command {
         control: EdgeControl,
         #[command(flatten)]
         top: TopRooms,
+        #[command(flatten)]
+        caps: ClientCaps,
     },
     /// Hands clients the least-loaded edges.
     Scheduler {
@@ -303,6 +307,30 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Connection caps of an edge (defaults: see `danmaku_edge::ClientLimits`).
+#[derive(clap::Args)]
+struct ClientCaps {
+    /// Open connections one user may hold on this edge.
+    #[arg(long, env = "DANMAKU_MAX_CONNS_PER_USER", default_value_t = 16)]
+    max_conns_per_user: usize,
+    /// Open connections from one IP address on this edge.
+    #[arg(long, env = "DANMAKU_MAX_CONNS_PER_IP", default_value_t = 10_000)]
+    max_conns_per_ip: usize,
+}
+
+impl ClientCaps {
+    fn apply(&self, config: danmaku_edge::EdgeConfig) -> danmaku_edge::EdgeConfig {
+        danmaku_edge::EdgeConfig {
+            client_limits: danmaku_edge::ClientLimits {
+                max_conns_per_user: self.max_conns_per_user,
+                max_conns_per_ip: self.max_conns_per_ip,
+                ..config.client_limits
+            },
+            ..config
+        }
+    }
+}
+
 /// The edge's top-rooms ranking (gauges by rank, `GET /v1/top-rooms`).
 #[derive(clap::Args)]
 struct TopRooms {
@@ -344,6 +372,7 @@ async fn run(command: Command) -> Result<()> {
             dev_app_tokens,
             limits,
             top,
+            caps,
         } => {
             cancel_on_signal(shutdown.clone());
             let mut secrets = auth_secret.into_iter();
@@ -351,7 +380,7 @@ async fn run(command: Command) -> Result<()> {
                 listen,
                 data,
                 auth_secret: secrets.next(),
-                edge: top.apply(danmaku_edge::EdgeConfig::default()),
+                edge: caps.apply(top.apply(danmaku_edge::EdgeConfig::default())),
                 extra_auth_secrets: secrets.collect(),
                 ingest: limits.apply(danmaku_ingest::IngestConfig {
                     dev_app_tokens,
@@ -412,13 +441,14 @@ async fn run(command: Command) -> Result<()> {
             tls_key,
             control,
             top,
+            caps,
         } => {
             let registry = process_registry();
             let (bus, store) = open_backends(&bus, &store, &registry).await?;
             let (tcp, udp) = bind_pair(listen)?;
             let advertise = advertise.unwrap_or_else(|| listen.to_string());
             let edge = danmaku_edge::Edge::start(
-                top.apply(danmaku_edge::EdgeConfig {
+                caps.apply(top.apply(danmaku_edge::EdgeConfig {
                     id: format!("edge-{advertise}"),
                     tls_cert,
                     tls_key,
@@ -433,7 +463,7 @@ async fn run(command: Command) -> Result<()> {
                         online_push_interval: control.online_push_interval,
                     },
                     ..danmaku_edge::EdgeConfig::default()
-                }),
+                })),
                 bus,
                 store,
                 token_key(&auth_secret)?,

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use danmaku_proto::pb::server_frame::Body;
+use danmaku_proto::wsframe::{OpCode, Prepared};
 use danmaku_proto::{BatchEncoder, ChannelName, ProtoError, frame, json, pb};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -55,7 +55,9 @@ impl FrameBuilder {
     }
 
     /// Encodes `events` once as a protobuf `ServerFrame{Batch}` and, if
-    /// `with_json`, once as JSON text.
+    /// `with_json`, once as JSON text, each already framed as the complete
+    /// WebSocket frame every member writes (the protobuf is encoded straight
+    /// after its frame header: no copy).
     pub fn build(
         &mut self,
         channel: &str,
@@ -67,8 +69,9 @@ impl FrameBuilder {
             raw: self.encoder.last_raw_len(),
             compressed: batch.payload.len(),
         };
-        let pb = frame::encode(&frame::server(Body::Batch(batch)));
-        let json = with_json.then(|| Utf8Bytes::from(json::batch_json(channel, events)));
+        let pb = Prepared::encode(OpCode::Binary, &frame::server(Body::Batch(batch)));
+        let json = with_json
+            .then(|| Prepared::new(OpCode::Text, json::batch_json(channel, events).as_bytes()));
         Ok((BatchFrames { pb, json }, sizes))
     }
 }
@@ -196,7 +199,7 @@ mod tests {
     use danmaku_proto::{Limits, decode_batch};
 
     use super::*;
-    use crate::registry::{Member, Outbound};
+    use crate::registry::Member;
 
     fn ev(i: usize) -> pb::Event {
         pb::Event {
@@ -252,10 +255,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(49)).await;
         assert!(pb_rx.try_recv().is_err(), "window (50 ms) not over yet");
         tokio::time::sleep(Duration::from_millis(2)).await;
-        let Ok(Outbound::Binary(bytes)) = pb_rx.try_recv() else {
+        let Ok(prepared) = pb_rx.try_recv() else {
             panic!("pb member got no binary batch");
         };
-        let f = frame::decode_server(&bytes, &Limits::default()).unwrap();
+        assert_eq!(prepared.opcode(), OpCode::Binary);
+        let f = frame::decode_server(&prepared.payload(), &Limits::default()).unwrap();
         let Some(Body::Batch(b)) = f.body else {
             panic!("not a batch: {f:?}");
         };
@@ -265,10 +269,15 @@ mod tests {
             .map(|e| e.text)
             .collect();
         assert_eq!(texts, ["e0", "e1", "e2"]);
-        let Ok(Outbound::Text(text)) = js_rx.try_recv() else {
+        let Ok(text) = js_rx.try_recv() else {
             panic!("json member got no text batch");
         };
-        assert!(text.contains("\"e2\""));
+        assert_eq!(text.opcode(), OpCode::Text);
+        assert!(
+            std::str::from_utf8(&text.payload())
+                .unwrap()
+                .contains("\"e2\"")
+        );
         assert!(pb_rx.try_recv().is_err(), "exactly one frame per flush");
         assert_eq!(metrics.batches.get(), 1);
         assert_eq!(metrics.events_delivered.get(), 6);

@@ -38,6 +38,7 @@ use axum::routing::{get, post};
 use danmaku_bus::Bus;
 use danmaku_proto::json::{JsonEdge, JsonServerFrame};
 use danmaku_proto::pb::server_frame::Body;
+use danmaku_proto::wsframe::{OpCode, Prepared};
 use danmaku_proto::{ChannelName, frame, pb};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -593,8 +594,11 @@ fn redirect_frames(edges: Vec<pb::EdgeAddr>) -> (Outbound, Outbound) {
             .collect(),
     }
     .to_text();
-    let pb = frame::encode(&frame::server(Body::Redirect(pb::Redirect { edges })));
-    (Outbound::Binary(pb), Outbound::Text(json.into()))
+    let pb = frame::server(Body::Redirect(pb::Redirect { edges }));
+    (
+        Outbound::encode(OpCode::Binary, &pb),
+        Outbound::new(OpCode::Text, json.as_bytes()),
+    )
 }
 
 async fn drain_task(edge: Arc<Edge>, shutdown: CancellationToken) {
@@ -736,17 +740,20 @@ async fn local_online_handler(
 
 /// The `online` frame of `channel`, built once for every member.
 fn online_frames(channel: &str, online: u64, json: bool) -> BatchFrames {
-    let pb = frame::encode(&frame::server(Body::Online(pb::Online {
-        channel: channel.to_owned(),
-        online,
-    })));
+    let pb = Prepared::encode(
+        OpCode::Binary,
+        &frame::server(Body::Online(pb::Online {
+            channel: channel.to_owned(),
+            online,
+        })),
+    );
     let json = json.then(|| {
-        JsonServerFrame::Online {
+        let text = JsonServerFrame::Online {
             channel: channel.to_owned(),
             online,
         }
-        .to_text()
-        .into()
+        .to_text();
+        Prepared::new(OpCode::Text, text.as_bytes())
     });
     BatchFrames { pb, json }
 }
@@ -827,11 +834,12 @@ mod tests {
         let f = online_frames("room:1", 900, true);
         let text = f.json.expect("json built");
         assert_eq!(
-            text.as_str(),
-            r#"{"type":"online","channel":"room:1","online":900}"#
+            &text.payload()[..],
+            br#"{"type":"online","channel":"room:1","online":900}"#
         );
         let decoded =
-            danmaku_proto::frame::decode_server(&f.pb, &danmaku_proto::Limits::default()).unwrap();
+            danmaku_proto::frame::decode_server(&f.pb.payload(), &danmaku_proto::Limits::default())
+                .unwrap();
         assert_eq!(
             decoded.body,
             Some(Body::Online(pb::Online {

@@ -45,8 +45,10 @@ pub struct ClientLimits {
     pub user_frame_burst: u32,
     /// Open connections of one user on this edge. Default 16.
     pub max_conns_per_user: usize,
-    /// Open connections from one IP address on this edge (NATs put many users
-    /// behind one address, hence a high default). Default 1,000.
+    /// Open connections from one IP address on this edge. Carrier-grade NATs put
+    /// thousands of mobile viewers behind one address, so the default only stops
+    /// one host from taking most of an edge's ~19k sockets; tighten it with
+    /// `--max-conns-per-ip` where clients have their own addresses. Default 10,000.
     pub max_conns_per_ip: usize,
     /// Time a QUIC client has from the end of the TLS handshake to its `auth`
     /// frame. Default 10 s.
@@ -61,7 +63,7 @@ impl Default for ClientLimits {
             user_frames_per_sec: 100.0,
             user_frame_burst: 400,
             max_conns_per_user: 16,
-            max_conns_per_ip: 1_000,
+            max_conns_per_ip: 10_000,
             handshake_timeout: Duration::from_secs(10),
         }
     }

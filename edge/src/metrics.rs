@@ -51,7 +51,9 @@ pub struct Metrics {
     /// `danmaku_edge_errors_total{code}`: error answers sent to clients (`error`
     /// frames, refused WebSocket upgrades), by code.
     pub errors_total: IntCounterVec,
+    pub egress_bytes: IntCounterVec,
     pushed_by_transport: [IntCounter; 3],
+    egress_by_transport: [IntCounter; 3],
 }
 
 impl Metrics {
@@ -178,6 +180,16 @@ impl Metrics {
             &["op"],
         )?;
         registry.register(Box::new(store_errors.clone()))?;
+        let egress_bytes = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_egress_bytes_total",
+                "Bytes written to client sockets (WebSocket frames incl. headers; QUIC payloads and stream length prefixes, before QUIC's own framing), by transport.",
+            ),
+            &["transport"],
+        )?;
+        registry.register(Box::new(egress_bytes.clone()))?;
+        let egress_by_transport =
+            Transport::ALL.map(|t| egress_bytes.with_label_values(&[t.label()]));
         for op in STORE_OPS {
             store_errors.with_label_values(&[op]);
         }
@@ -263,7 +275,9 @@ impl Metrics {
             refused_total,
             members_removed,
             errors_total,
+            egress_bytes,
             pushed_by_transport,
+            egress_by_transport,
         })
     }
 
@@ -275,6 +289,12 @@ impl Metrics {
     /// The `frames_pushed_total` counter of one transport.
     pub fn pushed(&self, transport: Transport) -> &IntCounter {
         &self.pushed_by_transport[transport as usize]
+    }
+
+    /// The `egress_bytes_total` counter of one transport (cloned into each
+    /// connection's writer: a plain atomic add per write, no label lookup).
+    pub fn egress(&self, transport: Transport) -> &IntCounter {
+        &self.egress_by_transport[transport as usize]
     }
 
     /// Counts a failed store call; `op` is one of [`STORE_OPS`].
@@ -496,6 +516,7 @@ mod tests {
             "danmaku_edge_refused_total",
             "danmaku_edge_members_removed_total",
             "danmaku_edge_errors_total",
+            "danmaku_edge_egress_bytes_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -155,7 +155,13 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
     let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
-    let writer = tokio::spawn(write_loop(send, conn.clone(), control_rx, batch_rx));
+    let writer = tokio::spawn(write_loop(
+        send,
+        conn.clone(),
+        control_rx,
+        batch_rx,
+        edge.metrics.egress(Transport::Quic).clone(),
+    ));
     let mut session = Session::new(
         Arc::clone(&edge),
         conn_id,
@@ -236,11 +242,14 @@ async fn close(conn: &Connection, mut send: SendStream, reason: CloseReason) {
 }
 
 /// Owns the control send stream and the batch path. Replies first, then batches.
+/// Shared frames are prebuilt WebSocket frames; QUIC sends their payload, a
+/// slice of the same buffer (JSON frames never reach a QUIC member).
 async fn write_loop(
     mut send: SendStream,
     conn: Connection,
     mut control: mpsc::Receiver<Control>,
     mut batches: mpsc::Receiver<Outbound>,
+    egress: prometheus::IntCounter,
 ) {
     let mut batch_stream: Option<SendStream> = None;
     let mut batches_open = true;
@@ -249,17 +258,19 @@ async fn write_loop(
             biased;
             c = control.recv() => match c {
                 Some(Control::Frame(f)) => {
-                    if send.write_all(&encode_prefixed(&frame::encode(&f))).await.is_err() {
+                    let bytes = encode_prefixed(&frame::encode(&f));
+                    if send.write_all(&bytes).await.is_err() {
                         return;
                     }
+                    egress.inc_by(bytes.len() as u64);
                 }
-                Some(Control::Shared(Outbound::Binary(bytes))) => {
-                    if send.write_all(&encode_prefixed(&bytes)).await.is_err() {
+                Some(Control::Shared(prepared)) => {
+                    let bytes = encode_prefixed(&prepared.payload());
+                    if send.write_all(&bytes).await.is_err() {
                         return;
                     }
+                    egress.inc_by(bytes.len() as u64);
                 }
-                // JSON text is only built for WebSocket JSON members.
-                Some(Control::Shared(Outbound::Text(_))) => {}
                 Some(Control::Close(reason)) => {
                     close(&conn, send, reason).await;
                     return;
@@ -270,39 +281,38 @@ async fn write_loop(
                 }
             },
             b = batches.recv(), if batches_open => match b {
-                Some(Outbound::Binary(bytes)) => {
-                    if send_batch(&conn, &mut batch_stream, bytes).await.is_err() {
-                        return;
-                    }
-                }
-                // JSON text is only built for WebSocket JSON members.
-                Some(Outbound::Text(_)) => {}
+                Some(prepared) => match send_batch(&conn, &mut batch_stream, prepared.payload()).await {
+                    Ok(n) => egress.inc_by(n as u64),
+                    Err(()) => return,
+                },
                 None => batches_open = false,
             },
         }
     }
 }
 
-/// A batch as one datagram if it fits, else length-prefixed on the batch stream.
+/// A batch as one datagram if it fits, else length-prefixed on the batch
+/// stream. Returns the bytes handed to QUIC.
 async fn send_batch(
     conn: &Connection,
     stream: &mut Option<SendStream>,
     bytes: Bytes,
-) -> Result<(), ()> {
-    if conn
-        .max_datagram_size()
-        .is_some_and(|max| bytes.len() <= max)
+) -> Result<usize, ()> {
+    let len = bytes.len();
+    if conn.max_datagram_size().is_some_and(|max| len <= max)
         && conn.send_datagram(bytes.clone()).is_ok()
     {
-        return Ok(());
+        return Ok(len);
     }
     let s = match stream {
         Some(s) => s,
         None => stream.insert(conn.open_uni().await.map_err(|_| ())?),
     };
     let mut prefix = BytesMut::with_capacity(10);
-    prost::encoding::encode_varint(bytes.len() as u64, &mut prefix);
+    prost::encoding::encode_varint(len as u64, &mut prefix);
+    let prefix_len = prefix.len();
     s.write_all_chunks(&mut [prefix.freeze(), bytes])
         .await
-        .map_err(|_| ())
+        .map_err(|_| ())?;
+    Ok(prefix_len + len)
 }

@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use axum::extract::ws::Utf8Bytes;
-use bytes::Bytes;
 use danmaku_proto::json::{JsonEvent, JsonServerFrame};
 use danmaku_proto::pb::server_frame::Body;
+use danmaku_proto::wsframe::{OpCode, Prepared};
 use danmaku_proto::{ChannelName, frame, pb};
 use dashmap::DashMap;
 use tokio::sync::mpsc;
@@ -53,33 +52,30 @@ impl Transport {
     }
 }
 
-/// A prebuilt batch frame queued to one connection. Cloning either variant is a
-/// refcount bump: every member of a channel shares the same buffer.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// An encoded `ServerFrame` (WebSocket binary message or QUIC datagram/stream).
-    Binary(Bytes),
-    /// A JSON frame (WebSocket text message).
-    Text(Utf8Bytes),
-}
+/// A prebuilt frame queued to one connection: the COMPLETE WebSocket frame
+/// (header + payload in one buffer, identical for every receiver, since server
+/// frames are unmasked). A WebSocket writes [`Prepared::wire`] as is; QUIC sends
+/// [`Prepared::payload`], a slice of the same buffer. Cloning is a refcount
+/// bump: every member of a channel shares the same bytes.
+pub type Outbound = Prepared;
 
 /// The frames of one flush, built once and shared by all members of a channel.
 #[derive(Debug, Clone)]
 pub struct BatchFrames {
-    /// Encoded `ServerFrame{Batch}` for protobuf and QUIC members.
-    pub pb: Bytes,
-    /// JSON text, built only when the channel has JSON members.
-    pub json: Option<Utf8Bytes>,
+    /// `ServerFrame{Batch}` as a binary frame, for protobuf and QUIC members.
+    pub pb: Prepared,
+    /// The JSON text frame, built only when the channel has JSON members.
+    pub json: Option<Prepared>,
 }
 
-/// One reliable event, encoded ONCE for every member of a channel: the protobuf
-/// `ServerFrame{Reliable}` and its JSON text. Shared by `Arc` through fan-out,
-/// unacked windows and retransmits.
+/// One reliable event, framed ONCE for every member of a channel: the protobuf
+/// `ServerFrame{Reliable}` (binary frame) and its JSON text frame. Shared by
+/// `Arc` through fan-out, unacked windows and retransmits.
 #[derive(Debug)]
 pub struct ReliableFrame {
     pub seq: u64,
-    pub pb: Bytes,
-    pub json: Utf8Bytes,
+    pub pb: Prepared,
+    pub json: Prepared,
 }
 
 impl ReliableFrame {
@@ -99,17 +95,17 @@ impl ReliableFrame {
         }));
         Arc::new(ReliableFrame {
             seq,
-            pb: frame::encode(&frame),
-            json: Utf8Bytes::from(json),
+            pb: Prepared::encode(OpCode::Binary, &frame),
+            json: Prepared::new(OpCode::Text, json.as_bytes()),
         })
     }
 
     /// The frame as `transport` writes it (a refcount bump).
     pub fn outbound(&self, transport: Transport) -> Outbound {
         if transport.is_json() {
-            Outbound::Text(self.json.clone())
+            self.json.clone()
         } else {
-            Outbound::Binary(self.pb.clone())
+            self.pb.clone()
         }
     }
 }
@@ -234,12 +230,12 @@ impl Channel {
         for member in self.members.iter() {
             let item = if member.transport.is_json() {
                 match &frames.json {
-                    Some(text) => Outbound::Text(text.clone()),
+                    Some(text) => text.clone(),
                     // Joined after the batch was built: catches the next one.
                     None => continue,
                 }
             } else {
-                Outbound::Binary(frames.pb.clone())
+                frames.pb.clone()
             };
             match member.queue.try_send(item) {
                 Ok(()) => out.pushed[member.transport as usize] += 1,
@@ -415,8 +411,8 @@ mod tests {
 
     fn frames() -> BatchFrames {
         BatchFrames {
-            pb: Bytes::from_static(b"pb"),
-            json: Some(Utf8Bytes::from_static("{}")),
+            pb: Prepared::new(OpCode::Binary, b"pb"),
+            json: Some(Prepared::new(OpCode::Text, b"{}")),
         }
     }
 
@@ -471,14 +467,16 @@ mod tests {
         let second = ch.push(&f);
         assert_eq!(second.dropped, 1, "pb member's queue of 1 is full");
         assert_eq!(second.total_pushed(), 1);
-        match pb_rx.try_recv().unwrap() {
-            Outbound::Binary(b) => {
-                assert_eq!(b, f.pb);
-                assert_eq!(b.as_ptr(), f.pb.as_ptr(), "shared, not copied");
-            }
-            other => panic!("pb member got {other:?}"),
-        }
-        assert!(matches!(js_rx.try_recv().unwrap(), Outbound::Text(t) if t.as_str() == "{}"));
+        let b = pb_rx.try_recv().unwrap();
+        assert_eq!(b, f.pb);
+        assert_eq!(
+            b.wire().as_ptr(),
+            f.pb.wire().as_ptr(),
+            "shared, not copied"
+        );
+        let t = js_rx.try_recv().unwrap();
+        assert_eq!(t.opcode(), OpCode::Text);
+        assert_eq!(&t.payload()[..], b"{}");
     }
 
     #[test]
@@ -488,7 +486,7 @@ mod tests {
         let (js, mut js_rx) = member(Transport::WsJson, 8);
         reg.join(&r, 1, js);
         let out = reg.get("group:g").unwrap().push(&BatchFrames {
-            pb: Bytes::new(),
+            pb: Prepared::new(OpCode::Binary, b""),
             json: None,
         });
         assert_eq!(out, PushOutcome::default());

@@ -269,7 +269,7 @@ impl Session {
         self.send_control(Control::Frame(frame)).await
     }
 
-    async fn send_control(&self, item: Control) -> Flow {
+    pub(crate) async fn send_control(&self, item: Control) -> Flow {
         let idle = self.edge.config.idle_timeout();
         match tokio::time::timeout(idle, self.control.send(item)).await {
             Ok(Ok(())) => Flow::Continue,

@@ -1,23 +1,43 @@
 //! WebSocket transport: `GET /v1/ws?token=…` with subprotocol `danmaku.v1.json`
 //! (text) or `danmaku.v1.pb` (binary protobuf).
 //!
-//! The token and subprotocol are checked before the upgrade, so a refused client
-//! gets a plain HTTP error with docs/PROTOCOL.md's JSON body. After the upgrade the socket
-//! is split: the reader loop here decodes frames and dispatches them to the
-//! session; a writer task owns the sink (see `session.rs` for the queues).
+//! The edge owns the WebSocket here rather than using a general library, for
+//! two costs that decide how many viewers one process holds:
+//!
+//! * **Memory per connection.** A general library keeps a read buffer (128 KiB in
+//!   tungstenite) and a write buffer per connection. Here nothing is buffered
+//!   while a connection is idle: reads go through a stack buffer into the
+//!   [`Decoder`], which only holds the bytes of an unfinished client frame
+//!   (client frames are tiny), and writes go straight from the shared frames.
+//! * **Work per frame.** A server→client frame is unmasked, so the complete frame
+//!   is the same for every member: the batcher frames it once ([`Prepared`]) and
+//!   each connection writes those shared bytes, several queued frames in one
+//!   vectored write, instead of copying header and payload into its own buffer.
+//!
+//! The token and the upgrade request are checked before the upgrade (hyper's, as
+//! axum's extractor does it), so a refused client gets a plain HTTP error with
+//! the JSON error body. After the upgrade the reader loop here decodes frames
+//! and dispatches them to the session; a writer task owns the write half (see
+//! `session.rs` for the queues).
 
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::body::Body as HttpBody;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use danmaku_proto::json::JsonServerFrame;
+use danmaku_proto::wsframe::{Decoder, Message, OpCode, Prepared, WsError};
 use danmaku_proto::{Limits, ProtoError, frame, json, pb};
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::Edge;
@@ -35,6 +55,16 @@ pub const SUBPROTOCOL_PB: &str = "danmaku.v1.pb";
 /// How long a closing connection may take to flush its last frames.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
+/// Bytes read from the socket per read call. A stack buffer: it exists only
+/// while a read is being polled, so an idle connection holds no read buffer.
+const READ_CHUNK: usize = 4096;
+
+/// Most frames written in one vectored write.
+const MAX_COALESCE: usize = 64;
+
+/// RFC 6455 §1.3: appended to the client's key before hashing.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct WsQuery {
     token: Option<String>,
@@ -43,11 +73,13 @@ pub(crate) struct WsQuery {
 pub(crate) async fn upgrade(
     State(edge): State<Arc<Edge>>,
     Query(query): Query<WsQuery>,
-    // Present when the server was started with connect info (per-IP caps).
-    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: Request,
 ) -> Response {
-    let ip = peer.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
+    // Present when the server was started with connect info (per-IP caps).
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
     let token = query.token.unwrap_or_default();
     let claims = match edge.verify_token(&token) {
         Ok(c) => c,
@@ -57,23 +89,20 @@ pub(crate) async fn upgrade(
                 .into_response();
         }
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            edge.metrics.error("not_websocket");
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "not_websocket",
-                rejection.body_text(),
-            )
-            .into_response();
-        }
+    let not_websocket = |message: &str| {
+        edge.metrics.error("not_websocket");
+        ApiError::new(StatusCode::BAD_REQUEST, "not_websocket", message)
     };
-    let ws = ws.protocols([SUBPROTOCOL_PB, SUBPROTOCOL_JSON]);
-    let transport = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
-        Some(SUBPROTOCOL_PB) => Transport::WsPb,
-        Some(SUBPROTOCOL_JSON) => Transport::WsJson,
-        _ => {
+    let accept = match check_upgrade(req.method(), req.version(), req.headers()) {
+        Ok(accept) => accept,
+        Err(message) => return not_websocket(message).into_response(),
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return not_websocket("this connection cannot be upgraded").into_response();
+    };
+    let transport = match select_subprotocol(req.headers()) {
+        Some(t) => t,
+        None => {
             edge.metrics.error("bad_subprotocol");
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -83,40 +112,131 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     };
-    // Room for a frame a bit over the limit, so an oversize frame is answered
-    // with a `frame_too_large` error frame rather than a bare protocol error.
-    let max = edge
-        .config
-        .limits
-        .max_frame_bytes
-        .saturating_mul(2)
-        .max(64 << 10);
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| run(edge, socket, transport, claims, ip))
+    let conn_edge = Arc::clone(&edge);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                run(
+                    conn_edge,
+                    hyper_util::rt::TokioIo::new(upgraded),
+                    transport,
+                    claims,
+                    ip,
+                )
+                .await
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let protocol = if transport.is_json() {
+        SUBPROTOCOL_JSON
+    } else {
+        SUBPROTOCOL_PB
+    };
+    let mut resp = Response::new(HttpBody::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    resp
 }
 
-async fn run(
+/// Checks an HTTP/1.1 upgrade request (RFC 6455 §4.2.1) and returns the
+/// `Sec-WebSocket-Accept` value, or why the request is not a WebSocket upgrade.
+fn check_upgrade(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, &'static str> {
+    if version != Version::HTTP_11 {
+        return Err("WebSocket needs an HTTP/1.1 upgrade request");
+    }
+    if method != Method::GET {
+        return Err("request method must be `GET`");
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return Err("`Connection` header did not include 'upgrade'");
+    }
+    if !header_has_token(headers, header::UPGRADE, "websocket") {
+        return Err("`Upgrade` header did not include 'websocket'");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err("`Sec-WebSocket-Version` header did not include '13'");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err("`Sec-WebSocket-Key` header missing");
+    };
+    Ok(accept_key(key.as_bytes()))
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(ACCEPT_GUID);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    HeaderValue::from_str(&b64).expect("base64 is a valid header value")
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// The subprotocol the edge speaks with this client: protobuf if offered, else JSON.
+fn select_subprotocol(headers: &HeaderMap) -> Option<Transport> {
+    let offered = |name: &str| {
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|p| p.trim_ascii() == name.as_bytes())
+    };
+    if offered(SUBPROTOCOL_PB) {
+        Some(Transport::WsPb)
+    } else if offered(SUBPROTOCOL_JSON) {
+        Some(Transport::WsJson)
+    } else {
+        None
+    }
+}
+
+async fn run<S>(
     edge: Arc<Edge>,
-    socket: WebSocket,
+    io: S,
     transport: Transport,
     claims: danmaku_proto::token::Claims,
     ip: Option<std::net::IpAddr>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let user = claims.sub;
     let conn_id = edge.next_conn_id();
     let _gauge = ConnectionGauge::open(&edge, transport);
     tracing::debug!(conn_id, user = %user, transport = transport.label(), "websocket connected");
-    let (sink, mut stream) = socket.split();
+    let (mut rd, wr) = tokio::io::split(io);
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
     let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
     let writer = tokio::spawn(write_loop(
-        sink,
+        wr,
         control_rx,
         batch_rx,
         transport,
         edge.config.limits,
+        edge.metrics.egress(transport).clone(),
     ));
     let mut session = Session::new(
         Arc::clone(&edge),
@@ -129,46 +249,51 @@ async fn run(
     );
     let limits = edge.config.limits;
     let idle = edge.config.idle_timeout();
+    // Limit = max_frame_bytes: a larger message is refused from its header with
+    // a `frame_too_large` error frame, before any of it is buffered.
+    let mut decoder = Decoder::server(limits.max_frame_bytes);
     let mut flow = session.start(ip, claims.exp).await;
     while flow == Flow::Continue {
+        // Messages already buffered go first.
+        match decoder.next_message() {
+            Ok(Some(msg)) => {
+                flow = on_message(&mut session, transport, msg, &limits).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(WsError::TooLarge { size, limit }) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                flow = session
+                    .reject(&ProtoError::FrameTooLarge { size, limit })
+                    .await;
+                break;
+            }
+            Err(e @ WsError::Protocol(_)) => {
+                // The stream cannot be trusted any further: no error frame.
+                edge.metrics.bad_frame("websocket_protocol");
+                tracing::debug!(conn_id, error = %e, "websocket protocol violation");
+                flow = Flow::Close(CloseReason::BadFrame);
+                break;
+            }
+        }
         let deadline = session.reliable_deadline();
         let next = tokio::select! {
             biased;
             _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
             _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
             wake = next_wake(&mut reliable_rx, deadline) => Err(wake),
-            next = tokio::time::timeout(idle, stream.next()) => Ok(next),
+            read = tokio::time::timeout(idle, read_some(&mut rd, &mut decoder)) => Ok(read),
         };
-        let next = match next {
-            Ok(next) => next,
-            Err(wake) => {
-                flow = session.on_wake(wake).await;
-                continue;
-            }
-        };
-        let msg = match next {
-            Err(_elapsed) => {
+        match next {
+            Err(wake) => flow = session.on_wake(wake).await,
+            Ok(Err(_elapsed)) => {
                 tracing::debug!(conn_id, "idle timeout");
                 flow = Flow::Close(CloseReason::Idle);
-                break;
             }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                // Protocol violations (e.g. a message far above the limit) end here
-                // without an error frame: the stream is no longer usable.
-                edge.metrics.bad_frame("websocket_protocol");
-                tracing::debug!(conn_id, error = %e, "websocket read failed");
-                flow = Flow::Close(CloseReason::PeerClosed);
-                break;
-            }
-            Ok(Some(Ok(msg))) => msg,
-        };
-        flow = match decode(transport, msg, &limits) {
-            Decoded::Frame(f) => session.dispatch(f).await,
-            Decoded::Skip => Flow::Continue,
-            Decoded::Closed => break,
-            Decoded::Bad(e) => session.reject(&e).await,
-        };
+            // End of stream or a read error: the peer is gone.
+            Ok(Ok(Ok(0) | Err(_))) => break,
+            Ok(Ok(Ok(_))) => {}
+        }
     }
     let reason = match flow {
         Flow::Close(r) => r,
@@ -186,20 +311,44 @@ async fn run(
     }
 }
 
-enum Decoded {
-    Frame(pb::ClientFrame),
-    Skip,
-    Closed,
-    Bad(ProtoError),
+/// Reads what the socket has (up to [`READ_CHUNK`]) into the decoder. The read
+/// buffer is on the stack of one poll, never part of the connection's state.
+/// Cancel-safe: bytes are either read and pushed in one poll, or not read.
+async fn read_some<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    decoder: &mut Decoder,
+) -> std::io::Result<usize> {
+    poll_fn(|cx| {
+        let mut stack = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut stack);
+        ready!(Pin::new(&mut *rd).poll_read(cx, &mut buf))?;
+        decoder.push(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
 }
 
-fn decode(transport: Transport, msg: Message, limits: &Limits) -> Decoded {
+/// Acts on one client message.
+async fn on_message(
+    session: &mut Session,
+    transport: Transport,
+    msg: Message,
+    limits: &Limits,
+) -> Flow {
     let res = match (transport, msg) {
         (Transport::WsPb, Message::Binary(b)) => frame::decode_client(&b, limits),
-        (_, Message::Text(t)) if transport.is_json() => json::decode_client_json(&t, limits),
-        // Control frames: tungstenite answers pings itself; they still count as activity.
-        (_, Message::Ping(_) | Message::Pong(_)) => return Decoded::Skip,
-        (_, Message::Close(_)) => return Decoded::Closed,
+        (_, Message::Text(t)) if transport.is_json() => match std::str::from_utf8(&t) {
+            Ok(text) => json::decode_client_json(text, limits),
+            Err(_) => Err(ProtoError::BadJson("text message is not UTF-8".into())),
+        },
+        // A ping is answered; both count as activity (the idle timer restarts).
+        (_, Message::Ping(p)) => {
+            return session
+                .send_control(Control::Shared(Prepared::pong(&p)))
+                .await;
+        }
+        (_, Message::Pong(_)) => return Flow::Continue,
+        (_, Message::Close { .. }) => return Flow::Close(CloseReason::PeerClosed),
         (_, Message::Binary(_)) => Err(ProtoError::BadJson(format!(
             "binary message on a {SUBPROTOCOL_JSON} connection"
         ))),
@@ -208,30 +357,29 @@ fn decode(transport: Transport, msg: Message, limits: &Limits) -> Decoded {
         ))),
     };
     match res {
-        Ok(f) => Decoded::Frame(f),
-        Err(e) => Decoded::Bad(e),
+        Ok(f) => session.dispatch(f).await,
+        Err(e) => session.reject(&e).await,
     }
 }
 
-/// Most frames written back to back before one flush.
-const MAX_COALESCE: usize = 64;
-
 /// What the writer does next.
 enum Next {
-    Send(Message),
+    Send(Outbound),
     Close(CloseReason),
     End,
 }
 
-/// Owns the socket's sink. Replies first (biased), then batches. Frames that
-/// are already queued are fed together and flushed once: the cost the edge
-/// budgets is `send()` calls, not bytes (BENCHMARKS.md).
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+/// Owns the write half. Replies first (biased), then batches. Frames already
+/// queued are written together in one vectored write: the cost the edge budgets
+/// is write calls, not bytes. Every frame is a shared, prebuilt WebSocket frame;
+/// nothing is copied per connection.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut control: mpsc::Receiver<Control>,
     mut batches: mpsc::Receiver<Outbound>,
     transport: Transport,
     limits: Limits,
+    egress: prometheus::IntCounter,
 ) {
     let mut batches_open = true;
     loop {
@@ -242,36 +390,20 @@ async fn write_loop(
                 None => Next::End,
             },
             b = batches.recv(), if batches_open => match b {
-                Some(o) => Next::Send(from_outbound(o)),
+                Some(o) => Next::Send(o),
                 None => { batches_open = false; continue; }
             },
         };
-        let mut fed = 0;
-        loop {
+        // Allocated per wake-up (sized to what is queued), never kept while idle.
+        let queued = control.len() + batches.len() + 1;
+        let mut frames: Vec<Outbound> = Vec::with_capacity(queued.min(MAX_COALESCE));
+        let end = loop {
             match next {
-                Next::Send(msg) => {
-                    if sink.feed(msg).await.is_err() {
-                        return;
-                    }
-                }
-                Next::Close(reason) => {
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code: reason.ws_code(),
-                            reason: reason.text().into(),
-                        })))
-                        .await;
-                    let _ = sink.close().await;
-                    return;
-                }
-                Next::End => {
-                    let _ = sink.close().await;
-                    return;
-                }
+                Next::Send(f) => frames.push(f),
+                end => break Some(end),
             }
-            fed += 1;
-            if fed >= MAX_COALESCE {
-                break;
+            if frames.len() >= MAX_COALESCE {
+                break None;
             }
             match try_next(
                 &mut control,
@@ -281,13 +413,74 @@ async fn write_loop(
                 &limits,
             ) {
                 Some(n) => next = n,
-                None => break,
+                None => break None,
+            }
+        };
+        if !frames.is_empty() {
+            match write_frames(&mut wr, &frames).await {
+                Ok(n) => egress.inc_by(n as u64),
+                Err(_) => return,
             }
         }
-        if sink.flush().await.is_err() {
-            return;
+        drop(frames);
+        let reason = match end {
+            None => continue,
+            Some(Next::Close(reason)) => reason,
+            Some(_) => CloseReason::PeerClosed,
+        };
+        let close = Prepared::close(reason.ws_code(), reason.text());
+        if wr.write_all(close.wire()).await.is_ok() {
+            egress.inc_by(close.wire().len() as u64);
+        }
+        let _ = wr.shutdown().await;
+        return;
+    }
+}
+
+/// Writes every frame completely, as few `writev` calls as the socket allows.
+/// Returns the bytes written.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    frames: &[Outbound],
+) -> std::io::Result<usize> {
+    let total: usize = frames.iter().map(|f| f.wire().len()).sum();
+    let (mut first, mut offset) = (0usize, 0usize);
+    while first < frames.len() {
+        let n = poll_fn(|cx| {
+            // Built per poll on the stack: borrowing the shared frames, copying nothing.
+            let mut slices = [IoSlice::new(&[]); MAX_COALESCE];
+            let mut k = 0;
+            for (i, f) in frames[first..].iter().take(MAX_COALESCE).enumerate() {
+                let skip = if i == 0 { offset } else { 0 };
+                slices[k] = IoSlice::new(&f.wire()[skip..]);
+                k += 1;
+            }
+            Pin::new(&mut *wr).poll_write_vectored(cx, &slices[..k])
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 {
+            let left = frames[first].wire().len() - offset;
+            if n >= left {
+                n -= left;
+                first += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+        // Empty frames cannot occur (a header is at least 2 bytes), but never spin.
+        while first < frames.len() && frames[first].wire().len() == offset {
+            first += 1;
+            offset = 0;
         }
     }
+    poll_fn(|cx| Pin::new(&mut *wr).poll_flush(cx)).await?;
+    Ok(total)
 }
 
 /// The next queued item without waiting, replies first.
@@ -305,7 +498,7 @@ fn try_next(
     }
     if *batches_open {
         match batches.try_recv() {
-            Ok(o) => return Some(Next::Send(from_outbound(o))),
+            Ok(o) => return Some(Next::Send(o)),
             Err(mpsc::error::TryRecvError::Disconnected) => *batches_open = false,
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
@@ -316,33 +509,172 @@ fn try_next(
 fn from_control(c: Control, transport: Transport, limits: &Limits) -> Next {
     match c {
         Control::Frame(f) => Next::Send(encode_reply(&f, transport, limits)),
-        Control::Shared(o) => Next::Send(from_outbound(o)),
+        Control::Shared(o) => Next::Send(o),
         Control::Close(reason) => Next::Close(reason),
     }
 }
 
-fn from_outbound(o: Outbound) -> Message {
-    match o {
-        Outbound::Binary(bytes) => Message::Binary(bytes),
-        Outbound::Text(text) => Message::Text(text),
+/// Frames a reply for this connection (replies are per connection: built here).
+fn encode_reply(f: &pb::ServerFrame, transport: Transport, limits: &Limits) -> Outbound {
+    if transport.is_json() {
+        let text = match JsonServerFrame::from_pb(f, limits) {
+            Ok(j) => j.to_text(),
+            // Only batches can fail to convert, and they never come this way.
+            Err(e) => JsonServerFrame::Error {
+                code: "internal".into(),
+                message: e.to_string(),
+            }
+            .to_text(),
+        };
+        Prepared::new(OpCode::Text, text.as_bytes())
+    } else {
+        Prepared::encode(OpCode::Binary, f)
     }
 }
 
-fn encode_reply(f: &pb::ServerFrame, transport: Transport, limits: &Limits) -> Message {
-    if transport.is_json() {
-        match JsonServerFrame::from_pb(f, limits) {
-            Ok(j) => Message::Text(j.to_text().into()),
-            // Only batches can fail to convert, and they never come this way.
-            Err(e) => Message::Text(
-                JsonServerFrame::Error {
-                    code: "internal".into(),
-                    message: e.to_string(),
-                }
-                .to_text()
-                .into(),
-            ),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    fn upgrade_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        h
+    }
+
+    #[test]
+    fn upgrade_requests_are_checked_header_by_header() {
+        let h = upgrade_headers();
+        assert!(check_upgrade(&Method::GET, Version::HTTP_11, &h).is_ok());
+        assert!(check_upgrade(&Method::POST, Version::HTTP_11, &h).is_err());
+        assert!(check_upgrade(&Method::GET, Version::HTTP_2, &h).is_err());
+        for (name, bad) in [
+            (header::CONNECTION, "keep-alive"),
+            (header::UPGRADE, "h2c"),
+            (header::SEC_WEBSOCKET_VERSION, "8"),
+        ] {
+            let mut h = upgrade_headers();
+            h.insert(name.clone(), HeaderValue::from_static(bad));
+            assert!(
+                check_upgrade(&Method::GET, Version::HTTP_11, &h).is_err(),
+                "{name}: {bad}"
+            );
         }
-    } else {
-        Message::Binary(frame::encode(f))
+        let mut h = upgrade_headers();
+        h.remove(header::SEC_WEBSOCKET_KEY);
+        assert_eq!(
+            check_upgrade(&Method::GET, Version::HTTP_11, &h),
+            Err("`Sec-WebSocket-Key` header missing")
+        );
+    }
+
+    #[test]
+    fn protobuf_is_preferred_when_both_subprotocols_are_offered() {
+        let mut h = HeaderMap::new();
+        assert_eq!(select_subprotocol(&h), None);
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, danmaku.v1.json"),
+        );
+        assert_eq!(select_subprotocol(&h), Some(Transport::WsJson));
+        h.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("danmaku.v1.pb"),
+        );
+        assert_eq!(select_subprotocol(&h), Some(Transport::WsPb));
+    }
+
+    /// A socket that accepts at most `step` bytes per write, to exercise partial
+    /// vectored writes.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut left = self.step;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_vectored_writes_still_write_every_frame_once_in_order() {
+        let frames: Vec<Outbound> = (0..100u8)
+            .map(|i| Prepared::new(OpCode::Binary, &vec![i; usize::from(i) * 3]))
+            .collect();
+        let want: Vec<u8> = frames.iter().flat_map(|f| f.wire().to_vec()).collect();
+        for step in [1, 7, 300, usize::MAX] {
+            let mut sock = Trickle {
+                out: Vec::new(),
+                step,
+            };
+            let n = write_frames(&mut sock, &frames).await.unwrap();
+            assert_eq!(n, want.len());
+            assert_eq!(sock.out, want, "step {step}");
+        }
     }
 }

@@ -1194,3 +1194,242 @@ async fn quic_receives_reliable_frames_on_the_control_stream_and_resumes() -> Re
     assert_eq!(t.metric("danmaku_edge_reliable_acked_total"), 3.0);
     Ok(())
 }
+
+// ---- prepared frames: one frame per batch, the same bytes for every member ----
+
+/// A WebSocket client on a plain TCP socket (hand-made upgrade), so the test
+/// sees the exact bytes the edge wrote.
+struct RawWs {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    async fn connect(t: &TestEdge, user: &str, subprotocol: &str) -> Result<RawWs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(t.http).await?;
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let req = format!(
+            "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n",
+            t.token(user),
+            t.http
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(STEP, tcp.read(&mut chunk)).await??;
+            if n == 0 {
+                bail!("closed during the handshake");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        // RFC 6455 §1.3's sample key and its accept value.
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("sec-websocket-protocol: {subprotocol}")),
+            "{head}"
+        );
+        buf.drain(..end);
+        Ok(RawWs { tcp, buf })
+    }
+
+    /// The next frame's complete bytes as written by the edge (header included).
+    async fn raw_frame(&mut self) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 2 {
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked");
+                let (len, pos) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into()?) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= pos + len {
+                    return Ok(self.buf.drain(..pos + len).collect());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(STEP, self.tcp.read(&mut chunk)).await??;
+            if n == 0 {
+                bail!("stream ended");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next frame's payload, decoded as protobuf.
+    async fn next_pb(&mut self) -> Result<(Vec<u8>, pb::ServerFrame)> {
+        let raw = self.raw_frame().await?;
+        let mut dec = danmaku_proto::wsframe::Decoder::client(1 << 20);
+        dec.push(&raw);
+        match dec.next_message()? {
+            Some(danmaku_proto::wsframe::Message::Binary(b)) => {
+                let f = frame::decode_server(&b, &Limits::default())?;
+                Ok((raw, f))
+            }
+            other => bail!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    async fn send_pb(&mut self, body: client_frame::Body) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let bytes = frame::encode(&frame::client(body));
+        let wire = danmaku_proto::wsframe::encode_masked(
+            true,
+            danmaku_proto::wsframe::OpCode::Binary,
+            [0x12, 0x34, 0x56, 0x78],
+            &bytes,
+        );
+        self.tcp.write_all(&wire).await?;
+        Ok(())
+    }
+}
+
+fn batch_texts(b: &pb::Batch) -> Result<Vec<String>> {
+    Ok(danmaku_proto::decode_batch(b, &Limits::default())?
+        .into_iter()
+        .map(|e| e.text)
+        .collect())
+}
+
+#[tokio::test]
+async fn every_member_gets_the_same_events_and_ws_pb_members_the_same_bytes() -> Result<()> {
+    let t = start(config()).await?;
+    let room = "room:same";
+    let mut a = RawWs::connect(&t, "a", "danmaku.v1.pb").await?;
+    let mut b = RawWs::connect(&t, "b", "danmaku.v1.pb").await?;
+    for ws in [&mut a, &mut b] {
+        assert!(matches!(
+            ws.next_pb().await?.1.body,
+            Some(server_frame::Body::AuthOk(_))
+        ));
+        ws.send_pb(join(room)).await?;
+        assert!(matches!(
+            ws.next_pb().await?.1.body,
+            Some(server_frame::Body::Joined(_))
+        ));
+    }
+    let mut js = t.ws("j", Some("danmaku.v1.json")).await?;
+    next_json(&mut js).await?;
+    send_json(&mut js, &format!(r#"{{"type":"join","channel":"{room}"}}"#)).await?;
+    next_json(&mut js).await?;
+    let (_endpoint, conn) = quic_connect(&t).await?;
+    let mut ctl = open_control(&conn).await?;
+    ctl.send(client_frame::Body::Auth(pb::Auth {
+        token: t.token("q"),
+    }))
+    .await?;
+    ctl.next().await?;
+    ctl.send(join(room)).await?;
+    ctl.next().await?;
+
+    let sent: Vec<String> = (0..20).map(|i| format!("same {i} ✓")).collect();
+    for text in &sent {
+        t.publish(room, "s", text).await?;
+    }
+
+    // Two protobuf members: every batch frame byte-identical, events in order.
+    let mut got_a = Vec::new();
+    while got_a.len() < sent.len() {
+        let (raw_a, fa) = a.next_pb().await?;
+        let (raw_b, _) = b.next_pb().await?;
+        assert_eq!(
+            raw_a, raw_b,
+            "a batch frame is the same bytes for every member"
+        );
+        match fa.body {
+            Some(server_frame::Body::Batch(batch)) => got_a.extend(batch_texts(&batch)?),
+            other => bail!("expected a batch, got {other:?}"),
+        }
+    }
+    assert_eq!(got_a, sent);
+
+    // The JSON member: the same events.
+    let mut got_j = Vec::new();
+    while got_j.len() < sent.len() {
+        match next_json(&mut js).await? {
+            JsonServerFrame::Batch { events, .. } => {
+                got_j.extend(events.into_iter().map(|e: JsonEvent| e.text))
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got_j, sent);
+
+    // The QUIC member: the same events (datagrams or the batch stream).
+    let mut got_q = Vec::new();
+    let mut uni: Option<(quinn::RecvStream, FrameReader)> = None;
+    while got_q.len() < sent.len() {
+        let bytes = if let Some((recv, reader)) = uni.as_mut() {
+            loop {
+                if let Some(f) = reader.next_frame()? {
+                    break f;
+                }
+                match tokio::time::timeout(STEP, recv.read_chunk(64 << 10, true)).await?? {
+                    Some(c) => reader.push(&c.bytes),
+                    None => bail!("batch stream ended"),
+                }
+            }
+        } else {
+            tokio::select! {
+                d = conn.read_datagram() => d?,
+                s = conn.accept_uni() => { uni = Some((s?, FrameReader::new(1 << 20))); continue; }
+                _ = tokio::time::sleep(STEP) => bail!("no batch arrived"),
+            }
+        };
+        match frame::decode_server(&bytes, &Limits::default())?.body {
+            Some(server_frame::Body::Batch(batch)) => got_q.extend(batch_texts(&batch)?),
+            other => bail!("expected a batch, got {other:?}"),
+        }
+    }
+    assert_eq!(got_q, sent);
+    assert!(t.metric("danmaku_edge_egress_bytes_total{transport=\"ws_pb\"}") > 0.0);
+    assert!(t.metric("danmaku_edge_egress_bytes_total{transport=\"ws_json\"}") > 0.0);
+    assert!(t.metric("danmaku_edge_egress_bytes_total{transport=\"quic\"}") > 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn ws_protocol_violations_and_pings_on_a_raw_socket() -> Result<()> {
+    use danmaku_proto::wsframe::{Decoder, Message as WsMessage, OpCode, encode_masked};
+    use tokio::io::AsyncWriteExt;
+    let t = start(config()).await?;
+    // A WebSocket ping is answered with a pong carrying the same data.
+    let mut ws = RawWs::connect(&t, "p", "danmaku.v1.pb").await?;
+    ws.next_pb().await?;
+    ws.tcp
+        .write_all(&encode_masked(true, OpCode::Ping, [1, 2, 3, 4], b"hb"))
+        .await?;
+    let raw = ws.raw_frame().await?;
+    let mut dec = Decoder::client(1024);
+    dec.push(&raw);
+    assert_eq!(
+        dec.next_message()?,
+        Some(WsMessage::Pong(Bytes::from_static(b"hb")))
+    );
+    // An unmasked client frame breaks the protocol: closed, counted.
+    ws.tcp.write_all(&[0x82, 0x01, 0x00]).await?;
+    let raw = ws.raw_frame().await?;
+    assert_eq!(raw[0] & 0x0f, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([raw[2], raw[3]]), 1002);
+    assert_eq!(
+        t.metric("danmaku_edge_bad_frames_total{code=\"websocket_protocol\"}"),
+        1.0
+    );
+    Ok(())
+}

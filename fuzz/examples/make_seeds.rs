@@ -11,7 +11,7 @@ use std::path::Path;
 use danmaku_proto::framing::encode_prefixed;
 use danmaku_proto::pb::{self, client_frame, server_frame};
 use danmaku_proto::sample::CommentGenerator;
-use danmaku_proto::{BatchEncoder, frame, json};
+use danmaku_proto::{BatchEncoder, frame, json, wsframe};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -143,9 +143,16 @@ fn main() {
         ),
     ];
     let mut stream = vec![3u8]; // frame_reader target: chunk-size byte, then the stream
+    let mut ws_stream = vec![5u8]; // ws_decoder target: chunk-size byte, then masked frames
     for (name, body) in client_frames {
         let f = frame::client(body);
         let bytes = frame::encode(&f);
+        ws_stream.extend(wsframe::encode_masked(
+            true,
+            wsframe::OpCode::Binary,
+            [1, 2, 3, 4],
+            &bytes,
+        ));
         write("decode_client_frame", name, &bytes);
         stream.extend_from_slice(&encode_prefixed(&bytes));
         let text = serde_json::to_string(&json::JsonClientFrame::from_pb(&f).expect("json form"))
@@ -153,6 +160,11 @@ fn main() {
         write("json_client_frame", name, text.as_bytes());
     }
     write("frame_reader", "client-frames", &stream);
+    ws_stream.extend(wsframe::encode_masked(true, wsframe::OpCode::Ping, [9, 8, 7, 6], b"hb"));
+    ws_stream.extend(wsframe::encode_masked(false, wsframe::OpCode::Text, [0; 4], b"{\"type\":"));
+    ws_stream.extend(wsframe::encode_masked(true, wsframe::OpCode::Continuation, [5; 4], b"\"ping\"}"));
+    ws_stream.extend(wsframe::encode_masked(true, wsframe::OpCode::Close, [1; 4], b"\x03\xe8bye"));
+    write("ws_decoder", "client-frames", &ws_stream);
     let mut stream = vec![7u8];
     for (_, f) in &server_frames {
         stream.extend_from_slice(&encode_prefixed(&frame::encode(f)));

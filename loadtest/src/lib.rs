@@ -61,8 +61,12 @@ use worker::{
     WorkerSpec,
 };
 
-/// Distinct viewer users (viewer `i` uses token `i % VIEWER_USERS`).
-const VIEWER_USERS: usize = 64;
+/// Viewers per user at most (viewer `i` uses token `i % users`): edges cap a
+/// user's connections (16 by default) and frames per second, as they would a
+/// real user's devices, so a run must not pack thousands of viewers into a few users.
+const VIEWERS_PER_USER: usize = 4;
+/// Fewest distinct viewer users.
+const MIN_VIEWER_USERS: usize = 64;
 /// Lifetime of locally minted tokens (a run is minutes at most).
 const TOKEN_TTL_SECS: u64 = 6 * 3600;
 /// The hidden subcommand a worker process runs.
@@ -486,7 +490,11 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     };
     let viewers_total = config.scenario.viewers();
     let mut viewer_tokens = Vec::new();
-    for u in 0..VIEWER_USERS.min(viewers_total.max(1)) {
+    let users = viewers_total
+        .div_ceil(VIEWERS_PER_USER)
+        .max(MIN_VIEWER_USERS)
+        .min(viewers_total.max(1));
+    for u in 0..users {
         viewer_tokens.push(tokens.get(&format!("lt-viewer-{u}")).await?);
     }
 

@@ -5,7 +5,8 @@
 //! ([`pb`]), the bounded frame decoders ([`frame`]), the length-prefix framing used
 //! on QUIC streams ([`framing`]), the batch codec that encodes and compresses a
 //! channel's events once per tick ([`batch`]), the JSON form of frames for browsers
-//! ([`json`]), channel names ([`channel`]) and signed tokens ([`token`]).
+//! ([`json`]), WebSocket framing with frames prepared once for
+//! every receiver ([`wsframe`]), channel names ([`channel`]) and signed tokens ([`token`]).
 //! No tokio, no sockets: the edge, ingest and client crates move the bytes.
 
 pub mod batch;
@@ -17,6 +18,7 @@ pub mod json;
 pub mod limits;
 pub mod sample;
 pub mod token;
+pub mod wsframe;
 
 /// Types generated from `danmaku.proto`.
 #[allow(clippy::all, missing_docs)]
