@@ -128,7 +128,7 @@ async fn lossy_relay(edge: std::net::SocketAddr, dropped: Arc<AtomicU64>) -> std
                             && let Some(Body::Batch(b)) = frame.body
                         {
                             batches += 1;
-                            if batches % 5 == 0 {
+                            if batches.is_multiple_of(5) {
                                 pass = false;
                                 dropped.fetch_add(u64::from(b.count), Ordering::SeqCst);
                             }

@@ -92,7 +92,9 @@ impl Tokens {
     }
 }
 
-/// A worker as the coordinator sees it.
+/// A worker as the coordinator sees it. One per worker, so the size of the
+/// process variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Link {
     Local(mpsc::UnboundedSender<Control>),
     Proc {
