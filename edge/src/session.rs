@@ -30,8 +30,9 @@ pub(crate) const CONTROL_QUEUE: usize = 64;
 /// What the writer task is told to send.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// A reply frame (never a batch: those go through the batch queue).
-    Frame(pb::ServerFrame),
+    /// A reply frame (never a batch: those go through the batch queue). Boxed:
+    /// the queue's slots are allocated per connection, so they are kept small.
+    Frame(Box<pb::ServerFrame>),
     /// A prebuilt frame shared with other connections (reliable events): sent
     /// on the control path, so it is never dropped.
     Shared(Outbound),
@@ -266,7 +267,7 @@ impl Session {
     }
 
     async fn queue(&self, frame: pb::ServerFrame) -> Flow {
-        self.send_control(Control::Frame(frame)).await
+        self.send_control(Control::Frame(Box::new(frame))).await
     }
 
     pub(crate) async fn send_control(&self, item: Control) -> Flow {

@@ -81,9 +81,14 @@ fn put_header(buf: &mut impl BufMut, fin: bool, opcode: OpCode, mask: Option<[u8
 }
 
 /// A complete, unmasked server→client frame built once and shared by every
-/// connection that sends it. Cloning is a refcount bump.
+/// connection that sends it. Cloning is a refcount bump. One pointer wide, so a
+/// connection's queue of them stays small (tokio allocates a queue's first
+/// block of 32 slots up front, per connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prepared {
+pub struct Prepared(std::sync::Arc<Framed>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Framed {
     wire: Bytes,
     header: u8,
 }
@@ -95,10 +100,7 @@ impl Prepared {
         let mut buf = BytesMut::with_capacity(h + payload.len());
         put_header(&mut buf, true, opcode, None, payload.len());
         buf.put_slice(payload);
-        Prepared {
-            wire: buf.freeze(),
-            header: h as u8,
-        }
+        Prepared::from_parts(buf.freeze(), h)
     }
 
     /// Encodes a protobuf message straight after its frame header: one
@@ -110,10 +112,14 @@ impl Prepared {
         put_header(&mut buf, true, opcode, None, len);
         message.encode_raw(&mut buf);
         debug_assert_eq!(buf.len(), h + len);
-        Prepared {
-            wire: buf.freeze(),
-            header: h as u8,
-        }
+        Prepared::from_parts(buf.freeze(), h)
+    }
+
+    fn from_parts(wire: Bytes, header: usize) -> Prepared {
+        Prepared(std::sync::Arc::new(Framed {
+            wire,
+            header: header as u8,
+        }))
     }
 
     /// A close frame with `code` and a reason cut to fit a control frame.
@@ -136,16 +142,16 @@ impl Prepared {
 
     /// The whole frame as written to a WebSocket.
     pub fn wire(&self) -> &Bytes {
-        &self.wire
+        &self.0.wire
     }
 
     /// The payload alone (a slice of the same buffer), e.g. for QUIC.
     pub fn payload(&self) -> Bytes {
-        self.wire.slice(usize::from(self.header)..)
+        self.0.wire.slice(usize::from(self.0.header)..)
     }
 
     pub fn opcode(&self) -> OpCode {
-        OpCode::from_bits(self.wire[0] & 0x0F).unwrap_or(OpCode::Binary)
+        OpCode::from_bits(self.0.wire[0] & 0x0F).unwrap_or(OpCode::Binary)
     }
 }
 
