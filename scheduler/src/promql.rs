@@ -150,7 +150,10 @@ pub(crate) async fn sample_all(scheduler: &Scheduler, base: &str) {
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    for (id, metrics_url) in scheduler.model().sample_targets() {
+    // Bound first: a guard in the `for` head would live through the loop body,
+    // which locks the model again.
+    let targets = scheduler.model().sample_targets();
+    for (id, metrics_url) in targets {
         let found =
             instance_of(&metrics_url).and_then(|i| Some((conns.get(&i)?, times.get(&i)?, i)));
         let Some((&connections, &at, instance)) = found else {
