@@ -37,13 +37,13 @@ step "fuzz targets run (~20 s each)"; bash scripts/test-fuzz.sh
 
 step "dashboards and alert rules (generation check, promtool)"; bash scripts/test-grafana.sh
 
-step "services (real Kafka-API broker and PostgreSQL on loopback)"
+step "services (real Kafka-API broker, PostgreSQL and Prometheus on loopback)"
 # Stop on exit only what this run started; a developer's running services stay up.
 started=()
-for svc in kafka postgres; do
+for svc in kafka postgres prometheus; do
   if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
 done
-bash scripts/services.sh start kafka postgres
+bash scripts/services.sh start kafka postgres prometheus
 trap '[ ${#started[@]} -eq 0 ] || bash scripts/services.sh stop "${started[@]}" || true' EXIT
 # shellcheck disable=SC1091
 source .services/env
