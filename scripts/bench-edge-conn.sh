@@ -25,6 +25,7 @@ ulimit -n 20000
 
 taskset -c 0 "$BIN" standalone --listen "127.0.0.1:$PORT" --data "$DATA" --auth-secret "$SECRET" \
     --user-rate "$((RATE * 2))" --user-burst "$((RATE * 2))" --channel-rate "$((RATE * 4))" \
+    --max-conns-per-ip 100000 \
     >"$DATA/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DATA"' EXIT

@@ -29,9 +29,14 @@ failed=()
 for t in $targets; do
   echo "--- fuzz $t for ${secs}s"
   mkdir -p "artifacts/$t"
-  if ! cargo fuzz run --sanitizer none -O --target-dir "$target_dir" "$t" -- \
+  log="$target_dir/$t.log"
+  # libFuzzer's progress lines go to a file; a clean run prints only its totals.
+  if cargo fuzz run --sanitizer none -O --target-dir "$target_dir" "$t" -- \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-      -artifact_prefix="artifacts/$t/"; then
+      -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
+    grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$log" || true
+  else
+    tail -n 60 "$log"
     failed+=("$t")
     for f in "artifacts/$t"/*; do
       [ -f "$f" ] || continue
