@@ -55,7 +55,7 @@ async function until(what, cond, ms = 20_000) {
   assert.fail(`timed out waiting for ${what}`);
 }
 
-const server = new Standalone({ args: ["--user-rate", "5000", "--user-burst", "5000"] });
+const server = new Standalone({ args: ["--user-rate", "5000", "--user-burst", "5000", "--dev-app-tokens"] });
 let browser;
 let profile;
 

@@ -42,7 +42,7 @@ function client(server, user, o = {}) {
 const RATE = ["--user-rate", "1000", "--user-burst", "1000"];
 
 describe("against a real standalone", () => {
-  const server = new Standalone({ args: RATE });
+  const server = new Standalone({ args: [...RATE, "--dev-app-tokens"] });
   before(() => server.start());
   after(() => server.stop());
 
