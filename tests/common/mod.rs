@@ -152,22 +152,7 @@ pub async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
         addr,
         log,
     };
-    let healthy = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(
-        healthy.is_ok(),
-        "{role} on {addr} not healthy; log: {}",
-        p.log.display()
-    );
+    wait_healthy(&p, role).await;
     p
 }
 
@@ -195,22 +180,7 @@ pub async fn spawn_plain(role: &str, args: &[String]) -> Proc {
         addr,
         log,
     };
-    let healthy = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(
-        healthy.is_ok(),
-        "{role} on {addr} not healthy; log: {}",
-        p.log.display()
-    );
+    wait_healthy(&p, role).await;
     p
 }
 
@@ -238,6 +208,12 @@ pub async fn spawn_args(addr: std::net::SocketAddr, args: &[&str]) -> Proc {
         addr: local,
         log,
     };
+    wait_healthy(&p, &format!("{args:?}")).await;
+    p
+}
+
+/// Waits (up to 30 s) until `p` answers `/healthz`; panics with its log path if not.
+pub async fn wait_healthy(p: &Proc, what: &str) {
     let healthy = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Ok(r) = reqwest::get(format!("{}/healthz", p.base)).await
@@ -251,8 +227,8 @@ pub async fn spawn_args(addr: std::net::SocketAddr, args: &[&str]) -> Proc {
     .await;
     assert!(
         healthy.is_ok(),
-        "{args:?} not healthy; log: {}",
+        "{what} on {} not healthy; log: {}",
+        p.addr,
         p.log.display()
     );
-    p
 }
