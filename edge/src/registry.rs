@@ -150,7 +150,41 @@ pub struct Member {
     queue: mpsc::Sender<Outbound>,
     /// Live reliable events go to the connection's task (which keeps its window
     /// and `sent_upto`), never through the droppable batch queue.
-    reliable: Option<mpsc::UnboundedSender<ConnEvent>>,
+    reliable: Option<ReliableLane>,
+}
+
+/// The way to a connection's own task, for reliable frames and the batches
+/// that travel with them.
+#[derive(Debug, Clone)]
+pub struct ReliableLane {
+    tx: mpsc::UnboundedSender<ConnEvent>,
+    /// Batches handed to the task and not yet queued by it. While this is
+    /// above zero, later batches take the same way, or they would overtake.
+    batches_in_flight: Arc<AtomicUsize>,
+}
+
+impl ReliableLane {
+    /// `in_flight` is shared with the connection's task, which decrements it
+    /// each time it queues a batch it was handed ([`ReliableTick::batch`]).
+    pub fn new(tx: mpsc::UnboundedSender<ConnEvent>, in_flight: Arc<AtomicUsize>) -> Self {
+        ReliableLane {
+            tx,
+            batches_in_flight: in_flight,
+        }
+    }
+
+    /// Hands `tick` to the task; false if the connection is gone.
+    fn send(&self, tick: ReliableTick) -> bool {
+        let with_batch = tick.batch.is_some();
+        if with_batch {
+            self.batches_in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        let sent = self.tx.send(ConnEvent::Reliable(tick)).is_ok();
+        if !sent && with_batch {
+            self.batches_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
 }
 
 impl Member {
@@ -162,10 +196,33 @@ impl Member {
         }
     }
 
-    /// This member also receives the channel's reliable events on `tx`.
-    pub fn with_reliable(mut self, tx: mpsc::UnboundedSender<ConnEvent>) -> Self {
-        self.reliable = Some(tx);
+    /// This member also receives the channel's reliable events through `lane`.
+    pub fn with_reliable(mut self, lane: ReliableLane) -> Self {
+        self.reliable = Some(lane);
         self
+    }
+
+    /// Queues a batch, droppable: straight to the writer's bounded queue, or
+    /// behind batches still with the connection's task, so none overtakes.
+    fn push_batch(&self, channel: &ChannelName, item: Outbound, out: &mut PushOutcome) {
+        if let Some(lane) = &self.reliable
+            && lane.batches_in_flight.load(Ordering::Acquire) > 0
+        {
+            let tick = ReliableTick {
+                channel: channel.clone(),
+                frames: Arc::from([]),
+                batch: Some(item),
+            };
+            if lane.send(tick) {
+                out.pushed[self.transport as usize] += 1;
+            }
+            return;
+        }
+        match self.queue.try_send(item) {
+            Ok(()) => out.pushed[self.transport as usize] += 1,
+            Err(TrySendError::Full(_)) => out.dropped += 1,
+            Err(TrySendError::Closed(_)) => {}
+        }
     }
 }
 
@@ -257,11 +314,7 @@ impl Channel {
             } else {
                 frames.pb.clone()
             };
-            match member.queue.try_send(item) {
-                Ok(()) => out.pushed[member.transport as usize] += 1,
-                Err(TrySendError::Full(_)) => out.dropped += 1,
-                Err(TrySendError::Closed(_)) => {}
-            }
+            member.push_batch(&self.name, item, &mut out);
         }
         out
     }
@@ -311,13 +364,9 @@ impl Channel {
                     Some(b.pb.clone())
                 }
             });
-            let Some(tx) = &member.reliable else {
+            let Some(lane) = &member.reliable else {
                 if let Some(item) = item {
-                    match member.queue.try_send(item) {
-                        Ok(()) => out.pushed[member.transport as usize] += 1,
-                        Err(TrySendError::Full(_)) => out.dropped += 1,
-                        Err(TrySendError::Closed(_)) => {}
-                    }
+                    member.push_batch(&self.name, item, &mut out);
                 }
                 continue;
             };
@@ -327,7 +376,7 @@ impl Channel {
                 frames: Arc::clone(&frames),
                 batch: item,
             };
-            if tx.send(ConnEvent::Reliable(tick)).is_ok() {
+            if lane.send(tick) {
                 reached += 1;
                 if has_batch {
                     // Counted as pushed here; the connection task counts a
@@ -346,12 +395,14 @@ impl Channel {
         let user: Arc<str> = Arc::from(user);
         let mut told = 0;
         for member in self.members.iter() {
-            let Some(tx) = &member.reliable else { continue };
+            let Some(lane) = &member.reliable else {
+                continue;
+            };
             let event = ConnEvent::Removed {
                 channel: self.name.clone(),
                 user: Arc::clone(&user),
             };
-            if tx.send(event).is_ok() {
+            if lane.tx.send(event).is_ok() {
                 told += 1;
             }
         }
@@ -612,8 +663,13 @@ mod tests {
         let reg = Registry::new(Metrics::unregistered());
         let r = room("room:g");
         let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let (m1, mut q1) = member(Transport::WsPb, 4);
-        reg.join(&r, 1, m1.with_reliable(rel_tx));
+        reg.join(
+            &r,
+            1,
+            m1.with_reliable(ReliableLane::new(rel_tx, Arc::clone(&in_flight))),
+        );
         // A member without a reliable lane gets the batch on its queue as before.
         let (m2, mut q2) = member(Transport::WsJson, 4);
         reg.join(&r, 2, m2);
@@ -641,6 +697,8 @@ mod tests {
             "the batch went with the tick, not around it"
         );
         assert_eq!(q2.try_recv().unwrap().wire(), frames().json.unwrap().wire());
+        // The connection task queued the batch it was handed.
+        in_flight.fetch_sub(1, Ordering::AcqRel);
 
         // Nothing waiting: the batch takes the plain path; a timer flush with
         // nothing waiting does nothing.
@@ -649,5 +707,40 @@ mod tests {
         assert!(q1.try_recv().is_ok());
         assert!(rel_rx.try_recv().is_err());
         assert_eq!(ch.flush(None), (PushOutcome::default(), 0));
+    }
+
+    #[test]
+    fn a_batch_never_overtakes_one_still_with_the_connection_task() {
+        let reg = Registry::new(Metrics::unregistered());
+        let r = room("room:o");
+        let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (m, mut q) = member(Transport::WsPb, 4);
+        reg.join(
+            &r,
+            1,
+            m.with_reliable(ReliableLane::new(rel_tx, Arc::clone(&in_flight))),
+        );
+        let ch = reg.get("room:o").unwrap();
+        ch.queue_reliable(gift(1));
+        ch.flush(Some(&frames()));
+        assert_eq!(in_flight.load(Ordering::Relaxed), 1);
+        // The task has not queued that batch yet: the next one follows it
+        // through the task instead of jumping into the writer's queue.
+        let (out, _) = ch.flush(Some(&frames()));
+        assert_eq!(out.total_pushed(), 1);
+        assert!(q.try_recv().is_err());
+        assert_eq!(in_flight.load(Ordering::Relaxed), 2);
+        let kinds: Vec<(usize, bool)> = std::iter::from_fn(|| rel_rx.try_recv().ok())
+            .map(|e| match e {
+                ConnEvent::Reliable(t) => (t.frames.len(), t.batch.is_some()),
+                ConnEvent::Removed { .. } => panic!("unexpected"),
+            })
+            .collect();
+        assert_eq!(kinds, vec![(1, true), (0, true)]);
+        // Once the task caught up, batches go straight to the queue again.
+        in_flight.store(0, Ordering::Relaxed);
+        ch.flush(Some(&frames()));
+        assert!(q.try_recv().is_ok());
     }
 }

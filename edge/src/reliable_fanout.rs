@@ -249,7 +249,7 @@ mod tests {
     use danmaku_store::{Appended, Member as GroupMember, NewMessage, StoreError, Unread};
 
     use super::*;
-    use crate::registry::{ConnEvent, Member, Transport};
+    use crate::registry::{ConnEvent, Member, ReliableLane, Transport};
 
     /// Just enough of a store: a fixed list of messages for `read_after`.
     struct FakeStore {
@@ -347,7 +347,8 @@ mod tests {
         registry.join(
             &ChannelName::parse("room:f").unwrap(),
             1,
-            Member::new(Transport::WsPb, batch_tx).with_reliable(rel_tx),
+            Member::new(Transport::WsPb, batch_tx)
+                .with_reliable(ReliableLane::new(rel_tx, Arc::default())),
         );
         let store = Arc::new(FakeStore {
             messages: (1..=5).map(stored).collect(),

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::Edge;
 use crate::registry::{
-    ConnEvent, ConnId, Member, Outbound, ReliableFrame, ReliableTick, Transport,
+    ConnEvent, ConnId, Member, Outbound, ReliableFrame, ReliableLane, ReliableTick, Transport,
 };
 use crate::reliable::UnackedWindow;
 
@@ -168,6 +168,9 @@ pub(crate) struct Session {
     control: mpsc::Sender<Control>,
     batches: mpsc::Sender<Outbound>,
     reliable: mpsc::UnboundedSender<ConnEvent>,
+    /// Batches the fan-out handed this task and it has not queued yet (see
+    /// [`ReliableLane`]).
+    batches_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One connection's reliable lane on one channel.
@@ -223,6 +226,7 @@ impl Session {
             control,
             batches,
             reliable,
+            batches_in_flight: Arc::default(),
         }
     }
 
@@ -243,15 +247,21 @@ impl Session {
 
     /// The registry handle of this connection.
     pub fn member(&self) -> Member {
-        Member::new(self.transport, self.batches.clone()).with_reliable(self.reliable.clone())
+        Member::new(self.transport, self.batches.clone()).with_reliable(ReliableLane::new(
+            self.reliable.clone(),
+            Arc::clone(&self.batches_in_flight),
+        ))
     }
 
-    /// Queues a danmaku batch behind what is queued: dropped (and counted) when
-    /// the connection's batch queue is full, like any slow consumer's batch.
+    /// Queues a danmaku batch the fan-out handed this task (with reliable
+    /// frames, or behind such a batch): dropped (and counted) when the batch
+    /// queue is full, like any slow consumer's batch.
     pub fn push_batch(&self, batch: Outbound) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.batches.try_send(batch) {
             self.edge.metrics.slow_consumer_drops.inc();
         }
+        self.batches_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Queues a shared prebuilt frame on the control path (never dropped).

@@ -99,19 +99,22 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
 /// A channel's flush: its reliable events in seq order, then its batch. All are
 /// queued before the writer runs, so they leave in one vectored write.
 pub(crate) async fn on_tick(session: &mut Session, tick: ReliableTick) -> Flow {
+    let mut flow = Flow::Continue;
     for frame in tick.frames.iter() {
         let delivery = ReliableDelivery {
             channel: tick.channel.clone(),
             frame: Arc::clone(frame),
         };
-        if let Flow::Close(r) = on_live(session, delivery).await {
-            return Flow::Close(r);
+        flow = on_live(session, delivery).await;
+        if flow != Flow::Continue {
+            break;
         }
     }
     if let Some(batch) = tick.batch {
+        // Even when closing: it keeps the in-flight count true.
         session.push_batch(batch);
     }
-    Flow::Continue
+    flow
 }
 
 /// A live reliable event from the fan-out.
