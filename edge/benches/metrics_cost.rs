@@ -1,0 +1,99 @@
+//! What the metrics cost on the fan-out path: one flush of a room (build the
+//! batch once, push it to every member's queue, each member's writer takes its
+//! frame) timed with the metric updates production does and without them.
+//!
+//! * `on`: [`Metrics::record_flush`] (the function the batcher calls: a latency
+//!   observation per event, a handful of counter adds per batch) and, per frame a
+//!   writer takes, the `danmaku_edge_egress_bytes_total` add the WebSocket writer
+//!   does (`ws.rs`).
+//! * `off`: the same flush with neither.
+//!
+//! The writers run on this one thread here; in the server they are tasks on
+//! several threads adding to one shared atomic, so the egress add can cost more
+//! there (cache-line traffic) than measured here.
+//!
+//! `cargo bench -p danmaku-edge --bench metrics_cost`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use danmaku_edge::metrics::Metrics;
+use danmaku_edge::registry::{Member, Outbound, Registry, Transport};
+use danmaku_edge::{BatchConfig, FrameBuilder};
+use danmaku_proto::ChannelName;
+use danmaku_proto::sample::CommentGenerator;
+use tokio::sync::mpsc;
+
+/// Events per batch: a busy room's batch at a 1 s window is ~1,000; 50 is a
+/// small room's 50 ms window at 1,000/s.
+const EVENTS: usize = 50;
+
+fn flush(c: &mut Criterion) {
+    let mut group = c.benchmark_group("metrics_cost");
+    for members in [100usize, 10_000] {
+        // A registered set, as in the server (registration does not change the
+        // cost of an update; it only makes the series visible).
+        let prom = prometheus::Registry::new();
+        let metrics = Metrics::register(&prom).expect("fresh registry");
+        let registry = Registry::new(metrics.clone());
+        let room = ChannelName::parse("room:bench").expect("valid name");
+        let mut queues: Vec<(Transport, mpsc::Receiver<Outbound>)> = Vec::with_capacity(members);
+        for conn in 0..members as u64 {
+            let (tx, rx) = mpsc::channel(128);
+            let transport = if conn % 10 == 0 {
+                Transport::WsJson
+            } else {
+                Transport::WsPb
+            };
+            registry.join(&room, conn, Member::new(transport, tx));
+            queues.push((transport, rx));
+        }
+        let channel = registry.get("room:bench").expect("joined");
+        let now_ms = danmaku_proto::now_ms();
+        let events = CommentGenerator::new(3).events(EVENTS, now_ms - 40);
+        let mut builder = FrameBuilder::new(&BatchConfig::default()).expect("zstd level 3");
+        let window = Duration::from_millis(50);
+        group.throughput(Throughput::Elements(members as u64));
+        for on in [true, false] {
+            let id = BenchmarkId::new(if on { "on" } else { "off" }, members);
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let (frames, sizes) =
+                            builder.build("room:bench", &events, true).expect("encodes");
+                        let outcome = channel.push(&frames);
+                        if on {
+                            metrics.record_flush(now_ms, &events, window, &sizes, &outcome);
+                        }
+                        // Each member's writer takes its frame (and counts its bytes).
+                        for (t, q) in &mut queues {
+                            while let Ok(frame) = q.try_recv() {
+                                let n = frame.wire().len() as u64;
+                                if on {
+                                    metrics.egress(*t).inc_by(n);
+                                } else {
+                                    black_box(n);
+                                }
+                            }
+                        }
+                        assert_eq!(outcome.total_pushed(), members as u64);
+                    }
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = flush
+}
+criterion_main!(benches);
