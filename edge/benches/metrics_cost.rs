@@ -7,6 +7,8 @@
 //!   writer takes, the `danmaku_edge_egress_bytes_total` add the WebSocket writer
 //!   does (`ws.rs`).
 //! * `off`: the same flush with neither.
+//! * `updates_only`: the metric updates of one such flush by themselves (the
+//!   difference `on` − `off` without the noise of two separate timings).
 //!
 //! The writers run on this one thread here; in the server they are tasks on
 //! several threads adding to one shared atomic, so the egress add can cost more
@@ -84,6 +86,22 @@ fn flush(c: &mut Criterion) {
                 })
             });
         }
+        // The metric updates of that flush alone (what `on` adds to `off`), with
+        // the outcome and frame sizes of a real flush: a tight, low-noise number.
+        let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
+        let outcome = channel.push(&frames);
+        let sizes_by_member: Vec<(Transport, u64)> = queues
+            .iter_mut()
+            .map(|(t, q)| (*t, q.try_recv().expect("pushed").wire().len() as u64))
+            .collect();
+        group.bench_function(BenchmarkId::new("updates_only", members), |b| {
+            b.iter(|| {
+                metrics.record_flush(now_ms, &events, window, &sizes, &outcome);
+                for (t, n) in &sizes_by_member {
+                    metrics.egress(*t).inc_by(*n);
+                }
+            })
+        });
     }
     group.finish();
 }
