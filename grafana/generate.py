@@ -262,9 +262,11 @@ def capacity_panels(ids, sel, by):
             ids,
             "Resident memory per process",
             "Resident set size of each danmaku process (idle WebSockets cost ~9 KB each; "
-            "a steady climb without more connections is a leak).",
+            "a steady climb without more connections is a leak), and its virtual size "
+            "(address space reserved, mostly allocator arenas and thread stacks).",
             "bytes",
-            (f"sum{grp} (process_resident_memory_bytes{jobs})", leg or "rss"),
+            (f"sum{grp} (process_resident_memory_bytes{jobs})", f"rss {leg}".strip()),
+            (f"sum{grp} (process_virtual_memory_bytes{jobs})", f"virtual {leg}".strip()),
         ),
         ts(
             ids,
