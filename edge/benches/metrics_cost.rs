@@ -60,7 +60,7 @@ fn flush(c: &mut Criterion) {
         // One flush: build once, push to every member, every writer takes its frame.
         let mut flush = |on: bool| {
             let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
-            let outcome = channel.push(&frames);
+            let (outcome, _) = channel.flush(Some(&frames));
             if on {
                 metrics.record_flush(now_ms, &events, window, &sizes, &outcome);
             }
@@ -102,7 +102,7 @@ fn flush(c: &mut Criterion) {
         // The metric updates of that flush alone (what `on` adds to `off`), with
         // the outcome and frame sizes of a real flush: a tight, low-noise number.
         let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
-        let outcome = channel.push(&frames);
+        let (outcome, _) = channel.flush(Some(&frames));
         let sizes_by_member: Vec<(Transport, u64)> = queues
             .iter_mut()
             .map(|(t, q)| (*t, q.try_recv().expect("pushed").wire().len() as u64))
