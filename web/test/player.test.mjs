@@ -335,7 +335,9 @@ describe("the player page in Chromium", () => {
     const badge = (g) => page.evaluate((g) => document.querySelector(`#groups button[data-group="${g}"] .badge`)?.dataset.n, g);
     await until("unread badges", async () => (await badge("group:club")) === "60" && (await badge("group:news")) === "2", 15_000);
     await shot(page, "chat-badges.png");
-    await page.click('#groups button[data-group="group:club"]');
+    // A DOM click: the group list re-renders on every badge change, so an element
+    // handle taken by page.click() can be detached before it is clicked.
+    await page.evaluate(() => document.querySelector('#groups button[data-group="group:club"]').click());
     // History is paged (50 per page): all 60, in order.
     await until("history", () => page.evaluate(() => document.querySelectorAll("#chat-log li[data-seq]").length === 60));
     const seqs = await page.evaluate(() => [...document.querySelectorAll("#chat-log li[data-seq]")].map((li) => Number(li.dataset.seq)));
