@@ -220,6 +220,157 @@ def reliable_panels(ids, sel):
     ]
 
 
+def capacity_panels(ids, sel, by):
+    """Is the edge full (connections, egress, CPU, memory, file descriptors)?"""
+    jobs = '{job=~"danmaku.*"}' if not sel else sel
+    leg = f"{{{{{by}}}}}" if by else ""
+    grp = f" by ({by})" if by else ""
+    return [
+        ts(
+            ids,
+            "Egress bandwidth",
+            "Bytes written to client sockets per second by transport (WebSocket frames with "
+            "headers; QUIC payloads before QUIC's packet overhead). The scheduler's load model "
+            "reads it against the edge's egress capacity.",
+            "Bps",
+            (
+                f"sum by ({by + ', ' if by else ''}transport) (rate(danmaku_edge_egress_bytes_total{sel}[$__rate_interval]))",
+                f"{leg} {{{{transport}}}}".strip(),
+            ),
+            stack=True,
+        ),
+        ts(
+            ids,
+            "Connections vs capacity",
+            "Open connections divided by the connections the edge is sized for (--capacity, "
+            "default 19,000): the connection term of the scheduler's load score.",
+            "percentunit",
+            (
+                f"sum{grp} (danmaku_edge_connections{sel}) / sum{grp} (danmaku_edge_capacity_connections{sel})",
+                leg or "fill",
+            ),
+        ),
+        ts(
+            ids,
+            "CPU per process",
+            "CPU seconds per second (1 = one core busy) of each danmaku process; the scheduler "
+            "reads an edge's CPU utilisation as this rate divided by its cores.",
+            "short",
+            (f"sum{grp} (rate(process_cpu_seconds_total{jobs}[$__rate_interval]))", leg or "cores"),
+        ),
+        ts(
+            ids,
+            "Resident memory per process",
+            "Resident set size of each danmaku process (idle WebSockets cost ~9 KB each; "
+            "a steady climb without more connections is a leak), and its virtual size "
+            "(address space reserved, mostly allocator arenas and thread stacks).",
+            "bytes",
+            (f"sum{grp} (process_resident_memory_bytes{jobs})", f"rss {leg}".strip()),
+            (f"sum{grp} (process_virtual_memory_bytes{jobs})", f"virtual {leg}".strip()),
+        ),
+        ts(
+            ids,
+            "File descriptors used",
+            "Open file descriptors over the process limit: every connection holds one; at 100% "
+            "accept() fails.",
+            "percentunit",
+            (f"sum{grp} (process_open_fds{jobs}) / sum{grp} (process_max_fds{jobs})", leg or "fds"),
+        ),
+        ts(
+            ids,
+            "Threads and uptime",
+            "Threads of each process, and seconds since it started (a drop to 0 is a restart).",
+            "short",
+            (f"sum{grp} (process_threads{jobs})", f"threads {leg}".strip()),
+            (f"time() - max{grp} (process_start_time_seconds{jobs})", f"uptime s {leg}".strip()),
+        ),
+    ]
+
+
+def drain_panels(ids, sel, by):
+    """A drain in progress (deploys) and the online counts pushed to viewers."""
+    leg = f"{{{{{by}}}}}" if by else ""
+    grp = f" by ({by})" if by else ""
+    return [
+        ts(
+            ids,
+            "Draining and connections left",
+            "1 while an edge drains (refuses new connections, redirects its clients in waves), "
+            "and the connections still on it: falls to 0 as clients move. Stuck above 0: alert "
+            "DanmakuEdgeDrainStuck.",
+            "short",
+            (f"max{grp} (danmaku_edge_draining{sel})", f"draining {leg}".strip()),
+            (f"sum{grp} (danmaku_edge_drain_remaining_connections{sel})", f"remaining {leg}".strip()),
+        ),
+        ts(
+            ids,
+            "Drain redirects and forced closes",
+            "redirect frames queued while draining (one per client), and redirected clients "
+            "closed because they stayed over 5 s (old clients that ignore redirect).",
+            "cps",
+            (f"sum{grp} (rate(danmaku_edge_drain_redirects_total{sel}[$__rate_interval]))", f"redirects {leg}".strip()),
+            (f"sum{grp} (rate(danmaku_edge_drain_forced_closes_total{sel}[$__rate_interval]))", f"forced closes {leg}".strip()),
+        ),
+        ts(
+            ids,
+            "Drain requests by result",
+            "POST /admin/drain calls: accepted, or refused for a wrong token (bad_token) or a "
+            "non-app token (forbidden). Refused calls nobody made: alert DanmakuDrainRefused.",
+            "cps",
+            (f"sum by (result) (rate(danmaku_edge_drain_requests_total{sel}[$__rate_interval]))", "{{result}}"),
+        ),
+        ts(
+            ids,
+            "Online-count frames",
+            "online frames (the room's viewer count) queued to members of big channels per second.",
+            "cps",
+            (f"sum{grp} (rate(danmaku_edge_online_frames_total{sel}[$__rate_interval]))", leg or "online frames"),
+        ),
+        ts(
+            ids,
+            "Group members removed",
+            "Connections that left a group (left frame, reason removed) because their user was "
+            "removed from it over HTTP.",
+            "cps",
+            (f"sum{grp} (rate(danmaku_edge_members_removed_total{sel}[$__rate_interval]))", leg or "removed"),
+        ),
+    ]
+
+
+def refusal_panels(ids, sel):
+    """Clients refused by a limit, error answers, and the auth/token signals."""
+    return [
+        ts(
+            ids,
+            "Connections and frames refused by reason",
+            "Refused by a client limit (rate_limited frames, too_many_connections per user, "
+            "too_many_connections_from_ip, handshake_timeout) and sessions closed because "
+            "their token expired (token_expired).",
+            "cps",
+            (f"sum by (code) (rate(danmaku_edge_refused_total{sel}[$__rate_interval]))", "{{code}}"),
+        ),
+        ts(
+            ids,
+            "Edge error answers by code",
+            "Every error answer the edge sends a client (error frames, refused WebSocket "
+            "upgrades) by code: bad_token, bad_channel, not_member, user_mismatch, ...",
+            "cps",
+            (f"sum by (code) (rate(danmaku_edge_errors_total{sel}[$__rate_interval]))", "{{code}}"),
+        ),
+        ts(
+            ids,
+            "Auth: bad and expired tokens",
+            "Sessions closed because their token expired (clients should refresh before "
+            "expiry), and connections or posts refused for a bad token. A jump after a secret "
+            "rotation means a signer still uses a retired key.",
+            "cps",
+            (f'sum(rate(danmaku_edge_refused_total{{code="token_expired"{", " + sel[1:-1] if sel else ""}}}[$__rate_interval]))', "edge: token expired"),
+            (f'sum(rate(danmaku_edge_errors_total{{code="bad_token"{", " + sel[1:-1] if sel else ""}}}[$__rate_interval]))', "edge: bad token"),
+            ('sum by (code) (rate(danmaku_ingest_rejected_total{code=~"bad_token|token_expired|forbidden"}[$__rate_interval]))', "ingest: {{code}}"),
+        ),
+    ]
+
+
 def overview():
     ids = Ids()
     d = base(
@@ -280,6 +431,24 @@ def overview():
             "cps",
             ("sum(instance:danmaku_edge_events_delivered:rate1m)", "delivered"),
         ),
+        stat_panel(
+            ids,
+            "Healthy edges (scheduler)",
+            "Edges the scheduler hands out (state healthy). 0: every GET /v1/edges answers 503 "
+            "(alert DanmakuNoHealthyEdge). Other states: panel 'Edges by state'.",
+            "short",
+            ('sum(danmaku_scheduler_edges{state="healthy"})', "healthy"),
+            w=12,
+        ),
+        stat_panel(
+            ids,
+            "Edges draining",
+            "Edges that refuse new connections and redirect their clients (POST /admin/drain). "
+            "Planned during a deploy; see the 'Drain and online' row.",
+            "short",
+            ("sum(danmaku_edge_draining)", "draining"),
+            w=12,
+        ),
     ]:
         d = d.with_panel(p)
 
@@ -332,6 +501,14 @@ def overview():
             ("sum by (instance) (rate(danmaku_ingest_published_bytes_total[$__rate_interval]))", "{{instance}}"),
         ),
     ]:
+        d = d.with_panel(p)
+
+    d = d.with_row(row(ids, "Edge capacity and process resources"))
+    for p in capacity_panels(ids, "", by="instance"):
+        d = d.with_panel(p)
+
+    d = d.with_row(row(ids, "Drain and online"))
+    for p in drain_panels(ids, "", by="instance"):
         d = d.with_panel(p)
 
     d = d.with_row(row(ids, "Latency and batching"))
@@ -447,6 +624,16 @@ def overview():
             ("sum by (instance) (rate(danmaku_bus_published_total[$__rate_interval]))", "published {{instance}}"),
             ("sum by (instance) (rate(danmaku_bus_consumed_total[$__rate_interval]))", "consumed {{instance}}"),
         ),
+        ts(
+            ids,
+            "Bus reassignments and topic creations",
+            "Partition re-assignments (topic re-created after a broker restart, or resized) and "
+            "topic creations, per process (Kafka). A burst explains a short lag spike.",
+            "short",
+            ("sum by (instance) (increase(danmaku_bus_reassignments_total[$__rate_interval]))", "reassigned {{instance}}"),
+            ("sum by (instance) (increase(danmaku_bus_topic_creations_total[$__rate_interval]))", "topic created {{instance}}"),
+            w=24,
+        ),
     ]:
         d = d.with_panel(p)
 
@@ -490,9 +677,60 @@ def overview():
         ts(
             ids,
             "Edge load scores",
-            "The load score the scheduler ranks edges by (0 idle, 1 full).",
+            "The load score the scheduler ranks edges by (0 idle, 1 full): the highest of "
+            "connections/capacity, CPU and egress/egress capacity, plus clients handed out "
+            "since the last reading.",
             "percentunit",
             ("max by (edge) (danmaku_scheduler_edge_load)", "{{edge}}"),
+            w=12,
+        ),
+        ts(
+            ids,
+            "Edges by state",
+            "The scheduler's registry by state: healthy (handed out), warming (registered, no "
+            "load reading yet), not_ready (its /readyz fails: bus or store unavailable), "
+            "draining, stale (no fresh heartbeat or reading). healthy 0 = GET /v1/edges answers 503.",
+            "short",
+            ("sum by (state) (danmaku_scheduler_edges)", "{{state}}"),
+            stack=True,
+        ),
+        ts(
+            ids,
+            "Ejections and stale readings",
+            "Edges taken out after 3 s without a heartbeat or a fresh load reading (by reason), "
+            "and load readings not taken (scrape or Prometheus query failed, sample missing or old).",
+            "cps",
+            ("sum by (reason) (rate(danmaku_scheduler_ejections_total[$__rate_interval]))", "ejected: {{reason}}"),
+            ("sum by (reason) (rate(danmaku_scheduler_stale_readings_total[$__rate_interval]))", "stale reading: {{reason}}"),
+        ),
+        ts(
+            ids,
+            "Registrations and refusals",
+            "Edge registrations (created, replaced = an edge restarted, refused = bad token or "
+            "body) and scheduler requests answered with an error, by code (no_edge = a client got 503).",
+            "cps",
+            ("sum by (result) (rate(danmaku_scheduler_registrations_total[$__rate_interval]))", "registration {{result}}"),
+            ("sum by (code) (rate(danmaku_scheduler_refused_total[$__rate_interval]))", "refused {{code}}"),
+        ),
+        ts(
+            ids,
+            "Scheduler decision time p50 / p99",
+            "Time to pick the edges of one GET /v1/edges answer (lock + power of two choices).",
+            "s",
+            *quantiles("danmaku_scheduler_decision_seconds", ""),
+            w=12,
+        ),
+        ts(
+            ids,
+            "Edge calls to the scheduler",
+            "Register, heartbeat, deregister and picks calls from edges, by result. "
+            "heartbeat unknown_edge: the scheduler forgot the edge (restart), which re-registers; "
+            "error: the scheduler is unreachable from that edge.",
+            "cps",
+            (
+                "sum by (op, result) (rate(danmaku_edge_scheduler_requests_total[$__rate_interval]))",
+                "{{op}} {{result}}",
+            ),
             w=12,
         ),
     ]:
@@ -562,6 +800,8 @@ def overview():
             ("sum by (status) (rate(danmaku_ingest_requests_total[$__rate_interval]))", "{{status}}"),
         ),
     ]:
+        d = d.with_panel(p)
+    for p in refusal_panels(ids, ""):
         d = d.with_panel(p)
     return d
 
@@ -742,6 +982,23 @@ def edge():
         ),
     ]:
         d = d.with_panel(p)
+
+    d = d.with_row(row(ids, "Capacity and process resources"))
+    for p in capacity_panels(ids, sel, by=""):
+        d = d.with_panel(p)
+
+    d = d.with_row(row(ids, "Drain, online and refusals"))
+    for p in drain_panels(ids, sel, by="") + refusal_panels(ids, sel)[:2]:
+        d = d.with_panel(p)
+    d = d.with_panel(
+        ts(
+            ids,
+            "Calls to the scheduler",
+            "This edge's register, heartbeat, deregister and picks calls by result.",
+            "cps",
+            (f"sum by (op, result) (rate(danmaku_edge_scheduler_requests_total{sel}[$__rate_interval]))", "{{op}} {{result}}"),
+        )
+    )
     return d
 
 

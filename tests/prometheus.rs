@@ -201,6 +201,8 @@ async fn dashboards_show_data_and_rules_evaluate_in_prometheus() {
                         .post_reliable(&gifter, "group:p", "chat", "hi", Some(&id))
                         .await;
                     let _ = ingest.post_danmaku(&flooder, "nope", "refused").await;
+                    // A forged token: the auth panel's ingest bad_token series.
+                    let _ = ingest.post_danmaku("forged", "room:p", "x").await;
                 }
                 if n % 100 == 0 {
                     // A flood: the per-user limit answers 429.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch_policy::{PendingBatches, Ready};
 use crate::config::BatchConfig;
 use crate::metrics::Metrics;
-use crate::registry::{BatchFrames, Channel, Registry, Transport};
+use crate::registry::{BatchFrames, Channel, Registry};
 
 /// Queue depth between the bus consumer and each shard. When a shard falls
 /// behind, the consumer waits, and the bus (not the edge's memory) absorbs it.
@@ -151,10 +151,6 @@ pub(crate) fn flush_to(
     ready: &Ready<ChannelName>,
 ) {
     let now_ms = danmaku_proto::now_ms();
-    for ev in &ready.events {
-        let ms = now_ms.saturating_sub(ev.ts_ms).max(0);
-        metrics.delivery_latency.observe(ms as f64 / 1000.0);
-    }
     let with_json = channel.json_members() > 0;
     let (frames, sizes) = match builder.build(ready.channel.as_str(), &ready.events, with_json) {
         Ok(built) => built,
@@ -165,24 +161,8 @@ pub(crate) fn flush_to(
     };
     // Reliable frames waiting for this channel leave with the batch.
     let (outcome, _) = channel.flush(Some(&frames));
-    metrics.batches.inc();
-    metrics.batch_events.observe(ready.events.len() as f64);
-    metrics.batch_window.observe(ready.window.as_secs_f64());
-    metrics.batch_raw_bytes.inc_by(sizes.raw as u64);
-    metrics
-        .batch_compressed_bytes
-        .inc_by(sizes.compressed as u64);
-    for t in Transport::ALL {
-        let n = outcome.pushed[t as usize];
-        if n > 0 {
-            metrics.pushed(t).inc_by(n);
-        }
-    }
-    metrics
-        .events_delivered
-        .inc_by(outcome.total_pushed() * ready.events.len() as u64);
+    metrics.record_flush(now_ms, &ready.events, ready.window, &sizes, &outcome);
     if outcome.dropped > 0 {
-        metrics.slow_consumer_drops.inc_by(outcome.dropped);
         tracing::debug!(channel = %ready.channel, dropped = outcome.dropped, "slow consumers skipped a batch");
     }
 }
@@ -201,7 +181,7 @@ mod tests {
     use danmaku_proto::{Limits, decode_batch};
 
     use super::*;
-    use crate::registry::Member;
+    use crate::registry::{Member, Transport};
 
     fn ev(i: usize) -> pb::Event {
         pb::Event {

@@ -297,6 +297,40 @@ impl Metrics {
         &self.egress_by_transport[transport as usize]
     }
 
+    /// Everything one flush records: per event its delivery latency (ingest
+    /// accept at `ts_ms` to `now_ms`), per batch its size, window, bytes and the
+    /// frames pushed or dropped. The whole metric cost of a flush is here, so
+    /// `benches/metrics_cost.rs` can time the fan-out path with and without it.
+    pub fn record_flush(
+        &self,
+        now_ms: i64,
+        events: &[danmaku_proto::pb::Event],
+        window: std::time::Duration,
+        sizes: &crate::BuiltSizes,
+        outcome: &crate::registry::PushOutcome,
+    ) {
+        for ev in events {
+            let ms = now_ms.saturating_sub(ev.ts_ms).max(0);
+            self.delivery_latency.observe(ms as f64 / 1000.0);
+        }
+        self.batches.inc();
+        self.batch_events.observe(events.len() as f64);
+        self.batch_window.observe(window.as_secs_f64());
+        self.batch_raw_bytes.inc_by(sizes.raw as u64);
+        self.batch_compressed_bytes.inc_by(sizes.compressed as u64);
+        for t in Transport::ALL {
+            let n = outcome.pushed[t as usize];
+            if n > 0 {
+                self.pushed(t).inc_by(n);
+            }
+        }
+        self.events_delivered
+            .inc_by(outcome.total_pushed() * events.len() as u64);
+        if outcome.dropped > 0 {
+            self.slow_consumer_drops.inc_by(outcome.dropped);
+        }
+    }
+
     /// Counts a failed store call; `op` is one of [`STORE_OPS`].
     pub fn store_error(&self, op: &str) {
         self.store_errors.with_label_values(&[op]).inc();
