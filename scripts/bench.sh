@@ -11,10 +11,13 @@
 # edge like real clients, RATE danmaku/s + GIFT_RATE gifts/s for DURATION s.
 # Overrides (environment): VIEWERS=100000 EDGES=6 INGESTS=2 WORKERS=6 RATE=1000
 # GIFT_RATE=10 DURATION=60 RAMP=2000 PROBE=0.01 TRANSPORT=ws-pb REPORT=bench-room-100k.json
+# ACK_INTERVAL=2s RETRANSMIT=10s DRAIN_GRACE=10 FETCH_WAIT_MS=50
 # BIN=target/release/danmaku EXTRA="…more loadtest flags" EDGE_EXTRA="…more edge flags".
-# WRITE_BUDGET (frame writes/s per edge, default 100000 ÷ EDGES): the edges share
-# the host's ~100k writes/s; each edge's adaptive window for the big room then
-# reaches its 1 s maximum, i.e. one frame per viewer per second.
+# WRITE_BUDGET (frame writes/s per edge, default 40000 ÷ EDGES): the edges share
+# what the host's 2 cores have left for frame writes after the broker, ingest and
+# the load generator's own reads; the big room's window then reaches its 1 s
+# maximum, i.e. one frame per viewer per second. FETCH_WAIT_MS (default 50): each
+# edge's Kafka fetch wait (the broker pays CPU per fetch, and there are many edges).
 #
 # Edges register themselves with the scheduler when the build has edge
 # self-registration (`danmaku edge --help` lists --capacity); otherwise the
@@ -45,6 +48,11 @@ PROBE="${PROBE:-0.01}"
 TRANSPORT="${TRANSPORT:-ws-pb}"
 REPORT="${REPORT:-bench-room-100k.json}"
 WRITE_BUDGET="${WRITE_BUDGET:-$(( 40000 / EDGES ))}"
+FETCH_WAIT_MS="${FETCH_WAIT_MS:-50}"
+# Viewers ack gifts every ACK_INTERVAL; edges resend after RETRANSMIT (must be longer).
+ACK_INTERVAL="${ACK_INTERVAL:-2s}"
+RETRANSMIT="${RETRANSMIT:-10s}"
+DRAIN_GRACE="${DRAIN_GRACE:-10}"
 SECRET="bench-secret-$$"
 LOGS="$ROOT/.services/bench"
 mkdir -p "$LOGS"
@@ -105,8 +113,9 @@ else
 fi
 start scheduler "${sched_args[@]}"
 for i in "${!edges[@]}"; do
-  args=(edge --listen "${edges[$i]}" --bus "$BUS" --store "$STORE" --auth-secret "$SECRET"
-        --advertise "${edges[$i]}" --write-budget "$WRITE_BUDGET" --batch-max-events 2000)
+  args=(edge --listen "${edges[$i]}" --bus "$BUS?fetch_wait_ms=$FETCH_WAIT_MS" --store "$STORE" --auth-secret "$SECRET"
+        --advertise "${edges[$i]}" --write-budget "$WRITE_BUDGET" --batch-max-events 2000
+        --retransmit-initial "$RETRANSMIT")
   if [ "$self_register" = 1 ]; then
     args+=(--scheduler "http://127.0.0.1:$sched_port" --capacity 19000)
   fi
@@ -137,6 +146,7 @@ src_list=$(IFS=,; echo "${srcs[*]}")
   --connections "$VIEWERS" --rooms 1 --rate "$RATE" --gift-rate "$GIFT_RATE" \
   --duration "$DURATION" --workers "$WORKERS" --source-addrs "$src_list" --ramp "$RAMP" \
   --probe-fraction "$PROBE" --transport "$TRANSPORT" --server-pids "$server_pids" \
+  --ack-interval "$ACK_INTERVAL" --drain-grace "$DRAIN_GRACE" \
   --report "$REPORT" ${EXTRA:-}
 # Keep every server's final /metrics next to its log, for the post-mortem.
 for i in "${!edges[@]}"; do

@@ -163,10 +163,17 @@ struct InFlight<F> {
 }
 
 /// Frames sent on one connection × channel and not yet acked.
+///
+/// A frame is resent only when no ack at all came since it was sent. On a TCP
+/// or QUIC stream a frame written to a live connection arrives; a client that
+/// keeps acking is alive and merely behind (an overloaded box, a slow phone),
+/// and resending to it would only add writes where writes are the bottleneck.
+/// A silent client gets resends with backoff and is closed after the last one.
 #[derive(Debug)]
 pub struct UnackedWindow<F> {
     limits: WindowLimits,
     frames: BTreeMap<u64, InFlight<F>>,
+    last_ack_at: Option<Instant>,
 }
 
 impl<F: Clone> UnackedWindow<F> {
@@ -174,6 +181,7 @@ impl<F: Clone> UnackedWindow<F> {
         UnackedWindow {
             limits,
             frames: BTreeMap::new(),
+            last_ack_at: None,
         }
     }
 
@@ -203,8 +211,10 @@ impl<F: Clone> UnackedWindow<F> {
         Ok(())
     }
 
-    /// A cumulative ack: everything `<= seq` was received. Returns how many frames it removed.
-    pub fn on_ack(&mut self, seq: u64) -> usize {
+    /// A cumulative ack at `now`: everything `<= seq` was received. Returns how
+    /// many frames it removed.
+    pub fn on_ack(&mut self, now: Instant, seq: u64) -> usize {
+        self.last_ack_at = Some(now);
         let keep = self.frames.split_off(&seq.saturating_add(1));
         std::mem::replace(&mut self.frames, keep).len()
     }
@@ -222,17 +232,23 @@ impl<F: Clone> UnackedWindow<F> {
             if f.due > now {
                 continue;
             }
+            let wait = self
+                .limits
+                .retransmit_initial
+                .saturating_mul(1 << f.attempts.min(16))
+                .min(self.limits.retransmit_max);
+            if self.last_ack_at.is_some_and(|at| at > f.sent_at) {
+                // The client acked since: alive and behind, not lost. Look again later.
+                f.sent_at = now;
+                f.due = now + self.limits.retransmit_initial;
+                continue;
+            }
             if f.attempts >= self.limits.max_attempts {
                 return Err(Backlog::TooManyAttempts {
                     seq,
                     attempts: f.attempts,
                 });
             }
-            let wait = self
-                .limits
-                .retransmit_initial
-                .saturating_mul(1 << f.attempts.min(16))
-                .min(self.limits.retransmit_max);
             f.attempts += 1;
             f.sent_at = now;
             f.due = now + wait;
@@ -325,10 +341,10 @@ mod tests {
         for s in 1..=3 {
             w.on_send(t0, s, s).unwrap();
         }
-        assert_eq!(w.on_ack(2), 2);
+        assert_eq!(w.on_ack(t0, 2), 2);
         assert_eq!(w.len(), 1);
-        assert_eq!(w.on_ack(2), 0);
-        assert_eq!(w.on_ack(10), 1);
+        assert_eq!(w.on_ack(t0, 2), 0);
+        assert_eq!(w.on_ack(t0, 10), 1);
         assert!(w.is_empty());
         assert_eq!(w.deadline(), None);
     }
@@ -347,7 +363,7 @@ mod tests {
         assert_eq!(w.due(t0 + ms(1500)).unwrap(), vec![(2, "f2")]);
         assert_eq!(w.due(t0 + ms(3000)).unwrap(), vec![(1, "f1")]); // attempt 3, next wait 4 s
         assert_eq!(w.deadline(), Some(t0 + ms(3500)));
-        w.on_ack(2);
+        w.on_ack(t0 + ms(3200), 2);
         assert_eq!(w.due(t0 + ms(7000)), Ok(Vec::new()));
         assert_eq!(w.deadline(), None);
         // Backoff caps at retransmit_max.
@@ -388,7 +404,21 @@ mod tests {
         }
         assert_eq!(w.on_send(t0, 4, ()), Err(Backlog::TooManyUnacked(4)));
         // Resending a seq already in the window does not grow it.
-        w.on_ack(1);
+        w.on_ack(t0, 1);
         assert!(w.on_send(t0, 3, ()).is_ok());
+    }
+
+    #[test]
+    fn a_client_that_keeps_acking_gets_no_resends() {
+        let t0 = Instant::now();
+        let mut w = UnackedWindow::new(limits());
+        w.on_send(t0, 1, "f1").unwrap();
+        w.on_send(t0, 2, "f2").unwrap();
+        // It acked 1 after 2 was sent: 2 is in flight behind, not lost.
+        w.on_ack(t0 + ms(900), 1);
+        assert!(w.due(t0 + ms(1000)).unwrap().is_empty());
+        assert_eq!(w.deadline(), Some(t0 + ms(2000)), "looked at again later");
+        // Then silence: the resend comes after a full wait without acks.
+        assert_eq!(w.due(t0 + ms(2000)).unwrap(), vec![(2, "f2")]);
     }
 }

@@ -104,6 +104,16 @@ enum Link {
 }
 
 impl Link {
+    /// The worker process, if it is one.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Link::Local(_) => None,
+            Link::Proc { child, .. } => child.id(),
+        }
+    }
+}
+
+impl Link {
     async fn send(&mut self, c: &Control) {
         match self {
             Link::Local(tx) => {
@@ -622,6 +632,11 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
     let start = Instant::now() + Duration::from_millis(200);
     let deadline = start + config.scenario.duration;
     let at_start = sample_all(&pids);
+    // The load generator's own CPU, to see what the box had left for servers.
+    let gen_pids: Vec<u32> = std::iter::once(std::process::id())
+        .chain(links.iter().filter_map(Link::pid))
+        .collect();
+    let gen_start = sample_all(&gen_pids);
     let posting = post_all(
         &config,
         &rooms,
@@ -651,6 +666,7 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
         }
     }
     let end = sample_all(&pids);
+    let gen_end = sample_all(&gen_pids);
 
     // Tally.
     let stop = Control::Stop {
@@ -689,6 +705,11 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
         .map(|(((b, c), s), e)| ServerReport::new(b, c, s, e))
         .collect();
     report.server_cpu_s = report.servers.iter().map(|s| s.cpu_s).sum();
+    report.load_generator = gen_start
+        .iter()
+        .zip(&gen_end)
+        .map(|(s, e)| ServerReport::new(s, s, s, e))
+        .collect();
     let deliveries = report.danmaku.tally.received + report.gifts.tally.received;
     let frames: u64 = report.wires.values().map(|w| w.tally.frames).sum();
     if report.server_cpu_s > 0.0 {

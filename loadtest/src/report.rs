@@ -172,6 +172,8 @@ pub struct Report {
     pub raw_json_bytes_per_message: f64,
 
     pub servers: Vec<ServerReport>,
+    /// The harness itself (coordinator and workers), CPU over posting + drain.
+    pub load_generator: Vec<ServerReport>,
     pub server_cpu_s: f64,
     /// Events delivered (both lanes, all viewers) per server CPU-second.
     pub deliveries_per_cpu_s: f64,
@@ -359,6 +361,18 @@ impl Report {
                 si(self.frames_per_cpu_s),
                 self.rss_kb_per_connection
             );
+            if !self.load_generator.is_empty() {
+                let cpu: Vec<String> = self
+                    .load_generator
+                    .iter()
+                    .map(|p| format!("{:.1}", p.cpu_s))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  load generator CPU-s (coordinator, workers…): {}",
+                    cpu.join(" ")
+                );
+            }
         }
         if let Some(b) = &self.bare {
             let _ = writeln!(
@@ -407,6 +421,7 @@ mod tests {
         let r = Report {
             peer: "danmaku".into(),
             servers: vec![],
+            load_generator: vec![],
             ..Report::default()
         };
         let t = r.render_text();

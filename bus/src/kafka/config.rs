@@ -10,7 +10,7 @@ pub const DEFAULT_TOPIC: &str = "danmaku.events";
 pub const DEFAULT_PARTITIONS: i32 = 16;
 
 /// Settings of [`KafkaBus`](super::KafkaBus). [`KafkaBusConfig::from_url`] reads the
-/// common ones from `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R]`;
+/// common ones from `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R&fetch_wait_ms=MS]`;
 /// every other field keeps its default.
 #[derive(Debug, Clone)]
 pub struct KafkaBusConfig {
@@ -36,7 +36,8 @@ pub struct KafkaBusConfig {
     pub compression: String,
     /// How long a broker may hold a fetch waiting for data (`fetch.wait.max.ms`).
     /// Default 10 ms: tansu waits the full time, so this is the consumer's latency
-    /// floor (docs/ARCHITECTURE.md, broker quirk 1).
+    /// floor (docs/ARCHITECTURE.md, broker quirk 1), and every consumer's fetches
+    /// cost the broker CPU: many edges on one host may want `?fetch_wait_ms=50`.
     pub fetch_wait: Duration,
     /// How often the bus checks that the topic exists (creating it again after a
     /// broker lost it) and subscriptions check their assignment. Default 1 s.
@@ -65,7 +66,7 @@ impl Default for KafkaBusConfig {
 }
 
 impl KafkaBusConfig {
-    /// Parses `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R]`.
+    /// Parses `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R&fetch_wait_ms=MS]`.
     pub fn from_url(url: &str) -> Result<Self, BusError> {
         let bad = |reason: String| BusError::BadUrl {
             url: url.to_owned(),
@@ -121,9 +122,15 @@ impl KafkaBusConfig {
                         _ => return Err(bad(format!("replication {v:?} is not -1 or in 1..=100"))),
                     }
                 }
+                "fetch_wait_ms" => {
+                    config.fetch_wait = match v.parse::<u64>() {
+                        Ok(n) if (1..=10_000).contains(&n) => Duration::from_millis(n),
+                        _ => return Err(bad(format!("fetch_wait_ms {v:?} is not in 1..=10000"))),
+                    }
+                }
                 other => {
                     return Err(bad(format!(
-                        "unknown parameter {other:?}; expected topic, partitions or replication"
+                        "unknown parameter {other:?}; expected topic, partitions, replication or fetch_wait_ms"
                     )));
                 }
             }
@@ -181,6 +188,8 @@ mod tests {
         assert_eq!(c.topic, "my_events-1");
         assert_eq!(c.partitions, 4);
         assert_eq!(c.replication, 3);
+        let c = KafkaBusConfig::from_url("kafka://k1:9092?fetch_wait_ms=50").unwrap();
+        assert_eq!(c.fetch_wait, Duration::from_millis(50));
         let c = KafkaBusConfig::from_url("kafka://[::1]:9092").unwrap();
         assert_eq!(c.brokers, "[::1]:9092");
     }
@@ -202,6 +211,8 @@ mod tests {
         assert!(reason("kafka://h:1?partitions=x").contains("partitions"));
         assert!(reason("kafka://h:1?replication=0").contains("replication"));
         assert!(reason("kafka://h:1?topic").contains("no value"));
+        assert!(reason("kafka://h:1?fetch_wait_ms=0").contains("fetch_wait_ms"));
+        assert!(reason("kafka://h:1?fetch_wait_ms=soon").contains("fetch_wait_ms"));
         assert!(reason("kafka://h:1?group=x").contains("unknown parameter"));
     }
 }

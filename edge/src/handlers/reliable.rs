@@ -53,7 +53,7 @@ pub(crate) async fn ack(session: &mut Session, ack: pb::Ack) -> Flow {
         tracing::debug!(conn_id = session.conn_id, channel = %channel, "ack on a channel not joined");
         return Flow::Continue;
     };
-    let removed = lane.window.on_ack(ack.seq);
+    let removed = lane.window.on_ack(Instant::now().into_std(), ack.seq);
     session.edge.metrics.reliable_acked.inc_by(removed as u64);
     if lane.group && ack.seq > 0 {
         lane.ack_pending = Some(lane.ack_pending.unwrap_or(0).max(ack.seq));
@@ -78,7 +78,9 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
     };
     session.edge.metrics.resumes.inc();
     // The client holds everything up to after_seq: those need no resend.
-    let removed = lane.window.on_ack(resume.after_seq);
+    let removed = lane
+        .window
+        .on_ack(Instant::now().into_std(), resume.after_seq);
     session.edge.metrics.reliable_acked.inc_by(removed as u64);
     lane.sent_upto = resume.after_seq;
     lane.catching_up = Some(CatchUp::Resume);
