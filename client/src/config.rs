@@ -142,6 +142,29 @@ impl std::fmt::Debug for TokenRefresh {
     }
 }
 
+impl ClientConfig {
+    /// Settings for a viewer that must notice a frozen edge (process stopped, host
+    /// hung, network black hole: the TCP connection stays open but nothing arrives)
+    /// within about 1.5 s and move to another edge, so that a gift is on screen
+    /// within 3 s of being accepted even then: a `ping` every 500 ms
+    /// ([`heartbeat_interval`](Self::heartbeat_interval)), a connection silent for
+    /// 1.5 s is dropped ([`dead_edge_timeout`](Self::dead_edge_timeout)), and a
+    /// reconnect attempt gives up on an edge after 2 s. Costs one ping and one pong
+    /// per 500 ms per connection, so use it for viewers that need the promise, not
+    /// for every idle mobile client (the default 30 s heartbeat keeps radios asleep).
+    /// Measured in BENCHMARKS.md, "Chaos".
+    pub fn fast_failover() -> Self {
+        ClientConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            dead_edge_timeout: Some(Duration::from_millis(1500)),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_backoff_initial: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_millis(500),
+            ..ClientConfig::default()
+        }
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
