@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+
+use crate::tls::ServerTrust;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +113,13 @@ pub struct ClientConfig {
     /// How long before its token expires the client asks `token_refresh`.
     /// Default 60 s (a token with less life left is refreshed at once).
     pub token_refresh_before: Duration,
+    /// Which edge certificates to trust over QUIC and `wss://`. Default
+    /// [`ServerTrust::SystemRoots`]: the system's roots and the host name.
+    /// `Client::connect_quic` with a certificate pins that one instead.
+    pub server_trust: ServerTrust,
+    /// The name the edge's certificate must carry, when it is not the host of the
+    /// URL connected to (e.g. QUIC to an IP address). Default `None`.
+    pub tls_server_name: Option<String>,
 }
 
 /// A callback returning a fresh token (e.g. from the app backend), or `None`
@@ -180,6 +189,8 @@ impl Default for ClientConfig {
             dead_edge_timeout: None,
             token_refresh: None,
             token_refresh_before: Duration::from_secs(60),
+            server_trust: ServerTrust::SystemRoots,
+            tls_server_name: None,
         }
     }
 }
