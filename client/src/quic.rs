@@ -334,10 +334,13 @@ mod tests {
 
     #[test]
     fn tls_configs_build_with_ring() {
-        let cfg = tls_config(None).unwrap();
+        let any = crate::tls::client_config(&ServerTrust::InsecureAcceptAny, None, &[ALPN]);
+        let cfg = any.unwrap();
         assert_eq!(cfg.alpn_protocols, vec![ALPN.to_vec()]);
         assert!(quinn::crypto::rustls::QuicClientConfig::try_from(cfg).is_ok());
         // Not a certificate: refused with a typed error, no panic.
         assert!(tls_config(Some(vec![1, 2, 3])).is_err());
+        let garbage = ServerTrust::AddedRoots(vec![vec![1, 2, 3]]);
+        assert!(crate::tls::client_config(&garbage, None, &[ALPN]).is_err());
     }
 }

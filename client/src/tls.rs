@@ -53,6 +53,18 @@ pub fn client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
+    // A pin must at least be a certificate (parsed as a trust anchor would be).
+    let check = |der: &[u8]| {
+        rustls::RootCertStore::empty()
+            .add(CertificateDer::from(der.to_vec()))
+            .map_err(|e| ClientError::Tls(format!("pinned certificate: {e}")))
+    };
+    if let Some(der) = pinned.or(match trust {
+        ServerTrust::Pinned(der) => Some(der.as_slice()),
+        _ => None,
+    }) {
+        check(der)?;
+    }
     let pin = |der: &[u8]| {
         Arc::new(PinnedCert {
             der: der.to_vec(),
