@@ -4,6 +4,9 @@
 #   scripts/services.sh start [kafka] [postgres] [prometheus]   (default: kafka)
 #   scripts/services.sh stop [NAME…]                           (default: all)
 #   scripts/services.sh restart kafka      SIGKILL + start again on the SAME port
+#   scripts/services.sh down postgres      stop the server (immediate), keep its data
+#                                          and port: `start postgres` brings it back
+#                                          on the same address (outage tests)
 #   scripts/services.sh env                print the env file
 #   scripts/services.sh status
 #
@@ -171,11 +174,14 @@ start_postgres() {
   fi
   mkdir -p "$dir"
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+  # After `down postgres` the port is kept: come back on the same address.
+  port=$(cat "$dir/port" 2>/dev/null || true)
+  if [ -n "$port" ] && port_open "$port"; then port=""; fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_pg initdb -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; die "postgres: initdb failed"; }
   fi
-  port=$(free_port)
+  [ -n "$port" ] || port=$(free_port)
   as_pg pg_ctl -D "$dir/data" -l "$dir/pg.log" -w -t 30 \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null 9>&- \
     || { tail -n 20 "$dir/pg.log" >&2; die "postgres: did not start"; }
@@ -189,6 +195,18 @@ stop_postgres() {
   pg_bin
   as_pg pg_ctl -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
   rm -f "$dir/port"
+}
+
+# Stops the server like a crash (immediate mode: no checkpoint, clients cut off) but
+# keeps data and port; `start postgres` restarts it on the same port. Idempotent.
+down_postgres() {
+  local dir="$SVC/pg"
+  [ -d "$dir/data" ] || die "postgres: not started"
+  pg_bin
+  if as_pg pg_ctl -D "$dir/data" status >/dev/null 2>&1; then
+    as_pg pg_ctl -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    log "postgres: down (port $(cat "$dir/port" 2>/dev/null) kept)"
+  fi
 }
 
 env_postgres() {
@@ -295,6 +313,10 @@ case "$cmd" in
     restart_kafka
     write_env
     grep -v '^#' "$ENV_FILE"
+    ;;
+  down)
+    [ "${1:-}" = postgres ] || die "usage: $0 down postgres"
+    down_postgres
     ;;
   env)
     write_env

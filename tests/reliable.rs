@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::spawn;
 use danmaku_client::{
     Client, ClientConfig, EdgeTarget, IngestClient, PostOutcome, ResilientClient, ServerEvent,
-    Transport,
+    ServerTrust, Transport,
 };
 use danmaku_testkit::kafka::{shared_broker, unique};
 
@@ -79,7 +79,12 @@ async fn every_viewer_gets_every_gift_once_in_order_across_an_edge_kill() {
         let mut c = ResilientClient::connect(
             list,
             token(&format!("viewer{i}"), "user"),
-            ClientConfig::default(),
+            // The edges' self-signed development certificates, fetched before each
+            // QUIC connect (WebSocket viewers here are plain ws://).
+            ClientConfig {
+                server_trust: ServerTrust::FetchFromEdge,
+                ..ClientConfig::default()
+            },
         )
         .await
         .expect("viewer connects");

@@ -5,6 +5,21 @@
 //!   stay in one partition and in order. `publish` awaits the broker's delivery report:
 //!   ingest answers its client only once the broker has the event. A lost broker turns
 //!   into [`BusError::Unavailable`] after [`KafkaBusConfig::delivery_timeout`].
+//! * **A producer whose broker went away is replaced.** The idempotent producer's
+//!   identity (producer id + epoch) lives in the broker. tansu with memory storage
+//!   forgets it on restart and hands out ids from 1 again, so after a restart an old
+//!   producer either gets `UNKNOWN_PRODUCER_ID` (librdkafka then bumps its epoch and
+//!   retries until the message times out) or, once another producer (this process's
+//!   or another ingest's) has been given the same id, `PRODUCER_FENCED` on every send
+//!   (librdkafka's local epoch bump is never accepted by tansu, and for a
+//!   non-transactional producer that error is not fatal, so it never recovers).
+//!   Therefore: (1) a producer that loses an established broker connection is replaced
+//!   at once by the watcher, before the broker is back, and its queue is purged, so
+//!   stale ids never reach a restarted broker and the new producer gets a fresh id
+//!   from it; (2) a send that fails with an identity error (fenced, unknown producer
+//!   id, out-of-order sequence, purged by a replacement) replaces the producer and is
+//!   retried on the new one within the delivery timeout, so the caller sees no error.
+//!   On Apache Kafka the replacement costs one new producer id per lost connection.
 //! * **Subscribe** gives every subscription its own consumer that `assign`s itself ALL
 //!   partitions of the topic, starting at their current end offsets: no consumer
 //!   group, no rebalancing, no commits (docs/ARCHITECTURE.md, "The bus"). A task per subscription feeds a
@@ -41,7 +56,7 @@ mod subscription;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,7 +65,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 
 pub use config::{DEFAULT_PARTITIONS, DEFAULT_TOPIC, KafkaBusConfig};
@@ -104,10 +119,54 @@ impl std::fmt::Debug for KafkaBus {
 /// Everything the bus, its watcher and its subscriptions share.
 struct Shared {
     config: KafkaBusConfig,
-    producer: RwLock<Arc<FutureProducer<BusContext>>>,
+    producer: RwLock<Arc<ProducerSlot>>,
     admin: AdminClient<BusContext>,
     counters: Counters,
     subs: Mutex<Vec<Weak<SubState>>>,
+    /// Wakes the watcher when the producer lost its broker connection.
+    wake: Arc<tokio::sync::Notify>,
+    /// Incremented whenever this process creates the topic: subscriptions compare it
+    /// to tell a re-created topic from one that survived.
+    topic_generation: AtomicU64,
+}
+
+/// One producer and what the bus learned about it.
+struct ProducerSlot {
+    /// `Some` until dropped (the drop blocks, so it runs off the async threads).
+    producer: Option<FutureProducer<BusContext>>,
+    health: Arc<ProducerHealth>,
+}
+
+/// Shared with the producer's librdkafka callbacks.
+#[derive(Default)]
+struct ProducerHealth {
+    /// Publishes that failed in a row on this producer.
+    failures: AtomicU64,
+    /// An established broker connection was lost: the broker may have forgotten
+    /// this producer's id (see the module documentation).
+    connection_lost: AtomicBool,
+}
+
+impl ProducerSlot {
+    fn producer(&self) -> &FutureProducer<BusContext> {
+        self.producer
+            .as_ref()
+            .expect("the producer is only taken in drop")
+    }
+}
+
+impl Drop for ProducerSlot {
+    fn drop(&mut self) {
+        // librdkafka's destroy purges, flushes for up to 500 ms and joins its threads.
+        if let Some(p) = self.producer.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || drop(p));
+                }
+                Err(_) => drop(p),
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -122,7 +181,6 @@ struct Counters {
     topic_creations: AtomicU64,
     reassignments: AtomicU64,
     producer_restarts: AtomicU64,
-    consecutive_failures: AtomicU64,
 }
 
 impl KafkaBus {
@@ -130,9 +188,10 @@ impl KafkaBus {
     /// watcher. Fails with [`BusError::Unavailable`] naming the brokers if they do not
     /// answer within [`KafkaBusConfig::connect_timeout`].
     pub async fn connect(config: KafkaBusConfig) -> Result<Self, BusError> {
-        let producer = new_producer(&config)?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let producer = new_producer(&config, &wake)?;
         let admin: AdminClient<BusContext> = base_config(&config)
-            .create_with_context(BusContext { role: "admin" })
+            .create_with_context(BusContext::new("admin"))
             .map_err(|e| unavailable(&config, "cannot create the admin client", e))?;
         let shared = Arc::new(Shared {
             config,
@@ -140,6 +199,8 @@ impl KafkaBus {
             admin,
             counters: Counters::default(),
             subs: Mutex::new(Vec::new()),
+            wake,
+            topic_generation: AtomicU64::new(0),
         });
         let timeout = shared.config.connect_timeout;
         let md = shared.metadata(timeout).await.map_err(|e| {
@@ -176,41 +237,62 @@ impl KafkaBus {
 impl Bus for KafkaBus {
     async fn publish(&self, key: Bytes, payload: Bytes) -> Result<(), BusError> {
         let shared = &self.shared;
-        let producer = shared.producer();
-        let result = match shared.send(&producer, &key, &payload).await {
+        let c = &shared.counters;
+        let deadline = Instant::now() + shared.config.delivery_timeout;
+        let mut created_topic = false;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let slot = shared.producer();
+            let err = match shared.send(slot.producer(), &key, &payload).await {
+                Ok(()) => {
+                    c.published.fetch_add(1, Ordering::Relaxed);
+                    slot.health.failures.store(0, Ordering::Relaxed);
+                    store_now(&c.last_delivery_ms);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let code = err.rdkafka_error_code();
             // After a broker lost the topic, re-create it at once rather than wait for
             // the watcher, and try once more.
-            Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition,
-            )) => {
+            if !created_topic
+                && matches!(
+                    code,
+                    Some(
+                        RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                )
+            {
+                created_topic = true;
                 shared.create_topic().await?;
-                shared.send(&shared.producer(), &key, &payload).await
+                continue;
             }
-            other => other,
-        };
-        let c = &shared.counters;
-        match result {
-            Ok(()) => {
-                c.published.fetch_add(1, Ordering::Relaxed);
-                c.consecutive_failures.store(0, Ordering::Relaxed);
-                store_now(&c.last_delivery_ms);
-                Ok(())
-            }
-            Err(e) => {
-                c.publish_errors.fetch_add(1, Ordering::Relaxed);
-                let failures = c.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some((code, reason)) = producer.client().fatal_error() {
-                    shared.replace_producer(&producer, &format!("fatal error {code}: {reason}"));
-                } else if failures >= 2 && c.reachable.load(Ordering::Relaxed) {
-                    // The broker answers metadata requests but does not take our
-                    // messages: typically a restarted broker that no longer knows our
-                    // idempotent producer id (librdkafka retries UNKNOWN_PRODUCER_ID
-                    // forever). A new producer gets a new id.
-                    let reason = format!("{failures} publishes failed in a row");
-                    shared.replace_producer(&producer, &reason);
+            let fatal = slot.producer().client().fatal_error();
+            if fatal.is_some() || code.is_some_and(identity_lost) {
+                // The message was not written and only a new producer id helps: replace
+                // the producer and send again while the delivery budget lasts.
+                let reason = match &fatal {
+                    Some((code, reason)) => format!("fatal error {code}: {reason}"),
+                    None => format!("send failed: {err}"),
+                };
+                shared.replace_producer(&slot, &reason);
+                if Instant::now() + backoff < deadline {
+                    tracing::debug!(error = %err, "kafka publish retried on a new producer");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
                 }
-                Err(unavailable(&shared.config, "publish failed", e))
+            } else {
+                let failures = slot.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= 2 && c.reachable.load(Ordering::Relaxed) {
+                    // The broker answers metadata requests but does not take our
+                    // messages: most likely it no longer knows our producer id.
+                    let reason = format!("{failures} publishes failed in a row");
+                    shared.replace_producer(&slot, &reason);
+                }
             }
+            c.publish_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(unavailable(&shared.config, "publish failed", err));
         }
     }
 
@@ -235,7 +317,7 @@ impl Bus for KafkaBus {
 }
 
 impl Shared {
-    fn producer(&self) -> Arc<FutureProducer<BusContext>> {
+    fn producer(&self) -> Arc<ProducerSlot> {
         match self.producer.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -263,25 +345,29 @@ impl Shared {
         }
     }
 
-    /// Replaces `failed` with a new producer (unless another caller already did).
-    /// Messages still queued in the old one fail and their callers see an error.
-    fn replace_producer(&self, failed: &Arc<FutureProducer<BusContext>>, reason: &str) {
+    /// Replaces `failed` with a new producer (unless another caller already did) and
+    /// purges the old one's queue: its messages fail with a purge error and their
+    /// `publish` calls send them again on the new producer. The old producer must not
+    /// reach a restarted broker with an id that broker may since have given to
+    /// someone else.
+    fn replace_producer(&self, failed: &Arc<ProducerSlot>, reason: &str) {
         let Ok(mut slot) = self.producer.write() else {
             return;
         };
         if !Arc::ptr_eq(&slot, failed) {
             return;
         }
-        match new_producer(&self.config) {
+        match new_producer(&self.config, &self.wake) {
             Ok(p) => {
                 tracing::warn!(reason, "rebuilt the kafka producer");
                 *slot = Arc::new(p);
+                drop(slot);
+                failed
+                    .producer()
+                    .purge(PurgeConfig::default().queue().inflight());
                 self.counters
                     .producer_restarts
                     .fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .consecutive_failures
-                    .store(0, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild the kafka producer"),
         }
@@ -289,11 +375,15 @@ impl Shared {
 
     /// Cluster metadata for our topic, fetched off the async threads.
     async fn metadata(&self, timeout: Duration) -> Result<Metadata, KafkaError> {
-        let producer = self.producer();
+        let slot = self.producer();
         let topic = self.config.topic.clone();
-        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), timeout))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
+        tokio::task::spawn_blocking(move || {
+            slot.producer()
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
     }
 
     /// Creates the topic; "already exists" is success.
@@ -319,6 +409,7 @@ impl Shared {
                         .counters
                         .topic_creations
                         .fetch_add(1, Ordering::Relaxed);
+                    self.topic_generation.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(topic = %c.topic, partitions = c.partitions, "created kafka topic");
                     if before > 0 {
                         // The broker lost the topic, so it lost our producer id too.
@@ -370,13 +461,29 @@ impl Shared {
 /// are dropped.
 async fn watch_topic(shared: Weak<Shared>) {
     loop {
-        let Some(interval) = shared.upgrade().map(|s| s.config.watch_interval) else {
+        let Some((interval, wake)) = shared
+            .upgrade()
+            .map(|s| (s.config.watch_interval, s.wake.clone()))
+        else {
             return;
         };
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
+        }
+        drop(wake);
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        // First, before the broker may be back: a producer that lost its connection
+        // is replaced (see the module documentation).
+        let slot = shared.producer();
+        if slot.health.connection_lost.load(Ordering::Relaxed) {
+            shared.replace_producer(&slot, "lost its broker connection");
+        } else if let Some((code, reason)) = slot.producer().client().fatal_error() {
+            shared.replace_producer(&slot, &format!("fatal error {code}: {reason}"));
+        }
+        drop(slot);
         match shared.metadata(Duration::from_secs(2)).await {
             Ok(md) if topic_partitions(&md, &shared.config.topic).is_some() => shared.probe_ok(),
             Ok(_) => {
@@ -395,11 +502,24 @@ async fn watch_topic(shared: Weak<Shared>) {
                 }
             }
         }
-        let producer = shared.producer();
-        if let Some((code, reason)) = producer.client().fatal_error() {
-            shared.replace_producer(&producer, &format!("fatal error {code}: {reason}"));
-        }
     }
+}
+
+/// Delivery errors after which only a new producer id helps. None of them means the
+/// message was written, so sending it again on a new producer is safe (at worst a
+/// duplicate, which consumers tolerate).
+fn identity_lost(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        ProducerFenced
+            | InvalidProducerEpoch
+            | UnknownProducerId
+            | OutOfOrderSequenceNumber
+            | Fenced
+            | PurgeQueue
+            | PurgeInflight
+    )
 }
 
 /// The number of partitions of `topic` in `md`, if the topic exists.
@@ -430,8 +550,16 @@ fn base_config(config: &KafkaBusConfig) -> ClientConfig {
     c
 }
 
-fn new_producer(config: &KafkaBusConfig) -> Result<FutureProducer<BusContext>, BusError> {
-    base_config(config)
+fn new_producer(
+    config: &KafkaBusConfig,
+    wake: &Arc<tokio::sync::Notify>,
+) -> Result<ProducerSlot, BusError> {
+    let health = Arc::new(ProducerHealth::default());
+    let context = BusContext {
+        role: "producer",
+        producer: Some((health.clone(), wake.clone())),
+    };
+    let producer = base_config(config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", config.linger.as_millis().to_string())
@@ -440,8 +568,12 @@ fn new_producer(config: &KafkaBusConfig) -> Result<FutureProducer<BusContext>, B
             "message.timeout.ms",
             config.delivery_timeout.as_millis().max(1).to_string(),
         )
-        .create_with_context(BusContext { role: "producer" })
-        .map_err(|e| unavailable(config, "cannot create the producer", e))
+        .create_with_context(context)
+        .map_err(|e| unavailable(config, "cannot create the producer", e))?;
+    Ok(ProducerSlot {
+        producer: Some(producer),
+        health,
+    })
 }
 
 fn unavailable(config: &KafkaBusConfig, what: &str, e: impl std::fmt::Display) -> BusError {
@@ -451,13 +583,34 @@ fn unavailable(config: &KafkaBusConfig, what: &str, e: impl std::fmt::Display) -
     ))
 }
 
-/// Routes librdkafka's logs and global errors to `tracing`.
+/// Routes librdkafka's logs and global errors to `tracing`; for a producer, also
+/// reports a lost broker connection.
 struct BusContext {
     role: &'static str,
+    producer: Option<(Arc<ProducerHealth>, Arc<tokio::sync::Notify>)>,
+}
+
+impl BusContext {
+    fn new(role: &'static str) -> Self {
+        BusContext {
+            role,
+            producer: None,
+        }
+    }
 }
 
 impl ClientContext for BusContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // "FAIL … (after Nms in state UP)": an established connection was lost, as
+        // opposed to a connect attempt that failed (which a producer still waiting
+        // for its broker logs every backoff, and which proves nothing about its id).
+        if let Some((health, wake)) = &self.producer
+            && fac == "FAIL"
+            && message.contains("in state UP")
+            && !health.connection_lost.swap(true, Ordering::Relaxed)
+        {
+            wake.notify_one();
+        }
         log_librdkafka(self.role, level, fac, message);
     }
 

@@ -228,3 +228,117 @@ async fn subscription_survives_quick_broker_restart() {
         wait_for(&mut sub, &after, Duration::from_secs(45)).await;
     }
 }
+
+/// Two publishers on one broker, like two ingests: after the broker restarts (and
+/// forgets every producer id, handing them out from 1 again), BOTH must publish again
+/// soon after the broker is back, not only the one that happens to get a fresh id
+/// first. Issue requirement: within 10 s of the broker's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_publisher_recovers_after_broker_restart() {
+    init_logs();
+    let mut broker = Broker::start();
+    let topic = unique("two");
+    let config = KafkaBusConfig {
+        brokers: broker.addr(),
+        topic: topic.clone(),
+        delivery_timeout: Duration::from_secs(3),
+        ..KafkaBusConfig::default()
+    };
+    let a = Arc::new(KafkaBus::connect(config.clone()).await.unwrap());
+    let b = Arc::new(KafkaBus::connect(config).await.unwrap());
+    for bus in [&a, &b] {
+        for _ in 0..3 {
+            bus.publish(key(), Bytes::from_static(b"before"))
+                .await
+                .unwrap();
+        }
+    }
+    broker.kill();
+    // Both try (and fail) during the outage, as ingests serving posts would.
+    let (ra, rb) = tokio::join!(
+        a.publish(key(), Bytes::from_static(b"during")),
+        b.publish(key(), Bytes::from_static(b"during"))
+    );
+    assert!(ra.is_err() && rb.is_err());
+    broker.launch();
+    let back = Instant::now();
+    let recover = |bus: Arc<KafkaBus>, name: &'static str| async move {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match bus.publish(key(), Bytes::from_static(b"after")).await {
+                Ok(()) => return (name, back.elapsed(), attempts),
+                Err(e) => {
+                    assert!(
+                        back.elapsed() < Duration::from_secs(10),
+                        "{name} still failing {:?} after the broker came back: {e}",
+                        back.elapsed()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+    let (ta, tb) = tokio::join!(recover(a.clone(), "a"), recover(b.clone(), "b"));
+    for (name, took, attempts) in [ta, tb] {
+        eprintln!(
+            "publisher {name}: publishing again {took:?} after the broker's return ({attempts} attempts)"
+        );
+    }
+    // And they keep working, interleaved (a collision of reused producer ids would
+    // break one of them again).
+    for i in 0..20u8 {
+        a.publish(key(), Bytes::from(vec![b'a', i])).await.unwrap();
+        b.publish(key(), Bytes::from(vec![b'b', i])).await.unwrap();
+    }
+}
+
+/// Like the quick restart above, but the topic is re-created by ANOTHER process's
+/// bus (an ingest) while this one only subscribes (an edge): the subscription cannot
+/// rely on its own bus having re-created the topic and must notice that the
+/// partition it resumes is not the one it was reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_quick_broker_restart_with_remote_publisher() {
+    init_logs();
+    let mut broker = Broker::start();
+    let config = KafkaBusConfig {
+        brokers: broker.addr(),
+        topic: unique("remote"),
+        delivery_timeout: Duration::from_secs(2),
+        ..KafkaBusConfig::default()
+    };
+    let publisher = KafkaBus::connect(KafkaBusConfig {
+        watch_interval: Duration::from_millis(100),
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    let edge = KafkaBus::connect(KafkaBusConfig {
+        watch_interval: Duration::from_secs(2),
+        ..config
+    })
+    .await
+    .unwrap();
+    let mut sub = edge.subscribe_all().await.unwrap();
+    for i in 0..3u8 {
+        let before = [b'b', i];
+        publisher
+            .publish(key(), Bytes::copy_from_slice(&before))
+            .await
+            .unwrap();
+        wait_for(&mut sub, &before, Duration::from_secs(10)).await;
+
+        broker.kill();
+        broker.launch();
+        let after = [b'a', i];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = publisher
+            .publish(key(), Bytes::copy_from_slice(&after))
+            .await
+        {
+            assert!(Instant::now() < deadline, "publish never recovered: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_for(&mut sub, &after, Duration::from_secs(45)).await;
+    }
+}

@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+
+use crate::tls::ServerTrust;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +113,13 @@ pub struct ClientConfig {
     /// How long before its token expires the client asks `token_refresh`.
     /// Default 60 s (a token with less life left is refreshed at once).
     pub token_refresh_before: Duration,
+    /// Which edge certificates to trust over QUIC and `wss://`. Default
+    /// [`ServerTrust::SystemRoots`]: the system's roots and the host name.
+    /// `Client::connect_quic` with a certificate pins that one instead.
+    pub server_trust: ServerTrust,
+    /// The name the edge's certificate must carry, when it is not the host of the
+    /// URL connected to (e.g. QUIC to an IP address). Default `None`.
+    pub tls_server_name: Option<String>,
 }
 
 /// A callback returning a fresh token (e.g. from the app backend), or `None`
@@ -142,6 +151,29 @@ impl std::fmt::Debug for TokenRefresh {
     }
 }
 
+impl ClientConfig {
+    /// Settings for a viewer that must notice a frozen edge (process stopped, host
+    /// hung, network black hole: the TCP connection stays open but nothing arrives)
+    /// within about 1.5 s and move to another edge, so that a gift is on screen
+    /// within 3 s of being accepted even then: a `ping` every 500 ms
+    /// ([`heartbeat_interval`](Self::heartbeat_interval)), a connection silent for
+    /// 1.5 s is dropped ([`dead_edge_timeout`](Self::dead_edge_timeout)), and a
+    /// reconnect attempt gives up on an edge after 2 s. Costs one ping and one pong
+    /// per 500 ms per connection, so use it for viewers that need the promise, not
+    /// for every idle mobile client (the default 30 s heartbeat keeps radios asleep).
+    /// Measured in BENCHMARKS.md, "Chaos".
+    pub fn fast_failover() -> Self {
+        ClientConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            dead_edge_timeout: Some(Duration::from_millis(1500)),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_backoff_initial: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_millis(500),
+            ..ClientConfig::default()
+        }
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
@@ -157,6 +189,8 @@ impl Default for ClientConfig {
             dead_edge_timeout: None,
             token_refresh: None,
             token_refresh_before: Duration::from_secs(60),
+            server_trust: ServerTrust::SystemRoots,
+            tls_server_name: None,
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod reliable;
 pub mod resilient;
 pub mod scheduler;
 mod session;
+pub mod tls;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ pub use ingest::{HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread}
 pub use reliable::{ReliableTracker, Verdict};
 pub use resilient::{EdgeTarget, ResilientClient};
 pub use scheduler::SchedulerClient;
+pub use tls::ServerTrust;
 
 /// One connection to an edge. Receive with [`Client::next_event`]; the
 /// connection closes when the client is dropped.
@@ -79,10 +81,11 @@ impl Client {
         .map_err(|_| ClientError::Timeout("websocket connect and auth_ok"))?
     }
 
-    /// Connects over QUIC to `addr` and waits for `AuthOk`. `cert_der` is the
-    /// edge's certificate to trust (from `GET /v1/cert`, see
-    /// [`IngestClient::fetch_cert_der`]); `None` accepts any certificate, for
-    /// development only.
+    /// Connects over QUIC to `addr` and waits for `AuthOk`. `cert_der` pins the
+    /// edge's certificate (e.g. its development certificate from `GET /v1/cert`,
+    /// [`IngestClient::fetch_cert_der`], fetched over a channel you trust); `None`
+    /// verifies as [`ClientConfig::server_trust`] says (default: system roots and
+    /// [`ClientConfig::tls_server_name`], else the IP address).
     pub async fn connect_quic(
         addr: SocketAddr,
         cert_der: Option<Vec<u8>>,

@@ -13,102 +13,28 @@ use std::time::Duration;
 use danmaku_proto::framing::{FrameReader, encode_prefixed};
 use danmaku_proto::pb::{self, client_frame::Body};
 use danmaku_proto::{Limits, frame};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::session::{Connected, Wiring, deliver};
+use crate::tls::ServerTrust;
 use crate::{ClientConfig, ClientError, ServerEvent, Transport, event};
 
 /// ALPN protocol id of danmaku over QUIC.
 pub const ALPN: &[u8] = b"danmaku/1";
-/// Server name presented in TLS; the dev certificate is issued for it.
+/// Name of the development certificate an edge makes for itself (it is pinned, so
+/// the name is not checked).
 pub const SERVER_NAME: &str = "localhost";
 /// QUIC-level keep-alive, so an idle connection outlives the idle timeout even
 /// with a long application heartbeat.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The rustls configuration: trusts exactly `cert_der`, or (with `None`)
-/// accepts any certificate while still checking the handshake signatures.
+/// The rustls configuration: trusts exactly `cert_der` (a pin), or with `None`
+/// the system's roots (see [`crate::tls::ServerTrust`]).
 pub fn tls_config(cert_der: Option<Vec<u8>>) -> Result<rustls::ClientConfig, ClientError> {
-    let provider = provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut tls = match cert_der {
-        Some(der) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(CertificateDer::from(der))
-                .map_err(|e| ClientError::Tls(format!("edge certificate: {e}")))?;
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        None => {
-            warn!("QUIC client accepts any server certificate (no cert given): development only");
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-                .with_no_client_auth()
-        }
-    };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(tls)
-}
-
-/// Dev-only verifier: any certificate, but the handshake signature must match it.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    let trust = cert_der.map_or(ServerTrust::SystemRoots, ServerTrust::Pinned);
+    crate::tls::client_config(&trust, None, &[ALPN])
 }
 
 fn quic_err(e: impl std::fmt::Display) -> ClientError {
@@ -123,7 +49,17 @@ pub(crate) async fn connect(
     token: &str,
     config: &ClientConfig,
 ) -> Result<Connected, ClientError> {
-    let tls = tls_config(cert_der)?;
+    // An explicit certificate is a pin; else `config.server_trust`, for the name in
+    // `config.tls_server_name` or the address itself.
+    let trust = match cert_der {
+        Some(der) => ServerTrust::Pinned(der),
+        None => config.server_trust.clone(),
+    };
+    let tls = crate::tls::client_config(&trust, None, &[ALPN])?;
+    let server_name = match &config.tls_server_name {
+        Some(name) => name.clone(),
+        None => addr.ip().to_string(),
+    };
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -139,7 +75,7 @@ pub(crate) async fn connect(
     let mut endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0))?;
     endpoint.set_default_client_config(client_config);
     let conn = endpoint
-        .connect(addr, SERVER_NAME)
+        .connect(addr, &server_name)
         .map_err(quic_err)?
         .await
         .map_err(quic_err)?;
@@ -398,10 +334,13 @@ mod tests {
 
     #[test]
     fn tls_configs_build_with_ring() {
-        let cfg = tls_config(None).unwrap();
+        let any = crate::tls::client_config(&ServerTrust::InsecureAcceptAny, None, &[ALPN]);
+        let cfg = any.unwrap();
         assert_eq!(cfg.alpn_protocols, vec![ALPN.to_vec()]);
         assert!(quinn::crypto::rustls::QuicClientConfig::try_from(cfg).is_ok());
         // Not a certificate: refused with a typed error, no panic.
         assert!(tls_config(Some(vec![1, 2, 3])).is_err());
+        let garbage = ServerTrust::AddedRoots(vec![vec![1, 2, 3]]);
+        assert!(crate::tls::client_config(&garbage, None, &[ALPN]).is_err());
     }
 }

@@ -23,6 +23,7 @@
 //! each seq of a channel once, in order, and the client acks cumulatively
 //! once it has handed them out.
 
+use crate::tls::ServerTrust;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -158,9 +159,23 @@ impl EdgeTarget {
         match self.transport {
             Transport::Quic => {
                 let addr = self.resolve_quic().await?;
-                // Fetched on every connect: a restarted edge has a new dev certificate.
-                let cert = IngestClient::new(&self.base_url).fetch_cert_der().await?;
-                Client::connect_quic(addr, Some(cert), token, config.clone()).await
+                let mut config = config.clone();
+                let cert = match &config.server_trust {
+                    // Development: fetched on every connect (a restarted edge has a
+                    // new self-signed certificate).
+                    ServerTrust::FetchFromEdge => {
+                        Some(IngestClient::new(&self.base_url).fetch_cert_der().await?)
+                    }
+                    _ => None,
+                };
+                // The certificate must name the host of the edge's URL.
+                if config.tls_server_name.is_none()
+                    && let Ok(url) = url::Url::parse(&self.base_url)
+                    && let Some(host) = url.host_str()
+                {
+                    config.tls_server_name = Some(host.to_owned());
+                }
+                Client::connect_quic(addr, cert, token, config).await
             }
             ws => Client::connect_ws(&self.base_url, token, ws, config.clone()).await,
         }

@@ -11,11 +11,11 @@ use danmaku_proto::json::JsonClientFrame;
 use danmaku_proto::{frame, pb};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 use url::Url;
 
@@ -100,12 +100,13 @@ pub(crate) async fn connect(
             reason: "connect_ws needs Transport::WsJson or Transport::WsPb".into(),
         })?;
     let url = ws_url(base_url, token)?;
-    if url.scheme() == "wss" {
-        return Err(ClientError::InvalidUrl {
-            url: base_url.to_owned(),
-            reason: "wss is not supported by this client; use ws or QUIC".into(),
-        });
-    }
+    // wss: rustls, verified as `config.server_trust` says, for the URL's host name.
+    let connector = if url.scheme() == "wss" {
+        let tls = crate::tls::client_config(&config.server_trust, None, &[b"http/1.1"])?;
+        Some(Connector::Rustls(std::sync::Arc::new(tls)))
+    } else {
+        Some(Connector::Plain)
+    };
     let addr = resolve(&url, config).await?;
     let stream = tcp_connect(addr, config).await?;
 
@@ -117,44 +118,49 @@ pub(crate) async fn connect(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.limits.max_frame_bytes))
         .max_frame_size(Some(config.limits.max_frame_bytes));
-    let (ws, _response) =
-        match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let status = resp.status();
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                // docs/PROTOCOL.md error body: {"error":{"code":…,"message":…}}.
-                let parsed: Option<(String, String)> =
-                    serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| {
-                            let e = v.get("error")?;
-                            Some((
-                                e.get("code")?.as_str()?.to_owned(),
-                                e.get("message")
-                                    .and_then(|m| m.as_str())
-                                    .unwrap_or("")
-                                    .to_owned(),
-                            ))
-                        });
-                let (code, message) =
-                    parsed.unwrap_or_else(|| (format!("http_{}", status.as_u16()), body));
-                return Err(if status == 401 || status == 403 {
-                    ClientError::AuthRefused { code, message }
-                } else {
-                    ClientError::HttpStatus {
-                        status: status.as_u16(),
-                        code,
-                        message,
-                    }
+    let (ws, _response) = match tokio_tungstenite::client_async_tls_with_config(
+        request,
+        stream,
+        Some(ws_config),
+        connector,
+    )
+    .await
+    {
+        Ok(ok) => ok,
+        Err(tungstenite::Error::Http(resp)) => {
+            let status = resp.status();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            // docs/PROTOCOL.md error body: {"error":{"code":…,"message":…}}.
+            let parsed: Option<(String, String)> = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    let e = v.get("error")?;
+                    Some((
+                        e.get("code")?.as_str()?.to_owned(),
+                        e.get("message")
+                            .and_then(|m| m.as_str())
+                            .unwrap_or("")
+                            .to_owned(),
+                    ))
                 });
-            }
-            Err(e) => return Err(e.into()),
-        };
+            let (code, message) =
+                parsed.unwrap_or_else(|| (format!("http_{}", status.as_u16()), body));
+            return Err(if status == 401 || status == 403 {
+                ClientError::AuthRefused { code, message }
+            } else {
+                ClientError::HttpStatus {
+                    status: status.as_u16(),
+                    code,
+                    message,
+                }
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     debug!(%addr, transport = transport.name(), "websocket connected");
 
     let wiring = Wiring::new(config.event_buffer);
@@ -180,8 +186,8 @@ pub(crate) async fn connect(
     })
 }
 
-type WsStream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
-type WsSink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
+type WsStream = futures_util::stream::SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
+type WsSink = futures_util::stream::SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
 async fn read_loop(
     mut stream: WsStream,

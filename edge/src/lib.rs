@@ -41,6 +41,7 @@ pub mod registry;
 pub mod reliable;
 mod reliable_fanout;
 mod session;
+mod store_reads;
 mod tls;
 pub mod top_rooms;
 mod ws;
@@ -107,6 +108,8 @@ impl Edge {
         registry: &prometheus::Registry,
         shutdown: CancellationToken,
     ) -> Result<Arc<Edge>, EdgeError> {
+        // Joins and resumes after a reconnect storm share identical reads.
+        let store: Arc<dyn Store> = Arc::new(store_reads::CoalescedReads::new(store));
         let metrics = Metrics::register(registry)?;
         let control_metrics = metrics::ControlMetrics::register(registry)?;
         let cert = CertMaterial::load_or_generate(&config)?;

@@ -8,6 +8,16 @@
 //! were; new partitions and partitions of a re-created topic start at their
 //! beginning (docs/ARCHITECTURE.md, broker quirk 4).
 //!
+//! A broker restarted quickly may come back before any metadata check saw the topic
+//! missing, with a NEW topic of the same name whose partitions already hold a few
+//! messages: a position that is still within the watermarks proves nothing. So
+//! after an outage the subscription re-reads the last message it delivered from
+//! each partition (offset `position - 1`) and compares it (timestamp, key and payload
+//! sizes) with what it delivered: the same message is skipped and reading goes on;
+//! a different one means the partition was re-created, and it is read from its
+//! beginning. A topic this process re-created itself (the bus's topic generation
+//! changed) starts from the beginning without the check.
+//!
 //! While the broker is unreachable the subscription holds NO assignment: librdkafka
 //! 2.12.1 crashes (NULL topic name in `rd_kafka_metadata_update_op`) when a restarted
 //! tansu answers a fetch for the old topic id with leader hints and a zero topic id.
@@ -27,7 +37,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, mpsc};
@@ -179,6 +189,7 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
         Err(e) => return Err(unavailable(config, "subscribe", e)),
     };
     let positions: Vec<i64> = ends.iter().map(|&(_, high)| high).collect();
+    let generation = shared.topic_generation.load(Ordering::Relaxed);
     assign(&consumer, &config.topic, &positions)
         .map_err(|e| unavailable(config, "cannot assign partitions", e))?;
 
@@ -193,9 +204,12 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
         state,
         consumer,
         tx,
+        last: vec![None; positions.len()],
+        verify: vec![None; positions.len()],
         positions,
         assigned: true,
         topic_missing: false,
+        generation,
     };
     tokio::spawn(fetcher.run());
     Ok(Box::new(KafkaSubscription { rx }))
@@ -223,13 +237,29 @@ struct Fetcher {
     assigned: bool,
     /// The last metadata check found no topic: when it returns, it is a new one.
     topic_missing: bool,
+    /// The last message delivered from each partition.
+    last: Vec<Option<Fingerprint>>,
+    /// Per partition: after an outage, the message expected at `position - 1`.
+    verify: Vec<Option<Fingerprint>>,
+    /// The bus's topic generation when the partitions were last assigned.
+    generation: u64,
+}
+
+/// Enough of a message to tell it from another one at the same offset of a
+/// re-created partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    offset: i64,
+    timestamp: Option<i64>,
+    key_len: usize,
+    payload_len: usize,
 }
 
 enum Step {
     Stop,
     Tick,
     Outage,
-    Message(i32, i64, BusMessage),
+    Message(i32, Fingerprint, BusMessage),
     Error(KafkaError),
 }
 
@@ -246,10 +276,23 @@ impl Fetcher {
                 _ = tick.tick() => Step::Tick,
                 _ = self.state.outage.notified() => Step::Outage,
                 r = self.consumer.recv() => match r {
-                    Ok(m) => Step::Message(m.partition(), m.offset(), BusMessage {
-                        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
-                        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                    }),
+                    Ok(m) => {
+                        let key = m.key().unwrap_or_default();
+                        let payload = m.payload().unwrap_or_default();
+                        let fp = Fingerprint {
+                            offset: m.offset(),
+                            timestamp: match m.timestamp() {
+                                Timestamp::NotAvailable => None,
+                                t => t.to_millis(),
+                            },
+                            key_len: key.len(),
+                            payload_len: payload.len(),
+                        };
+                        Step::Message(m.partition(), fp, BusMessage {
+                            key: Bytes::copy_from_slice(key),
+                            payload: Bytes::copy_from_slice(payload),
+                        })
+                    }
                     Err(e) => Step::Error(e),
                 },
             };
@@ -261,12 +304,26 @@ impl Fetcher {
                     self.check_assignment().await;
                 }
                 Step::Outage => self.unassign("lost the connection to the broker"),
-                Step::Message(partition, offset, msg) => {
-                    if let Some(pos) = usize::try_from(partition)
-                        .ok()
-                        .and_then(|p| self.positions.get_mut(p))
+                Step::Message(partition, fp, msg) => {
+                    let Ok(p) = usize::try_from(partition) else {
+                        continue;
+                    };
+                    if let Some(expected) = self.verify.get_mut(p).and_then(Option::take)
+                        && fp.offset == expected.offset
                     {
-                        *pos = offset + 1;
+                        if fp != expected {
+                            self.rewind(p, partition);
+                        }
+                        // Either way this is not a message to deliver: the same one
+                        // was delivered before the outage, or the partition is
+                        // read again from its beginning.
+                        continue;
+                    }
+                    if let Some(pos) = self.positions.get_mut(p) {
+                        *pos = fp.offset + 1;
+                    }
+                    if let Some(last) = self.last.get_mut(p) {
+                        *last = Some(fp);
                     }
                     let counters = &self.shared.counters;
                     counters.consumed.fetch_add(1, Ordering::Relaxed);
@@ -328,7 +385,8 @@ impl Fetcher {
                 return;
             }
         };
-        let fresh = self.topic_missing;
+        let generation = self.shared.topic_generation.load(Ordering::Relaxed);
+        let fresh = self.topic_missing || generation != self.generation;
         let positions: Vec<i64> = ends
             .iter()
             .enumerate()
@@ -343,7 +401,25 @@ impl Fetcher {
         if self.assigned && positions == self.positions {
             return;
         }
-        if let Err(e) = assign(&self.consumer, &topic, &positions) {
+        // Coming back from an outage into the same-looking topic: check the last
+        // delivered message of every partition (see the module documentation).
+        let mut verify = vec![None; positions.len()];
+        if !self.assigned && !fresh {
+            for (p, &pos) in positions.iter().enumerate() {
+                if let Some(Some(last)) = self.last.get(p)
+                    && last.offset == pos - 1
+                    && pos > ends[p].0
+                {
+                    verify[p] = Some(*last);
+                }
+            }
+        }
+        let offsets: Vec<i64> = positions
+            .iter()
+            .zip(&verify)
+            .map(|(&pos, v)| v.map_or(pos, |v: Fingerprint| v.offset))
+            .collect();
+        if let Err(e) = assign(&self.consumer, &topic, &offsets) {
             self.state.disrupted.store(true, Ordering::Relaxed);
             tracing::warn!(error = %e, "cannot re-assign kafka partitions");
             return;
@@ -354,9 +430,15 @@ impl Fetcher {
             recreated = fresh,
             "kafka subscription re-assigned its partitions"
         );
+        if fresh {
+            self.last = vec![None; positions.len()];
+        }
+        self.last.resize(positions.len(), None);
         self.positions = positions;
+        self.verify = verify;
         self.assigned = true;
         self.topic_missing = false;
+        self.generation = generation;
         self.shared
             .counters
             .reassignments
@@ -365,6 +447,37 @@ impl Fetcher {
 }
 
 impl Fetcher {
+    /// Partition `p` turned out to be a different one than before the outage: read it
+    /// from its beginning, keep the other partitions (and their pending checks) where
+    /// they are.
+    fn rewind(&mut self, p: usize, partition: i32) {
+        tracing::info!(
+            topic = %self.shared.config.topic,
+            partition,
+            "kafka partition was re-created under the subscription; reading it from its start"
+        );
+        self.last[p] = None;
+        let mut tpl = TopicPartitionList::with_capacity(self.positions.len());
+        let topic = &self.shared.config.topic;
+        for (i, &pos) in self.positions.iter().enumerate() {
+            let offset = if i == p {
+                Offset::Beginning
+            } else {
+                Offset::Offset(self.verify[i].map_or(pos, |v| v.offset))
+            };
+            if let Err(e) = tpl.add_partition_offset(topic, i as i32, offset) {
+                tracing::warn!(error = %e, "cannot rewind a kafka partition");
+                return;
+            }
+        }
+        // The position is only a placeholder until the first message arrives.
+        self.positions[p] = 0;
+        if let Err(e) = self.consumer.assign(&tpl) {
+            self.state.disrupted.store(true, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot rewind a kafka partition");
+        }
+    }
+
     /// Stops fetching but keeps the positions; `check_assignment` resumes.
     fn unassign(&mut self, why: &str) {
         if !self.assigned {
