@@ -316,6 +316,10 @@ struct ClientCaps {
     /// Open connections from one IP address on this edge.
     #[arg(long, env = "DANMAKU_MAX_CONNS_PER_IP", default_value_t = 10_000)]
     max_conns_per_ip: usize,
+    /// Live reliable events one connection may have waiting; past it the
+    /// connection is closed with `reliable_backlog` and its client resumes.
+    #[arg(long, env = "DANMAKU_RELIABLE_QUEUE", default_value_t = 512)]
+    reliable_queue: usize,
 }
 
 impl ClientCaps {
@@ -325,6 +329,10 @@ impl ClientCaps {
                 max_conns_per_user: self.max_conns_per_user,
                 max_conns_per_ip: self.max_conns_per_ip,
                 ..config.client_limits
+            },
+            reliable: danmaku_edge::ReliableConfig {
+                queue: self.reliable_queue,
+                ..config.reliable
             },
             ..config
         }

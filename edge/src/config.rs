@@ -144,6 +144,13 @@ pub struct ReliableConfig {
     /// Least time between two writes of one connection's ack offset on one
     /// channel to the store (the last one is written on disconnect). Default 1 s.
     pub ack_persist_interval: Duration,
+    /// Live reliable events (all joined channels together) waiting for one
+    /// connection's task. The task only falls this far behind when it cannot
+    /// write (its peer stopped reading) or a store read holds it; past this the
+    /// connection is closed with `reliable_backlog` and the client resumes from
+    /// its last ack, so a stalled peer pins a bounded amount of memory instead
+    /// of every gift published until its idle timeout. Default 512.
+    pub queue: usize,
 }
 
 impl Default for ReliableConfig {
@@ -156,6 +163,7 @@ impl Default for ReliableConfig {
             reorder_hold: Duration::from_millis(200),
             missed_page: 50,
             ack_persist_interval: Duration::from_secs(1),
+            queue: 512,
         }
     }
 }

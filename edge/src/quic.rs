@@ -19,7 +19,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
 use crate::Edge;
-use crate::registry::{Outbound, Transport};
+use crate::registry::{Outbound, ReliableSender, Transport};
 use crate::session::{
     CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session, next_wake,
 };
@@ -153,7 +153,8 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
     tracing::debug!(conn_id, user = %user, remote = %conn.remote_address(), "QUIC connected");
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
+    let (reliable_tx, mut reliable_rx, overflow) =
+        ReliableSender::channel(edge.config.reliable.queue);
     let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
     let writer = tokio::spawn(write_loop(
         send,
@@ -169,7 +170,7 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         Transport::Quic,
         control_tx,
         batch_tx,
-        reliable_tx,
+        (reliable_tx, Arc::clone(&overflow)),
     );
     let mut flow = session
         .start(Some(conn.remote_address().ip()), token_exp)
@@ -180,7 +181,7 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
             biased;
             _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
             _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            wake = next_wake(&mut reliable_rx, deadline) => Err(wake),
+            wake = next_wake(&mut reliable_rx, &overflow, deadline) => Err(wake),
             next = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)) => Ok(next),
         };
         let next = match next {

@@ -16,8 +16,8 @@ use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::wsframe::{OpCode, Prepared};
 use danmaku_proto::{ChannelName, frame, pb};
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::Metrics;
 
@@ -130,6 +130,46 @@ pub enum ConnEvent {
     },
 }
 
+/// The sending half of one connection's live reliable queue: bounded
+/// (`EdgeConfig::reliable_queue`), so a connection whose task cannot keep up
+/// holds a bounded number of events. An event that does not fit is not
+/// dropped silently: the overflow signal wakes the connection's task, which
+/// closes with `reliable_backlog`, and the client resumes from its last ack
+/// (the store has every event), so nothing is lost.
+#[derive(Debug, Clone)]
+pub struct ReliableSender {
+    tx: mpsc::Sender<ConnEvent>,
+    overflow: Arc<Notify>,
+}
+
+impl ReliableSender {
+    /// A bounded queue of `capacity` events and the overflow signal its
+    /// receiver waits on.
+    pub fn channel(capacity: usize) -> (ReliableSender, mpsc::Receiver<ConnEvent>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let overflow = Arc::new(Notify::new());
+        let sender = ReliableSender {
+            tx,
+            overflow: Arc::clone(&overflow),
+        };
+        (sender, rx, overflow)
+    }
+
+    /// Queues `event` without waiting. `Err(true)` when the queue was full (the
+    /// overflow signal is raised), `Err(false)` when the connection has ended.
+    fn send(&self, event: ConnEvent) -> Result<(), bool> {
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                // Stores a permit when the task is not waiting: never lost.
+                self.overflow.notify_one();
+                Err(true)
+            }
+            Err(TrySendError::Closed(_)) => Err(false),
+        }
+    }
+}
+
 /// One connection's membership in a channel.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -137,7 +177,7 @@ pub struct Member {
     queue: mpsc::Sender<Outbound>,
     /// Live reliable events go to the connection's task (which keeps its window
     /// and `sent_upto`), never through the droppable batch queue.
-    reliable: Option<mpsc::UnboundedSender<ConnEvent>>,
+    reliable: Option<ReliableSender>,
 }
 
 impl Member {
@@ -150,7 +190,7 @@ impl Member {
     }
 
     /// This member also receives the channel's reliable events on `tx`.
-    pub fn with_reliable(mut self, tx: mpsc::UnboundedSender<ConnEvent>) -> Self {
+    pub fn with_reliable(mut self, tx: ReliableSender) -> Self {
         self.reliable = Some(tx);
         self
     }
@@ -169,6 +209,15 @@ impl PushOutcome {
     pub fn total_pushed(&self) -> u64 {
         self.pushed.iter().sum()
     }
+}
+
+/// What handing a reliable event to a channel's members did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReliablePush {
+    /// Connections whose queue took the event.
+    pub reached: u64,
+    /// Connections whose queue was full: they close and resume.
+    pub overflowed: u64,
 }
 
 /// A channel's local members.
@@ -246,23 +295,25 @@ impl Channel {
         out
     }
 
-    /// Hands a reliable event to every member's connection task. Never drops:
-    /// the queue is unbounded, and each connection bounds its own backlog (its
-    /// unacked window) and closes itself when it cannot keep up. Returns the
-    /// connections reached.
-    pub fn push_reliable(&self, frame: &Arc<ReliableFrame>) -> u64 {
-        let mut reached = 0;
+    /// Hands a reliable event to every member's connection task without
+    /// waiting. A member whose bounded queue is full does not get it: its task
+    /// is told to close with `reliable_backlog`, and its client resumes from
+    /// the store (see [`ReliableSender`]). Returns the connections reached.
+    pub fn push_reliable(&self, frame: &Arc<ReliableFrame>) -> ReliablePush {
+        let mut out = ReliablePush::default();
         for member in self.members.iter() {
             let Some(tx) = &member.reliable else { continue };
             let delivery = ReliableDelivery {
                 channel: self.name.clone(),
                 frame: Arc::clone(frame),
             };
-            if tx.send(ConnEvent::Reliable(delivery)).is_ok() {
-                reached += 1;
+            match tx.send(ConnEvent::Reliable(delivery)) {
+                Ok(()) => out.reached += 1,
+                Err(true) => out.overflowed += 1,
+                Err(false) => {}
             }
         }
-        reached
+        out
     }
 
     /// Tells every member's connection task that `user` left the group; only

@@ -160,14 +160,17 @@ impl Shard {
             return;
         };
         for (_, event) in ready {
-            push(&members, event);
+            push(&members, event, &self.metrics);
         }
     }
 }
 
-fn push(channel: &Channel, event: pb::Event) {
+fn push(channel: &Channel, event: pb::Event, metrics: &Metrics) {
     let frame = ReliableFrame::build(channel.name().as_str(), event);
-    channel.push_reliable(&frame);
+    let out = channel.push_reliable(&frame);
+    if out.overflowed > 0 {
+        metrics.reliable_queue_overflows.inc_by(out.overflowed);
+    }
 }
 
 /// Up to `limit` messages after `after`, read in pages of the store's maximum.
@@ -289,7 +292,7 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> Vec<u64> {
+    fn drain(rx: &mut mpsc::Receiver<ConnEvent>) -> Vec<u64> {
         std::iter::from_fn(|| rx.try_recv().ok())
             .filter_map(|e| match e {
                 ConnEvent::Reliable(d) => Some(d.frame.seq),
@@ -303,7 +306,7 @@ mod tests {
         let metrics = Metrics::unregistered();
         let registry = Arc::new(Registry::new(metrics.clone()));
         let (batch_tx, _batch_rx) = mpsc::channel(1);
-        let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
+        let (rel_tx, mut rel_rx, _overflow) = crate::registry::ReliableSender::channel(16);
         registry.join(
             &ChannelName::parse("room:f").unwrap(),
             1,

@@ -6,21 +6,26 @@
 //! by the transport drains two queues: the small control queue (replies: never
 //! dropped, the reader waits when it is full) and the bounded batch queue the
 //! registry pushes into (dropped when full). Reliable frames come from the
-//! fan-out on an unbounded queue the transport races against the socket
+//! fan-out on a bounded queue the transport races against the socket
 //! ([`next_wake`]); the session tracks and sends them on the control queue, so
-//! they are never dropped. Dropping the session leaves every channel, so no
-//! exit path leaks registry entries.
+//! they are never dropped. When that queue overflows (the peer stopped reading,
+//! so the session waits on the control queue) the session closes with
+//! `reliable_backlog` at once — it does not wait for the idle timeout — and the
+//! client resumes from its last ack. Two control-queue slots are reserved at
+//! start for the last `error` frame and the close, so they are queued even when
+//! the peer has stopped reading. Dropping the session leaves every channel, so
+//! no exit path leaks registry entries.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelName, ProtoError, frame, pb};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::Edge;
 use crate::registry::{
-    ConnEvent, ConnId, Member, Outbound, ReliableDelivery, ReliableFrame, Transport,
+    ConnEvent, ConnId, Member, Outbound, ReliableDelivery, ReliableFrame, ReliableSender, Transport,
 };
 use crate::reliable::UnackedWindow;
 
@@ -58,6 +63,10 @@ pub(crate) enum CloseReason {
     /// The peer cannot keep up with the reliable lane (too many unacked frames
     /// or too many resends); it should reconnect and resume.
     ReliableBacklog,
+    /// The connection's live reliable queue overflowed (its task could not
+    /// keep up, usually because the peer stopped reading): `reliable_backlog`
+    /// to the client, which reconnects and resumes.
+    ReliableOverflow,
     /// The token expired and no fresh `auth` frame arrived in time.
     TokenExpired,
     /// A limit refused the connection (see `limits.rs`; the error frame says which).
@@ -74,7 +83,7 @@ impl CloseReason {
             CloseReason::BadToken => 1008,
             CloseReason::Shutdown => 1001,
             CloseReason::Stalled => 1008,
-            CloseReason::ReliableBacklog => 1008,
+            CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 1008,
             CloseReason::TokenExpired => 1008,
             CloseReason::Refused => 1008,
         }
@@ -89,7 +98,7 @@ impl CloseReason {
             CloseReason::BadToken => 3,
             CloseReason::Shutdown => 4,
             CloseReason::Stalled => 5,
-            CloseReason::ReliableBacklog => 6,
+            CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 6,
             CloseReason::TokenExpired => 7,
             CloseReason::Refused => 8,
         }
@@ -103,7 +112,9 @@ impl CloseReason {
             CloseReason::BadToken => "bad token",
             CloseReason::Shutdown => "edge shutting down",
             CloseReason::Stalled => "peer stopped reading",
-            CloseReason::ReliableBacklog => "reliable backlog; resume with after_seq",
+            CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => {
+                "reliable backlog; resume with after_seq"
+            }
             CloseReason::TokenExpired => "token expired",
             CloseReason::Refused => "refused by a limit",
         }
@@ -122,12 +133,16 @@ pub(crate) enum Wake {
     },
     /// A retransmission or ack write may be due, or the token expires.
     Timer,
+    /// The live reliable queue overflowed: an event is missing from it.
+    Overflow,
 }
 
-/// Waits for the next live reliable event or for `deadline`. Cancel-safe: the
-/// transports race it against reading the socket.
+/// Waits for the next live reliable event, an overflow of the reliable queue,
+/// or `deadline`. Cancel-safe: the transports race it against reading the
+/// socket (an overflow signal not consumed stays stored in the `Notify`).
 pub(crate) async fn next_wake(
-    rx: &mut mpsc::UnboundedReceiver<ConnEvent>,
+    rx: &mut mpsc::Receiver<ConnEvent>,
+    overflow: &Notify,
     deadline: Option<tokio::time::Instant>,
 ) -> Wake {
     let timer = async {
@@ -138,6 +153,7 @@ pub(crate) async fn next_wake(
     };
     tokio::select! {
         biased;
+        _ = overflow.notified() => Wake::Overflow,
         _ = timer => Wake::Timer,
         Some(e) = rx.recv() => match e {
             ConnEvent::Reliable(d) => Wake::Live(d),
@@ -167,7 +183,14 @@ pub(crate) struct Session {
     pub limits: crate::limits::ConnLimits,
     control: mpsc::Sender<Control>,
     batches: mpsc::Sender<Outbound>,
-    reliable: mpsc::UnboundedSender<ConnEvent>,
+    reliable: ReliableSender,
+    /// Raised by the fan-out when `reliable` is full (see [`ReliableSender`]).
+    overflow: Arc<Notify>,
+    /// Control-queue slots reserved at start for the last `error` frame and
+    /// the close: a peer that stopped reading still gets both queued (and
+    /// sees them if it reads again within the writer's drain time).
+    last_frame: Option<mpsc::OwnedPermit<Control>>,
+    last_close: Option<mpsc::OwnedPermit<Control>>,
 }
 
 /// One connection's reliable lane on one channel.
@@ -206,11 +229,15 @@ impl Session {
         transport: Transport,
         control: mpsc::Sender<Control>,
         batches: mpsc::Sender<Outbound>,
-        reliable: mpsc::UnboundedSender<ConnEvent>,
+        reliable: (ReliableSender, Arc<Notify>),
     ) -> Self {
         edge.control
             .conn_opened(conn_id, transport, control.clone());
         let limits = crate::limits::ConnLimits::new(&edge, &user);
+        // The queue is new and empty: both reservations succeed.
+        let last_frame = control.clone().try_reserve_owned().ok();
+        let last_close = control.clone().try_reserve_owned().ok();
+        let (reliable, overflow) = reliable;
         Session {
             edge,
             conn_id,
@@ -223,6 +250,9 @@ impl Session {
             control,
             batches,
             reliable,
+            overflow,
+            last_frame,
+            last_close,
         }
     }
 
@@ -272,13 +302,19 @@ impl Session {
 
     pub(crate) async fn send_control(&self, item: Control) -> Flow {
         let idle = self.edge.config.idle_timeout();
-        match tokio::time::timeout(idle, self.control.send(item)).await {
-            Ok(Ok(())) => Flow::Continue,
-            Ok(Err(_)) => Flow::Close(CloseReason::PeerClosed),
-            Err(_) => {
-                tracing::info!(conn_id = self.conn_id, "peer stopped reading; closing");
-                Flow::Close(CloseReason::Stalled)
-            }
+        tokio::select! {
+            biased;
+            sent = tokio::time::timeout(idle, self.control.send(item)) => match sent {
+                Ok(Ok(())) => Flow::Continue,
+                Ok(Err(_)) => Flow::Close(CloseReason::PeerClosed),
+                Err(_) => {
+                    tracing::info!(conn_id = self.conn_id, "peer stopped reading; closing");
+                    Flow::Close(CloseReason::Stalled)
+                }
+            },
+            // Waiting on a peer that does not read while the reliable queue
+            // overflows: close now rather than at the idle timeout.
+            _ = self.overflow.notified() => Flow::Close(CloseReason::ReliableOverflow),
         }
     }
 
@@ -307,6 +343,7 @@ impl Session {
             Wake::Removed { channel, user } => {
                 crate::handlers::leave::removed(self, channel, &user).await
             }
+            Wake::Overflow => Flow::Close(CloseReason::ReliableOverflow),
             Wake::Timer => {
                 if crate::handlers::auth::expired(self) {
                     return crate::handlers::auth::on_expired(self).await;
@@ -331,10 +368,31 @@ impl Session {
 
     /// Tells the writer to close after what is queued, then leaves all channels.
     pub async fn close(mut self, reason: CloseReason) {
+        if reason == CloseReason::ReliableOverflow {
+            self.edge.metrics.reliable_backlog_closes.inc();
+            self.edge.metrics.error("reliable_backlog");
+            tracing::info!(conn_id = self.conn_id, "reliable queue overflow; closing");
+            let f = frame::error(
+                "reliable_backlog",
+                "reliable events arrived faster than this connection took them; \
+                 reconnect and resume with after_seq",
+            );
+            if let Some(permit) = self.last_frame.take() {
+                permit.send(Control::Frame(Box::new(f)));
+            }
+        }
         crate::handlers::reliable::persist_acks(&mut self, true).await;
         self.leave_all();
-        // A stalled writer cannot take more; the transport aborts it.
-        let _ = self.control.try_send(Control::Close(reason));
+        // The reserved slot: queued even when the writer is stalled (the
+        // transport aborts a writer that does not drain in time).
+        match self.last_close.take() {
+            Some(permit) => {
+                permit.send(Control::Close(reason));
+            }
+            None => {
+                let _ = self.control.try_send(Control::Close(reason));
+            }
+        }
     }
 
     fn leave_all(&mut self) {

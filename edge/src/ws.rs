@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 
 use crate::Edge;
 use crate::error::ApiError;
-use crate::registry::{Outbound, Transport};
+use crate::registry::{Outbound, ReliableSender, Transport};
 use crate::session::{
     CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session, next_wake,
 };
@@ -228,7 +228,8 @@ async fn run<S>(
     tracing::debug!(conn_id, user = %user, transport = transport.label(), "websocket connected");
     let (mut rd, wr) = tokio::io::split(io);
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
+    let (reliable_tx, mut reliable_rx, overflow) =
+        ReliableSender::channel(edge.config.reliable.queue);
     let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
     let writer = tokio::spawn(write_loop(
         wr,
@@ -245,7 +246,7 @@ async fn run<S>(
         transport,
         control_tx,
         batch_tx,
-        reliable_tx,
+        (reliable_tx, Arc::clone(&overflow)),
     );
     let limits = edge.config.limits;
     let idle = edge.config.idle_timeout();
@@ -281,7 +282,7 @@ async fn run<S>(
             biased;
             _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
             _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            wake = next_wake(&mut reliable_rx, deadline) => Err(wake),
+            wake = next_wake(&mut reliable_rx, &overflow, deadline) => Err(wake),
             read = tokio::time::timeout(idle, read_some(&mut rd, &mut decoder)) => Ok(read),
         };
         match next {
