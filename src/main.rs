@@ -320,6 +320,9 @@ struct ClientCaps {
     /// connection is closed with `reliable_backlog` and its client resumes.
     #[arg(long, env = "DANMAKU_RELIABLE_QUEUE", default_value_t = 512)]
     reliable_queue: usize,
+    /// Time a QUIC client has from its first packet to its `auth` frame.
+    #[arg(long, env = "DANMAKU_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
 }
 
 impl ClientCaps {
@@ -328,6 +331,7 @@ impl ClientCaps {
             client_limits: danmaku_edge::ClientLimits {
                 max_conns_per_user: self.max_conns_per_user,
                 max_conns_per_ip: self.max_conns_per_ip,
+                handshake_timeout: self.handshake_timeout,
                 ..config.client_limits
             },
             reliable: danmaku_edge::ReliableConfig {

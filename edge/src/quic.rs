@@ -6,6 +6,19 @@
 //! batches go as datagrams when they fit `max_datagram_size()`, else on one
 //! server-opened unidirectional stream. Same session, handlers, registry and
 //! idle rule as WebSocket.
+//!
+//! **What a peer can make the edge hold.** quinn's defaults suit a general
+//! server: 100 bidirectional + 100 unidirectional peer streams with ~1.25 MB
+//! receive windows each and a ~1.25 MB buffer of received datagrams nobody
+//! reads — some 250 MB one unauthenticated peer could pin. The protocol needs
+//! far less, so [`transport_config`] grants exactly that: one bidirectional
+//! stream (control), no peer unidirectional streams, no datagrams from the
+//! peer, 64 KiB of receive window (client frames are acks, joins and pings),
+//! and a bounded send window. Until the `auth` frame arrives a frame may be at
+//! most [`AUTH_FRAME_MAX`] bytes, and the QUIC handshake, the control stream
+//! and the `auth` frame together must arrive within
+//! `ClientLimits::handshake_timeout`, else the connection is closed with
+//! `handshake_timeout` (counted in `danmaku_edge_refused_total`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +41,40 @@ use crate::session::{
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Largest chunk read from the control stream at once.
 const READ_CHUNK: usize = 64 << 10;
+
+/// Peer-opened streams: the control stream only. The edge opens its own
+/// unidirectional batch stream, which these limits do not count.
+const MAX_PEER_BIDI_STREAMS: u32 = 1;
+const MAX_PEER_UNI_STREAMS: u32 = 0;
+/// Bytes a peer may send ahead of the edge's reads, per stream and per
+/// connection. Client frames are small; a large one (up to the frame limit)
+/// still passes, in steps of this as the edge reads it.
+const RECEIVE_WINDOW: u32 = 64 << 10;
+/// Bytes of unacknowledged data the edge keeps per connection (control,
+/// reliable and batch streams). Past it writes wait, the batch queue fills and
+/// batches are dropped and counted, as on a TCP socket with a full buffer.
+const SEND_WINDOW: u64 = 512 << 10;
+/// Largest frame before the peer has authenticated: an `auth` frame is a token
+/// of a few hundred bytes, so a peer that has not authenticated cannot make the
+/// edge buffer a full-size frame.
+pub(crate) const AUTH_FRAME_MAX: usize = 16 << 10;
+
+/// The transport settings of every QUIC connection (see the module doc).
+pub(crate) fn transport_config(config: &crate::EdgeConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // The transport must not time out before the edge's own heartbeat rule.
+    let idle = config.idle_timeout() + Duration::from_secs(5);
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok())
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_PEER_BIDI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_PEER_UNI_STREAMS))
+        .stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        // The edge never reads datagrams: not advertising them makes the peer
+        // unable to send any (it can still receive the edge's).
+        .datagram_receive_buffer_size(None);
+    t
+}
 
 /// Accepts connections until shutdown, then closes the endpoint.
 pub(crate) async fn accept_loop(edge: Arc<Edge>, endpoint: quinn::Endpoint) {
@@ -73,18 +120,25 @@ async fn next_frame(
 }
 
 async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    let handshake = edge.config.client_limits.handshake_timeout;
+    // One deadline for the QUIC handshake, the control stream and the auth frame.
+    let deadline = tokio::time::Instant::now() + handshake;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            // Dropping the connecting future abandons the handshake.
+            edge.metrics.refused("handshake_timeout");
             return;
         }
     };
     let conn_id = edge.next_conn_id();
     let idle = edge.config.idle_timeout();
     let limits = edge.config.limits;
-    let handshake = edge.config.client_limits.handshake_timeout;
-    let (send, mut recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
+    let (send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         other => {
             if other.is_err() {
@@ -97,10 +151,11 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let mut reader = FrameReader::new(limits.max_frame_bytes);
+    let mut reader = FrameReader::new(limits.max_frame_bytes.min(AUTH_FRAME_MAX));
 
     // Authenticate before anything else is accepted or registered.
-    let first = tokio::time::timeout(handshake, next_frame(&mut recv, &mut reader, &limits)).await;
+    let first =
+        tokio::time::timeout_at(deadline, next_frame(&mut recv, &mut reader, &limits)).await;
     let (user, token_exp) = match first {
         Ok(Ok(pb::ClientFrame {
             body: Some(client_frame::Body::Auth(auth)),
@@ -141,6 +196,8 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
             return;
         }
     };
+
+    reader.set_max_frame(limits.max_frame_bytes);
 
     if edge.is_draining() {
         let f = frame::error(
