@@ -49,6 +49,12 @@ pub struct EdgeConfig {
     pub top_rooms: usize,
     /// How often the top rooms are ranked (and inbound rates measured). Default 5 s.
     pub top_rooms_interval: Duration,
+    /// Bytes of unacknowledged data the edge keeps per QUIC connection (all
+    /// its streams). Past it writes wait, the batch queue fills and batches are
+    /// dropped and counted, like a TCP socket with a full `SO_SNDBUF`. Batches
+    /// are shared buffers, so this bounds references more than copies.
+    /// Default 512 KiB.
+    pub quic_send_window: u64,
     /// Frame budgets, connection caps and the handshake deadline of clients.
     /// Default [`crate::ClientLimits::default`].
     pub client_limits: crate::ClientLimits,
@@ -70,6 +76,7 @@ impl Default for EdgeConfig {
             control: crate::ControlConfig::default(),
             top_rooms: 20,
             top_rooms_interval: Duration::from_secs(5),
+            quic_send_window: 512 << 10,
             client_limits: crate::ClientLimits::default(),
         }
     }

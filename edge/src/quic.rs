@@ -2,10 +2,20 @@
 //!
 //! A client opens one bidirectional control stream; its first frame must be
 //! `Auth{token}` (answered `AuthOk`, or `Error` and close). Frames on streams are
-//! varint length-prefixed. Replies go back on the control stream; danmaku
-//! batches go as datagrams when they fit `max_datagram_size()`, else on one
-//! server-opened unidirectional stream. Same session, handlers, registry and
-//! idle rule as WebSocket.
+//! varint length-prefixed. Replies and reliable frames go back on the control
+//! stream; danmaku batches on one server-opened unidirectional stream. Same
+//! session, handlers, registry and idle rule as WebSocket.
+//!
+//! **One ordered path for batches.** Batches used to go as datagrams when they
+//! fit and on the stream otherwise; the two paths overtook each other (a small
+//! batch arrived before the big one flushed before it, breaking each sender's
+//! order), and quinn drops the oldest queued datagrams silently when its send
+//! buffer is full, so a slow QUIC viewer lost batches that no metric counted.
+//! On the stream, batches arrive in flush order, QUIC flow control reaches
+//! the writer, and a viewer that cannot keep up fills its batch queue, where
+//! drops are counted in `danmaku_edge_slow_consumer_drops_total` exactly as
+//! for WebSocket. Danmaku stay separate from the control stream, so a lost
+//! packet of a batch never holds up a gift.
 //!
 //! **What a peer can make the edge hold.** quinn's defaults suit a general
 //! server: 100 bidirectional + 100 unidirectional peer streams with ~1.25 MB
@@ -14,7 +24,7 @@
 //! far less, so [`transport_config`] grants exactly that: one bidirectional
 //! stream (control), no peer unidirectional streams, no datagrams from the
 //! peer, 64 KiB of receive window (client frames are acks, joins and pings),
-//! and a bounded send window. Until the `auth` frame arrives a frame may be at
+//! and a bounded send window (`EdgeConfig::quic_send_window`). Until the `auth` frame arrives a frame may be at
 //! most [`AUTH_FRAME_MAX`] bytes, and the QUIC handshake, the control stream
 //! and the `auth` frame together must arrive within
 //! `ClientLimits::handshake_timeout`, else the connection is closed with
@@ -50,10 +60,6 @@ const MAX_PEER_UNI_STREAMS: u32 = 0;
 /// connection. Client frames are small; a large one (up to the frame limit)
 /// still passes, in steps of this as the edge reads it.
 const RECEIVE_WINDOW: u32 = 64 << 10;
-/// Bytes of unacknowledged data the edge keeps per connection (control,
-/// reliable and batch streams). Past it writes wait, the batch queue fills and
-/// batches are dropped and counted, as on a TCP socket with a full buffer.
-const SEND_WINDOW: u64 = 512 << 10;
 /// Largest frame before the peer has authenticated: an `auth` frame is a token
 /// of a few hundred bytes, so a peer that has not authenticated cannot make the
 /// edge buffer a full-size frame.
@@ -69,9 +75,10 @@ pub(crate) fn transport_config(config: &crate::EdgeConfig) -> quinn::TransportCo
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_PEER_UNI_STREAMS))
         .stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
-        .send_window(SEND_WINDOW)
-        // The edge never reads datagrams: not advertising them makes the peer
-        // unable to send any (it can still receive the edge's).
+        .send_window(config.quic_send_window)
+        // No datagrams either way: the edge never reads them, and batches go
+        // on a stream (see the module doc). Not advertising them makes the
+        // peer unable to send any (quinn also disables sending with this).
         .datagram_receive_buffer_size(None);
     t
 }
@@ -349,19 +356,15 @@ async fn write_loop(
     }
 }
 
-/// A batch as one datagram if it fits, else length-prefixed on the batch
-/// stream. Returns the bytes handed to QUIC.
+/// A batch, length-prefixed, on the batch stream (opened on first use).
+/// Returns the bytes handed to QUIC. The payload is the shared `Bytes` of the
+/// channel's frame: QUIC keeps a reference, not a copy.
 async fn send_batch(
     conn: &Connection,
     stream: &mut Option<SendStream>,
     bytes: Bytes,
 ) -> Result<usize, ()> {
     let len = bytes.len();
-    if conn.max_datagram_size().is_some_and(|max| len <= max)
-        && conn.send_datagram(bytes.clone()).is_ok()
-    {
-        return Ok(len);
-    }
     let s = match stream {
         Some(s) => s,
         None => stream.insert(conn.open_uni().await.map_err(|_| ())?),

@@ -31,7 +31,7 @@ pub enum Transport {
     WsJson = 0,
     /// WebSocket, subprotocol `danmaku.v1.pb`: binary protobuf frames.
     WsPb = 1,
-    /// QUIC, ALPN `danmaku/1`: protobuf frames on streams and datagrams.
+    /// QUIC, ALPN `danmaku/1`: protobuf frames on streams.
     Quic = 2,
 }
 
