@@ -42,9 +42,9 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
 use crate::Edge;
-use crate::registry::{Outbound, ReliableSender, Transport};
+use crate::registry::{Outbound, Transport};
 use crate::session::{
-    CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session, next_wake,
+    CloseReason, ConnectionGauge, Control, Flow, Reader, Session, finish_writer, serve,
 };
 
 /// How long closing waits for the peer to acknowledge the last control frames.
@@ -142,8 +142,6 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let conn_id = edge.next_conn_id();
-    let idle = edge.config.idle_timeout();
     let limits = edge.config.limits;
     let (send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
@@ -215,66 +213,51 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         return;
     }
     let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
-    tracing::debug!(conn_id, user = %user, remote = %conn.remote_address(), "QUIC connected");
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (reliable_tx, mut reliable_rx, overflow) =
-        ReliableSender::channel(edge.config.reliable.queue);
-    let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
+    let (mut session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
+    tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
     let writer = tokio::spawn(write_loop(
         send,
         conn.clone(),
-        control_rx,
-        batch_rx,
+        queues.control,
+        queues.batches,
         edge.metrics.egress(Transport::Quic).clone(),
     ));
-    let mut session = Session::new(
-        Arc::clone(&edge),
-        conn_id,
-        user.clone(),
-        Transport::Quic,
-        control_tx,
-        batch_tx,
-        (reliable_tx, Arc::clone(&overflow)),
-    );
-    let mut flow = session
+    let flow = session
         .start(Some(conn.remote_address().ip()), token_exp)
         .await;
-    while flow == Flow::Continue {
-        let deadline = session.reliable_deadline();
-        let next = tokio::select! {
-            biased;
-            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
-            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            wake = next_wake(&mut reliable_rx, &overflow, deadline) => Err(wake),
-            next = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)) => Ok(next),
-        };
-        let next = match next {
-            Ok(next) => next,
-            Err(wake) => {
-                flow = session.on_wake(wake).await;
-                continue;
-            }
-        };
-        flow = match next {
-            Err(_elapsed) => Flow::Close(CloseReason::Idle),
-            Ok(Err(ReadEnd::Closed)) => Flow::Close(CloseReason::PeerClosed),
-            Ok(Err(ReadEnd::Bad(e))) => session.reject(&e).await,
-            Ok(Ok(f)) => session.dispatch(f).await,
-        };
-    }
-    let reason = match flow {
-        Flow::Close(r) => r,
-        Flow::Continue => CloseReason::PeerClosed,
+    let mut reader = QuicReader {
+        recv,
+        reader,
+        limits,
     };
-    tracing::debug!(conn_id, reason = reason.text(), "QUIC closing");
-    session.close(reason).await;
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_LINGER * 2, &mut writer)
-        .await
-        .is_err()
-    {
-        // The peer does not read: drop the socket rather than wait on it.
-        writer.abort();
+    serve(session, &mut reader, queues.reliable, flow).await;
+    finish_writer(writer, CLOSE_LINGER * 2).await;
+}
+
+/// The reading half of a QUIC connection: the control stream through the
+/// length-prefix framing.
+struct QuicReader {
+    recv: RecvStream,
+    reader: FrameReader,
+    limits: Limits,
+}
+
+impl Reader for QuicReader {
+    type Message = Result<pb::ClientFrame, ProtoError>;
+
+    async fn next(&mut self) -> Option<Self::Message> {
+        match next_frame(&mut self.recv, &mut self.reader, &self.limits).await {
+            Ok(f) => Some(Ok(f)),
+            Err(ReadEnd::Bad(e)) => Some(Err(e)),
+            Err(ReadEnd::Closed) => None,
+        }
+    }
+
+    async fn on_message(&mut self, session: &mut Session, msg: Self::Message) -> Flow {
+        match msg {
+            Ok(f) => session.dispatch(f).await,
+            Err(e) => session.reject(&e).await,
+        }
     }
 }
 

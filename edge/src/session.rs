@@ -1,7 +1,12 @@
 //! One authenticated client connection, whatever its transport.
 //!
-//! A transport (`ws.rs`, `quic.rs`) reads and decodes frames and hands each to
-//! [`Session::dispatch`]; the handlers in `handlers/` act on the session state
+//! A transport (`ws.rs`, `quic.rs`) authenticates, opens the session with its
+//! queues ([`Session::open`], the one place their bounds are set), spawns its
+//! writer and hands [`serve`] a [`Reader`] that decodes its frames. [`serve`]
+//! is the one connection loop of both transports: it races the peer's frames
+//! (with the idle timeout) against the reliable lane, shutdown and the
+//! writer's end, and dispatches frames to the handlers in `handlers/`, which
+//! act on the session state
 //! (joined channels) and queue replies on the control queue. A writer task owned
 //! by the transport drains two queues: the small control queue (replies: never
 //! dropped, the reader waits when it is full) and the bounded batch queue the
@@ -17,7 +22,9 @@
 //! no exit path leaks registry entries.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelName, ProtoError, frame, pb};
@@ -137,28 +144,111 @@ pub(crate) enum Wake {
     Overflow,
 }
 
-/// Waits for the next live reliable event, an overflow of the reliable queue,
-/// or `deadline`. Cancel-safe: the transports race it against reading the
-/// socket (an overflow signal not consumed stays stored in the `Notify`).
-pub(crate) async fn next_wake(
-    rx: &mut mpsc::Receiver<ConnEvent>,
-    overflow: &Notify,
-    deadline: Option<tokio::time::Instant>,
-) -> Wake {
-    let timer = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+/// The receiving end of a connection's live reliable queue and its overflow
+/// signal (see [`ReliableSender`]).
+pub(crate) struct ReliableQueue {
+    rx: mpsc::Receiver<ConnEvent>,
+    overflow: Arc<Notify>,
+}
+
+impl ReliableQueue {
+    /// Waits for the next live reliable event, an overflow of the queue, or
+    /// `deadline`. Cancel-safe: [`serve`] races it against reading the socket
+    /// (an overflow signal not consumed stays stored in the `Notify`).
+    async fn next(&mut self, deadline: Option<tokio::time::Instant>) -> Wake {
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.overflow.notified() => Wake::Overflow,
+            _ = timer => Wake::Timer,
+            Some(e) = self.rx.recv() => match e {
+                ConnEvent::Reliable(d) => Wake::Live(d),
+                ConnEvent::Removed { channel, user } => Wake::Removed { channel, user },
+            },
         }
+    }
+}
+
+/// The receiving ends of a new session's queues: `control` and `batches` for
+/// the transport's writer, `reliable` for [`serve`].
+pub(crate) struct Queues {
+    pub control: mpsc::Receiver<Control>,
+    pub batches: mpsc::Receiver<Outbound>,
+    pub reliable: ReliableQueue,
+}
+
+/// The reading half of a transport: frames from the peer, decoded.
+pub(crate) trait Reader: Send {
+    /// One thing read from the peer (a frame, or a decode error to act on).
+    type Message: Send;
+
+    /// The next message; `None` once the peer has closed or the connection
+    /// failed. Cancel-safe: [`serve`] races it against the reliable lane, so
+    /// bytes read must be kept (in the reader's buffer) when it is dropped.
+    fn next(&mut self) -> impl Future<Output = Option<Self::Message>> + Send;
+
+    /// Acts on one message (dispatches a frame, or refuses a bad one).
+    fn on_message(
+        &mut self,
+        session: &mut Session,
+        msg: Self::Message,
+    ) -> impl Future<Output = Flow> + Send;
+}
+
+/// The loop of one authenticated connection, for every transport: from
+/// `flow` (what [`Session::start`] answered) until something closes it.
+/// Closes the session and returns why.
+pub(crate) async fn serve<R: Reader>(
+    mut session: Session,
+    reader: &mut R,
+    mut reliable: ReliableQueue,
+    mut flow: Flow,
+) -> CloseReason {
+    let edge = Arc::clone(&session.edge);
+    let idle = edge.config.idle_timeout();
+    while flow == Flow::Continue {
+        let deadline = session.reliable_deadline();
+        let next = tokio::select! {
+            biased;
+            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
+            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
+            wake = reliable.next(deadline) => Err(wake),
+            read = tokio::time::timeout(idle, reader.next()) => Ok(read),
+        };
+        flow = match next {
+            Err(wake) => session.on_wake(wake).await,
+            Ok(Err(_elapsed)) => {
+                tracing::debug!(conn_id = session.conn_id, "idle timeout");
+                Flow::Close(CloseReason::Idle)
+            }
+            Ok(Ok(None)) => Flow::Close(CloseReason::PeerClosed),
+            Ok(Ok(Some(msg))) => reader.on_message(&mut session, msg).await,
+        };
+    }
+    let reason = match flow {
+        Flow::Close(r) => r,
+        Flow::Continue => CloseReason::PeerClosed,
     };
-    tokio::select! {
-        biased;
-        _ = overflow.notified() => Wake::Overflow,
-        _ = timer => Wake::Timer,
-        Some(e) = rx.recv() => match e {
-            ConnEvent::Reliable(d) => Wake::Live(d),
-            ConnEvent::Removed { channel, user } => Wake::Removed { channel, user },
-        },
+    tracing::debug!(
+        conn_id = session.conn_id,
+        transport = session.transport.label(),
+        reason = reason.text(),
+        "closing"
+    );
+    session.close(reason).await;
+    reason
+}
+
+/// Gives the writer `drain` to flush what the closed session queued last,
+/// then drops the socket: a peer that does not read must not hold it.
+pub(crate) async fn finish_writer(mut writer: tokio::task::JoinHandle<()>, drain: Duration) {
+    if tokio::time::timeout(drain, &mut writer).await.is_err() {
+        writer.abort();
     }
 }
 
@@ -222,23 +312,22 @@ pub(crate) enum CatchUp {
 }
 
 impl Session {
-    pub fn new(
-        edge: Arc<Edge>,
-        conn_id: ConnId,
-        user: String,
-        transport: Transport,
-        control: mpsc::Sender<Control>,
-        batches: mpsc::Sender<Outbound>,
-        reliable: (ReliableSender, Arc<Notify>),
-    ) -> Self {
+    /// A session of `user` on `transport` and the receiving ends of its
+    /// queues: replies ([`CONTROL_QUEUE`]), batches
+    /// (`EdgeConfig::send_queue_frames`) and live reliable events
+    /// (`ReliableConfig::queue`).
+    pub fn open(edge: Arc<Edge>, user: String, transport: Transport) -> (Self, Queues) {
+        let conn_id = edge.next_conn_id();
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (batches, batches_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
+        let (reliable, reliable_rx, overflow) = ReliableSender::channel(edge.config.reliable.queue);
         edge.control
             .conn_opened(conn_id, transport, control.clone());
         let limits = crate::limits::ConnLimits::new(&edge, &user);
         // The queue is new and empty: both reservations succeed.
         let last_frame = control.clone().try_reserve_owned().ok();
         let last_close = control.clone().try_reserve_owned().ok();
-        let (reliable, overflow) = reliable;
-        Session {
+        let session = Session {
             edge,
             conn_id,
             user,
@@ -250,10 +339,19 @@ impl Session {
             control,
             batches,
             reliable,
-            overflow,
+            overflow: Arc::clone(&overflow),
             last_frame,
             last_close,
-        }
+        };
+        let queues = Queues {
+            control: control_rx,
+            batches: batches_rx,
+            reliable: ReliableQueue {
+                rx: reliable_rx,
+                overflow,
+            },
+        };
+        (session, queues)
     }
 
     /// Admits the authenticated connection (connection caps of `limits.rs`) and
