@@ -11,7 +11,10 @@
 # edge like real clients, RATE danmaku/s + GIFT_RATE gifts/s for DURATION s.
 # Overrides (environment): VIEWERS=100000 EDGES=6 INGESTS=2 WORKERS=6 RATE=1000
 # GIFT_RATE=10 DURATION=60 RAMP=2000 PROBE=0.01 TRANSPORT=ws-pb REPORT=bench-room-100k.json
-# BIN=target/release/danmaku EXTRA="…more loadtest flags".
+# BIN=target/release/danmaku EXTRA="…more loadtest flags" EDGE_EXTRA="…more edge flags".
+# WRITE_BUDGET (frame writes/s per edge, default 100000 ÷ EDGES): the edges share
+# the host's ~100k writes/s; each edge's adaptive window for the big room then
+# reaches its 1 s maximum, i.e. one frame per viewer per second.
 #
 # Edges register themselves with the scheduler when the build has edge
 # self-registration (`danmaku edge --help` lists --capacity); otherwise the
@@ -41,6 +44,7 @@ RAMP="${RAMP:-2000}"
 PROBE="${PROBE:-0.01}"
 TRANSPORT="${TRANSPORT:-ws-pb}"
 REPORT="${REPORT:-bench-room-100k.json}"
+WRITE_BUDGET="${WRITE_BUDGET:-$(( 100000 / EDGES ))}"
 SECRET="bench-secret-$$"
 LOGS="$ROOT/.services/bench"
 mkdir -p "$LOGS"
@@ -102,10 +106,12 @@ fi
 start scheduler "${sched_args[@]}"
 for i in "${!edges[@]}"; do
   args=(edge --listen "${edges[$i]}" --bus "$BUS" --store "$STORE" --auth-secret "$SECRET"
-        --advertise "${edges[$i]}")
+        --advertise "${edges[$i]}" --write-budget "$WRITE_BUDGET" --batch-max-events 2000)
   if [ "$self_register" = 1 ]; then
     args+=(--scheduler "http://127.0.0.1:$sched_port" --capacity 19000)
   fi
+  # shellcheck disable=SC2206
+  args+=(${EDGE_EXTRA:-})
   start "edge$((i + 1))" "${args[@]}"
 done
 ingests=()
@@ -132,4 +138,12 @@ src_list=$(IFS=,; echo "${srcs[*]}")
   --duration "$DURATION" --workers "$WORKERS" --source-addrs "$src_list" --ramp "$RAMP" \
   --probe-fraction "$PROBE" --transport "$TRANSPORT" --server-pids "$server_pids" \
   --report "$REPORT" ${EXTRA:-}
-echo "report: $REPORT" >&2
+# Keep every server's final /metrics next to its log, for the post-mortem.
+for i in "${!edges[@]}"; do
+  curl -fs "http://${edges[$i]}/metrics" >"$LOGS/edge$((i + 1)).metrics" 2>/dev/null || true
+done
+for i in "${!ingests[@]}"; do
+  curl -fs "${ingests[$i]}/metrics" >"$LOGS/ingest$((i + 1)).metrics" 2>/dev/null || true
+done
+curl -fs "http://127.0.0.1:$sched_port/metrics" >"$LOGS/scheduler.metrics" 2>/dev/null || true
+echo "report: $REPORT (server logs and final metrics in $LOGS)" >&2

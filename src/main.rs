@@ -45,6 +45,8 @@ enum Command {
         #[command(flatten)]
         top: TopRooms,
         #[command(flatten)]
+        batching: Batching,
+        #[command(flatten)]
         caps: ClientCaps,
     },
     /// The upload API: validates, rate-limits and publishes to the bus.
@@ -99,6 +101,8 @@ enum Command {
         control: EdgeControl,
         #[command(flatten)]
         top: TopRooms,
+        #[command(flatten)]
+        batching: Batching,
         #[command(flatten)]
         caps: ClientCaps,
     },
@@ -200,6 +204,10 @@ struct LoadtestArgs {
     /// Share of viewers that decode everything and measure latency/order/duplicates.
     #[arg(long, env = "DANMAKU_PROBE_FRACTION", default_value_t = 0.01)]
     probe_fraction: f64,
+    /// Viewers ack gifts cumulatively at most this often, e.g. 1s (0 = every
+    /// gift); keep it below the edges' --retransmit-initial.
+    #[arg(long, env = "DANMAKU_ACK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    ack_interval: Duration,
     /// Worker processes (≤19k viewers each); 0 = in this process.
     #[arg(long, env = "DANMAKU_WORKERS", default_value_t = 0)]
     workers: usize,
@@ -343,6 +351,49 @@ impl ClientCaps {
     }
 }
 
+/// How the edge batches danmaku (defaults: see `danmaku_edge::BatchConfig`).
+/// A room's window is `members × active rooms ÷ write budget`, clamped to
+/// [min, max]: the budget is what bounds an edge's frame writes per second.
+#[derive(clap::Args)]
+struct Batching {
+    /// Frame writes per second this edge may spend on danmaku batches.
+    #[arg(long, env = "DANMAKU_WRITE_BUDGET", default_value_t = 100_000)]
+    write_budget: u64,
+    /// Shortest batching window (what a small room waits at most), e.g. 50ms.
+    #[arg(long, env = "DANMAKU_MIN_WINDOW", default_value = "50ms", value_parser = parse_duration)]
+    min_window: Duration,
+    /// Longest batching window however big the room, e.g. 1s.
+    #[arg(long, env = "DANMAKU_MAX_WINDOW", default_value = "1s", value_parser = parse_duration)]
+    max_window: Duration,
+    /// A batch is flushed early once it holds this many events.
+    #[arg(long, env = "DANMAKU_BATCH_MAX_EVENTS", default_value_t = 500)]
+    batch_max_events: usize,
+    /// First resend of an unacked reliable frame, e.g. 3s (then doubling). Must
+    /// exceed the clients' ack interval plus one batch window.
+    #[arg(long, env = "DANMAKU_RETRANSMIT_INITIAL", default_value = "3s", value_parser = parse_duration)]
+    retransmit_initial: Duration,
+}
+
+impl Batching {
+    fn apply(&self, config: danmaku_edge::EdgeConfig) -> danmaku_edge::EdgeConfig {
+        danmaku_edge::EdgeConfig {
+            batch: danmaku_edge::BatchConfig {
+                write_budget_per_sec: self.write_budget,
+                min_window: self.min_window,
+                max_window: self.max_window,
+                max_events: self.batch_max_events,
+                ..config.batch
+            },
+            reliable: danmaku_edge::ReliableConfig {
+                retransmit_initial: self.retransmit_initial,
+                retransmit_max: config.reliable.retransmit_max.max(self.retransmit_initial),
+                ..config.reliable
+            },
+            ..config
+        }
+    }
+}
+
 /// The edge's top-rooms ranking (gauges by rank, `GET /v1/top-rooms`).
 #[derive(clap::Args)]
 struct TopRooms {
@@ -384,6 +435,7 @@ async fn run(command: Command) -> Result<()> {
             dev_app_tokens,
             limits,
             top,
+            batching,
             caps,
         } => {
             cancel_on_signal(shutdown.clone());
@@ -392,7 +444,7 @@ async fn run(command: Command) -> Result<()> {
                 listen,
                 data,
                 auth_secret: secrets.next(),
-                edge: caps.apply(top.apply(danmaku_edge::EdgeConfig::default())),
+                edge: caps.apply(top.apply(batching.apply(danmaku_edge::EdgeConfig::default()))),
                 extra_auth_secrets: secrets.collect(),
                 ingest: limits.apply(danmaku_ingest::IngestConfig {
                     dev_app_tokens,
@@ -453,6 +505,7 @@ async fn run(command: Command) -> Result<()> {
             tls_key,
             control,
             top,
+            batching,
             caps,
         } => {
             let registry = process_registry();
@@ -460,7 +513,7 @@ async fn run(command: Command) -> Result<()> {
             let (tcp, udp) = bind_pair(listen)?;
             let advertise = advertise.unwrap_or_else(|| listen.to_string());
             let edge = danmaku_edge::Edge::start(
-                caps.apply(top.apply(danmaku_edge::EdgeConfig {
+                caps.apply(top.apply(batching.apply(danmaku_edge::EdgeConfig {
                     id: format!("edge-{advertise}"),
                     tls_cert,
                     tls_key,
@@ -475,7 +528,7 @@ async fn run(command: Command) -> Result<()> {
                         online_push_interval: control.online_push_interval,
                     },
                     ..danmaku_edge::EdgeConfig::default()
-                })),
+                }))),
                 bus,
                 store,
                 token_key(&auth_secret)?,
@@ -645,6 +698,7 @@ async fn run_loadtest(a: LoadtestArgs) -> Result<()> {
         ramp_per_sec: a.ramp,
         connect_concurrency: a.connect_concurrency,
         heartbeat: Duration::from_secs(20),
+        ack_interval: a.ack_interval,
         drain_grace: Duration::from_secs_f64(a.drain_grace.max(0.0)),
         foreign_rate: a.foreign_rate,
         server_pids: a.server_pids,

@@ -6,7 +6,8 @@
 //! Each shard owns a [`PendingBatches`] (the pure window policy) and one
 //! [`FrameBuilder`] (one reused zstd context). A flush encodes and compresses
 //! once, builds the JSON text only if the channel has JSON members, and hands
-//! refcounted clones to each member's bounded queue ([`Channel::push`]).
+//! refcounted clones to each member's bounded queue ([`Channel::flush`]), along
+//! with the channel's reliable frames that are due (they ride the same tick).
 
 use std::sync::Arc;
 
@@ -162,7 +163,8 @@ pub(crate) fn flush_to(
             return;
         }
     };
-    let outcome = channel.push(&frames);
+    // Reliable frames waiting for this channel leave with the batch.
+    let (outcome, _) = channel.flush(Some(&frames));
     metrics.batches.inc();
     metrics.batch_events.observe(ready.events.len() as f64);
     metrics.batch_window.observe(ready.window.as_secs_f64());

@@ -131,9 +131,13 @@ impl Default for BatchConfig {
 /// See [`crate::reliable`] for the rules these feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReliableConfig {
-    /// Wait for an ack before the first resend of a reliable frame. Default 1 s.
+    /// Wait for an ack before the first resend of a reliable frame. Default 3 s:
+    /// longer than a client's ack interval (acks are cumulative, at most one a
+    /// second) plus one batch window, because on a live TCP or QUIC stream the
+    /// frame was not lost and an early resend is only a duplicate; losses are
+    /// repaired by resume after a reconnect.
     pub retransmit_initial: Duration,
-    /// Each resend doubles the wait, up to this. Default 8 s.
+    /// Each resend doubles the wait, up to this. Default 15 s.
     pub retransmit_max: Duration,
     /// Unacked frames one connection may have on one channel; past it the
     /// connection is closed with `reliable_backlog` (the client resumes).
@@ -163,8 +167,8 @@ pub struct ReliableConfig {
 impl Default for ReliableConfig {
     fn default() -> Self {
         ReliableConfig {
-            retransmit_initial: Duration::from_secs(1),
-            retransmit_max: Duration::from_secs(8),
+            retransmit_initial: Duration::from_secs(3),
+            retransmit_max: Duration::from_secs(15),
             max_unacked: 2_000,
             max_attempts: 6,
             reorder_hold: Duration::from_millis(200),

@@ -135,6 +135,7 @@ impl Edge {
         let reliable_queues = reliable_fanout::spawn_shards(
             shards,
             config.reliable.reorder_hold,
+            &config.batch,
             Arc::clone(&store),
             Arc::clone(&channels),
             metrics.clone(),

@@ -41,9 +41,9 @@ pub struct Metrics {
     pub gap_fills: IntCounter,
     pub reorder_held: IntCounter,
     pub reliable_backlog_closes: IntCounter,
-    /// `danmaku_edge_reliable_queue_overflows_total`: live reliable events that
-    /// did not fit a connection's bounded queue (each closes that connection
-    /// with `reliable_backlog`; its client resumes from the store).
+    /// `danmaku_edge_reliable_queue_overflows_total`: connections whose bounded
+    /// live reliable queue overflowed (each is closed with `reliable_backlog`;
+    /// its client resumes from the store).
     pub reliable_queue_overflows: IntCounter,
     pub store_errors: IntCounterVec,
     /// `danmaku_edge_refused_total{code}`: client frames and connections refused
@@ -178,7 +178,7 @@ impl Metrics {
         )?;
         let reliable_queue_overflows = counter(
             "danmaku_edge_reliable_queue_overflows_total",
-            "Live reliable events that did not fit a connection's bounded queue (the connection closes with reliable_backlog and resumes).",
+            "Connections closed with reliable_backlog because their bounded live reliable queue overflowed (the client resumes).",
         )?;
         let store_errors = IntCounterVec::new(
             Opts::new(

@@ -6,8 +6,11 @@
 //! task owns one [`ReorderBuffer`] per channel. An event that arrives ahead of a
 //! missing seq is held for `reorder_hold`; a gap still open then is read from the
 //! store. Each ordered event is encoded once ([`ReliableFrame::build`]) and
-//! shared by all members ([`Channel::push_reliable`]); connections deduplicate
-//! and fill their own gaps (`session.rs`).
+//! queued on its channel ([`Channel::queue_reliable`]) for the channel's next
+//! flush: the batcher takes it with the next danmaku batch, so a member gets
+//! gifts and danmaku in one write per window; a room without danmaku gets its
+//! reliable frames from this task's own timer, a little after one window.
+//! Connections deduplicate and fill their own gaps (`session.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +22,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch_policy;
+use crate::config::BatchConfig;
 use crate::metrics::Metrics;
 use crate::registry::{Channel, Registry, ReliableFrame};
 use crate::reliable::ReorderBuffer;
@@ -53,6 +58,7 @@ pub(crate) fn event_from_stored(m: StoredMessage) -> pb::Event {
 pub(crate) fn spawn_shards(
     shards: usize,
     hold: Duration,
+    batch: &BatchConfig,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     metrics: Metrics,
@@ -63,6 +69,8 @@ pub(crate) fn spawn_shards(
             let (tx, rx) = mpsc::channel(QUEUE);
             let shard = Shard {
                 hold,
+                batch: batch.clone(),
+                ticks: HashMap::new(),
                 buffers: HashMap::new(),
                 sweep_above: SWEEP_ABOVE,
                 store: Arc::clone(&store),
@@ -77,6 +85,11 @@ pub(crate) fn spawn_shards(
 
 struct Shard {
     hold: Duration,
+    /// The batchers' window rule, for when this task flushes a channel itself.
+    batch: BatchConfig,
+    /// Channels with reliable frames queued, and when this task flushes them if
+    /// no danmaku batch has taken them first.
+    ticks: HashMap<ChannelName, Instant>,
     buffers: HashMap<ChannelName, ReorderBuffer<pb::Event>>,
     sweep_above: usize,
     store: Arc<dyn Store>,
@@ -88,9 +101,11 @@ impl Shard {
     async fn run(mut self, mut rx: mpsc::Receiver<ReliableItem>, shutdown: CancellationToken) {
         loop {
             let deadline = self.buffers.values().filter_map(|b| b.deadline()).min();
+            let tick = self.ticks.values().min().copied();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
+                _ = sleep_until_opt(tick.map(Instant::into_std)) => self.on_tick(),
                 _ = sleep_until_opt(deadline) => self.on_timeout().await,
                 item = rx.recv() => {
                     let Some(item) = item else { return };
@@ -159,18 +174,40 @@ impl Shard {
             self.buffers.remove(channel);
             return;
         };
+        let mut first = false;
         for (_, event) in ready {
-            push(&members, event, &self.metrics);
+            first |= queue(&members, event);
+        }
+        if first {
+            // A batch usually flushes within one window; this is the fallback
+            // for a room without danmaku, a little later so the batch wins.
+            let window = batch_policy::window(&self.batch, members.len(), self.registry.len());
+            let at = Instant::now() + window + window / 8 + Duration::from_millis(2);
+            self.ticks.entry(channel.clone()).or_insert(at);
+        }
+    }
+
+    /// Flushes the reliable frames of channels whose fallback timer is due.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<ChannelName> = self
+            .ticks
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        for name in due {
+            self.ticks.remove(&name);
+            if let Some(channel) = self.registry.get(name.as_str()) {
+                channel.flush(None);
+            }
         }
     }
 }
 
-fn push(channel: &Channel, event: pb::Event, metrics: &Metrics) {
-    let frame = ReliableFrame::build(channel.name().as_str(), event);
-    let out = channel.push_reliable(&frame);
-    if out.overflowed > 0 {
-        metrics.reliable_queue_overflows.inc_by(out.overflowed);
-    }
+/// Queues `event` on `channel`; true if it is the first frame waiting.
+fn queue(channel: &Channel, event: pb::Event) -> bool {
+    channel.queue_reliable(ReliableFrame::build(channel.name().as_str(), event))
 }
 
 /// Up to `limit` messages after `after`, read in pages of the store's maximum.
@@ -294,9 +331,9 @@ mod tests {
 
     fn drain(rx: &mut mpsc::Receiver<ConnEvent>) -> Vec<u64> {
         std::iter::from_fn(|| rx.try_recv().ok())
-            .filter_map(|e| match e {
-                ConnEvent::Reliable(d) => Some(d.frame.seq),
-                ConnEvent::Removed { .. } => None,
+            .flat_map(|e| match e {
+                ConnEvent::Reliable(t) => t.frames.iter().map(|f| f.seq).collect(),
+                ConnEvent::Removed { .. } => Vec::new(),
             })
             .collect()
     }
@@ -320,6 +357,7 @@ mod tests {
         let queues = spawn_shards(
             1,
             Duration::from_millis(200),
+            &BatchConfig::default(),
             store.clone(),
             Arc::clone(&registry),
             metrics.clone(),
@@ -329,10 +367,14 @@ mod tests {
         for seq in [1, 4, 3, 1] {
             q.send(item(seq)).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // No danmaku here: the reliable task flushes the room itself, a little
+        // after one (50 ms) window.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(drain(&mut rel_rx).is_empty(), "waits for the room's tick");
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(drain(&mut rel_rx), vec![1], "3 and 4 wait for 2");
         assert_eq!(metrics.reorder_held.get(), 2);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(drain(&mut rel_rx).is_empty(), "still within the hold");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(drain(&mut rel_rx), vec![2, 3, 4]);
@@ -345,7 +387,7 @@ mod tests {
         // The filled frame is the stored message, encoded once.
         q.send(item(5)).await.unwrap();
         q.send(item(2)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(drain(&mut rel_rx), vec![5], "duplicates dropped");
         shutdown.cancel();
     }

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::Edge;
 use crate::registry::{
-    ConnEvent, ConnId, Member, Outbound, ReliableDelivery, ReliableFrame, ReliableSender, Transport,
+    ConnEvent, ConnId, Member, Outbound, ReliableFrame, ReliableSender, ReliableTick, Transport,
 };
 use crate::reliable::UnackedWindow;
 
@@ -131,8 +131,8 @@ impl CloseReason {
 /// Something for the reliable lane of a connection to act on.
 #[derive(Debug)]
 pub(crate) enum Wake {
-    /// A live reliable event from the fan-out.
-    Live(ReliableDelivery),
+    /// Live reliable events from a channel's flush (with its batch, if any).
+    Live(ReliableTick),
     /// A user was removed from a group this connection joined.
     Removed {
         channel: ChannelName,
@@ -374,6 +374,14 @@ impl Session {
         Member::new(self.transport, self.batches.clone()).with_reliable(self.reliable.clone())
     }
 
+    /// Queues a danmaku batch behind what is queued: dropped (and counted) when
+    /// the connection's batch queue is full, like any slow consumer's batch.
+    pub fn push_batch(&self, batch: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.batches.try_send(batch) {
+            self.edge.metrics.slow_consumer_drops.inc();
+        }
+    }
+
     /// Queues a shared prebuilt frame on the control path (never dropped).
     pub async fn send_shared(&self, frame: &ReliableFrame) -> Flow {
         self.send_control(Control::Shared(frame.outbound(self.transport)))
@@ -437,7 +445,7 @@ impl Session {
     /// Acts on a live reliable event, a membership change or an expired timer.
     pub async fn on_wake(&mut self, wake: Wake) -> Flow {
         match wake {
-            Wake::Live(d) => crate::handlers::reliable::on_live(self, d).await,
+            Wake::Live(tick) => crate::handlers::reliable::on_tick(self, tick).await,
             Wake::Removed { channel, user } => {
                 crate::handlers::leave::removed(self, channel, &user).await
             }
@@ -467,6 +475,7 @@ impl Session {
     /// Tells the writer to close after what is queued, then leaves all channels.
     pub async fn close(mut self, reason: CloseReason) {
         if reason == CloseReason::ReliableOverflow {
+            self.edge.metrics.reliable_queue_overflows.inc();
             self.edge.metrics.reliable_backlog_closes.inc();
             self.edge.metrics.error("reliable_backlog");
             tracing::info!(conn_id = self.conn_id, "reliable queue overflow; closing");

@@ -377,6 +377,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => { batches_open = false; continue; }
             },
         };
+        // Let the task that woke us finish queueing (a channel's flush queues its
+        // reliable frames and batch back to back): one yield turns what would
+        // be several writes into one vectored write.
+        tokio::task::yield_now().await;
         // Allocated per wake-up (sized to what is queued), never kept while idle.
         let queued = control.len() + batches.len() + 1;
         let mut frames: Vec<Outbound> = Vec::with_capacity(queued.min(MAX_COALESCE));

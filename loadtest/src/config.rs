@@ -60,6 +60,9 @@ pub struct LoadtestConfig {
     /// Viewer heartbeat (`ping`) interval. Default 20 s (edges close a
     /// connection silent for 2.5 × their 30 s interval).
     pub heartbeat: Duration,
+    /// Viewers ack gifts cumulatively at most this often (0 = one ack per
+    /// gift). Default 1 s. Keep it below the edges' retransmit timeout.
+    pub ack_interval: Duration,
     /// Wait after the last post for the last batches to arrive. Default 3 s.
     pub drain_grace: Duration,
     /// Extra danmaku per second to rooms no viewer joined (`room:foreign-<k>`). Default 0.
@@ -97,6 +100,7 @@ impl Default for LoadtestConfig {
             ramp_per_sec: 2000.0,
             connect_concurrency: 200,
             heartbeat: Duration::from_secs(20),
+            ack_interval: Duration::from_secs(1),
             drain_grace: Duration::from_secs(3),
             foreign_rate: 0.0,
             server_pids: Vec::new(),

@@ -124,6 +124,15 @@ pub struct ViewerCounts {
     pub probe: Option<ViewerLog>,
     /// NATS only: bytes of an incomplete protocol line carried to the next frame.
     carry: Vec<u8>,
+    /// Acks are cumulative and sent at most this often (ms; 0 = one per gift):
+    /// in a 100k room an ack per gift per viewer would be as many inbound
+    /// frames as the edges write. Edges resend only after their (longer)
+    /// retransmit timeout, so a late ack costs nothing.
+    ack_interval_ms: i64,
+    /// Highest gift seq received with every seq before it.
+    contiguous: u64,
+    acked: u64,
+    last_ack_ms: i64,
 }
 
 impl ViewerCounts {
@@ -134,9 +143,34 @@ impl ViewerCounts {
         }
     }
 
+    /// Acks at most every `ms` milliseconds (cumulative), instead of per gift.
+    pub fn with_ack_interval(mut self, ms: u64) -> Self {
+        self.ack_interval_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The cumulative ack to send now, if one is due.
+    fn ack_due(&mut self, now_ms: i64) -> Option<u64> {
+        if self.contiguous <= self.acked
+            || now_ms.saturating_sub(self.last_ack_ms) < self.ack_interval_ms
+        {
+            return None;
+        }
+        self.acked = self.contiguous;
+        self.last_ack_ms = now_ms;
+        Some(self.acked)
+    }
+
     /// Records gift `seq` (repeats and order are counted).
     pub fn on_gift(&mut self, seq: u64) {
         self.gifts += 1;
+        // A viewer that joined mid-run starts at its first gift, not at 1.
+        if seq == self.contiguous + 1 || self.gift_seqs.is_empty() {
+            self.contiguous = seq;
+            while self.gift_seqs.contains(self.contiguous + 1) {
+                self.contiguous += 1;
+            }
+        }
         if !self.gift_seqs.insert(seq) {
             self.gift_duplicates += 1;
         } else if seq < self.max_gift_seq {
@@ -221,11 +255,17 @@ pub fn on_message(
     now_ms: i64,
     record: &mut dyn FnMut(Lane, u64),
 ) -> Reply {
-    match wire {
+    let mut reply = match wire {
         Wire::WsPb | Wire::Quic => on_pb(c, wire, room, data, now_ms, record),
         Wire::WsJson => on_json(c, room, data, now_ms, record),
-        Wire::Nats => on_nats(c, room, data, now_ms, record),
+        Wire::Nats => return on_nats(c, room, data, now_ms, record),
+    };
+    // Checked on every frame (batches arrive at least once a window), so a
+    // due ack never waits for the next gift.
+    if let Some(seq) = c.ack_due(now_ms) {
+        reply.send.push(ack_frame(wire, room, seq));
     }
+    reply
 }
 
 fn on_pb(
@@ -276,7 +316,6 @@ fn on_pb(
             {
                 record(Lane::Gift, latency(now_ms, e.ts_ms));
             }
-            reply.send.push(ack_frame(wire, room, r.seq));
         }
         Some(Body::AuthOk(_)) => reply.send.push(join_frame(wire, room)),
         Some(Body::Joined(j)) if j.channel == room => reply.joined = true,
@@ -337,7 +376,6 @@ fn on_json(
             if c.probe.is_some() {
                 record(Lane::Gift, latency(now_ms, event.ts_ms));
             }
-            reply.send.push(ack_frame(Wire::WsJson, room, seq));
         }
         JsonServerFrame::AuthOk { .. } => reply.send.push(join_frame(Wire::WsJson, room)),
         JsonServerFrame::Joined { channel, .. } if channel == room => reply.joined = true,
@@ -518,7 +556,14 @@ mod tests {
                 1100,
                 &mut rec,
             );
-            for seq in [1, 2, 2, 4, 3] {
+            // Cumulative acks (interval 0): nothing for a repeat or past a gap.
+            for (seq, ack) in [
+                (1, Some(1)),
+                (2, Some(2)),
+                (2, None),
+                (4, None),
+                (3, Some(4)),
+            ] {
                 let r = on_message(
                     c,
                     Wire::WsPb,
@@ -527,7 +572,11 @@ mod tests {
                     1000,
                     &mut rec,
                 );
-                assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, seq)]);
+                let want: Vec<_> = ack
+                    .map(|a| ack_frame(Wire::WsPb, room, a))
+                    .into_iter()
+                    .collect();
+                assert_eq!(r.send, want, "seq {seq}");
             }
         }
         for c in [&counting, &probe] {
@@ -612,5 +661,38 @@ mod tests {
         assert_eq!(r.send, vec![b"PONG\r\n".to_vec()]);
         assert_eq!((c.danmaku, c.gifts), (1, 1));
         assert!(on_message(&mut c, Wire::Nats, room, b"PONG\r\n", 0, &mut none).joined);
+    }
+
+    #[test]
+    fn acks_are_cumulative_and_paced() {
+        let room = "room:a";
+        let gift = |seq| {
+            frame::encode(&frame::server(Body::Reliable(pb::Reliable {
+                channel: room.into(),
+                seq,
+                event: Some(pb::Event {
+                    seq,
+                    ..Default::default()
+                }),
+            })))
+            .to_vec()
+        };
+        let mut c = ViewerCounts::new(false).with_ack_interval(1000);
+        let mut rec = |_: Lane, _: u64| {};
+        // The first gift is acked at once (nothing acked yet, interval elapsed).
+        let r = on_message(&mut c, Wire::WsPb, room, &gift(1), 10_000, &mut rec);
+        assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, 1)]);
+        // Within the interval: no ack, even across a gap.
+        for (seq, at) in [(2, 10_100), (4, 10_200), (3, 10_300)] {
+            let r = on_message(&mut c, Wire::WsPb, room, &gift(seq), at, &mut rec);
+            assert!(r.send.is_empty(), "seq {seq} at {at}");
+        }
+        // After it: one cumulative ack for everything contiguous.
+        let r = on_message(&mut c, Wire::WsPb, room, &gift(6), 11_000, &mut rec);
+        assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, 4)], "5 is missing");
+        // A viewer that joined late anchors at its first gift.
+        let mut late = ViewerCounts::new(false).with_ack_interval(0);
+        let r = on_message(&mut late, Wire::WsPb, room, &gift(40), 1, &mut rec);
+        assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, 40)]);
     }
 }

@@ -587,6 +587,7 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
             ramp_per_sec: config.ramp_per_sec / n_workers as f64,
             connect_concurrency: config.connect_concurrency,
             heartbeat_ms: config.heartbeat.as_millis() as u64,
+            ack_interval_ms: config.ack_interval.as_millis() as u64,
             churn_stay_ms: config.scenario.churn_stay.as_millis() as u64,
         };
         links.push(spawn_worker(exe.as_ref(), spec, msg_tx.clone()).await?);
@@ -904,6 +905,7 @@ async fn run_bare(
             ramp_per_sec: config.ramp_per_sec / n_workers as f64,
             connect_concurrency: config.connect_concurrency,
             heartbeat_ms: config.heartbeat.as_millis() as u64,
+            ack_interval_ms: config.ack_interval.as_millis() as u64,
             churn_stay_ms: 10_000,
         };
         links.push(spawn_worker(exe_opt.as_ref(), spec, msg_tx.clone()).await?);

@@ -39,6 +39,13 @@ impl IngestPool {
         &self.clients[i]
     }
 
+    /// The node sender `index` always posts to. A real client keeps one ingest
+    /// connection; alternating nodes would let two nodes' publishes race on the
+    /// bus and reorder one sender's danmaku (which probes count as violations).
+    pub fn for_sender(&self, index: u32) -> &IngestClient {
+        &self.clients[index as usize % self.clients.len()]
+    }
+
     /// The first node (dev tokens are minted there).
     pub fn first(&self) -> &IngestClient {
         &self.clients[0]
@@ -112,7 +119,7 @@ pub async fn run_sender(
         let room_idx = (index as usize + n as usize) % rooms.len();
         let text = post_text(index, n, &comments.text());
         // A retry after a 429 goes to the same node.
-        let ingest = ingest.next();
+        let ingest = ingest.for_sender(index);
         loop {
             out.attempted += 1;
             match ingest.post_danmaku(&token, &rooms[room_idx], &text).await {
@@ -268,5 +275,15 @@ mod tests {
         );
         assert_eq!(pool.first().base_url(), "http://a:1");
         assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn a_sender_keeps_one_ingest_and_senders_spread() {
+        let pool = IngestPool::new(&["http://a:1".into(), "http://b:2".into()]);
+        let of = |i| pool.for_sender(i).base_url().to_owned();
+        assert_eq!(of(3), of(3), "same node every post");
+        assert_eq!(of(7), "http://b:2");
+        let on_a = (0..10).filter(|&i| of(i) == "http://a:1").count();
+        assert_eq!(on_a, 5, "ten senders split evenly");
     }
 }

@@ -72,6 +72,9 @@ pub struct WorkerSpec {
     pub ramp_per_sec: f64,
     pub connect_concurrency: usize,
     pub heartbeat_ms: u64,
+    /// Viewers ack gifts cumulatively at most this often (0 = every gift).
+    #[serde(default)]
+    pub ack_interval_ms: u64,
     /// How long a churning viewer stays before leaving (it rejoins 1 s later).
     pub churn_stay_ms: u64,
 }
@@ -622,7 +625,7 @@ async fn run_viewer(
     stop: CancellationToken,
 ) -> ViewerResult {
     let mut res = ViewerResult {
-        counts: ViewerCounts::new(slot.probe),
+        counts: ViewerCounts::new(slot.probe).with_ack_interval(ctx.spec.ack_interval_ms),
         slot,
         joined: Ok(()),
         dropped: false,

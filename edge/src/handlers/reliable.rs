@@ -20,7 +20,7 @@ use danmaku_proto::{ChannelName, pb};
 use danmaku_store::{StoreError, StoredMessage};
 use tokio::time::Instant;
 
-use crate::registry::{ReliableDelivery, ReliableFrame};
+use crate::registry::{ReliableDelivery, ReliableFrame, ReliableTick};
 use crate::reliable::Backlog;
 use crate::reliable_fanout::event_from_stored;
 use crate::session::{CatchUp, CloseReason, Flow, Lane, Session};
@@ -94,6 +94,24 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
                 .await
         }
     }
+}
+
+/// A channel's flush: its reliable events in seq order, then its batch. All are
+/// queued before the writer runs, so they leave in one vectored write.
+pub(crate) async fn on_tick(session: &mut Session, tick: ReliableTick) -> Flow {
+    for frame in tick.frames.iter() {
+        let delivery = ReliableDelivery {
+            channel: tick.channel.clone(),
+            frame: Arc::clone(frame),
+        };
+        if let Flow::Close(r) = on_live(session, delivery).await {
+            return Flow::Close(r);
+        }
+    }
+    if let Some(batch) = tick.batch {
+        session.push_batch(batch);
+    }
+    Flow::Continue
 }
 
 /// A live reliable event from the fan-out.
