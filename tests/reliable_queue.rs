@@ -5,8 +5,9 @@
 //!
 //! The server runs in-process (real sockets, real client) because the test
 //! shrinks settings that have no flag: the edge's `SO_SNDBUF`, so the stalled
-//! socket fills after a few frames, and the unacked window, so it is the queue
-//! — not the window — that trips.
+//! socket fills after a few frames, the unacked window, so it is the queue —
+//! not the window — that trips, and the text limit, so gifts of 2 KB fill the
+//! socket's buffers quickly.
 
 mod common;
 
@@ -23,7 +24,13 @@ async fn post_gift(http: &IngestClient, token: &str, channel: &str, i: u64) {
     let id = format!("g{i}");
     for _ in 0..200 {
         match http
-            .post_reliable(token, channel, "gift", &format!("gift {i}"), Some(&id))
+            .post_reliable(
+                token,
+                channel,
+                "gift",
+                &format!("gift {i} {}", "x".repeat(2000)),
+                Some(&id),
+            )
             .await
         {
             Ok(PostOutcome::Persisted { .. }) => return,
@@ -51,6 +58,8 @@ async fn a_viewer_that_stops_reading_is_closed_with_reliable_backlog_and_resumes
         c.edge.tcp_send_buffer = Some(4096);
         c.ingest.user_rate_per_sec = 1e6;
         c.ingest.user_burst = 1_000_000;
+        // 2 KB gifts: the stalled socket's buffers fill after a few dozen.
+        c.ingest.max_text_chars = 4000;
     })
     .await;
     let base = srv.base_url();
