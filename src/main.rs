@@ -324,6 +324,13 @@ struct ClientCaps {
     /// Open connections from one IP address on this edge.
     #[arg(long, env = "DANMAKU_MAX_CONNS_PER_IP", default_value_t = 10_000)]
     max_conns_per_ip: usize,
+    /// Live reliable events one connection may have waiting; past it the
+    /// connection is closed with `reliable_backlog` and its client resumes.
+    #[arg(long, env = "DANMAKU_RELIABLE_QUEUE", default_value_t = 512)]
+    reliable_queue: usize,
+    /// Time a QUIC client has from its first packet to its `auth` frame.
+    #[arg(long, env = "DANMAKU_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
 }
 
 impl ClientCaps {
@@ -332,7 +339,12 @@ impl ClientCaps {
             client_limits: danmaku_edge::ClientLimits {
                 max_conns_per_user: self.max_conns_per_user,
                 max_conns_per_ip: self.max_conns_per_ip,
+                handshake_timeout: self.handshake_timeout,
                 ..config.client_limits
+            },
+            reliable: danmaku_edge::ReliableConfig {
+                queue: self.reliable_queue,
+                ..config.reliable
             },
             ..config
         }

@@ -2,9 +2,11 @@
 //!
 //! The client opens ONE bidirectional control stream and sends `Auth{token}`
 //! first; control frames go both ways on it, varint length-prefixed. Danmaku
-//! batches arrive as datagrams (one `ServerFrame` each) or on server-opened
-//! unidirectional streams (length-prefixed): every one of them is read and fed
-//! into the same event queue.
+//! batches arrive in order on a server-opened unidirectional stream
+//! (length-prefixed). Datagrams (one `ServerFrame` each, as older edges sent
+//! small batches) are still read: every frame is fed into the same event
+//! queue. A full event queue stops reading, so QUIC flow control tells the
+//! edge, which drops (and counts) batches rather than buffering them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

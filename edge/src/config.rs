@@ -49,6 +49,12 @@ pub struct EdgeConfig {
     pub top_rooms: usize,
     /// How often the top rooms are ranked (and inbound rates measured). Default 5 s.
     pub top_rooms_interval: Duration,
+    /// Bytes of unacknowledged data the edge keeps per QUIC connection (all
+    /// its streams). Past it writes wait, the batch queue fills and batches are
+    /// dropped and counted, like a TCP socket with a full `SO_SNDBUF`. Batches
+    /// are shared buffers, so this bounds references more than copies.
+    /// Default 512 KiB.
+    pub quic_send_window: u64,
     /// Frame budgets, connection caps and the handshake deadline of clients.
     /// Default [`crate::ClientLimits::default`].
     pub client_limits: crate::ClientLimits,
@@ -70,6 +76,7 @@ impl Default for EdgeConfig {
             control: crate::ControlConfig::default(),
             top_rooms: 20,
             top_rooms_interval: Duration::from_secs(5),
+            quic_send_window: 512 << 10,
             client_limits: crate::ClientLimits::default(),
         }
     }
@@ -148,6 +155,13 @@ pub struct ReliableConfig {
     /// Least time between two writes of one connection's ack offset on one
     /// channel to the store (the last one is written on disconnect). Default 1 s.
     pub ack_persist_interval: Duration,
+    /// Live reliable events (all joined channels together) waiting for one
+    /// connection's task. The task only falls this far behind when it cannot
+    /// write (its peer stopped reading) or a store read holds it; past this the
+    /// connection is closed with `reliable_backlog` and the client resumes from
+    /// its last ack, so a stalled peer pins a bounded amount of memory instead
+    /// of every gift published until its idle timeout. Default 512.
+    pub queue: usize,
 }
 
 impl Default for ReliableConfig {
@@ -160,6 +174,7 @@ impl Default for ReliableConfig {
             reorder_hold: Duration::from_millis(200),
             missed_page: 50,
             ack_persist_interval: Duration::from_secs(1),
+            queue: 512,
         }
     }
 }

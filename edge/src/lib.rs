@@ -214,11 +214,7 @@ impl Edge {
     ) -> Result<tokio::task::JoinHandle<()>, EdgeError> {
         socket.set_nonblocking(true).map_err(EdgeError::Quic)?;
         let mut server_config = self.quic_config.clone();
-        let mut transport = quinn::TransportConfig::default();
-        // The transport must not time out before the edge's own heartbeat rule.
-        let idle = self.config.idle_timeout() + std::time::Duration::from_secs(5);
-        transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
-        server_config.transport_config(Arc::new(transport));
+        server_config.transport_config(Arc::new(quic::transport_config(&self.config)));
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server_config),

@@ -50,8 +50,10 @@ pub struct ClientLimits {
     /// one host from taking most of an edge's ~19k sockets; tighten it with
     /// `--max-conns-per-ip` where clients have their own addresses. Default 10,000.
     pub max_conns_per_ip: usize,
-    /// Time a QUIC client has from the end of the TLS handshake to its `auth`
-    /// frame. Default 10 s.
+    /// Time a QUIC client has from its first packet to its `auth` frame (the
+    /// QUIC/TLS handshake, the control stream and the frame together), so an
+    /// unauthenticated peer cannot hold a connection for the idle timeout.
+    /// Default 10 s.
     pub handshake_timeout: Duration,
 }
 

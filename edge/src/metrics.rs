@@ -41,6 +41,10 @@ pub struct Metrics {
     pub gap_fills: IntCounter,
     pub reorder_held: IntCounter,
     pub reliable_backlog_closes: IntCounter,
+    /// `danmaku_edge_reliable_queue_overflows_total`: connections whose bounded
+    /// live reliable queue overflowed (each is closed with `reliable_backlog`;
+    /// its client resumes from the store).
+    pub reliable_queue_overflows: IntCounter,
     pub store_errors: IntCounterVec,
     /// `danmaku_edge_refused_total{code}`: client frames and connections refused
     /// by a limit (`limits.rs`) or an expired token.
@@ -172,6 +176,10 @@ impl Metrics {
             "danmaku_edge_reliable_backlog_closes_total",
             "Connections closed because they could not keep up with the reliable lane.",
         )?;
+        let reliable_queue_overflows = counter(
+            "danmaku_edge_reliable_queue_overflows_total",
+            "Connections closed with reliable_backlog because their bounded live reliable queue overflowed (the client resumes).",
+        )?;
         let store_errors = IntCounterVec::new(
             Opts::new(
                 "danmaku_edge_store_errors_total",
@@ -271,6 +279,7 @@ impl Metrics {
             gap_fills,
             reorder_held,
             reliable_backlog_closes,
+            reliable_queue_overflows,
             store_errors,
             refused_total,
             members_removed,
@@ -546,6 +555,7 @@ mod tests {
             "danmaku_edge_gap_fills_total",
             "danmaku_edge_reorder_held_total",
             "danmaku_edge_reliable_backlog_closes_total",
+            "danmaku_edge_reliable_queue_overflows_total",
             "danmaku_edge_store_errors_total",
             "danmaku_edge_refused_total",
             "danmaku_edge_members_removed_total",

@@ -2,10 +2,33 @@
 //!
 //! A client opens one bidirectional control stream; its first frame must be
 //! `Auth{token}` (answered `AuthOk`, or `Error` and close). Frames on streams are
-//! varint length-prefixed. Replies go back on the control stream; danmaku
-//! batches go as datagrams when they fit `max_datagram_size()`, else on one
-//! server-opened unidirectional stream. Same session, handlers, registry and
-//! idle rule as WebSocket.
+//! varint length-prefixed. Replies and reliable frames go back on the control
+//! stream; danmaku batches on one server-opened unidirectional stream. Same
+//! session, handlers, registry and idle rule as WebSocket.
+//!
+//! **One ordered path for batches.** Batches used to go as datagrams when they
+//! fit and on the stream otherwise; the two paths overtook each other (a small
+//! batch arrived before the big one flushed before it, breaking each sender's
+//! order), and quinn drops the oldest queued datagrams silently when its send
+//! buffer is full, so a slow QUIC viewer lost batches that no metric counted.
+//! On the stream, batches arrive in flush order, QUIC flow control reaches
+//! the writer, and a viewer that cannot keep up fills its batch queue, where
+//! drops are counted in `danmaku_edge_slow_consumer_drops_total` exactly as
+//! for WebSocket. Danmaku stay separate from the control stream, so a lost
+//! packet of a batch never holds up a gift.
+//!
+//! **What a peer can make the edge hold.** quinn's defaults suit a general
+//! server: 100 bidirectional + 100 unidirectional peer streams with ~1.25 MB
+//! receive windows each and a ~1.25 MB buffer of received datagrams nobody
+//! reads — some 250 MB one unauthenticated peer could pin. The protocol needs
+//! far less, so [`transport_config`] grants exactly that: one bidirectional
+//! stream (control), no peer unidirectional streams, no datagrams from the
+//! peer, 64 KiB of receive window (client frames are acks, joins and pings),
+//! and a bounded send window (`EdgeConfig::quic_send_window`). Until the `auth` frame arrives a frame may be at
+//! most [`AUTH_FRAME_MAX`] bytes, and the QUIC handshake, the control stream
+//! and the `auth` frame together must arrive within
+//! `ClientLimits::handshake_timeout`, else the connection is closed with
+//! `handshake_timeout` (counted in `danmaku_edge_refused_total`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +44,44 @@ use tokio::sync::mpsc;
 use crate::Edge;
 use crate::registry::{Outbound, Transport};
 use crate::session::{
-    CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session, next_wake,
+    CloseReason, ConnectionGauge, Control, Flow, Reader, Session, finish_writer, serve,
 };
 
 /// How long closing waits for the peer to acknowledge the last control frames.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Largest chunk read from the control stream at once.
 const READ_CHUNK: usize = 64 << 10;
+
+/// Peer-opened streams: the control stream only. The edge opens its own
+/// unidirectional batch stream, which these limits do not count.
+const MAX_PEER_BIDI_STREAMS: u32 = 1;
+const MAX_PEER_UNI_STREAMS: u32 = 0;
+/// Bytes a peer may send ahead of the edge's reads, per stream and per
+/// connection. Client frames are small; a large one (up to the frame limit)
+/// still passes, in steps of this as the edge reads it.
+const RECEIVE_WINDOW: u32 = 64 << 10;
+/// Largest frame before the peer has authenticated: an `auth` frame is a token
+/// of a few hundred bytes, so a peer that has not authenticated cannot make the
+/// edge buffer a full-size frame.
+pub(crate) const AUTH_FRAME_MAX: usize = 16 << 10;
+
+/// The transport settings of every QUIC connection (see the module doc).
+pub(crate) fn transport_config(config: &crate::EdgeConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // The transport must not time out before the edge's own heartbeat rule.
+    let idle = config.idle_timeout() + Duration::from_secs(5);
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok())
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_PEER_BIDI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_PEER_UNI_STREAMS))
+        .stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(config.quic_send_window)
+        // No datagrams either way: the edge never reads them, and batches go
+        // on a stream (see the module doc). Not advertising them makes the
+        // peer unable to send any (quinn also disables sending with this).
+        .datagram_receive_buffer_size(None);
+    t
+}
 
 /// Accepts connections until shutdown, then closes the endpoint.
 pub(crate) async fn accept_loop(edge: Arc<Edge>, endpoint: quinn::Endpoint) {
@@ -73,18 +127,23 @@ async fn next_frame(
 }
 
 async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    let handshake = edge.config.client_limits.handshake_timeout;
+    // One deadline for the QUIC handshake, the control stream and the auth frame.
+    let deadline = tokio::time::Instant::now() + handshake;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "QUIC handshake failed");
             return;
         }
+        Err(_) => {
+            // Dropping the connecting future abandons the handshake.
+            edge.metrics.refused("handshake_timeout");
+            return;
+        }
     };
-    let conn_id = edge.next_conn_id();
-    let idle = edge.config.idle_timeout();
     let limits = edge.config.limits;
-    let handshake = edge.config.client_limits.handshake_timeout;
-    let (send, mut recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
+    let (send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         other => {
             if other.is_err() {
@@ -97,10 +156,11 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let mut reader = FrameReader::new(limits.max_frame_bytes);
+    let mut reader = FrameReader::new(limits.max_frame_bytes.min(AUTH_FRAME_MAX));
 
     // Authenticate before anything else is accepted or registered.
-    let first = tokio::time::timeout(handshake, next_frame(&mut recv, &mut reader, &limits)).await;
+    let first =
+        tokio::time::timeout_at(deadline, next_frame(&mut recv, &mut reader, &limits)).await;
     let (user, token_exp) = match first {
         Ok(Ok(pb::ClientFrame {
             body: Some(client_frame::Body::Auth(auth)),
@@ -142,6 +202,8 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         }
     };
 
+    reader.set_max_frame(limits.max_frame_bytes);
+
     if edge.is_draining() {
         let f = frame::error(
             "draining",
@@ -151,65 +213,51 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         return;
     }
     let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
-    tracing::debug!(conn_id, user = %user, remote = %conn.remote_address(), "QUIC connected");
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
-    let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
+    let (mut session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
+    tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
     let writer = tokio::spawn(write_loop(
         send,
         conn.clone(),
-        control_rx,
-        batch_rx,
+        queues.control,
+        queues.batches,
         edge.metrics.egress(Transport::Quic).clone(),
     ));
-    let mut session = Session::new(
-        Arc::clone(&edge),
-        conn_id,
-        user.clone(),
-        Transport::Quic,
-        control_tx,
-        batch_tx,
-        reliable_tx,
-    );
-    let mut flow = session
+    let flow = session
         .start(Some(conn.remote_address().ip()), token_exp)
         .await;
-    while flow == Flow::Continue {
-        let deadline = session.reliable_deadline();
-        let next = tokio::select! {
-            biased;
-            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
-            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            wake = next_wake(&mut reliable_rx, deadline) => Err(wake),
-            next = tokio::time::timeout(idle, next_frame(&mut recv, &mut reader, &limits)) => Ok(next),
-        };
-        let next = match next {
-            Ok(next) => next,
-            Err(wake) => {
-                flow = session.on_wake(wake).await;
-                continue;
-            }
-        };
-        flow = match next {
-            Err(_elapsed) => Flow::Close(CloseReason::Idle),
-            Ok(Err(ReadEnd::Closed)) => Flow::Close(CloseReason::PeerClosed),
-            Ok(Err(ReadEnd::Bad(e))) => session.reject(&e).await,
-            Ok(Ok(f)) => session.dispatch(f).await,
-        };
-    }
-    let reason = match flow {
-        Flow::Close(r) => r,
-        Flow::Continue => CloseReason::PeerClosed,
+    let mut reader = QuicReader {
+        recv,
+        reader,
+        limits,
     };
-    tracing::debug!(conn_id, reason = reason.text(), "QUIC closing");
-    session.close(reason).await;
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_LINGER * 2, &mut writer)
-        .await
-        .is_err()
-    {
-        // The peer does not read: drop the socket rather than wait on it.
-        writer.abort();
+    serve(session, &mut reader, queues.reliable, flow).await;
+    finish_writer(writer, CLOSE_LINGER * 2).await;
+}
+
+/// The reading half of a QUIC connection: the control stream through the
+/// length-prefix framing.
+struct QuicReader {
+    recv: RecvStream,
+    reader: FrameReader,
+    limits: Limits,
+}
+
+impl Reader for QuicReader {
+    type Message = Result<pb::ClientFrame, ProtoError>;
+
+    async fn next(&mut self) -> Option<Self::Message> {
+        match next_frame(&mut self.recv, &mut self.reader, &self.limits).await {
+            Ok(f) => Some(Ok(f)),
+            Err(ReadEnd::Bad(e)) => Some(Err(e)),
+            Err(ReadEnd::Closed) => None,
+        }
+    }
+
+    async fn on_message(&mut self, session: &mut Session, msg: Self::Message) -> Flow {
+        match msg {
+            Ok(f) => session.dispatch(f).await,
+            Err(e) => session.reject(&e).await,
+        }
     }
 }
 
@@ -291,19 +339,15 @@ async fn write_loop(
     }
 }
 
-/// A batch as one datagram if it fits, else length-prefixed on the batch
-/// stream. Returns the bytes handed to QUIC.
+/// A batch, length-prefixed, on the batch stream (opened on first use).
+/// Returns the bytes handed to QUIC. The payload is the shared `Bytes` of the
+/// channel's frame: QUIC keeps a reference, not a copy.
 async fn send_batch(
     conn: &Connection,
     stream: &mut Option<SendStream>,
     bytes: Bytes,
 ) -> Result<usize, ()> {
     let len = bytes.len();
-    if conn.max_datagram_size().is_some_and(|max| len <= max)
-        && conn.send_datagram(bytes.clone()).is_ok()
-    {
-        return Ok(len);
-    }
     let s = match stream {
         Some(s) => s,
         None => stream.insert(conn.open_uni().await.map_err(|_| ())?),

@@ -16,8 +16,8 @@ use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::wsframe::{OpCode, Prepared};
 use danmaku_proto::{ChannelName, frame, pb};
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::Metrics;
 
@@ -143,6 +143,46 @@ pub enum ConnEvent {
     },
 }
 
+/// The sending half of one connection's live reliable queue: bounded
+/// (`ReliableConfig::queue`), so a connection whose task cannot keep up holds
+/// a bounded number of ticks. An event that does not fit is not dropped
+/// silently: the overflow signal wakes the connection's task, which closes
+/// with `reliable_backlog`, and the client resumes from its last ack (the store
+/// has every event), so nothing is lost.
+#[derive(Debug, Clone)]
+pub struct ReliableSender {
+    tx: mpsc::Sender<ConnEvent>,
+    overflow: Arc<Notify>,
+}
+
+impl ReliableSender {
+    /// A bounded queue of `capacity` events and the overflow signal its
+    /// receiver waits on.
+    pub fn channel(capacity: usize) -> (ReliableSender, mpsc::Receiver<ConnEvent>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let overflow = Arc::new(Notify::new());
+        let sender = ReliableSender {
+            tx,
+            overflow: Arc::clone(&overflow),
+        };
+        (sender, rx, overflow)
+    }
+
+    /// Queues `event` without waiting. `Err(true)` when the queue was full (the
+    /// overflow signal is raised), `Err(false)` when the connection has ended.
+    pub fn send(&self, event: ConnEvent) -> Result<(), bool> {
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                // Stores a permit when the task is not waiting: never lost.
+                self.overflow.notify_one();
+                Err(true)
+            }
+            Err(TrySendError::Closed(_)) => Err(false),
+        }
+    }
+}
+
 /// One connection's membership in a channel.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -157,7 +197,7 @@ pub struct Member {
 /// that travel with them.
 #[derive(Debug, Clone)]
 pub struct ReliableLane {
-    tx: mpsc::UnboundedSender<ConnEvent>,
+    tx: ReliableSender,
     /// Batches handed to the task and not yet queued by it. While this is
     /// above zero, later batches take the same way, or they would overtake.
     batches_in_flight: Arc<AtomicUsize>,
@@ -166,7 +206,7 @@ pub struct ReliableLane {
 impl ReliableLane {
     /// `in_flight` is shared with the connection's task, which decrements it
     /// each time it queues a batch it was handed ([`ReliableTick::batch`]).
-    pub fn new(tx: mpsc::UnboundedSender<ConnEvent>, in_flight: Arc<AtomicUsize>) -> Self {
+    pub fn new(tx: ReliableSender, in_flight: Arc<AtomicUsize>) -> Self {
         ReliableLane {
             tx,
             batches_in_flight: in_flight,
@@ -179,6 +219,8 @@ impl ReliableLane {
         if with_batch {
             self.batches_in_flight.fetch_add(1, Ordering::AcqRel);
         }
+        // A full queue raises the overflow signal: the task closes with
+        // `reliable_backlog` and the client resumes, so nothing is lost.
         let sent = self.tx.send(ConnEvent::Reliable(tick)).is_ok();
         if !sent && with_batch {
             self.batches_in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -662,7 +704,7 @@ mod tests {
     fn a_flush_hands_waiting_reliable_frames_and_the_batch_together() {
         let reg = Registry::new(Metrics::unregistered());
         let r = room("room:g");
-        let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
+        let (rel_tx, mut rel_rx, _overflow) = ReliableSender::channel(16);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let (m1, mut q1) = member(Transport::WsPb, 4);
         reg.join(
@@ -713,7 +755,7 @@ mod tests {
     fn a_batch_never_overtakes_one_still_with_the_connection_task() {
         let reg = Registry::new(Metrics::unregistered());
         let r = room("room:o");
-        let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
+        let (rel_tx, mut rel_rx, _overflow) = ReliableSender::channel(16);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let (m, mut q) = member(Transport::WsPb, 4);
         reg.join(

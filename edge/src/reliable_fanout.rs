@@ -329,7 +329,7 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> Vec<u64> {
+    fn drain(rx: &mut mpsc::Receiver<ConnEvent>) -> Vec<u64> {
         std::iter::from_fn(|| rx.try_recv().ok())
             .flat_map(|e| match e {
                 ConnEvent::Reliable(t) => t.frames.iter().map(|f| f.seq).collect(),
@@ -343,7 +343,7 @@ mod tests {
         let metrics = Metrics::unregistered();
         let registry = Arc::new(Registry::new(metrics.clone()));
         let (batch_tx, _batch_rx) = mpsc::channel(1);
-        let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
+        let (rel_tx, mut rel_rx, _overflow) = crate::registry::ReliableSender::channel(16);
         registry.join(
             &ChannelName::parse("room:f").unwrap(),
             1,

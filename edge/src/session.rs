@@ -1,26 +1,39 @@
 //! One authenticated client connection, whatever its transport.
 //!
-//! A transport (`ws.rs`, `quic.rs`) reads and decodes frames and hands each to
-//! [`Session::dispatch`]; the handlers in `handlers/` act on the session state
+//! A transport (`ws.rs`, `quic.rs`) authenticates, opens the session with its
+//! queues ([`Session::open`], the one place their bounds are set), spawns its
+//! writer and hands [`serve`] a [`Reader`] that decodes its frames. [`serve`]
+//! is the one connection loop of both transports: it races the peer's frames
+//! (with the idle timeout) against the reliable lane, shutdown and the
+//! writer's end, and dispatches frames to the handlers in `handlers/`, which
+//! act on the session state
 //! (joined channels) and queue replies on the control queue. A writer task owned
 //! by the transport drains two queues: the small control queue (replies: never
 //! dropped, the reader waits when it is full) and the bounded batch queue the
 //! registry pushes into (dropped when full). Reliable frames come from the
-//! fan-out on an unbounded queue the transport races against the socket
+//! fan-out on a bounded queue the transport races against the socket
 //! ([`next_wake`]); the session tracks and sends them on the control queue, so
-//! they are never dropped. Dropping the session leaves every channel, so no
-//! exit path leaks registry entries.
+//! they are never dropped. When that queue overflows (the peer stopped reading,
+//! so the session waits on the control queue) the session closes with
+//! `reliable_backlog` at once — it does not wait for the idle timeout — and the
+//! client resumes from its last ack. Two control-queue slots are reserved at
+//! start for the last `error` frame and the close, so they are queued even when
+//! the peer has stopped reading. Dropping the session leaves every channel, so
+//! no exit path leaks registry entries.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelName, ProtoError, frame, pb};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::Edge;
 use crate::registry::{
-    ConnEvent, ConnId, Member, Outbound, ReliableFrame, ReliableLane, ReliableTick, Transport,
+    ConnEvent, ConnId, Member, Outbound, ReliableFrame, ReliableLane, ReliableSender, ReliableTick,
+    Transport,
 };
 use crate::reliable::UnackedWindow;
 
@@ -58,6 +71,10 @@ pub(crate) enum CloseReason {
     /// The peer cannot keep up with the reliable lane (too many unacked frames
     /// or too many resends); it should reconnect and resume.
     ReliableBacklog,
+    /// The connection's live reliable queue overflowed (its task could not
+    /// keep up, usually because the peer stopped reading): `reliable_backlog`
+    /// to the client, which reconnects and resumes.
+    ReliableOverflow,
     /// The token expired and no fresh `auth` frame arrived in time.
     TokenExpired,
     /// A limit refused the connection (see `limits.rs`; the error frame says which).
@@ -74,7 +91,7 @@ impl CloseReason {
             CloseReason::BadToken => 1008,
             CloseReason::Shutdown => 1001,
             CloseReason::Stalled => 1008,
-            CloseReason::ReliableBacklog => 1008,
+            CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 1008,
             CloseReason::TokenExpired => 1008,
             CloseReason::Refused => 1008,
         }
@@ -89,7 +106,7 @@ impl CloseReason {
             CloseReason::BadToken => 3,
             CloseReason::Shutdown => 4,
             CloseReason::Stalled => 5,
-            CloseReason::ReliableBacklog => 6,
+            CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 6,
             CloseReason::TokenExpired => 7,
             CloseReason::Refused => 8,
         }
@@ -103,7 +120,9 @@ impl CloseReason {
             CloseReason::BadToken => "bad token",
             CloseReason::Shutdown => "edge shutting down",
             CloseReason::Stalled => "peer stopped reading",
-            CloseReason::ReliableBacklog => "reliable backlog; resume with after_seq",
+            CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => {
+                "reliable backlog; resume with after_seq"
+            }
             CloseReason::TokenExpired => "token expired",
             CloseReason::Refused => "refused by a limit",
         }
@@ -122,27 +141,115 @@ pub(crate) enum Wake {
     },
     /// A retransmission or ack write may be due, or the token expires.
     Timer,
+    /// The live reliable queue overflowed: an event is missing from it.
+    Overflow,
 }
 
-/// Waits for the next live reliable event or for `deadline`. Cancel-safe: the
-/// transports race it against reading the socket.
-pub(crate) async fn next_wake(
-    rx: &mut mpsc::UnboundedReceiver<ConnEvent>,
-    deadline: Option<tokio::time::Instant>,
-) -> Wake {
-    let timer = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+/// The receiving end of a connection's live reliable queue and its overflow
+/// signal (see [`ReliableSender`]).
+pub(crate) struct ReliableQueue {
+    rx: mpsc::Receiver<ConnEvent>,
+    overflow: Arc<Notify>,
+}
+
+impl ReliableQueue {
+    /// Waits for the next live reliable event, an overflow of the queue, or
+    /// `deadline`. Cancel-safe: [`serve`] races it against reading the socket
+    /// (an overflow signal not consumed stays stored in the `Notify`).
+    async fn next(&mut self, deadline: Option<tokio::time::Instant>) -> Wake {
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.overflow.notified() => Wake::Overflow,
+            _ = timer => Wake::Timer,
+            Some(e) = self.rx.recv() => match e {
+                ConnEvent::Reliable(d) => Wake::Live(d),
+                ConnEvent::Removed { channel, user } => Wake::Removed { channel, user },
+            },
         }
+    }
+}
+
+/// The receiving ends of a new session's queues: `control` and `batches` for
+/// the transport's writer, `reliable` for [`serve`].
+pub(crate) struct Queues {
+    pub control: mpsc::Receiver<Control>,
+    pub batches: mpsc::Receiver<Outbound>,
+    pub reliable: ReliableQueue,
+}
+
+/// The reading half of a transport: frames from the peer, decoded.
+pub(crate) trait Reader: Send {
+    /// One thing read from the peer (a frame, or a decode error to act on).
+    type Message: Send;
+
+    /// The next message; `None` once the peer has closed or the connection
+    /// failed. Cancel-safe: [`serve`] races it against the reliable lane, so
+    /// bytes read must be kept (in the reader's buffer) when it is dropped.
+    fn next(&mut self) -> impl Future<Output = Option<Self::Message>> + Send;
+
+    /// Acts on one message (dispatches a frame, or refuses a bad one).
+    fn on_message(
+        &mut self,
+        session: &mut Session,
+        msg: Self::Message,
+    ) -> impl Future<Output = Flow> + Send;
+}
+
+/// The loop of one authenticated connection, for every transport: from
+/// `flow` (what [`Session::start`] answered) until something closes it.
+/// Closes the session and returns why.
+pub(crate) async fn serve<R: Reader>(
+    mut session: Session,
+    reader: &mut R,
+    mut reliable: ReliableQueue,
+    mut flow: Flow,
+) -> CloseReason {
+    let edge = Arc::clone(&session.edge);
+    let idle = edge.config.idle_timeout();
+    while flow == Flow::Continue {
+        let deadline = session.reliable_deadline();
+        let next = tokio::select! {
+            biased;
+            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
+            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
+            wake = reliable.next(deadline) => Err(wake),
+            read = tokio::time::timeout(idle, reader.next()) => Ok(read),
+        };
+        flow = match next {
+            Err(wake) => session.on_wake(wake).await,
+            Ok(Err(_elapsed)) => {
+                tracing::debug!(conn_id = session.conn_id, "idle timeout");
+                Flow::Close(CloseReason::Idle)
+            }
+            Ok(Ok(None)) => Flow::Close(CloseReason::PeerClosed),
+            Ok(Ok(Some(msg))) => reader.on_message(&mut session, msg).await,
+        };
+    }
+    let reason = match flow {
+        Flow::Close(r) => r,
+        Flow::Continue => CloseReason::PeerClosed,
     };
-    tokio::select! {
-        biased;
-        _ = timer => Wake::Timer,
-        Some(e) = rx.recv() => match e {
-            ConnEvent::Reliable(d) => Wake::Live(d),
-            ConnEvent::Removed { channel, user } => Wake::Removed { channel, user },
-        },
+    tracing::debug!(
+        conn_id = session.conn_id,
+        transport = session.transport.label(),
+        reason = reason.text(),
+        "closing"
+    );
+    session.close(reason).await;
+    reason
+}
+
+/// Gives the writer `drain` to flush what the closed session queued last,
+/// then drops the socket: a peer that does not read must not hold it.
+pub(crate) async fn finish_writer(mut writer: tokio::task::JoinHandle<()>, drain: Duration) {
+    if tokio::time::timeout(drain, &mut writer).await.is_err() {
+        writer.abort();
     }
 }
 
@@ -167,10 +274,17 @@ pub(crate) struct Session {
     pub limits: crate::limits::ConnLimits,
     control: mpsc::Sender<Control>,
     batches: mpsc::Sender<Outbound>,
-    reliable: mpsc::UnboundedSender<ConnEvent>,
+    reliable: ReliableSender,
     /// Batches the fan-out handed this task and it has not queued yet (see
     /// [`ReliableLane`]).
     batches_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Raised by the fan-out when `reliable` is full (see [`ReliableSender`]).
+    overflow: Arc<Notify>,
+    /// Control-queue slots reserved at start for the last `error` frame and
+    /// the close: a peer that stopped reading still gets both queued (and
+    /// sees them if it reads again within the writer's drain time).
+    last_frame: Option<mpsc::OwnedPermit<Control>>,
+    last_close: Option<mpsc::OwnedPermit<Control>>,
 }
 
 /// One connection's reliable lane on one channel.
@@ -202,19 +316,22 @@ pub(crate) enum CatchUp {
 }
 
 impl Session {
-    pub fn new(
-        edge: Arc<Edge>,
-        conn_id: ConnId,
-        user: String,
-        transport: Transport,
-        control: mpsc::Sender<Control>,
-        batches: mpsc::Sender<Outbound>,
-        reliable: mpsc::UnboundedSender<ConnEvent>,
-    ) -> Self {
+    /// A session of `user` on `transport` and the receiving ends of its
+    /// queues: replies ([`CONTROL_QUEUE`]), batches
+    /// (`EdgeConfig::send_queue_frames`) and live reliable events
+    /// (`ReliableConfig::queue`).
+    pub fn open(edge: Arc<Edge>, user: String, transport: Transport) -> (Self, Queues) {
+        let conn_id = edge.next_conn_id();
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (batches, batches_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
+        let (reliable, reliable_rx, overflow) = ReliableSender::channel(edge.config.reliable.queue);
         edge.control
             .conn_opened(conn_id, transport, control.clone());
         let limits = crate::limits::ConnLimits::new(&edge, &user);
-        Session {
+        // The queue is new and empty: both reservations succeed.
+        let last_frame = control.clone().try_reserve_owned().ok();
+        let last_close = control.clone().try_reserve_owned().ok();
+        let session = Session {
             edge,
             conn_id,
             user,
@@ -227,7 +344,19 @@ impl Session {
             batches,
             reliable,
             batches_in_flight: Arc::default(),
-        }
+            overflow: Arc::clone(&overflow),
+            last_frame,
+            last_close,
+        };
+        let queues = Queues {
+            control: control_rx,
+            batches: batches_rx,
+            reliable: ReliableQueue {
+                rx: reliable_rx,
+                overflow,
+            },
+        };
+        (session, queues)
     }
 
     /// Admits the authenticated connection (connection caps of `limits.rs`) and
@@ -290,13 +419,19 @@ impl Session {
 
     pub(crate) async fn send_control(&self, item: Control) -> Flow {
         let idle = self.edge.config.idle_timeout();
-        match tokio::time::timeout(idle, self.control.send(item)).await {
-            Ok(Ok(())) => Flow::Continue,
-            Ok(Err(_)) => Flow::Close(CloseReason::PeerClosed),
-            Err(_) => {
-                tracing::info!(conn_id = self.conn_id, "peer stopped reading; closing");
-                Flow::Close(CloseReason::Stalled)
-            }
+        tokio::select! {
+            biased;
+            sent = tokio::time::timeout(idle, self.control.send(item)) => match sent {
+                Ok(Ok(())) => Flow::Continue,
+                Ok(Err(_)) => Flow::Close(CloseReason::PeerClosed),
+                Err(_) => {
+                    tracing::info!(conn_id = self.conn_id, "peer stopped reading; closing");
+                    Flow::Close(CloseReason::Stalled)
+                }
+            },
+            // Waiting on a peer that does not read while the reliable queue
+            // overflows: close now rather than at the idle timeout.
+            _ = self.overflow.notified() => Flow::Close(CloseReason::ReliableOverflow),
         }
     }
 
@@ -325,6 +460,7 @@ impl Session {
             Wake::Removed { channel, user } => {
                 crate::handlers::leave::removed(self, channel, &user).await
             }
+            Wake::Overflow => Flow::Close(CloseReason::ReliableOverflow),
             Wake::Timer => {
                 if crate::handlers::auth::expired(self) {
                     return crate::handlers::auth::on_expired(self).await;
@@ -349,10 +485,32 @@ impl Session {
 
     /// Tells the writer to close after what is queued, then leaves all channels.
     pub async fn close(mut self, reason: CloseReason) {
+        if reason == CloseReason::ReliableOverflow {
+            self.edge.metrics.reliable_queue_overflows.inc();
+            self.edge.metrics.reliable_backlog_closes.inc();
+            self.edge.metrics.error("reliable_backlog");
+            tracing::info!(conn_id = self.conn_id, "reliable queue overflow; closing");
+            let f = frame::error(
+                "reliable_backlog",
+                "reliable events arrived faster than this connection took them; \
+                 reconnect and resume with after_seq",
+            );
+            if let Some(permit) = self.last_frame.take() {
+                permit.send(Control::Frame(Box::new(f)));
+            }
+        }
         crate::handlers::reliable::persist_acks(&mut self, true).await;
         self.leave_all();
-        // A stalled writer cannot take more; the transport aborts it.
-        let _ = self.control.try_send(Control::Close(reason));
+        // The reserved slot: queued even when the writer is stalled (the
+        // transport aborts a writer that does not drain in time).
+        match self.last_close.take() {
+            Some(permit) => {
+                permit.send(Control::Close(reason));
+            }
+            None => {
+                let _ = self.control.try_send(Control::Close(reason));
+            }
+        }
     }
 
     fn leave_all(&mut self) {

@@ -44,7 +44,7 @@ use crate::Edge;
 use crate::error::ApiError;
 use crate::registry::{Outbound, Transport};
 use crate::session::{
-    CONTROL_QUEUE, CloseReason, ConnectionGauge, Control, Flow, Session, next_wake,
+    CloseReason, ConnectionGauge, Control, Flow, Reader, Session, finish_writer, serve,
 };
 
 /// Subprotocol for JSON text frames (browsers, debugging).
@@ -222,92 +222,75 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let user = claims.sub;
-    let conn_id = edge.next_conn_id();
     let _gauge = ConnectionGauge::open(&edge, transport);
-    tracing::debug!(conn_id, user = %user, transport = transport.label(), "websocket connected");
-    let (mut rd, wr) = tokio::io::split(io);
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (reliable_tx, mut reliable_rx) = mpsc::unbounded_channel();
-    let (batch_tx, batch_rx) = mpsc::channel(edge.config.send_queue_frames.max(1));
+    let (rd, wr) = tokio::io::split(io);
+    let (mut session, queues) = Session::open(Arc::clone(&edge), claims.sub, transport);
+    tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
     let writer = tokio::spawn(write_loop(
         wr,
-        control_rx,
-        batch_rx,
+        queues.control,
+        queues.batches,
         transport,
         edge.config.limits,
         edge.metrics.egress(transport).clone(),
     ));
-    let mut session = Session::new(
-        Arc::clone(&edge),
-        conn_id,
-        user.clone(),
-        transport,
-        control_tx,
-        batch_tx,
-        reliable_tx,
-    );
     let limits = edge.config.limits;
-    let idle = edge.config.idle_timeout();
-    // Limit = max_frame_bytes: a larger message is refused from its header with
-    // a `frame_too_large` error frame, before any of it is buffered.
-    let mut decoder = Decoder::server(limits.max_frame_bytes);
-    let mut flow = session.start(ip, claims.exp).await;
-    while flow == Flow::Continue {
-        // Messages already buffered go first.
-        match decoder.next_message() {
-            Ok(Some(msg)) => {
-                flow = on_message(&mut session, transport, msg, &limits).await;
-                continue;
+    let mut reader = WsReader {
+        rd,
+        // Limit = max_frame_bytes: a larger message is refused from its header
+        // with a `frame_too_large` error frame, before any of it is buffered.
+        decoder: Decoder::server(limits.max_frame_bytes),
+        transport,
+        limits,
+    };
+    let flow = session.start(ip, claims.exp).await;
+    serve(session, &mut reader, queues.reliable, flow).await;
+    finish_writer(writer, WRITER_DRAIN).await;
+}
+
+/// The reading half of a WebSocket: socket bytes through the frame decoder.
+struct WsReader<R> {
+    rd: R,
+    decoder: Decoder,
+    transport: Transport,
+    limits: Limits,
+}
+
+impl<R: AsyncRead + Unpin + Send> Reader for WsReader<R> {
+    type Message = Result<Message, WsError>;
+
+    /// Messages already buffered first, then the socket.
+    async fn next(&mut self) -> Option<Self::Message> {
+        loop {
+            match self.decoder.next_message() {
+                Ok(Some(msg)) => return Some(Ok(msg)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
             }
-            Ok(None) => {}
+            match read_some(&mut self.rd, &mut self.decoder).await {
+                // End of stream or a read error: the peer is gone.
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn on_message(&mut self, session: &mut Session, msg: Self::Message) -> Flow {
+        match msg {
+            Ok(msg) => on_message(session, self.transport, msg, &self.limits).await,
             Err(WsError::TooLarge { size, limit }) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
-                flow = session
+                session
                     .reject(&ProtoError::FrameTooLarge { size, limit })
-                    .await;
-                break;
+                    .await
             }
             Err(e @ WsError::Protocol(_)) => {
                 // The stream cannot be trusted any further: no error frame.
-                edge.metrics.bad_frame("websocket_protocol");
-                tracing::debug!(conn_id, error = %e, "websocket protocol violation");
-                flow = Flow::Close(CloseReason::BadFrame);
-                break;
+                session.edge.metrics.bad_frame("websocket_protocol");
+                tracing::debug!(conn_id = session.conn_id, error = %e, "websocket protocol violation");
+                Flow::Close(CloseReason::BadFrame)
             }
         }
-        let deadline = session.reliable_deadline();
-        let next = tokio::select! {
-            biased;
-            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
-            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            wake = next_wake(&mut reliable_rx, deadline) => Err(wake),
-            read = tokio::time::timeout(idle, read_some(&mut rd, &mut decoder)) => Ok(read),
-        };
-        match next {
-            Err(wake) => flow = session.on_wake(wake).await,
-            Ok(Err(_elapsed)) => {
-                tracing::debug!(conn_id, "idle timeout");
-                flow = Flow::Close(CloseReason::Idle);
-            }
-            // End of stream or a read error: the peer is gone.
-            Ok(Ok(Ok(0) | Err(_))) => break,
-            Ok(Ok(Ok(_))) => {}
-        }
-    }
-    let reason = match flow {
-        Flow::Close(r) => r,
-        Flow::Continue => CloseReason::PeerClosed,
-    };
-    tracing::debug!(conn_id, reason = reason.text(), "websocket closing");
-    session.close(reason).await;
-    let mut writer = writer;
-    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
-        .await
-        .is_err()
-    {
-        // The peer does not read: drop the socket rather than wait on it.
-        writer.abort();
     }
 }
 

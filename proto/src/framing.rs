@@ -31,6 +31,12 @@ impl FrameReader {
         }
     }
 
+    /// Changes the largest frame accepted from now on (e.g. a small limit
+    /// until the peer has authenticated, the full one after).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Appends bytes read from the stream.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
