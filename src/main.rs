@@ -69,6 +69,8 @@ enum Command {
         auth_secret: Vec<String>,
         #[command(flatten)]
         limits: IngestLimits,
+        #[command(flatten)]
+        admin: Admin,
     },
     /// Holds client connections and pushes batches from the bus.
     Edge {
@@ -105,6 +107,8 @@ enum Command {
         batching: Batching,
         #[command(flatten)]
         caps: ClientCaps,
+        #[command(flatten)]
+        admin: Admin,
     },
     /// Hands clients the least-loaded edges.
     Scheduler {
@@ -120,6 +124,8 @@ enum Command {
         /// Static edges, always handed out, as `id=ws_url|quic_addr`.
         #[arg(long = "edge", env = "DANMAKU_EDGES", value_delimiter = ',')]
         edges: Vec<String>,
+        #[command(flatten)]
+        admin: Admin,
     },
     /// Prints a signed token, as an app backend would mint it.
     Token {
@@ -351,6 +357,45 @@ impl ClientCaps {
     }
 }
 
+/// Where `/metrics` is served.
+#[derive(clap::Args)]
+struct Admin {
+    /// Serve `/metrics` on this address only, not on --listen (keep it off the
+    /// public network). An edge registers it as its metrics URL, so the
+    /// scheduler scrapes it there.
+    #[arg(long, env = "DANMAKU_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+}
+
+impl Admin {
+    /// The ops routes of the public listener: `/metrics` and `/healthz`, or
+    /// only `/healthz` when an admin listener (bound and served here) takes
+    /// `/metrics`.
+    async fn ops(
+        &self,
+        registry: prometheus::Registry,
+        shutdown: &CancellationToken,
+    ) -> Result<axum::Router> {
+        let Some(addr) = self.admin_listen else {
+            return Ok(ops_router(registry));
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin listener {addr}"))?;
+        tracing::info!(%addr, "metrics on the admin listener");
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, ops_router(registry))
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        Ok(danmaku::server::healthz_router())
+    }
+}
+
 /// How the edge batches danmaku (defaults: see `danmaku_edge::BatchConfig`).
 /// A room's window is `members × active rooms ÷ write budget`, clamped to
 /// [min, max]: the budget is what bounds an edge's frame writes per second.
@@ -469,6 +514,7 @@ async fn run(command: Command) -> Result<()> {
             store,
             auth_secret,
             limits,
+            admin,
         } => {
             cancel_on_signal(shutdown.clone());
             let registry = process_registry();
@@ -489,7 +535,7 @@ async fn run(command: Command) -> Result<()> {
                 &registry,
             )?;
             let app = axum::Router::new()
-                .merge(ops_router(registry))
+                .merge(admin.ops(registry, &shutdown).await?)
                 .merge(readyz_router(readiness))
                 .merge(ingest.router());
             serve_http(listen, app, shutdown).await
@@ -507,6 +553,7 @@ async fn run(command: Command) -> Result<()> {
             top,
             batching,
             caps,
+            admin,
         } => {
             let registry = process_registry();
             let (bus, store) = open_backends(&bus, &store, &registry).await?;
@@ -526,6 +573,7 @@ async fn run(command: Command) -> Result<()> {
                         drain_deadline: control.drain_deadline,
                         online_push_min: control.online_push_min,
                         online_push_interval: control.online_push_interval,
+                        metrics_advertise: admin.admin_listen.map(|a| a.to_string()),
                     },
                     ..danmaku_edge::EdgeConfig::default()
                 }))),
@@ -541,7 +589,7 @@ async fn run(command: Command) -> Result<()> {
             drain_on_signal(edge.clone(), shutdown.clone());
             let quic = edge.serve_quic(udp)?;
             let app = axum::Router::new()
-                .merge(ops_router(registry))
+                .merge(admin.ops(registry, &shutdown).await?)
                 .merge(readyz_router(Readiness {
                     edge: Some(edge.clone()),
                     ..Readiness::default()
@@ -569,6 +617,7 @@ async fn run(command: Command) -> Result<()> {
             auth_secret,
             prometheus_url,
             edges,
+            admin,
         } => {
             if auth_secret.is_none() && edges.is_empty() {
                 bail!("give --auth-secret (edges register with it) or at least one --edge");
@@ -593,7 +642,7 @@ async fn run(command: Command) -> Result<()> {
             )?;
             tokio::spawn(scheduler.clone().run(shutdown.clone()));
             let app = axum::Router::new()
-                .merge(ops_router(registry))
+                .merge(admin.ops(registry, &shutdown).await?)
                 .merge(scheduler.router())
                 .merge(scheduler.control_router());
             serve_http(listen, app, shutdown).await

@@ -72,6 +72,12 @@ pub fn ops_router(registry: Registry) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
 }
 
+/// `/healthz` alone: the public listener's ops route when `/metrics` is served
+/// on a separate admin listener ([`ops_router`] there).
+pub fn healthz_router() -> Router {
+    Router::new().route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+}
+
 /// A process registry with the standard process collector
 /// (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
 /// `process_open_fds`, …) already in it: the scheduler's load model reads CPU

@@ -89,6 +89,10 @@ pub struct ControlConfig {
     pub online_push_min: usize,
     /// How often `online` frames are pushed. Default 5 s.
     pub online_push_interval: Duration,
+    /// `host:port` of the admin listener when `/metrics` is served there, not
+    /// on `advertise` (registered as the metrics URL the scheduler scrapes).
+    /// Default `None`.
+    pub metrics_advertise: Option<String>,
 }
 
 impl Default for ControlConfig {
@@ -102,6 +106,7 @@ impl Default for ControlConfig {
             drain_deadline: Duration::from_secs(60),
             online_push_min: 50,
             online_push_interval: Duration::from_secs(5),
+            metrics_advertise: None,
         }
     }
 }
@@ -362,7 +367,10 @@ async fn register(edge: &Edge) -> Option<Duration> {
         id: &edge.config.id,
         ws: format!("ws://{advertise}/v1/ws"),
         quic: advertise,
-        metrics_url: format!("http://{advertise}/metrics"),
+        metrics_url: format!(
+            "http://{}/metrics",
+            control.metrics_advertise.as_deref().unwrap_or(advertise)
+        ),
         capacity: control.capacity,
         egress_capacity: control.egress_capacity,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
