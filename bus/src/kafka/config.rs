@@ -37,7 +37,8 @@ pub struct KafkaBusConfig {
     /// How long a broker may hold a fetch waiting for data (`fetch.wait.max.ms`).
     /// Default 10 ms: tansu waits the full time, so this is the consumer's latency
     /// floor (docs/ARCHITECTURE.md, broker quirk 1), and every consumer's fetches
-    /// cost the broker CPU: many edges on one host may want `?fetch_wait_ms=50`.
+    /// cost the broker CPU. `?fetch_wait_ms=` changes it; with tansu, 50 ms made
+    /// delivery ~17× later (BENCHMARKS.md), so measure before raising it.
     pub fetch_wait: Duration,
     /// How often the bus checks that the topic exists (creating it again after a
     /// broker lost it) and subscriptions check their assignment. Default 1 s.

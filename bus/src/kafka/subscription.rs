@@ -189,6 +189,7 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
         Err(e) => return Err(unavailable(config, "subscribe", e)),
     };
     let positions: Vec<i64> = ends.iter().map(|&(_, high)| high).collect();
+    tracing::debug!(topic = %config.topic, ?ends, "subscription starts at the partitions' ends");
     let generation = shared.topic_generation.load(Ordering::Relaxed);
     assign(&consumer, &config.topic, &positions)
         .map_err(|e| unavailable(config, "cannot assign partitions", e))?;
