@@ -123,24 +123,44 @@ pub struct ReliableDelivery {
 /// them with one vectored write: a room's gifts ride its batch tick instead of
 /// costing every member one write each (10 gifts/s in a 100k room would
 /// otherwise be 1M writes/s).
-#[derive(Debug, Clone)]
+///
+/// One tick is built per flush and shared by `Arc` with every member (each
+/// takes the batch frame of its transport): a queue slot is then one pointer,
+/// which keeps every idle connection's reliable queue small.
+#[derive(Debug)]
 pub struct ReliableTick {
     pub channel: ChannelName,
-    pub frames: Arc<[Arc<ReliableFrame>]>,
-    pub batch: Option<Outbound>,
+    pub frames: Vec<Arc<ReliableFrame>>,
+    pub batch: Option<BatchFrames>,
+}
+
+impl ReliableTick {
+    /// The batch frame a member on `transport` writes, if any.
+    pub fn batch_for(&self, transport: Transport) -> Option<Outbound> {
+        let b = self.batch.as_ref()?;
+        if transport.is_json() {
+            b.json.clone()
+        } else {
+            Some(b.pb.clone())
+        }
+    }
+}
+
+/// `user` was removed from the group `channel` (over HTTP, on any ingest): a
+/// connection of that user leaves the channel with `Left{reason:"removed"}`.
+#[derive(Debug)]
+pub struct Removal {
+    pub channel: ChannelName,
+    pub user: Arc<str>,
 }
 
 /// What the registry hands a connection's own task (not its writer): live
-/// reliable events, and membership changes it must act on.
+/// reliable events, and membership changes it must act on. Both variants are
+/// one pointer (see [`ReliableTick`]).
 #[derive(Debug, Clone)]
 pub enum ConnEvent {
-    Reliable(ReliableTick),
-    /// `user` was removed from the group `channel` (over HTTP, on any ingest): a
-    /// connection of that user leaves the channel with `Left{reason:"removed"}`.
-    Removed {
-        channel: ChannelName,
-        user: Arc<str>,
-    },
+    Reliable(Arc<ReliableTick>),
+    Removed(Arc<Removal>),
 }
 
 /// The sending half of one connection's live reliable queue: bounded
@@ -213,9 +233,9 @@ impl ReliableLane {
         }
     }
 
-    /// Hands `tick` to the task; false if the connection is gone.
-    fn send(&self, tick: ReliableTick) -> bool {
-        let with_batch = tick.batch.is_some();
+    /// Hands `tick` to the task (`with_batch`: it carries a batch for this
+    /// member); false if the connection is gone.
+    fn send(&self, tick: Arc<ReliableTick>, with_batch: bool) -> bool {
         if with_batch {
             self.batches_in_flight.fetch_add(1, Ordering::AcqRel);
         }
@@ -250,12 +270,15 @@ impl Member {
         if let Some(lane) = &self.reliable
             && lane.batches_in_flight.load(Ordering::Acquire) > 0
         {
-            let tick = ReliableTick {
+            let tick = Arc::new(ReliableTick {
                 channel: channel.clone(),
-                frames: Arc::from([]),
-                batch: Some(item),
-            };
-            if lane.send(tick) {
+                frames: Vec::new(),
+                batch: Some(BatchFrames {
+                    pb: item.clone(),
+                    json: Some(item),
+                }),
+            });
+            if lane.send(tick, true) {
                 out.pushed[self.transport as usize] += 1;
             }
             return;
@@ -395,30 +418,26 @@ impl Channel {
             drop(pending);
             return (batch.map(|b| self.push(b)).unwrap_or_default(), 0);
         }
-        let frames: Arc<[Arc<ReliableFrame>]> = std::mem::take(&mut *pending).into();
+        let tick = Arc::new(ReliableTick {
+            channel: self.name.clone(),
+            frames: std::mem::take(&mut *pending),
+            batch: batch.cloned(),
+        });
         let mut out = PushOutcome::default();
         let mut reached = 0;
         for member in self.members.iter() {
-            let item = batch.and_then(|b| {
-                if member.transport.is_json() {
-                    b.json.clone()
-                } else {
-                    Some(b.pb.clone())
-                }
-            });
             let Some(lane) = &member.reliable else {
-                if let Some(item) = item {
+                if let Some(item) = tick.batch_for(member.transport) {
                     member.push_batch(&self.name, item, &mut out);
                 }
                 continue;
             };
-            let has_batch = item.is_some();
-            let tick = ReliableTick {
-                channel: self.name.clone(),
-                frames: Arc::clone(&frames),
-                batch: item,
-            };
-            if lane.send(tick) {
+            // A JSON member that joined after the batch was built has none.
+            let has_batch = tick
+                .batch
+                .as_ref()
+                .is_some_and(|b| !member.transport.is_json() || b.json.is_some());
+            if lane.send(Arc::clone(&tick), has_batch) {
                 reached += 1;
                 if has_batch {
                     // Counted as pushed here; the connection task counts a
@@ -434,17 +453,20 @@ impl Channel {
     /// Tells every member's connection task that `user` left the group; only
     /// that user's connections act on it. Returns the connections told.
     pub fn notify_removed(&self, user: &str) -> u64 {
-        let user: Arc<str> = Arc::from(user);
+        let removal = Arc::new(Removal {
+            channel: self.name.clone(),
+            user: Arc::from(user),
+        });
         let mut told = 0;
         for member in self.members.iter() {
             let Some(lane) = &member.reliable else {
                 continue;
             };
-            let event = ConnEvent::Removed {
-                channel: self.name.clone(),
-                user: Arc::clone(&user),
-            };
-            if lane.tx.send(event).is_ok() {
+            if lane
+                .tx
+                .send(ConnEvent::Removed(Arc::clone(&removal)))
+                .is_ok()
+            {
                 told += 1;
             }
         }
@@ -733,7 +755,10 @@ mod tests {
         };
         let seqs: Vec<u64> = tick.frames.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, vec![1, 2]);
-        assert_eq!(tick.batch.unwrap().wire(), frames().pb.wire());
+        assert_eq!(
+            tick.batch_for(Transport::WsPb).unwrap().wire(),
+            frames().pb.wire()
+        );
         assert!(
             q1.try_recv().is_err(),
             "the batch went with the tick, not around it"
@@ -776,7 +801,7 @@ mod tests {
         let kinds: Vec<(usize, bool)> = std::iter::from_fn(|| rel_rx.try_recv().ok())
             .map(|e| match e {
                 ConnEvent::Reliable(t) => (t.frames.len(), t.batch.is_some()),
-                ConnEvent::Removed { .. } => panic!("unexpected"),
+                ConnEvent::Removed(_) => panic!("unexpected"),
             })
             .collect();
         assert_eq!(kinds, vec![(1, true), (0, true)]);

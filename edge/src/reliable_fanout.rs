@@ -333,7 +333,7 @@ mod tests {
         std::iter::from_fn(|| rx.try_recv().ok())
             .flat_map(|e| match e {
                 ConnEvent::Reliable(t) => t.frames.iter().map(|f| f.seq).collect(),
-                ConnEvent::Removed { .. } => Vec::new(),
+                ConnEvent::Removed(_) => Vec::new(),
             })
             .collect()
     }

@@ -133,7 +133,7 @@ impl CloseReason {
 #[derive(Debug)]
 pub(crate) enum Wake {
     /// Live reliable events from a channel's flush (with its batch, if any).
-    Live(ReliableTick),
+    Live(Arc<ReliableTick>),
     /// A user was removed from a group this connection joined.
     Removed {
         channel: ChannelName,
@@ -169,7 +169,10 @@ impl ReliableQueue {
             _ = timer => Wake::Timer,
             Some(e) = self.rx.recv() => match e {
                 ConnEvent::Reliable(d) => Wake::Live(d),
-                ConnEvent::Removed { channel, user } => Wake::Removed { channel, user },
+                ConnEvent::Removed(r) => Wake::Removed {
+                    channel: r.channel.clone(),
+                    user: Arc::clone(&r.user),
+                },
             },
         }
     }

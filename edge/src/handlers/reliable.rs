@@ -100,7 +100,7 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
 
 /// A channel's flush: its reliable events in seq order, then its batch. All are
 /// queued before the writer runs, so they leave in one vectored write.
-pub(crate) async fn on_tick(session: &mut Session, tick: ReliableTick) -> Flow {
+pub(crate) async fn on_tick(session: &mut Session, tick: Arc<ReliableTick>) -> Flow {
     let mut flow = Flow::Continue;
     for frame in tick.frames.iter() {
         let delivery = ReliableDelivery {
@@ -112,7 +112,7 @@ pub(crate) async fn on_tick(session: &mut Session, tick: ReliableTick) -> Flow {
             break;
         }
     }
-    if let Some(batch) = tick.batch {
+    if let Some(batch) = tick.batch_for(session.transport) {
         // Even when closing: it keeps the in-flight count true.
         session.push_batch(batch);
     }
