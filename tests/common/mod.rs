@@ -123,37 +123,12 @@ pub fn free_addr() -> std::net::SocketAddr {
 /// secret on a free address; returns once `/healthz` answers.
 pub async fn spawn(role: &str, bus: &str, extra: &[&str]) -> Proc {
     let postgres = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
-    let addr = free_addr();
-    let log = std::env::temp_dir().join(format!(
-        "{}.log",
-        danmaku_testkit::kafka::unique(&format!("danmaku-{role}"))
-    ));
-    let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
-        .arg(role)
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--bus",
-            bus,
-            "--auth-secret",
-            SECRET,
-        ])
-        .args(["--store", &postgres])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn danmaku");
-    let p = Proc {
-        child,
-        base: format!("http://{addr}"),
-        addr,
-        log,
-    };
-    wait_healthy(&p, role).await;
-    p
+    let args: Vec<String> = ["--bus", bus, "--auth-secret", SECRET, "--store", &postgres]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    spawn_plain(role, &args).await
 }
 
 /// Starts `danmaku ROLE --listen ADDR ARGS…` on a free address with exactly the
