@@ -213,7 +213,7 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         return;
     }
     let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
-    let (mut session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
+    let (session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
     tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
     let writer = tokio::spawn(write_loop(
         send,
@@ -222,15 +222,13 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         queues.batches,
         edge.metrics.egress(Transport::Quic).clone(),
     ));
-    let flow = session
-        .start(Some(conn.remote_address().ip()), token_exp)
-        .await;
-    let mut reader = QuicReader {
+    let reader = QuicReader {
         recv,
         reader,
         limits,
     };
-    serve(session, &mut reader, queues.reliable, flow).await;
+    let ip = Some(conn.remote_address().ip());
+    serve(session, reader, queues.reliable, ip, token_exp).await;
     finish_writer(writer, CLOSE_LINGER * 2).await;
 }
 

@@ -154,19 +154,13 @@ pub(crate) struct ReliableQueue {
 
 impl ReliableQueue {
     /// Waits for the next live reliable event, an overflow of the queue, or
-    /// `deadline`. Cancel-safe: [`serve`] races it against reading the socket
+    /// `deadline` (the session's next timer: idle timeout or reliable lane). Cancel-safe: [`serve`] races it against reading the socket
     /// (an overflow signal not consumed stays stored in the `Notify`).
-    async fn next(&mut self, deadline: Option<tokio::time::Instant>) -> Wake {
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Wake {
         tokio::select! {
             biased;
             _ = self.overflow.notified() => Wake::Overflow,
-            _ = timer => Wake::Timer,
+            _ = tokio::time::sleep_until(deadline) => Wake::Timer,
             Some(e) = self.rx.recv() => match e {
                 ConnEvent::Reliable(d) => Wake::Live(d),
                 ConnEvent::Removed(r) => Wake::Removed {
@@ -204,48 +198,69 @@ pub(crate) trait Reader: Send {
     ) -> impl Future<Output = Flow> + Send;
 }
 
-/// The loop of one authenticated connection, for every transport: from
-/// `flow` (what [`Session::start`] answered) until something closes it.
-/// Closes the session and returns why.
-pub(crate) async fn serve<R: Reader>(
+/// The loop of one authenticated connection, for every transport: admits it
+/// ([`Session::start`] with the peer's `ip` and the token's expiry) and runs
+/// until something closes it. Closes the session and returns why.
+///
+/// This future is what an idle viewer costs (with its writer's), so it is kept
+/// small: not an `async fn`, whose arguments would be stored twice (as
+/// arguments and as locals), one timer for both the idle timeout and the
+/// reliable lane's deadlines, and the handlers' futures boxed while they run
+/// (inline, the largest of them — a join or resume reading the store — would
+/// be part of every idle connection; see `ws.rs`'s size test).
+pub(crate) fn serve<R: Reader>(
     mut session: Session,
-    reader: &mut R,
+    mut reader: R,
     mut reliable: ReliableQueue,
-    mut flow: Flow,
-) -> CloseReason {
-    let edge = Arc::clone(&session.edge);
-    let idle = edge.config.idle_timeout();
-    while flow == Flow::Continue {
-        let deadline = session.reliable_deadline();
-        let next = tokio::select! {
-            biased;
-            _ = edge.shutdown.cancelled() => { flow = Flow::Close(CloseReason::Shutdown); break; }
-            _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
-            wake = reliable.next(deadline) => Err(wake),
-            read = tokio::time::timeout(idle, reader.next()) => Ok(read),
+    ip: Option<std::net::IpAddr>,
+    token_exp: u64,
+) -> impl Future<Output = CloseReason> + Send {
+    async move {
+        let mut flow = Box::pin(session.start(ip, token_exp)).await;
+        let idle = session.edge.config.idle_timeout();
+        // The peer must send something (a ping at least) before this.
+        let mut idle_at = tokio::time::Instant::now() + idle;
+        while flow == Flow::Continue {
+            let wake_at = match session.reliable_deadline() {
+                Some(at) => at.min(idle_at),
+                None => idle_at,
+            };
+            let next = tokio::select! {
+                biased;
+                _ = session.edge.shutdown.cancelled() => {
+                    flow = Flow::Close(CloseReason::Shutdown);
+                    break;
+                }
+                _ = session.writer_gone() => { flow = Flow::Close(CloseReason::PeerClosed); break; }
+                wake = reliable.next(wake_at) => Err(wake),
+                read = reader.next() => Ok(read),
+            };
+            flow = match next {
+                Err(Wake::Timer) if tokio::time::Instant::now() >= idle_at => {
+                    tracing::debug!(conn_id = session.conn_id, "idle timeout");
+                    Flow::Close(CloseReason::Idle)
+                }
+                Err(wake) => Box::pin(session.on_wake(wake)).await,
+                Ok(None) => Flow::Close(CloseReason::PeerClosed),
+                Ok(Some(msg)) => {
+                    idle_at = tokio::time::Instant::now() + idle;
+                    Box::pin(reader.on_message(&mut session, msg)).await
+                }
+            };
+        }
+        let reason = match flow {
+            Flow::Close(r) => r,
+            Flow::Continue => CloseReason::PeerClosed,
         };
-        flow = match next {
-            Err(wake) => session.on_wake(wake).await,
-            Ok(Err(_elapsed)) => {
-                tracing::debug!(conn_id = session.conn_id, "idle timeout");
-                Flow::Close(CloseReason::Idle)
-            }
-            Ok(Ok(None)) => Flow::Close(CloseReason::PeerClosed),
-            Ok(Ok(Some(msg))) => reader.on_message(&mut session, msg).await,
-        };
+        tracing::debug!(
+            conn_id = session.conn_id,
+            transport = session.transport.label(),
+            reason = reason.text(),
+            "closing"
+        );
+        Box::pin(session.close(reason)).await;
+        reason
     }
-    let reason = match flow {
-        Flow::Close(r) => r,
-        Flow::Continue => CloseReason::PeerClosed,
-    };
-    tracing::debug!(
-        conn_id = session.conn_id,
-        transport = session.transport.label(),
-        reason = reason.text(),
-        "closing"
-    );
-    session.close(reason).await;
-    reason
 }
 
 /// Gives the writer `drain` to flush what the closed session queued last,

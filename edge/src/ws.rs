@@ -20,7 +20,7 @@
 //! and dispatches them to the session; a writer task owns the write half (see
 //! `session.rs` for the queues).
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -112,22 +112,14 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     };
-    let conn_edge = Arc::clone(&edge);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                run(
-                    conn_edge,
-                    hyper_util::rt::TokioIo::new(upgraded),
-                    transport,
-                    claims,
-                    ip,
-                )
-                .await
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-        }
-    });
+    tokio::spawn(connection(
+        Arc::clone(&edge),
+        on_upgrade,
+        transport,
+        claims.sub,
+        claims.exp,
+        ip,
+    ));
     let protocol = if transport.is_json() {
         SUBPROTOCOL_JSON
     } else {
@@ -213,18 +205,72 @@ fn select_subprotocol(headers: &HeaderMap) -> Option<Transport> {
     }
 }
 
-async fn run<S>(
+/// The task of one WebSocket connection, from the upgrade until it closes.
+/// It lives as long as the viewer, so its future is what every idle viewer
+/// costs (with its writer's): the stages are combinators, so the upgrade's
+/// arguments and the connection's state overlap instead of adding up.
+fn connection(
+    edge: Arc<Edge>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    transport: Transport,
+    user: String,
+    token_exp: u64,
+    ip: Option<std::net::IpAddr>,
+) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    on_upgrade.then(move |upgraded| match upgraded {
+        Ok(upgraded) => {
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            run(edge, io, transport, user, token_exp, ip).left_future()
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            std::future::ready(()).right_future()
+        }
+    })
+}
+
+fn run<S>(
     edge: Arc<Edge>,
     io: S,
     transport: Transport,
-    claims: danmaku_proto::token::Claims,
+    user: String,
+    token_exp: u64,
     ip: Option<std::net::IpAddr>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let _gauge = ConnectionGauge::open(&edge, transport);
+    use futures_util::FutureExt;
+    let gauge = ConnectionGauge::open(&edge, transport);
+    let (serving, writer) = open(edge, io, transport, user, token_exp, ip);
+    // A combinator, not `async { serving.await; … }`: awaiting a captured
+    // future moves it into a second slot of the same size.
+    serving.then(move |_| async move {
+        finish_writer(writer, WRITER_DRAIN).await;
+        drop(gauge);
+    })
+}
+
+/// Opens the session, spawns the writer and returns the connection's loop.
+/// Not `async`: what it builds moves into the loop's future, never into the
+/// caller's as well (an async caller would keep a slot for each local).
+fn open<S>(
+    edge: Arc<Edge>,
+    io: S,
+    transport: Transport,
+    user: String,
+    token_exp: u64,
+    ip: Option<std::net::IpAddr>,
+) -> (
+    impl Future<Output = CloseReason> + Send,
+    tokio::task::JoinHandle<()>,
+)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let (rd, wr) = tokio::io::split(io);
-    let (mut session, queues) = Session::open(Arc::clone(&edge), claims.sub, transport);
+    let (session, queues) = Session::open(Arc::clone(&edge), user, transport);
     tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
     let writer = tokio::spawn(write_loop(
         wr,
@@ -235,7 +281,7 @@ async fn run<S>(
         edge.metrics.egress(transport).clone(),
     ));
     let limits = edge.config.limits;
-    let mut reader = WsReader {
+    let reader = WsReader {
         rd,
         // Limit = max_frame_bytes: a larger message is refused from its header
         // with a `frame_too_large` error frame, before any of it is buffered.
@@ -243,9 +289,8 @@ async fn run<S>(
         transport,
         limits,
     };
-    let flow = session.start(ip, claims.exp).await;
-    serve(session, &mut reader, queues.reliable, flow).await;
-    finish_writer(writer, WRITER_DRAIN).await;
+    let serving = serve(session, reader, queues.reliable, ip, token_exp);
+    (serving, writer)
 }
 
 /// The reading half of a WebSocket: socket bytes through the frame decoder.
@@ -522,6 +567,60 @@ fn encode_reply(f: &pb::ServerFrame, transport: Transport, limits: &Limits) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An edge on the memory bus and an embedded store, for tests that need
+    /// a real [`Edge`] without a listener.
+    async fn test_edge(dir: &std::path::Path) -> Arc<Edge> {
+        let bus = Arc::new(danmaku_bus::MemoryBus::new(Default::default()));
+        let store = danmaku_store::connect(&format!("embedded:{}", dir.join("e.db").display()))
+            .await
+            .unwrap();
+        Edge::start(
+            crate::EdgeConfig::default(),
+            bus,
+            store,
+            danmaku_proto::token::TokenKey::new("s"),
+            &prometheus::Registry::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Every connection keeps its two tasks' futures for its whole life, so
+    /// their size is paid per idle viewer: the paths that run rarely (frame
+    /// handling, reliable wake-ups, close) are boxed while they run instead of
+    /// being part of the resident state. This guards the idle-memory budget.
+    #[tokio::test]
+    async fn the_per_connection_tasks_stay_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let edge = test_edge(dir.path()).await;
+        let upgrade = hyper::upgrade::on(axum::http::Request::new(()));
+        let conn = connection(
+            Arc::clone(&edge),
+            upgrade,
+            Transport::WsPb,
+            "u".into(),
+            0,
+            None,
+        );
+        let conn_size = std::mem::size_of_val(&conn);
+        let (_io2, peer2) = tokio::io::duplex(64);
+        let (_c, control) = mpsc::channel::<Control>(1);
+        let (_b, batches) = mpsc::channel::<Outbound>(1);
+        let writer = write_loop(
+            peer2,
+            control,
+            batches,
+            Transport::WsPb,
+            edge.config.limits,
+            edge.metrics.egress(Transport::WsPb).clone(),
+        );
+        let writer_size = std::mem::size_of_val(&writer);
+        eprintln!("connection task {conn_size} B, writer task {writer_size} B");
+        assert!(conn_size <= 1280, "connection task state is {conn_size} B");
+        assert!(writer_size <= 1024, "writer task state is {writer_size} B");
+    }
 
     #[test]
     fn accept_key_matches_rfc_6455() {
