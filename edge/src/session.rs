@@ -21,7 +21,6 @@
 //! the peer has stopped reading. Dropping the session leaves every channel, so
 //! no exit path leaks registry entries.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,6 +207,10 @@ pub(crate) trait Reader: Send {
 /// reliable lane's deadlines, and the handlers' futures boxed while they run
 /// (inline, the largest of them — a join or resume reading the store — would
 /// be part of every idle connection; see `ws.rs`'s size test).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
 pub(crate) fn serve<R: Reader>(
     mut session: Session,
     mut reader: R,
@@ -283,9 +286,9 @@ pub(crate) struct Session {
     pub conn_id: ConnId,
     pub user: String,
     pub transport: Transport,
-    pub joined: HashSet<ChannelName>,
-    /// Reliable-lane state of each joined channel (see `handlers/reliable.rs`).
-    pub lanes: HashMap<ChannelName, Lane>,
+    /// The joined channels with their reliable-lane state (see
+    /// `handlers/reliable.rs`).
+    pub joined: Joined,
     /// When the token expires (unix seconds); a fresh `auth` frame moves it.
     pub token_exp: u64,
     /// Per-connection and per-user frame budgets (see `limits.rs`).
@@ -303,6 +306,67 @@ pub(crate) struct Session {
     /// sees them if it reads again within the writer's drain time).
     last_frame: Option<mpsc::OwnedPermit<Control>>,
     last_close: Option<mpsc::OwnedPermit<Control>>,
+}
+
+/// The channels a connection joined, each with its reliable lane.
+///
+/// A list, not a map: a viewer joins one or two channels (at most
+/// `max_channels_per_conn`), and a hash map allocates room for four entries
+/// of ~170 bytes at its first insert — paid by every idle viewer.
+#[derive(Default)]
+pub(crate) struct Joined(Vec<(ChannelName, Lane)>);
+
+impl Joined {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn contains(&self, channel: &ChannelName) -> bool {
+        self.get(channel).is_some()
+    }
+
+    pub fn get(&self, channel: &ChannelName) -> Option<&Lane> {
+        self.0.iter().find(|(c, _)| c == channel).map(|(_, l)| l)
+    }
+
+    pub fn get_mut(&mut self, channel: &ChannelName) -> Option<&mut Lane> {
+        self.0
+            .iter_mut()
+            .find(|(c, _)| c == channel)
+            .map(|(_, l)| l)
+    }
+
+    /// Adds (or replaces) `channel`'s lane; grows by exactly one entry.
+    pub fn insert(&mut self, channel: ChannelName, lane: Lane) {
+        match self.get_mut(&channel) {
+            Some(l) => *l = lane,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((channel, lane));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, channel: &ChannelName) -> Option<Lane> {
+        let i = self.0.iter().position(|(c, _)| c == channel)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&ChannelName, &mut Lane)> {
+        self.0.iter_mut().map(|(c, l)| (&*c, l))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Lane> {
+        self.0.iter().map(|(_, l)| l)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Lane> {
+        self.0.iter_mut().map(|(_, l)| l)
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = (ChannelName, Lane)> + '_ {
+        self.0.drain(..)
+    }
 }
 
 /// One connection's reliable lane on one channel.
@@ -354,8 +418,7 @@ impl Session {
             conn_id,
             user,
             transport,
-            joined: HashSet::new(),
-            lanes: HashMap::new(),
+            joined: Joined::default(),
             token_exp: u64::MAX,
             limits,
             control,
@@ -532,7 +595,7 @@ impl Session {
     }
 
     fn leave_all(&mut self) {
-        for channel in self.joined.drain() {
+        for (channel, _) in self.joined.drain() {
             self.edge.registry.leave(&channel, self.conn_id);
         }
     }

@@ -63,9 +63,8 @@ pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
             return store_unavailable(session, "last_seq", &channel, e).await;
         }
     };
-    session.joined.insert(channel.clone());
     let lane = reliable::new_lane(session, group, last_seq);
-    session.lanes.insert(channel.clone(), lane);
+    session.joined.insert(channel.clone(), lane);
     tracing::debug!(conn_id = session.conn_id, user = %session.user, channel = %channel, last_seq, "joined");
     if let Flow::Close(r) = joined(session, &channel, last_seq).await {
         return Flow::Close(r);

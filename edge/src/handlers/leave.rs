@@ -20,8 +20,7 @@ pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
     };
     // Write this channel's pending ack offset before its lane goes.
     crate::handlers::reliable::persist_acks(session, true).await;
-    session.lanes.remove(&channel);
-    if session.joined.remove(&channel) {
+    if session.joined.remove(&channel).is_some() {
         session.edge.registry.leave(&channel, session.conn_id);
         tracing::debug!(conn_id = session.conn_id, channel = %channel, "left");
     }
@@ -37,10 +36,9 @@ pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
 /// and it joined the channel, leave it (without writing the ack offset: the
 /// store forgot it with the membership) and say so.
 pub(crate) async fn removed(session: &mut Session, channel: ChannelName, user: &str) -> Flow {
-    if user != session.user || !session.joined.remove(&channel) {
+    if user != session.user || session.joined.remove(&channel).is_none() {
         return Flow::Continue;
     }
-    session.lanes.remove(&channel);
     session.edge.registry.leave(&channel, session.conn_id);
     session.edge.metrics.members_removed.inc();
     tracing::info!(conn_id = session.conn_id, user, channel = %channel, "removed from group; left");

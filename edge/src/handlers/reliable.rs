@@ -49,7 +49,7 @@ pub(crate) async fn ack(session: &mut Session, ack: pb::Ack) -> Flow {
         Ok(c) => c,
         Err(e) => return session.reply_error(e.code(), e.to_string()).await,
     };
-    let Some(lane) = session.lanes.get_mut(&channel) else {
+    let Some(lane) = session.joined.get_mut(&channel) else {
         tracing::debug!(conn_id = session.conn_id, channel = %channel, "ack on a channel not joined");
         return Flow::Continue;
     };
@@ -71,7 +71,7 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
         Ok(c) => c,
         Err(e) => return session.reply_error(e.code(), e.to_string()).await,
     };
-    let Some(lane) = session.lanes.get_mut(&channel) else {
+    let Some(lane) = session.joined.get_mut(&channel) else {
         return session
             .reply_error("not_joined", format!("join {channel} before resuming it"))
             .await;
@@ -87,7 +87,7 @@ pub(crate) async fn resume(session: &mut Session, resume: pb::Resume) -> Flow {
     match catch_up(session, &channel).await {
         Ok(flow) => flow,
         Err(e) => {
-            if let Some(lane) = session.lanes.get_mut(&channel) {
+            if let Some(lane) = session.joined.get_mut(&channel) {
                 // The next live event finds the gap and tries again.
                 lane.catching_up = None;
             }
@@ -121,7 +121,7 @@ pub(crate) async fn on_tick(session: &mut Session, tick: Arc<ReliableTick>) -> F
 
 /// A live reliable event from the fan-out.
 pub(crate) async fn on_live(session: &mut Session, delivery: ReliableDelivery) -> Flow {
-    let Some(lane) = session.lanes.get_mut(&delivery.channel) else {
+    let Some(lane) = session.joined.get_mut(&delivery.channel) else {
         return Flow::Continue; // left meanwhile
     };
     if lane.catching_up.is_some() {
@@ -135,7 +135,7 @@ pub(crate) async fn on_live(session: &mut Session, delivery: ReliableDelivery) -
     }
     if seq > lane.sent_upto + 1 {
         session.edge.metrics.gap_fills.inc();
-        if let Some(lane) = session.lanes.get_mut(&delivery.channel) {
+        if let Some(lane) = session.joined.get_mut(&delivery.channel) {
             lane.catching_up = Some(CatchUp::Gap);
         }
         let flow = catch_up_or_close(session, &delivery.channel).await;
@@ -143,7 +143,7 @@ pub(crate) async fn on_live(session: &mut Session, delivery: ReliableDelivery) -
             return flow;
         }
         // Caught up past it (the store had it), or still reading: skip it.
-        match session.lanes.get(&delivery.channel) {
+        match session.joined.get(&delivery.channel) {
             Some(l) if l.catching_up.is_none() && seq == l.sent_upto + 1 => {}
             _ => return Flow::Continue,
         }
@@ -194,7 +194,7 @@ pub(crate) async fn push_missed(
 pub(crate) fn deadline(session: &Session) -> Option<Instant> {
     let interval = session.edge.config.reliable.ack_persist_interval;
     session
-        .lanes
+        .joined
         .values()
         .flat_map(|lane| {
             let resend = lane.window.deadline().map(Instant::from_std);
@@ -213,11 +213,18 @@ pub(crate) fn deadline(session: &Session) -> Option<Instant> {
 pub(crate) async fn on_timer(session: &mut Session) -> Flow {
     let now = Instant::now().into_std();
     let mut resend = Vec::new();
-    for lane in session.lanes.values_mut() {
+    let mut over = None;
+    for lane in session.joined.values_mut() {
         match lane.window.due(now) {
             Ok(frames) => resend.extend(frames.into_iter().map(|(_, f)| f)),
-            Err(b) => return backlog(session, b).await,
+            Err(b) => {
+                over = Some(b);
+                break;
+            }
         }
+    }
+    if let Some(b) = over {
+        return backlog(session, b).await;
     }
     for frame in resend {
         session.edge.metrics.reliable_retransmits.inc();
@@ -235,7 +242,7 @@ pub(crate) async fn persist_acks(session: &mut Session, force: bool) {
     let now = Instant::now();
     let interval = session.edge.config.reliable.ack_persist_interval;
     let mut writes = Vec::new();
-    for (channel, lane) in session.lanes.iter_mut() {
+    for (channel, lane) in session.joined.iter_mut() {
         let Some(seq) = lane.ack_pending else {
             continue;
         };
@@ -269,7 +276,7 @@ async fn send(session: &mut Session, channel: &ChannelName, frame: Arc<ReliableF
     if let Flow::Close(r) = session.send_shared(&frame).await {
         return Flow::Close(r);
     }
-    let Some(lane) = session.lanes.get_mut(channel) else {
+    let Some(lane) = session.joined.get_mut(channel) else {
         return Flow::Continue;
     };
     lane.sent_upto = lane.sent_upto.max(frame.seq);
@@ -291,7 +298,7 @@ async fn catch_up(session: &mut Session, channel: &ChannelName) -> Result<Flow, 
     let max = session.edge.config.reliable.max_unacked;
     let mut rereads = 0;
     loop {
-        let Some(lane) = session.lanes.get(channel) else {
+        let Some(lane) = session.joined.get(channel) else {
             return Ok(Flow::Continue);
         };
         let Some(reason) = lane.catching_up else {
@@ -314,7 +321,7 @@ async fn catch_up(session: &mut Session, channel: &ChannelName) -> Result<Flow, 
             }
         }
         if n < room {
-            if let Some(lane) = session.lanes.get_mut(channel) {
+            if let Some(lane) = session.joined.get_mut(channel) {
                 if lane.sent_upto < lane.live_skipped_upto && rereads < MAX_REREADS {
                     // A live event skipped during this read is past what it saw.
                     rereads += 1;
@@ -333,7 +340,7 @@ async fn catch_up_or_close(session: &mut Session, channel: &ChannelName) -> Flow
     match catch_up(session, channel).await {
         Ok(flow) => flow,
         Err(e) => {
-            let after = session.lanes.get(channel).map_or(0, |l| l.sent_upto);
+            let after = session.joined.get(channel).map_or(0, |l| l.sent_upto);
             tracing::warn!(conn_id = session.conn_id, channel = %channel, error = %e, "cannot read missed seqs; closing for resume");
             session.edge.metrics.reliable_backlog_closes.inc();
             let _ = session
@@ -356,7 +363,7 @@ async fn read_page(
     after: u64,
     limit: usize,
 ) -> Result<Vec<StoredMessage>, StoreError> {
-    let group = session.lanes.get(channel).is_some_and(|l| l.group);
+    let group = session.joined.get(channel).is_some_and(|l| l.group);
     let store = &session.edge.store;
     let res = if group {
         store
