@@ -97,7 +97,23 @@ impl EmbeddedStore {
             .connect_with(options.read_only(true))
             .await?;
         let (appends, requests) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run_appender(writer.clone(), requests));
+        // Its own thread and runtime: an append is several hops between this
+        // task and SQLite's worker thread, and on the server's runtime each hop
+        // waited behind every connection task a batch tick had woken (3,000
+        // viewers at 200 danmaku/s made an append take 0.7 s instead of 35 ms).
+        let appender = writer.clone();
+        std::thread::Builder::new()
+            .name("embedded-appender".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run_appender(appender, requests)),
+                    Err(e) => tracing::error!(error = %e, "embedded store: no appender runtime"),
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the appender: {e}")))?;
         Ok(Self {
             path,
             writer,
