@@ -142,8 +142,12 @@ impl ControlState {
             drained: CancellationToken::new(),
             conns: DashMap::new(),
             online: RwLock::new(Arc::new(HashMap::new())),
+            // No pooled connections: the heartbeats run on their own runtime
+            // (see `spawn`) and a pooled connection is driven by a task of the
+            // runtime that opened it. One connect per second per edge is cheap.
             http: reqwest::Client::builder()
                 .timeout(SCHEDULER_TIMEOUT)
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap_or_default(),
         }
@@ -269,7 +273,30 @@ pub(crate) fn spawn(edge: &Arc<Edge>, shutdown: CancellationToken) {
     tokio::spawn(online_loop(Arc::clone(edge), shutdown.clone()));
     tokio::spawn(drain_task(Arc::clone(edge), shutdown.clone()));
     if edge.config.control.scheduler.is_some() {
-        tokio::spawn(registration_loop(Arc::clone(edge), shutdown));
+        spawn_heartbeats(Arc::clone(edge), shutdown);
+    }
+}
+
+/// Registration and heartbeats run on their own thread and runtime. On the
+/// server's runtime a heartbeat waited behind every connection task a batch
+/// tick had woken: an edge busy with 15k+ viewers missed its heartbeats and the
+/// scheduler ejected it as dead, again and again, while it served fine. The
+/// operating system gives this mostly idle thread the CPU as soon as it wakes.
+fn spawn_heartbeats(edge: Arc<Edge>, shutdown: CancellationToken) {
+    let server = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name("edge-heartbeat".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(registration_loop(edge, server, shutdown)),
+                Err(e) => tracing::error!(error = %e, "no runtime for the scheduler heartbeats"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the scheduler heartbeats");
     }
 }
 
@@ -411,6 +438,9 @@ async fn register(edge: &Edge) -> Option<Duration> {
     }
 }
 
+/// How long a heartbeat waits for the server's runtime to check readiness.
+const READINESS_WAIT: Duration = Duration::from_secs(1);
+
 /// What one heartbeat did.
 enum Beat {
     Ok,
@@ -418,7 +448,11 @@ enum Beat {
     Failed,
 }
 
-async fn heartbeat(edge: &Edge) -> Beat {
+async fn heartbeat(
+    edge: &Arc<Edge>,
+    server: &tokio::runtime::Handle,
+    last_ready: &mut bool,
+) -> Beat {
     let Some(url) = scheduler_url(
         edge,
         &format!("/v1/registry/edges/{}/heartbeat", edge.config.id),
@@ -434,8 +468,17 @@ async fn heartbeat(edge: &Edge) -> Beat {
             members: c.len(),
         })
         .collect();
+    // The store ping runs on the server's runtime, where the store's pooled
+    // connections live (one opened from here would die with this runtime). A
+    // runtime too busy to answer within a second keeps the last answer: busy
+    // is not dead, and the heartbeat must not wait for it.
+    let probe = Arc::clone(edge);
+    let ready = server.spawn(async move { probe.readiness().await.is_ok() });
+    if let Ok(Ok(r)) = tokio::time::timeout(READINESS_WAIT, ready).await {
+        *last_ready = r;
+    }
     let body = Heartbeat {
-        ready: edge.readiness().await.is_ok(),
+        ready: *last_ready,
         draining: edge.is_draining(),
         connections: edge.connection_count(),
         members,
@@ -473,9 +516,14 @@ async fn heartbeat(edge: &Edge) -> Beat {
     }
 }
 
-async fn registration_loop(edge: Arc<Edge>, shutdown: CancellationToken) {
+async fn registration_loop(
+    edge: Arc<Edge>,
+    server: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+) {
     let mut interval = None;
     let mut retry = Duration::from_millis(200);
+    let mut last_ready = false;
     loop {
         let wait = match interval {
             None => match register(&edge).await {
@@ -490,7 +538,7 @@ async fn registration_loop(edge: Arc<Edge>, shutdown: CancellationToken) {
                 }
             },
             Some(i) => {
-                if let Beat::Unknown = heartbeat(&edge).await {
+                if let Beat::Unknown = heartbeat(&edge, &server, &mut last_ready).await {
                     tracing::info!(edge = %edge.config.id, "scheduler forgot this edge; registering again");
                     interval = None;
                     continue;
