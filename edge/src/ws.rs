@@ -230,6 +230,9 @@ fn connection(
     })
 }
 
+/// Opens the session on `io`, spawns its writer and returns the connection's
+/// loop followed by the writer's drain. Not `async`: what it builds moves into
+/// the loop's future once (an async fn would keep a slot for each local too).
 fn run<S>(
     edge: Arc<Edge>,
     io: S,
@@ -243,32 +246,6 @@ where
 {
     use futures_util::FutureExt;
     let gauge = ConnectionGauge::open(&edge, transport);
-    let (serving, writer) = open(edge, io, transport, user, token_exp, ip);
-    // A combinator, not `async { serving.await; … }`: awaiting a captured
-    // future moves it into a second slot of the same size.
-    serving.then(move |_| async move {
-        finish_writer(writer, WRITER_DRAIN).await;
-        drop(gauge);
-    })
-}
-
-/// Opens the session, spawns the writer and returns the connection's loop.
-/// Not `async`: what it builds moves into the loop's future, never into the
-/// caller's as well (an async caller would keep a slot for each local).
-fn open<S>(
-    edge: Arc<Edge>,
-    io: S,
-    transport: Transport,
-    user: String,
-    token_exp: u64,
-    ip: Option<std::net::IpAddr>,
-) -> (
-    impl Future<Output = CloseReason> + Send,
-    tokio::task::JoinHandle<()>,
-)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
     let (rd, wr) = tokio::io::split(io);
     let (session, queues) = Session::open(Arc::clone(&edge), user, transport);
     tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
@@ -289,8 +266,12 @@ where
         transport,
         limits,
     };
-    let serving = serve(session, reader, queues.reliable, ip, token_exp);
-    (serving, writer)
+    // A combinator, not `async { serve(…).await; … }`: awaiting a captured
+    // future moves it into a second slot of the same size.
+    serve(session, reader, queues.reliable, ip, token_exp).then(move |_| async move {
+        finish_writer(writer, WRITER_DRAIN).await;
+        drop(gauge);
+    })
 }
 
 /// The reading half of a WebSocket: socket bytes through the frame decoder.
