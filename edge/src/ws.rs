@@ -112,7 +112,7 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     };
-    tokio::spawn(connection(
+    edge.spawn_connection(connection(
         Arc::clone(&edge),
         on_upgrade,
         transport,
