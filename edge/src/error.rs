@@ -24,8 +24,6 @@ pub enum EdgeError {
     Metrics(#[from] prometheus::Error),
     #[error("batch encoder: {0}")]
     Encoder(#[from] danmaku_proto::ProtoError),
-    #[error("connection runtime: {0}")]
-    Runtime(#[source] std::io::Error),
 }
 
 /// An HTTP error answered as `{"error":{"code":…,"message":…}}`.

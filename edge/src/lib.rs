@@ -91,53 +91,6 @@ pub struct Edge {
     top_rooms: tokio::sync::watch::Receiver<Arc<top_rooms::TopRoomsSnapshot>>,
     /// Per-user and per-IP connection counts and frame budgets (`limits.rs`).
     limiter: Arc<limits::Limiter>,
-    /// Where the viewers' connection tasks run (see [`ConnRuntime`]).
-    conns: ConnRuntime,
-}
-
-/// The runtime the connection tasks run on, apart from the server's.
-///
-/// A batch tick wakes one task per member: tens of thousands of runnable tasks
-/// at once. On the server's runtime everything else — the bus consumer, the
-/// batcher, an HTTP post to ingest (standalone), `/metrics` — waited its turn
-/// behind them (in standalone with 10,000 viewers posts reached 761/s of 1,000
-/// and gifts 4.4/s of 10). With the connections on their own threads the
-/// operating system schedules the two sides, and the mostly idle server side
-/// runs as soon as it wakes. Sockets stay registered with the server's
-/// reactor (they were accepted there), so readiness still comes from it.
-struct ConnRuntime(Option<tokio::runtime::Runtime>);
-
-impl ConnRuntime {
-    fn new() -> Result<Self, EdgeError> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("edge-conn")
-            .enable_all()
-            .build()
-            .map_err(EdgeError::Runtime)?;
-        Ok(ConnRuntime(Some(rt)))
-    }
-
-    fn spawn<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        match &self.0 {
-            Some(rt) => drop(rt.spawn(task)),
-            None => drop(tokio::spawn(task)),
-        }
-    }
-}
-
-impl Drop for ConnRuntime {
-    fn drop(&mut self) {
-        // The last `Arc<Edge>` may go inside a task, where a blocking shutdown
-        // would panic; the connections end with the edge either way.
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 impl Edge {
@@ -233,18 +186,9 @@ impl Edge {
             control,
             top_rooms: top_rx,
             limiter: Arc::default(),
-            conns: ConnRuntime::new()?,
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)
-    }
-
-    /// Runs a viewer's connection task (see [`ConnRuntime`]).
-    pub(crate) fn spawn_connection<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.conns.spawn(task);
     }
 
     /// `GET /v1/ws` (WebSocket), `GET /v1/cert` (the QUIC certificate) and

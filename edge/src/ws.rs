@@ -112,7 +112,7 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     };
-    edge.spawn_connection(connection(
+    tokio::spawn(connection(
         Arc::clone(&edge),
         on_upgrade,
         transport,
