@@ -42,7 +42,11 @@ async fn main() -> Result<(), Error> {
         .and_then(|p| p.parse().ok());
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let tls = danmaku_client::quic::tls_config(None)?;
+    // The edge's development certificate, pinned (as the SDK's FetchFromEdge).
+    let der = danmaku_client::IngestClient::new(&format!("http://{addr}"))
+        .fetch_cert_der()
+        .await?;
+    let tls = danmaku_client::quic::tls_config(Some(der))?;
     let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?);
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));

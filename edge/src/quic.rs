@@ -44,7 +44,8 @@ use tokio::sync::mpsc;
 use crate::Edge;
 use crate::registry::{Outbound, Transport};
 use crate::session::{
-    CloseReason, ConnectionGauge, Control, Flow, Reader, Session, finish_writer, serve,
+    CloseReason, ConnectionGauge, Control, Flow, Reader, ReliableQueue, Session, finish_writer,
+    serve,
 };
 
 /// How long closing waits for the peer to acknowledge the last control frames.
@@ -126,7 +127,97 @@ async fn next_frame(
     }
 }
 
-async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
+/// One connection, from the first packet to the close.
+///
+/// This future lives as long as the connection, and a future is as large as
+/// its largest state, so the phases that need a lot of state for a short
+/// time — the handshake with its auth frame, [`Session::start`] — run boxed
+/// (allocated while they run, freed after) and the long-lived part is only
+/// [`serve`] and what it borrows.
+///
+/// Not an `async fn`: its arguments would stay in the future for its whole
+/// life, and a `quinn::Incoming` is some 400 bytes that only the handshake needs.
+fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(handshake(Arc::clone(&edge), incoming));
+    run(edge, handshake)
+}
+
+/// The connection after [`handshake`] (given boxed: see [`handle`]) until it
+/// closes.
+async fn run(edge: Arc<Edge>, handshake: impl Future<Output = Option<Authed>> + Send) {
+    let Some(Authed {
+        conn,
+        send,
+        recv,
+        mut reader,
+        user,
+        token_exp,
+    }) = handshake.await
+    else {
+        return;
+    };
+    let limits = edge.config.limits;
+    reader.set_max_frame(limits.max_frame_bytes);
+
+    if edge.is_draining() {
+        let f = frame::error(
+            "draining",
+            "this edge is draining: ask the scheduler for another",
+        );
+        Box::pin(refuse(&edge, &conn, send, &f, CloseReason::Shutdown)).await;
+        return;
+    }
+    let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
+    let (session, reliable, flow, writer) =
+        Box::pin(open_session(&edge, &conn, send, user, token_exp)).await;
+    let mut reader = QuicReader {
+        recv,
+        reader,
+        limits,
+    };
+    serve(session, &mut reader, reliable, flow).await;
+    finish_writer(writer, CLOSE_LINGER * 2).await;
+}
+
+/// Registers the session, starts its writer and runs [`Session::start`].
+/// Separate (and boxed by the caller) so the session it borrowed while
+/// starting is not kept a second time beside [`serve`]'s copy.
+async fn open_session(
+    edge: &Arc<Edge>,
+    conn: &Connection,
+    send: SendStream,
+    user: String,
+    token_exp: u64,
+) -> (Session, ReliableQueue, Flow, tokio::task::JoinHandle<()>) {
+    let (mut session, queues) = Session::open(Arc::clone(edge), user, Transport::Quic);
+    tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
+    let writer = tokio::spawn(write_loop(
+        send,
+        conn.clone(),
+        queues.control,
+        queues.batches,
+        edge.metrics.egress(Transport::Quic).clone(),
+    ));
+    let flow = session
+        .start(Some(conn.remote_address().ip()), token_exp)
+        .await;
+    (session, queues.reliable, flow, writer)
+}
+
+/// A connection whose peer opened the control stream and sent a valid `auth`.
+struct Authed {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    /// Holds what the peer sent after the `auth` frame.
+    reader: FrameReader,
+    user: String,
+    token_exp: u64,
+}
+
+/// The QUIC handshake, the control stream and the `auth` frame, within one
+/// deadline. `None` when the connection was refused (and closed) or lost.
+async fn handshake(edge: Arc<Edge>, incoming: quinn::Incoming) -> Option<Authed> {
     let handshake = edge.config.client_limits.handshake_timeout;
     // One deadline for the QUIC handshake, the control stream and the auth frame.
     let deadline = tokio::time::Instant::now() + handshake;
@@ -134,12 +225,12 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "QUIC handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             // Dropping the connecting future abandons the handshake.
             edge.metrics.refused("handshake_timeout");
-            return;
+            return None;
         }
     };
     let limits = edge.config.limits;
@@ -153,7 +244,7 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
                 VarInt::from_u32(CloseReason::Idle.quic_code()),
                 b"no control stream",
             );
-            return;
+            return None;
         }
     };
     let mut reader = FrameReader::new(limits.max_frame_bytes.min(AUTH_FRAME_MAX));
@@ -161,77 +252,46 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     // Authenticate before anything else is accepted or registered.
     let first =
         tokio::time::timeout_at(deadline, next_frame(&mut recv, &mut reader, &limits)).await;
-    let (user, token_exp) = match first {
+    let (f, reason) = match first {
         Ok(Ok(pb::ClientFrame {
             body: Some(client_frame::Body::Auth(auth)),
             ..
         })) => match edge.verify_token(&auth.token) {
-            Ok(claims) => (claims.sub, claims.exp),
-            Err(e) => {
-                let f = frame::error("bad_token", e.to_string());
-                refuse(&edge, &conn, send, &f, CloseReason::BadToken).await;
-                return;
+            Ok(claims) => {
+                return Some(Authed {
+                    conn,
+                    send,
+                    recv,
+                    reader,
+                    user: claims.sub,
+                    token_exp: claims.exp,
+                });
             }
+            Err(e) => (
+                frame::error("bad_token", e.to_string()),
+                CloseReason::BadToken,
+            ),
         },
-        Ok(Ok(_)) => {
-            let f = frame::error("auth_required", "the first frame must be auth");
-            refuse(&edge, &conn, send, &f, CloseReason::BadToken).await;
-            return;
-        }
+        Ok(Ok(_)) => (
+            frame::error("auth_required", "the first frame must be auth"),
+            CloseReason::BadToken,
+        ),
         Ok(Err(ReadEnd::Bad(e))) => {
             edge.metrics.bad_frame(e.code());
-            refuse(
-                &edge,
-                &conn,
-                send,
-                &frame::error(e.code(), e.to_string()),
-                CloseReason::BadFrame,
-            )
-            .await;
-            return;
+            (frame::error(e.code(), e.to_string()), CloseReason::BadFrame)
         }
-        Ok(Err(ReadEnd::Closed)) => return,
+        Ok(Err(ReadEnd::Closed)) => return None,
         Err(_elapsed) => {
             edge.metrics.refused("handshake_timeout");
             let f = frame::error(
                 "handshake_timeout",
                 format!("no auth frame within {} s", handshake.as_secs()),
             );
-            refuse(&edge, &conn, send, &f, CloseReason::Idle).await;
-            return;
+            (f, CloseReason::Idle)
         }
     };
-
-    reader.set_max_frame(limits.max_frame_bytes);
-
-    if edge.is_draining() {
-        let f = frame::error(
-            "draining",
-            "this edge is draining: ask the scheduler for another",
-        );
-        refuse(&edge, &conn, send, &f, CloseReason::Shutdown).await;
-        return;
-    }
-    let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
-    let (mut session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
-    tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
-    let writer = tokio::spawn(write_loop(
-        send,
-        conn.clone(),
-        queues.control,
-        queues.batches,
-        edge.metrics.egress(Transport::Quic).clone(),
-    ));
-    let flow = session
-        .start(Some(conn.remote_address().ip()), token_exp)
-        .await;
-    let mut reader = QuicReader {
-        recv,
-        reader,
-        limits,
-    };
-    serve(session, &mut reader, queues.reliable, flow).await;
-    finish_writer(writer, CLOSE_LINGER * 2).await;
+    refuse(&edge, &conn, send, &f, reason).await;
+    None
 }
 
 /// The reading half of a QUIC connection: the control stream through the
@@ -255,8 +315,10 @@ impl Reader for QuicReader {
 
     async fn on_message(&mut self, session: &mut Session, msg: Self::Message) -> Flow {
         match msg {
-            Ok(f) => session.dispatch(f).await,
-            Err(e) => session.reject(&e).await,
+            // Boxed: dispatching (a join, a gift) needs far more state than
+            // the idle connection that waits here most of its life.
+            Ok(f) => Box::pin(session.dispatch(f)).await,
+            Err(e) => Box::pin(session.reject(&e)).await,
         }
     }
 }
@@ -359,4 +421,45 @@ async fn send_batch(
         .await
         .map_err(|_| ())?;
     Ok(prefix_len + len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Size of the future `f` returns for arguments of types `A`, `B`.
+    fn future_size2<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size4<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection holds its `handle` future for life (~2.5 KB in a
+    /// release build; BENCHMARKS.md, "Edge cost per QUIC connection"). Its
+    /// big states are boxed or kept out, so it is `serve` plus a few
+    /// pointers: no `Incoming` argument, no second copy of the session,
+    /// no dispatch state inline.
+    #[test]
+    fn the_per_connection_future_is_serve_plus_a_little() {
+        let handle = future_size2::<Arc<Edge>, quinn::Incoming, _>(handle);
+        let serve = future_size4::<Session, &'static mut QuicReader, ReliableQueue, Flow, _>(
+            serve::<QuicReader>,
+        );
+        let on_message =
+            future_size2::<&'static mut QuicReader, &'static mut Session, _>(|r, s| {
+                r.on_message(s, Ok(pb::ClientFrame::default()))
+            });
+        let dispatch = future_size2::<&'static mut Session, pb::ClientFrame, _>(Session::dispatch);
+        eprintln!("future sizes: handle {handle} B, serve {serve} B, on_message {on_message} B");
+        assert!(
+            handle <= serve + std::mem::size_of::<QuicReader>() + 256,
+            "handle {handle} B vs serve {serve} B"
+        );
+        assert!(
+            on_message < dispatch,
+            "on_message {on_message} B, dispatch {dispatch} B"
+        );
+    }
 }
