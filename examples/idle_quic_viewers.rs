@@ -3,7 +3,8 @@
 //!
 //! The viewers share a few client endpoints (UDP sockets); each connection
 //! authenticates, joins one room and then only reads (and discards) what the
-//! edge sends, so nothing is dropped as a slow consumer.
+//! edge sends, so nothing is dropped as a slow consumer, and pings every 30 s
+//! (the edge's heartbeat interval), so a 10k run keeps its first connections.
 //!
 //! ```sh
 //! SERVER_PID=<pid of danmaku standalone> \
@@ -42,7 +43,11 @@ async fn main() -> Result<(), Error> {
         .and_then(|p| p.parse().ok());
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let tls = danmaku_client::quic::tls_config(None)?;
+    // The edge's development certificate, pinned (as the SDK's FetchFromEdge).
+    let der = danmaku_client::IngestClient::new(&format!("http://{addr}"))
+        .fetch_cert_der()
+        .await?;
+    let tls = danmaku_client::quic::tls_config(Some(der))?;
     let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?);
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
@@ -75,9 +80,21 @@ async fn main() -> Result<(), Error> {
                 .await?;
         }
         tokio::spawn(async move {
-            let _keep = send;
+            // A ping per heartbeat interval (30 s by default), else the edge
+            // closes connections that were opened more than 75 s ago while
+            // the rest of a large run was still connecting.
+            let ping = encode_prefixed(&frame::encode(&frame::client(Body::Ping(pb::Ping {
+                ts_ms: 0,
+            }))));
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
             let mut buf = vec![0u8; 2048];
-            while let Ok(Some(_)) = recv.read(&mut buf).await {}
+            loop {
+                tokio::select! {
+                    r = recv.read(&mut buf) => if !matches!(r, Ok(Some(_))) { break },
+                    _ = tick.tick() => if send.write_all(&ping).await.is_err() { break },
+                }
+            }
         });
         tokio::spawn({
             let conn = conn.clone();

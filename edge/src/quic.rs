@@ -126,7 +126,89 @@ async fn next_frame(
     }
 }
 
-async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
+/// One connection, from the first packet to the close.
+///
+/// This future lives as long as the connection, and a future is as large as
+/// its largest state, so the handshake with its auth frame — much state for a
+/// short time — runs boxed (allocated while it runs, freed after), and the
+/// stages are combinators, so the long-lived part is only [`serve`] and a few
+/// handles.
+///
+/// Not an `async fn`: its arguments would stay in the future for its whole
+/// life, and a `quinn::Incoming` is some 400 bytes that only the handshake needs.
+fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    Box::pin(handshake(Arc::clone(&edge), incoming)).then(move |authed| match authed {
+        Some(authed) => run(edge, authed).left_future(),
+        None => std::future::ready(()).right_future(),
+    })
+}
+
+/// The connection after [`handshake`] until it closes: the session, its
+/// writer and [`serve`], which admits it and runs it.
+fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    let Authed {
+        conn,
+        send,
+        recv,
+        mut reader,
+        user,
+        token_exp,
+    } = authed;
+    let limits = edge.config.limits;
+    reader.set_max_frame(limits.max_frame_bytes);
+
+    if edge.is_draining() {
+        let f = frame::error(
+            "draining",
+            "this edge is draining: ask the scheduler for another",
+        );
+        let refusing = async move {
+            refuse(&edge, &conn, send, &f, CloseReason::Shutdown).await;
+        };
+        return Box::pin(refusing).left_future();
+    }
+    let gauge = ConnectionGauge::open(&edge, Transport::Quic);
+    let (session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
+    tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
+    let writer = tokio::spawn(write_loop(
+        send,
+        conn.clone(),
+        queues.control,
+        queues.batches,
+        edge.metrics.egress(Transport::Quic).clone(),
+    ));
+    let ip = Some(conn.remote_address().ip());
+    let reader = QuicReader {
+        recv,
+        reader,
+        limits,
+    };
+    // A combinator, not `async { serve(…).await; … }`: awaiting a captured
+    // future moves it into a second slot of the same size.
+    serve(session, reader, queues.reliable, ip, token_exp)
+        .then(move |_| async move {
+            finish_writer(writer, CLOSE_LINGER * 2).await;
+            drop((gauge, conn));
+        })
+        .right_future()
+}
+
+/// A connection whose peer opened the control stream and sent a valid `auth`.
+struct Authed {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    /// Holds what the peer sent after the `auth` frame.
+    reader: FrameReader,
+    user: String,
+    token_exp: u64,
+}
+
+/// The QUIC handshake, the control stream and the `auth` frame, within one
+/// deadline. `None` when the connection was refused (and closed) or lost.
+async fn handshake(edge: Arc<Edge>, incoming: quinn::Incoming) -> Option<Authed> {
     let handshake = edge.config.client_limits.handshake_timeout;
     // One deadline for the QUIC handshake, the control stream and the auth frame.
     let deadline = tokio::time::Instant::now() + handshake;
@@ -134,12 +216,12 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "QUIC handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             // Dropping the connecting future abandons the handshake.
             edge.metrics.refused("handshake_timeout");
-            return;
+            return None;
         }
     };
     let limits = edge.config.limits;
@@ -153,7 +235,7 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
                 VarInt::from_u32(CloseReason::Idle.quic_code()),
                 b"no control stream",
             );
-            return;
+            return None;
         }
     };
     let mut reader = FrameReader::new(limits.max_frame_bytes.min(AUTH_FRAME_MAX));
@@ -161,75 +243,46 @@ async fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) {
     // Authenticate before anything else is accepted or registered.
     let first =
         tokio::time::timeout_at(deadline, next_frame(&mut recv, &mut reader, &limits)).await;
-    let (user, token_exp) = match first {
+    let (f, reason) = match first {
         Ok(Ok(pb::ClientFrame {
             body: Some(client_frame::Body::Auth(auth)),
             ..
         })) => match edge.verify_token(&auth.token) {
-            Ok(claims) => (claims.sub, claims.exp),
-            Err(e) => {
-                let f = frame::error("bad_token", e.to_string());
-                refuse(&edge, &conn, send, &f, CloseReason::BadToken).await;
-                return;
+            Ok(claims) => {
+                return Some(Authed {
+                    conn,
+                    send,
+                    recv,
+                    reader,
+                    user: claims.sub,
+                    token_exp: claims.exp,
+                });
             }
+            Err(e) => (
+                frame::error("bad_token", e.to_string()),
+                CloseReason::BadToken,
+            ),
         },
-        Ok(Ok(_)) => {
-            let f = frame::error("auth_required", "the first frame must be auth");
-            refuse(&edge, &conn, send, &f, CloseReason::BadToken).await;
-            return;
-        }
+        Ok(Ok(_)) => (
+            frame::error("auth_required", "the first frame must be auth"),
+            CloseReason::BadToken,
+        ),
         Ok(Err(ReadEnd::Bad(e))) => {
             edge.metrics.bad_frame(e.code());
-            refuse(
-                &edge,
-                &conn,
-                send,
-                &frame::error(e.code(), e.to_string()),
-                CloseReason::BadFrame,
-            )
-            .await;
-            return;
+            (frame::error(e.code(), e.to_string()), CloseReason::BadFrame)
         }
-        Ok(Err(ReadEnd::Closed)) => return,
+        Ok(Err(ReadEnd::Closed)) => return None,
         Err(_elapsed) => {
             edge.metrics.refused("handshake_timeout");
             let f = frame::error(
                 "handshake_timeout",
                 format!("no auth frame within {} s", handshake.as_secs()),
             );
-            refuse(&edge, &conn, send, &f, CloseReason::Idle).await;
-            return;
+            (f, CloseReason::Idle)
         }
     };
-
-    reader.set_max_frame(limits.max_frame_bytes);
-
-    if edge.is_draining() {
-        let f = frame::error(
-            "draining",
-            "this edge is draining: ask the scheduler for another",
-        );
-        refuse(&edge, &conn, send, &f, CloseReason::Shutdown).await;
-        return;
-    }
-    let _gauge = ConnectionGauge::open(&edge, Transport::Quic);
-    let (session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
-    tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
-    let writer = tokio::spawn(write_loop(
-        send,
-        conn.clone(),
-        queues.control,
-        queues.batches,
-        edge.metrics.egress(Transport::Quic).clone(),
-    ));
-    let reader = QuicReader {
-        recv,
-        reader,
-        limits,
-    };
-    let ip = Some(conn.remote_address().ip());
-    serve(session, reader, queues.reliable, ip, token_exp).await;
-    finish_writer(writer, CLOSE_LINGER * 2).await;
+    refuse(&edge, &conn, send, &f, reason).await;
+    None
 }
 
 /// The reading half of a QUIC connection: the control stream through the
@@ -253,8 +306,10 @@ impl Reader for QuicReader {
 
     async fn on_message(&mut self, session: &mut Session, msg: Self::Message) -> Flow {
         match msg {
-            Ok(f) => session.dispatch(f).await,
-            Err(e) => session.reject(&e).await,
+            // Boxed: dispatching (a join, a gift) needs far more state than
+            // the idle connection that waits here most of its life.
+            Ok(f) => Box::pin(session.dispatch(f)).await,
+            Err(e) => Box::pin(session.reject(&e)).await,
         }
     }
 }
@@ -357,4 +412,47 @@ async fn send_batch(
         .await
         .map_err(|_| ())?;
     Ok(prefix_len + len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::ReliableQueue;
+
+    /// Size of the future `f` returns for arguments of types `A`, `B`.
+    fn future_size2<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size5<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection holds its `handle` future for life (~2.5 KB in a
+    /// release build; BENCHMARKS.md, "Edge cost per QUIC connection"). Its
+    /// big states are boxed or kept out, so it is `serve` plus a few
+    /// pointers: no `Incoming` argument, no second copy of the session,
+    /// no dispatch state inline.
+    #[test]
+    fn the_per_connection_future_is_serve_plus_a_little() {
+        let handle = future_size2::<Arc<Edge>, quinn::Incoming, _>(handle);
+        let serve =
+            future_size5::<Session, QuicReader, ReliableQueue, Option<std::net::IpAddr>, u64, _>(
+                serve::<QuicReader>,
+            );
+        let on_message =
+            future_size2::<&'static mut QuicReader, &'static mut Session, _>(|r, s| {
+                r.on_message(s, Ok(pb::ClientFrame::default()))
+            });
+        let dispatch = future_size2::<&'static mut Session, pb::ClientFrame, _>(Session::dispatch);
+        eprintln!("future sizes: handle {handle} B, serve {serve} B, on_message {on_message} B");
+        assert!(
+            handle <= serve + 256,
+            "handle {handle} B vs serve {serve} B"
+        );
+        assert!(
+            on_message < dispatch,
+            "on_message {on_message} B, dispatch {dispatch} B"
+        );
+    }
 }
