@@ -25,11 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, SECRET, spawn_plain};
+use common::{Proc, SECRET, metrics_text, spawn_plain};
 use danmaku_client::{
     ClientConfig, EdgeTarget, IngestClient, PostOutcome, ResilientClient, ServerEvent, Transport,
 };
 use danmaku_testkit::kafka::{Broker, env_or_fail, unique};
+use futures_util::StreamExt;
 
 fn token(user: &str) -> String {
     danmaku_proto::token::TokenKey::new(SECRET).mint(
@@ -140,31 +141,59 @@ fn rss_kb_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_secs_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
+}
+
 /// What a gift stream saw.
 #[derive(Debug, Default)]
 struct Report {
     /// Accept → delivered, per delivered gift, in ms.
     latencies_ms: Vec<i64>,
+    /// The same for the gifts of the second half (seq > gifts / 2: posted
+    /// about when the failure began, or after).
+    latencies_after_ms: Vec<i64>,
     /// Viewers that reconnected at least once.
     reconnected: usize,
     /// When the last viewer reconnected.
     last_reconnect: Option<Instant>,
+    /// Per viewer that reconnected, when it last did.
+    reconnects_at: Vec<Instant>,
     /// Non-2xx answers the senders got (then retried), by error code.
     rejected: BTreeMap<String, u64>,
 }
 
 impl Report {
     fn print(&self, what: &str) {
-        let mut v = self.latencies_ms.clone();
-        v.sort_unstable();
-        let pct = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+        let summary = |v: &[i64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            let pct = |p: f64| v[((v.len().max(1) - 1) as f64 * p) as usize];
+            if v.is_empty() {
+                return "none".to_owned();
+            }
+            format!(
+                "p50 {} ms, p99 {} ms, max {} ms (n = {})",
+                pct(0.5),
+                pct(0.99),
+                v[v.len() - 1],
+                v.len()
+            )
+        };
         eprintln!(
-            "chaos {what}: gift latency p50 {} ms, p99 {} ms, max {} ms (n = {}); \
+            "chaos {what}: gift latency {}; second half only {}; \
              {} viewers reconnected; retried answers {:?}",
-            pct(0.5),
-            pct(0.99),
-            v[v.len() - 1],
-            v.len(),
+            summary(&self.latencies_ms),
+            summary(&self.latencies_after_ms),
             self.reconnected,
             self.rejected
         );
@@ -220,18 +249,25 @@ where
     Fut: Future<Output = ()>,
 {
     let channel = channel();
-    let mut clients = Vec::new();
-    for i in 0..viewers {
-        let mut list = targets.clone();
-        if spread {
-            list.rotate_left(i % targets.len());
-        }
-        let mut c = ResilientClient::connect(list, token(&format!("viewer{i}")), config.clone())
-            .await
-            .expect("viewer connects");
-        c.join(&channel).await.unwrap();
-        clients.push(c);
-    }
+    // A few connects at a time: thousands one by one take minutes.
+    let clients: Vec<ResilientClient> = futures_util::stream::iter(0..viewers)
+        .map(|i| {
+            let mut list = targets.clone();
+            if spread {
+                list.rotate_left(i % targets.len());
+            }
+            let (config, channel) = (config.clone(), channel.clone());
+            async move {
+                let mut c = ResilientClient::connect(list, token(&format!("viewer{i}")), config)
+                    .await
+                    .expect("viewer connects");
+                c.join(&channel).await.unwrap();
+                c
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
     // Let every join land before the first gift.
     tokio::time::sleep(Duration::from_millis(500 + viewers as u64 / 4)).await;
 
@@ -315,10 +351,14 @@ where
     for c in collectors {
         let (seqs, lat, last_reconnect) = c.await.unwrap();
         assert_eq!(seqs, want, "exactly seqs 1..={gifts}, in order, once each");
+        report
+            .latencies_after_ms
+            .extend_from_slice(&lat[gifts as usize / 2..]);
         report.latencies_ms.extend(lat);
         if let Some(at) = last_reconnect {
             report.reconnected += 1;
             report.last_reconnect = report.last_reconnect.max(Some(at));
+            report.reconnects_at.push(at);
         }
     }
     report.rejected = rejected.lock().unwrap().clone();
@@ -477,6 +517,11 @@ async fn chaos_reconnect_storm_all_resume_memory_bounded() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
+    // Gifts per second; deliveries per second are this times the viewers.
+    let rate: u64 = std::env::var("DANMAKU_CHAOS_STORM_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
     let bus = format!(
         "kafka://{}?topic={}",
         env_or_fail("DANMAKU_TEST_KAFKA"),
@@ -504,6 +549,10 @@ async fn chaos_reconnect_storm_all_resume_memory_bounded() {
         }
     });
     let killed_at = Arc::new(Mutex::new(None));
+    // CPU seconds of the survivor, the ingest and this process (the viewers).
+    let ingest_pid = ingests[0].child.id();
+    let cpu_now = || [pid, ingest_pid, std::process::id()].map(cpu_secs_of);
+    let cpu_at_kill = Mutex::new(None);
     let victim = Mutex::new(Some(victim));
     let config = ClientConfig {
         max_reconnect_time: Duration::from_secs(120),
@@ -516,8 +565,9 @@ async fn chaos_reconnect_storm_all_resume_memory_bounded() {
         viewers,
         config,
         200,
-        40,
+        rate,
         || async {
+            *cpu_at_kill.lock().unwrap() = Some(cpu_now());
             if let Some(mut p) = victim.lock().unwrap().take() {
                 p.child.kill().unwrap();
                 let _ = p.child.wait();
@@ -527,20 +577,58 @@ async fn chaos_reconnect_storm_all_resume_memory_bounded() {
         },
     )
     .await;
+    let cpu_end = cpu_now();
     stop.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
     let after = rss_kb(&survivor);
     report.print(&format!("reconnect storm ({viewers} viewers)"));
     let killed = killed_at.lock().unwrap().expect("the edge was killed");
+    let mut resumed: Vec<Duration> = report
+        .reconnects_at
+        .iter()
+        .map(|t| t.saturating_duration_since(killed))
+        .collect();
+    resumed.sort_unstable();
+    let pct = |p: f64| resumed.get(((resumed.len().max(1) - 1) as f64 * p) as usize);
     eprintln!(
-        "chaos reconnect storm: {} of {viewers} viewers resumed on the other edge, the last \
-         {:?} after the kill; surviving edge RSS before {} MB, peak {} MB, after {} MB",
+        "chaos reconnect storm: {} of {viewers} viewers resumed on the other edge after the \
+         kill: p50 {:?}, p99 {:?}, last {:?}; surviving edge RSS before {} MB, peak {} MB, \
+         after {} MB",
         report.reconnected,
+        pct(0.5),
+        pct(0.99),
         report.last_reconnect.map(|t| t - killed),
         before / 1024,
         peak.load(Ordering::Relaxed) / 1024,
         after / 1024
     );
+    let cpu_kill = cpu_at_kill.lock().unwrap().expect("the edge was killed");
+    eprintln!(
+        "chaos reconnect storm: {rate} gifts/s; from the kill to the last gift ({:.1} s): \
+         CPU-s surviving edge {:.1}, ingest {:.1}, viewers (test process) {:.1}",
+        killed.elapsed().as_secs_f64(),
+        cpu_end[0] - cpu_kill[0],
+        cpu_end[1] - cpu_kill[1],
+        cpu_end[2] - cpu_kill[2]
+    );
+    // What the survivor went through (reconnect refusals, store trouble, backlog closes).
+    let metrics = metrics_text(&survivor.base).await;
+    for line in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && [
+                "danmaku_edge_refused_total",
+                "danmaku_edge_store_errors_total",
+                "danmaku_edge_reliable_backlog_closes_total",
+                "danmaku_edge_reliable_queue_overflows_total",
+                "danmaku_edge_resumes_total",
+                "danmaku_edge_gap_fills_total",
+                "danmaku_edge_reliable_retransmits_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+    }) {
+        eprintln!("chaos reconnect storm, surviving edge: {line}");
+    }
     assert_eq!(
         report.reconnected, viewers,
         "every viewer resumed elsewhere"
