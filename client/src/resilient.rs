@@ -629,6 +629,8 @@ impl ResilientClient {
                     info!(edge = %edge.base_url, after = ?began.elapsed(), "reconnected");
                     self.client = Some(client);
                     self.heard_at = Instant::now();
+                    // A new connection: its first ack goes out at once.
+                    self.acks.clear();
                     // rejoin() asked for these: a gap right after is the same one.
                     for channel in &self.joined {
                         if self.tracker.is_anchored(channel) {
