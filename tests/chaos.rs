@@ -32,6 +32,19 @@ use danmaku_client::{
 use danmaku_testkit::kafka::{Broker, env_or_fail, unique};
 use futures_util::StreamExt;
 
+/// With `DANMAKU_CHAOS_LOG` set (a `RUST_LOG`-style filter, e.g.
+/// `danmaku_client=debug`), the viewers' logs go to the test's stderr, with
+/// timestamps (how a reconnect spent its time). Not `RUST_LOG` itself: cargo
+/// rebuilds dependencies whose build scripts watch it.
+fn init_logs() {
+    if let Ok(filter) = std::env::var("DANMAKU_CHAOS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 fn token(user: &str) -> String {
     danmaku_proto::token::TokenKey::new(SECRET).mint(
         user,
@@ -170,6 +183,9 @@ struct Report {
     reconnects_at: Vec<Instant>,
     /// Non-2xx answers the senders got (then retried), by error code.
     rejected: BTreeMap<String, u64>,
+    /// `error` frames the viewers got from edges, by code (e.g. `rate_limited`:
+    /// a frame of theirs ignored).
+    viewer_errors: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -191,11 +207,12 @@ impl Report {
         };
         eprintln!(
             "chaos {what}: gift latency {}; second half only {}; \
-             {} viewers reconnected; retried answers {:?}",
+             {} viewers reconnected; retried answers {:?}; errors to viewers {:?}",
             summary(&self.latencies_ms),
             summary(&self.latencies_after_ms),
             self.reconnected,
-            self.rejected
+            self.rejected,
+            self.viewer_errors
         );
     }
 }
@@ -279,6 +296,7 @@ where
                 let mut seqs = Vec::with_capacity(gifts as usize);
                 let mut latencies = Vec::with_capacity(gifts as usize);
                 let mut last_reconnect = None;
+                let mut errors = BTreeMap::<String, u64>::new();
                 let r = tokio::time::timeout(Duration::from_secs(240), async {
                     while seqs.len() < gifts as usize {
                         match v.next_event().await {
@@ -294,6 +312,9 @@ where
                             Some(ServerEvent::Reconnected { .. }) => {
                                 last_reconnect = Some(Instant::now())
                             }
+                            Some(ServerEvent::Error { code, .. }) => {
+                                *errors.entry(code).or_default() += 1
+                            }
                             Some(_) => {}
                             None => panic!("viewer gave up after {} gifts", seqs.len()),
                         }
@@ -306,7 +327,7 @@ where
                     seqs.len(),
                     seqs.last()
                 );
-                (seqs, latencies, last_reconnect)
+                (seqs, latencies, last_reconnect, errors)
             })
         })
         .collect();
@@ -349,7 +370,10 @@ where
     let mut report = Report::default();
     let want: Vec<u64> = (1..=gifts).collect();
     for c in collectors {
-        let (seqs, lat, last_reconnect) = c.await.unwrap();
+        let (seqs, lat, last_reconnect, errors) = c.await.unwrap();
+        for (code, n) in errors {
+            *report.viewer_errors.entry(code).or_default() += n;
+        }
         assert_eq!(seqs, want, "exactly seqs 1..={gifts}, in order, once each");
         report
             .latencies_after_ms
@@ -373,6 +397,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_postgres_restart_mid_stream_loses_nothing_acknowledged() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let services = PrivateServices::start(&["postgres"]);
     let store = services.var("DANMAKU_TEST_POSTGRES");
     let bus = format!(
@@ -415,6 +440,7 @@ async fn chaos_postgres_restart_mid_stream_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_broker_restart_mid_stream_every_ingest_recovers() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let broker = Arc::new(Mutex::new(Broker::start()));
     let addr = broker.lock().unwrap().addr();
     let bus = format!("kafka://{addr}?topic={}", unique("chaos-kafka"));
@@ -477,6 +503,7 @@ async fn chaos_broker_restart_mid_stream_every_ingest_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_frozen_edge_viewers_move_on_heartbeat_timeout() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let bus = format!(
         "kafka://{}?topic={}",
         env_or_fail("DANMAKU_TEST_KAFKA"),
@@ -513,6 +540,7 @@ async fn chaos_frozen_edge_viewers_move_on_heartbeat_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_reconnect_storm_all_resume_memory_bounded() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let viewers: usize = std::env::var("DANMAKU_CHAOS_STORM_CLIENTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -104,9 +104,11 @@ pub struct ClientConfig {
     /// three heartbeat intervals (none when the heartbeat is off). Default `None`.
     pub dead_edge_timeout: Option<Duration>,
     /// [`crate::ResilientClient`]: least time between two acks of one channel
-    /// (cumulative, so one ack covers every seq handed out before it; an ack
-    /// held back goes out when the interval ends, while the application waits
-    /// in `next_event`; the first on a connection goes at once). Acking every delivery costs the edge
+    /// while more frames wait to be read (a backlog after a reconnect, a slow
+    /// application); a client that has read everything acks at once. Acks are
+    /// cumulative, so one covers every seq handed out before it; one held back
+    /// goes out when the interval ends, while the application waits in
+    /// `next_event`. Acking every delivery costs the edge
     /// a frame per gift per viewer and, at tens of gifts a second, eats most of
     /// the edge's per-connection frame budget (50/s), so that after a reconnect
     /// storm the acks of replays and retransmits were refused `rate_limited`,

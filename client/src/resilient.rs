@@ -22,8 +22,9 @@
 //!
 //! Reliable events go through a [`ReliableTracker`]: the application sees
 //! each seq of a channel once, in order, and the client acks cumulatively
-//! once it has handed them out, at most once per [`ClientConfig::ack_interval`]
-//! and channel (a deferred ack goes out when the interval ends, even while the
+//! once it has handed them out: at once when nothing more has arrived, and
+//! while a backlog drains at most once per [`ClientConfig::ack_interval`] and
+//! channel (a deferred ack goes out when the interval ends, even while the
 //! application waits in `next_event`).
 
 use crate::tls::ServerTrust;
@@ -533,17 +534,20 @@ impl ResilientClient {
         self.client = None;
     }
 
-    /// Sends the acks owed whose channel's interval has passed and whose
-    /// delivered seqs have all been handed to the application.
+    /// Sends the acks owed whose delivered seqs have all been handed to the
+    /// application, at once when nothing more is waiting (the application is
+    /// caught up: one ack per burst the edge wrote), else once the channel's
+    /// ack interval has passed (a backlog drains with few acks).
     fn flush_acks(&mut self, now: Instant) {
         if self.acks_owed.is_empty() {
             return;
         }
         let interval = self.config.ack_interval;
+        let caught_up = self.client.as_ref().is_none_or(|c| !c.has_queued());
         let mut sent = Vec::new();
         for (channel, &force) in &self.acks_owed {
             let last = self.acks.get(channel);
-            if last.is_some_and(|(at, _)| now < *at + interval)
+            if (!caught_up && last.is_some_and(|(at, _)| now < *at + interval))
                 || self
                     .pending
                     .iter()
