@@ -29,13 +29,26 @@ pub enum ServeError {
     NoPortPair(SocketAddr),
 }
 
+/// Connections the kernel may hold completed but not yet accepted on a TCP
+/// listener (`listen(2)` backlog; Linux caps it at `net.core.somaxconn`, 4096 by
+/// default since 5.4). The standard library asks for 128: when an edge dies and
+/// its 10,000 viewers reconnect to another within a second, a 128-deep queue
+/// overflows, the kernel drops the extra handshakes and those clients wait for
+/// TCP's SYN retransmits (1 s, 3 s, 7 s, 15 s, 31 s after the first try). That
+/// was the tail of the reconnect storm in BENCHMARKS.md, "Chaos".
+pub const LISTEN_BACKLOG: i32 = 65_535;
+
 /// Binds TCP and UDP on the same address and port. With port 0 the kernel picks
 /// the TCP port and UDP takes the same number; if that UDP port is taken, try
-/// again with another pick.
+/// again with another pick. The TCP listener gets a [`LISTEN_BACKLOG`]-deep queue.
 pub fn bind_pair(addr: SocketAddr) -> Result<(StdTcpListener, UdpSocket), ServeError> {
     let attempts = if addr.port() == 0 { 20 } else { 1 };
     for _ in 0..attempts {
         let tcp = StdTcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+        // listen(2) again on a listening socket only changes its backlog.
+        socket2::SockRef::from(&tcp)
+            .listen(LISTEN_BACKLOG)
+            .map_err(|source| ServeError::Bind { addr, source })?;
         let local = tcp
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;

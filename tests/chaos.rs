@@ -10,10 +10,15 @@
 //!   again within 10 s of its return (the issue's requirement).
 //! * An edge frozen with SIGSTOP: viewers with [`ClientConfig::fast_failover`]
 //!   notice the silence and move to the other edge.
-//! * A reconnect storm: `DANMAKU_CHAOS_STORM_CLIENTS` viewers lose
-//!   (default 500, CI-safe on a loaded 2-core box) their edge at once and resume on
-//!   the other; its RSS before, at the peak and
-//!   after is printed.
+//! * A reconnect storm: `DANMAKU_CHAOS_STORM_CLIENTS` viewers (default 500,
+//!   CI-safe on a loaded 2-core box) lose their edge at once and resume on the
+//!   other, with gifts at `DANMAKU_CHAOS_STORM_RATE` per second (default 40); the
+//!   resume times, the survivor's RSS before, at the peak and after, and the CPU
+//!   of the survivor and of the viewers are printed. BENCHMARKS.md has 10,000 in
+//!   a release build.
+//!
+//! `DANMAKU_CHAOS_LOG=danmaku_client=info` (a `RUST_LOG`-style filter) prints the
+//! viewers' logs.
 
 mod common;
 
@@ -25,11 +30,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, SECRET, spawn_plain};
+use common::{Proc, SECRET, metrics_text, spawn_plain};
 use danmaku_client::{
     ClientConfig, EdgeTarget, IngestClient, PostOutcome, ResilientClient, ServerEvent, Transport,
 };
 use danmaku_testkit::kafka::{Broker, env_or_fail, unique};
+use futures_util::StreamExt;
+
+/// With `DANMAKU_CHAOS_LOG` set (a `RUST_LOG`-style filter, e.g.
+/// `danmaku_client=debug`), the viewers' logs go to the test's stderr, with
+/// timestamps (how a reconnect spent its time). Not `RUST_LOG` itself: cargo
+/// rebuilds dependencies whose build scripts watch it.
+fn init_logs() {
+    if let Ok(filter) = std::env::var("DANMAKU_CHAOS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
 
 fn token(user: &str) -> String {
     danmaku_proto::token::TokenKey::new(SECRET).mint(
@@ -140,33 +159,65 @@ fn rss_kb_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_secs_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
+}
+
 /// What a gift stream saw.
 #[derive(Debug, Default)]
 struct Report {
     /// Accept → delivered, per delivered gift, in ms.
     latencies_ms: Vec<i64>,
+    /// The same for the gifts of the second half (seq > gifts / 2: posted
+    /// about when the failure began, or after).
+    latencies_after_ms: Vec<i64>,
     /// Viewers that reconnected at least once.
     reconnected: usize,
     /// When the last viewer reconnected.
     last_reconnect: Option<Instant>,
+    /// Per viewer that reconnected, when it last did.
+    reconnects_at: Vec<Instant>,
     /// Non-2xx answers the senders got (then retried), by error code.
     rejected: BTreeMap<String, u64>,
+    /// `error` frames the viewers got from edges, by code (e.g. `rate_limited`:
+    /// a frame of theirs ignored).
+    viewer_errors: BTreeMap<String, u64>,
 }
 
 impl Report {
     fn print(&self, what: &str) {
-        let mut v = self.latencies_ms.clone();
-        v.sort_unstable();
-        let pct = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+        let summary = |v: &[i64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            let pct = |p: f64| v[((v.len().max(1) - 1) as f64 * p) as usize];
+            if v.is_empty() {
+                return "none".to_owned();
+            }
+            format!(
+                "p50 {} ms, p99 {} ms, max {} ms (n = {})",
+                pct(0.5),
+                pct(0.99),
+                v[v.len() - 1],
+                v.len()
+            )
+        };
         eprintln!(
-            "chaos {what}: gift latency p50 {} ms, p99 {} ms, max {} ms (n = {}); \
-             {} viewers reconnected; retried answers {:?}",
-            pct(0.5),
-            pct(0.99),
-            v[v.len() - 1],
-            v.len(),
+            "chaos {what}: gift latency {}; second half only {}; \
+             {} viewers reconnected; retried answers {:?}; errors to viewers {:?}",
+            summary(&self.latencies_ms),
+            summary(&self.latencies_after_ms),
             self.reconnected,
-            self.rejected
+            self.rejected,
+            self.viewer_errors
         );
     }
 }
@@ -220,18 +271,25 @@ where
     Fut: Future<Output = ()>,
 {
     let channel = channel();
-    let mut clients = Vec::new();
-    for i in 0..viewers {
-        let mut list = targets.clone();
-        if spread {
-            list.rotate_left(i % targets.len());
-        }
-        let mut c = ResilientClient::connect(list, token(&format!("viewer{i}")), config.clone())
-            .await
-            .expect("viewer connects");
-        c.join(&channel).await.unwrap();
-        clients.push(c);
-    }
+    // A few connects at a time: thousands one by one take minutes.
+    let clients: Vec<ResilientClient> = futures_util::stream::iter(0..viewers)
+        .map(|i| {
+            let mut list = targets.clone();
+            if spread {
+                list.rotate_left(i % targets.len());
+            }
+            let (config, channel) = (config.clone(), channel.clone());
+            async move {
+                let mut c = ResilientClient::connect(list, token(&format!("viewer{i}")), config)
+                    .await
+                    .expect("viewer connects");
+                c.join(&channel).await.unwrap();
+                c
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
     // Let every join land before the first gift.
     tokio::time::sleep(Duration::from_millis(500 + viewers as u64 / 4)).await;
 
@@ -243,6 +301,7 @@ where
                 let mut seqs = Vec::with_capacity(gifts as usize);
                 let mut latencies = Vec::with_capacity(gifts as usize);
                 let mut last_reconnect = None;
+                let mut errors = BTreeMap::<String, u64>::new();
                 let r = tokio::time::timeout(Duration::from_secs(240), async {
                     while seqs.len() < gifts as usize {
                         match v.next_event().await {
@@ -258,6 +317,9 @@ where
                             Some(ServerEvent::Reconnected { .. }) => {
                                 last_reconnect = Some(Instant::now())
                             }
+                            Some(ServerEvent::Error { code, .. }) => {
+                                *errors.entry(code).or_default() += 1
+                            }
                             Some(_) => {}
                             None => panic!("viewer gave up after {} gifts", seqs.len()),
                         }
@@ -270,7 +332,7 @@ where
                     seqs.len(),
                     seqs.last()
                 );
-                (seqs, latencies, last_reconnect)
+                (seqs, latencies, last_reconnect, errors)
             })
         })
         .collect();
@@ -313,12 +375,19 @@ where
     let mut report = Report::default();
     let want: Vec<u64> = (1..=gifts).collect();
     for c in collectors {
-        let (seqs, lat, last_reconnect) = c.await.unwrap();
+        let (seqs, lat, last_reconnect, errors) = c.await.unwrap();
+        for (code, n) in errors {
+            *report.viewer_errors.entry(code).or_default() += n;
+        }
         assert_eq!(seqs, want, "exactly seqs 1..={gifts}, in order, once each");
+        report
+            .latencies_after_ms
+            .extend_from_slice(&lat[gifts as usize / 2..]);
         report.latencies_ms.extend(lat);
         if let Some(at) = last_reconnect {
             report.reconnected += 1;
             report.last_reconnect = report.last_reconnect.max(Some(at));
+            report.reconnects_at.push(at);
         }
     }
     report.rejected = rejected.lock().unwrap().clone();
@@ -333,6 +402,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_postgres_restart_mid_stream_loses_nothing_acknowledged() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let services = PrivateServices::start(&["postgres"]);
     let store = services.var("DANMAKU_TEST_POSTGRES");
     let bus = format!(
@@ -375,6 +445,7 @@ async fn chaos_postgres_restart_mid_stream_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_broker_restart_mid_stream_every_ingest_recovers() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let broker = Arc::new(Mutex::new(Broker::start()));
     let addr = broker.lock().unwrap().addr();
     let bus = format!("kafka://{addr}?topic={}", unique("chaos-kafka"));
@@ -437,6 +508,7 @@ async fn chaos_broker_restart_mid_stream_every_ingest_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_frozen_edge_viewers_move_on_heartbeat_timeout() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let bus = format!(
         "kafka://{}?topic={}",
         env_or_fail("DANMAKU_TEST_KAFKA"),
@@ -473,10 +545,16 @@ async fn chaos_frozen_edge_viewers_move_on_heartbeat_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_reconnect_storm_all_resume_memory_bounded() {
     danmaku_testkit::init_crypto();
+    init_logs();
     let viewers: usize = std::env::var("DANMAKU_CHAOS_STORM_CLIENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
+    // Gifts per second; deliveries per second are this times the viewers.
+    let rate: u64 = std::env::var("DANMAKU_CHAOS_STORM_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
     let bus = format!(
         "kafka://{}?topic={}",
         env_or_fail("DANMAKU_TEST_KAFKA"),
@@ -504,6 +582,10 @@ async fn chaos_reconnect_storm_all_resume_memory_bounded() {
         }
     });
     let killed_at = Arc::new(Mutex::new(None));
+    // CPU seconds of the survivor, the ingest and this process (the viewers).
+    let ingest_pid = ingests[0].child.id();
+    let cpu_now = || [pid, ingest_pid, std::process::id()].map(cpu_secs_of);
+    let cpu_at_kill = Mutex::new(None);
     let victim = Mutex::new(Some(victim));
     let config = ClientConfig {
         max_reconnect_time: Duration::from_secs(120),
@@ -516,8 +598,9 @@ async fn chaos_reconnect_storm_all_resume_memory_bounded() {
         viewers,
         config,
         200,
-        40,
+        rate,
         || async {
+            *cpu_at_kill.lock().unwrap() = Some(cpu_now());
             if let Some(mut p) = victim.lock().unwrap().take() {
                 p.child.kill().unwrap();
                 let _ = p.child.wait();
@@ -527,20 +610,58 @@ async fn chaos_reconnect_storm_all_resume_memory_bounded() {
         },
     )
     .await;
+    let cpu_end = cpu_now();
     stop.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
     let after = rss_kb(&survivor);
     report.print(&format!("reconnect storm ({viewers} viewers)"));
     let killed = killed_at.lock().unwrap().expect("the edge was killed");
+    let mut resumed: Vec<Duration> = report
+        .reconnects_at
+        .iter()
+        .map(|t| t.saturating_duration_since(killed))
+        .collect();
+    resumed.sort_unstable();
+    let pct = |p: f64| resumed.get(((resumed.len().max(1) - 1) as f64 * p) as usize);
     eprintln!(
-        "chaos reconnect storm: {} of {viewers} viewers resumed on the other edge, the last \
-         {:?} after the kill; surviving edge RSS before {} MB, peak {} MB, after {} MB",
+        "chaos reconnect storm: {} of {viewers} viewers resumed on the other edge after the \
+         kill: p50 {:?}, p99 {:?}, last {:?}; surviving edge RSS before {} MB, peak {} MB, \
+         after {} MB",
         report.reconnected,
+        pct(0.5),
+        pct(0.99),
         report.last_reconnect.map(|t| t - killed),
         before / 1024,
         peak.load(Ordering::Relaxed) / 1024,
         after / 1024
     );
+    let cpu_kill = cpu_at_kill.lock().unwrap().expect("the edge was killed");
+    eprintln!(
+        "chaos reconnect storm: {rate} gifts/s; from the kill to the last gift ({:.1} s): \
+         CPU-s surviving edge {:.1}, ingest {:.1}, viewers (test process) {:.1}",
+        killed.elapsed().as_secs_f64(),
+        cpu_end[0] - cpu_kill[0],
+        cpu_end[1] - cpu_kill[1],
+        cpu_end[2] - cpu_kill[2]
+    );
+    // What the survivor went through (reconnect refusals, store trouble, backlog closes).
+    let metrics = metrics_text(&survivor.base).await;
+    for line in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && [
+                "danmaku_edge_refused_total",
+                "danmaku_edge_store_errors_total",
+                "danmaku_edge_reliable_backlog_closes_total",
+                "danmaku_edge_reliable_queue_overflows_total",
+                "danmaku_edge_resumes_total",
+                "danmaku_edge_gap_fills_total",
+                "danmaku_edge_reliable_retransmits_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+    }) {
+        eprintln!("chaos reconnect storm, surviving edge: {line}");
+    }
     assert_eq!(
         report.reconnected, viewers,
         "every viewer resumed elsewhere"

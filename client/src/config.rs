@@ -103,6 +103,18 @@ pub struct ClientConfig {
     /// a `pong`) for this long is taken as lost and replaced. `None` means
     /// three heartbeat intervals (none when the heartbeat is off). Default `None`.
     pub dead_edge_timeout: Option<Duration>,
+    /// [`crate::ResilientClient`]: least time between two acks of one channel
+    /// while more frames wait to be read (a backlog after a reconnect, a slow
+    /// application); a client that has read everything acks at once. Acks are
+    /// cumulative, so one covers every seq handed out before it; one held back
+    /// goes out when the interval ends, while the application waits in
+    /// `next_event`. Acking every delivery costs the edge
+    /// a frame per gift per viewer and, at tens of gifts a second, eats most of
+    /// the edge's per-connection frame budget (50/s), so that after a reconnect
+    /// storm the acks of replays and retransmits were refused `rate_limited`,
+    /// which caused more retransmits. Keep it well below the edge's
+    /// `--retransmit-initial` (3 s). Default 250 ms.
+    pub ack_interval: Duration,
     /// Where a fresh token comes from before the current one expires. The edge
     /// closes a connection whose token expires (`error{code:"token_expired"}`);
     /// with a callback the client asks it for a new token `token_refresh_before`
@@ -187,6 +199,7 @@ impl Default for ClientConfig {
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(2),
             dead_edge_timeout: None,
+            ack_interval: Duration::from_millis(250),
             token_refresh: None,
             token_refresh_before: Duration::from_secs(60),
             server_trust: ServerTrust::SystemRoots,

@@ -206,6 +206,11 @@ impl Client {
         self.events.recv().await
     }
 
+    /// Whether frames from the edge are waiting to be read by `next_event`.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The transport this client speaks.
     pub fn transport(&self) -> Transport {
         self.transport

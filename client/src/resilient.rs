@@ -5,7 +5,8 @@
 //! nothing heard for [`ClientConfig::dead_edge_timeout`]) it reconnects — to
 //! the next edge of the list first, cycling, with a backoff of
 //! [`ClientConfig::reconnect_backoff_initial`] doubling up to
-//! [`ClientConfig::reconnect_backoff_max`] between failed attempts — and gives
+//! [`ClientConfig::reconnect_backoff_max`] between failed attempts (each pause
+//! drawn between half and all of it, so a crowd does not retry in step) — and gives
 //! up only after [`ClientConfig::max_reconnect_time`]. Once connected again it
 //! re-joins every channel and sends `Resume{after_seq = delivered_upto}` for
 //! each channel that has delivered something, so the edge replays what was
@@ -21,10 +22,13 @@
 //!
 //! Reliable events go through a [`ReliableTracker`]: the application sees
 //! each seq of a channel once, in order, and the client acks cumulatively
-//! once it has handed them out.
+//! once it has handed them out: at once when nothing more has arrived, and
+//! while a backlog drains at most once per [`ClientConfig::ack_interval`] and
+//! channel (a deferred ack goes out when the interval ends, even while the
+//! application waits in `next_event`).
 
 use crate::tls::ServerTrust;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,6 +47,14 @@ use crate::{Client, ClientConfig, ClientError, EdgeAddr, IngestClient, ServerEve
 /// scheduler's spreading), short enough that a dead first choice costs little
 /// (a refused connect starts the next attempt at once).
 pub const RACE_STAGGER: Duration = Duration::from_secs(1);
+
+/// How long a gap may stay open after a `Resume` for it before the client asks
+/// again. A `Resume` can be lost without the connection ending (refused
+/// `rate_limited` by the edge's frame budget, or dropped from a full send
+/// queue); the edge then only sends live seqs past the gap and would close the
+/// connection only after its last retransmission (about a minute), all that
+/// time holding every gift back from the application.
+pub const GAP_RESUME_RETRY: Duration = Duration::from_secs(2);
 
 /// Edges asked from the scheduler.
 pub const SCHEDULER_PICKS: usize = 3;
@@ -195,8 +207,9 @@ pub struct ResilientClient {
     tracker: ReliableTracker<pb::Event>,
     /// Events ready for the application, in order.
     pending: VecDeque<ServerEvent>,
-    /// Per channel, the `after_seq` of the last `Resume` sent (no repeats).
-    resumed: std::collections::HashMap<String, u64>,
+    /// Per channel, the `after_seq` of the last `Resume` sent and when (repeated
+    /// only after [`GAP_RESUME_RETRY`]).
+    resumed: HashMap<String, (u64, Instant)>,
     reconnects: u64,
     /// Set when reconnecting failed for `max_reconnect_time`.
     gave_up: bool,
@@ -204,6 +217,20 @@ pub struct ResilientClient {
     scheduler: Option<SchedulerClient>,
     /// Edges a `Redirect` offered, raced first on the next reconnect.
     offered: Vec<EdgeTarget>,
+    /// Per channel, the last ack sent: when, and up to which seq.
+    acks: HashMap<String, (Instant, u64)>,
+    /// Channels owing an ack; `true` re-sends it even when the seq was acked
+    /// (the edge retransmitted, so it may not have got the last one).
+    acks_owed: HashMap<String, bool>,
+    /// When the current connection last delivered anything.
+    heard_at: Instant,
+}
+
+/// What ended one wait in [`ResilientClient::next_event`].
+enum Woke {
+    Event(Option<ServerEvent>),
+    Silent,
+    AckDue,
 }
 
 impl std::fmt::Debug for ResilientClient {
@@ -249,6 +276,9 @@ impl ResilientClient {
                         gave_up: false,
                         scheduler: None,
                         offered: Vec::new(),
+                        acks: HashMap::new(),
+                        acks_owed: HashMap::new(),
+                        heard_at: Instant::now(),
                     });
                 }
                 Err(e) => {
@@ -285,6 +315,9 @@ impl ResilientClient {
             gave_up: false,
             scheduler: Some(scheduler),
             offered: Vec::new(),
+            acks: HashMap::new(),
+            acks_owed: HashMap::new(),
+            heard_at: Instant::now(),
         })
     }
 
@@ -307,7 +340,8 @@ impl ResilientClient {
     pub async fn join_from(&mut self, channel: &str, after_seq: u64) -> Result<(), ClientError> {
         self.tracker.set_delivered_upto(channel, after_seq);
         self.join(channel).await?;
-        self.resumed.insert(channel.to_owned(), after_seq);
+        self.resumed
+            .insert(channel.to_owned(), (after_seq, Instant::now()));
         self.send(Body::Resume(pb::Resume {
             channel: channel.to_owned(),
             after_seq,
@@ -319,6 +353,8 @@ impl ResilientClient {
     pub async fn leave(&mut self, channel: &str) -> Result<(), ClientError> {
         self.joined.retain(|c| c != channel);
         self.tracker.forget(channel);
+        self.acks.remove(channel);
+        self.acks_owed.remove(channel);
         self.resumed.remove(channel);
         self.send(Body::Leave(pb::Leave {
             channel: channel.to_owned(),
@@ -353,25 +389,25 @@ impl ResilientClient {
     /// yields [`ServerEvent::Reconnected`]. `None` once reconnecting failed for
     /// [`ClientConfig::max_reconnect_time`].
     pub async fn next_event(&mut self) -> Option<ServerEvent> {
+        // Silence counts from the later of this call and the last event, so time
+        // the application spent elsewhere is not taken for a dead edge.
+        let called_at = Instant::now();
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 if let ServerEvent::Reliable { channel, .. } = &ev {
-                    let more = self.pending.iter().any(
-                        |p| matches!(p, ServerEvent::Reliable { channel: c, .. } if c == channel),
-                    );
-                    if !more && let Some(seq) = self.tracker.ack_due(channel) {
-                        self.try_send(Body::Ack(pb::Ack {
-                            channel: channel.clone(),
-                            seq,
-                        }));
-                    }
+                    self.acks_owed.entry(channel.clone()).or_insert(false);
+                    self.flush_acks(Instant::now());
                 }
                 return Some(ev);
             }
             if self.gave_up {
                 return None;
             }
-            let dead_edge_timeout = self.dead_edge_timeout();
+            let now = Instant::now();
+            let silent_at = self
+                .dead_edge_timeout()
+                .map(|t| self.heard_at.max(called_at) + t);
+            let ack_at = self.next_ack_at();
             let Some(client) = self.client.as_mut() else {
                 let next = (self.current + 1) % self.edges.len();
                 if !self.reconnect(next).await {
@@ -379,15 +415,29 @@ impl ResilientClient {
                 }
                 continue;
             };
-            let ev = match dead_edge_timeout {
-                Some(t) => match tokio::time::timeout(t, client.next_event()).await {
-                    Ok(ev) => ev,
-                    Err(_) => {
-                        warn!(edge = %self.edges[self.current].base_url, "edge silent, reconnecting");
-                        None
-                    }
-                },
-                None => client.next_event().await,
+            let woke = tokio::select! {
+                biased;
+                ev = client.next_event() => Woke::Event(ev),
+                _ = tokio::time::sleep_until(silent_at.unwrap_or(now)), if silent_at.is_some() => {
+                    Woke::Silent
+                }
+                _ = tokio::time::sleep_until(ack_at.unwrap_or(now)), if ack_at.is_some() => {
+                    Woke::AckDue
+                }
+            };
+            let ev = match woke {
+                Woke::Event(ev) => {
+                    self.heard_at = Instant::now();
+                    ev
+                }
+                Woke::Silent => {
+                    warn!(edge = %self.edges[self.current].base_url, "edge silent, reconnecting");
+                    None
+                }
+                Woke::AckDue => {
+                    self.flush_acks(Instant::now());
+                    continue;
+                }
             };
             match ev {
                 None => {
@@ -431,20 +481,22 @@ impl ResilientClient {
                 }
             }
             Verdict::Duplicate => {
-                // The edge retransmits what it thinks unacked: ack again.
-                let upto = self.tracker.delivered_upto(&channel);
-                if upto > 0
-                    && !self.pending.iter().any(
-                        |p| matches!(p, ServerEvent::Reliable { channel: c, .. } if *c == channel),
-                    )
-                {
-                    self.try_send(Body::Ack(pb::Ack { channel, seq: upto }));
+                // The edge retransmits what it thinks unacked: ack again (once
+                // per ack interval, however many it resends).
+                if self.tracker.delivered_upto(&channel) > 0 {
+                    self.acks_owed.insert(channel, true);
+                    self.flush_acks(Instant::now());
                 }
             }
             Verdict::Gap { after_seq } => {
-                if self.resumed.get(&channel) != Some(&after_seq) {
+                let now = Instant::now();
+                let asked = self
+                    .resumed
+                    .get(&channel)
+                    .is_some_and(|(s, at)| *s == after_seq && now < *at + GAP_RESUME_RETRY);
+                if !asked {
                     debug!(%channel, after_seq, seq, "gap, resuming");
-                    self.resumed.insert(channel.clone(), after_seq);
+                    self.resumed.insert(channel.clone(), (after_seq, now));
                     self.try_send(Body::Resume(pb::Resume { channel, after_seq }));
                 }
             }
@@ -480,6 +532,56 @@ impl ResilientClient {
             self.current = (idx + self.edges.len() - 1) % self.edges.len();
         }
         self.client = None;
+    }
+
+    /// Sends the acks owed whose delivered seqs have all been handed to the
+    /// application, at once when nothing more is waiting (the application is
+    /// caught up: one ack per burst the edge wrote), else once the channel's
+    /// ack interval has passed (a backlog drains with few acks).
+    fn flush_acks(&mut self, now: Instant) {
+        if self.acks_owed.is_empty() {
+            return;
+        }
+        let interval = self.config.ack_interval;
+        let caught_up = self.client.as_ref().is_none_or(|c| !c.has_queued());
+        let mut sent = Vec::new();
+        for (channel, &force) in &self.acks_owed {
+            let last = self.acks.get(channel);
+            if (!caught_up && last.is_some_and(|(at, _)| now < *at + interval))
+                || self
+                    .pending
+                    .iter()
+                    .any(|p| matches!(p, ServerEvent::Reliable { channel: c, .. } if c == channel))
+            {
+                continue;
+            }
+            let seq = self.tracker.delivered_upto(channel);
+            if seq > 0 && (force || last.is_none_or(|(_, s)| *s < seq)) {
+                sent.push((channel.clone(), seq));
+            } else {
+                sent.push((channel.clone(), 0));
+            }
+        }
+        for (channel, seq) in sent {
+            self.acks_owed.remove(&channel);
+            if seq == 0 {
+                continue;
+            }
+            self.acks.insert(channel.clone(), (now, seq));
+            self.try_send(Body::Ack(pb::Ack { channel, seq }));
+        }
+    }
+
+    /// When the next owed ack may go out (`None`: none owed).
+    fn next_ack_at(&self) -> Option<Instant> {
+        let interval = self.config.ack_interval;
+        self.acks_owed
+            .keys()
+            .map(|c| match self.acks.get(c) {
+                Some((at, _)) => *at + interval,
+                None => Instant::now(),
+            })
+            .min()
     }
 
     fn dead_edge_timeout(&self) -> Option<Duration> {
@@ -530,6 +632,16 @@ impl ResilientClient {
                 Ok(Ok((edge, client))) => {
                     info!(edge = %edge.base_url, after = ?began.elapsed(), "reconnected");
                     self.client = Some(client);
+                    self.heard_at = Instant::now();
+                    // A new connection: its first ack goes out at once.
+                    self.acks.clear();
+                    // rejoin() asked for these: a gap right after is the same one.
+                    for channel in &self.joined {
+                        if self.tracker.is_anchored(channel) {
+                            let upto = self.tracker.delivered_upto(channel);
+                            self.resumed.insert(channel.clone(), (upto, self.heard_at));
+                        }
+                    }
                     self.current = self.index_of(edge.clone());
                     self.reconnects += 1;
                     self.pending.push_back(ServerEvent::Reconnected {
@@ -540,7 +652,11 @@ impl ResilientClient {
                 Ok(Err(e)) => debug!(error = %e, "reconnect attempt failed"),
                 Err(_) => {}
             }
-            let wait = delay.min(deadline.saturating_duration_since(Instant::now()));
+            // Equal jitter (half fixed, half random): clients that lost the same
+            // edge at the same moment do not come back in lockstep waves.
+            let half = delay / 2;
+            let jittered = half + half.mul_f64(rand::random::<f64>());
+            let wait = jittered.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(wait).await;
             delay = (delay * 2).min(self.config.reconnect_backoff_max);
             idx = (idx + 1) % self.edges.len();

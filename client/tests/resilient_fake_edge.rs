@@ -152,8 +152,9 @@ async fn survives_edge_loss_without_loss_or_duplicates() {
         a_frames.iter().any(|f| ty(f) == "ack" && f["seq"] == 5),
         "cumulative ack of 5 on A: {a_frames:?}"
     );
-    // B got join, then resume after 5, then an ack of 7.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // B got join, then resume after 5, then an ack of 7 (held back up to the
+    // ack interval, sent while the application waits for more).
+    let _ = tokio::time::timeout(Duration::from_millis(500), c.next_event()).await;
     let b_frames = log_b.lock().unwrap().clone();
     let kinds: Vec<&str> = b_frames.iter().map(ty).collect();
     assert_eq!(&kinds[..2], ["join", "resume"], "{b_frames:?}");
@@ -191,4 +192,123 @@ async fn gives_up_after_max_reconnect_time() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(700), "{took:?}");
     assert_eq!(c.reconnects(), 0);
+}
+
+#[tokio::test]
+async fn acks_at_most_once_per_interval_and_sends_the_held_back_one() {
+    // On join: 60 seqs at once. The client acks the first batch at once and the
+    // rest when the interval ends, not once per seq (each would cost the edge a
+    // frame of the connection's budget).
+    let (a, log) = fake_edge(|f| match ty(f) {
+        "join" => Some((1..=60).map(reliable).collect()),
+        _ => Some(vec![]),
+    })
+    .await;
+    let config = ClientConfig {
+        ack_interval: Duration::from_millis(300),
+        ..ClientConfig::default()
+    };
+    let mut c = ResilientClient::connect(
+        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
+        "tok".into(),
+        config,
+    )
+    .await
+    .unwrap();
+    c.join("group:7").await.unwrap();
+    let mut seqs = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seqs.len() < 60 {
+            if let Some(ServerEvent::Reliable { seq, .. }) = c.next_event().await {
+                seqs.push(seq);
+                // A slow application: the seqs trickle out over ~600 ms.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // Waiting for more: the held-back ack of 60 goes out meanwhile.
+        let _ = tokio::time::timeout(Duration::from_millis(800), c.next_event()).await;
+    })
+    .await
+    .expect("all 60 in time");
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    let acks: Vec<u64> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|f| ty(f) == "ack")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(acks.last(), Some(&60), "the last seq is acked: {acks:?}");
+    assert!(
+        acks.len() <= 5,
+        "about one ack per 300 ms over ~600 ms, not one per seq: {acks:?}"
+    );
+    assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+}
+
+#[tokio::test]
+async fn asks_again_for_a_gap_whose_resume_was_refused() {
+    // The edge sends 1, then live seqs from 3 on (one per client ping), so 2 is
+    // missing. It refuses the first resume as over budget (`rate_limited`, the
+    // frame ignored, the connection stays) and answers the next one. Before
+    // the fix the client never asked again and held every seq back until the
+    // edge gave up on its retransmissions, about a minute later.
+    let next_live = Arc::new(Mutex::new(3u64));
+    let resumes = Arc::new(Mutex::new(0u32));
+    let (a, log) = fake_edge({
+        let (next_live, resumes) = (next_live.clone(), resumes.clone());
+        move |f| match ty(f) {
+            "join" => Some(vec![
+                json!({"type":"joined","channel":"group:7","last_seq":1}).to_string(),
+                reliable(1),
+            ]),
+            "ping" => {
+                let mut n = next_live.lock().unwrap();
+                *n += 1;
+                Some(vec![reliable(*n - 1)])
+            }
+            "resume" => {
+                let mut r = resumes.lock().unwrap();
+                *r += 1;
+                if *r == 1 {
+                    return Some(vec![
+                        json!({"type":"error","code":"rate_limited",
+                               "message":"too many frames on this connection"})
+                        .to_string(),
+                    ]);
+                }
+                let after = f["after_seq"].as_u64().unwrap();
+                let upto = *next_live.lock().unwrap() - 1;
+                Some(((after + 1)..=upto).map(reliable).collect())
+            }
+            _ => Some(vec![]),
+        }
+    })
+    .await;
+    let config = ClientConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let mut c = ResilientClient::connect(
+        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
+        "tok".into(),
+        config,
+    )
+    .await
+    .unwrap();
+    c.join("group:7").await.unwrap();
+    let mut seqs = Vec::new();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while seqs.len() < 5 {
+            if let Some(ServerEvent::Reliable { seq, .. }) = c.next_event().await {
+                seqs.push(seq);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("stuck after {seqs:?}: {:?}", log.lock().unwrap()));
+    assert_eq!(seqs, (1..=5).collect::<Vec<_>>());
+    assert!(*resumes.lock().unwrap() >= 2);
+    eprintln!("gap filled after {:?}", started.elapsed());
 }
