@@ -66,8 +66,8 @@ pub fn client_config(
         check(der)?;
     }
     let pin = |der: &[u8]| {
-        Arc::new(PinnedCert {
-            der: der.to_vec(),
+        Arc::new(CustomCert {
+            pinned: Some(der.to_vec()),
             provider: provider.clone(),
         })
     };
@@ -87,7 +87,10 @@ pub fn client_config(
             warn!("TLS client accepts any server certificate: development only");
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                .with_custom_certificate_verifier(Arc::new(CustomCert {
+                    pinned: None,
+                    provider,
+                }))
         }
         (ServerTrust::SystemRoots, None) => builder.with_root_certificates(roots(&[])?),
         (ServerTrust::AddedRoots(added), None) => builder.with_root_certificates(roots(added)?),
@@ -131,14 +134,15 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, ClientError> {
         .map_err(|e| ClientError::Tls(format!("{host:?} is not a valid TLS server name: {e}")))
 }
 
-/// Trusts exactly one certificate; the handshake signature must match it.
+/// Trusts exactly the `pinned` certificate, or (development only, `None`) any
+/// certificate; either way the handshake signature must match the certificate.
 #[derive(Debug)]
-struct PinnedCert {
-    der: Vec<u8>,
+struct CustomCert {
+    pinned: Option<Vec<u8>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCert {
+impl ServerCertVerifier for CustomCert {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -147,12 +151,13 @@ impl ServerCertVerifier for PinnedCert {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.der.as_slice() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+        match &self.pinned {
+            Some(der) if end_entity.as_ref() != der.as_slice() => {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+            _ => Ok(ServerCertVerified::assertion()),
         }
     }
 
@@ -188,54 +193,5 @@ impl ServerCertVerifier for PinnedCert {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// Development only: any certificate, but the handshake signature must match it.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
