@@ -58,6 +58,39 @@ impl ServerEvent {
     }
 }
 
+/// Splits a tick: each reliable event (`seq > 0`) of a `Batch` becomes its
+/// own [`ServerEvent::Reliable`], in order, followed by the `Batch` with the
+/// danmaku alone (empty when the tick carried only gifts: one `Batch` per
+/// tick frame). The application and the reliable tracker see a gift the same
+/// way whether the edge sent it inside a tick or alone (a resend, a resume).
+/// Any other event is returned as is.
+pub fn split_tick(ev: ServerEvent) -> Vec<ServerEvent> {
+    let ServerEvent::Batch { channel, events } = ev else {
+        return vec![ev];
+    };
+    if !events.iter().any(|e| e.seq > 0) {
+        return vec![ServerEvent::Batch { channel, events }];
+    }
+    let mut out = Vec::with_capacity(events.len() + 1);
+    let mut danmaku = Vec::new();
+    for e in events {
+        if e.seq > 0 {
+            out.push(ServerEvent::Reliable {
+                channel: channel.clone(),
+                seq: e.seq,
+                event: e,
+            });
+        } else {
+            danmaku.push(e);
+        }
+    }
+    out.push(ServerEvent::Batch {
+        channel,
+        events: danmaku,
+    });
+    out
+}
+
 /// Converts a protobuf server frame; batches are decompressed and decoded within `limits`.
 pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, ProtoError> {
     Ok(match f.body.ok_or(ProtoError::EmptyFrame)? {
@@ -427,5 +460,57 @@ mod tests {
             decode_json(long, &limits).unwrap_err().code(),
             "string_too_long"
         );
+    }
+
+    #[test]
+    fn a_tick_with_gifts_becomes_reliable_events_then_its_danmaku() {
+        let ev = |seq: u64, text: &str| pb::Event {
+            kind: if seq > 0 {
+                pb::Kind::Gift
+            } else {
+                pb::Kind::Danmaku
+            } as i32,
+            text: text.into(),
+            seq,
+            ..Default::default()
+        };
+        let batch = BatchEncoder::default()
+            .encode(
+                "room:1",
+                &[ev(0, "a"), ev(7, "g7"), ev(0, "b"), ev(8, "g8")],
+            )
+            .unwrap();
+        assert_eq!((batch.first_seq, batch.last_seq), (7, 8));
+        let wire = frame::encode(&frame::server(Body::Batch(batch)));
+        let split = split_tick(decode_pb(&wire, &Limits::default()).unwrap());
+        let kinds: Vec<String> = split
+            .iter()
+            .map(|e| match e {
+                ServerEvent::Reliable { seq, event, .. } => format!("r{seq}:{}", event.text),
+                ServerEvent::Batch { events, .. } => format!(
+                    "b:{}",
+                    events
+                        .iter()
+                        .map(|e| e.text.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["r7:g7", "r8:g8", "b:a,b"]);
+        // Gifts alone: still one (empty) batch per tick; no gifts: untouched.
+        let gifts_only = ServerEvent::Batch {
+            channel: "room:1".into(),
+            events: vec![ev(9, "g9")],
+        };
+        assert!(
+            matches!(&split_tick(gifts_only)[..], [ServerEvent::Reliable { seq: 9, .. }, ServerEvent::Batch { events, .. }] if events.is_empty())
+        );
+        let plain = ServerEvent::Batch {
+            channel: "room:1".into(),
+            events: vec![ev(0, "x")],
+        };
+        assert_eq!(split_tick(plain.clone()), vec![plain]);
     }
 }

@@ -52,10 +52,17 @@ pub(crate) async fn deliver(
     cancel: &CancellationToken,
     ev: ServerEvent,
 ) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        r = tx.send(ev) => r.is_ok(),
+    // A tick's gifts come out as `Reliable` events (see `event::split_tick`).
+    for ev in crate::event::split_tick(ev) {
+        let sent = tokio::select! {
+            _ = cancel.cancelled() => false,
+            r = tx.send(ev) => r.is_ok(),
+        };
+        if !sent {
+            return false;
+        }
     }
+    true
 }
 
 pub(crate) fn ping_frame() -> pb::ClientFrame {

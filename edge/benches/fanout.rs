@@ -4,19 +4,40 @@
 //! `fanout/10k_members` measures the registry push path only (refcount bump +
 //! `try_send` per member); queues are drained outside the timed region.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use danmaku_edge::channels::{ChannelGauges, Channels, Member, Outbound, Waker};
 use danmaku_edge::metrics::Metrics;
-use danmaku_edge::registry::{Member, Outbound, Registry, Transport};
+use danmaku_edge::reliable::lane::LaneShared;
+use danmaku_edge::transport::Transport;
 use danmaku_edge::{BatchConfig, FrameBuilder};
 use danmaku_proto::ChannelName;
 use danmaku_proto::sample::CommentGenerator;
 use tokio::sync::mpsc;
 
+/// The registry as the edge builds it, with its gauges from `metrics`.
+fn channels(metrics: &Metrics) -> Channels {
+    let gauges = ChannelGauges {
+        channels: metrics.channels.clone(),
+        members: metrics.channel_members.clone(),
+    };
+    Channels::new(gauges, 1024)
+}
+
+/// A member with its own lane and a wake queue nobody reads (a bench never
+/// misses a tick).
+fn member(transport: Transport, tx: mpsc::Sender<Outbound>) -> Member {
+    let (wake, rx, _overflow) = Waker::channel(8);
+    std::mem::forget(rx);
+    Member::new(transport, tx, wake, Arc::new(LaneShared::new(0)))
+}
+
 fn fanout(c: &mut Criterion) {
     const MEMBERS: usize = 10_000;
-    let registry = Registry::new(Metrics::unregistered());
+    let metrics = Metrics::unregistered();
+    let registry = channels(&metrics);
     let room = ChannelName::parse("room:bench").expect("valid name");
     let mut queues: Vec<mpsc::Receiver<Outbound>> = Vec::with_capacity(MEMBERS);
     for conn in 0..MEMBERS as u64 {
@@ -26,7 +47,7 @@ fn fanout(c: &mut Criterion) {
         } else {
             Transport::WsPb
         };
-        registry.join(&room, conn, Member::new(transport, tx));
+        registry.join(&room, conn, member(transport, tx));
         queues.push(rx);
     }
     let channel = registry.get("room:bench").expect("joined");
@@ -41,7 +62,27 @@ fn fanout(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let start = Instant::now();
-                let out = channel.push(&frames);
+                let out = channel.push(&frames, None);
+                total += start.elapsed();
+                assert_eq!(out.total_pushed(), MEMBERS as u64);
+                for q in &mut queues {
+                    while q.try_recv().is_ok() {}
+                }
+            }
+            total
+        })
+    });
+    // The same tick carrying gifts: one atomic max per member on its lane
+    // (the whole per-viewer cost of the reliable lane), no extra frame.
+    let mut seq = 0u64;
+    group.bench_function("10k_members_with_gifts", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let seqs = Some((seq + 1, seq + 10));
+                seq += 10;
+                let start = Instant::now();
+                let out = channel.push(&frames, seqs);
                 total += start.elapsed();
                 assert_eq!(out.total_pushed(), MEMBERS as u64);
                 for q in &mut queues {

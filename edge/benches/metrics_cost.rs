@@ -17,15 +17,35 @@
 //! `cargo bench -p danmaku-edge --bench metrics_cost`
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use danmaku_edge::metrics::Metrics;
-use danmaku_edge::registry::{Member, Outbound, Registry, Transport};
+use danmaku_edge::channels::{ChannelGauges, Channels, Member, Outbound, Waker};
+use danmaku_edge::metrics::{Flush, Metrics};
+use danmaku_edge::reliable::lane::LaneShared;
+use danmaku_edge::transport::Transport;
 use danmaku_edge::{BatchConfig, FrameBuilder};
 use danmaku_proto::ChannelName;
 use danmaku_proto::sample::CommentGenerator;
 use tokio::sync::mpsc;
+
+/// The registry as the edge builds it, with its gauges from `metrics`.
+fn channels(metrics: &Metrics) -> Channels {
+    let gauges = ChannelGauges {
+        channels: metrics.channels.clone(),
+        members: metrics.channel_members.clone(),
+    };
+    Channels::new(gauges, 1024)
+}
+
+/// A member with its own lane and a wake queue nobody reads (a bench never
+/// misses a tick).
+fn member(transport: Transport, tx: mpsc::Sender<Outbound>) -> Member {
+    let (wake, rx, _overflow) = Waker::channel(8);
+    std::mem::forget(rx);
+    Member::new(transport, tx, wake, Arc::new(LaneShared::new(0)))
+}
 
 /// Events per batch: a busy room's batch at a 1 s window is ~1,000; 50 is a
 /// small room's 50 ms window at 1,000/s.
@@ -38,7 +58,7 @@ fn flush(c: &mut Criterion) {
         // cost of an update; it only makes the series visible).
         let prom = prometheus::Registry::new();
         let metrics = Metrics::register(&prom).expect("fresh registry");
-        let registry = Registry::new(metrics.clone());
+        let registry = channels(&metrics);
         let room = ChannelName::parse("room:bench").expect("valid name");
         let mut queues: Vec<(Transport, mpsc::Receiver<Outbound>)> = Vec::with_capacity(members);
         for conn in 0..members as u64 {
@@ -48,7 +68,7 @@ fn flush(c: &mut Criterion) {
             } else {
                 Transport::WsPb
             };
-            registry.join(&room, conn, Member::new(transport, tx));
+            registry.join(&room, conn, member(transport, tx));
             queues.push((transport, rx));
         }
         let channel = registry.get("room:bench").expect("joined");
@@ -60,9 +80,19 @@ fn flush(c: &mut Criterion) {
         // One flush: build once, push to every member, every writer takes its frame.
         let mut flush = |on: bool| {
             let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
-            let (outcome, _) = channel.flush(Some(&frames));
+            let outcome = channel.push(&frames, None);
             if on {
-                metrics.record_flush(now_ms, &events, window, &sizes, &outcome);
+                metrics.record_flush(
+                    now_ms,
+                    &Flush {
+                        events: &events,
+                        window,
+                        raw_bytes: sizes.raw,
+                        compressed_bytes: sizes.compressed,
+                        pushed: outcome.pushed,
+                        dropped: outcome.dropped,
+                    },
+                );
             }
             for (t, q) in &mut queues {
                 while let Ok(frame) = q.try_recv() {
@@ -102,14 +132,24 @@ fn flush(c: &mut Criterion) {
         // The metric updates of that flush alone (what `on` adds to `off`), with
         // the outcome and frame sizes of a real flush: a tight, low-noise number.
         let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
-        let (outcome, _) = channel.flush(Some(&frames));
+        let outcome = channel.push(&frames, None);
         let sizes_by_member: Vec<(Transport, u64)> = queues
             .iter_mut()
             .map(|(t, q)| (*t, q.try_recv().expect("pushed").wire().len() as u64))
             .collect();
         group.bench_function(BenchmarkId::new("updates_only", members), |b| {
             b.iter(|| {
-                metrics.record_flush(now_ms, &events, window, &sizes, &outcome);
+                metrics.record_flush(
+                    now_ms,
+                    &Flush {
+                        events: &events,
+                        window,
+                        raw_bytes: sizes.raw,
+                        compressed_bytes: sizes.compressed,
+                        pushed: outcome.pushed,
+                        dropped: outcome.dropped,
+                    },
+                );
                 for (t, n) in &sizes_by_member {
                     metrics.egress(*t).inc_by(*n);
                 }

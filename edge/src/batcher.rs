@@ -1,14 +1,17 @@
-//! Batcher tasks: turn a channel's events into ONE frame per flush and push it
-//! to every local member.
+//! Batcher tasks: turn a channel's events of one tick into ONE frame and push
+//! it to every local member.
 //!
-//! Channels are spread over a few shard tasks by a hash of their name, so one
-//! channel's events stay in order on one task and the cores share the encoding.
-//! Each shard owns a [`PendingBatches`] (the pure window policy) and one
-//! [`FrameBuilder`] (one reused zstd context). A flush encodes and compresses
-//! once, builds the JSON text only if the channel has JSON members, and hands
-//! refcounted clones to each member's bounded queue ([`Channel::flush`]), along
-//! with the channel's reliable frames that are due (they ride the same tick).
+//! Channels are spread over a few shard tasks by a hash of their name
+//! ([`shard_of`]), so one channel's events stay in order on one task and the
+//! cores share the encoding. The consumer feeds danmaku; the reliable fan-out
+//! (`reliable/fanout.rs`) feeds the channel's reliable events, already in seq
+//! order, into the same open batch, so gifts ride the tick. Each shard owns a
+//! [`PendingBatches`] (the pure window policy) and one [`FrameBuilder`] (one
+//! reused zstd context). A flush encodes and compresses once, builds the JSON
+//! text only if the channel has JSON members, and hands refcounted clones to
+//! each member's bounded queue ([`Channel::push`]).
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use danmaku_proto::pb::server_frame::Body;
@@ -19,15 +22,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch_policy::{PendingBatches, Ready};
+use crate::channels::{BatchFrames, Channel, Channels};
 use crate::config::BatchConfig;
-use crate::metrics::Metrics;
-use crate::registry::{BatchFrames, Channel, Registry};
+use crate::metrics::{Flush, Metrics};
 
 /// Queue depth between the bus consumer and each shard. When a shard falls
 /// behind, the consumer waits, and the bus (not the edge's memory) absorbs it.
 const SHARD_QUEUE: usize = 8192;
 
-/// One event routed to a shard.
+/// The shard that owns `channel`: stable, so one channel's events keep their
+/// order (the consumer and the reliable fan-out both route by it).
+pub(crate) fn shard_of(channel: &str, shards: usize) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    channel.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}
+
+/// One event routed to a shard (a danmaku, or a reliable event in seq order).
 #[derive(Debug)]
 pub(crate) struct ShardItem {
     pub channel: ChannelName,
@@ -81,7 +92,7 @@ impl FrameBuilder {
 pub(crate) fn spawn_shards(
     shards: usize,
     cfg: &BatchConfig,
-    registry: Arc<Registry>,
+    channels: Arc<Channels>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<Vec<mpsc::Sender<ShardItem>>, ProtoError> {
@@ -91,7 +102,7 @@ pub(crate) fn spawn_shards(
             let shard = Shard {
                 pending: PendingBatches::new(cfg.clone()),
                 builder: FrameBuilder::new(cfg)?,
-                registry: Arc::clone(&registry),
+                channels: Arc::clone(&channels),
                 metrics: metrics.clone(),
             };
             tokio::spawn(shard.run(rx, shutdown.clone()));
@@ -103,7 +114,7 @@ pub(crate) fn spawn_shards(
 struct Shard {
     pending: PendingBatches<ChannelName>,
     builder: FrameBuilder,
-    registry: Arc<Registry>,
+    channels: Arc<Channels>,
     metrics: Metrics,
 }
 
@@ -123,7 +134,7 @@ impl Shard {
                 item = rx.recv() => {
                     let Some(item) = item else { return };
                     let now = Instant::now().into_std();
-                    let active = self.registry.len();
+                    let active = self.channels.len();
                     if let Some(ready) =
                         self.pending.on_event(now, item.channel, item.event, item.members, active)
                     {
@@ -136,7 +147,7 @@ impl Shard {
 
     fn flush(&mut self, ready: Ready<ChannelName>) {
         // Members may all have left during the window: nothing to build.
-        let Some(channel) = self.registry.get(ready.channel.as_str()) else {
+        let Some(channel) = self.channels.get(ready.channel.as_str()) else {
             return;
         };
         flush_to(&mut self.builder, &self.metrics, &channel, &ready);
@@ -159,15 +170,33 @@ pub(crate) fn flush_to(
             return;
         }
     };
-    // Reliable frames waiting for this channel leave with the batch.
-    let (outcome, _) = channel.flush(Some(&frames));
-    metrics.record_flush(now_ms, &ready.events, ready.window, &sizes, &outcome);
+    let outcome = channel.push(&frames, reliable_seqs(&ready.events));
+    metrics.record_flush(
+        now_ms,
+        &Flush {
+            events: &ready.events,
+            window: ready.window,
+            raw_bytes: sizes.raw,
+            compressed_bytes: sizes.compressed,
+            pushed: outcome.pushed,
+            dropped: outcome.dropped,
+        },
+    );
     if outcome.dropped > 0 {
-        tracing::debug!(channel = %ready.channel, dropped = outcome.dropped, "slow consumers skipped a batch");
+        tracing::debug!(channel = %ready.channel, dropped = outcome.dropped, "slow consumers skipped a tick");
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+/// The first and last reliable seq among a tick's events (they arrive in seq
+/// order from the fan-out), if any.
+fn reliable_seqs(events: &[pb::Event]) -> Option<(u64, u64)> {
+    let mut seqs = events.iter().map(|e| e.seq).filter(|&s| s > 0);
+    let first = seqs.next()?;
+    Some((first, seqs.next_back().unwrap_or(first)))
+}
+
+/// Sleeps until `deadline`, or forever without one (a `select!` arm that never fires).
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -181,7 +210,8 @@ mod tests {
     use danmaku_proto::{Limits, decode_batch};
 
     use super::*;
-    use crate::registry::{Member, Transport};
+    use crate::channels::tests::{gauges, member_at};
+    use crate::transport::Transport;
 
     fn ev(i: usize) -> pb::Event {
         pb::Event {
@@ -196,13 +226,13 @@ mod tests {
     fn setup(
         cfg: BatchConfig,
     ) -> (
-        Arc<Registry>,
+        Arc<Channels>,
         Metrics,
         mpsc::Sender<ShardItem>,
         CancellationToken,
     ) {
         let metrics = Metrics::unregistered();
-        let registry = Arc::new(Registry::new(metrics.clone()));
+        let registry = Arc::new(Channels::new(gauges(), 16));
         let shutdown = CancellationToken::new();
         let mut shards = spawn_shards(
             1,
@@ -227,10 +257,10 @@ mod tests {
     async fn shard_flushes_once_per_window_to_every_member() {
         let (registry, metrics, shard, _shutdown) = setup(BatchConfig::default());
         let room = ChannelName::parse("room:1").unwrap();
-        let (pb_tx, mut pb_rx) = mpsc::channel(8);
-        let (js_tx, mut js_rx) = mpsc::channel(8);
-        registry.join(&room, 1, Member::new(Transport::WsPb, pb_tx));
-        registry.join(&room, 2, Member::new(Transport::WsJson, js_tx));
+        let (pb, mut pb_rx, _, _) = member_at(Transport::WsPb, 8, 0);
+        let (js, mut js_rx, _, _) = member_at(Transport::WsJson, 8, 0);
+        registry.join(&room, 1, pb);
+        registry.join(&room, 2, js);
         for i in 0..3 {
             shard.send(item(&room, i)).await.unwrap();
         }
@@ -275,10 +305,10 @@ mod tests {
         };
         let (registry, metrics, shard, _shutdown) = setup(cfg);
         let room = ChannelName::parse("room:slow").unwrap();
-        let (slow_tx, mut slow_rx) = mpsc::channel(1);
-        let (fast_tx, mut fast_rx) = mpsc::channel(8);
-        registry.join(&room, 1, Member::new(Transport::WsPb, slow_tx));
-        registry.join(&room, 2, Member::new(Transport::Quic, fast_tx));
+        let (slow, mut slow_rx, _, _) = member_at(Transport::WsPb, 1, 0);
+        let (fast, mut fast_rx, _, _) = member_at(Transport::Quic, 8, 0);
+        registry.join(&room, 1, slow);
+        registry.join(&room, 2, fast);
         for i in 0..3 {
             shard.send(item(&room, i)).await.unwrap();
         }
@@ -300,8 +330,8 @@ mod tests {
     async fn a_channel_emptied_during_its_window_builds_nothing() {
         let (registry, metrics, shard, _shutdown) = setup(BatchConfig::default());
         let room = ChannelName::parse("room:gone").unwrap();
-        let (tx, _rx) = mpsc::channel(8);
-        registry.join(&room, 1, Member::new(Transport::WsPb, tx));
+        let (m, _rx, _, _) = member_at(Transport::WsPb, 8, 0);
+        registry.join(&room, 1, m);
         shard.send(item(&room, 0)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         registry.leave(&room, 1);

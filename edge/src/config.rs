@@ -56,8 +56,8 @@ pub struct EdgeConfig {
     /// Default 512 KiB.
     pub quic_send_window: u64,
     /// Frame budgets, connection caps and the handshake deadline of clients.
-    /// Default [`crate::ClientLimits::default`].
-    pub client_limits: crate::ClientLimits,
+    /// Default [`ClientLimits::default`].
+    pub client_limits: ClientLimits,
 }
 
 impl Default for EdgeConfig {
@@ -131,19 +131,23 @@ impl Default for BatchConfig {
 /// See [`crate::reliable`] for the rules these feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReliableConfig {
-    /// Wait for an ack before the first resend of a reliable frame. Default 3 s:
-    /// longer than a client's ack interval (acks are cumulative, at most one a
-    /// second) plus one batch window, because on a live TCP or QUIC stream the
-    /// frame was not lost and an early resend is only a duplicate; losses are
-    /// repaired by resume after a reconnect.
+    /// How long a connection's acks may stand still, with seqs outstanding,
+    /// before the edge resends from its last ack (measured by the stall sweep,
+    /// which looks every half of this, so the first resend comes after one to
+    /// one and a half times it). Default 3 s: longer than a client's ack
+    /// interval (acks are cumulative, at most a few a second) plus one batch
+    /// window, because on a live TCP or QUIC stream the frame was not lost and
+    /// an early resend is only a duplicate; a tick a connection could not take
+    /// is resent at once, without waiting for this.
     pub retransmit_initial: Duration,
     /// Each resend doubles the wait, up to this. Default 15 s.
     pub retransmit_max: Duration,
-    /// Unacked frames one connection may have on one channel; past it the
-    /// connection is closed with `reliable_backlog` (the client resumes).
-    /// Default 2,000.
+    /// Seqs one connection may owe acks for on one channel (live, or sent by a
+    /// resume: a resume from far back is paced by acks within this window);
+    /// past it the connection is closed with `reliable_backlog` (the client
+    /// resumes). Default 2,000.
     pub max_unacked: usize,
-    /// Sends of one frame (first send included) before the connection is closed
+    /// Sends of one seq (first send included) before the connection is closed
     /// with `reliable_backlog`. Default 6.
     pub max_attempts: u32,
     /// How long a seq that arrived ahead of a missing one is held, waiting for
@@ -155,13 +159,14 @@ pub struct ReliableConfig {
     /// Least time between two writes of one connection's ack offset on one
     /// channel to the store (the last one is written on disconnect). Default 1 s.
     pub ack_persist_interval: Duration,
-    /// Live reliable events (all joined channels together) waiting for one
-    /// connection's task. The task only falls this far behind when it cannot
-    /// write (its peer stopped reading) or a store read holds it; past this the
-    /// connection is closed with `reliable_backlog` and the client resumes from
-    /// its last ack, so a stalled peer pins a bounded amount of memory instead
-    /// of every gift published until its idle timeout. Default 512.
+    /// Wake-ups waiting for one connection's task (group removals, missed
+    /// ticks, stalls: rare, never one per tick). Past this the connection is
+    /// closed with `reliable_backlog` and the client resumes from its last
+    /// ack, so a stalled peer pins a bounded amount of memory. Default 512.
     pub queue: usize,
+    /// Recent reliable events each channel keeps, framed, for resends,
+    /// missed ticks and resumes before the store is read. Default 1,024.
+    pub ring: usize,
 }
 
 impl Default for ReliableConfig {
@@ -175,17 +180,64 @@ impl Default for ReliableConfig {
             missed_page: 50,
             ack_persist_interval: Duration::from_secs(1),
             queue: 512,
+            ring: 1_024,
         }
     }
 }
 
 impl ReliableConfig {
-    pub(crate) fn window_limits(&self) -> crate::reliable::WindowLimits {
-        crate::reliable::WindowLimits {
+    pub(crate) fn resend_limits(&self) -> crate::reliable::lane::ResendLimits {
+        crate::reliable::lane::ResendLimits {
             retransmit_initial: self.retransmit_initial,
             retransmit_max: self.retransmit_max,
             max_unacked: self.max_unacked,
             max_attempts: self.max_attempts,
+        }
+    }
+
+    /// How often the stall sweep looks at every lane.
+    pub(crate) fn sweep_interval(&self) -> std::time::Duration {
+        self.retransmit_initial / 2
+    }
+}
+
+/// Client limits of an edge; part of [`crate::EdgeConfig`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientLimits {
+    /// Sustained client frames per second on one connection. Default 50.
+    pub conn_frames_per_sec: f64,
+    /// Frames one connection may send at once before the rate applies. Default 200
+    /// (a client joining its channels and resuming each after a reconnect).
+    pub conn_frame_burst: u32,
+    /// Sustained client frames per second of one user over all their connections
+    /// on this edge. Default 100.
+    pub user_frames_per_sec: f64,
+    /// Burst of one user's frames. Default 400.
+    pub user_frame_burst: u32,
+    /// Open connections of one user on this edge. Default 16.
+    pub max_conns_per_user: usize,
+    /// Open connections from one IP address on this edge. Carrier-grade NATs put
+    /// thousands of mobile viewers behind one address, so the default only stops
+    /// one host from taking most of an edge's ~19k sockets; tighten it with
+    /// `--max-conns-per-ip` where clients have their own addresses. Default 10,000.
+    pub max_conns_per_ip: usize,
+    /// Time a QUIC client has from its first packet to its `auth` frame (the
+    /// QUIC/TLS handshake, the control stream and the frame together), so an
+    /// unauthenticated peer cannot hold a connection for the idle timeout.
+    /// Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            conn_frames_per_sec: 50.0,
+            conn_frame_burst: 200,
+            user_frames_per_sec: 100.0,
+            user_frame_burst: 400,
+            max_conns_per_user: 16,
+            max_conns_per_ip: 10_000,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -6,10 +6,9 @@
 //! does not host is one map lookup. Events older than the consumer's start are
 //! skipped: a backend that replays from an older offset (Kafka) must not flood
 //! new viewers with the past. Reliable events (`seq > 0`) are never skipped as
-//! stale: they go to the reliable fan-out (`reliable_fanout.rs`), which orders
-//! and deduplicates them by seq.
+//! stale: they go to the reliable fan-out (`reliable/fanout.rs`), which orders
+//! and deduplicates them by seq before they join the batchers' ticks.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,52 +17,13 @@ use danmaku_proto::{Limits, frame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::ShardItem;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::reliable_fanout::ReliableItem;
-
-/// What became of a bus message: the `result` label of `danmaku_edge_bus_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BusResult {
-    /// Handed to a batcher.
-    Batched,
-    /// No local member in that channel: dropped without decoding.
-    NoLocalMembers,
-    /// Undecodable payload, non-UTF-8 key, or key and payload disagree.
-    BadEvent,
-    /// Older than this consumer's start.
-    Stale,
-    /// A reliable event (`seq > 0`), handed to the reliable fan-out.
-    Reliable,
-    /// A group membership change, handed to the channel's local connections.
-    Membership,
-}
-
-impl BusResult {
-    pub const ALL: [BusResult; 6] = [
-        BusResult::Batched,
-        BusResult::NoLocalMembers,
-        BusResult::BadEvent,
-        BusResult::Stale,
-        BusResult::Reliable,
-        BusResult::Membership,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            BusResult::Batched => "batched",
-            BusResult::NoLocalMembers => "no_local_members",
-            BusResult::BadEvent => "bad_event",
-            BusResult::Stale => "stale",
-            BusResult::Reliable => "reliable",
-            BusResult::Membership => "membership",
-        }
-    }
-}
+use crate::batcher::{ShardItem, shard_of};
+use crate::channels::Channels;
+use crate::metrics::{BusResult, Metrics};
+use crate::reliable::fanout::ReliableItem;
 
 pub(crate) struct Consumer {
-    pub registry: Arc<Registry>,
+    pub channels: Arc<Channels>,
     pub metrics: Metrics,
     pub shards: Vec<mpsc::Sender<ShardItem>>,
     /// Queues of the reliable fan-out tasks (same sharding as `shards`).
@@ -113,7 +73,7 @@ impl Consumer {
         let Ok(key) = std::str::from_utf8(&msg.key) else {
             return BusResult::BadEvent;
         };
-        let Some(channel) = self.registry.get(key) else {
+        let Some(channel) = self.channels.get(key) else {
             return BusResult::NoLocalMembers;
         };
         channel.count_inbound();
@@ -145,7 +105,7 @@ impl Consumer {
                 event,
             };
             if shard.send(item).await.is_err() {
-                return BusResult::BadEvent;
+                return BusResult::ShuttingDown;
             }
             return BusResult::Reliable;
         }
@@ -160,17 +120,10 @@ impl Consumer {
         let shard = &self.shards[shard_of(key, self.shards.len())];
         if shard.send(item).await.is_err() {
             // Shard gone: only during shutdown.
-            return BusResult::BadEvent;
+            return BusResult::ShuttingDown;
         }
         BusResult::Batched
     }
-}
-
-/// The shard that owns `channel`: stable, so one channel's events keep their order.
-fn shard_of(channel: &str, shards: usize) -> usize {
-    let mut h = std::hash::DefaultHasher::new();
-    channel.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
 }
 
 #[cfg(test)]
@@ -180,7 +133,8 @@ mod tests {
     use danmaku_proto::{ChannelName, pb};
 
     use super::*;
-    use crate::registry::{Member, Transport};
+    use crate::channels::tests::{gauges, member_at};
+    use crate::transport::Transport;
 
     fn bus_event(channel: &str, ts_ms: i64) -> Bytes {
         frame::encode(&pb::BusEvent {
@@ -203,18 +157,14 @@ mod tests {
         shard_rx: mpsc::Receiver<ShardItem>,
         reliable_rx: mpsc::Receiver<ReliableItem>,
         consumer: Consumer,
-        _member_rx: mpsc::Receiver<crate::registry::Outbound>,
+        _member_rx: mpsc::Receiver<crate::channels::Outbound>,
     }
 
     fn setup(capacity: usize) -> Setup {
         let metrics = Metrics::unregistered();
-        let registry = Arc::new(Registry::new(metrics.clone()));
-        let (member_tx, member_rx) = mpsc::channel(1);
-        registry.join(
-            &ChannelName::parse("room:here").unwrap(),
-            1,
-            Member::new(Transport::WsPb, member_tx),
-        );
+        let channels = Arc::new(Channels::new(gauges(), 16));
+        let (member, member_rx, _wake, _lane) = member_at(Transport::WsPb, 1, 0);
+        channels.join(&ChannelName::parse("room:here").unwrap(), 1, member);
         let (shard_tx, shard_rx) = mpsc::channel(16);
         let (reliable_tx, reliable_rx) = mpsc::channel(16);
         Setup {
@@ -223,7 +173,7 @@ mod tests {
             shard_rx,
             reliable_rx,
             consumer: Consumer {
-                registry,
+                channels,
                 metrics,
                 shards: vec![shard_tx],
                 reliable: vec![reliable_tx],

@@ -47,10 +47,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
+use crate::channels::{BatchFrames, ConnId, Outbound};
 use crate::error::ApiError;
 use crate::metrics::ControlMetrics;
-use crate::registry::{BatchFrames, ConnId, Outbound, Transport};
-use crate::session::{CloseReason, Control};
+use crate::session::{CloseReason, Reply};
+use crate::transport::Transport;
 
 /// How long a redirected client may stay before the drain closes it.
 pub const REDIRECT_GRACE: Duration = Duration::from_secs(5);
@@ -113,7 +114,7 @@ impl Default for ControlConfig {
 
 /// One connection as the drain sees it: its control queue and when it was redirected.
 struct ConnHandle {
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<Reply>,
     transport: Transport,
     redirected_at: Option<Instant>,
 }
@@ -154,7 +155,7 @@ impl ControlState {
     }
 
     /// Called by every session when it starts: the drain can reach it.
-    pub fn conn_opened(&self, id: ConnId, transport: Transport, control: mpsc::Sender<Control>) {
+    pub fn conn_opened(&self, id: ConnId, transport: Transport, control: mpsc::Sender<Reply>) {
         self.conns.insert(
             id,
             ConnHandle {
@@ -248,7 +249,7 @@ impl Edge {
     /// The cluster-wide count of `channel` as last heard from the scheduler,
     /// else the local member count.
     pub fn online_count(&self, channel: &str) -> u64 {
-        let local = self.registry.get(channel).map_or(0, |c| c.len() as u64);
+        let local = self.channels.get(channel).map_or(0, |c| c.len() as u64);
         let cluster = self
             .control
             .online
@@ -459,7 +460,7 @@ async fn heartbeat(
     ) else {
         return Beat::Failed;
     };
-    let channels = edge.registry.snapshot();
+    let channels = edge.channels.snapshot();
     let members = channels.iter().map(|c| c.len()).sum();
     let counts = channels
         .iter()
@@ -696,7 +697,7 @@ async fn drain_task(edge: Arc<Edge>, shutdown: CancellationToken) {
                         } else {
                             pb.clone()
                         };
-                        if conn.control.try_send(Control::Shared(frame)).is_ok() {
+                        if conn.control.try_send(Reply::Shared(frame)).is_ok() {
                             conn.redirected_at = Some(now);
                             sent += 1;
                         }
@@ -705,7 +706,7 @@ async fn drain_task(edge: Arc<Edge>, shutdown: CancellationToken) {
                         if now.duration_since(at) > REDIRECT_GRACE
                             && conn
                                 .control
-                                .try_send(Control::Close(CloseReason::Shutdown))
+                                .try_send(Reply::Close(CloseReason::Shutdown))
                                 .is_ok() =>
                     {
                         control.metrics.drain_forced_closes.inc();
@@ -828,13 +829,13 @@ async fn online_loop(edge: Arc<Edge>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for channel in edge.registry.snapshot() {
+        for channel in edge.channels.snapshot() {
             if channel.len() < min {
                 continue;
             }
             let online = edge.online_count(channel.name().as_str());
             let frames = online_frames(channel.name().as_str(), online, channel.json_members() > 0);
-            let out = channel.push(&frames);
+            let out = channel.push(&frames, None);
             edge.control
                 .metrics
                 .online_frames

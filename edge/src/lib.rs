@@ -9,27 +9,32 @@
 //!   by the adaptive window of [`batch_policy`] — a pure, unit-tested rule that
 //!   shares the edge's frame-write budget among channels.
 //! * A flush encodes and compresses ONCE and pushes refcounted clones of the
-//!   same bytes to every member's bounded queue through the [`registry`]
-//!   (channel → local members, sharded maps, no global lock). A full queue
-//!   drops that batch for that member only.
+//!   same bytes to every member's bounded queue through the [`channels`]
+//!   registry (channel → local members, sharded maps, no global lock). A full
+//!   queue drops that tick for that member only.
+//! * The **reliable lane** ([`reliable`]: gifts, group chat; bus events with
+//!   `seq > 0`) orders each channel's seqs in a fan-out task and feeds them
+//!   to the same batchers: they ride the room's tick frame, so a viewer gets
+//!   one frame per tick whatever the gift rate. Per member the edge keeps O(1)
+//!   lane state; a member that misses a tick, resumes or stops acking is
+//!   served from the channel's ring of recent events or the [`Store`].
 //! * Connections arrive over WebSocket ([`Edge::router`], `ws.rs`) or QUIC
-//!   ([`Edge::serve_quic`], `quic.rs`). Both become a `Session` (`session.rs`)
-//!   whose frames are handled one file per frame kind (`handlers/`), with a
-//!   writer task per connection that prefers replies over batches.
-//! * The **reliable lane** (gifts, group chat: bus events with `seq > 0`) skips
-//!   the batchers: `reliable_fanout.rs` orders each channel's seqs (a short
-//!   reorder hold, then a gap read from the [`Store`]) and hands each event,
-//!   encoded once, to every member's connection task. The session keeps per
-//!   channel `sent_upto` and an unacked window, retransmits, serves `Resume`
-//!   and `Ack` (`handlers/reliable.rs`). The decisions are the pure structs of
-//!   [`reliable`].
+//!   ([`Edge::serve_quic`], `quic.rs`). Both open a `Session` (`session.rs`,
+//!   the connection's state) and run the one connection loop
+//!   (`connection.rs`), which hands each client frame to its handler
+//!   (`handlers/`, one file per frame kind) and each wake-up to the reliable
+//!   lane; a writer task per connection prefers replies over ticks.
 //! * Every metric lives in [`metrics`], registered into the registry the
 //!   process passes in. [`top_rooms`] ranks the hottest rooms every few
 //!   seconds into rank-labelled gauges and `GET /v1/top-rooms`.
+//!   [`control_plane`] registers with the scheduler, drains and pushes
+//!   cluster-wide online counts.
 
 pub mod batch_policy;
 mod batcher;
+pub mod channels;
 pub mod config;
+mod connection;
 mod consumer;
 pub mod control_plane;
 pub mod error;
@@ -37,13 +42,12 @@ mod handlers;
 pub mod limits;
 pub mod metrics;
 mod quic;
-pub mod registry;
 pub mod reliable;
-mod reliable_fanout;
 mod session;
 mod store_reads;
 mod tls;
 pub mod top_rooms;
+pub mod transport;
 mod ws;
 
 use std::sync::Arc;
@@ -60,17 +64,16 @@ use danmaku_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use batcher::{BuiltSizes, FrameBuilder};
-pub use config::{BatchConfig, EdgeConfig, ReliableConfig};
-pub use consumer::BusResult;
+pub use config::{BatchConfig, ClientLimits, EdgeConfig, ReliableConfig};
 pub use control_plane::{ControlConfig, NotReady};
 pub use error::{ApiError, EdgeError};
-pub use limits::ClientLimits;
-pub use registry::Transport;
+pub use metrics::BusResult;
 pub use tls::ALPN;
+pub use transport::Transport;
 pub use ws::{SUBPROTOCOL_JSON, SUBPROTOCOL_PB};
 
+use crate::channels::{ChannelGauges, Channels, ConnId};
 use crate::metrics::Metrics;
-use crate::registry::{ConnId, Registry};
 use crate::tls::CertMaterial;
 
 /// Most batcher shards: encoding is cheap next to the writes, a few cores suffice.
@@ -82,7 +85,7 @@ pub struct Edge {
     tokens: TokenKey,
     store: Arc<dyn Store>,
     metrics: Metrics,
-    registry: Arc<Registry>,
+    channels: Arc<Channels>,
     cert: CertMaterial,
     quic_config: quinn::ServerConfig,
     shutdown: CancellationToken,
@@ -121,7 +124,13 @@ impl Edge {
                 "QUIC uses a self-signed certificate (served at GET /v1/cert)"
             );
         }
-        let channels = Arc::new(Registry::new(metrics.clone()));
+        let channels = Arc::new(Channels::new(
+            ChannelGauges {
+                channels: metrics.channels.clone(),
+                members: metrics.channel_members.clone(),
+            },
+            config.reliable.ring,
+        ));
         // Subscribe before returning, so nothing published after `start` is missed.
         let subscription = bus.subscribe_all().await?;
         let shards = std::thread::available_parallelism()
@@ -135,17 +144,23 @@ impl Edge {
             metrics.clone(),
             shutdown.clone(),
         )?;
-        let reliable_queues = reliable_fanout::spawn_shards(
+        let reliable_queues = reliable::fanout::spawn_shards(
             shards,
             config.reliable.reorder_hold,
-            &config.batch,
+            shard_queues.clone(),
             Arc::clone(&store),
             Arc::clone(&channels),
             metrics.clone(),
             shutdown.clone(),
         );
+        tokio::spawn(reliable::sweep::run(
+            Arc::clone(&channels),
+            config.reliable.sweep_interval(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let consumer = consumer::Consumer {
-            registry: Arc::clone(&channels),
+            channels: Arc::clone(&channels),
             metrics: metrics.clone(),
             shards: shard_queues,
             reliable: reliable_queues,
@@ -178,7 +193,7 @@ impl Edge {
             tokens,
             store,
             metrics,
-            registry: channels,
+            channels,
             cert,
             quic_config,
             shutdown: shutdown.clone(),
@@ -264,7 +279,7 @@ impl Edge {
 
     /// Channels with at least one local member.
     pub fn channel_count(&self) -> usize {
-        self.registry.len()
+        self.channels.len()
     }
 
     /// Users with a connection on this edge (the limiter's entries).

@@ -1,7 +1,8 @@
 //! What one client may ask of an edge: frame budgets, connection caps, and the
-//! handshake deadline. Kept out of the transport loops: the transports call
-//! [`crate::session::Session::start`] (connection caps) and
-//! [`crate::session::Session::dispatch`] (frame budgets), both of which end here.
+//! handshake deadline, as plain state. The connection's task (`connection.rs`)
+//! asks [`ConnLimits::admit`] when a connection starts and
+//! [`ConnLimits::check_frame`] for every frame, and answers refusals; the
+//! settings are [`ClientLimits`] (`config.rs`).
 //!
 //! * **Frame budgets.** Every client frame (join, leave, resume, ack, auth, ping)
 //!   takes one token from its connection's bucket and one from its user's bucket
@@ -23,62 +24,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use danmaku_proto::pb;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::Edge;
-use crate::session::{CloseReason, Flow, Session};
-
-/// Client limits of an edge; part of [`crate::EdgeConfig`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientLimits {
-    /// Sustained client frames per second on one connection. Default 50.
-    pub conn_frames_per_sec: f64,
-    /// Frames one connection may send at once before the rate applies. Default 200
-    /// (a client joining its channels and resuming each after a reconnect).
-    pub conn_frame_burst: u32,
-    /// Sustained client frames per second of one user over all their connections
-    /// on this edge. Default 100.
-    pub user_frames_per_sec: f64,
-    /// Burst of one user's frames. Default 400.
-    pub user_frame_burst: u32,
-    /// Open connections of one user on this edge. Default 16.
-    pub max_conns_per_user: usize,
-    /// Open connections from one IP address on this edge. Carrier-grade NATs put
-    /// thousands of mobile viewers behind one address, so the default only stops
-    /// one host from taking most of an edge's ~19k sockets; tighten it with
-    /// `--max-conns-per-ip` where clients have their own addresses. Default 10,000.
-    pub max_conns_per_ip: usize,
-    /// Time a QUIC client has from its first packet to its `auth` frame (the
-    /// QUIC/TLS handshake, the control stream and the frame together), so an
-    /// unauthenticated peer cannot hold a connection for the idle timeout.
-    /// Default 10 s.
-    pub handshake_timeout: Duration,
-}
-
-impl Default for ClientLimits {
-    fn default() -> Self {
-        ClientLimits {
-            conn_frames_per_sec: 50.0,
-            conn_frame_burst: 200,
-            user_frames_per_sec: 100.0,
-            user_frame_burst: 400,
-            max_conns_per_user: 16,
-            max_conns_per_ip: 10_000,
-            handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The stable `error` codes of the refusals here (and their metric labels).
-pub const REFUSAL_CODES: [&str; 5] = [
-    "rate_limited",
-    "too_many_connections",
-    "too_many_connections_from_ip",
-    "handshake_timeout",
-    "token_expired",
-];
+use crate::config::ClientLimits;
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved.
 #[derive(Debug, Clone)]
@@ -268,16 +217,33 @@ pub(crate) struct ConnLimits {
 }
 
 impl ConnLimits {
-    pub fn new(edge: &Edge, _user: &str) -> Self {
-        let c = &edge.config.client_limits;
+    pub fn new(config: &ClientLimits) -> Self {
         ConnLimits {
-            bucket: TokenBucket::new(c.conn_frames_per_sec, c.conn_frame_burst, Instant::now()),
+            bucket: TokenBucket::new(
+                config.conn_frames_per_sec,
+                config.conn_frame_burst,
+                Instant::now(),
+            ),
             slot: None,
         }
     }
 
+    /// Claims this connection's slot for `user` (and `ip` when known) in the
+    /// edge-wide `limiter`, or refuses.
+    pub fn admit(
+        &mut self,
+        limiter: &Arc<Limiter>,
+        config: &ClientLimits,
+        user: &str,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        self.slot = Some(limiter.admit(config, user, ip, now)?);
+        Ok(())
+    }
+
     /// Takes one frame from the connection's and the user's budgets.
-    pub fn check_frame(&mut self, _frame: &pb::ClientFrame, now: Instant) -> Result<(), Refusal> {
+    pub fn check_frame(&mut self, now: Instant) -> Result<(), Refusal> {
         self.bucket.take(now).map_err(|wait| Refusal::RateLimited {
             scope: "connection",
             wait,
@@ -291,30 +257,6 @@ impl ConnLimits {
         }
         Ok(())
     }
-}
-
-/// Claims the connection slot of a new session (see `Session::start`).
-pub(crate) fn admit(session: &mut Session, ip: Option<IpAddr>) -> Result<(), Refusal> {
-    let edge = Arc::clone(&session.edge);
-    let slot = edge.limiter.admit(
-        &edge.config.client_limits,
-        &session.user,
-        ip,
-        Instant::now(),
-    )?;
-    session.limits.slot = Some(slot);
-    Ok(())
-}
-
-/// Counts a refusal, tells the client, and closes when the refusal says so.
-pub(crate) async fn refuse(session: &Session, refusal: Refusal) -> Flow {
-    session.edge.metrics.refused(refusal.code());
-    tracing::debug!(conn_id = session.conn_id, user = %session.user, code = refusal.code(), "refused");
-    let flow = session.reply_error(refusal.code(), refusal.message()).await;
-    if refusal.closes() {
-        return Flow::Close(CloseReason::Refused);
-    }
-    flow
 }
 
 #[cfg(test)]

@@ -10,10 +10,78 @@ use prometheus::{
     Registry,
 };
 
-use crate::registry::Transport;
+use crate::transport::Transport;
 
 /// The `op` label values of `danmaku_edge_store_errors_total`.
 pub const STORE_OPS: [&str; 5] = ["last_seq", "is_member", "read_after", "ack", "acked"];
+
+/// The stable `error` codes of the limits' refusals (`limits.rs`) (and their metric labels).
+pub const REFUSAL_CODES: [&str; 5] = [
+    "rate_limited",
+    "too_many_connections",
+    "too_many_connections_from_ip",
+    "handshake_timeout",
+    "token_expired",
+];
+
+/// What became of a bus message: the `result` label of `danmaku_edge_bus_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusResult {
+    /// Handed to a batcher.
+    Batched,
+    /// No local member in that channel: dropped without decoding.
+    NoLocalMembers,
+    /// Undecodable payload, non-UTF-8 key, or key and payload disagree.
+    BadEvent,
+    /// Older than this consumer's start.
+    Stale,
+    /// A reliable event (`seq > 0`), handed to the reliable fan-out.
+    Reliable,
+    /// A group membership change, handed to the channel's local connections.
+    Membership,
+    /// Not handed on: the edge is shutting down (its batchers are gone).
+    ShuttingDown,
+}
+
+impl BusResult {
+    pub const ALL: [BusResult; 7] = [
+        BusResult::Batched,
+        BusResult::NoLocalMembers,
+        BusResult::BadEvent,
+        BusResult::Stale,
+        BusResult::Reliable,
+        BusResult::Membership,
+        BusResult::ShuttingDown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BusResult::Batched => "batched",
+            BusResult::NoLocalMembers => "no_local_members",
+            BusResult::BadEvent => "bad_event",
+            BusResult::Stale => "stale",
+            BusResult::Reliable => "reliable",
+            BusResult::Membership => "membership",
+            BusResult::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// What one tick's flush did, for [`Metrics::record_flush`].
+#[derive(Debug, Clone, Copy)]
+pub struct Flush<'a> {
+    /// The events of the tick (danmaku and reliable).
+    pub events: &'a [danmaku_proto::pb::Event],
+    /// The window chosen when the batch opened.
+    pub window: std::time::Duration,
+    /// Encoded size of the events, before and after compression.
+    pub raw_bytes: usize,
+    pub compressed_bytes: usize,
+    /// Frames queued, indexed by `Transport as usize`.
+    pub pushed: [u64; 3],
+    /// Members whose queue was full (the tick was dropped for them).
+    pub dropped: u64,
+}
 
 /// Handles to the edge's metrics.
 #[derive(Clone)]
@@ -45,6 +113,8 @@ pub struct Metrics {
     /// live reliable queue overflowed (each is closed with `reliable_backlog`;
     /// its client resumes from the store).
     pub reliable_queue_overflows: IntCounter,
+    pub reliable_missed_sent: IntCounter,
+    pub reliable_stalls: IntCounter,
     pub store_errors: IntCounterVec,
     /// `danmaku_edge_refused_total{code}`: client frames and connections refused
     /// by a limit (`limits.rs`) or an expired token.
@@ -149,24 +219,24 @@ impl Metrics {
         };
         let reliable_sent = counter(
             "danmaku_edge_reliable_sent_total",
-            "Reliable frames sent to connections for the first time (live, join push, resume, gap fill).",
+            "Reliable events sent to connections: inside tick frames (one per member per event) and as single frames (join push, resume, missed tick, resend).",
         )?;
         let reliable_acked = counter(
             "danmaku_edge_reliable_acked_total",
-            "Reliable frames removed from unacked windows by client acks.",
+            "Reliable seqs newly acknowledged by clients (cumulative acks and resumes).",
         )?;
         let reliable_retransmits = counter(
             "danmaku_edge_reliable_retransmits_total",
-            "Reliable frames resent because no ack came in time.",
+            "Reliable events resent to connections whose acks stood still for a sweep interval.",
         )?;
         let resumes = counter("danmaku_edge_resumes_total", "Resume frames served.")?;
         let resume_replayed = counter(
             "danmaku_edge_resume_replayed_total",
-            "Reliable frames replayed from the store for resumes.",
+            "Reliable events replayed (from the channel ring or the store) for resumes.",
         )?;
         let gap_fills = counter(
             "danmaku_edge_gap_fills_total",
-            "Gaps in a channel's or a connection's seqs read from the store.",
+            "Gaps filled: in a channel's seqs (read from the store) or a connection's (a tick it missed).",
         )?;
         let reorder_held = counter(
             "danmaku_edge_reorder_held_total",
@@ -178,7 +248,15 @@ impl Metrics {
         )?;
         let reliable_queue_overflows = counter(
             "danmaku_edge_reliable_queue_overflows_total",
-            "Connections closed with reliable_backlog because their bounded live reliable queue overflowed (the client resumes).",
+            "Connections closed with reliable_backlog because their bounded wake queue overflowed (the client resumes).",
+        )?;
+        let reliable_missed_sent = counter(
+            "danmaku_edge_reliable_missed_sent_total",
+            "Reliable events sent as single frames to connections that missed the tick carrying them (full queue, or joined between a store write and its tick).",
+        )?;
+        let reliable_stalls = counter(
+            "danmaku_edge_reliable_stalls_total",
+            "Connections the stall sweep woke: acks stood still through a sweep interval with seqs outstanding.",
         )?;
         let store_errors = IntCounterVec::new(
             Opts::new(
@@ -209,7 +287,7 @@ impl Metrics {
             &["code"],
         )?;
         registry.register(Box::new(refused_total.clone()))?;
-        for code in crate::limits::REFUSAL_CODES {
+        for code in REFUSAL_CODES {
             refused_total.with_label_values(&[code]);
         }
         let errors_total = IntCounterVec::new(
@@ -249,7 +327,7 @@ impl Metrics {
         for t in Transport::ALL {
             connections.with_label_values(&[t.label()]);
         }
-        for r in crate::consumer::BusResult::ALL {
+        for r in BusResult::ALL {
             bus_events.with_label_values(&[r.label()]);
         }
         for code in ["malformed_frame", "malformed_json", "frame_too_large"] {
@@ -280,6 +358,8 @@ impl Metrics {
             reorder_held,
             reliable_backlog_closes,
             reliable_queue_overflows,
+            reliable_missed_sent,
+            reliable_stalls,
             store_errors,
             refused_total,
             members_removed,
@@ -308,35 +388,36 @@ impl Metrics {
 
     /// Everything one flush records: per event its delivery latency (ingest
     /// accept at `ts_ms` to `now_ms`), per batch its size, window, bytes and the
-    /// frames pushed or dropped. The whole metric cost of a flush is here, so
+    /// frames pushed or dropped, and the reliable events it carried to every
+    /// member. The whole metric cost of a flush is here, so
     /// `benches/metrics_cost.rs` can time the fan-out path with and without it.
-    pub fn record_flush(
-        &self,
-        now_ms: i64,
-        events: &[danmaku_proto::pb::Event],
-        window: std::time::Duration,
-        sizes: &crate::BuiltSizes,
-        outcome: &crate::registry::PushOutcome,
-    ) {
-        for ev in events {
+    pub fn record_flush(&self, now_ms: i64, f: &Flush<'_>) {
+        let mut reliable = 0u64;
+        for ev in f.events {
             let ms = now_ms.saturating_sub(ev.ts_ms).max(0);
             self.delivery_latency.observe(ms as f64 / 1000.0);
+            reliable += u64::from(ev.seq > 0);
         }
         self.batches.inc();
-        self.batch_events.observe(events.len() as f64);
-        self.batch_window.observe(window.as_secs_f64());
-        self.batch_raw_bytes.inc_by(sizes.raw as u64);
-        self.batch_compressed_bytes.inc_by(sizes.compressed as u64);
+        self.batch_events.observe(f.events.len() as f64);
+        self.batch_window.observe(f.window.as_secs_f64());
+        self.batch_raw_bytes.inc_by(f.raw_bytes as u64);
+        self.batch_compressed_bytes
+            .inc_by(f.compressed_bytes as u64);
+        let mut pushed = 0;
         for t in Transport::ALL {
-            let n = outcome.pushed[t as usize];
+            let n = f.pushed[t as usize];
             if n > 0 {
                 self.pushed(t).inc_by(n);
+                pushed += n;
             }
         }
-        self.events_delivered
-            .inc_by(outcome.total_pushed() * events.len() as u64);
-        if outcome.dropped > 0 {
-            self.slow_consumer_drops.inc_by(outcome.dropped);
+        self.events_delivered.inc_by(pushed * f.events.len() as u64);
+        if reliable > 0 {
+            self.reliable_sent.inc_by(pushed * reliable);
+        }
+        if f.dropped > 0 {
+            self.slow_consumer_drops.inc_by(f.dropped);
         }
     }
 
@@ -503,17 +584,21 @@ impl TopRoomGauges {
         })
     }
 
-    /// Sets every rank from a ranking (best first); ranks without a room read 0.
+    /// Sets every rank from a ranking (best first): the members of the
+    /// biggest rooms and the inbound rates of the busiest; ranks without a
+    /// room read 0.
     pub fn set(
         &self,
-        by_members: &[crate::top_rooms::RoomStat],
-        by_inbound: &[crate::top_rooms::RoomStat],
+        members: impl IntoIterator<Item = u64>,
+        inbound: impl IntoIterator<Item = f64>,
     ) {
-        for (i, g) in self.members.iter().enumerate() {
-            g.set(by_members.get(i).map_or(0, |r| r.members as i64));
+        let mut members = members.into_iter();
+        for g in &self.members {
+            g.set(members.next().map_or(0, |m| m as i64));
         }
-        for (i, g) in self.inbound.iter().enumerate() {
-            g.set(by_inbound.get(i).map_or(0.0, |r| r.inbound_per_sec));
+        let mut inbound = inbound.into_iter();
+        for g in &self.inbound {
+            g.set(inbound.next().unwrap_or(0.0));
         }
     }
 }
@@ -556,6 +641,8 @@ mod tests {
             "danmaku_edge_reorder_held_total",
             "danmaku_edge_reliable_backlog_closes_total",
             "danmaku_edge_reliable_queue_overflows_total",
+            "danmaku_edge_reliable_missed_sent_total",
+            "danmaku_edge_reliable_stalls_total",
             "danmaku_edge_store_errors_total",
             "danmaku_edge_refused_total",
             "danmaku_edge_members_removed_total",

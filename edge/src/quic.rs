@@ -42,10 +42,10 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
 use crate::Edge;
-use crate::registry::{Outbound, Transport};
-use crate::session::{
-    CloseReason, ConnectionGauge, Control, Flow, Reader, Session, finish_writer, serve,
-};
+use crate::channels::Outbound;
+use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
+use crate::session::{CloseReason, Flow, Reply, Session};
+use crate::transport::Transport;
 
 /// How long closing waits for the peer to acknowledge the last control frames.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -175,7 +175,7 @@ fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
     let writer = tokio::spawn(write_loop(
         send,
         conn.clone(),
-        queues.control,
+        queues.replies,
         queues.batches,
         edge.metrics.egress(Transport::Quic).clone(),
     ));
@@ -187,7 +187,8 @@ fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
     };
     // A combinator, not `async { serve(…).await; … }`: awaiting a captured
     // future moves it into a second slot of the same size.
-    serve(session, reader, queues.reliable, ip, token_exp)
+    let wakes = WakeQueue::new(queues.wakes, queues.overflow);
+    serve(session, reader, wakes, ip, token_exp)
         .then(move |_| async move {
             finish_writer(writer, CLOSE_LINGER * 2).await;
             drop((gauge, conn));
@@ -308,7 +309,7 @@ impl Reader for QuicReader {
         match msg {
             // Boxed: dispatching (a join, a gift) needs far more state than
             // the idle connection that waits here most of its life.
-            Ok(f) => Box::pin(session.dispatch(f)).await,
+            Ok(f) => Box::pin(dispatch(session, f)).await,
             Err(e) => Box::pin(session.reject(&e)).await,
         }
     }
@@ -348,7 +349,7 @@ async fn close(conn: &Connection, mut send: SendStream, reason: CloseReason) {
 async fn write_loop(
     mut send: SendStream,
     conn: Connection,
-    mut control: mpsc::Receiver<Control>,
+    mut control: mpsc::Receiver<Reply>,
     mut batches: mpsc::Receiver<Outbound>,
     egress: prometheus::IntCounter,
 ) {
@@ -358,21 +359,21 @@ async fn write_loop(
         tokio::select! {
             biased;
             c = control.recv() => match c {
-                Some(Control::Frame(f)) => {
+                Some(Reply::Frame(f)) => {
                     let bytes = encode_prefixed(&frame::encode(&f));
                     if send.write_all(&bytes).await.is_err() {
                         return;
                     }
                     egress.inc_by(bytes.len() as u64);
                 }
-                Some(Control::Shared(prepared)) => {
+                Some(Reply::Shared(prepared)) => {
                     let bytes = encode_prefixed(&prepared.payload());
                     if send.write_all(&bytes).await.is_err() {
                         return;
                     }
                     egress.inc_by(bytes.len() as u64);
                 }
-                Some(Control::Close(reason)) => {
+                Some(Reply::Close(reason)) => {
                     close(&conn, send, reason).await;
                     return;
                 }
@@ -417,7 +418,6 @@ async fn send_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::ReliableQueue;
 
     /// Size of the future `f` returns for arguments of types `A`, `B`.
     fn future_size2<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
@@ -436,15 +436,14 @@ mod tests {
     #[test]
     fn the_per_connection_future_is_serve_plus_a_little() {
         let handle = future_size2::<Arc<Edge>, quinn::Incoming, _>(handle);
-        let serve =
-            future_size5::<Session, QuicReader, ReliableQueue, Option<std::net::IpAddr>, u64, _>(
-                serve::<QuicReader>,
-            );
+        let serve = future_size5::<Session, QuicReader, WakeQueue, Option<std::net::IpAddr>, u64, _>(
+            serve::<QuicReader>,
+        );
         let on_message =
             future_size2::<&'static mut QuicReader, &'static mut Session, _>(|r, s| {
                 r.on_message(s, Ok(pb::ClientFrame::default()))
             });
-        let dispatch = future_size2::<&'static mut Session, pb::ClientFrame, _>(Session::dispatch);
+        let dispatch = future_size2::<&'static mut Session, pb::ClientFrame, _>(dispatch);
         eprintln!("future sizes: handle {handle} B, serve {serve} B, on_message {on_message} B");
         assert!(
             handle <= serve + 256,

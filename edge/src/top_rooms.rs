@@ -20,8 +20,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::channels::Channels;
 use crate::metrics::TopRoomGauges;
-use crate::registry::Registry;
 
 /// One room in a ranking.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -164,7 +164,7 @@ pub(crate) async fn run(
     edge_id: String,
     n: usize,
     interval: Duration,
-    registry: Arc<Registry>,
+    channels: Arc<Channels>,
     gauges: TopRoomGauges,
     snapshot: watch::Sender<Arc<TopRoomsSnapshot>>,
     shutdown: CancellationToken,
@@ -173,7 +173,7 @@ pub(crate) async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once: start the first interval clean.
     ticker.tick().await;
-    registry.for_each_channel(|ch| {
+    channels.for_each_channel(|ch| {
         ch.take_inbound();
     });
     let mut last = tokio::time::Instant::now();
@@ -185,9 +185,9 @@ pub(crate) async fn run(
         let now = tokio::time::Instant::now();
         let elapsed = now - last;
         last = now;
-        let mut samples = Vec::with_capacity(registry.len());
-        let mut names = Vec::with_capacity(registry.len());
-        registry.for_each_channel(|ch| {
+        let mut samples = Vec::with_capacity(channels.len());
+        let mut names = Vec::with_capacity(channels.len());
+        channels.for_each_channel(|ch| {
             names.push(ch.name().clone());
             samples.push((ch.len() as u64, ch.take_inbound()));
         });
@@ -203,7 +203,10 @@ pub(crate) async fn run(
                     inbound,
                 }),
         );
-        gauges.set(&by_members, &by_inbound);
+        gauges.set(
+            by_members.iter().map(|r| r.members),
+            by_inbound.iter().map(|r| r.inbound_per_sec),
+        );
         snapshot.send_replace(Arc::new(TopRoomsSnapshot {
             edge: edge_id.clone(),
             at_ms: danmaku_proto::now_ms(),

@@ -41,11 +41,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::Edge;
+use crate::channels::Outbound;
+use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
 use crate::error::ApiError;
-use crate::registry::{Outbound, Transport};
-use crate::session::{
-    CloseReason, ConnectionGauge, Control, Flow, Reader, Session, finish_writer, serve,
-};
+use crate::session::{CloseReason, Flow, Reply, Session};
+use crate::transport::Transport;
 
 /// Subprotocol for JSON text frames (browsers, debugging).
 pub const SUBPROTOCOL_JSON: &str = "danmaku.v1.json";
@@ -251,7 +251,7 @@ where
     tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
     let writer = tokio::spawn(write_loop(
         wr,
-        queues.control,
+        queues.replies,
         queues.batches,
         transport,
         edge.config.limits,
@@ -268,7 +268,8 @@ where
     };
     // A combinator, not `async { serve(…).await; … }`: awaiting a captured
     // future moves it into a second slot of the same size.
-    serve(session, reader, queues.reliable, ip, token_exp).then(move |_| async move {
+    let wakes = WakeQueue::new(queues.wakes, queues.overflow);
+    serve(session, reader, wakes, ip, token_exp).then(move |_| async move {
         finish_writer(writer, WRITER_DRAIN).await;
         drop(gauge);
     })
@@ -352,9 +353,7 @@ async fn on_message(
         },
         // A ping is answered; both count as activity (the idle timer restarts).
         (_, Message::Ping(p)) => {
-            return session
-                .send_control(Control::Shared(Prepared::pong(&p)))
-                .await;
+            return session.send_reply(Reply::Shared(Prepared::pong(&p))).await;
         }
         (_, Message::Pong(_)) => return Flow::Continue,
         (_, Message::Close { .. }) => return Flow::Close(CloseReason::PeerClosed),
@@ -366,7 +365,7 @@ async fn on_message(
         ))),
     };
     match res {
-        Ok(f) => session.dispatch(f).await,
+        Ok(f) => dispatch(session, f).await,
         Err(e) => session.reject(&e).await,
     }
 }
@@ -384,7 +383,7 @@ enum Next {
 /// nothing is copied per connection.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut control: mpsc::Receiver<Control>,
+    mut control: mpsc::Receiver<Reply>,
     mut batches: mpsc::Receiver<Outbound>,
     transport: Transport,
     limits: Limits,
@@ -395,7 +394,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let mut next = tokio::select! {
             biased;
             c = control.recv() => match c {
-                Some(c) => from_control(c, transport, &limits),
+                Some(c) => from_reply(c, transport, &limits),
                 None => Next::End,
             },
             b = batches.recv(), if batches_open => match b {
@@ -498,14 +497,14 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 
 /// The next queued item without waiting, replies first.
 fn try_next(
-    control: &mut mpsc::Receiver<Control>,
+    control: &mut mpsc::Receiver<Reply>,
     batches: &mut mpsc::Receiver<Outbound>,
     batches_open: &mut bool,
     transport: Transport,
     limits: &Limits,
 ) -> Option<Next> {
     match control.try_recv() {
-        Ok(c) => return Some(from_control(c, transport, limits)),
+        Ok(c) => return Some(from_reply(c, transport, limits)),
         Err(mpsc::error::TryRecvError::Disconnected) => return Some(Next::End),
         Err(mpsc::error::TryRecvError::Empty) => {}
     }
@@ -519,11 +518,11 @@ fn try_next(
     None
 }
 
-fn from_control(c: Control, transport: Transport, limits: &Limits) -> Next {
+fn from_reply(c: Reply, transport: Transport, limits: &Limits) -> Next {
     match c {
-        Control::Frame(f) => Next::Send(encode_reply(&f, transport, limits)),
-        Control::Shared(o) => Next::Send(o),
-        Control::Close(reason) => Next::Close(reason),
+        Reply::Frame(f) => Next::Send(encode_reply(&f, transport, limits)),
+        Reply::Shared(o) => Next::Send(o),
+        Reply::Close(reason) => Next::Close(reason),
     }
 }
 
@@ -587,7 +586,7 @@ mod tests {
         );
         let conn_size = std::mem::size_of_val(&conn);
         let (_io2, peer2) = tokio::io::duplex(64);
-        let (_c, control) = mpsc::channel::<Control>(1);
+        let (_c, control) = mpsc::channel::<Reply>(1);
         let (_b, batches) = mpsc::channel::<Outbound>(1);
         let writer = write_loop(
             peer2,

@@ -850,35 +850,115 @@ async fn join_json(t: &TestEdge, user: &str, channel: &str) -> Result<(Ws, u64)>
     }
 }
 
-/// The next frame, which must be a reliable one of `channel`: its seq.
-async fn next_reliable(ws: &mut Ws, channel: &str) -> Result<u64> {
-    match next_json(ws).await? {
-        JsonServerFrame::Reliable {
-            channel: c,
-            seq,
-            event,
-        } => {
-            assert_eq!(c, channel);
-            assert_eq!(event.seq, Some(seq));
-            assert_eq!(event.kind, "gift");
-            assert_eq!(event.text, format!("gift {seq}"), "event of seq {seq}");
-            assert_eq!(
-                event.payload,
-                Some(serde_json::json!({"gift": "rocket"})),
-                "payload survives bus and store"
-            );
-            Ok(seq)
+/// How a reliable event reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Inside the channel's tick frame (`batch`), shared by every member.
+    Tick,
+    /// A `reliable` frame of its own (a join push, a resume, a missed tick, a resend).
+    Single,
+}
+
+/// A gift event as `append` stored it and `publish_seq` published it.
+fn check_gift(channel: &str, frame_channel: &str, seq: u64, event: &JsonEvent) {
+    assert_eq!(frame_channel, channel);
+    assert_eq!(event.seq, Some(seq));
+    assert_eq!(event.kind, "gift");
+    assert_eq!(event.text, format!("gift {seq}"), "event of seq {seq}");
+    assert_eq!(
+        event.payload,
+        Some(serde_json::json!({"gift": "rocket"})),
+        "payload survives bus and store"
+    );
+}
+
+/// The reliable seqs of the next frame that carries any (danmaku-only ticks
+/// are skipped), each event checked: how they came, and the seqs in wire order.
+async fn next_reliable_frame(ws: &mut Ws, channel: &str) -> Result<(Via, Vec<u64>)> {
+    loop {
+        match next_json(ws).await? {
+            JsonServerFrame::Reliable {
+                channel: c,
+                seq,
+                event,
+            } => {
+                check_gift(channel, &c, seq, &event);
+                return Ok((Via::Single, vec![seq]));
+            }
+            JsonServerFrame::Batch { channel: c, events } => {
+                let mut seqs = Vec::new();
+                for e in events.iter().filter(|e| e.seq.is_some()) {
+                    let seq = e.seq.unwrap_or_default();
+                    check_gift(channel, &c, seq, e);
+                    seqs.push(seq);
+                }
+                if !seqs.is_empty() {
+                    return Ok((Via::Tick, seqs));
+                }
+            }
+            other => bail!("expected reliable events, got {other:?}"),
         }
-        other => bail!("expected reliable, got {other:?}"),
     }
 }
 
+/// The next `n` reliable seqs on the wire, in wire order, however they came.
 async fn reliable_seqs(ws: &mut Ws, channel: &str, n: usize) -> Result<Vec<u64>> {
     let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(next_reliable(ws, channel).await?);
+    while out.len() < n {
+        let (_, seqs) = next_reliable_frame(ws, channel).await?;
+        out.extend(seqs);
     }
+    assert_eq!(out.len(), n, "more reliable events than expected: {out:?}");
     Ok(out)
+}
+
+/// The next reliable seq (the next frame must carry exactly one).
+async fn next_reliable(ws: &mut Ws, channel: &str) -> Result<u64> {
+    Ok(reliable_seqs(ws, channel, 1).await?[0])
+}
+
+/// What a client makes of the wire, by the SDK's rule: each seq delivered
+/// once, in order; one that arrives ahead of a hole is held; one already
+/// delivered is a duplicate (a shared tick can repeat what a resume sent).
+#[derive(Debug, Default)]
+struct Delivered {
+    upto: u64,
+    held: std::collections::BTreeSet<u64>,
+    order: Vec<u64>,
+    dups: usize,
+    wire: Vec<(Via, u64)>,
+}
+
+impl Delivered {
+    fn starting_at(upto: u64) -> Self {
+        Delivered {
+            upto,
+            ..Delivered::default()
+        }
+    }
+
+    fn offer(&mut self, via: Via, seq: u64) {
+        self.wire.push((via, seq));
+        if seq <= self.upto || !self.held.insert(seq) {
+            self.dups += 1;
+            return;
+        }
+        while self.held.remove(&(self.upto + 1)) {
+            self.upto += 1;
+            self.order.push(self.upto);
+        }
+    }
+
+    /// Reads frames until everything up to `upto` is delivered.
+    async fn read_until(&mut self, ws: &mut Ws, channel: &str, upto: u64) -> Result<()> {
+        while self.upto < upto {
+            let (via, seqs) = next_reliable_frame(ws, channel).await?;
+            for seq in seqs {
+                self.offer(via, seq);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Acks `seq`, then pings: the pong must be the next frame (nothing extra was sent).
@@ -903,23 +983,37 @@ async fn reliable_events_reach_members_in_seq_order_when_published_out_of_order(
     send_pb(&mut pbws, join("room:r")).await?;
     next_pb(&mut pbws).await?;
     t.append_n("room:r", 5).await?;
-    // Two ingest nodes race: 2 before 1; later 5 before 4; 1 and 3 redelivered.
-    for seq in [2, 1, 3, 1, 5, 3, 4] {
+    // Two ingest nodes race: 3 before 2; later 5 before 4; 1 and 3 redelivered.
+    for seq in [1, 3, 2, 1, 5, 3, 4] {
         t.publish_seq("room:r", seq).await?;
     }
-    assert_eq!(
-        reliable_seqs(&mut ws, "room:r", 5).await?,
-        vec![1, 2, 3, 4, 5]
-    );
+    // Ordered by the edge, they ride the room's ticks: no frame of their own.
+    let mut frames = 0;
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        let (via, s) = next_reliable_frame(&mut ws, "room:r").await?;
+        assert_eq!(via, Via::Tick, "live gifts ride the tick");
+        seqs.extend(s);
+        frames += 1;
+    }
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert!(frames <= 3, "5 gifts in {frames} ticks");
     ack_and_expect_quiet(&mut ws, "room:r", 5).await?;
     let mut pb_seqs = Vec::new();
     while pb_seqs.len() < 5 {
         match next_pb(&mut pbws).await?.body {
-            Some(server_frame::Body::Reliable(r)) => {
-                assert_eq!(r.event.as_ref().map(|e| e.seq), Some(r.seq));
-                pb_seqs.push(r.seq)
+            Some(server_frame::Body::Batch(b)) => {
+                let events = danmaku_proto::decode_batch(&b, &Limits::default())?;
+                let inside: Vec<u64> = events.iter().map(|e| e.seq).collect();
+                assert!(inside.iter().all(|&s| s > 0), "{inside:?}");
+                assert_eq!(
+                    (b.first_seq, b.last_seq),
+                    (inside[0], inside[inside.len() - 1]),
+                    "the range is readable without opening the payload"
+                );
+                pb_seqs.extend(inside);
             }
-            other => bail!("expected reliable, got {other:?}"),
+            other => bail!("expected a tick, got {other:?}"),
         }
     }
     assert_eq!(pb_seqs, vec![1, 2, 3, 4, 5]);
@@ -929,7 +1023,12 @@ async fn reliable_events_reach_members_in_seq_order_when_published_out_of_order(
         7.0
     );
     assert_eq!(t.metric("danmaku_edge_reliable_acked_total"), 5.0);
-    assert_eq!(t.metric("danmaku_edge_batches_total"), 0.0, "never batched");
+    assert_eq!(
+        t.metric("danmaku_edge_reliable_sent_total"),
+        10.0,
+        "5 gifts to 2 members, each inside a tick"
+    );
+    assert_eq!(t.metric("danmaku_edge_reliable_missed_sent_total"), 0.0);
     Ok(())
 }
 
@@ -959,15 +1058,25 @@ async fn resume_replays_the_gap_then_goes_live_without_duplicates() -> Result<()
         r#"{"type":"resume","channel":"room:x","after_seq":1}"#,
     )
     .await?;
-    assert_eq!(reliable_seqs(&mut ws, "room:x", 2).await?, vec![2, 3]);
+    let mut got = Delivered::starting_at(1);
+    got.read_until(&mut ws, "room:x", 3).await?;
+    assert_eq!(got.wire, vec![(Via::Single, 2), (Via::Single, 3)]);
     t.append_n("room:x", 2).await?;
-    // Redeliveries of replayed seqs are skipped; 4 and 5 go out once.
+    // This edge's bus brings 2 and 3 only now (redelivered, out of order): the
+    // shared tick carries them again; the client keeps 4 and 5 once.
     for seq in [2, 3, 4, 3, 5, 4] {
         t.publish_seq("room:x", seq).await?;
     }
-    assert_eq!(reliable_seqs(&mut ws, "room:x", 2).await?, vec![4, 5]);
+    got.read_until(&mut ws, "room:x", 5).await?;
+    assert_eq!(
+        got.order,
+        vec![2, 3, 4, 5],
+        "each seq delivered once, in order"
+    );
+    assert!(got.wire[2..].iter().all(|(via, _)| *via == Via::Tick));
     ack_and_expect_quiet(&mut ws, "room:x", 5).await?;
-    // A live event past a gap this connection never saw: the gap comes first.
+    // A live event past a gap the channel never saw on this edge: the gap is
+    // read from the store and the tick brings all three, in order.
     t.append_n("room:x", 3).await?;
     t.publish_seq("room:x", 8).await?;
     assert_eq!(reliable_seqs(&mut ws, "room:x", 3).await?, vec![6, 7, 8]);
@@ -989,25 +1098,40 @@ async fn a_long_resume_is_paced_by_acks_instead_of_overflowing_the_window() -> R
         r#"{"type":"resume","channel":"room:p","after_seq":0}"#,
     )
     .await?;
-    assert_eq!(reliable_seqs(&mut ws, "room:p", 3).await?, vec![1, 2, 3]);
-    // Live events while catching up are skipped: the store read reaches them.
+    let mut got = Delivered::starting_at(0);
+    got.read_until(&mut ws, "room:p", 3).await?;
+    assert_eq!(got.wire.len(), 3, "one window: {:?}", got.wire);
+    // A live event while catching up rides its tick; the client holds it.
     t.append_n("room:p", 1).await?;
     t.publish_seq("room:p", 8).await?;
     send_json(&mut ws, r#"{"type":"ping"}"#).await?;
-    assert_eq!(
-        next_json(&mut ws).await?,
-        JsonServerFrame::Pong,
-        "window full: waits"
-    );
+    loop {
+        match next_json(&mut ws).await? {
+            JsonServerFrame::Pong => break,
+            JsonServerFrame::Batch { events, .. } => {
+                for e in events {
+                    got.offer(Via::Tick, e.seq.unwrap_or_default());
+                }
+            }
+            other => bail!("window full: nothing but the live tick, got {other:?}"),
+        }
+    }
+    assert_eq!(got.upto, 3, "the window of 3 waits for an ack");
     send_json(&mut ws, r#"{"type":"ack","channel":"room:p","seq":3}"#).await?;
-    assert_eq!(reliable_seqs(&mut ws, "room:p", 3).await?, vec![4, 5, 6]);
+    got.read_until(&mut ws, "room:p", 6).await?;
     send_json(&mut ws, r#"{"type":"ack","channel":"room:p","seq":6}"#).await?;
-    assert_eq!(reliable_seqs(&mut ws, "room:p", 2).await?, vec![7, 8]);
-    ack_and_expect_quiet(&mut ws, "room:p", 8).await?;
-    // Caught up: live again.
+    got.read_until(&mut ws, "room:p", 8).await?;
+    assert_eq!(got.order, (1..=8).collect::<Vec<_>>());
+    // Caught up: live again (9 rides a tick; 8's own tick may still be on its way).
     t.append_n("room:p", 1).await?;
     t.publish_seq("room:p", 9).await?;
-    assert_eq!(next_reliable(&mut ws, "room:p").await?, 9);
+    got.read_until(&mut ws, "room:p", 9).await?;
+    assert_eq!(got.wire.last(), Some(&(Via::Tick, 9)));
+    assert_eq!(
+        got.order,
+        (1..=9).collect::<Vec<_>>(),
+        "each once, in order"
+    );
     ack_and_expect_quiet(&mut ws, "room:p", 9).await?;
     assert_eq!(t.metric("danmaku_edge_reliable_backlog_closes_total"), 0.0);
     assert_eq!(t.metric("danmaku_edge_resume_replayed_total"), 8.0);
@@ -1024,9 +1148,17 @@ async fn unacked_reliable_frames_are_retransmitted_then_the_connection_is_closed
     let (mut ws, _) = join_json(&t, "alice", "room:t").await?;
     t.append_n("room:t", 1).await?;
     t.publish_seq("room:t", 1).await?;
-    assert_eq!(next_reliable(&mut ws, "room:t").await?, 1);
-    assert_eq!(next_reliable(&mut ws, "room:t").await?, 1, "resent");
+    assert_eq!(
+        next_reliable_frame(&mut ws, "room:t").await?,
+        (Via::Tick, vec![1])
+    );
+    assert_eq!(
+        next_reliable_frame(&mut ws, "room:t").await?,
+        (Via::Single, vec![1]),
+        "resent from the channel's ring"
+    );
     assert!(t.metric("danmaku_edge_reliable_retransmits_total") >= 1.0);
+    assert!(t.metric("danmaku_edge_reliable_stalls_total") >= 1.0);
     // Acked: no more resends.
     send_json(&mut ws, r#"{"type":"ack","channel":"room:t","seq":1}"#).await?;
     send_json(&mut ws, r#"{"type":"ping"}"#).await?;
@@ -1043,8 +1175,15 @@ async fn unacked_reliable_frames_are_retransmitted_then_the_connection_is_closed
     // Never acked: after max_attempts sends the connection is closed with a hint.
     t.append_n("room:t", 1).await?;
     t.publish_seq("room:t", 2).await?;
-    for _ in 0..3 {
-        assert_eq!(next_reliable(&mut ws, "room:t").await?, 2);
+    assert_eq!(
+        next_reliable_frame(&mut ws, "room:t").await?,
+        (Via::Tick, vec![2])
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            next_reliable_frame(&mut ws, "room:t").await?,
+            (Via::Single, vec![2])
+        );
     }
     match next_json(&mut ws).await? {
         JsonServerFrame::Error { code, message } => {
@@ -1115,7 +1254,7 @@ async fn a_slow_consumer_still_gets_every_reliable_frame() -> Result<()> {
     cfg.tcp_send_buffer = Some(4096);
     cfg.batch.min_window = Duration::from_millis(1);
     cfg.batch.max_events = 1;
-    // No resends while the client is not reading: only first sends are counted.
+    // No resends while the client is not reading: only missed ticks are sent again.
     cfg.reliable.retransmit_initial = Duration::from_secs(30);
     let t = start(cfg).await?;
     let (mut ws, _) = join_json(&t, "slow", "room:s").await?;
@@ -1130,18 +1269,45 @@ async fn a_slow_consumer_still_gets_every_reliable_frame() -> Result<()> {
     }
     // Let the edge fill the socket and its queue while the client does not read.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut seqs = Vec::new();
+    let mut got = Delivered::starting_at(0);
     let mut batches = 0;
-    while seqs.len() < GIFTS as usize {
+    while got.upto < GIFTS {
         match next_json(&mut ws).await? {
-            JsonServerFrame::Reliable { seq, .. } => seqs.push(seq),
-            JsonServerFrame::Batch { .. } => batches += 1,
+            JsonServerFrame::Reliable {
+                seq,
+                event,
+                channel,
+            } => {
+                check_gift("room:s", &channel, seq, &event);
+                got.offer(Via::Single, seq);
+            }
+            JsonServerFrame::Batch { events, .. } => {
+                batches += 1;
+                for e in events.iter().filter_map(|e| e.seq) {
+                    got.offer(Via::Tick, e);
+                }
+            }
             other => bail!("unexpected {other:?}"),
         }
     }
-    assert_eq!(seqs, (1..=GIFTS).collect::<Vec<_>>());
-    assert!(batches < 50 * GIFTS, "{batches} batches: some were dropped");
+    assert_eq!(
+        got.order,
+        (1..=GIFTS).collect::<Vec<_>>(),
+        "every gift once, in order"
+    );
+    assert!(batches < 51 * GIFTS, "{batches} ticks: some were dropped");
     assert!(t.metric("danmaku_edge_slow_consumer_drops_total") > 0.0);
+    // Whether a gift's own tick was dropped depends on the kernel's buffers;
+    // every gift that came on its own was counted as a missed tick's.
+    let singles = got
+        .wire
+        .iter()
+        .filter(|(via, _)| *via == Via::Single)
+        .count();
+    assert_eq!(
+        t.metric("danmaku_edge_reliable_missed_sent_total"),
+        singles as f64
+    );
     Ok(())
 }
 
@@ -1166,10 +1332,9 @@ async fn quic_receives_reliable_frames_on_the_control_stream_and_resumes() -> Re
         after_seq: 0,
     }))
     .await?;
-    t.append_n("room:qr", 1).await?;
-    t.publish_seq("room:qr", 3).await?;
+    // The resume's frames come on the control stream.
     let mut seqs = Vec::new();
-    while seqs.len() < 3 {
+    while seqs.len() < 2 {
         match ctl.next().await?.and_then(|f| f.body) {
             Some(server_frame::Body::Reliable(r)) => {
                 assert_eq!(r.channel, "room:qr");
@@ -1179,7 +1344,29 @@ async fn quic_receives_reliable_frames_on_the_control_stream_and_resumes() -> Re
             other => bail!("expected reliable, got {other:?}"),
         }
     }
-    assert_eq!(seqs, vec![1, 2, 3]);
+    assert_eq!(seqs, vec![1, 2]);
+    // A live gift rides the tick, on the batch stream.
+    t.append_n("room:qr", 1).await?;
+    t.publish_seq("room:qr", 3).await?;
+    let mut uni = tokio::time::timeout(STEP, conn.accept_uni()).await??;
+    let mut reader = FrameReader::new(1 << 20);
+    let tick = loop {
+        if let Some(f) = reader.next_frame()? {
+            break frame::decode_server(&f, &Limits::default())?;
+        }
+        match tokio::time::timeout(STEP, uni.read_chunk(64 << 10, true)).await?? {
+            Some(c) => reader.push(&c.bytes),
+            None => bail!("batch stream ended"),
+        }
+    };
+    match tick.body {
+        Some(server_frame::Body::Batch(b)) => {
+            let events = danmaku_proto::decode_batch(&b, &Limits::default())?;
+            assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+            assert_eq!(events[0].text, "gift 3");
+        }
+        other => bail!("expected a tick, got {other:?}"),
+    }
     ctl.send(client_frame::Body::Ack(pb::Ack {
         channel: "room:qr".into(),
         seq: 3,

@@ -55,6 +55,7 @@ pub fn prebuilt_frame(room: &str, frame_bytes: usize, events: u32) -> Bytes {
             dict_id: 0,
             count: events,
             payload: Bytes::from(vec![b' '; pad]),
+            ..Default::default()
         }));
         server_frame(OP_BINARY, &frame::encode(&f))
     };

@@ -288,23 +288,41 @@ fn on_pb(
     match f.body {
         Some(Body::Batch(b)) if b.channel == room => {
             c.frames += 1;
-            match &mut c.probe {
-                None => c.danmaku += u64::from(b.count),
-                Some(log) => {
-                    log.on_frame();
-                    match decode_batch(&b, &Limits::default()) {
-                        Ok(events) => {
-                            c.danmaku += events.len() as u64;
-                            for e in &events {
+            if c.probe.is_none() {
+                // A tick's gifts are seqs first..=last (contiguous: the edge
+                // orders them), readable without opening the payload.
+                let gifts = if b.last_seq > 0 {
+                    b.last_seq - b.first_seq + 1
+                } else {
+                    0
+                };
+                c.danmaku += u64::from(b.count).saturating_sub(gifts);
+                for seq in (b.first_seq..=b.last_seq).filter(|&s| s > 0) {
+                    c.on_gift(seq);
+                }
+                return reply;
+            }
+            match decode_batch(&b, &Limits::default()) {
+                Ok(events) => {
+                    if let Some(log) = &mut c.probe {
+                        log.on_frame();
+                    }
+                    for e in &events {
+                        if e.seq > 0 {
+                            c.on_gift(e.seq);
+                            record(Lane::Gift, latency(now_ms, e.ts_ms));
+                        } else {
+                            c.danmaku += 1;
+                            if let Some(log) = &mut c.probe {
                                 log.on_event(&e.text);
-                                record(Lane::Danmaku, latency(now_ms, e.ts_ms));
                             }
-                        }
-                        Err(e) => {
-                            c.errors += 1;
-                            reply.error = Some(format!("undecodable batch: {e}"));
+                            record(Lane::Danmaku, latency(now_ms, e.ts_ms));
                         }
                     }
+                }
+                Err(e) => {
+                    c.errors += 1;
+                    reply.error = Some(format!("undecodable batch: {e}"));
                 }
             }
         }
@@ -340,7 +358,12 @@ fn on_json(
     let mut reply = Reply::default();
     // A counting viewer reads no further than the frame type: every event object
     // of a batch opens with `{"kind":"` (inside a string the quote would be escaped).
-    if c.probe.is_none() && data.starts_with(JSON_BATCH_PREFIX) {
+    // A tick with gifts carries `"seq":` (danmaku events have none): those
+    // are opened, the rest counted by their event objects.
+    if c.probe.is_none()
+        && data.starts_with(JSON_BATCH_PREFIX)
+        && count_subslices(data, br#""seq":"#) == 0
+    {
         c.frames += 1;
         c.danmaku += count_subslices(data, br#"{"kind":""#);
         return reply;
@@ -357,10 +380,19 @@ fn on_json(
     match f {
         JsonServerFrame::Batch { channel, events } if channel == room => {
             c.frames += 1;
-            c.danmaku += events.len() as u64;
             if let Some(log) = &mut c.probe {
                 log.on_frame();
-                for e in &events {
+            }
+            for e in &events {
+                if let Some(seq) = e.seq.filter(|&s| s > 0) {
+                    c.on_gift(seq);
+                    if c.probe.is_some() {
+                        record(Lane::Gift, latency(now_ms, e.ts_ms));
+                    }
+                    continue;
+                }
+                c.danmaku += 1;
+                if let Some(log) = &mut c.probe {
                     log.on_event(&e.text);
                     record(Lane::Danmaku, latency(now_ms, e.ts_ms));
                 }

@@ -597,9 +597,9 @@ async fn serve(
                     seq,
                     event,
                 }) if &channel == room => {
-                    counts.frames += 1;
+                    // Not a frame of its own: the SDK splits a tick's gifts out
+                    // of its batch (`split_tick`), and the batch is counted.
                     counts.on_gift(seq);
-                    ctx.frames.fetch_add(1, Relaxed);
                     ctx.events.fetch_add(1, Relaxed);
                     if counts.probe.is_some() {
                         ctx.record(Lane::Gift, now.saturating_sub(event.ts_ms).max(0) as u64);

@@ -51,12 +51,17 @@ impl BatchEncoder {
         } else {
             (Codec::Raw, Bytes::copy_from_slice(&self.scratch))
         };
+        let mut seqs = events.iter().map(|e| e.seq).filter(|&s| s > 0);
+        let first_seq = seqs.next().unwrap_or(0);
+        let last_seq = seqs.next_back().unwrap_or(first_seq);
         Ok(pb::Batch {
             channel: channel.to_owned(),
             codec: codec as i32,
             dict_id: 0,
             count: events.len() as u32,
             payload,
+            first_seq,
+            last_seq,
         })
     }
 
@@ -205,6 +210,7 @@ mod tests {
             dict_id: 0,
             count: 1,
             payload: payload.into(),
+            ..Default::default()
         };
         let limits = Limits {
             max_batch_raw_bytes: 64 << 10,

@@ -277,7 +277,7 @@ proptest! {
         ],
     ) {
         let limits = tight_limits();
-        let b = pb::Batch { channel: "room:1".into(), codec, dict_id, count, payload: payload.into() };
+        let b = pb::Batch { channel: "room:1".into(), codec, dict_id, count, payload: payload.into(), ..Default::default() };
         if let Ok(events) = decode_batch(&b, &limits) {
             assert_events_within(&events, &limits);
             prop_assert_eq!(events.len(), count as usize);

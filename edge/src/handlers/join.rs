@@ -9,7 +9,7 @@
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelKind, ChannelName, pb};
 
-use crate::handlers::reliable;
+use crate::reliable;
 use crate::session::{Flow, Session};
 
 pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
@@ -52,25 +52,29 @@ pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
     }
     // Registered before reading last_seq: an event persisted in between reaches
     // this connection live (or as a gap it fills), never falls in a hole.
+    // The lane learns its start (the channel's last seq) below; a tick
+    // pushed in between reaches this member and is not taken for a hole.
+    let mut lane = reliable::conn::joining_lane(group, joined_seq);
+    let member = session.member(&lane);
     session
         .edge
-        .registry
-        .join(&channel, session.conn_id, session.member());
+        .channels
+        .join(&channel, session.conn_id, member);
     let last_seq = match store.last_seq(channel.as_str()).await {
         Ok(s) => s,
         Err(e) => {
-            session.edge.registry.leave(&channel, session.conn_id);
+            session.edge.channels.leave(&channel, session.conn_id);
             return store_unavailable(session, "last_seq", &channel, e).await;
         }
     };
-    let lane = reliable::new_lane(session, group, last_seq);
+    lane.start_at(last_seq);
     session.joined.insert(channel.clone(), lane);
     tracing::debug!(conn_id = session.conn_id, user = %session.user, channel = %channel, last_seq, "joined");
     if let Flow::Close(r) = joined(session, &channel, last_seq).await {
         return Flow::Close(r);
     }
     if group {
-        return reliable::push_missed(session, &channel, joined_seq, last_seq).await;
+        return reliable::conn::push_missed(session, &channel, joined_seq, last_seq).await;
     }
     Flow::Continue
 }

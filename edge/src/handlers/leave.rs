@@ -19,9 +19,9 @@ pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
         Err(e) => return session.reply_error(e.code(), e.to_string()).await,
     };
     // Write this channel's pending ack offset before its lane goes.
-    crate::handlers::reliable::persist_acks(session, true).await;
+    crate::reliable::conn::persist_acks(session, true).await;
     if session.joined.remove(&channel).is_some() {
-        session.edge.registry.leave(&channel, session.conn_id);
+        session.edge.channels.leave(&channel, session.conn_id);
         tracing::debug!(conn_id = session.conn_id, channel = %channel, "left");
     }
     session
@@ -39,7 +39,7 @@ pub(crate) async fn removed(session: &mut Session, channel: ChannelName, user: &
     if user != session.user || session.joined.remove(&channel).is_none() {
         return Flow::Continue;
     }
-    session.edge.registry.leave(&channel, session.conn_id);
+    session.edge.channels.leave(&channel, session.conn_id);
     session.edge.metrics.members_removed.inc();
     tracing::info!(conn_id = session.conn_id, user, channel = %channel, "removed from group; left");
     session

@@ -1,12 +1,14 @@
 //! One handler per client frame kind, mini-redis style: each file takes the
 //! decoded message and the session, acts, and queues its reply. Adding a frame
-//! kind touches one file and one match arm here.
+//! kind touches one file and one match arm here. The connection's task
+//! (`connection.rs`) calls [`dispatch`] once a frame passed its budget.
 
+pub(crate) mod ack;
 pub(crate) mod auth;
 mod join;
 pub(crate) mod leave;
 mod ping;
-pub(crate) mod reliable;
+mod resume;
 
 use danmaku_proto::pb;
 use danmaku_proto::pb::client_frame::Body;
@@ -18,8 +20,8 @@ pub(crate) async fn dispatch(session: &mut Session, frame: pb::ClientFrame) -> F
         Some(Body::Join(m)) => join::handle(session, m).await,
         Some(Body::Leave(m)) => leave::handle(session, m).await,
         Some(Body::Ping(m)) => ping::handle(session, m).await,
-        Some(Body::Ack(m)) => reliable::ack(session, m).await,
-        Some(Body::Resume(m)) => reliable::resume(session, m).await,
+        Some(Body::Ack(m)) => ack::handle(session, m).await,
+        Some(Body::Resume(m)) => resume::handle(session, m).await,
         Some(Body::Auth(m)) => auth::handle(session, m).await,
         // The decoders refuse empty frames; kept total for safety.
         None => {

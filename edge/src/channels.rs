@@ -1,0 +1,661 @@
+//! Who is listening where: channel name → the local members of that channel.
+//!
+//! Only members connected to THIS edge are held (the bus brings every channel's
+//! events; the consumer drops those with no entry here). Sharded maps all the
+//! way down: the outer `DashMap` shards channels, each [`Channel`]'s `DashMap`
+//! shards its members, so no lock is global and the fan-out path only takes
+//! shard read locks — never a lock per member. A member is a handle to push into
+//! its connection's bounded queue: pushing a tick is a refcount bump, a
+//! `try_send` and, when the tick carries reliable events, one atomic max on the
+//! member's lane ([`LaneShared`]). Channels are removed when their last member
+//! leaves.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use danmaku_proto::ChannelName;
+use danmaku_proto::wsframe::Prepared;
+use dashmap::DashMap;
+use prometheus::IntGauge;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
+
+use crate::reliable::lane::LaneShared;
+use crate::reliable::ring::{ReliableFrame, Ring};
+use crate::transport::Transport;
+
+/// Identifies one client connection on this edge.
+pub type ConnId = u64;
+
+/// A prebuilt frame queued to one connection: the COMPLETE WebSocket frame
+/// (header + payload in one buffer, identical for every receiver, since server
+/// frames are unmasked). A WebSocket writes [`Prepared::wire`] as is; QUIC sends
+/// [`Prepared::payload`], a slice of the same buffer. Cloning is a refcount
+/// bump: every member of a channel shares the same bytes.
+pub type Outbound = Prepared;
+
+/// The frames of one tick, built once and shared by all members of a channel.
+#[derive(Debug, Clone)]
+pub struct BatchFrames {
+    /// `ServerFrame{Batch}` as a binary frame, for protobuf and QUIC members.
+    pub pb: Prepared,
+    /// The JSON text frame, built only when the channel has JSON members.
+    pub json: Option<Prepared>,
+}
+
+/// `user` was removed from the group `channel` (over HTTP, on any ingest): a
+/// connection of that user leaves the channel with `Left{reason:"removed"}`.
+#[derive(Debug)]
+pub struct Removal {
+    pub channel: ChannelName,
+    pub user: Arc<str>,
+}
+
+/// What the registry tells a connection's own task (not its writer). Rare by
+/// design — a membership change, a tick the member could not take, a stall
+/// the sweep saw — so live traffic never wakes a connection's task, only its
+/// writer.
+#[derive(Debug, Clone)]
+pub enum ConnEvent {
+    Removed(Arc<Removal>),
+    /// Reliable seqs of this channel did not reach the connection live
+    /// ([`LaneShared::take_missed`] says from which).
+    Missed(ChannelName),
+    /// No ack on this channel for a whole sweep interval with seqs outstanding.
+    Stalled(ChannelName),
+}
+
+/// The way to wake a connection's task: a bounded queue of [`ConnEvent`]s and
+/// an overflow signal. An event that does not fit is not dropped silently: the
+/// signal makes the task close with `reliable_backlog`, and the client resumes
+/// from its last ack (the store has every event).
+#[derive(Debug, Clone)]
+pub struct Waker {
+    tx: mpsc::Sender<ConnEvent>,
+    overflow: Arc<Notify>,
+}
+
+impl Waker {
+    /// A bounded queue of `capacity` events and the overflow signal its
+    /// receiver waits on.
+    pub fn channel(capacity: usize) -> (Waker, mpsc::Receiver<ConnEvent>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let overflow = Arc::new(Notify::new());
+        let waker = Waker {
+            tx,
+            overflow: Arc::clone(&overflow),
+        };
+        (waker, rx, overflow)
+    }
+
+    /// Queues `event` without waiting; false when the connection has ended.
+    pub fn send(&self, event: ConnEvent) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                // Stores a permit when the task is not waiting: never lost.
+                self.overflow.notify_one();
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// One connection's membership in a channel.
+#[derive(Debug, Clone)]
+pub struct Member {
+    transport: Transport,
+    queue: mpsc::Sender<Outbound>,
+    wake: Waker,
+    lane: Arc<LaneShared>,
+}
+
+impl Member {
+    pub fn new(
+        transport: Transport,
+        queue: mpsc::Sender<Outbound>,
+        wake: Waker,
+        lane: Arc<LaneShared>,
+    ) -> Self {
+        Member {
+            transport,
+            queue,
+            wake,
+            lane,
+        }
+    }
+
+    /// Queues one tick, droppable. `seqs` is the range of reliable seqs it
+    /// carries: a member that cannot take it (queue full, or a JSON member
+    /// that joined after the tick was built without JSON) or that it would
+    /// leave with a hole is marked missed, and its task reads the seqs from the
+    /// ring or the store and sends them on its never-dropping control queue.
+    fn push(
+        &self,
+        channel: &ChannelName,
+        item: Option<Outbound>,
+        seqs: Option<(u64, u64)>,
+        out: &mut PushOutcome,
+    ) {
+        let sent = match item.map(|i| self.queue.try_send(i)) {
+            Some(Ok(())) => {
+                out.pushed[self.transport as usize] += 1;
+                true
+            }
+            Some(Err(TrySendError::Full(_))) => {
+                out.dropped += 1;
+                false
+            }
+            // Connection ending: its task leaves the channel.
+            Some(Err(TrySendError::Closed(_))) => return,
+            None => false,
+        };
+        let Some((first, last)) = seqs else {
+            return;
+        };
+        let missed = if sent {
+            self.lane.on_tick(first, last).err()
+        } else {
+            Some(first.min(self.lane.live_upto() + 1))
+        };
+        if let Some(from) = missed
+            && self.lane.mark_missed(from)
+        {
+            self.wake.send(ConnEvent::Missed(channel.clone()));
+        }
+    }
+}
+
+/// What a push to all members of a channel did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Frames queued, indexed by `Transport as usize`.
+    pub pushed: [u64; 3],
+    /// Members whose queue was full: the tick is dropped for them.
+    pub dropped: u64,
+}
+
+impl PushOutcome {
+    pub fn total_pushed(&self) -> u64 {
+        self.pushed.iter().sum()
+    }
+}
+
+/// A channel's local members.
+#[derive(Debug)]
+pub struct Channel {
+    name: ChannelName,
+    members: DashMap<ConnId, Member>,
+    count: AtomicUsize,
+    json_count: AtomicUsize,
+    /// Bus events routed here since the top-rooms task last looked (`top_rooms.rs`).
+    inbound: AtomicU64,
+    /// The channel's recent reliable events (`reliable/ring.rs`). Locked once
+    /// per event by the fan-out and by the rare connection that catches up.
+    ring: Mutex<Ring>,
+}
+
+impl Channel {
+    fn new(name: ChannelName, ring: usize) -> Self {
+        Channel {
+            name,
+            members: DashMap::new(),
+            count: AtomicUsize::new(0),
+            json_count: AtomicUsize::new(0),
+            inbound: AtomicU64::new(0),
+            ring: Mutex::new(Ring::new(ring)),
+        }
+    }
+
+    /// Counts one bus event routed to this channel: one relaxed add, the only
+    /// per-event cost of the top-rooms ranking.
+    pub fn count_inbound(&self) {
+        self.inbound.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events counted since the previous call (resets the count).
+    pub fn take_inbound(&self) -> u64 {
+        self.inbound.swap(0, Ordering::Relaxed)
+    }
+
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// Local members now.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Local members that read JSON; the batcher builds JSON text only when > 0.
+    pub fn json_members(&self) -> usize {
+        self.json_count.load(Ordering::Relaxed)
+    }
+
+    /// Queues the frames of one tick to every member without waiting: a full
+    /// queue drops the tick for that member only (slow consumer), a closed one
+    /// (connection ending) is skipped. `seqs`: the first and last reliable seq
+    /// inside, if any (see [`Member::push`] for what a member that misses them
+    /// gets).
+    pub fn push(&self, frames: &BatchFrames, seqs: Option<(u64, u64)>) -> PushOutcome {
+        let mut out = PushOutcome::default();
+        for member in self.members.iter() {
+            let item = if member.transport.is_json() {
+                frames.json.clone()
+            } else {
+                Some(frames.pb.clone())
+            };
+            member.push(&self.name, item, seqs, &mut out);
+        }
+        out
+    }
+
+    /// Keeps the next ordered reliable event for resends and resumes.
+    pub fn remember(&self, frame: Arc<ReliableFrame>) {
+        self.lock_ring().push(frame);
+    }
+
+    /// The ring's frames after `after` (see [`Ring::after`]).
+    pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<ReliableFrame>>> {
+        self.lock_ring().after(after, limit)
+    }
+
+    /// One pass of the stall sweep over this channel's members (see
+    /// [`LaneShared::sweep`]); returns the connections woken.
+    pub fn sweep_stalled(&self) -> u64 {
+        if self.lock_ring().is_empty() {
+            return 0; // never had a reliable event here
+        }
+        let mut woken = 0;
+        for member in self.members.iter() {
+            if member.lane.sweep() && member.wake.send(ConnEvent::Stalled(self.name.clone())) {
+                woken += 1;
+            }
+        }
+        woken
+    }
+
+    /// Tells every member's connection task that `user` left the group; only
+    /// that user's connections act on it. Returns the connections told.
+    pub fn notify_removed(&self, user: &str) -> u64 {
+        let removal = Arc::new(Removal {
+            channel: self.name.clone(),
+            user: Arc::from(user),
+        });
+        let mut told = 0;
+        for member in self.members.iter() {
+            if member.wake.send(ConnEvent::Removed(Arc::clone(&removal))) {
+                told += 1;
+            }
+        }
+        told
+    }
+
+    fn lock_ring(&self) -> MutexGuard<'_, Ring> {
+        // Pushes are single appends: a panic while holding the lock cannot
+        // leave the ring half-updated.
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, conn: ConnId, member: Member) -> bool {
+        let json = member.transport.is_json();
+        if self.members.insert(conn, member).is_some() {
+            return false;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if json {
+            self.json_count.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    fn remove(&self, conn: ConnId) -> bool {
+        let Some((_, member)) = self.members.remove(&conn) else {
+            return false;
+        };
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        if member.transport.is_json() {
+            self.json_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+/// The gauges the registry keeps true (from the edge's metrics).
+#[derive(Debug, Clone)]
+pub struct ChannelGauges {
+    /// `danmaku_edge_channels`: channels with local members.
+    pub channels: IntGauge,
+    /// `danmaku_edge_channel_members`: memberships over all channels.
+    pub members: IntGauge,
+}
+
+/// All channels with local members.
+pub struct Channels {
+    channels: DashMap<ChannelName, Arc<Channel>>,
+    gauges: ChannelGauges,
+    ring: usize,
+}
+
+impl Channels {
+    /// `ring`: reliable events each channel keeps for resends and resumes.
+    pub fn new(gauges: ChannelGauges, ring: usize) -> Self {
+        Channels {
+            channels: DashMap::new(),
+            gauges,
+            ring,
+        }
+    }
+
+    /// Adds `conn` to `channel`, creating the channel on first join. Returns
+    /// false if `conn` was already a member (joining twice is harmless).
+    pub fn join(&self, channel: &ChannelName, conn: ConnId, member: Member) -> bool {
+        // The member is inserted while the entry (a shard write lock) is held, so
+        // `leave` cannot remove the channel between its creation and this insert.
+        let mut created = false;
+        let entry = self.channels.entry(channel.clone()).or_insert_with(|| {
+            created = true;
+            Arc::new(Channel::new(channel.clone(), self.ring))
+        });
+        let added = entry.insert(conn, member);
+        drop(entry);
+        if created {
+            self.gauges.channels.inc();
+        }
+        if added {
+            self.gauges.members.inc();
+        }
+        added
+    }
+
+    /// Removes `conn` from `channel`, and the channel if it became empty.
+    /// Returns whether `conn` was a member.
+    pub fn leave(&self, channel: &ChannelName, conn: ConnId) -> bool {
+        let removed = match self.channels.get(channel) {
+            Some(ch) => ch.remove(conn),
+            None => return false,
+        };
+        if removed {
+            self.gauges.members.dec();
+        }
+        // Emptiness is checked under the shard write lock, which `join` holds
+        // while inserting, so a channel that just gained a member is kept.
+        if self
+            .channels
+            .remove_if(channel, |_, ch| ch.is_empty())
+            .is_some()
+        {
+            self.gauges.channels.dec();
+        }
+        removed
+    }
+
+    /// The channel named `name`, if it has local members.
+    pub fn get(&self, name: &str) -> Option<Arc<Channel>> {
+        self.channels.get(name).map(|c| Arc::clone(&c))
+    }
+
+    /// Calls `f` with every channel, holding one map shard's read lock at a
+    /// time. For periodic passes (`top_rooms.rs`, the stall sweep), not the
+    /// fan-out path.
+    pub fn for_each_channel(&self, mut f: impl FnMut(&Channel)) {
+        for entry in self.channels.iter() {
+            f(entry.value());
+        }
+    }
+
+    /// Channels with local members: the `n` of the adaptive window.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Every channel with local members now (for heartbeats and online pushes,
+    /// once a second or less: never on the fan-out path).
+    pub fn snapshot(&self) -> Vec<Arc<Channel>> {
+        self.channels
+            .iter()
+            .map(|c| Arc::clone(c.value()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use danmaku_proto::pb;
+    use danmaku_proto::wsframe::OpCode;
+
+    use super::*;
+
+    fn room(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap()
+    }
+
+    pub(crate) fn gauges() -> ChannelGauges {
+        ChannelGauges {
+            channels: IntGauge::new("c", "c").unwrap(),
+            members: IntGauge::new("m", "m").unwrap(),
+        }
+    }
+
+    /// A member whose lane starts at `start`, its batch queue of `cap` and its
+    /// wake queue.
+    pub(crate) fn member_at(
+        t: Transport,
+        cap: usize,
+        start: u64,
+    ) -> (
+        Member,
+        mpsc::Receiver<Outbound>,
+        mpsc::Receiver<ConnEvent>,
+        Arc<LaneShared>,
+    ) {
+        let (tx, rx) = mpsc::channel(cap);
+        let (wake, wake_rx, _overflow) = Waker::channel(8);
+        let lane = Arc::new(LaneShared::new(start));
+        (
+            Member::new(t, tx, wake, Arc::clone(&lane)),
+            rx,
+            wake_rx,
+            lane,
+        )
+    }
+
+    fn member(t: Transport, cap: usize) -> (Member, mpsc::Receiver<Outbound>) {
+        let (m, rx, _, _) = member_at(t, cap, 0);
+        (m, rx)
+    }
+
+    fn frames() -> BatchFrames {
+        BatchFrames {
+            pb: Prepared::new(OpCode::Binary, b"pb"),
+            json: Some(Prepared::new(OpCode::Text, b"{}")),
+        }
+    }
+
+    #[test]
+    fn join_and_leave_keep_counts_and_remove_empty_channels() {
+        let g = gauges();
+        let reg = Channels::new(g.clone(), 16);
+        let r1 = room("room:1");
+        let (m1, _rx1) = member(Transport::WsPb, 4);
+        let (m2, _rx2) = member(Transport::WsJson, 4);
+        assert!(reg.join(&r1, 1, m1.clone()));
+        assert!(
+            !reg.join(&r1, 1, m1),
+            "second join of the same conn is a no-op"
+        );
+        assert!(reg.join(&r1, 2, m2));
+        let ch = reg.get("room:1").expect("channel exists");
+        assert_eq!(ch.len(), 2);
+        assert_eq!(ch.json_members(), 1);
+        assert_eq!(reg.len(), 1);
+        assert_eq!(g.channels.get(), 1);
+        assert_eq!(g.members.get(), 2);
+
+        assert!(reg.leave(&r1, 2));
+        assert!(!reg.leave(&r1, 2));
+        assert_eq!(ch.json_members(), 0);
+        assert!(reg.get("room:1").is_some());
+        assert!(reg.leave(&r1, 1));
+        assert!(reg.get("room:1").is_none(), "empty channel is removed");
+        assert!(reg.is_empty());
+        assert_eq!(g.channels.get(), 0);
+        assert_eq!(g.members.get(), 0);
+        assert!(!reg.leave(&room("room:nope"), 1));
+    }
+
+    #[test]
+    fn push_shares_frames_by_codec_and_drops_for_full_queues() {
+        let reg = Channels::new(gauges(), 16);
+        let r = room("room:7");
+        let (pb, mut pb_rx) = member(Transport::WsPb, 1);
+        let (js, mut js_rx) = member(Transport::WsJson, 8);
+        let (quic, quic_rx) = member(Transport::Quic, 8);
+        reg.join(&r, 1, pb);
+        reg.join(&r, 2, js);
+        reg.join(&r, 3, quic);
+        drop(quic_rx); // connection ending: skipped, not counted as slow
+        let ch = reg.get("room:7").unwrap();
+        let f = frames();
+        let first = ch.push(&f, None);
+        assert_eq!(first.pushed, [1, 1, 0]);
+        assert_eq!(first.dropped, 0);
+        let second = ch.push(&f, None);
+        assert_eq!(second.dropped, 1, "pb member's queue of 1 is full");
+        assert_eq!(second.total_pushed(), 1);
+        let b = pb_rx.try_recv().unwrap();
+        assert_eq!(b, f.pb);
+        assert_eq!(
+            b.wire().as_ptr(),
+            f.pb.wire().as_ptr(),
+            "shared, not copied"
+        );
+        let t = js_rx.try_recv().unwrap();
+        assert_eq!(t.opcode(), OpCode::Text);
+        assert_eq!(&t.payload()[..], b"{}");
+    }
+
+    #[test]
+    fn json_members_are_skipped_when_no_json_was_built() {
+        let reg = Channels::new(gauges(), 16);
+        let r = room("group:g");
+        let (js, mut js_rx) = member(Transport::WsJson, 8);
+        reg.join(&r, 1, js);
+        let out = reg.get("group:g").unwrap().push(
+            &BatchFrames {
+                pb: Prepared::new(OpCode::Binary, b""),
+                json: None,
+            },
+            None,
+        );
+        assert_eq!(out, PushOutcome::default());
+        assert!(js_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_tick_with_reliable_seqs_is_one_frame_per_member_and_a_miss_wakes_the_task() {
+        let reg = Channels::new(gauges(), 16);
+        let r = room("room:g");
+        let (ok, mut ok_q, mut ok_wake, ok_lane) = member_at(Transport::WsPb, 8, 0);
+        let (full, mut full_q, mut full_wake, full_lane) = member_at(Transport::Quic, 1, 0);
+        reg.join(&r, 1, ok);
+        reg.join(&r, 2, full);
+        let ch = reg.get("room:g").unwrap();
+        let out = ch.push(&frames(), Some((1, 3)));
+        assert_eq!((out.total_pushed(), out.dropped), (2, 0));
+        assert_eq!(ok_lane.live_upto(), 3);
+        let out = ch.push(&frames(), Some((4, 4)));
+        assert_eq!(out.dropped, 1, "the QUIC member's queue of 1 is full");
+        let out = ch.push(&frames(), Some((5, 6)));
+        assert_eq!(out.dropped, 1);
+        // Joined when seq 5 was the last stored: the next tick starts at 7,
+        // so 6 (ticked before it joined) is missing.
+        let (late, mut late_q, mut late_wake, late_lane) = member_at(Transport::WsPb, 8, 5);
+        reg.join(&r, 3, late);
+        ch.push(&frames(), Some((7, 8)));
+        // One frame per tick for a member that kept up, and no wake at all.
+        assert_eq!(std::iter::from_fn(|| ok_q.try_recv().ok()).count(), 4);
+        assert!(
+            ok_wake.try_recv().is_err(),
+            "live traffic never wakes the task"
+        );
+        assert_eq!(ok_lane.take_missed(), None);
+        assert_eq!(ok_lane.live_upto(), 8);
+        // The full member: woken once, missed from its first dropped tick.
+        assert_eq!(std::iter::from_fn(|| full_q.try_recv().ok()).count(), 1);
+        assert!(matches!(full_wake.try_recv(), Ok(ConnEvent::Missed(c)) if c == r));
+        assert!(full_wake.try_recv().is_err(), "one wake for several misses");
+        assert_eq!(full_lane.take_missed(), Some(4));
+        assert_eq!(full_lane.live_upto(), 3);
+        // The late joiner got its tick, and 6 is missing.
+        assert_eq!(std::iter::from_fn(|| late_q.try_recv().ok()).count(), 1);
+        assert!(matches!(late_wake.try_recv(), Ok(ConnEvent::Missed(_))));
+        assert_eq!(late_lane.take_missed(), Some(6));
+        assert_eq!(late_lane.live_upto(), 8);
+    }
+
+    #[test]
+    fn the_ring_keeps_recent_events_and_the_sweep_wakes_silent_members() {
+        let reg = Channels::new(gauges(), 2);
+        let r = room("room:s");
+        let (m, _q, mut wake, lane) = member_at(Transport::WsPb, 8, 0);
+        reg.join(&r, 1, m);
+        let ch = reg.get("room:s").unwrap();
+        assert_eq!(ch.sweep_stalled(), 0, "no reliable traffic: not swept");
+        for seq in 1..=3 {
+            ch.remember(ReliableFrame::build(
+                "room:s",
+                &pb::Event {
+                    seq,
+                    ..Default::default()
+                },
+            ));
+        }
+        let seqs = |v: Option<Vec<Arc<ReliableFrame>>>| -> Option<Vec<u64>> {
+            v.map(|v| v.iter().map(|f| f.seq).collect())
+        };
+        assert_eq!(seqs(ch.recent_after(1, 10)), Some(vec![2, 3]));
+        assert_eq!(seqs(ch.recent_after(0, 10)), None, "1 fell out");
+        ch.push(&frames(), Some((1, 3)));
+        assert_eq!(ch.sweep_stalled(), 0, "first pass marks");
+        assert_eq!(ch.sweep_stalled(), 1, "silent for a whole pass");
+        assert!(matches!(wake.try_recv(), Ok(ConnEvent::Stalled(c)) if c == r));
+        assert_eq!(lane.acked(), 0);
+    }
+
+    #[test]
+    fn concurrent_join_and_leave_never_lose_a_member() {
+        let reg = Arc::new(Channels::new(gauges(), 16));
+        let r = room("room:race");
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let reg = Arc::clone(&reg);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000u64 {
+                        let conn = t * 1_000_000 + i;
+                        let (m, _rx) = member(Transport::WsPb, 1);
+                        reg.join(&r, conn, m);
+                        reg.leave(&r, conn);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(reg.get("room:race").is_none());
+        let (m, _rx) = member(Transport::WsPb, 1);
+        reg.join(&r, 42, m);
+        assert_eq!(reg.get("room:race").unwrap().len(), 1);
+    }
+}
