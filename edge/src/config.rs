@@ -186,15 +186,6 @@ impl Default for ReliableConfig {
 }
 
 impl ReliableConfig {
-    pub(crate) fn resend_limits(&self) -> crate::reliable::lane::ResendLimits {
-        crate::reliable::lane::ResendLimits {
-            retransmit_initial: self.retransmit_initial,
-            retransmit_max: self.retransmit_max,
-            max_unacked: self.max_unacked,
-            max_attempts: self.max_attempts,
-        }
-    }
-
     /// How often the stall sweep looks at every lane.
     pub(crate) fn sweep_interval(&self) -> std::time::Duration {
         self.retransmit_initial / 2

@@ -19,7 +19,7 @@ use danmaku_store::{StoreError, StoredMessage};
 use tokio::time::Instant;
 
 use crate::reliable::fanout::event_from_stored;
-use crate::reliable::lane::{Backlog, CatchUpReason, LaneState, Stalled};
+use crate::reliable::lane::{Backlog, CatchUpReason, LaneState, ResendLimits, Stalled};
 use crate::reliable::ring::ReliableFrame;
 use crate::session::{CloseReason, Flow, Session};
 
@@ -97,7 +97,7 @@ pub(crate) async fn on_missed(session: &mut Session, channel: &ChannelName) -> F
 
 /// The sweep saw no ack on `channel` for a whole interval (see `sweep.rs`).
 pub(crate) async fn on_stalled(session: &mut Session, channel: &ChannelName) -> Flow {
-    let limits = session.edge.config.reliable.resend_limits();
+    let limits = ResendLimits::from(&session.edge.config.reliable);
     let Some(lane) = session.joined.get_mut(channel) else {
         return Flow::Continue;
     };

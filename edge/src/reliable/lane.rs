@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::ReliableConfig;
+
 /// "No seq" in [`LaneShared`]'s missed marker.
 const NONE: u64 = u64::MAX;
 
@@ -137,6 +139,17 @@ pub struct ResendLimits {
     pub max_unacked: usize,
     /// Sends of one seq (the first included) before the connection is closed.
     pub max_attempts: u32,
+}
+
+impl From<&ReliableConfig> for ResendLimits {
+    fn from(c: &ReliableConfig) -> Self {
+        ResendLimits {
+            retransmit_initial: c.retransmit_initial,
+            retransmit_max: c.retransmit_max,
+            max_unacked: c.max_unacked,
+            max_attempts: c.max_attempts,
+        }
+    }
 }
 
 /// Why a connection's reliable lane cannot go on: it is closed with a resume hint.

@@ -4,7 +4,7 @@
 
 import { decompress } from "fzstd";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
-import { DecodeError, readEvent } from "./pb.js";
+import { DecodeError, readEvent } from "./event.js";
 
 export const CODEC_RAW = 0;
 export const CODEC_ZSTD = 1;

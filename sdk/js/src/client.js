@@ -386,32 +386,46 @@ export class DanmakuClient {
     });
   }
 
+  /** One reliable event, alone or from a tick: deduplicated, ordered, acked. */
+  #onReliable(channel, seq, event) {
+    const r = this.tracker.onReliable(channel, seq, event);
+    if (r.duplicate) this.stats.duplicates++;
+    for (const ev of r.deliver) {
+      this.stats.reliable++;
+      this.#emit("reliable", { channel, seq: ev.seq, event: ev });
+      this.#emit("event", ev, channel);
+      this.#emit(ev.kind, ev, channel);
+    }
+    if (r.resume !== null) this.#send({ type: "resume", channel, after_seq: r.resume });
+    if (r.ack !== null) this.#queueAck(channel, r.ack);
+  }
+
   #onFrame(f) {
     this.stats.frames++;
     switch (f.type) {
       case "batch": {
+        // A tick: its reliable events (seq > 0) go through the tracker like
+        // `reliable` frames; the batch the app sees holds the danmaku.
         this.stats.batches++;
-        this.stats.events += f.events.length;
-        this.#emit("batch", f);
-        for (const ev of f.events) {
+        let danmaku = f.events;
+        if (f.events.some((ev) => ev.seq > 0)) {
+          danmaku = [];
+          for (const ev of f.events) {
+            if (ev.seq > 0) this.#onReliable(f.channel, ev.seq, ev);
+            else danmaku.push(ev);
+          }
+        }
+        this.stats.events += danmaku.length;
+        this.#emit("batch", { ...f, events: danmaku });
+        for (const ev of danmaku) {
           this.#emit("event", ev, f.channel);
           this.#emit(ev.kind, ev, f.channel);
         }
         break;
       }
-      case "reliable": {
-        const r = this.tracker.onReliable(f.channel, f.seq, f.event);
-        if (r.duplicate) this.stats.duplicates++;
-        for (const ev of r.deliver) {
-          this.stats.reliable++;
-          this.#emit("reliable", { channel: f.channel, seq: ev.seq, event: ev });
-          this.#emit("event", ev, f.channel);
-          this.#emit(ev.kind, ev, f.channel);
-        }
-        if (r.resume !== null) this.#send({ type: "resume", channel: f.channel, after_seq: r.resume });
-        if (r.ack !== null) this.#queueAck(f.channel, r.ack);
+      case "reliable":
+        this.#onReliable(f.channel, f.seq, f.event);
         break;
-      }
       case "joined": {
         // A room pushes every gift after `last_seq`: anchor there on a first join.
         if (f.channel.startsWith("room:") && !this.tracker.anchored(f.channel)) {

@@ -8,17 +8,17 @@
 
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { decodeBatchPayload } from "./batch.js";
+import { DecodeError, readEvent, toNum } from "./event.js";
+
+export { DecodeError, KINDS, readEvent } from "./event.js";
 
 /** Protocol version written in every ClientFrame. */
 export const PROTOCOL_VERSION = 1;
 
-/** Kind enum of proto/danmaku.proto, by number. */
-export const KINDS = ["unspecified", "danmaku", "gift", "chat"];
-
 /** Field numbers (mirrors proto/danmaku.proto; checked by the tests). */
 export const FIELDS = {
   Event: { kind: 1, sender: 2, text: 3, ts_ms: 4, seq: 5, payload_json: 6, client_msg_id: 7 },
-  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5 },
+  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7 },
   ClientFrame: { version: 1, auth: 2, join: 3, leave: 4, ack: 5, resume: 6, ping: 7 },
   ServerFrame: {
     version: 1, joined: 2, left: 3, batch: 4, reliable: 5, pong: 6, redirect: 7, error: 8,
@@ -30,18 +30,6 @@ export const FIELDS = {
   Online: { channel: 1, online: 2 },
   Error: { code: 1, message: 2 },
 };
-
-/** A frame that could not be decoded (bad bytes, limits exceeded). */
-export class DecodeError extends Error {
-  /** @param {string} code @param {string} message */
-  constructor(code, message) {
-    super(message);
-    this.name = "DecodeError";
-    this.code = code;
-  }
-}
-
-const toNum = (v) => (typeof v === "number" ? v : Number(v));
 
 /**
  * Encodes a client frame (`{type:"join",channel}`, `ack`, `resume`, `leave`, `ping`)
@@ -100,39 +88,6 @@ function sub(r, onField) {
   if (r.pos !== end) throw new DecodeError("malformed_frame", "sub-message length mismatch");
 }
 
-/**
- * Decodes one Event message occupying `r` up to `end`.
- * @returns {import("../types/index.d.ts").DanmakuEvent}
- */
-export function readEvent(r, end) {
-  const ev = { kind: "unspecified", sender: "", text: "", ts_ms: 0, seq: 0 };
-  let payloadJson = "";
-  let cmid = "";
-  while (r.pos < end) {
-    const [no, wt] = r.tag();
-    switch (no) {
-      case 1: ev.kind = KINDS[r.int32()] ?? "unspecified"; break;
-      case 2: ev.sender = r.string(); break;
-      case 3: ev.text = r.string(); break;
-      case 4: ev.ts_ms = toNum(r.int64()); break;
-      case 5: ev.seq = toNum(r.uint64()); break;
-      case 6: payloadJson = r.string(); break;
-      case 7: cmid = r.string(); break;
-      default: r.skip(wt, no);
-    }
-  }
-  if (r.pos !== end) throw new DecodeError("malformed_frame", "event length mismatch");
-  if (payloadJson) {
-    try {
-      ev.payload = JSON.parse(payloadJson);
-    } catch {
-      ev.payload_json = payloadJson;
-    }
-  }
-  if (cmid) ev.client_msg_id = cmid;
-  return ev;
-}
-
 function readEventMsg(r) {
   const len = r.uint32();
   const end = r.pos + len;
@@ -176,6 +131,7 @@ export function decodeServerFrame(bytes, limits) {
         }
         case F.batch: {
           let channel = "", codec = 0, dictId = 0, count = 0, payload = new Uint8Array(0);
+          let firstSeq = 0, lastSeq = 0;
           sub(r, (n) => {
             switch (n) {
               case 1: channel = r.string(); return true;
@@ -183,11 +139,13 @@ export function decodeServerFrame(bytes, limits) {
               case 3: dictId = r.uint32(); return true;
               case 4: count = r.uint32(); return true;
               case 5: payload = r.bytes(); return true;
+              case 6: firstSeq = toNum(r.uint64()); return true;
+              case 7: lastSeq = toNum(r.uint64()); return true;
               default: return false;
             }
           });
           const events = decodeBatchPayload({ codec, dictId, count, payload }, limits);
-          frame = { type: "batch", channel, events, codec };
+          frame = { type: "batch", channel, events, codec, first_seq: firstSeq, last_seq: lastSeq };
           break;
         }
         case F.reliable: {

@@ -24,7 +24,10 @@ export type ServerFrame =
   | { type: "auth_ok"; user: string }
   | { type: "joined"; channel: string; last_seq: number }
   | { type: "left"; channel: string }
-  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number }
+  /** A tick: its danmaku, and its reliable events (seq > 0), which the client
+   * hands out as `reliable` (deduplicated, in order); `first_seq`/`last_seq`
+   * are their range (protobuf only). */
+  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number; first_seq?: number; last_seq?: number }
   | { type: "reliable"; channel: string; seq: number; event: DanmakuEvent }
   | { type: "pong"; ts_ms?: number }
   | { type: "redirect"; edges: EdgeAddr[] }
