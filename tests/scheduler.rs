@@ -441,7 +441,10 @@ async fn two_scheduler_replicas_taking_clients_in_turn_do_not_herd() {
         clients.push(connect_one(replicas[i % 2], i).await);
         if i == 999 {
             let at_1000 = settled_counts(&[&e1, &e2, &e3], 1000.0).await;
-            println!("two replicas: the new edge took {} of the next 400", at_1000[2]);
+            println!(
+                "two replicas: the new edge took {} of the next 400",
+                at_1000[2]
+            );
         }
     }
     let counts = settled_counts(&[&e1, &e2, &e3], 2000.0).await;
