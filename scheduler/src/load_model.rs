@@ -560,8 +560,18 @@ impl LoadModel {
                 (e.score(config), rng.next_u64(), e)
             })
             .collect();
-        pool.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        pool.truncate(k);
+        // The k best in O(n): select, then order those k.
+        let order = |a: &(f64, u64, &mut Edge), b: &(f64, u64, &mut Edge)| {
+            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+        };
+        if k == 0 {
+            return Vec::new();
+        }
+        if pool.len() > k {
+            pool.select_nth_unstable_by(k - 1, order);
+            pool.truncate(k);
+        }
+        pool.sort_unstable_by(order);
         let mut picks = Vec::with_capacity(pool.len());
         for (i, (score, _, edge)) in pool.into_iter().enumerate() {
             if i == 0 {
