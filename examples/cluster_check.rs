@@ -4,7 +4,8 @@
 //! 1. the scheduler hands out every edge, at addresses that are not loopback
 //!    (an edge advertising `127.0.0.1` works on one host and nowhere else);
 //! 2. viewers ask the scheduler and connect to what it hands out (WebSocket
-//!    protobuf and JSON in turn), join one room, and spread over the edges;
+//!    protobuf and JSON in turn), join one room, and spread over the edges
+//!    (max/mean at most 1.25);
 //! 3. gifts are posted through the ingest nodes in turn (each with a
 //!    `client_msg_id`, retried on 503);
 //! 4. a quarter of the way in, the edge the first viewer is on is drained
@@ -168,6 +169,14 @@ async fn main() -> anyhow::Result<()> {
         per_edge.len() == edges_n,
         "viewers landed on {} edges, expected {edges_n}: {per_edge:?}",
         per_edge.len()
+    );
+    // The scheduler hands out the least loaded edge: viewers arriving one by one
+    // spread evenly (a bound, not exact: another client may connect meanwhile).
+    let most = per_edge.values().copied().max().unwrap_or(0) as f64;
+    let ratio = most * edges_n as f64 / viewers_n as f64;
+    ensure!(
+        ratio <= 1.25,
+        "viewers spread {per_edge:?}: max/mean {ratio:.2} above 1.25"
     );
     let drained = host_port(viewers[0].current_edge());
     let on_drained: HashSet<usize> = viewers
