@@ -7,7 +7,7 @@
 //! * Their load is read every second, by scraping each edge's `/metrics`
 //!   ([`scrape`]) or by asking a Prometheus server ([`promql`]), and kept in
 //!   the sans-IO [`load_model`], which scores edges, ejects silent ones after
-//!   3 s and picks by power of two choices with an in-flight correction.
+//!   3 s and hands out the least loaded, counting its own recent hand-outs.
 //! * `GET /v1/edges?k=` answers the best `k` ([`edges`]), so a client can race
 //!   connections to several; `GET /v1/channels/{channel}/online` sums the
 //!   member counts edges report ([`online`]); `/readyz` says whether any edge

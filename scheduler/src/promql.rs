@@ -1,11 +1,12 @@
 //! Load source (b), `--prometheus-url`: each sampling round asks a Prometheus
-//! server's HTTP API (`GET /api/v1/query`) for the same three inputs the
-//! scrape source reads, plus the time of each sample:
+//! server's HTTP API (`GET /api/v1/query`) for the same inputs the
+//! scrape source reads (connections, CPU, egress, accepted), plus the time of each sample:
 //!
 //! ```text
 //! sum by (instance) (danmaku_edge_connections)
 //! sum by (instance) (process_cpu_seconds_total)
 //! sum by (instance) (danmaku_edge_egress_bytes_total)
+//! sum by (instance) (danmaku_edge_connections_accepted_total)
 //! max by (instance) (timestamp(danmaku_edge_connections))
 //! ```
 //!
@@ -29,6 +30,7 @@ use crate::load_model::{Sample, SampleOutcome};
 pub const Q_CONNECTIONS: &str = "sum by (instance) (danmaku_edge_connections)";
 pub const Q_CPU_SECONDS: &str = "sum by (instance) (process_cpu_seconds_total)";
 pub const Q_EGRESS_BYTES: &str = "sum by (instance) (danmaku_edge_egress_bytes_total)";
+pub const Q_ACCEPTED: &str = "sum by (instance) (danmaku_edge_connections_accepted_total)";
 pub const Q_SAMPLE_TIME: &str = "max by (instance) (timestamp(danmaku_edge_connections))";
 
 /// Why a query gave no answer.
@@ -121,7 +123,7 @@ pub fn instant_of(unix_secs: f64, now_unix: Duration, now: Instant) -> Instant {
     }
 }
 
-/// One round: four queries, then one sample per registered edge found.
+/// One round: five queries, then one sample per registered edge found.
 pub(crate) async fn sample_all(scheduler: &Scheduler, base: &str) {
     let http = &scheduler.http;
     let base = if base.ends_with('/') {
@@ -129,10 +131,11 @@ pub(crate) async fn sample_all(scheduler: &Scheduler, base: &str) {
     } else {
         format!("{base}/")
     };
-    let (conns, cpu, egress, times) = tokio::join!(
+    let (conns, cpu, egress, accepted, times) = tokio::join!(
         query(http, &base, Q_CONNECTIONS),
         query(http, &base, Q_CPU_SECONDS),
         query(http, &base, Q_EGRESS_BYTES),
+        query(http, &base, Q_ACCEPTED),
         query(http, &base, Q_SAMPLE_TIME),
     );
     let (conns, times) = match (conns, times) {
@@ -143,9 +146,11 @@ pub(crate) async fn sample_all(scheduler: &Scheduler, base: &str) {
             return;
         }
     };
-    // CPU and egress are optional inputs: a failed query only loses them.
+    // CPU, egress and accepted are optional inputs: a failed query only
+    // loses them.
     let cpu = cpu.unwrap_or_default();
     let egress = egress.unwrap_or_default();
+    let accepted = accepted.unwrap_or_default();
     let now = Instant::now();
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -165,6 +170,7 @@ pub(crate) async fn sample_all(scheduler: &Scheduler, base: &str) {
             connections,
             cpu_seconds: cpu.get(&instance).copied(),
             egress_bytes: egress.get(&instance).copied(),
+            accepted: accepted.get(&instance).copied(),
         };
         if scheduler.model().on_sample(&id, sample) == SampleOutcome::Old {
             scheduler.metrics.stale_reading("old");
@@ -178,10 +184,11 @@ mod tests {
 
     #[test]
     fn queries_name_the_scraped_metrics() {
-        use crate::scrape::{CONNECTIONS, CPU_SECONDS, EGRESS_BYTES};
+        use crate::scrape::{ACCEPTED, CONNECTIONS, CPU_SECONDS, EGRESS_BYTES};
         assert!(Q_CONNECTIONS.contains(CONNECTIONS));
         assert!(Q_CPU_SECONDS.contains(CPU_SECONDS));
         assert!(Q_EGRESS_BYTES.contains(EGRESS_BYTES));
+        assert!(Q_ACCEPTED.contains(ACCEPTED));
         assert!(Q_SAMPLE_TIME.contains(CONNECTIONS));
     }
 

@@ -1,12 +1,16 @@
 //! Load source (a), the default: GET every registered edge's `metrics_url`
-//! each sampling round and read three inputs from the Prometheus text format
+//! each sampling round and read its load inputs from the Prometheus text format
 //! (parsed with the `prometheus-parse` crate):
 //!
 //! * `danmaku_edge_connections`, summed over its `transport` label;
 //! * `process_cpu_seconds_total` (the standard process collector);
-//! * `danmaku_edge_egress_bytes_total`, summed over its labels.
+//! * `danmaku_edge_egress_bytes_total`, summed over its labels;
+//! * `danmaku_edge_connections_accepted_total`, summed over its labels, when
+//!   the edge exports it (the in-flight correction then knows exactly how
+//!   many clients arrived between two readings; without it, the gauge's
+//!   growth stands in).
 //!
-//! A missing CPU or egress series is "unknown" (that term scores 0); an
+//! A missing CPU, egress or accepted series is "unknown" (that term scores 0); an
 //! exposition without the connections gauge is not an edge's and is refused.
 //! The sample is stamped with the instant the request was sent: everything
 //! the edge counted before then is in it, which is what the in-flight
@@ -22,6 +26,7 @@ use crate::load_model::{Sample, SampleOutcome};
 pub const CONNECTIONS: &str = "danmaku_edge_connections";
 pub const CPU_SECONDS: &str = "process_cpu_seconds_total";
 pub const EGRESS_BYTES: &str = "danmaku_edge_egress_bytes_total";
+pub const ACCEPTED: &str = "danmaku_edge_connections_accepted_total";
 
 /// Why an exposition gave no reading.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +43,7 @@ pub struct LoadValues {
     pub connections: f64,
     pub cpu_seconds: Option<f64>,
     pub egress_bytes: Option<f64>,
+    pub accepted: Option<f64>,
 }
 
 impl LoadValues {
@@ -47,6 +53,7 @@ impl LoadValues {
             connections: self.connections,
             cpu_seconds: self.cpu_seconds,
             egress_bytes: self.egress_bytes,
+            accepted: self.accepted,
         }
     }
 }
@@ -56,12 +63,13 @@ pub fn parse_exposition(text: &str) -> Result<LoadValues, ExpositionError> {
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines)
         .map_err(|e| ExpositionError::Unreadable(e.to_string()))?;
-    let mut sums = [None::<f64>; 3];
+    let mut sums = [None::<f64>; 4];
     for sample in &scrape.samples {
         let slot = match sample.metric.as_str() {
             CONNECTIONS => 0,
             CPU_SECONDS => 1,
             EGRESS_BYTES => 2,
+            ACCEPTED => 3,
             _ => continue,
         };
         let v = match sample.value {
@@ -78,6 +86,7 @@ pub fn parse_exposition(text: &str) -> Result<LoadValues, ExpositionError> {
         connections: sums[0].ok_or(ExpositionError::NoConnections)?,
         cpu_seconds: sums[1],
         egress_bytes: sums[2],
+        accepted: sums[3],
     })
 }
 
@@ -140,6 +149,9 @@ process_cpu_seconds_total 12.5
 # TYPE danmaku_edge_egress_bytes_total counter
 danmaku_edge_egress_bytes_total{transport=\"ws\"} 1000
 danmaku_edge_egress_bytes_total{transport=\"quic\"} 24
+# TYPE danmaku_edge_connections_accepted_total counter
+danmaku_edge_connections_accepted_total{transport=\"ws_pb\"} 90
+danmaku_edge_connections_accepted_total{transport=\"quic\"} 9
 # TYPE danmaku_edge_batch_events histogram
 danmaku_edge_batch_events_bucket{le=\"1\"} 3
 danmaku_edge_batch_events_sum 4
@@ -149,14 +161,15 @@ danmaku_edge_batch_events_count 3
         assert_eq!(v.connections, 42.0);
         assert_eq!(v.cpu_seconds, Some(12.5));
         assert_eq!(v.egress_bytes, Some(1024.0));
+        assert_eq!(v.accepted, Some(99.0));
     }
 
     #[test]
     fn missing_inputs() {
         let v = parse_exposition("danmaku_edge_connections{transport=\"ws_pb\"} 0\n").unwrap();
         assert_eq!(
-            (v.connections, v.cpu_seconds, v.egress_bytes),
-            (0.0, None, None)
+            (v.connections, v.cpu_seconds, v.egress_bytes, v.accepted),
+            (0.0, None, None, None)
         );
         assert_eq!(
             parse_exposition("process_cpu_seconds_total 1\n"),
