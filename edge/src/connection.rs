@@ -271,6 +271,10 @@ pub(crate) struct ConnectionGauge(prometheus::IntGauge);
 
 impl ConnectionGauge {
     pub fn open(edge: &Edge, transport: Transport) -> Self {
+        edge.metrics
+            .connections_accepted
+            .with_label_values(&[transport.label()])
+            .inc();
         let g = edge
             .metrics
             .connections

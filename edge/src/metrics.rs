@@ -87,6 +87,10 @@ pub struct Flush<'a> {
 #[derive(Clone)]
 pub struct Metrics {
     pub connections: IntGaugeVec,
+    /// Connections ever opened, by transport: the scheduler counts a hand-out
+    /// as arrived from this, exactly, even when arrivals and departures cancel
+    /// out in `connections`.
+    pub connections_accepted: IntCounterVec,
     pub channels: IntGauge,
     pub channel_members: IntGauge,
     pub batches: IntCounter,
@@ -305,6 +309,14 @@ impl Metrics {
             "danmaku_edge_members_removed_total",
             "Connections that left a group because their user was removed from it.",
         )?;
+        let connections_accepted = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_connections_accepted_total",
+                "Client connections opened (authenticated), by transport.",
+            ),
+            &["transport"],
+        )?;
+        registry.register(Box::new(connections_accepted.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(channels.clone()))?;
         registry.register(Box::new(channel_members.clone()))?;
@@ -326,6 +338,7 @@ impl Metrics {
         // scheduler see them before the first connection.
         for t in Transport::ALL {
             connections.with_label_values(&[t.label()]);
+            connections_accepted.with_label_values(&[t.label()]);
         }
         for r in BusResult::ALL {
             bus_events.with_label_values(&[r.label()]);
@@ -335,6 +348,7 @@ impl Metrics {
         }
         Ok(Metrics {
             connections,
+            connections_accepted,
             channels,
             channel_members,
             batches,
@@ -618,6 +632,7 @@ mod tests {
             .collect();
         for want in [
             "danmaku_edge_connections",
+            "danmaku_edge_connections_accepted_total",
             "danmaku_edge_channels",
             "danmaku_edge_channel_members",
             "danmaku_edge_batches_total",
