@@ -264,6 +264,11 @@ impl Session {
         )
     }
 
+    /// Whether tick frames wait in the batch queue for the socket.
+    pub fn ticks_queued(&self) -> bool {
+        self.batches.capacity() < self.batches.max_capacity()
+    }
+
     /// Queues a shared prebuilt frame on the reply queue (never dropped).
     pub async fn send_shared(&self, frame: &ReliableFrame) -> Flow {
         self.send_reply(Reply::Shared(frame.outbound(self.transport)))

@@ -98,10 +98,11 @@ pub(crate) async fn on_missed(session: &mut Session, channel: &ChannelName) -> F
 /// The sweep saw no ack on `channel` for a whole interval (see `sweep.rs`).
 pub(crate) async fn on_stalled(session: &mut Session, channel: &ChannelName) -> Flow {
     let limits = ResendLimits::from(&session.edge.config.reliable);
+    let writer_busy = session.ticks_queued();
     let Some(lane) = session.joined.get_mut(channel) else {
         return Flow::Continue;
     };
-    match lane.on_stalled(Instant::now().into_std(), &limits) {
+    match lane.on_stalled(Instant::now().into_std(), &limits, writer_busy) {
         Stalled::Nothing | Stalled::Wait => Flow::Continue,
         Stalled::Resend => catch_up_or_close(session, channel).await,
         Stalled::Backlog(b) => backlog(session, b).await,

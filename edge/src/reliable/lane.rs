@@ -320,8 +320,17 @@ impl LaneState {
         self.catch_up_from(from.saturating_sub(1), CatchUpReason::Missed);
     }
 
-    /// The sweep saw no ack progress for a whole interval with seqs outstanding.
-    pub fn on_stalled(&mut self, now: Instant, limits: &ResendLimits) -> Stalled {
+    /// The sweep saw no ack progress for a whole interval with seqs
+    /// outstanding. `writer_busy`: ticks are still queued for this connection's
+    /// socket, so the client has not even been sent what it did not ack (it is
+    /// behind, not deaf): a resend would only add to its queue, and costs no
+    /// attempt.
+    pub fn on_stalled(
+        &mut self,
+        now: Instant,
+        limits: &ResendLimits,
+        writer_busy: bool,
+    ) -> Stalled {
         let outstanding = self.shared.live_upto().saturating_sub(self.acked);
         if outstanding == 0 {
             return Stalled::Nothing;
@@ -329,7 +338,7 @@ impl LaneState {
         if outstanding > limits.max_unacked as u64 {
             return Stalled::Backlog(Backlog::TooManyUnacked(outstanding));
         }
-        if self.next_resend_at.is_some_and(|at| now < at) {
+        if writer_busy || self.next_resend_at.is_some_and(|at| now < at) {
             return Stalled::Wait;
         }
         let sends = self.attempts + 1;
@@ -534,18 +543,20 @@ mod tests {
         let l = limits();
         let t0 = Instant::now();
         let mut lane = LaneState::new(false, 0, 0);
-        assert_eq!(lane.on_stalled(t0, &l), Stalled::Nothing);
+        assert_eq!(lane.on_stalled(t0, &l, false), Stalled::Nothing);
         lane.shared().on_tick(1, 2).unwrap();
-        assert_eq!(lane.on_stalled(t0, &l), Stalled::Resend);
+        assert_eq!(lane.on_stalled(t0, &l, false), Stalled::Resend);
         assert_eq!(lane.next_read(100), Some((0, 100)), "resend from the ack");
         lane.on_read(Some(2), 2, 100);
         // Backoff: 2 s after the first resend.
-        assert_eq!(lane.on_stalled(t0 + ms(1500), &l), Stalled::Wait);
-        assert_eq!(lane.on_stalled(t0 + ms(2000), &l), Stalled::Resend);
+        assert_eq!(lane.on_stalled(t0 + ms(1500), &l, false), Stalled::Wait);
+        assert_eq!(lane.on_stalled(t0 + ms(2000), &l, false), Stalled::Resend);
         lane.on_read(Some(2), 2, 100);
+        // Ticks still queued for the socket: behind, not deaf; no attempt spent.
+        assert_eq!(lane.on_stalled(t0 + ms(9000), &l, true), Stalled::Wait);
         // Three sends (the first and two resends) without an ack: give up.
         assert_eq!(
-            lane.on_stalled(t0 + ms(9000), &l),
+            lane.on_stalled(t0 + ms(9000), &l, false),
             Stalled::Backlog(Backlog::TooManyAttempts {
                 seq: 1,
                 attempts: 3
@@ -553,7 +564,7 @@ mod tests {
         );
         // An ack resets the count.
         lane.on_ack(1);
-        assert_eq!(lane.on_stalled(t0 + ms(9000), &l), Stalled::Resend);
+        assert_eq!(lane.on_stalled(t0 + ms(9000), &l, false), Stalled::Resend);
     }
 
     #[test]
@@ -561,7 +572,7 @@ mod tests {
         let mut lane = LaneState::new(false, 0, 0);
         lane.shared().on_tick(1, 11).unwrap();
         assert_eq!(
-            lane.on_stalled(Instant::now(), &limits()),
+            lane.on_stalled(Instant::now(), &limits(), false),
             Stalled::Backlog(Backlog::TooManyUnacked(11))
         );
     }
