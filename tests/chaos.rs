@@ -60,7 +60,7 @@ fn token(user: &str) -> String {
 }
 
 /// A private set of services (`scripts/services.sh` with its own directory), stopped
-/// when dropped.
+/// and deleted when dropped.
 struct PrivateServices {
     dir: PathBuf,
 }
@@ -106,7 +106,8 @@ impl Drop for PrivateServices {
     fn drop(&mut self) {
         let _ = Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-            .arg("stop")
+            // Stops and deletes the cluster, also where it lived outside `dir`.
+            .arg("purge")
             .env("DANMAKU_SERVICES_DIR", &self.dir)
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
