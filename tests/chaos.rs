@@ -418,6 +418,8 @@ async fn chaos_postgres_restart_mid_stream_loses_nothing_acknowledged() {
     );
     let edges = [edge(&bus, &store).await, edge(&bus, &store).await];
     let ingests = [ingest(&bus, &store).await, ingest(&bus, &store).await];
+    // Borrowed: the chaos step must not take (and drop) the services.
+    let services = &services;
     let report = gift_stream(
         vec![target(&edges[0]), target(&edges[1])],
         true,
