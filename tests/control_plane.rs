@@ -499,11 +499,8 @@ async fn drain_scenario(viewers: usize, rate: f64, min_gifts: u64, by: DrainBy) 
                     break;
                 };
                 let Ok(text) = r.text().await else { break };
-                let v = danmaku_testkit::metric_value(
-                    &text,
-                    "danmaku_edge_drain_redirects_total",
-                    &[],
-                );
+                let v =
+                    danmaku_testkit::metric_value(&text, "danmaku_edge_drain_redirects_total", &[]);
                 samples.push(DrainSample {
                     asked,
                     answered: began.elapsed(),

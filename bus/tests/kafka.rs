@@ -399,7 +399,10 @@ async fn subscription_survives_many_broker_restarts_under_publish_and_consume() 
             .publish(key(), Bytes::copy_from_slice(&marker))
             .await
         {
-            assert!(Instant::now() < deadline, "restart {i}: publish never recovered: {e}");
+            assert!(
+                Instant::now() < deadline,
+                "restart {i}: publish never recovered: {e}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         wait_for(&mut sub, &marker, Duration::from_secs(45)).await;

@@ -262,7 +262,10 @@ pub(super) enum Polled {
     },
     Error(KafkaError),
     /// A command was carried out (`id` as given).
-    Applied { id: u64, result: Applied },
+    Applied {
+        id: u64,
+        result: Applied,
+    },
     /// The assignment went stale (a broker connection closed) and was dropped.
     Paused,
 }
