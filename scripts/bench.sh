@@ -69,6 +69,21 @@ if [ "$per_worker" -gt 19000 ]; then
   exit 2
 fi
 
+# Everything this run starts is stopped on every exit path: its own processes, and
+# the broker and PostgreSQL unless they were already running before (a developer's
+# services stay up).
+pids=()
+started=()
+for svc in kafka postgres; do
+  if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
+done
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ ${#started[@]} -eq 0 ] || bash scripts/services.sh stop "${started[@]}" || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 bash scripts/services.sh start kafka postgres >/dev/null
 # shellcheck disable=SC1091
 source .services/env
@@ -78,12 +93,6 @@ STORE="$DANMAKU_TEST_POSTGRES"
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT INT TERM
 start() { # name, args…
   local name=$1; shift
   "$BIN" "$@" >"$LOGS/$name.log" 2>&1 &

@@ -7,6 +7,7 @@
 #   scripts/services.sh down postgres      stop the server (immediate), keep its data
 #                                          and port: `start postgres` brings it back
 #                                          on the same address (outage tests)
+#   scripts/services.sh purge [NAME…]      stop and delete the data (default: all)
 #   scripts/services.sh env                print the env file
 #   scripts/services.sh status
 #
@@ -21,6 +22,12 @@
 #   DANMAKU_TEST_PROMETHEUS_TARGETS=DIR        drop file_sd JSON files here to add targets
 #
 # Environment: DANMAKU_SERVICES_DIR (default: <repo>/.services).
+#
+# PostgreSQL refuses to run as root, so as root its tools run as the `postgres`
+# user, which must be able to enter the cluster's directory. When the services
+# directory lies under a private one (root's home is mode 700, so is a `mktemp -d`
+# folder) the cluster lives in /var/tmp/danmaku-pg-<hash of the services dir>
+# instead, created and owned for it; `.services/pg.dir` names where it is.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -136,6 +143,7 @@ restart_kafka() {
 }
 
 stop_kafka() { kill_pidfile "$SVC/kafka/pid"; rm -f "$SVC/kafka/port"; }
+purge_kafka() { stop_kafka; rm -rf "$SVC/kafka"; }
 
 env_kafka() {
   local dir="$SVC/kafka"
@@ -162,24 +170,49 @@ pg_bin() {
 
 # Runs a PostgreSQL tool as the `postgres` user when we are root (it refuses root).
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- env PATH="$PATH" "$@"; else "$@"; fi
+  # From /: the caller's directory may be one the `postgres` user cannot enter.
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- env PATH="$PATH" "$@"); else "$@"; fi
+}
+
+# The cluster's directory (data, log, socket, port). Inside the services directory
+# when the `postgres` user can reach it there; otherwise outside, in a directory
+# made for it whose name depends only on the services directory, so every command
+# finds the same one. Remembered in $SVC/pg.dir.
+pg_dir() {
+  if [ -f "$SVC/pg.dir" ]; then cat "$SVC/pg.dir"; return; fi
+  local dir="$SVC/pg"
+  if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$dir"
+    chown postgres:postgres "$dir"
+    if ! runuser -u postgres -- test -x "$dir" -a -w "$dir" 2>/dev/null; then
+      rmdir "$dir" 2>/dev/null || true
+      dir="/var/tmp/danmaku-pg-$(printf '%s' "$SVC" | sha256sum | cut -c1-16)"
+      log "postgres: $SVC is private to root; the cluster lives in $dir"
+    fi
+  fi
+  echo "$dir" >"$SVC/pg.dir"
+  echo "$dir"
 }
 
 start_postgres() {
-  local dir="$SVC/pg" port
+  local dir port
   pg_bin
+  dir=$(pg_dir)
   if [ -f "$dir/port" ] && as_pg pg_ctl -D "$dir/data" status >/dev/null 2>&1; then
     log "postgres: reusing server at 127.0.0.1:$(cat "$dir/port")"
     return
   fi
   mkdir -p "$dir"
-  [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$dir"
+    chmod 700 "$dir"
+  fi
   # After `down postgres` the port is kept: come back on the same address.
   port=$(cat "$dir/port" 2>/dev/null || true)
   if [ -n "$port" ] && port_open "$port"; then port=""; fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
-    as_pg initdb -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
-      || { cat "$dir/initdb.log" >&2; die "postgres: initdb failed"; }
+    as_pg initdb -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$SVC/pg-initdb.log" 2>&1 \
+      || { cat "$SVC/pg-initdb.log" >&2; die "postgres: initdb failed"; }
   fi
   [ -n "$port" ] || port=$(free_port)
   as_pg pg_ctl -D "$dir/data" -l "$dir/pg.log" -w -t 30 \
@@ -189,18 +222,34 @@ start_postgres() {
   log "postgres: server at 127.0.0.1:$port"
 }
 
+# Whether this services directory has (or had) a cluster.
+pg_known() { [ -f "$SVC/pg.dir" ] || [ -d "$SVC/pg" ]; }
+
 stop_postgres() {
-  local dir="$SVC/pg"
+  local dir
+  pg_known || return 0
+  dir=$(pg_dir)
   [ -d "$dir/data" ] || return 0
   pg_bin
   as_pg pg_ctl -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
   rm -f "$dir/port"
 }
 
+# Stops the server and deletes its cluster (and the outside directory, if any).
+purge_postgres() {
+  local dir
+  pg_known || return 0
+  stop_postgres
+  dir=$(pg_dir)
+  rm -rf "$dir" "$SVC/pg.dir"
+}
+
 # Stops the server like a crash (immediate mode: no checkpoint, clients cut off) but
 # keeps data and port; `start postgres` restarts it on the same port. Idempotent.
 down_postgres() {
-  local dir="$SVC/pg"
+  local dir
+  pg_known || die "postgres: not started"
+  dir=$(pg_dir)
   [ -d "$dir/data" ] || die "postgres: not started"
   pg_bin
   if as_pg pg_ctl -D "$dir/data" status >/dev/null 2>&1; then
@@ -210,7 +259,9 @@ down_postgres() {
 }
 
 env_postgres() {
-  local dir="$SVC/pg"
+  local dir
+  pg_known || return 0
+  dir=$(pg_dir)
   [ -f "$dir/port" ] || return 0
   echo "export DANMAKU_TEST_POSTGRES=postgres://postgres@127.0.0.1:$(cat "$dir/port")/postgres"
 }
@@ -260,6 +311,7 @@ EOF
 }
 
 stop_prometheus() { kill_pidfile "$SVC/prometheus/pid"; rm -f "$SVC/prometheus/port"; }
+purge_prometheus() { stop_prometheus; rm -rf "$SVC/prometheus"; }
 
 env_prometheus() {
   local dir="$SVC/prometheus"
@@ -306,6 +358,12 @@ case "$cmd" in
     [ $# -gt 0 ] || set -- $ALL
     check_names "$@"
     for s in "$@"; do "stop_$s"; done
+    write_env
+    ;;
+  purge)
+    [ $# -gt 0 ] || set -- $ALL
+    check_names "$@"
+    for s in "$@"; do "purge_$s"; done
     write_env
     ;;
   restart)

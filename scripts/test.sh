@@ -39,16 +39,33 @@ step "dashboards and alert rules (generation check, promtool)"; bash scripts/tes
 
 step "services (real Kafka-API broker, PostgreSQL and Prometheus on loopback)"
 # Stop on exit only what this run started; a developer's running services stay up.
+# The trap is set before anything starts, so a start that fails half-way, a failing
+# test run or an interrupt stop what was started up to then.
 started=()
 for svc in kafka postgres prometheus; do
   if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
 done
+stop_started() {
+  [ ${#started[@]} -eq 0 ] || bash scripts/services.sh stop "${started[@]}" || true
+}
+trap stop_started EXIT
+trap 'exit 130' INT TERM
 bash scripts/services.sh start kafka postgres prometheus
-trap '[ ${#started[@]} -eq 0 ] || bash scripts/services.sh stop "${started[@]}" || true' EXIT
 # shellcheck disable=SC1091
 source .services/env
 echo "DANMAKU_TEST_KAFKA=$DANMAKU_TEST_KAFKA DANMAKU_TEST_POSTGRES=$DANMAKU_TEST_POSTGRES"
 
 step "tests (cargo nextest)"
-cargo nextest run --workspace --locked --no-fail-fast --profile ci
+# Tests start processes of their own (private brokers, edges, ingests, PostgreSQL
+# servers). A test that crashes (a segfault, an abort) never runs the code that
+# would stop them, so the run goes into a PID namespace of its own when the machine
+# allows it: when the run ends, however it ends, the kernel ends everything left in
+# it. `bash` as the namespace's first process reaps what is orphaned meanwhile.
+in_own_pids=()
+if unshare --pid --fork --kill-child --mount-proc true 2>/dev/null; then
+  in_own_pids=(unshare --pid --fork --kill-child --mount-proc bash -c '"$@"; exit $?' bash)
+else
+  echo "(no PID namespace here: processes of crashed tests may outlive the run)"
+fi
+"${in_own_pids[@]}" cargo nextest run --workspace --locked --no-fail-fast --profile ci
 bash scripts/test-browser.sh  # JavaScript SDK + player page in headless Chromium (installs chromium, fonts, npm packages)

@@ -1,7 +1,8 @@
 //! The edge's control plane on real processes: `/readyz` against a store that
-//! goes away, `POST /admin/drain` auth, a drain that moves 500 viewers of a room
-//! receiving gifts to another edge with every gift exactly once, and `online`
-//! frames with the standalone `GET /v1/channels/{channel}/online`.
+//! goes away, `POST /admin/drain` auth, a drain (by `POST /admin/drain` or by
+//! SIGTERM) that moves the viewers of a room receiving gifts to another edge in
+//! waves, with every gift exactly once, and `online` frames with the standalone
+//! `GET /v1/channels/{channel}/online`.
 
 mod common;
 
@@ -330,14 +331,40 @@ async fn post_gift(http: &IngestClient, t: &str, channel: &str, id: &str) -> u64
     panic!("gift {id} never persisted");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
+/// How a drain is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainBy {
+    /// `POST /admin/drain` with an app token.
+    Http,
+    /// SIGTERM to the edge process (README: "`POST /admin/drain` (or SIGTERM)").
+    Sigterm,
+}
+
+/// One sample of the draining edge's drain counters: the edge read `redirects`
+/// at some moment between `asked` and `answered` (since the drain began).
+#[derive(Debug, Clone, Copy)]
+struct DrainSample {
+    asked: Duration,
+    answered: Duration,
+    redirects: u64,
+}
+
+/// `viewers` viewers of one room start on an edge that is then drained (at
+/// `--drain-rate rate`) while gifts flow; every viewer must end on the other edge
+/// with every gift exactly once, and the redirects must come in waves of at most
+/// `ceil(viewers × rate)` a second.
+///
+/// Independent of the machine's speed: the gifts go on until the draining edge
+/// has exited (at least `min_gifts` of them), so every viewer's last gift was
+/// posted after its move; each viewer reads until it has every gift posted; the
+/// wave checks are upper bounds (an edge may be slower than one wave a second,
+/// never faster).
+async fn drain_scenario(viewers: usize, rate: f64, min_gifts: u64, by: DrainBy) {
     danmaku_testkit::init_crypto();
-    const VIEWERS: usize = 500;
-    const GIFTS: u64 = 300;
     let bus = format!("kafka://{}?topic={}", shared_broker(), unique("drain"));
     let store = danmaku_testkit::kafka::env_or_fail("DANMAKU_TEST_POSTGRES");
-    let mut draining = spawn_logged("edge", &bus, &store, &["--drain-rate", "0.05"]).await;
+    let rate_arg = rate.to_string();
+    let mut draining = spawn_logged("edge", &bus, &store, &["--drain-rate", &rate_arg]).await;
     let other = spawn_logged("edge", &bus, &store, &[]).await;
     let ingest = spawn_logged(
         "ingest",
@@ -359,13 +386,12 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
     };
     // Every viewer starts on the edge to drain and knows the other as a fallback
     // (the redirect carries scheduler picks when the edge has a scheduler).
-    let mut viewers = Vec::new();
-    for chunk in 0..VIEWERS / 50 {
-        let joins: Vec<_> = (0..50)
-            .map(|i| {
+    let mut clients = Vec::new();
+    for chunk in 0..viewers.div_ceil(50) {
+        let joins: Vec<_> = (chunk * 50..((chunk + 1) * 50).min(viewers))
+            .map(|n| {
                 let list = vec![target(&draining), target(&other)];
                 let channel = channel.clone();
-                let n = chunk * 50 + i;
                 tokio::spawn(async move {
                     let mut list = list;
                     if n % 5 == 4 {
@@ -386,66 +412,123 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
             })
             .collect();
         for j in joins {
-            viewers.push(j.await.unwrap());
+            clients.push(j.await.unwrap());
         }
     }
-    assert!(viewers.iter().all(|v| v.current_edge() == draining.base));
+    assert!(clients.iter().all(|v| v.current_edge() == draining.base));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let collectors: Vec<_> = viewers
+    // The number of gifts, known once the gifter has stopped.
+    let (total_tx, total_rx) = tokio::sync::watch::channel(None::<u64>);
+    let collectors: Vec<_> = clients
         .into_iter()
         .map(|mut v| {
             let channel = channel.clone();
+            let mut total_rx = total_rx.clone();
             tokio::spawn(async move {
-                let mut seqs = Vec::with_capacity(GIFTS as usize);
+                let mut seqs = Vec::new();
                 let r = tokio::time::timeout(Duration::from_secs(300), async {
-                    while seqs.len() < GIFTS as usize {
-                        match v.next_event().await {
-                            Some(ServerEvent::Reliable {
-                                channel: c, seq, ..
-                            }) => {
-                                assert_eq!(c, channel);
-                                seqs.push(seq);
-                            }
-                            Some(_) => {}
-                            None => panic!("viewer gave up after {} gifts", seqs.len()),
+                    loop {
+                        let total = *total_rx.borrow_and_update();
+                        if total.is_some_and(|t| seqs.len() as u64 >= t) {
+                            return;
+                        }
+                        tokio::select! {
+                            biased;
+                            // Cancels `next_event` at most once: the total is set once.
+                            _ = total_rx.changed(), if total.is_none() => {}
+                            ev = v.next_event() => match ev {
+                                Some(ServerEvent::Reliable { channel: c, seq, .. }) => {
+                                    assert_eq!(c, channel);
+                                    seqs.push(seq);
+                                }
+                                Some(_) => {}
+                                None => panic!("viewer gave up after {} gifts", seqs.len()),
+                            },
                         }
                     }
                 })
                 .await;
-                assert!(r.is_ok(), "viewer got {} of {GIFTS} gifts", seqs.len());
+                assert!(
+                    r.is_ok(),
+                    "viewer got {} of {:?} gifts",
+                    seqs.len(),
+                    *total_rx.borrow()
+                );
                 (seqs, v.current_edge().to_owned(), v.reconnects())
             })
         })
         .collect();
 
     let posted = Arc::new(AtomicU64::new(0));
+    let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gifter = {
         let http = IngestClient::new(&ingest.base);
         let channel = channel.clone();
-        let posted = posted.clone();
+        let (posted, drained) = (posted.clone(), drained.clone());
         tokio::spawn(async move {
             let t = token("gifter", "user");
-            for n in 0..GIFTS {
+            let mut n = 0u64;
+            // ~50 gifts/s until the drained edge is gone: the last gift is posted
+            // after every viewer left it, however long the drain takes.
+            loop {
+                let last = drained.load(Ordering::SeqCst) && n >= min_gifts;
                 post_gift(&http, &t, &channel, &format!("d{n}")).await;
-                posted.fetch_add(1, Ordering::Relaxed);
-                // ~50 gifts/s: the stream spans the whole drain.
+                n += 1;
+                posted.store(n, Ordering::Relaxed);
+                if last {
+                    return n;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
     };
-    while posted.load(Ordering::Relaxed) < GIFTS / 5 {
+    while posted.load(Ordering::Relaxed) < min_gifts / 5 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // The drain counters, sampled from the draining edge until it exits.
+    let sampler = {
+        let base = draining.base.clone();
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let mut samples = Vec::new();
+            loop {
+                let asked = began.elapsed();
+                let Ok(r) = reqwest::get(format!("{base}/metrics")).await else {
+                    break;
+                };
+                let Ok(text) = r.text().await else { break };
+                let v =
+                    danmaku_testkit::metric_value(&text, "danmaku_edge_drain_redirects_total", &[]);
+                samples.push(DrainSample {
+                    asked,
+                    answered: began.elapsed(),
+                    redirects: v.unwrap_or(0.0) as u64,
+                });
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            samples
+        })
+    };
     let began = Instant::now();
-    let r = reqwest::Client::new()
-        .post(format!("{}/admin/drain", draining.base))
-        .bearer_auth(token("ops", "app"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let exited = tokio::time::timeout(Duration::from_secs(90), async {
+    match by {
+        DrainBy::Http => {
+            let r = reqwest::Client::new()
+                .post(format!("{}/admin/drain", draining.base))
+                .bearer_auth(token("ops", "app"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+        DrainBy::Sigterm => {
+            let pid = draining.child.id().to_string();
+            let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(ok.success(), "kill -TERM {pid}");
+        }
+    }
+    let exited = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             if let Some(status) = draining.child.try_wait().unwrap() {
                 return status;
@@ -456,26 +539,75 @@ async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
     .await
     .unwrap_or_else(|_| panic!("draining edge did not exit; log {}", draining.log.display()));
     let drain_took = began.elapsed();
+    drained.store(true, Ordering::SeqCst);
     assert!(exited.success(), "exit status {exited}");
-    gifter.await.unwrap();
+    let gifts = gifter.await.unwrap();
+    total_tx.send(Some(gifts)).unwrap();
+    let samples = sampler.await.unwrap();
 
+    let want: Vec<u64> = (1..=gifts).collect();
     for c in collectors {
         let (seqs, edge, reconnects) = c.await.unwrap();
-        let want: Vec<u64> = (1..=GIFTS).collect();
         assert_eq!(seqs, want, "every gift exactly once, in order");
         assert_eq!(edge, other.base, "the viewer ended on the other edge");
         assert!(reconnects >= 1);
     }
-    let metrics = common::metrics_text(&other.base).await;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("danmaku_edge_connections{transport=\"ws_pb\"}"))
-        .unwrap()
-        .to_owned();
+
+    // Waves: `per_wave` redirects at most, at most one wave a second.
+    let per_wave = (viewers as f64 * rate).ceil() as u64;
+    let waves = (viewers as u64).div_ceil(per_wave);
+    assert!(
+        samples.len() >= 2,
+        "the draining edge answered /metrics during the drain ({samples:?})"
+    );
+    for (i, a) in samples.iter().enumerate() {
+        assert!(
+            a.redirects <= viewers as u64,
+            "{a:?}: more redirects than viewers"
+        );
+        for b in &samples[i + 1..] {
+            let sent = b.redirects - a.redirects;
+            // Waves are ≥ 1 s apart, so a window of d seconds holds at most
+            // floor(d) + 1 of them; these came after a's reading (at `a.asked`
+            // or later) and by b's (at `b.answered` or sooner).
+            let max_waves = (b.answered - a.asked).as_secs() + 1;
+            assert!(
+                sent <= per_wave * max_waves,
+                "{sent} redirects between {a:?} and {b:?}: more than {max_waves} waves of {per_wave}"
+            );
+        }
+    }
+    let last = samples.last().unwrap().redirects;
+    // The edge may exit before a sample sees the last wave.
+    assert!(
+        last + per_wave >= viewers as u64,
+        "only {last} of {viewers} viewers were redirected ({samples:?})"
+    );
+    // `waves` waves one second apart: the drain cannot end sooner than that.
+    assert!(
+        drain_took >= Duration::from_secs(waves - 1),
+        "{viewers} viewers in waves of {per_wave} drained in {drain_took:?}: faster than one wave a second"
+    );
+    let profile: Vec<String> = samples
+        .iter()
+        .step_by(20)
+        .map(|s| format!("{:.0}s:{}", s.answered.as_secs_f64(), s.redirects))
+        .collect();
     eprintln!(
-        "drain of {VIEWERS} viewers at --drain-rate 0.05 took {:.1} s (POST /admin/drain to exit); other edge: {line}",
+        "drain ({by:?}) of {viewers} viewers at --drain-rate {rate} ({waves} waves of {per_wave}) took {:.1} s \
+         (start to exit), {gifts} gifts; redirects over time {profile:?}",
         drain_took.as_secs_f64()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_500_viewers_to_another_edge_with_every_gift_once() {
+    drain_scenario(500, 0.05, 300, DrainBy::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_edge_viewers_move_with_every_gift_once() {
+    drain_scenario(100, 0.2, 100, DrainBy::Sigterm).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

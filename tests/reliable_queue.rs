@@ -7,7 +7,9 @@
 //! shrinks settings that have no flag: the edge's `SO_SNDBUF`, so the stalled
 //! socket fills after a few frames, the unacked window, so it is the queue —
 //! not the window — that trips, and the text limit, so gifts of 2 KB fill the
-//! socket's buffers quickly.
+//! socket's buffers quickly. The viewer's own `SO_RCVBUF` is pinned too: the
+//! kernel otherwise grows a receive buffer up to `net.ipv4.tcp_rmem`'s maximum
+//! (32 MiB on some machines, more than every gift of this test together).
 
 mod common;
 
@@ -58,7 +60,7 @@ async fn a_viewer_that_stops_reading_is_closed_with_reliable_backlog_and_resumes
         c.edge.tcp_send_buffer = Some(4096);
         c.ingest.user_rate_per_sec = 1e6;
         c.ingest.user_burst = 1_000_000;
-        // 2 KB gifts: the stalled socket's buffers fill after a few dozen.
+        // 2 KB gifts: the stalled path's buffers fill after about 14 (below).
         c.ingest.max_text_chars = 4000;
     })
     .await;
@@ -67,8 +69,15 @@ async fn a_viewer_that_stops_reading_is_closed_with_reliable_backlog_and_resumes
 
     // event_buffer 1: once one event waits for the application, the SDK stops
     // reading the socket, so not calling next_event is a peer that stopped reading.
+    // What the stalled path can hold, whatever the kernel's settings: the edge's
+    // send buffer (4 KiB asked, the kernel doubles it: 8 KiB) + the viewer's receive
+    // buffer (the same: 8 KiB) + what the SDK read ahead before it stopped (its
+    // one waiting event, the frame being decoded, the rest of its last socket
+    // read: ≤ 8 KiB + 2 × 2 KB) ≈ 28 KB ≈ 14 gifts of 2 KB; then the queue's 16
+    // frames fill. So the overflow comes after ~30 of the 1,200 gifts (2.4 MB).
     let config = ClientConfig {
         event_buffer: 1,
+        recv_buffer_bytes: Some(4096),
         ..ClientConfig::default()
     };
     let mut viewer = ResilientClient::connect(

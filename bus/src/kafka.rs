@@ -42,16 +42,19 @@
 //!   its storage are gone from the bus; the reliable lane recovers them from the store.
 //! * **tansu × librdkafka 2.12.1 crash.** A restarted tansu answers a fetch for a
 //!   topic id it does not know with leader hints and a zero topic id, and librdkafka
-//!   dereferences a NULL topic name (`rd_kafka_metadata_update_op`). Subscriptions
-//!   therefore drop their assignment as soon as a connection is lost (see
-//!   `subscription.rs`); deleting the topic under live consumers still crashes them.
-//!   Apache Kafka and Redpanda send real topic ids and are not affected.
+//!   dereferences a NULL topic name (`rd_kafka_metadata_update_op`, SIGSEGV). A
+//!   subscription's consumer therefore may not reconnect while it holds an
+//!   assignment made before a connection closed: librdkafka's own connect and
+//!   close callbacks enforce it (`consumer.rs`). Deleting the topic under live
+//!   consumers with the broker up still crashes them. Apache Kafka and Redpanda
+//!   send real topic ids and are not affected.
 //!
 //! Health for `/metrics` and readiness: [`KafkaBus::stats`] ([`KafkaStats`]: last
 //! successful probe, delivery and fetch, counters, per-partition consumer lag) and
 //! [`Bus::healthy`].
 
 mod config;
+mod consumer;
 mod subscription;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -342,3 +342,86 @@ async fn subscription_survives_quick_broker_restart_with_remote_publisher() {
         wait_for(&mut sub, &after, Duration::from_secs(45)).await;
     }
 }
+
+/// Many quick broker restarts while one bus publishes without pause and another
+/// subscribes, like ingests and an edge riding out a flapping broker. Each restart
+/// hands the subscription a new topic under the old name; a consumer that fetched
+/// with its old assignment from the restarted broker crashed the process
+/// (SIGSEGV in librdkafka, issue 22). `DANMAKU_BUS_STRESS_RESTARTS` sets the count
+/// (default 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_many_broker_restarts_under_publish_and_consume() {
+    init_logs();
+    let restarts: u32 = std::env::var("DANMAKU_BUS_STRESS_RESTARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let mut broker = Broker::start();
+    let config = KafkaBusConfig {
+        brokers: broker.addr(),
+        topic: unique("stress"),
+        delivery_timeout: Duration::from_secs(2),
+        ..KafkaBusConfig::default()
+    };
+    let publisher = Arc::new(
+        KafkaBus::connect(KafkaBusConfig {
+            watch_interval: Duration::from_millis(100),
+            ..config.clone()
+        })
+        .await
+        .unwrap(),
+    );
+    let edge = KafkaBus::connect(config).await.unwrap();
+    let mut sub = edge.subscribe_all().await.unwrap();
+    // Background traffic on several keys (partitions), failures ignored: fetches
+    // are in flight whenever the broker goes away.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (publisher, stop) = (publisher.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = Bytes::from(format!("room:{}", n % 8));
+                let _ = publisher.publish(key, Bytes::from_static(b"noise")).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    for i in 0..restarts {
+        broker.kill();
+        broker.launch();
+        // A marker after each restart must reach the same subscription.
+        let marker = format!("after-{i}").into_bytes();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = publisher
+            .publish(key(), Bytes::copy_from_slice(&marker))
+            .await
+        {
+            assert!(
+                Instant::now() < deadline,
+                "restart {i}: publish never recovered: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_for(&mut sub, &marker, Duration::from_secs(45)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    background.await.unwrap();
+    let stats = edge.stats();
+    let s = &stats.subscriptions[0];
+    eprintln!(
+        "{restarts} broker restarts in {:.1} s: subscription saw {} closed connections, \
+         held back {} reconnects, re-assigned {} times",
+        started.elapsed().as_secs_f64(),
+        s.connection_closes,
+        s.reconnects_held,
+        stats.reassignments
+    );
+    assert!(
+        s.connection_closes >= u64::from(restarts),
+        "every restart closed the subscription's connection: {stats:?}"
+    );
+    assert!(stats.reassignments >= u64::from(restarts), "{stats:?}");
+}

@@ -1,7 +1,7 @@
 //! One subscription = one consumer that owns every partition of the topic.
 //!
-//! A task fetches with a [`StreamConsumer`] and forwards into a bounded channel that
-//! [`Subscription::recv`] reads. On every watch interval it checks the topic's
+//! A thread polls librdkafka's consumer (`consumer.rs`) and a task forwards what it
+//! polls into a bounded channel that [`Subscription::recv`] reads. On every watch interval it checks the topic's
 //! metadata and, after anything suspicious (an error from librdkafka, the topic
 //! missing, a different partition count), compares its positions with the
 //! partitions' watermarks and re-assigns: unchanged partitions go on where they
@@ -18,31 +18,29 @@
 //! beginning. A topic this process re-created itself (the bus's topic generation
 //! changed) starts from the beginning without the check.
 //!
-//! While the broker is unreachable the subscription holds NO assignment: librdkafka
-//! 2.12.1 crashes (NULL topic name in `rd_kafka_metadata_update_op`) when a restarted
-//! tansu answers a fetch for the old topic id with leader hints and a zero topic id.
-//! So on the first lost connection the task unassigns everything, keeping its
-//! positions, and assigns again once the topic answers; the consumer waits 300 ms
-//! before reconnecting to leave it the time. This makes a crash unlikely, not
-//! impossible; deleting the topic under a live consumer still triggers it.
+//! While a broker connection is down the subscription holds NO assignment, and
+//! the consumer may not reconnect until it has dropped it: librdkafka 2.12.1
+//! crashes when a restarted tansu answers a fetch for the old topic id (see
+//! `consumer.rs`, which enforces that order on librdkafka's own threads). The
+//! subscription assigns again, from freshly read metadata, once the topic
+//! answers. Deleting the topic under a live consumer, with the broker up, still
+//! triggers the crash (only tansu restarts lose topics here).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::Offset;
 use rdkafka::error::KafkaError;
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Message, Timestamp};
 use rdkafka::statistics::Statistics;
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
-use super::{Shared, base_config, log_librdkafka, store_now, topic_partitions, unavailable};
+use super::consumer::{
+    Applied, Command, ConsumerHooks, ConsumerSlot, Gate, GatedConsumer, MakeConsumer, Polled,
+    partition_list, spawn_poll_thread,
+};
+use super::{Shared, base_config, store_now, topic_partitions, unavailable};
 use crate::{BusError, BusMessage, Subscription};
 
 /// How long one metadata or watermark request may take.
@@ -67,6 +65,10 @@ pub struct SubscriptionStats {
     pub buffered: usize,
     /// Per-partition lag, sorted by partition.
     pub partitions: Vec<PartitionLag>,
+    /// Broker connections that closed (any reason) since the subscription began.
+    pub connection_closes: u64,
+    /// Reconnects refused because the assignment predated a closed connection.
+    pub reconnects_held: u64,
 }
 
 /// What a subscription's consumer callbacks, its task and `KafkaBus::stats` share.
@@ -74,10 +76,9 @@ pub(super) struct SubState {
     topic: String,
     /// Set by librdkafka errors: check positions against watermarks at the next tick.
     disrupted: AtomicBool,
-    /// Woken on a lost connection: the task drops its assignment at once.
-    outage: Notify,
     buffered: AtomicUsize,
     lags: Mutex<Vec<PartitionLag>>,
+    gate: Arc<Gate>,
 }
 
 impl SubState {
@@ -85,37 +86,18 @@ impl SubState {
         SubscriptionStats {
             buffered: self.buffered.load(Ordering::Relaxed),
             partitions: self.lags.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            connection_closes: self.gate.closes(),
+            reconnects_held: self.gate.refused(),
         }
     }
-}
 
-struct SubContext {
-    state: Arc<SubState>,
-}
-
-impl ClientContext for SubContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        // "FAIL" is a lost or refused connection. Logs arrive straight from
-        // librdkafka's broker thread, sooner than the error callback.
-        if fac == "FAIL" {
-            self.state.outage.notify_one();
-        }
-        log_librdkafka("consumer", level, fac, message);
+    fn on_error(&self, reason: &str) {
+        self.disrupted.store(true, Ordering::Relaxed);
+        tracing::debug!(role = "consumer", reason, "librdkafka error");
     }
 
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.state.disrupted.store(true, Ordering::Relaxed);
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.state.outage.notify_one();
-        }
-        tracing::debug!(role = "consumer", %error, reason, "librdkafka error");
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.state.topic) else {
+    fn on_stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
         let mut lags: Vec<PartitionLag> = topic
@@ -134,26 +116,23 @@ impl ClientContext for SubContext {
             })
             .collect();
         lags.sort_by_key(|l| l.partition);
-        *self.state.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
+        *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
     }
 }
-
-impl ConsumerContext for SubContext {}
-
-type KafkaConsumer = StreamConsumer<SubContext>;
 
 /// Creates the consumer, assigns every partition at its current end and starts the
 /// fetch task. Everything published after this returns is received.
 pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscription>, BusError> {
     let config = &shared.config;
+    let gate = Arc::new(Gate::default());
     let state = Arc::new(SubState {
         topic: config.topic.clone(),
         disrupted: AtomicBool::new(false),
-        outage: Notify::new(),
         buffered: AtomicUsize::new(0),
         lags: Mutex::new(Vec::new()),
+        gate: gate.clone(),
     });
-    let consumer: KafkaConsumer = base_config(config)
+    let settings = base_config(config)
         // librdkafka wants a group id even for `assign`; with no subscribe and no
         // commits it never joins the group.
         .set("group.id", "danmaku-bus")
@@ -167,51 +146,97 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
         )
         .set("fetch.error.backoff.ms", "50")
         .set("statistics.interval.ms", "1000")
-        // Leaves the task time to drop its assignment before a restarted broker is
-        // asked for the old topic (see the module documentation).
-        .set("reconnect.backoff.ms", "300")
-        .create_with_context(SubContext {
-            state: state.clone(),
-        })
-        .map_err(|e| unavailable(config, "cannot create a consumer", e))?;
-    let consumer = Arc::new(consumer);
-
-    // Resolve the end offsets ourselves rather than assigning `Offset::End`: librdkafka
-    // would resolve that lazily, after a publish that follows this call.
-    let mut ends = blocking_end_offsets(&consumer, &config.topic).await;
-    if matches!(ends, Ok(None)) {
-        shared.create_topic().await?;
-        ends = blocking_end_offsets(&consumer, &config.topic).await;
-    }
-    let ends = match ends {
-        Ok(Some(ends)) => ends,
-        Ok(None) => return Err(unavailable(config, "subscribe", "the topic does not exist")),
-        Err(e) => return Err(unavailable(config, "subscribe", e)),
-    };
-    let positions: Vec<i64> = ends.iter().map(|&(_, high)| high).collect();
-    tracing::debug!(topic = %config.topic, ?ends, "subscription starts at the partitions' ends");
-    let generation = shared.topic_generation.load(Ordering::Relaxed);
-    assign(&consumer, &config.topic, &positions)
-        .map_err(|e| unavailable(config, "cannot assign partitions", e))?;
+        .clone();
+    let make: MakeConsumer = Box::new({
+        let (state, gate) = (state.clone(), gate.clone());
+        move || {
+            let hooks = ConsumerHooks {
+                gate: gate.clone(),
+                retired: AtomicBool::new(false),
+                on_error: Box::new({
+                    let state = state.clone();
+                    move |reason| state.on_error(reason)
+                }),
+                on_stats: Box::new({
+                    let state = state.clone();
+                    move |stats| state.on_stats(stats)
+                }),
+            };
+            GatedConsumer::new(&settings, hooks)
+        }
+    });
+    let consumer = make().map_err(|e| unavailable(config, "cannot create a consumer", e))?;
+    let consumer = Arc::new(ConsumerSlot::new(consumer));
 
     let (tx, rx) = mpsc::channel(config.subscription_buffer.max(1));
+    let (commands, command_rx) = std_mpsc::channel();
+    let (polled_tx, polled) = mpsc::channel(256);
+    spawn_poll_thread(consumer.clone(), make, command_rx, polled_tx)
+        .map_err(|e| unavailable(config, "cannot start the consumer thread", e))?;
+    let mut fetcher = Fetcher {
+        shared: shared.clone(),
+        state: state.clone(),
+        consumer,
+        commands,
+        polled,
+        tx,
+        last: Vec::new(),
+        verify: Vec::new(),
+        positions: Vec::new(),
+        assigned: false,
+        topic_missing: false,
+        generation: 0,
+        command_gen: 0,
+        awaiting: None,
+        check_soon: false,
+    };
+    // The first assignment is in place before `subscribe` returns, so everything
+    // published afterwards is received. A broker socket that closes meanwhile
+    // refuses it (see `consumer.rs`): librdkafka retires its bootstrap connection
+    // once it knows the cluster, which can fall in here; read and try again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // Resolve the end offsets ourselves rather than assigning `Offset::End`:
+        // librdkafka would resolve that lazily, after a publish that follows this call.
+        let closes = fetcher.state.gate.closes();
+        let mut ends = blocking_end_offsets(&fetcher.consumer.get(), &config.topic).await;
+        if matches!(ends, Ok(None)) {
+            shared.create_topic().await?;
+            ends = blocking_end_offsets(&fetcher.consumer.get(), &config.topic).await;
+        }
+        let ends = match ends {
+            Ok(Some(ends)) => ends,
+            Ok(None) => return Err(unavailable(config, "subscribe", "the topic does not exist")),
+            Err(e) => return Err(unavailable(config, "subscribe", e)),
+        };
+        let positions: Vec<i64> = ends.iter().map(|&(_, high)| high).collect();
+        tracing::debug!(topic = %config.topic, ?ends, "subscription starts at the partitions' ends");
+        let offsets: Vec<Offset> = positions.iter().map(|&p| Offset::Offset(p)).collect();
+        let tpl = partition_list(&config.topic, &offsets)
+            .map_err(|e| unavailable(config, "cannot assign partitions", e))?;
+        fetcher.generation = shared.topic_generation.load(Ordering::Relaxed);
+        fetcher.last = vec![None; positions.len()];
+        fetcher.verify = vec![None; positions.len()];
+        fetcher.positions = positions;
+        fetcher.send_assign(tpl, Some(closes));
+        if fetcher.wait_applied().await {
+            break;
+        }
+        if attempts >= 5 {
+            return Err(unavailable(
+                config,
+                "subscribe",
+                "broker connections kept closing while assigning partitions",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     shared
         .subs
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(Arc::downgrade(&state));
-    let fetcher = Fetcher {
-        shared,
-        state,
-        consumer,
-        tx,
-        last: vec![None; positions.len()],
-        verify: vec![None; positions.len()],
-        positions,
-        assigned: true,
-        topic_missing: false,
-        generation,
-    };
     tokio::spawn(fetcher.run());
     Ok(Box::new(KafkaSubscription { rx }))
 }
@@ -230,7 +255,11 @@ impl Subscription for KafkaSubscription {
 struct Fetcher {
     shared: Arc<Shared>,
     state: Arc<SubState>,
-    consumer: Arc<KafkaConsumer>,
+    consumer: Arc<ConsumerSlot>,
+    /// To the poll thread (see `consumer.rs`).
+    commands: std_mpsc::Sender<Command>,
+    /// From the poll thread, in order.
+    polled: mpsc::Receiver<Polled>,
     tx: mpsc::Sender<BusMessage>,
     /// Next offset to receive, per partition (index = partition id).
     positions: Vec<i64>,
@@ -244,6 +273,13 @@ struct Fetcher {
     verify: Vec<Option<Fingerprint>>,
     /// The bus's topic generation when the partitions were last assigned.
     generation: u64,
+    /// Number of the last command sent to the poll thread.
+    command_gen: u64,
+    /// A command not yet carried out: what is polled meanwhile belongs to the
+    /// assignment it replaces and is dropped.
+    awaiting: Option<u64>,
+    /// The assignment was dropped: check the topic at once, not at the next tick.
+    check_soon: bool,
 }
 
 /// Enough of a message to tell it from another one at the same offset of a
@@ -259,9 +295,7 @@ struct Fingerprint {
 enum Step {
     Stop,
     Tick,
-    Outage,
-    Message(i32, Fingerprint, BusMessage),
-    Error(KafkaError),
+    Polled(Polled),
 }
 
 impl Fetcher {
@@ -275,79 +309,136 @@ impl Fetcher {
             let step = tokio::select! {
                 _ = self.tx.closed() => Step::Stop,
                 _ = tick.tick() => Step::Tick,
-                _ = self.state.outage.notified() => Step::Outage,
-                r = self.consumer.recv() => match r {
-                    Ok(m) => {
-                        let key = m.key().unwrap_or_default();
-                        let payload = m.payload().unwrap_or_default();
-                        let fp = Fingerprint {
-                            offset: m.offset(),
-                            timestamp: match m.timestamp() {
-                                Timestamp::NotAvailable => None,
-                                t => t.to_millis(),
-                            },
-                            key_len: key.len(),
-                            payload_len: payload.len(),
-                        };
-                        Step::Message(m.partition(), fp, BusMessage {
-                            key: Bytes::copy_from_slice(key),
-                            payload: Bytes::copy_from_slice(payload),
-                        })
-                    }
-                    Err(e) => Step::Error(e),
-                },
+                p = self.polled.recv() => p.map_or(Step::Stop, Step::Polled),
             };
             match step {
                 Step::Stop => return,
                 Step::Tick => {
                     let buffered = self.tx.max_capacity() - self.tx.capacity();
                     self.state.buffered.store(buffered, Ordering::Relaxed);
-                    self.check_assignment().await;
+                    if self.awaiting.is_none() {
+                        self.check_assignment().await;
+                    }
                 }
-                Step::Outage => self.unassign("lost the connection to the broker"),
-                Step::Message(partition, fp, msg) => {
-                    let Ok(p) = usize::try_from(partition) else {
-                        continue;
-                    };
-                    if let Some(expected) = self.verify.get_mut(p).and_then(Option::take)
-                        && fp.offset == expected.offset
-                    {
-                        if fp != expected {
-                            self.rewind(p, partition);
-                        }
-                        // Either way this is not a message to deliver: the same one
-                        // was delivered before the outage, or the partition is
-                        // read again from its beginning.
-                        continue;
-                    }
-                    if let Some(pos) = self.positions.get_mut(p) {
-                        *pos = fp.offset + 1;
-                    }
-                    if let Some(last) = self.last.get_mut(p) {
-                        *last = Some(fp);
-                    }
-                    let counters = &self.shared.counters;
-                    counters.consumed.fetch_add(1, Ordering::Relaxed);
-                    store_now(&counters.last_fetch_ms);
-                    if self.tx.send(msg).await.is_err() {
+                Step::Polled(p) => {
+                    if !self.on_polled(p).await {
                         return;
                     }
-                }
-                Step::Error(e) => {
-                    self.state.disrupted.store(true, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "kafka fetch error");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if std::mem::take(&mut self.check_soon) {
+                        tick.reset_immediately();
+                    }
                 }
             }
         }
     }
 
+    /// Handles one item from the poll thread; false when the subscription is gone.
+    async fn on_polled(&mut self, p: Polled) -> bool {
+        match p {
+            Polled::Applied { id, result } => {
+                if self.awaiting == Some(id) {
+                    self.awaiting = None;
+                    if let Applied::Refused(why) = result {
+                        self.assigned = false;
+                        self.state.disrupted.store(true, Ordering::Relaxed);
+                        tracing::info!(reason = why, "kafka subscription did not assign; retrying");
+                    }
+                }
+            }
+            Polled::Paused => {
+                // A new consumer, no partitions: positions are kept and verified.
+                self.assigned = false;
+                self.check_soon = true;
+                self.state.disrupted.store(true, Ordering::Relaxed);
+            }
+            Polled::Error(e) => {
+                self.state.disrupted.store(true, Ordering::Relaxed);
+                tracing::debug!(error = %e, "kafka fetch error");
+            }
+            Polled::Message { .. } if self.awaiting.is_some() => {}
+            Polled::Message {
+                partition,
+                offset,
+                timestamp,
+                msg,
+            } => {
+                let fp = Fingerprint {
+                    offset,
+                    timestamp,
+                    key_len: msg.key.len(),
+                    payload_len: msg.payload.len(),
+                };
+                let Ok(p) = usize::try_from(partition) else {
+                    return true;
+                };
+                if let Some(expected) = self.verify.get_mut(p).and_then(Option::take)
+                    && fp.offset == expected.offset
+                {
+                    if fp != expected {
+                        self.rewind(p, partition);
+                    }
+                    // Either way this is not a message to deliver: the same one
+                    // was delivered before the outage, or the partition is
+                    // read again from its beginning.
+                    return true;
+                }
+                if let Some(pos) = self.positions.get_mut(p) {
+                    *pos = fp.offset + 1;
+                }
+                if let Some(last) = self.last.get_mut(p) {
+                    *last = Some(fp);
+                }
+                let counters = &self.shared.counters;
+                counters.consumed.fetch_add(1, Ordering::Relaxed);
+                store_now(&counters.last_fetch_ms);
+                if self.tx.send(msg).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn next_gen(&mut self) -> u64 {
+        self.command_gen += 1;
+        self.awaiting = Some(self.command_gen);
+        self.command_gen
+    }
+
+    /// Asks the poll thread to assign `tpl` (see [`Command::Assign`]).
+    fn send_assign(&mut self, tpl: rdkafka::TopicPartitionList, closes_seen: Option<u64>) {
+        let id = self.next_gen();
+        self.assigned = true;
+        let _ = self.commands.send(Command::Assign {
+            id,
+            tpl,
+            closes_seen,
+        });
+    }
+
+    /// Waits for the command in flight (used before the task runs); true if it
+    /// was carried out and the assignment stands.
+    async fn wait_applied(&mut self) -> bool {
+        while self.awaiting.is_some() {
+            match self.polled.recv().await {
+                Some(p) => {
+                    self.on_polled(p).await;
+                }
+                None => return false,
+            }
+        }
+        self.assigned
+    }
+
     async fn check_assignment(&mut self) {
+        // Before the metadata: an assignment computed from it is only made if no
+        // broker connection closed since (see `consumer.rs`).
+        let closes = self.state.gate.closes();
         let topic = self.shared.config.topic.clone();
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer.get();
         let count = tokio::task::spawn_blocking(move || {
             consumer
-                .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
+                .fetch_metadata(&topic, REQUEST_TIMEOUT)
                 .map(|md| topic_partitions(&md, &topic))
         })
         .await
@@ -378,7 +469,7 @@ impl Fetcher {
             return;
         }
         let topic = self.shared.config.topic.clone();
-        let ends = match blocking_watermarks(&self.consumer, &topic, count).await {
+        let ends = match blocking_watermarks(&self.consumer.get(), &topic, count).await {
             Ok(ends) => ends,
             Err(e) => {
                 self.state.disrupted.store(true, Ordering::Relaxed);
@@ -415,16 +506,20 @@ impl Fetcher {
                 }
             }
         }
-        let offsets: Vec<i64> = positions
+        let offsets: Vec<Offset> = positions
             .iter()
             .zip(&verify)
-            .map(|(&pos, v)| v.map_or(pos, |v: Fingerprint| v.offset))
+            .map(|(&pos, v)| Offset::Offset(v.map_or(pos, |v: Fingerprint| v.offset)))
             .collect();
-        if let Err(e) = assign(&self.consumer, &topic, &offsets) {
-            self.state.disrupted.store(true, Ordering::Relaxed);
-            tracing::warn!(error = %e, "cannot re-assign kafka partitions");
-            return;
-        }
+        let tpl = match partition_list(&topic, &offsets) {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                self.state.disrupted.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot re-assign kafka partitions");
+                return;
+            }
+        };
+        self.send_assign(tpl, Some(closes));
         tracing::info!(
             topic = %topic,
             partitions = count,
@@ -437,7 +532,6 @@ impl Fetcher {
         self.last.resize(positions.len(), None);
         self.positions = positions;
         self.verify = verify;
-        self.assigned = true;
         self.topic_missing = false;
         self.generation = generation;
         self.shared
@@ -458,25 +552,30 @@ impl Fetcher {
             "kafka partition was re-created under the subscription; reading it from its start"
         );
         self.last[p] = None;
-        let mut tpl = TopicPartitionList::with_capacity(self.positions.len());
-        let topic = &self.shared.config.topic;
-        for (i, &pos) in self.positions.iter().enumerate() {
-            let offset = if i == p {
-                Offset::Beginning
-            } else {
-                Offset::Offset(self.verify[i].map_or(pos, |v| v.offset))
-            };
-            if let Err(e) = tpl.add_partition_offset(topic, i as i32, offset) {
+        let offsets: Vec<Offset> = self
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(i, &pos)| {
+                if i == p {
+                    Offset::Beginning
+                } else {
+                    Offset::Offset(self.verify[i].map_or(pos, |v| v.offset))
+                }
+            })
+            .collect();
+        let tpl = match partition_list(&self.shared.config.topic, &offsets) {
+            Ok(tpl) => tpl,
+            Err(e) => {
                 tracing::warn!(error = %e, "cannot rewind a kafka partition");
                 return;
             }
-        }
+        };
         // The position is only a placeholder until the first message arrives.
         self.positions[p] = 0;
-        if let Err(e) = self.consumer.assign(&tpl) {
-            self.state.disrupted.store(true, Ordering::Relaxed);
-            tracing::warn!(error = %e, "cannot rewind a kafka partition");
-        }
+        // No close check: nothing here comes from metadata. A connection that
+        // closes meanwhile makes the poll thread drop this assignment anyway.
+        self.send_assign(tpl, None);
     }
 
     /// Stops fetching but keeps the positions; `check_assignment` resumes.
@@ -484,32 +583,21 @@ impl Fetcher {
         if !self.assigned {
             return;
         }
-        match self.consumer.unassign() {
-            Ok(()) => {
-                self.assigned = false;
-                tracing::info!(reason = why, "kafka subscription paused its assignment");
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot unassign kafka partitions"),
-        }
+        let id = self.next_gen();
+        self.assigned = false;
+        let _ = self.commands.send(Command::Unassign { id });
+        tracing::info!(reason = why, "kafka subscription paused its assignment");
     }
-}
-
-fn assign(consumer: &KafkaConsumer, topic: &str, positions: &[i64]) -> Result<(), KafkaError> {
-    let mut tpl = TopicPartitionList::with_capacity(positions.len());
-    for (p, &offset) in positions.iter().enumerate() {
-        tpl.add_partition_offset(topic, p as i32, Offset::Offset(offset))?;
-    }
-    consumer.assign(&tpl)
 }
 
 /// `(low, high)` watermarks of every partition, or `None` if the topic does not exist.
 async fn blocking_end_offsets(
-    consumer: &Arc<KafkaConsumer>,
+    consumer: &Arc<GatedConsumer>,
     topic: &str,
 ) -> Result<Option<Vec<(i64, i64)>>, KafkaError> {
     let (c, t) = (consumer.clone(), topic.to_owned());
     let count = tokio::task::spawn_blocking(move || {
-        c.fetch_metadata(Some(&t), REQUEST_TIMEOUT)
+        c.fetch_metadata(&t, REQUEST_TIMEOUT)
             .map(|md| topic_partitions(&md, &t))
     })
     .await
@@ -521,7 +609,7 @@ async fn blocking_end_offsets(
 }
 
 async fn blocking_watermarks(
-    consumer: &Arc<KafkaConsumer>,
+    consumer: &Arc<GatedConsumer>,
     topic: &str,
     count: usize,
 ) -> Result<Vec<(i64, i64)>, KafkaError> {
