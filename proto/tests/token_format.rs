@@ -24,7 +24,9 @@ fn tokens_section() -> String {
         .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
     let path = std::path::Path::new(&dir).join("../docs/PROTOCOL.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let start = doc.find("\n## Tokens\n").expect("PROTOCOL.md has a ## Tokens section");
+    let start = doc
+        .find("\n## Tokens\n")
+        .expect("PROTOCOL.md has a ## Tokens section");
     let rest = &doc[start + 1..];
     let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
     rest[..end].to_owned()
