@@ -7,11 +7,14 @@
 // * pings every heartbeat, and drops a connection silent for 2.5 heartbeats;
 // * reconnects with exponential backoff and jitter, follows `redirect`, re-joins
 //   every channel and resumes the reliable lane where the app left it;
+// * keeps a connection past its token's expiry: `refreshBeforeSecs` ahead of `exp`
+//   it asks `getToken("expiring")` and sends the new token in an `auth` frame
+//   (the edge closes a connection whose token expired);
 // * does the reliable lane for the app: each gift / chat is handed over exactly
 //   once, in seq order, and acked cumulatively (see reliable.js).
 
 import { Backoff } from "./backoff.js";
-import { ApiError, HttpApi, TokenSource } from "./http.js";
+import { ApiError, HttpApi, TokenSource, tokenExpiry } from "./http.js";
 import { decodeJsonFrame, encodeJsonFrame } from "./json.js";
 import { DecodeError, decodeServerFrame, encodeClientFrame } from "./pb.js";
 import { ReliableTracker } from "./reliable.js";
@@ -349,6 +352,8 @@ export class DanmakuClient {
       if (Date.now() - this.#lastFrameAt > this.idleMs) this.#dropConnection?.();
     }, Math.min(1000, this.idleMs / 2)));
 
+    this.#scheduleTokenRefresh(ws);
+
     this.#setState("connected", { resumed, user: this.user });
     // Join everything again; resume the channels whose reliable lane is anchored.
     for (const channel of this.channels) {
@@ -362,6 +367,32 @@ export class DanmakuClient {
   }
 
   #connProtocol = "pb";
+
+  /**
+   * While `ws` is the live connection, sends a fresh token (`auth`) ahead of the
+   * current one's expiry, again for each new token. Needs `getToken`; a token
+   * without `exp`, or a callback that returns no later one, stops the cycle (the
+   * edge then closes at expiry and the reconnect fetches a token).
+   */
+  #scheduleTokenRefresh(ws) {
+    if (!this.tokens.getToken) return;
+    const exp = tokenExpiry(this.tokens.token);
+    if (exp === null) return;
+    const dueMs = (exp - this.tokens.refreshBeforeSecs) * 1000 - Date.now();
+    if (dueMs > 2 ** 31 - 1) return; // beyond setTimeout's range: a far-off expiry
+    this.#timers.push(setTimeout(async () => {
+      if (this.#ws !== ws) return;
+      let token;
+      try {
+        token = await this.tokens.renew();
+      } catch (e) {
+        this.#emit("error", e);
+        return;
+      }
+      if (this.#ws !== ws || !((tokenExpiry(token) ?? 0) > exp)) return;
+      if (this.#send({ type: "auth", token })) this.#scheduleTokenRefresh(ws);
+    }, Math.max(0, dueMs)));
+  }
 
   #send(frame) {
     const ws = this.#ws;
