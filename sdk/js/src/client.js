@@ -233,7 +233,10 @@ export class DanmakuClient {
         done = true;
         clearTimeout(timer);
         for (const a of attempts) if (a !== win) {
-          a.ws.onopen = a.ws.onmessage = a.ws.onerror = a.ws.onclose = null;
+          a.ws.onopen = a.ws.onmessage = a.ws.onclose = null;
+          // Closing one still connecting reports an error (the `ws` package throws
+          // it when nothing listens): keep a listener that ignores it.
+          a.ws.onerror = () => {};
           try { a.ws.close(1000); } catch { /* closing anyway */ }
         }
         if (win) resolve(win);
@@ -266,7 +269,11 @@ export class DanmakuClient {
             a.error = f;
           }
         };
+        // A failed socket reports `error` and then `close`: count the attempt once,
+        // or two dead edges would end a race a third one is about to win.
         const fail = () => {
+          if (a.failed) return;
+          a.failed = true;
           if (++failed === urls.length) finish(null, new Error(`no edge accepted the connection (${urls.join(", ")})`));
         };
         ws.onerror = fail;
