@@ -22,10 +22,22 @@ fi
 # Seeds first: without them the zstd paths stay unexplored (fuzz/README.md).
 CARGO_TARGET_DIR="$target_dir/seeds" cargo run --quiet --example make_seeds
 
-targets="${DANMAKU_FUZZ_TARGETS:-$(cargo fuzz list)}"
+# Every fuzz_targets/*.rs must be a target `cargo fuzz list` knows (a file left out
+# of fuzz/Cargo.toml would otherwise never run), and a subset may name only those.
+listed=$(cargo fuzz list)
+files=$(cd fuzz_targets && ls -1 -- *.rs | sed 's/\.rs$//')
+for f in $files; do
+  grep -qx -- "$f" <<<"$listed" || { echo "fuzz_targets/$f.rs is not a target in fuzz/Cargo.toml" >&2; exit 1; }
+done
+targets="${DANMAKU_FUZZ_TARGETS:-$listed}"
+for t in $targets; do
+  grep -qx -- "$t" <<<"$listed" || { echo "no fuzz target named $t (targets: $(echo $listed))" >&2; exit 1; }
+done
+[ -n "${targets// /}" ] || { echo "no fuzz target to run" >&2; exit 1; }
 cargo fuzz build --sanitizer none -O --target-dir "$target_dir"
 
 failed=()
+ran=()
 for t in $targets; do
   echo "--- fuzz $t for ${secs}s"
   mkdir -p "artifacts/$t"
@@ -35,6 +47,15 @@ for t in $targets; do
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
     grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$log" || true
+    # A clean exit is not proof of a run: libFuzzer must report executed inputs.
+    units=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    if [ -z "$units" ] || [ "$units" -eq 0 ]; then
+      tail -n 20 "$log"
+      echo "fuzz target $t reported no executed inputs" >&2
+      failed+=("$t")
+    else
+      ran+=("$t ($units inputs)")
+    fi
   else
     tail -n 60 "$log"
     failed+=("$t")
@@ -48,7 +69,12 @@ for t in $targets; do
 done
 
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "fuzzing found crashes in: ${failed[*]} (inputs under fuzz/artifacts/)" >&2
+  echo "fuzzing failed for: ${failed[*]} (crash inputs under fuzz/artifacts/)" >&2
   exit 1
 fi
-echo "fuzzing: every target ran ${secs}s without a crash"
+if [ ${#ran[@]} -ne "$(wc -w <<<"$targets")" ]; then
+  echo "fuzzing: ran ${#ran[@]} of $(wc -w <<<"$targets") targets" >&2
+  exit 1
+fi
+echo "fuzzing: ${#ran[@]} targets ran ${secs}s each without a crash:"
+printf '  %s\n' "${ran[@]}"

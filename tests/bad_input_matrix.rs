@@ -61,8 +61,8 @@ enum Seen {
     Http(u16, String),
     /// The `error` frame's code; `closed`: the server then closed the connection.
     Frame { code: String, closed: bool },
-    /// A `left` frame with this reason.
-    Left(String),
+    /// A `left` frame: its channel and reason, as the server sent them.
+    Left { channel: String, reason: String },
 }
 
 fn http(status: u16, code: &str) -> Seen {
@@ -244,15 +244,17 @@ async fn sdk(ctx: &Ctx, transport: Transport, token: &str) -> Client {
     }
 }
 
-/// Reads SDK events until an `error` (or `left`); then whether the connection
-/// ends within 3 s.
+/// Reads SDK events until an `error` (or a server-sent `left`); then
+/// whether the connection ends within 3 s.
 async fn sdk_error(client: &mut Client) -> Seen {
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(ev) = client.next_event().await {
             match ev {
-                ServerEvent::Error { code, .. } => return Some(code),
-                ServerEvent::Left { reason, .. } if !reason.is_empty() => {
-                    return None;
+                ServerEvent::Error { code, .. } => return Ok(code),
+                // An empty reason answers the client's own `leave` (floods send
+                // them); any other is the server removing it, reported as sent.
+                ServerEvent::Left { channel, reason } if !reason.is_empty() => {
+                    return Err(Seen::Left { channel, reason });
                 }
                 _ => {}
             }
@@ -261,8 +263,9 @@ async fn sdk_error(client: &mut Client) -> Seen {
     })
     .await
     .expect("an error frame within 10 s");
-    let Some(code) = seen else {
-        return Seen::Left("removed".into());
+    let code = match seen {
+        Ok(code) => code,
+        Err(left) => return left,
     };
     let closed = tokio::time::timeout(CLOSE_WAIT, async {
         while client.next_event().await.is_some() {}
@@ -270,6 +273,28 @@ async fn sdk_error(client: &mut Client) -> Seen {
     .await
     .is_ok();
     Seen::Frame { code, closed }
+}
+
+/// A session whose token expires 2–3 s after connecting: it works before (a
+/// joined room and a ping answered), then gets `token_expired` and is closed.
+async fn token_expires_mid_session(ctx: &Ctx, transport: Transport, user: &str) -> Seen {
+    let mut client = sdk(ctx, transport, &ctx.token_exp(user, 3)).await;
+    client.join("room:expiry").await.unwrap();
+    common::wait_joined(&mut client, "room:expiry").await;
+    client.ping().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(ev) = client.next_event().await {
+            match ev {
+                ServerEvent::Pong => return,
+                ServerEvent::Error { code, .. } => panic!("{user}: {code} before expiry"),
+                _ => {}
+            }
+        }
+        panic!("{user}: closed before expiry");
+    })
+    .await
+    .expect("a pong before the token expires");
+    sdk_error(&mut client).await
 }
 
 /// Sends `frames` on a fresh SDK connection of a user of its own (named after
@@ -968,10 +993,7 @@ fn cases() -> Vec<Case> {
             frame_closed("token_expired"),
             REFUSED,
             &[("code", "token_expired")],
-            |c| {
-                let mut client = sdk(c, Transport::WsPb, &c.token_exp("shortlived", 2)).await;
-                sdk_error(&mut client).await
-            }
+            |c| token_expires_mid_session(c, Transport::WsPb, "shortlived").await
         ),
         // ---- WebSocket JSON
         case!(
@@ -1019,6 +1041,14 @@ fn cases() -> Vec<Case> {
             }
         ),
         case!(
+            "json: token expires during the session",
+            "ws_json",
+            frame_closed("token_expired"),
+            REFUSED,
+            &[("code", "token_expired")],
+            |c| token_expires_mid_session(c, Transport::WsJson, "shortlived-json").await
+        ),
+        case!(
             "json: join of a bad channel",
             "ws_json",
             frame_kept("bad_channel"),
@@ -1029,7 +1059,10 @@ fn cases() -> Vec<Case> {
         case!(
             "json: removed from a group while joined (item 5)",
             "ws_json",
-            Seen::Left("removed".into()),
+            Seen::Left {
+                channel: "group:r".into(),
+                reason: "removed".into()
+            },
             "danmaku_edge_members_removed_total",
             &[],
             |c| {
@@ -1140,6 +1173,14 @@ fn cases() -> Vec<Case> {
                 send.write_all(&[5]).await.unwrap();
                 quic_read_error(&conn, &mut recv).await
             }
+        ),
+        case!(
+            "quic: token expires during the session",
+            "quic",
+            frame_closed("token_expired"),
+            REFUSED,
+            &[("code", "token_expired")],
+            |c| token_expires_mid_session(c, Transport::Quic, "shortlived-quic").await
         ),
         case!(
             "quic: join of a bad channel",
@@ -1338,53 +1379,70 @@ async fn bad_input_matrix() {
 }
 
 /// Item 5's other half: a client that refreshes its token keeps its session past
-/// the first token's expiry (the SDK sends `auth` from its refresh callback).
+/// the first token's expiry (the SDK sends `auth` from its refresh callback), on
+/// every transport: protobuf and JSON WebSocket, and QUIC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_token_refresh_keeps_the_session_past_expiry() {
     let srv = common::start(|c| {
         c.data = std::env::temp_dir().join(danmaku_testkit::kafka::unique("danmaku-refresh"));
     })
     .await;
-    let tokens = srv.tokens.clone();
-    let config = ClientConfig {
-        token_refresh: Some(danmaku_client::TokenRefresh::new(move || {
-            let t = tokens.mint("refresher", "user", now_secs(), 3600);
-            async move { Some(t) }
-        })),
-        token_refresh_before: Duration::from_secs(2),
-        ..ClientConfig::default()
-    };
-    let short = srv.tokens.mint("refresher", "user", now_secs(), 3);
-    let mut client = Client::connect_ws(&srv.base_url(), &short, Transport::WsPb, config)
-        .await
-        .unwrap();
-    // The refresh arrives as a second AuthOk.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(ev) = client.next_event().await {
-            match ev {
-                ServerEvent::AuthOk { user } => return assert_eq!(user, "refresher"),
-                ServerEvent::Error { code, .. } => panic!("error {code}"),
-                _ => {}
+    let cert = srv.edge.cert_der().to_vec();
+    let mut tasks = Vec::new();
+    for transport in [Transport::WsPb, Transport::WsJson, Transport::Quic] {
+        let user = format!("refresher-{transport:?}").to_lowercase();
+        let tokens = srv.tokens.clone();
+        let refresh_user = user.clone();
+        let config = ClientConfig {
+            token_refresh: Some(danmaku_client::TokenRefresh::new(move || {
+                let t = tokens.mint(&refresh_user, "user", now_secs(), 3600);
+                async move { Some(t) }
+            })),
+            token_refresh_before: Duration::from_secs(2),
+            ..ClientConfig::default()
+        };
+        let short = srv.tokens.mint(&user, "user", now_secs(), 3);
+        let expires = std::time::Instant::now() + Duration::from_secs(3);
+        let (base, quic, cert) = (srv.base_url(), srv.quic_addr, cert.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = match transport {
+                Transport::Quic => Client::connect_quic(quic, Some(cert), &short, config).await,
+                t => Client::connect_ws(&base, &short, t, config).await,
             }
-        }
-        panic!("closed");
-    })
-    .await
-    .expect("a refreshed AuthOk");
-    // Past the first token's expiry the connection still answers.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    client.ping().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(ev) = client.next_event().await {
-            match ev {
-                ServerEvent::Pong => return,
-                ServerEvent::Error { code, .. } => panic!("error {code}"),
-                _ => {}
-            }
-        }
-        panic!("closed after the first token expired");
-    })
-    .await
-    .expect("pong after expiry");
+            .unwrap();
+            // The refresh arrives as a second AuthOk.
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(ev) = client.next_event().await {
+                    match ev {
+                        ServerEvent::AuthOk { user: u } => return assert_eq!(u, user),
+                        ServerEvent::Error { code, .. } => panic!("{transport:?}: error {code}"),
+                        _ => {}
+                    }
+                }
+                panic!("{transport:?}: closed");
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{transport:?}: a refreshed AuthOk"));
+            // Past the first token's expiry (and a second beyond the edge's
+            // check) the connection still answers.
+            tokio::time::sleep_until((expires + Duration::from_secs(1)).into()).await;
+            client.ping().await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(ev) = client.next_event().await {
+                    match ev {
+                        ServerEvent::Pong => return,
+                        ServerEvent::Error { code, .. } => panic!("{transport:?}: error {code}"),
+                        _ => {}
+                    }
+                }
+                panic!("{transport:?}: closed after the first token expired");
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{transport:?}: pong after expiry"));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
     srv.stop().await;
 }

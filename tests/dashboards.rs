@@ -2,7 +2,8 @@
 //! name what the code exports: real processes (a standalone server, and edge,
 //! ingest and scheduler processes over Kafka) get traffic of every kind, their
 //! `/metrics` are scraped, and every PromQL expression is parsed and checked
-//! metric by metric, label by label (`danmaku_testkit::promql`).
+//! metric by metric, label by label and matcher value by value
+//! (`danmaku_testkit::promql`).
 
 mod common;
 
@@ -240,11 +241,36 @@ async fn standalone_exposition() -> String {
         .await
         .unwrap();
     assert!(matches!(out, PostOutcome::Persisted { .. }), "{out:?}");
-    // A refused post and a malformed frame.
+    // Refused posts (the codes the dashboards and alerts select) and a malformed frame.
     let bad = ingest.post_danmaku(&poster, "nope", "x").await.unwrap();
     assert!(
         matches!(bad, PostOutcome::Rejected { status: 400, .. }),
         "{bad:?}"
+    );
+    let now = danmaku_proto::token::now_secs();
+    for (token, code) in [
+        ("x.y".to_owned(), "bad_token"),
+        (
+            srv.tokens.mint("late", "user", now - 10, 1),
+            "token_expired",
+        ),
+    ] {
+        let out = ingest.post_danmaku(&token, "room:hot", "x").await.unwrap();
+        assert!(
+            matches!(&out, PostOutcome::Rejected { status: 401, code: c, .. } if c == code),
+            "{out:?}"
+        );
+    }
+    let forbidden = ingest.join_group(&poster, "group:g", "poster").await;
+    assert!(
+        format!("{forbidden:?}").contains("forbidden"),
+        "{forbidden:?}"
+    );
+    assert!(
+        Client::connect_ws(&base, "x.y", Transport::WsPb, ClientConfig::default())
+            .await
+            .is_err(),
+        "a WebSocket with a bad token is refused"
     );
     let mut mallory = Client::connect_ws(
         &base,
@@ -423,6 +449,34 @@ async fn every_query_names_exported_metrics_and_labels() {
 
     let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut checker = Checker::new(exported);
+    // Label values a selector may name: those seen above, those docs/METRICS.md
+    // lists (a counter's value appears only once used), and the scrape config's jobs.
+    let metrics_md = std::fs::read_to_string(repo().join("docs/METRICS.md")).unwrap();
+    let documented = promql::documented_label_values(&metrics_md);
+    assert!(
+        documented.len() >= 5,
+        "METRICS.md value lists: {documented:?}"
+    );
+    for (metric, label, values) in documented {
+        checker.allow_values(&metric, &label, values);
+    }
+    let scrape = std::fs::read_to_string(repo().join("deploy/prometheus.yml")).unwrap();
+    let jobs: Vec<&str> = scrape
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- job_name:"))
+        .map(str::trim)
+        .collect();
+    assert!(jobs.len() >= 4, "jobs in deploy/prometheus.yml: {jobs:?}");
+    checker.allow_target_values("job", jobs);
+    // The checker refuses a misspelt value, a misspelt job and a misspelt metric.
+    for wrong in [
+        "danmaku_edge_refused_total{code=\"token_expird\"}",
+        "danmaku_ingest_rejected_total{code=~\"bad_token|token_expird\"}",
+        "up{job=~\"danmaku-(edge|standalnoe)\"}",
+        "danmaku_edge_refused_totl",
+    ] {
+        assert!(checker.check(wrong).is_err(), "{wrong} passed the checker");
+    }
     let rules = rules();
     assert!(rules.len() >= 15, "only {} rules", rules.len());
     for rule in &rules {

@@ -108,6 +108,7 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         .collect();
     let other_task = tokio::spawn(collect(other, "room:2", 1));
 
+    let posting = std::time::Instant::now();
     let senders: Vec<_> = (0..SENDERS)
         .map(|s| {
             let ingest = IngestClient::new(&base);
@@ -129,6 +130,21 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
     for s in senders {
         s.await.unwrap();
     }
+    let posting = posting.elapsed();
+    // Batching, as the edge promises it: a room's time-triggered flushes are at
+    // least `min_window` apart and all fall between the first post and one
+    // window (at most `max_window`) after the last; a size cap (`max_events`,
+    // `max_raw_bytes`: these 500 short comments reach only the first) adds at most
+    // one flush per `max_events` events.
+    let batch = danmaku_edge::BatchConfig::default();
+    let max_frames = ((posting + batch.max_window).as_secs_f64() / batch.min_window.as_secs_f64())
+        .floor() as usize
+        + 1
+        + TOTAL.div_ceil(batch.max_events);
+    assert!(
+        max_frames < TOTAL,
+        "posting took {posting:?}: too long to tell batching from one frame per comment"
+    );
     let marker = ingest
         .post_danmaku(&common::token(&srv, "marker"), "room:2", "room2-marker")
         .await
@@ -153,8 +169,8 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         }
         assert_eq!(next.len(), SENDERS);
         assert!(
-            seen.frames < TOTAL,
-            "batching: {} frames for {TOTAL} events",
+            seen.frames <= max_frames,
+            "batching: {} frames for {TOTAL} events posted in {posting:?} (at most {max_frames})",
             seen.frames
         );
     }

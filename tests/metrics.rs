@@ -117,3 +117,19 @@ async fn every_documented_metric_is_served() {
     assert!(missing.is_empty(), "documented but not served: {missing:?}");
     srv.stop().await;
 }
+
+/// The name check is exact: a metric is not "served" by another whose name it
+/// starts with, and a histogram is served by its `_bucket`/`_sum`/`_count` samples.
+#[test]
+fn missing_metrics_matches_exact_names() {
+    let text = "# TYPE danmaku_a_total counter\ndanmaku_a_total 1\n\
+                # TYPE danmaku_h histogram\ndanmaku_h_bucket{le=\"+Inf\"} 1\ndanmaku_h_sum 1\ndanmaku_h_count 1\n\
+                # TYPE danmaku_g gauge\ndanmaku_g_other 1\n";
+    let names: Vec<String> = ["danmaku_a", "danmaku_a_total", "danmaku_h", "danmaku_g"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        common::missing_metrics(text, &names),
+        vec![&names[0], &names[3]]
+    );
+}

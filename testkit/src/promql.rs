@@ -7,6 +7,14 @@
 //! sub-expression, so `sum by (room) (…)`, a legend `{{room}}` or a one-to-one
 //! division whose two sides keep different labels (an always-empty result) is a
 //! problem, not a blank graph.
+//!
+//! Matcher **values** are checked too: `code="token_expird"` selects nothing, so a
+//! value (`=`, `!=`) or each branch of a literal alternation (`=~"a|b"`,
+//! `=~"danmaku-(edge|ingest)"`) must be one seen in `/metrics` for that metric and
+//! label, or one its documentation lists ([`Checker::allow_values`],
+//! [`documented_label_values`] reads docs/METRICS.md), or for a target label one
+//! the scrape configuration gives ([`Checker::allow_target_values`]). Regexes
+//! with other metacharacters (`5..`, `.+`) are not value-checked.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,10 +24,12 @@ use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality};
 /// Labels Prometheus adds to every scraped series.
 pub const TARGET_LABELS: [&str; 2] = ["job", "instance"];
 
-/// Metric name → label names seen in `/metrics` of real processes.
+/// Metric name → label names (and each label's values) seen in `/metrics` of
+/// real processes.
 #[derive(Debug, Default, Clone)]
 pub struct Exported {
     metrics: BTreeMap<String, BTreeSet<String>>,
+    values: BTreeMap<(String, String), BTreeSet<String>>,
 }
 
 impl Exported {
@@ -36,11 +46,21 @@ impl Exported {
             };
             let set = self.metrics.entry(name.to_owned()).or_default();
             for pair in split_labels(labels) {
-                if let Some((k, _)) = pair.split_once('=') {
-                    set.insert(k.trim().to_owned());
+                if let Some((k, v)) = pair.split_once('=') {
+                    let k = k.trim().to_owned();
+                    set.insert(k.clone());
+                    self.values
+                        .entry((name.to_owned(), k))
+                        .or_default()
+                        .insert(unescape_value(v.trim()));
                 }
             }
         }
+    }
+
+    /// Values of `label` seen on `metric`.
+    pub fn values(&self, metric: &str, label: &str) -> Option<&BTreeSet<String>> {
+        self.values.get(&(metric.to_owned(), label.to_owned()))
     }
 
     pub fn contains(&self, metric: &str) -> bool {
@@ -63,6 +83,118 @@ impl Exported {
     pub fn is_empty(&self) -> bool {
         self.metrics.is_empty()
     }
+}
+
+/// `"a\"b"` (a quoted exposition label value) → `a"b`.
+fn unescape_value(v: &str) -> String {
+    let v = v
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v);
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The strings a regex matches when it is a finite alternation of literals
+/// (`a|b`, `x-(a|b)`, `(?:a|b)c`); `None` when it uses any other metacharacter.
+fn literal_alternatives(pattern: &str) -> Option<BTreeSet<String>> {
+    fn alt(p: &[char], i: &mut usize) -> Option<Vec<String>> {
+        let mut out = seq(p, i)?;
+        while *i < p.len() && p[*i] == '|' {
+            *i += 1;
+            out.extend(seq(p, i)?);
+        }
+        Some(out)
+    }
+    fn seq(p: &[char], i: &mut usize) -> Option<Vec<String>> {
+        let mut out = vec![String::new()];
+        while *i < p.len() && p[*i] != '|' && p[*i] != ')' {
+            let part = if p[*i] == '(' {
+                *i += 1;
+                if p[*i..].starts_with(&['?', ':']) {
+                    *i += 2;
+                }
+                let inner = alt(p, i)?;
+                if p.get(*i) != Some(&')') {
+                    return None;
+                }
+                *i += 1;
+                inner
+            } else if p[*i].is_alphanumeric() || "_-:/ ".contains(p[*i]) {
+                *i += 1;
+                vec![p[*i - 1].to_string()]
+            } else {
+                return None;
+            };
+            out = out
+                .iter()
+                .flat_map(|a| part.iter().map(move |b| format!("{a}{b}")))
+                .collect();
+        }
+        Some(out)
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    let out = alt(&p, &mut i)?;
+    (i == p.len()).then(|| out.into_iter().collect())
+}
+
+/// `(metric, label, values)` for every label docs/METRICS.md enumerates in its
+/// tables (`` `code` = `a` \| `b` ``); a list that ends in `…` (a range such as
+/// `rank` = `1` … `N`) or a label named without values is left out.
+pub fn documented_label_values(markdown: &str) -> Vec<(String, String, BTreeSet<String>)> {
+    let mut out = Vec::new();
+    for line in markdown.lines() {
+        let Some(row) = line.strip_prefix("| `") else {
+            continue;
+        };
+        // Cells are separated by " | "; a value list inside a cell uses "\|".
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let (Some(metric), Some(labels)) = (cells[0].split('`').next(), cells.get(2)) else {
+            continue;
+        };
+        let parts: Vec<&str> = labels.split('`').collect();
+        let mut current: Option<(String, BTreeSet<String>, bool)> = None;
+        let mut flush = |c: Option<(String, BTreeSet<String>, bool)>| {
+            if let Some((label, values, open)) = c
+                && !open
+                && !values.is_empty()
+            {
+                out.push((metric.to_owned(), label, values));
+            }
+        };
+        for i in (1..parts.len()).step_by(2) {
+            let before = parts[i - 1].trim();
+            let after = parts.get(i + 1).map_or("", |s| s.trim());
+            if after.starts_with('=') {
+                flush(current.take());
+                current = Some((parts[i].to_owned(), BTreeSet::new(), false));
+            } else if let Some(c) = current.as_mut()
+                && (before == "=" || before == "\\|")
+            {
+                c.1.insert(parts[i].to_owned());
+                if after.starts_with('…') {
+                    c.2 = true;
+                }
+            } else {
+                flush(current.take());
+            }
+        }
+        flush(current.take());
+    }
+    out
 }
 
 /// Splits `a="x",b="y,z"` at the commas outside quotes.
@@ -101,6 +233,11 @@ pub enum Shape {
 pub struct Checker {
     pub exported: Exported,
     recorded: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// `(metric, label)` → values a selector may name: documented ones, and for
+    /// recorded metrics those of the series they are computed from.
+    allowed: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Target label → values the scrape configuration gives (`job`).
+    target_values: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Checker {
@@ -108,6 +245,75 @@ impl Checker {
         Checker {
             exported,
             recorded: BTreeMap::new(),
+            allowed: BTreeMap::new(),
+            target_values: BTreeMap::new(),
+        }
+    }
+
+    /// Values of `label` on `metric` that selectors may name besides those seen
+    /// in `/metrics` (a counter's label value appears only once it is used).
+    pub fn allow_values<I, S>(&mut self, metric: &str, label: &str, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed
+            .entry((metric.to_owned(), label.to_owned()))
+            .or_default()
+            .extend(values.into_iter().map(Into::into));
+    }
+
+    /// The values target label `label` (`job`) takes, from the scrape config;
+    /// without them that label's values are not checked.
+    pub fn allow_target_values<I, S>(&mut self, label: &str, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.target_values
+            .entry(label.to_owned())
+            .or_default()
+            .extend(values.into_iter().map(Into::into));
+    }
+
+    /// The values `metric` may carry in `label`; `None` when they are unknown
+    /// (then matchers on it are not value-checked).
+    fn known_values(&self, metric: &str, label: &str) -> Option<BTreeSet<String>> {
+        if TARGET_LABELS.contains(&label) {
+            return self.target_values.get(label).cloned();
+        }
+        let seen = self.exported.values(metric, label);
+        let allowed = self.allowed.get(&(metric.to_owned(), label.to_owned()));
+        if seen.is_none() && allowed.is_none() {
+            return None;
+        }
+        Some(seen.into_iter().chain(allowed).flatten().cloned().collect())
+    }
+
+    fn check_matcher_value(
+        &self,
+        metric: &str,
+        m: &promql_parser::label::Matcher,
+        problems: &mut Vec<String>,
+    ) {
+        let Some(known) = self.known_values(metric, &m.name) else {
+            return;
+        };
+        let wanted = match &m.op {
+            MatchOp::Equal | MatchOp::NotEqual if m.value.is_empty() => return,
+            MatchOp::Equal | MatchOp::NotEqual => [m.value.clone()].into(),
+            MatchOp::Re(_) | MatchOp::NotRe(_) => match literal_alternatives(&m.value) {
+                Some(v) => v,
+                None => return,
+            },
+        };
+        for v in wanted {
+            if !known.contains(&v) {
+                problems.push(format!(
+                    "{metric}{{{}}} names value {v:?}, which {metric} never has in {:?} (known: {known:?})",
+                    m, m.name
+                ));
+            }
         }
     }
 
@@ -119,6 +325,33 @@ impl Checker {
             Shape::Vector(l) => l,
             _ => Some(BTreeSet::new()),
         };
+        // A recorded series' label values are those of the series it is computed
+        // from (their union: a superset, enough to catch a misspelt value).
+        let sources = selector_names(expr).unwrap_or_default();
+        for label in labels.iter().flatten() {
+            let mut values = BTreeSet::new();
+            let mut all_known = true;
+            let mut any = false;
+            for src in &sources {
+                let has = self.exported.labels(src).map(|l| l.contains(label));
+                let has = has.or_else(|| {
+                    self.recorded
+                        .get(src)
+                        .and_then(|l| l.as_ref().map(|l| l.contains(label)))
+                });
+                if has != Some(true) {
+                    continue;
+                }
+                any = true;
+                match self.known_values(src, label) {
+                    Some(v) => values.extend(v),
+                    None => all_known = false,
+                }
+            }
+            if any && all_known && !TARGET_LABELS.contains(&label.as_str()) {
+                self.allow_values(name, label, values);
+            }
+        }
         self.recorded.insert(name.to_owned(), labels);
         Ok(())
     }
@@ -193,11 +426,16 @@ impl Checker {
             .chain(vs.matchers.or_matchers.iter().flatten());
         if let Some(known) = &labels {
             for m in matchers {
-                if m.name != "__name__" && !known.contains(&m.name) {
+                if m.name == "__name__" {
+                    continue;
+                }
+                if !known.contains(&m.name) {
                     problems.push(format!(
                         "{name} has no label {:?} (it has {known:?})",
                         m.name
                     ));
+                } else {
+                    self.check_matcher_value(&name, m, problems);
                 }
             }
         }
@@ -617,6 +855,68 @@ mod tests {
         c.check("sum by (kind) (a_total) / on () group_left sum(a_total)")
             .unwrap();
         assert!(c.check("sum(").is_err());
+    }
+
+    #[test]
+    fn refuses_label_values_no_process_has() {
+        let mut c = checker();
+        c.check("a_total{kind=\"gift\", status=~\"5..\"}").unwrap();
+        c.check("a_total{kind=~\"gift|chat\"}").unwrap_err();
+        let e = c.check("a_total{kind=\"gfit\"}").unwrap_err();
+        assert!(e[0].contains("\"gfit\""), "{e:?}");
+        assert!(c.check("a_total{kind!=\"gfit\"}").is_err());
+        assert!(
+            c.check("g{x=\"a,b\"}").is_ok(),
+            "quoted commas stay in the value"
+        );
+        // Documented values count as known; `=""` (label absent) is always fine.
+        c.allow_values("a_total", "kind", ["chat"]);
+        c.check("a_total{kind=~\"gift|chat\", status=\"\"}")
+            .unwrap();
+        // Target labels: checked once the scrape config's values are given.
+        c.check("up{job=\"danmaku-nope\"}").unwrap();
+        c.allow_target_values("job", ["danmaku-edge", "danmaku-ingest"]);
+        c.check("up{job=~\"danmaku-(edge|ingest)\"}").unwrap();
+        assert!(c.check("up{job=~\"danmaku-(edge|ingset)\"}").is_err());
+        c.check("up{job=~\"danmaku.*\"}").unwrap();
+        // Recorded series carry their sources' values.
+        c.record("kind:a:rate1m", "sum by (kind) (rate(a_total[1m]))")
+            .unwrap();
+        c.check("kind:a:rate1m{kind=\"chat\"}").unwrap();
+        assert!(c.check("kind:a:rate1m{kind=\"chta\"}").is_err());
+    }
+
+    #[test]
+    fn expands_literal_alternations_only() {
+        let set = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(literal_alternatives("a|b"), set(&["a", "b"]));
+        assert_eq!(
+            literal_alternatives("danmaku-(edge|standalone)"),
+            set(&["danmaku-edge", "danmaku-standalone"])
+        );
+        assert_eq!(literal_alternatives("(?:x|y)z"), set(&["xz", "yz"]));
+        assert_eq!(literal_alternatives("5.."), None);
+        assert_eq!(literal_alternatives(".+"), None);
+        assert_eq!(literal_alternatives("(a|b"), None);
+    }
+
+    #[test]
+    fn reads_documented_label_values() {
+        let md = "| metric | type | labels | what |\n|---|---|---|---|\n\
+            | `m_a` | gauge | `transport` = `ws_json` \\| `quic` | x |\n\
+            | `m_b` | counter | `op` = `register` \\| `picks`, `result` = `ok` \\| `error` | a \\| b |\n\
+            | `m_c` | gauge | `rank` = `1` … `N` | ranks |\n\
+            | `m_d` | counter | `code` | codes (`bad_channel`, …) |\n";
+        let got = documented_label_values(md);
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            got,
+            vec![
+                ("m_a".into(), "transport".into(), v(&["ws_json", "quic"])),
+                ("m_b".into(), "op".into(), v(&["register", "picks"])),
+                ("m_b".into(), "result".into(), v(&["ok", "error"])),
+            ]
+        );
     }
 
     #[test]

@@ -82,15 +82,35 @@ pub fn documented_metrics() -> Vec<(String, String)> {
     out
 }
 
-/// The names in `names` with no sample in the Prometheus text `exposition`.
+/// The names in `names` with no sample in the Prometheus text `exposition`. A
+/// sample counts when its name is exactly the metric's, or the metric's with a
+/// histogram/summary suffix (`_bucket`, `_sum`, `_count`) when the exposition's
+/// `# TYPE` line says it is one; `danmaku_x` is not found by `danmaku_x_total`.
 pub fn missing_metrics<'a>(exposition: &str, names: &'a [String]) -> Vec<&'a String> {
+    let mut samples = std::collections::HashSet::new();
+    let mut kinds = std::collections::HashMap::new();
+    for line in exposition.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let mut it = t.split_whitespace();
+            if let (Some(name), Some(kind)) = (it.next(), it.next()) {
+                kinds.insert(name, kind);
+            }
+        } else if !line.starts_with('#')
+            && let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty())
+        {
+            samples.insert(name);
+        }
+    }
     names
         .iter()
         .filter(|n| {
-            !exposition.lines().any(|l| {
-                l.strip_prefix(n.as_str())
-                    .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
-            })
+            let n = n.as_str();
+            let found = samples.contains(n)
+                || (matches!(kinds.get(n), Some(&"histogram" | &"summary"))
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| samples.contains(format!("{n}{s}").as_str())));
+            !found
         })
         .collect()
 }

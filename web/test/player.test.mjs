@@ -4,9 +4,11 @@
 //   * a gift posted over HTTP appears exactly once on both pages;
 //   * a killed and restarted server: "reconnecting", then "resumed", no gift lost
 //     or doubled;
-//   * 1,000 danmaku/s for 10 s: the page keeps drawing and answering, and shows
-//     every gift; frame times (performance.now between animation frames) are
-//     written to the artifacts for BENCHMARKS.md.
+//   * 1,000 danmaku/s for 10 s: every post answered, every danmaku received
+//     (unless the edge counted a slow-consumer drop), every gift shown once, and
+//     the page never stops drawing; frame times (performance.now between
+//     animation frames) are written to the artifacts for BENCHMARKS.md, not
+//     bounded (see the test).
 // Screenshots (PNG) and measurements go to $DANMAKU_ARTIFACTS (default
 // <repo>/artifacts/browser, ignored by git).
 
@@ -98,6 +100,12 @@ async function openPlayer(roomName, user, extra = "") {
 }
 
 const dbg = (page, fn) => page.evaluate(fn);
+/** An unlabelled metric of the server (0 before it is first counted). */
+async function edgeMetric(name) {
+  const text = await (await fetch(`${server.baseUrl}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ").at(-1)) : 0;
+}
 const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, name) });
 const giftSeqs = (page, channel) =>
   page.evaluate((c) => window.__danmaku.gifts.filter((g) => g.channel === c).map((g) => g.seq), channel);
@@ -140,7 +148,7 @@ describe("the player page in Chromium", () => {
     assert.equal((await server.post(giver, "room:b2", { kind: "gift", text: "rocket", client_msg_id: "g-once", payload: { gift: "rocket", n: 1 } })).seq, seq);
     await until("gift on both", async () => (await giftSeqs(a, "room:b2")).includes(seq) && (await giftSeqs(b, "room:b2")).includes(seq));
     await shot(a, "gift-once.png");
-    // Past the edge's 1 s retransmit (and its doubling): still exactly once.
+    // Past the edge's first resend of an unacked gift (3 s, --retransmit-initial): still exactly once.
     await sleep(3_500);
     for (const p of [a, b]) {
       assert.deepEqual(await giftSeqs(p, "room:b2"), [seq]);
@@ -191,6 +199,8 @@ describe("the player page in Chromium", () => {
     const SECONDS = 10;
     const texts = ["666", "前方高能！！！", "哈哈哈哈哈哈", "awesome play", "主播加油 💪", "这波操作可以", "gg", "打卡 🎉", "yyds", "太强了吧"];
     // Frame times from here on; long tasks (PerformanceObserver "longtask") too.
+    const drops0 = await edgeMetric("danmaku_edge_slow_consumer_drops_total");
+    const received0 = await dbg(page, () => window.__danmaku.received);
     const startFrames = await dbg(page, () => window.__danmaku.frameTimes.length);
     const longTasks0 = await dbg(page, () => window.__danmaku.longTasks);
     // The danmaku come from a separate process (poster.mjs): exactly RATE posts/s
@@ -221,7 +231,15 @@ describe("the player page in Chromium", () => {
     await dbg(page, () => 1);
     const answerMs = Date.now() - tAnswer;
     await until("every gift on the page", async () => (await giftSeqs(page, "room:load")).length >= giftSeqList.length, 20_000);
-    await until("every danmaku received", async () => (await dbg(page, () => window.__danmaku.received)) >= posted, 20_000).catch(() => {});
+    // Danmaku are the lossy lane: the edge drops whole batches for a connection
+    // whose queue is full, and counts them (in batches, not events). So: with no
+    // drop counted (this page is the only viewer during the load) every accepted
+    // danmaku reaches the page; with drops, fewer do, and never more.
+    const receivedNow = async () => (await dbg(page, () => window.__danmaku.received)) - received0;
+    await until("every danmaku received or a drop counted", async () =>
+      (await receivedNow()) >= load.accepted || (await edgeMetric("danmaku_edge_slow_consumer_drops_total")) > drops0, 30_000);
+    await sleep(1_000); // a batch still in flight lands, or a late drop is counted
+    const edgeDrops = (await edgeMetric("danmaku_edge_slow_consumer_drops_total")) - drops0;
     await shot(page, "after-load.png");
     const d = await dbg(page, () => ({ ...window.__danmaku, client: undefined, texts: undefined, stats: window.__danmaku.client.stats }));
     const frames = d.frameTimes.slice(startFrames);
@@ -229,7 +247,7 @@ describe("the player page in Chromium", () => {
     const pct = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
     const report = {
       posted, failed: posted - load.accepted, seconds, load,
-      received: d.received, shown: d.shown, dropped: d.dropped,
+      received: d.received - received0, edge_batches_dropped: edgeDrops, shown: d.shown, dropped: d.dropped,
       gifts_expected: giftSeqList.length, gifts_shown: d.gifts.filter((g) => g.channel === "room:load").length,
       frames: frames.length, frame_ms_p50: pct(0.5), frame_ms_p95: pct(0.95), frame_ms_p99: pct(0.99), frame_ms_max: sorted.at(-1),
       long_tasks: d.longTasks - longTasks0, evaluate_ms: answerMs, batches: d.stats.batches,
@@ -266,8 +284,14 @@ describe("the player page in Chromium", () => {
     assert.equal(load.accepted, RATE * SECONDS);
     // Gifts were posted concurrently with the load: seq order is the server's.
     assert.deepEqual(await giftSeqs(page, "room:load"), [...giftSeqList].sort((x, y) => x - y), "every gift once, in seq order");
-    assert.ok(report.received > posted * 0.9, `received ${report.received} of ${posted}`);
-    assert.ok(frames.length >= seconds * 5, `the page kept drawing (${frames.length} frames in ${seconds} s)`);
+    if (edgeDrops === 0) assert.equal(report.received, load.accepted, "no batch dropped: every danmaku reached the page");
+    else assert.ok(report.received < load.accepted, `${edgeDrops} batches dropped, yet ${report.received} of ${load.accepted} received`);
+    // Frame times are measured, not bounded: p50/p95/p99 go to the report and
+    // BENCHMARKS.md (headless Chromium renders in software here, on cores shared
+    // with the server and the poster, so a p95 bar would fail on a busy box, not
+    // on a slow page). What must hold is that the page never stopped drawing:
+    // no gap of a second without a frame while the load ran.
+    assert.ok(frames.length > 0 && report.frame_ms_max < 1_000, `the page froze: longest frame ${report.frame_ms_max} ms`);
     assert.ok(report.dropped > 0 && report.shown > 0, "excess danmaku dropped, some shown");
     assert.deepEqual(page.errors, []);
     await page.close();

@@ -7,11 +7,14 @@
 // * pings every heartbeat, and drops a connection silent for 2.5 heartbeats;
 // * reconnects with exponential backoff and jitter, follows `redirect`, re-joins
 //   every channel and resumes the reliable lane where the app left it;
+// * keeps a connection past its token's expiry: `refreshBeforeSecs` ahead of `exp`
+//   it asks `getToken("expiring")` and sends the new token in an `auth` frame
+//   (the edge closes a connection whose token expired);
 // * does the reliable lane for the app: each gift / chat is handed over exactly
 //   once, in seq order, and acked cumulatively (see reliable.js).
 
 import { Backoff } from "./backoff.js";
-import { ApiError, HttpApi, TokenSource } from "./http.js";
+import { ApiError, HttpApi, TokenSource, tokenExpiry } from "./http.js";
 import { decodeJsonFrame, encodeJsonFrame } from "./json.js";
 import { DecodeError, decodeServerFrame, encodeClientFrame } from "./pb.js";
 import { ReliableTracker } from "./reliable.js";
@@ -230,7 +233,10 @@ export class DanmakuClient {
         done = true;
         clearTimeout(timer);
         for (const a of attempts) if (a !== win) {
-          a.ws.onopen = a.ws.onmessage = a.ws.onerror = a.ws.onclose = null;
+          a.ws.onopen = a.ws.onmessage = a.ws.onclose = null;
+          // Closing one still connecting reports an error (the `ws` package throws
+          // it when nothing listens): keep a listener that ignores it.
+          a.ws.onerror = () => {};
           try { a.ws.close(1000); } catch { /* closing anyway */ }
         }
         if (win) resolve(win);
@@ -263,7 +269,11 @@ export class DanmakuClient {
             a.error = f;
           }
         };
+        // A failed socket reports `error` and then `close`: count the attempt once,
+        // or two dead edges would end a race a third one is about to win.
         const fail = () => {
+          if (a.failed) return;
+          a.failed = true;
           if (++failed === urls.length) finish(null, new Error(`no edge accepted the connection (${urls.join(", ")})`));
         };
         ws.onerror = fail;
@@ -349,6 +359,8 @@ export class DanmakuClient {
       if (Date.now() - this.#lastFrameAt > this.idleMs) this.#dropConnection?.();
     }, Math.min(1000, this.idleMs / 2)));
 
+    this.#scheduleTokenRefresh(ws);
+
     this.#setState("connected", { resumed, user: this.user });
     // Join everything again; resume the channels whose reliable lane is anchored.
     for (const channel of this.channels) {
@@ -362,6 +374,32 @@ export class DanmakuClient {
   }
 
   #connProtocol = "pb";
+
+  /**
+   * While `ws` is the live connection, sends a fresh token (`auth`) ahead of the
+   * current one's expiry, again for each new token. Needs `getToken`; a token
+   * without `exp`, or a callback that returns no later one, stops the cycle (the
+   * edge then closes at expiry and the reconnect fetches a token).
+   */
+  #scheduleTokenRefresh(ws) {
+    if (!this.tokens.getToken) return;
+    const exp = tokenExpiry(this.tokens.token);
+    if (exp === null) return;
+    const dueMs = (exp - this.tokens.refreshBeforeSecs) * 1000 - Date.now();
+    if (dueMs > 2 ** 31 - 1) return; // beyond setTimeout's range: a far-off expiry
+    this.#timers.push(setTimeout(async () => {
+      if (this.#ws !== ws) return;
+      let token;
+      try {
+        token = await this.tokens.renew();
+      } catch (e) {
+        this.#emit("error", e);
+        return;
+      }
+      if (this.#ws !== ws || !((tokenExpiry(token) ?? 0) > exp)) return;
+      if (this.#send({ type: "auth", token })) this.#scheduleTokenRefresh(ws);
+    }, Math.max(0, dueMs)));
+  }
 
   #send(frame) {
     const ws = this.#ws;

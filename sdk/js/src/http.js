@@ -56,6 +56,11 @@ export class TokenSource {
     return this.token;
   }
 
+  /** The token expires soon: ask for a new one now (no-op without a callback). */
+  async renew() {
+    return this.#fetch("expiring");
+  }
+
   /** The server refused the token: ask for a new one (no-op without a callback). */
   async refresh() {
     if (!this.getToken) return this.token;

@@ -48,6 +48,8 @@ export function encodeJsonFrame(f) {
       return JSON.stringify({ type: "resume", channel: f.channel, after_seq: f.after_seq });
     case "ping":
       return '{"type":"ping"}';
+    case "auth":
+      return JSON.stringify({ type: "auth", token: f.token });
     default:
       throw new TypeError(`unknown client frame type ${f.type}`);
   }

@@ -40,9 +40,71 @@ function client(server, user, o = {}) {
 }
 
 const RATE = ["--user-rate", "1000", "--user-burst", "1000"];
+/** The edge's first resend of an unacked gift in these tests (default 3 s). */
+const RETRANSMIT_MS = 1_000;
+
+/** `Ack`s a protobuf `ClientFrame` carries (field 5: {channel = 1, seq = 2}), read
+ * with a minimal wire-format walk: the SDK only encodes client frames. */
+function pbAcks(bytes) {
+  const b = new Uint8Array(bytes);
+  let i = 0;
+  const varint = () => {
+    let v = 0n, shift = 0n;
+    for (;;) {
+      const x = b[i++];
+      v |= BigInt(x & 0x7f) << shift;
+      if (!(x & 0x80)) return v;
+      shift += 7n;
+    }
+  };
+  const fields = (end, f) => {
+    while (i < end) {
+      const key = Number(varint());
+      const [no, wt] = [key >> 3, key & 7];
+      if (wt === 0) f(no, varint());
+      else if (wt === 2) {
+        const len = Number(varint());
+        const start = i;
+        i += len;
+        f(no, b.subarray(start, i), start);
+      } else throw new Error(`wire type ${wt}`);
+    }
+  };
+  const acks = [];
+  fields(b.length, (no, v, start) => {
+    if (no !== 5) return;
+    const ack = { channel: "", seq: 0 };
+    const save = i;
+    i = start;
+    fields(start + v.length, (n, x) => {
+      if (n === 1) ack.channel = new TextDecoder().decode(x);
+      if (n === 2) ack.seq = Number(x);
+    });
+    i = save;
+    acks.push(ack);
+  });
+  return acks;
+}
+
+/** A WebSocket class that records every frame the SDK sends. */
+function recordingWebSocket(sent) {
+  return class extends WebSocket {
+    send(data) {
+      sent.push(data);
+      super.send(data);
+    }
+  };
+}
+
+/** A metric's value from a Prometheus exposition (unlabelled, or the first series). */
+async function metric(base, name) {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line ? Number(line.split(" ").at(-1)) : 0;
+}
 
 describe("against a real standalone", () => {
-  const server = new Standalone({ args: [...RATE, "--dev-app-tokens"] });
+  const server = new Standalone({ args: [...RATE, "--dev-app-tokens", "--retransmit-initial", `${RETRANSMIT_MS}ms`] });
   before(() => server.start());
   after(() => server.stop());
 
@@ -76,7 +138,10 @@ describe("against a real standalone", () => {
   }
 
   test("gifts: exactly once, in order, acked (no retransmits shown)", async () => {
-    const viewer = client(server, "giftwatcher");
+    const sent = [];
+    const viewer = client(server, "giftwatcher", { WebSocket: recordingWebSocket(sent) });
+    const retransmits0 = await metric(server.baseUrl, "danmaku_edge_reliable_retransmits_total");
+    const acked0 = await metric(server.baseUrl, "danmaku_edge_reliable_acked_total");
     const gifts = [];
     viewer.on("gift", (ev) => gifts.push(ev.seq));
     await viewer.connect();
@@ -90,10 +155,19 @@ describe("against a real standalone", () => {
     assert.equal(again.seq, again2.seq);
     seqs.push(again.seq);
     await until("6 gifts", () => gifts.length >= 6);
-    // The edge retransmits unacked frames after 1 s; wait past that: nothing new.
-    await sleep(2_500);
+    // This server resends an unacked gift after RETRANSMIT_MS (then 2×): wait
+    // past the first resend. Acked gifts are not resent: nothing new arrives.
+    await sleep(RETRANSMIT_MS * 1.5 + 500);
     assert.deepEqual(gifts, seqs);
-    assert.equal(viewer.stats.duplicates, 0, "acks reached the edge (no retransmissions)");
+    // The acks are on the socket: cumulative, for the room, up to the last seq.
+    const acks = sent.filter((d) => typeof d !== "string").flatMap(pbAcks);
+    assert.ok(acks.length >= 1, "the SDK sent acks");
+    assert.ok(acks.every((a) => a.channel === "room:gifts"), JSON.stringify(acks));
+    assert.equal(Math.max(...acks.map((a) => a.seq)), seqs.at(-1), JSON.stringify(acks));
+    // And the edge took them: nothing was resent, every gift counted acked.
+    assert.equal(viewer.stats.duplicates, 0, "no retransmission reached the SDK");
+    assert.equal(await metric(server.baseUrl, "danmaku_edge_reliable_retransmits_total"), retransmits0);
+    assert.ok((await metric(server.baseUrl, "danmaku_edge_reliable_acked_total")) - acked0 >= 6);
     viewer.close();
   });
 
@@ -160,7 +234,7 @@ describe("across a server restart", () => {
     }
   });
 
-  test("an expiring token is refreshed through the callback", async () => {
+  test("an expiring token is refreshed on the open connection: the session outlives it", async () => {
     const secret = "sdk-test-secret";
     const server = new Standalone({ args: ["--auth-secret", secret] });
     await server.start();
@@ -170,20 +244,43 @@ describe("across a server restart", () => {
       return `${body}.${b64(createHmac("sha256", secret).update(body).digest())}`;
     };
     try {
-      const reasons = [];
-      const c = new DanmakuClient({
-        baseUrl: server.baseUrl,
-        WebSocket,
-        token: mint("dave", Math.floor(Date.now() / 1000) + 5),
-        getToken: (reason) => {
-          reasons.push(reason);
-          return mint("dave", Math.floor(Date.now() / 1000) + 3600);
-        },
-      });
-      await c.connect();
-      assert.deepEqual(reasons, ["expiring"]);
-      assert.equal(c.user, "dave");
-      c.close();
+      await Promise.all(["pb", "json"].map(async (protocol) => {
+        const reasons = [];
+        // The first token has 6-7 s left: the SDK connects with it, and asks for
+        // a new one 3 s before it expires.
+        const firstExp = Math.floor(Date.now() / 1000) + 7;
+        const c = new DanmakuClient({
+          baseUrl: server.baseUrl,
+          WebSocket,
+          protocol,
+          token: mint(`dave-${protocol}`, firstExp),
+          refreshBeforeSecs: 3,
+          getToken: (reason) => {
+            reasons.push(reason);
+            return mint(`dave-${protocol}`, Math.floor(Date.now() / 1000) + 3600);
+          },
+        });
+        const states = [];
+        const errors = [];
+        const texts = [];
+        c.on("state", (s) => states.push(s.state));
+        c.on("error", (e) => errors.push(e.code ?? String(e)));
+        c.on("danmaku", (ev) => texts.push(ev.text));
+        await c.connect();
+        assert.deepEqual(reasons, [], "connected with the first token");
+        assert.equal(c.user, `dave-${protocol}`);
+        await c.join(`room:expiry-${protocol}`);
+        // Past the first token's expiry (and the edge's check a second later).
+        await until("past the first token", () => Date.now() / 1000 > firstExp + 1.5, 15_000);
+        assert.deepEqual(reasons, ["expiring"]);
+        const poster = mint("poster", Math.floor(Date.now() / 1000) + 60);
+        await server.post(poster, `room:expiry-${protocol}`, { kind: "danmaku", text: `still here ${protocol}` });
+        await until("danmaku on the same connection", () => texts.includes(`still here ${protocol}`));
+        assert.deepEqual(states, ["connecting", "connected"], `${protocol}: one connection all along`);
+        assert.equal(c.stats.reconnects, 0);
+        assert.deepEqual(errors, []);
+        c.close();
+      }));
     } finally {
       await server.stop();
     }

@@ -56,7 +56,7 @@ async function startProc(role, args, data) {
     child,
     log: () => log,
     async stop() {
-      if (child.exitCode === null) {
+      if (child.exitCode === null && child.signalCode === null) {
         const gone = new Promise((r) => child.once("exit", r));
         child.kill("SIGKILL");
         await gone;
@@ -130,6 +130,24 @@ async function pbRefusingProxy(target) {
   };
 }
 
+/** A TCP server that accepts connections and never answers (a hung edge). */
+async function blackHole() {
+  const sockets = [];
+  const server = createServer((s) => {
+    const entry = { socket: s, closed: false };
+    s.on("error", () => {});
+    s.on("close", () => (entry.closed = true));
+    s.resume(); // read (and ignore) the upgrade request, so the peer's close is seen
+    sockets.push(entry);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    ws: `ws://127.0.0.1:${server.address().port}/v1/ws`,
+    sockets,
+    close: () => { for (const s of sockets) s.socket.destroy(); return new Promise((r) => server.close(r)); },
+  };
+}
+
 describe("the SDK's scheduler path against real servers", () => {
   const cleanup = [];
   after(async () => { for (const f of cleanup.reverse()) await f(); });
@@ -186,6 +204,52 @@ describe("the SDK's scheduler path against real servers", () => {
     await until("drained edge exited", () => edge.child.exitCode !== null, 30_000);
     assert.equal(edge.child.exitCode, 0, edge.log());
     assert.equal(viewer.stats.reconnects, 1);
+    viewer.close();
+  });
+
+  test("the race: of four edges (hung, refusing, two real) one real edge wins, the rest are closed; on its loss the other wins", async () => {
+    const args = ["--auth-secret", SECRET];
+    const a = new Standalone({ args });
+    const b = new Standalone({ args });
+    await Promise.all([a.start(), b.start()]);
+    cleanup.push(() => a.stop(), () => b.stop());
+    const hole = await blackHole();
+    cleanup.push(() => hole.close());
+    const refusing = `ws://127.0.0.1:${await freePort()}/v1/ws`; // nothing listens
+    const wsOf = (s) => `${s.baseUrl.replace("http", "ws")}/v1/ws`;
+    const viewer = new DanmakuClient({
+      baseUrl: a.baseUrl,
+      edges: [hole.ws, refusing, wsOf(a), wsOf(b)],
+      raceCount: 4,
+      token: mint("racer"),
+      WebSocket,
+      connectTimeoutMs: 5_000,
+      backoff: { initialMs: 100, maxMs: 500 },
+    });
+    cleanup.push(() => viewer.close());
+    const texts = [];
+    const states = [];
+    viewer.on("danmaku", (ev) => texts.push(ev.text));
+    viewer.on("state", (s) => states.push(s.state));
+    viewer.on("error", () => {});
+    await viewer.connect();
+    await viewer.join("room:race");
+    // Exactly one connection is left, on one of the real edges; the hung edge's
+    // socket was opened by the race and closed once another edge won.
+    const conns = async (s) => (await metric(s.baseUrl, 'danmaku_edge_connections{transport="ws_pb"}')) ?? 0;
+    await until("one connection left", async () => (await conns(a)) + (await conns(b)) === 1);
+    await until("the hung edge's socket closed", () => hole.sockets.length >= 1 && hole.sockets.every((s) => s.closed));
+    const [winner, other] = (await conns(a)) === 1 ? [a, b] : [b, a];
+    await winner.post(mint("poster"), "room:race", { kind: "danmaku", text: "on the winner" });
+    await until("danmaku from the winner", () => texts.includes("on the winner"));
+    // The winner dies: the next race (same four URLs) lands on the other real edge.
+    await winner.kill();
+    await until("reconnected to the other edge", async () => (await conns(other)) === 1, 30_000);
+    await until("rejoined", async () => (await (await fetch(`${other.baseUrl}/v1/channels/room:race/online`)).json()).online === 1);
+    await other.post(mint("poster"), "room:race", { kind: "danmaku", text: "on the other" });
+    await until("danmaku from the other edge", () => texts.includes("on the other"));
+    assert.equal(viewer.stats.reconnects, 1);
+    assert.ok(states.includes("reconnecting"));
     viewer.close();
   });
 

@@ -95,7 +95,8 @@ export class Standalone {
   /** SIGKILL: connections die without a close frame, like a crashed process. */
   async kill() {
     const c = this.child;
-    if (!c || c.exitCode !== null) return;
+    // A process killed by a signal keeps exitCode null: signalCode says it is gone.
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const gone = new Promise((r) => c.once("exit", r));
     c.kill("SIGKILL");
     await gone;

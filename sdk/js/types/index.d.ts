@@ -53,7 +53,8 @@ export interface ClientOptions {
   baseUrl?: string;
   /** a token to start with */
   token?: string;
-  /** called for a first token, before one expires, and after one was refused */
+  /** called for a first token, before one expires (also on an open connection, whose
+   * new token is sent in an `auth` frame), and after one was refused */
   getToken?: (reason: TokenReason) => string | Promise<string>;
   /** refresh this many seconds before `exp` (default 60) */
   refreshBeforeSecs?: number;
@@ -177,6 +178,8 @@ export class HttpApi {
 export class TokenSource {
   constructor(options: { token?: string; getToken?: (reason: TokenReason) => string | Promise<string>; refreshBeforeSecs?: number });
   get(): Promise<string>;
+  /** asks getToken("expiring") now (the client does, refreshBeforeSecs ahead of exp) */
+  renew(): Promise<string | null>;
   refresh(): Promise<string | null>;
 }
 
