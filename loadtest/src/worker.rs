@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use danmaku_client::{Client, ClientConfig, ServerEvent};
+use danmaku_proto::control::EdgeList;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -304,19 +305,6 @@ enum Dest {
     Quic(SocketAddr, Vec<u8>),
 }
 
-#[derive(Deserialize)]
-struct EdgesBody {
-    edges: Vec<EdgeEntry>,
-}
-
-#[derive(Deserialize)]
-struct EdgeEntry {
-    #[serde(default)]
-    ws: String,
-    #[serde(default)]
-    quic: String,
-}
-
 /// `ws://h:p/v1/ws` → `http://h:p` (where `/v1/cert` lives).
 fn http_base(ws: &str) -> String {
     let s = ws
@@ -362,7 +350,7 @@ async fn resolve(ctx: &Ctx, slot: &Slot) -> Result<Dest, String> {
             if !resp.status().is_success() {
                 return Err(format!("scheduler: HTTP {}", resp.status().as_u16()));
             }
-            let body: EdgesBody = resp
+            let body: EdgeList = resp
                 .json()
                 .await
                 .map_err(|e| format!("scheduler answer: {e}"))?;
