@@ -37,6 +37,7 @@
 
 mod embedded;
 mod error;
+mod membership;
 mod migrations;
 mod postgres;
 
