@@ -69,3 +69,4 @@ else
 fi
 "${in_own_pids[@]}" cargo nextest run --workspace --locked --no-fail-fast --profile ci
 bash scripts/test-browser.sh  # JavaScript SDK + player page in headless Chromium (installs chromium, fonts, npm packages)
+bash deploy/netns-cluster.sh test  # a cluster across network namespaces: scheduler picks, drain, every gift once (~20 s)

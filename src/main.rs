@@ -28,122 +28,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Everything in one process: ingest, edge, scheduler, demo page, /metrics.
-    Standalone {
-        #[arg(long, env = "DANMAKU_LISTEN", default_value = "127.0.0.1:7070")]
-        listen: SocketAddr,
-        #[arg(long, env = "DANMAKU_DATA", default_value = "./data")]
-        data: PathBuf,
-        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the
-        /// first signs. Without it, dev tokens are handed out at POST /v1/dev/token.
-        #[arg(long, env = "DANMAKU_AUTH_SECRET", value_delimiter = ',')]
-        auth_secret: Vec<String>,
-        /// Let POST /v1/dev/token also mint `app` tokens (group management); dev only.
-        #[arg(long, env = "DANMAKU_DEV_APP_TOKENS")]
-        dev_app_tokens: bool,
-        #[command(flatten)]
-        limits: IngestLimits,
-        #[command(flatten)]
-        top: TopRooms,
-        #[command(flatten)]
-        batching: Batching,
-        #[command(flatten)]
-        caps: ClientCaps,
-    },
+    Standalone(StandaloneArgs),
     /// The upload API: validates, rate-limits and publishes to the bus.
-    Ingest {
-        #[arg(long, env = "DANMAKU_LISTEN")]
-        listen: SocketAddr,
-        /// `memory` or `kafka://host:port[,host:port…][?topic=NAME]`.
-        #[arg(long, env = "DANMAKU_BUS")]
-        bus: String,
-        /// `embedded:PATH` or `postgres://…`: where gifts and group chat are persisted.
-        #[arg(long, env = "DANMAKU_STORE")]
-        store: String,
-        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the first signs.
-        #[arg(
-            long,
-            env = "DANMAKU_AUTH_SECRET",
-            value_delimiter = ',',
-            required = true
-        )]
-        auth_secret: Vec<String>,
-        #[command(flatten)]
-        limits: IngestLimits,
-        #[command(flatten)]
-        admin: Admin,
-    },
+    Ingest(IngestArgs),
     /// Holds client connections and pushes batches from the bus.
-    Edge {
-        #[arg(long, env = "DANMAKU_LISTEN")]
-        listen: SocketAddr,
-        #[arg(long, env = "DANMAKU_BUS")]
-        bus: String,
-        /// `embedded:PATH` or `postgres://…` (resume and gap fills read from it).
-        #[arg(long, env = "DANMAKU_STORE")]
-        store: String,
-        /// Address clients should use to reach this edge (defaults to --listen).
-        #[arg(long, env = "DANMAKU_ADVERTISE")]
-        advertise: Option<String>,
-        /// Scheduler to register with (base URL, e.g. http://10.0.0.2:7000).
-        #[arg(long, env = "DANMAKU_SCHEDULER")]
-        scheduler: Option<String>,
-        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the first signs.
-        #[arg(
-            long,
-            env = "DANMAKU_AUTH_SECRET",
-            value_delimiter = ',',
-            required = true
-        )]
-        auth_secret: Vec<String>,
-        #[arg(long, env = "DANMAKU_TLS_CERT")]
-        tls_cert: Option<PathBuf>,
-        #[arg(long, env = "DANMAKU_TLS_KEY")]
-        tls_key: Option<PathBuf>,
-        #[command(flatten)]
-        control: EdgeControl,
-        #[command(flatten)]
-        top: TopRooms,
-        #[command(flatten)]
-        batching: Batching,
-        #[command(flatten)]
-        caps: ClientCaps,
-        #[command(flatten)]
-        admin: Admin,
-    },
+    Edge(Box<EdgeArgs>),
     /// Hands clients the least-loaded edges.
-    Scheduler {
-        #[arg(long, env = "DANMAKU_LISTEN")]
-        listen: SocketAddr,
-        /// HMAC key of the `app`-role tokens edges register with (required
-        /// unless only static --edge entries are served).
-        #[arg(long, env = "DANMAKU_AUTH_SECRET")]
-        auth_secret: Option<String>,
-        /// Read edge load from this Prometheus server instead of scraping edges.
-        #[arg(long, env = "DANMAKU_PROMETHEUS_URL")]
-        prometheus_url: Option<String>,
-        /// Static edges, always handed out, as `id=ws_url|quic_addr`.
-        #[arg(long = "edge", env = "DANMAKU_EDGES", value_delimiter = ',')]
-        edges: Vec<String>,
-        #[command(flatten)]
-        admin: Admin,
-    },
+    Scheduler(SchedulerArgs),
     /// Prints a signed token, as an app backend would mint it.
-    Token {
-        /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the first signs.
-        #[arg(
-            long,
-            env = "DANMAKU_AUTH_SECRET",
-            value_delimiter = ',',
-            required = true
-        )]
-        auth_secret: Vec<String>,
-        #[arg(long, env = "DANMAKU_USER")]
-        user: String,
-        #[arg(long, env = "DANMAKU_TTL_SECS", default_value_t = 3600)]
-        ttl_secs: u64,
-        #[arg(long, env = "DANMAKU_ROLE", default_value = "user")]
-        role: String,
-    },
+    Token(TokenArgs),
     /// Load harness: many viewers over worker processes and source addresses,
     /// danmaku and gifts through ingest, exact per-lane loss, latency, server CPU
     /// and RSS; optional bare-writer floor and NATS peer. See loadtest/README.md.
@@ -154,6 +47,157 @@ enum Command {
     /// (internal) The bare-writer server of `loadtest --bare-writer`.
     #[command(name = "loadtest-bare-server", hide = true)]
     LoadtestBareServer,
+}
+
+/// What every distributed ingest and edge process serves on, connects to and
+/// checks tokens with.
+#[derive(clap::Args)]
+struct Node {
+    /// Address to serve on (an edge also serves QUIC on this port over UDP).
+    #[arg(long, env = "DANMAKU_LISTEN")]
+    listen: SocketAddr,
+    /// `memory` or `kafka://host:port[,host:port…][?topic=NAME]`.
+    #[arg(long, env = "DANMAKU_BUS")]
+    bus: String,
+    /// `embedded:PATH` or `postgres://…`: where gifts and group chat are
+    /// persisted (edges read resume and gap fills from it).
+    #[arg(long, env = "DANMAKU_STORE")]
+    store: String,
+    #[command(flatten)]
+    secrets: AuthSecrets,
+}
+
+impl Node {
+    /// Connects the bus (and registers its metrics) and opens the store: what
+    /// a node needs before it can serve.
+    async fn open_backends(
+        &self,
+        registry: &prometheus::Registry,
+    ) -> Result<(
+        std::sync::Arc<dyn danmaku_bus::Bus>,
+        std::sync::Arc<dyn danmaku_store::Store>,
+    )> {
+        let bus = danmaku_bus::connect(&self.bus)
+            .await
+            .with_context(|| format!("connecting to the bus {}", self.bus))?;
+        danmaku_bus::metrics::register(bus.clone(), registry)?;
+        let store = danmaku_store::connect(&self.store)
+            .await
+            .with_context(|| format!("opening the store {}", self.store))?;
+        Ok((bus, store))
+    }
+}
+
+/// The token key ring of a process that must check tokens.
+#[derive(clap::Args)]
+struct AuthSecrets {
+    /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the first signs.
+    #[arg(
+        long,
+        env = "DANMAKU_AUTH_SECRET",
+        value_delimiter = ',',
+        required = true
+    )]
+    auth_secret: Vec<String>,
+}
+
+impl AuthSecrets {
+    /// The key ring: the first secret signs, all verify.
+    fn key(&self) -> Result<danmaku_proto::token::TokenKey> {
+        if self.auth_secret.iter().any(|s| s.is_empty()) {
+            bail!("--auth-secret must not be empty");
+        }
+        danmaku_proto::token::TokenKey::ring(&self.auth_secret).context("--auth-secret is required")
+    }
+}
+
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    #[arg(long, env = "DANMAKU_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    #[arg(long, env = "DANMAKU_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// HMAC key for tokens; repeat (or comma-separate) to rotate: all verify, the
+    /// first signs. Without it, dev tokens are handed out at POST /v1/dev/token.
+    #[arg(long, env = "DANMAKU_AUTH_SECRET", value_delimiter = ',')]
+    auth_secret: Vec<String>,
+    /// Let POST /v1/dev/token also mint `app` tokens (group management); dev only.
+    #[arg(long, env = "DANMAKU_DEV_APP_TOKENS")]
+    dev_app_tokens: bool,
+    #[command(flatten)]
+    limits: IngestLimits,
+    #[command(flatten)]
+    top: TopRooms,
+    #[command(flatten)]
+    batching: Batching,
+    #[command(flatten)]
+    caps: ClientCaps,
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    node: Node,
+    #[command(flatten)]
+    limits: IngestLimits,
+    #[command(flatten)]
+    admin: Admin,
+}
+
+#[derive(clap::Args)]
+struct EdgeArgs {
+    #[command(flatten)]
+    node: Node,
+    /// Address clients should use to reach this edge (defaults to --listen).
+    #[arg(long, env = "DANMAKU_ADVERTISE")]
+    advertise: Option<String>,
+    /// Scheduler to register with (base URL, e.g. http://10.0.0.2:7000).
+    #[arg(long, env = "DANMAKU_SCHEDULER")]
+    scheduler: Option<String>,
+    #[arg(long, env = "DANMAKU_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "DANMAKU_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    control: EdgeControl,
+    #[command(flatten)]
+    top: TopRooms,
+    #[command(flatten)]
+    batching: Batching,
+    #[command(flatten)]
+    caps: ClientCaps,
+    #[command(flatten)]
+    admin: Admin,
+}
+
+#[derive(clap::Args)]
+struct SchedulerArgs {
+    #[arg(long, env = "DANMAKU_LISTEN")]
+    listen: SocketAddr,
+    /// HMAC key of the `app`-role tokens edges register with (required
+    /// unless only static --edge entries are served).
+    #[arg(long, env = "DANMAKU_AUTH_SECRET")]
+    auth_secret: Option<String>,
+    /// Read edge load from this Prometheus server instead of scraping edges.
+    #[arg(long, env = "DANMAKU_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// Static edges, always handed out, as `id=ws_url|quic_addr`.
+    #[arg(long = "edge", env = "DANMAKU_EDGES", value_delimiter = ',')]
+    edges: Vec<String>,
+    #[command(flatten)]
+    admin: Admin,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    secrets: AuthSecrets,
+    #[arg(long, env = "DANMAKU_USER")]
+    user: String,
+    #[arg(long, env = "DANMAKU_TTL_SECS", default_value_t = 3600)]
+    ttl_secs: u64,
+    #[arg(long, env = "DANMAKU_ROLE", default_value = "user")]
+    role: String,
 }
 
 #[derive(clap::Args)]
@@ -471,202 +515,194 @@ fn main() -> Result<()> {
 }
 
 async fn run(command: Command) -> Result<()> {
-    let shutdown = CancellationToken::new();
     match command {
-        Command::Standalone {
-            listen,
-            data,
-            auth_secret,
-            dev_app_tokens,
-            limits,
-            top,
-            batching,
-            caps,
-        } => {
-            cancel_on_signal(shutdown.clone());
-            let mut secrets = auth_secret.into_iter();
-            let config = StandaloneConfig {
-                listen,
-                data,
-                auth_secret: secrets.next(),
-                edge: caps.apply(top.apply(batching.apply(danmaku_edge::EdgeConfig::default()))),
-                extra_auth_secrets: secrets.collect(),
-                ingest: limits.apply(danmaku_ingest::IngestConfig {
-                    dev_app_tokens,
-                    ..danmaku_ingest::IngestConfig::default()
-                }),
-                ..StandaloneConfig::default()
-            };
-            let running = standalone::start(config, shutdown)
-                .await
-                .with_context(|| format!("starting standalone on {listen}"))?;
-            println!(
-                "danmaku standalone: open {} in a browser (QUIC on udp {})",
-                running.base_url(),
-                running.quic_addr
-            );
-            running.wait().await;
-            Ok(())
-        }
-        Command::Ingest {
-            listen,
-            bus,
-            store,
-            auth_secret,
-            limits,
-            admin,
-        } => {
-            cancel_on_signal(shutdown.clone());
-            let registry = process_registry();
-            let (bus, store) = open_backends(&bus, &store, &registry).await?;
-            let readiness = Readiness {
-                bus: Some(bus.clone()),
-                store: Some(store.clone()),
-                edge: None,
-            };
-            let ingest = danmaku_ingest::Ingest::new(
-                limits.apply(danmaku_ingest::IngestConfig {
-                    node_id: format!("ingest-{listen}"),
-                    ..danmaku_ingest::IngestConfig::default()
-                }),
-                bus,
-                store,
-                token_key(&auth_secret)?,
-                &registry,
-            )?;
-            let app = axum::Router::new()
-                .merge(admin.ops(registry, &shutdown).await?)
-                .merge(readyz_router(readiness))
-                .merge(ingest.router());
-            serve_http(listen, app, shutdown).await
-        }
-        Command::Edge {
-            listen,
-            bus,
-            store,
-            advertise,
-            scheduler,
-            auth_secret,
-            tls_cert,
-            tls_key,
-            control,
-            top,
-            batching,
-            caps,
-            admin,
-        } => {
-            let registry = process_registry();
-            let (bus, store) = open_backends(&bus, &store, &registry).await?;
-            let (tcp, udp) = bind_pair(listen)?;
-            let advertise = advertise.unwrap_or_else(|| listen.to_string());
-            let edge = danmaku_edge::Edge::start(
-                caps.apply(top.apply(batching.apply(danmaku_edge::EdgeConfig {
-                    id: format!("edge-{advertise}"),
-                    tls_cert,
-                    tls_key,
-                    control: danmaku_edge::ControlConfig {
-                        scheduler,
-                        advertise: Some(advertise),
-                        capacity: control.capacity,
-                        egress_capacity: control.egress_capacity,
-                        drain_rate: control.drain_rate,
-                        drain_deadline: control.drain_deadline,
-                        online_push_min: control.online_push_min,
-                        online_push_interval: control.online_push_interval,
-                        metrics_advertise: admin.admin_listen.map(|a| a.to_string()),
-                    },
-                    ..danmaku_edge::EdgeConfig::default()
-                }))),
-                bus,
-                store,
-                token_key(&auth_secret)?,
-                &registry,
-                shutdown.clone(),
-            )
-            .await?;
-            // SIGTERM or Ctrl-C drains (a second one stops at once); a finished
-            // drain stops the process.
-            drain_on_signal(edge.clone(), shutdown.clone());
-            let quic = edge.serve_quic(udp)?;
-            let app = axum::Router::new()
-                .merge(admin.ops(registry, &shutdown).await?)
-                .merge(readyz_router(Readiness {
-                    edge: Some(edge.clone()),
-                    ..Readiness::default()
-                }))
-                .merge(edge.admin_router())
-                .merge(edge.router());
-            let listener = tokio::net::TcpListener::from_std(tcp)?;
-            tracing::info!(%listen, "edge serving");
-            use axum::serve::ListenerExt;
-            let tuned = {
-                let edge = edge.clone();
-                listener.tap_io(move |s| edge.tune_tcp(s))
-            };
-            let graceful = shutdown.clone();
-            // Connect info gives the edge the peer address (per-IP connection caps).
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(tuned, app)
-                .with_graceful_shutdown(async move { graceful.cancelled().await })
-                .await?;
-            quic.abort();
-            Ok(())
-        }
-        Command::Scheduler {
-            listen,
-            auth_secret,
-            prometheus_url,
-            edges,
-            admin,
-        } => {
-            if auth_secret.is_none() && edges.is_empty() {
-                bail!("give --auth-secret (edges register with it) or at least one --edge");
-            }
-            cancel_on_signal(shutdown.clone());
-            let registry = process_registry();
-            let static_edges = edges
-                .iter()
-                .map(|e| parse_edge(e))
-                .collect::<Result<Vec<_>>>()?;
-            let scheduler = danmaku_scheduler::Scheduler::new(
-                danmaku_scheduler::SchedulerConfig {
-                    static_edges,
-                    auth_secret,
-                    load_source: match prometheus_url {
-                        Some(url) => danmaku_scheduler::LoadSource::Prometheus { url },
-                        None => danmaku_scheduler::LoadSource::Scrape,
-                    },
-                    ..danmaku_scheduler::SchedulerConfig::default()
-                },
-                &registry,
-            )?;
-            tokio::spawn(scheduler.clone().run(shutdown.clone()));
-            let app = axum::Router::new()
-                .merge(admin.ops(registry, &shutdown).await?)
-                .merge(scheduler.router())
-                .merge(scheduler.control_router());
-            serve_http(listen, app, shutdown).await
-        }
-        Command::Token {
-            auth_secret,
-            user,
-            ttl_secs,
-            role,
-        } => {
-            if role != "user" && role != "app" {
-                bail!("--role must be user or app, not {role:?}");
-            }
-            let key = token_key(&auth_secret)?;
-            println!(
-                "{}",
-                key.mint(&user, &role, danmaku_proto::token::now_secs(), ttl_secs)
-            );
-            Ok(())
-        }
+        Command::Standalone(args) => run_standalone(args).await,
+        Command::Ingest(args) => run_ingest(args).await,
+        Command::Edge(args) => run_edge(*args).await,
+        Command::Scheduler(args) => run_scheduler(args).await,
+        Command::Token(args) => run_token(args),
         Command::Loadtest(args) => run_loadtest(*args).await,
         Command::LoadtestWorker => Ok(danmaku_loadtest::worker_main().await?),
         Command::LoadtestBareServer => Ok(danmaku_loadtest::bare_main().await?),
     }
+}
+
+/// `danmaku standalone`: every service in this process.
+async fn run_standalone(a: StandaloneArgs) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut secrets = a.auth_secret.into_iter();
+    let config = StandaloneConfig {
+        listen: a.listen,
+        data: a.data,
+        auth_secret: secrets.next(),
+        edge: a.caps.apply(
+            a.top
+                .apply(a.batching.apply(danmaku_edge::EdgeConfig::default())),
+        ),
+        extra_auth_secrets: secrets.collect(),
+        ingest: a.limits.apply(danmaku_ingest::IngestConfig {
+            dev_app_tokens: a.dev_app_tokens,
+            ..danmaku_ingest::IngestConfig::default()
+        }),
+        ..StandaloneConfig::default()
+    };
+    let running = standalone::start(config, shutdown)
+        .await
+        .with_context(|| format!("starting standalone on {}", a.listen))?;
+    println!(
+        "danmaku standalone: open {} in a browser (QUIC on udp {})",
+        running.base_url(),
+        running.quic_addr
+    );
+    running.wait().await;
+    Ok(())
+}
+
+/// `danmaku ingest`: the upload API of a distributed cluster.
+async fn run_ingest(a: IngestArgs) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let registry = process_registry();
+    let (bus, store) = a.node.open_backends(&registry).await?;
+    let readiness = Readiness {
+        bus: Some(bus.clone()),
+        store: Some(store.clone()),
+        edge: None,
+    };
+    let listen = a.node.listen;
+    let ingest = danmaku_ingest::Ingest::new(
+        a.limits.apply(danmaku_ingest::IngestConfig {
+            node_id: format!("ingest-{listen}"),
+            ..danmaku_ingest::IngestConfig::default()
+        }),
+        bus,
+        store,
+        a.node.secrets.key()?,
+        &registry,
+    )?;
+    let app = axum::Router::new()
+        .merge(a.admin.ops(registry, &shutdown).await?)
+        .merge(readyz_router(readiness))
+        .merge(ingest.router());
+    serve_http(listen, app, shutdown).await
+}
+
+/// `danmaku edge`: holds viewers, drains on SIGTERM, registers with a scheduler.
+async fn run_edge(a: EdgeArgs) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let registry = process_registry();
+    let (bus, store) = a.node.open_backends(&registry).await?;
+    let listen = a.node.listen;
+    let (tcp, udp) = bind_pair(listen)?;
+    let advertise = a.advertise.unwrap_or_else(|| listen.to_string());
+    let control = &a.control;
+    let config = a
+        .caps
+        .apply(a.top.apply(a.batching.apply(danmaku_edge::EdgeConfig {
+            id: format!("edge-{advertise}"),
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            control: danmaku_edge::ControlConfig {
+                scheduler: a.scheduler,
+                advertise: Some(advertise),
+                capacity: control.capacity,
+                egress_capacity: control.egress_capacity,
+                drain_rate: control.drain_rate,
+                drain_deadline: control.drain_deadline,
+                online_push_min: control.online_push_min,
+                online_push_interval: control.online_push_interval,
+                metrics_advertise: a.admin.admin_listen.map(|a| a.to_string()),
+            },
+            ..danmaku_edge::EdgeConfig::default()
+        })));
+    let edge = danmaku_edge::Edge::start(
+        config,
+        bus,
+        store,
+        a.node.secrets.key()?,
+        &registry,
+        shutdown.clone(),
+    )
+    .await?;
+    // SIGTERM or Ctrl-C drains (a second one stops at once); a finished
+    // drain stops the process.
+    drain_on_signal(edge.clone(), shutdown.clone());
+    let quic = edge.serve_quic(udp)?;
+    let app = axum::Router::new()
+        .merge(a.admin.ops(registry, &shutdown).await?)
+        .merge(readyz_router(Readiness {
+            edge: Some(edge.clone()),
+            ..Readiness::default()
+        }))
+        .merge(edge.admin_router())
+        .merge(edge.router());
+    let listener = tokio::net::TcpListener::from_std(tcp)?;
+    tracing::info!(%listen, "edge serving");
+    use axum::serve::ListenerExt;
+    let tuned = {
+        let edge = edge.clone();
+        listener.tap_io(move |s| edge.tune_tcp(s))
+    };
+    let graceful = shutdown.clone();
+    // Connect info gives the edge the peer address (per-IP connection caps).
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(tuned, app)
+        .with_graceful_shutdown(async move { graceful.cancelled().await })
+        .await?;
+    quic.abort();
+    Ok(())
+}
+
+/// `danmaku scheduler`: hands out edges, keeps the registry of self-registered ones.
+async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
+    if a.auth_secret.is_none() && a.edges.is_empty() {
+        bail!("give --auth-secret (edges register with it) or at least one --edge");
+    }
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let registry = process_registry();
+    let static_edges = a
+        .edges
+        .iter()
+        .map(|e| parse_edge(e))
+        .collect::<Result<Vec<_>>>()?;
+    let scheduler = danmaku_scheduler::Scheduler::new(
+        danmaku_scheduler::SchedulerConfig {
+            static_edges,
+            auth_secret: a.auth_secret,
+            load_source: match a.prometheus_url {
+                Some(url) => danmaku_scheduler::LoadSource::Prometheus { url },
+                None => danmaku_scheduler::LoadSource::Scrape,
+            },
+            ..danmaku_scheduler::SchedulerConfig::default()
+        },
+        &registry,
+    )?;
+    tokio::spawn(scheduler.clone().run(shutdown.clone()));
+    let app = axum::Router::new()
+        .merge(a.admin.ops(registry, &shutdown).await?)
+        .merge(scheduler.router())
+        .merge(scheduler.control_router());
+    serve_http(a.listen, app, shutdown).await
+}
+
+/// `danmaku token`: prints a signed token.
+fn run_token(a: TokenArgs) -> Result<()> {
+    if a.role != "user" && a.role != "app" {
+        bail!("--role must be user or app, not {:?}", a.role);
+    }
+    let key = a.secrets.key()?;
+    println!(
+        "{}",
+        key.mint(
+            &a.user,
+            &a.role,
+            danmaku_proto::token::now_secs(),
+            a.ttl_secs
+        )
+    );
+    Ok(())
 }
 
 /// Maps `danmaku loadtest` flags onto a `LoadtestConfig` (or runs a preset).
@@ -759,34 +795,6 @@ async fn run_loadtest(a: LoadtestArgs) -> Result<()> {
     let report = danmaku_loadtest::run(config).await?;
     println!("{}", report.render_text());
     Ok(())
-}
-
-/// Connects the bus (and registers its metrics) and opens the store: what every
-/// distributed ingest and edge process needs before it can serve.
-async fn open_backends(
-    bus_url: &str,
-    store_url: &str,
-    registry: &prometheus::Registry,
-) -> Result<(
-    std::sync::Arc<dyn danmaku_bus::Bus>,
-    std::sync::Arc<dyn danmaku_store::Store>,
-)> {
-    let bus = danmaku_bus::connect(bus_url)
-        .await
-        .with_context(|| format!("connecting to the bus {bus_url}"))?;
-    danmaku_bus::metrics::register(bus.clone(), registry)?;
-    let store = danmaku_store::connect(store_url)
-        .await
-        .with_context(|| format!("opening the store {store_url}"))?;
-    Ok((bus, store))
-}
-
-/// The token key ring of `--auth-secret` (repeatable): the first signs, all verify.
-fn token_key(secrets: &[String]) -> Result<danmaku_proto::token::TokenKey> {
-    if secrets.iter().any(|s| s.is_empty()) {
-        bail!("--auth-secret must not be empty");
-    }
-    danmaku_proto::token::TokenKey::ring(secrets).context("--auth-secret is required")
 }
 
 /// Parses `id=ws_url|quic_addr`.

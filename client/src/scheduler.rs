@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use danmaku_proto::control::EdgeList;
 
 use crate::ingest::error_of;
 use crate::{ClientError, EdgeAddr};
@@ -14,22 +14,6 @@ use crate::{ClientError, EdgeAddr};
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries of one [`SchedulerClient::edges`] call.
 pub const ATTEMPTS: u32 = 3;
-
-#[derive(Deserialize)]
-struct EdgesBody {
-    edges: Vec<EdgeJson>,
-}
-
-#[derive(Deserialize)]
-struct EdgeJson {
-    id: String,
-    #[serde(default)]
-    ws: String,
-    #[serde(default)]
-    quic: String,
-    #[serde(default)]
-    load: f64,
-}
 
 /// A handle on one scheduler (cheap to clone).
 #[derive(Debug, Clone)]
@@ -83,7 +67,7 @@ impl SchedulerClient {
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }
-        let body: EdgesBody = resp.json().await?;
+        let body: EdgeList = resp.json().await?;
         Ok(body
             .edges
             .into_iter()

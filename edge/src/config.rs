@@ -41,8 +41,8 @@ pub struct EdgeConfig {
     /// Default [`ReliableConfig::default`].
     pub reliable: ReliableConfig,
     /// Scheduler registration, drain and online pushes.
-    /// Default [`crate::ControlConfig::default`].
-    pub control: crate::ControlConfig,
+    /// Default [`ControlConfig::default`].
+    pub control: ControlConfig,
     /// Rooms in the top-N gauges and `GET /v1/top-rooms` (by members and by
     /// inbound rate). Bounds the series an edge exports however many rooms it
     /// hosts; 0 turns the ranking off. Default 20.
@@ -73,7 +73,7 @@ impl Default for EdgeConfig {
             tls_key: None,
             max_channels_per_conn: 32,
             reliable: ReliableConfig::default(),
-            control: crate::ControlConfig::default(),
+            control: ControlConfig::default(),
             top_rooms: 20,
             top_rooms_interval: Duration::from_secs(5),
             quic_send_window: 512 << 10,
@@ -181,6 +181,54 @@ impl Default for ReliableConfig {
             ack_persist_interval: Duration::from_secs(1),
             queue: 512,
             ring: 1_024,
+        }
+    }
+}
+
+/// Settings of registration, drain and online pushes (`control_plane/`).
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Base URL of the scheduler (`http://host:port`). `None`: no registration,
+    /// online counts are this edge's own, redirects carry no picks. Default `None`.
+    pub scheduler: Option<String>,
+    /// `host:port` clients use to reach this edge: WebSocket `ws://{advertise}/v1/ws`,
+    /// QUIC `{advertise}`, metrics `http://{advertise}/metrics`. Default `None`
+    /// (required with `scheduler`).
+    pub advertise: Option<String>,
+    /// Client connections this edge is sized for, reported to the scheduler and
+    /// exported as `danmaku_edge_capacity_connections`. Default 19,000 (what one
+    /// 2-core edge held in the fan-out benchmark).
+    pub capacity: u64,
+    /// Egress bytes/s this edge may send; `None` lets the scheduler assume
+    /// 125,000,000 (1 Gbit/s). Default `None`.
+    pub egress_capacity: Option<u64>,
+    /// Fraction of the connections at drain start redirected per second. Default
+    /// 0.1 (10 waves): other edges absorb the resumes gradually, not as one burst.
+    pub drain_rate: f64,
+    /// Longest a drain lasts; connections still open then are closed. Default 60 s.
+    pub drain_deadline: Duration,
+    /// Channels with at least this many local members get `online` frames. Default 50.
+    pub online_push_min: usize,
+    /// How often `online` frames are pushed. Default 5 s.
+    pub online_push_interval: Duration,
+    /// `host:port` of the admin listener when `/metrics` is served there, not
+    /// on `advertise` (registered as the metrics URL the scheduler scrapes).
+    /// Default `None`.
+    pub metrics_advertise: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            scheduler: None,
+            advertise: None,
+            capacity: 19_000,
+            egress_capacity: None,
+            drain_rate: 0.1,
+            drain_deadline: Duration::from_secs(60),
+            online_push_min: 50,
+            online_push_interval: Duration::from_secs(5),
+            metrics_advertise: None,
         }
     }
 }

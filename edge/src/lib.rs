@@ -64,8 +64,8 @@ use danmaku_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use batcher::{BuiltSizes, FrameBuilder};
-pub use config::{BatchConfig, ClientLimits, EdgeConfig, ReliableConfig};
-pub use control_plane::{ControlConfig, NotReady};
+pub use config::{BatchConfig, ClientLimits, ControlConfig, EdgeConfig, ReliableConfig};
+pub use control_plane::NotReady;
 pub use error::{ApiError, EdgeError};
 pub use metrics::BusResult;
 pub use tls::ALPN;
@@ -214,7 +214,7 @@ impl Edge {
                 "/v1/ws",
                 get(ws::upgrade).route_layer(axum::middleware::from_fn_with_state(
                     Arc::clone(self),
-                    control_plane::refuse_while_draining,
+                    control_plane::drain::refuse_while_draining,
                 )),
             )
             .route("/v1/cert", get(cert_handler))
@@ -296,6 +296,52 @@ impl Edge {
 
     fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The control plane's face (`control_plane/`): drain, readiness, online counts.
+impl Edge {
+    /// Whether the edge is draining (refusing new connections).
+    pub fn is_draining(&self) -> bool {
+        self.control.is_draining()
+    }
+
+    /// Starts the drain (idempotent). Returns false if it had already started.
+    pub fn request_drain(&self) -> bool {
+        self.control.request_drain()
+    }
+
+    /// Resolves when a drain has finished (no connection left, or the deadline).
+    pub async fn drained(&self) {
+        self.control.drained().await
+    }
+
+    /// Open client connections (both transports).
+    pub fn connection_count(&self) -> usize {
+        self.control.connection_count()
+    }
+
+    /// Readiness of the edge: not draining, bus healthy, store answering.
+    pub async fn readiness(&self) -> Result<(), NotReady> {
+        control_plane::readiness::check(self).await
+    }
+
+    /// `POST /admin/drain` (app-role token). Distributed edges only: a
+    /// standalone server has nowhere to send its clients.
+    pub fn admin_router(self: &Arc<Self>) -> Router {
+        control_plane::drain::router(Arc::clone(self))
+    }
+
+    /// `GET /v1/channels/{channel}/online` from this edge's own members: what a
+    /// standalone server (the only edge) answers.
+    pub fn local_online_router(self: &Arc<Self>) -> Router {
+        control_plane::online::router(Arc::clone(self))
+    }
+
+    /// The cluster-wide count of `channel` as last heard from the scheduler,
+    /// else the local member count.
+    pub fn online_count(&self, channel: &str) -> u64 {
+        control_plane::online::count(self, channel)
     }
 }
 

@@ -457,7 +457,7 @@ impl Metrics {
 }
 
 /// The control plane's metrics: registration with the scheduler, drain, online
-/// pushes (see `control_plane.rs`). Separate from [`Metrics`] because nothing on
+/// pushes (see `control_plane/`). Separate from [`Metrics`] because nothing on
 /// the fan-out path touches them.
 #[derive(Clone)]
 pub struct ControlMetrics {

@@ -206,12 +206,9 @@ impl Ingest {
                 )
                 .await?;
             if let Some(stored) = stored.into_iter().find(|m| m.seq == appended.seq) {
-                event.kind = pb::Kind::from_name(&stored.kind).unwrap_or(message.kind) as i32;
-                event.sender = stored.sender;
-                event.text = stored.text;
-                event.ts_ms = stored.ts_ms;
-                event.payload_json = stored.payload_json.unwrap_or_default();
-                event.client_msg_id = stored.client_msg_id.unwrap_or_default();
+                // Same kind as this request: a duplicate whose body differs is
+                // refused by the store as a conflict.
+                event = stored.into_event();
             }
         } else {
             self.metrics

@@ -25,13 +25,14 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use danmaku_proto::id::is_valid_id;
 use danmaku_proto::token::{Claims, now_secs};
 use danmaku_proto::{ChannelKind, ChannelName};
 use danmaku_store::StoredMessage;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{ApiError, Ingest, auth, body, dev_token};
+use crate::{ApiError, Ingest, auth, body};
 
 /// `limit` when the query has none.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
@@ -210,7 +211,7 @@ impl Ingest {
                 "{group} is not a group: membership needs a group:<id> channel"
             )));
         }
-        if !dev_token::valid_user(&user) {
+        if !is_valid_id(&user) {
             return Err(ApiError::BadUser);
         }
         let answer = if join {

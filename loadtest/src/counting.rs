@@ -17,7 +17,7 @@ use danmaku_proto::{Limits, decode_batch, frame};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::tally::{ViewerLog, parse_post_text};
+use crate::tally::{SeqSet, ViewerLog, parse_post_text};
 
 /// The protocol a viewer speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -51,37 +51,6 @@ impl std::str::FromStr for Wire {
             "nats" | "nats-ws" => Ok(Wire::Nats),
             o => Err(format!("unknown transport {o:?} (ws-pb, ws-json, quic)")),
         }
-    }
-}
-
-/// A growable set of small integers (post numbers, gift seqs).
-#[derive(Debug, Default, Clone)]
-pub struct SeqSet(Vec<u64>);
-
-impl SeqSet {
-    /// Inserts `n`; false if it was already there.
-    pub fn insert(&mut self, n: u64) -> bool {
-        let (word, bit) = ((n / 64) as usize, n % 64);
-        if word >= self.0.len() {
-            self.0.resize(word + 1, 0);
-        }
-        let was = self.0[word] & (1 << bit) != 0;
-        self.0[word] |= 1 << bit;
-        !was
-    }
-
-    pub fn contains(&self, n: u64) -> bool {
-        self.0
-            .get((n / 64) as usize)
-            .is_some_and(|w| w & (1 << (n % 64)) != 0)
-    }
-
-    pub fn len(&self) -> u64 {
-        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -24,6 +24,7 @@ pub mod bare;
 pub mod config;
 pub mod counting;
 pub mod error;
+pub mod histogram;
 pub mod nats;
 pub mod procstat;
 pub mod report;
@@ -50,8 +51,9 @@ use config::{FOREIGN_ROOMS, foreign_room, senders_for_rate, wire_of};
 pub use config::{LoadtestConfig, Peer};
 use counting::Wire;
 pub use error::LoadtestError;
+use histogram::{HistPairs, add_pairs, new_histogram};
 use procstat::ProcSample;
-use report::{BareReport, LaneReport, PostReport, ServerReport, WireReport, new_histogram};
+use report::{BareReport, LaneReport, PostReport, ServerReport, WireReport};
 pub use report::{Latency, Report};
 use scenario::is_every;
 use senders::{IngestPool, SenderOutcome, sender_user};
@@ -771,9 +773,9 @@ fn build_report(
         failed: o.failed,
         per_s: o.accepted as f64 / secs,
     };
-    let lane = |t: worker::LaneTally, pairs: &worker::HistPairs| {
+    let lane = |t: tally::LaneTally, pairs: &HistPairs| {
         let mut h = new_histogram();
-        worker::add_pairs(&mut h, pairs);
+        add_pairs(&mut h, pairs);
         LaneReport {
             tally: t,
             loss_ratio: if t.expected == 0 {
@@ -785,7 +787,7 @@ fn build_report(
         }
     };
     let mut connect = new_histogram();
-    worker::add_pairs(&mut connect, &total.connect_ms);
+    add_pairs(&mut connect, &total.connect_ms);
     let accepted = posted.danmaku.accepted + posted.gifts.accepted;
     Report {
         peer: match &config.peer {

@@ -9,12 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::procstat::ProcSample;
-use crate::worker::{LaneTally, WireTally, Worst};
-
-/// 1 ms to one hour, three significant digits.
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000, 3).expect("constant histogram bounds are valid")
-}
+use crate::tally::{LaneTally, WireTally, Worst};
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]

@@ -1,5 +1,6 @@
 //! The exact bookkeeping behind the report: which posted comments each viewer
-//! received, how many were lost, repeated or out of order.
+//! received, how many were lost, repeated or out of order, and the sums per
+//! lane and transport that workers send back and the report prints.
 //!
 //! Every posted text starts with `lt <sender> <n> `, where `n` counts that
 //! sender's posts, so a received event names exactly one post. A viewer keeps
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The text of post `n` of sender `sender`, followed by free-form comment text.
 pub fn post_text(sender: u32, n: u64, comment: &str) -> String {
@@ -26,13 +27,13 @@ pub fn parse_post_text(text: &str) -> Option<(u32, u64)> {
     Some((sender, n))
 }
 
-/// A growable set of small integers.
+/// A growable set of small integers (post numbers, gift seqs).
 #[derive(Debug, Default, Clone)]
-struct BitSet(Vec<u64>);
+pub struct SeqSet(Vec<u64>);
 
-impl BitSet {
+impl SeqSet {
     /// Inserts `n`; false if it was already there.
-    fn insert(&mut self, n: u64) -> bool {
+    pub fn insert(&mut self, n: u64) -> bool {
         let (word, bit) = ((n / 64) as usize, n % 64);
         if word >= self.0.len() {
             self.0.resize(word + 1, 0);
@@ -42,21 +43,25 @@ impl BitSet {
         !was
     }
 
-    fn contains(&self, n: u64) -> bool {
+    pub fn contains(&self, n: u64) -> bool {
         self.0
             .get((n / 64) as usize)
             .is_some_and(|w| w & (1 << (n % 64)) != 0)
     }
 
-    fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// Per-sender state of one viewer.
 #[derive(Debug, Default, Clone)]
 struct SenderSeen {
-    seen: BitSet,
+    seen: SeqSet,
     max_n: Option<u64>,
 }
 
@@ -174,6 +179,56 @@ impl std::ops::AddAssign for Tally {
         self.frames += o.frames;
         self.events += o.events;
     }
+}
+
+/// One lane's accounting summed over viewers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LaneTally {
+    /// Σ over viewers of what was accepted for their room.
+    pub expected: u64,
+    /// Events received, repeats included.
+    pub received: u64,
+    /// Expected events never received (exact for gifts and probes; counting
+    /// viewers: `max(0, expected − received)`).
+    pub lost: u64,
+    /// Counting viewers: `max(0, received − expected)` (repeats or unknown posts).
+    pub excess: u64,
+    pub duplicates: u64,
+    pub order_violations: u64,
+    /// Distinct events received that were not known to be accepted.
+    pub unexpected: u64,
+}
+
+impl std::ops::AddAssign for LaneTally {
+    fn add_assign(&mut self, o: Self) {
+        self.expected += o.expected;
+        self.received += o.received;
+        self.lost += o.lost;
+        self.excess += o.excess;
+        self.duplicates += o.duplicates;
+        self.order_violations += o.order_violations;
+        self.unexpected += o.unexpected;
+    }
+}
+
+/// Bytes and deliveries per transport.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct WireTally {
+    pub viewers: u64,
+    /// Bytes read from sockets, WebSocket headers included (QUIC: not measured).
+    pub bytes_in: u64,
+    pub frames: u64,
+    pub deliveries: u64,
+}
+
+/// A viewer that lost something.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Worst {
+    pub viewer: u64,
+    pub room: String,
+    pub lane: String,
+    pub received: u64,
+    pub expected: u64,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use danmaku_client::{Client, ClientConfig, ServerEvent};
+use danmaku_proto::control::EdgeList;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -22,8 +23,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::counting::{self, Lane, ViewerCounts, Wire};
-use crate::report::new_histogram;
-use crate::tally::RoomExpected;
+use crate::histogram::{HistPairs, hist_pairs, new_histogram};
+use crate::tally::{LaneTally, RoomExpected, WireTally, Worst};
 use crate::wire::{OP_BINARY, OP_TEXT, WsConn, WsTarget};
 
 /// One viewer to run.
@@ -129,71 +130,6 @@ pub enum WorkerMsg {
     Failed {
         error: String,
     },
-}
-
-/// One lane's accounting summed over viewers.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LaneTally {
-    /// Σ over viewers of what was accepted for their room.
-    pub expected: u64,
-    /// Events received, repeats included.
-    pub received: u64,
-    /// Expected events never received (exact for gifts and probes; counting
-    /// viewers: `max(0, expected − received)`).
-    pub lost: u64,
-    /// Counting viewers: `max(0, received − expected)` (repeats or unknown posts).
-    pub excess: u64,
-    pub duplicates: u64,
-    pub order_violations: u64,
-    /// Distinct events received that were not known to be accepted.
-    pub unexpected: u64,
-}
-
-impl std::ops::AddAssign for LaneTally {
-    fn add_assign(&mut self, o: Self) {
-        self.expected += o.expected;
-        self.received += o.received;
-        self.lost += o.lost;
-        self.excess += o.excess;
-        self.duplicates += o.duplicates;
-        self.order_violations += o.order_violations;
-        self.unexpected += o.unexpected;
-    }
-}
-
-/// Bytes and deliveries per transport.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct WireTally {
-    pub viewers: u64,
-    /// Bytes read from sockets, WebSocket headers included (QUIC: not measured).
-    pub bytes_in: u64,
-    pub frames: u64,
-    pub deliveries: u64,
-}
-
-/// A viewer that lost something.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Worst {
-    pub viewer: u64,
-    pub room: String,
-    pub lane: String,
-    pub received: u64,
-    pub expected: u64,
-}
-
-/// A histogram as `(value, count)` pairs.
-pub type HistPairs = Vec<(u64, u64)>;
-
-pub fn hist_pairs(h: &Histogram<u64>) -> HistPairs {
-    h.iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect()
-}
-
-pub fn add_pairs(h: &mut Histogram<u64>, pairs: &HistPairs) {
-    for &(v, n) in pairs {
-        let _ = h.record_n(v.max(1), n);
-    }
 }
 
 /// Everything a worker measured.
@@ -304,19 +240,6 @@ enum Dest {
     Quic(SocketAddr, Vec<u8>),
 }
 
-#[derive(Deserialize)]
-struct EdgesBody {
-    edges: Vec<EdgeEntry>,
-}
-
-#[derive(Deserialize)]
-struct EdgeEntry {
-    #[serde(default)]
-    ws: String,
-    #[serde(default)]
-    quic: String,
-}
-
 /// `ws://h:p/v1/ws` → `http://h:p` (where `/v1/cert` lives).
 fn http_base(ws: &str) -> String {
     let s = ws
@@ -362,7 +285,7 @@ async fn resolve(ctx: &Ctx, slot: &Slot) -> Result<Dest, String> {
             if !resp.status().is_success() {
                 return Err(format!("scheduler: HTTP {}", resp.status().as_u16()));
             }
-            let body: EdgesBody = resp
+            let body: EdgeList = resp
                 .json()
                 .await
                 .map_err(|e| format!("scheduler answer: {e}"))?;

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::ProtoError;
+use crate::id::is_valid_id;
 
 /// What a channel is; decides membership and which message kinds it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,12 +46,7 @@ fn kind_of(s: &str) -> Option<ChannelKind> {
     } else {
         return None;
     };
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    ok.then_some(kind)
+    is_valid_id(id).then_some(kind)
 }
 
 /// Keeps error messages bounded when a peer sends a huge bogus name.

@@ -126,12 +126,21 @@ fn kind_name(kind: i32) -> &'static str {
         .name()
 }
 
-/// An edge address in a `redirect` frame.
+/// An edge address: an entry of a `redirect` frame and of `GET /v1/edges`
+/// ([`crate::control::EdgeList`]). Readers take a missing `ws`, `quic` or
+/// `load` as empty (an edge may serve one transport only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JsonEdge {
+    /// Stable id of the edge (also the `edge` metrics label).
     pub id: String,
+    /// WebSocket URL, e.g. `ws://10.0.0.5:7070/v1/ws`; empty without WebSocket.
+    #[serde(default)]
     pub ws: String,
+    /// QUIC address `host:port`; empty when the edge serves no QUIC.
+    #[serde(default)]
     pub quic: String,
+    /// Load score, 0.0 = idle, 1.0 = at capacity (may exceed 1 when overloaded).
+    #[serde(default)]
     pub load: f64,
 }
 

@@ -5,15 +5,19 @@
 //! ([`pb`]), the bounded frame decoders ([`frame`]), the length-prefix framing used
 //! on QUIC streams ([`framing`]), the batch codec that encodes and compresses a
 //! channel's events once per tick ([`batch`]), the JSON form of frames for browsers
-//! ([`json`]), WebSocket framing with frames prepared once for
-//! every receiver ([`wsframe`]), channel names ([`channel`]) and signed tokens ([`token`]).
+//! ([`json`]), the control plane's JSON bodies between edges, scheduler and
+//! clients ([`control`]), WebSocket framing with frames prepared once for
+//! every receiver ([`wsframe`]), channel names ([`channel`]), the id alphabet
+//! they share with user ids ([`id`]) and signed tokens ([`token`]).
 //! No tokio, no sockets: the edge, ingest and client crates move the bytes.
 
 pub mod batch;
 pub mod channel;
+pub mod control;
 pub mod error;
 pub mod frame;
 pub mod framing;
+pub mod id;
 pub mod json;
 pub mod limits;
 pub mod sample;

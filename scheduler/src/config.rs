@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::SchedulerError;
 use crate::load_model::ModelConfig;
 
@@ -58,18 +56,9 @@ pub enum LoadSource {
     Prometheus { url: String },
 }
 
-/// One edge as clients see it in `GET /v1/edges`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EdgeInfo {
-    /// Stable id of the edge (also the `edge` metrics label).
-    pub id: String,
-    /// WebSocket URL, e.g. `ws://10.0.0.5:7070/v1/ws`.
-    pub ws: String,
-    /// QUIC address `host:port`; empty when the edge serves no QUIC.
-    pub quic: String,
-    /// Load score, 0.0 = idle, 1.0 = at capacity (may exceed 1 when overloaded).
-    pub load: f64,
-}
+/// One edge as clients see it in `GET /v1/edges`: the protocol's edge
+/// address, shared with the edge's `redirect` frames and the client.
+pub use danmaku_proto::json::JsonEdge as EdgeInfo;
 
 impl SchedulerConfig {
     pub(crate) fn validate(&self) -> Result<(), SchedulerError> {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use serde::{Deserialize, Serialize};
+use danmaku_proto::control::EdgeList;
+use serde::Deserialize;
 
-use crate::{ApiError, EdgeInfo, Scheduler};
+use crate::{ApiError, Scheduler};
 
 /// Edges returned when the client does not say.
 pub const DEFAULT_K: usize = 3;
@@ -24,15 +25,10 @@ pub struct EdgesQuery {
     pub seed: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct EdgesResponse {
-    pub edges: Vec<EdgeInfo>,
-}
-
 pub async fn get_edges(
     State(scheduler): State<Arc<Scheduler>>,
     query: Result<Query<EdgesQuery>, QueryRejection>,
-) -> Result<Json<EdgesResponse>, ApiError> {
+) -> Result<Json<EdgeList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
     let k = query.k.unwrap_or(DEFAULT_K);
     if !(1..=MAX_K).contains(&k) {
@@ -44,5 +40,5 @@ pub async fn get_edges(
     if edges.is_empty() {
         return Err(ApiError::NoEdge(crate::readiness::why_none(&scheduler)));
     }
-    Ok(Json(EdgesResponse { edges }))
+    Ok(Json(EdgeList { edges }))
 }

@@ -8,7 +8,8 @@
 //!   ejected, or the scheduler restarted).
 //! * `DELETE /v1/registry/edges/{id}` — leave (drain start, clean shutdown).
 //!
-//! Bodies are checked field by field here, so a refusal names the field.
+//! The bodies are [`danmaku_proto::control`]'s, shared with the edge; they are
+//! checked field by field here, so a refusal names the field.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use danmaku_proto::ChannelName;
-use serde::{Deserialize, Serialize};
+use danmaku_proto::control::{HeartbeatAnswer, HeartbeatBody, RegisterAnswer};
 use serde_json::{Map, Value};
 
 use crate::auth::require_app;
@@ -38,52 +39,11 @@ pub const MAX_CORES: u64 = 1024;
 /// Most channels one heartbeat may report (edges send at most 1,000).
 pub const MAX_HEARTBEAT_CHANNELS: usize = 10_000;
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RegisterResponse {
-    pub heartbeat_interval_ms: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HeartbeatResponse {
-    /// Cluster-wide members of each channel the heartbeat reported.
-    pub online: std::collections::BTreeMap<String, u64>,
-}
-
-/// A heartbeat body as sent. Missing fields take the values of an idle,
-/// ready edge.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-pub struct HeartbeatBody {
-    pub ready: bool,
-    pub draining: bool,
-    pub connections: u64,
-    pub members: u64,
-    pub channels: Vec<ChannelMembers>,
-}
-
-impl Default for HeartbeatBody {
-    fn default() -> Self {
-        HeartbeatBody {
-            ready: true,
-            draining: false,
-            connections: 0,
-            members: 0,
-            channels: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChannelMembers {
-    pub channel: String,
-    pub members: u64,
-}
-
 pub async fn register(
     State(scheduler): State<Arc<Scheduler>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<RegisterResponse>, ApiError> {
+) -> Result<Json<RegisterAnswer>, ApiError> {
     let refused = |e: ApiError| {
         scheduler
             .metrics
@@ -107,7 +67,7 @@ pub async fn register(
         .with_label_values(&[label])
         .inc();
     scheduler.sample_now.notify_one();
-    Ok(Json(RegisterResponse {
+    Ok(Json(RegisterAnswer {
         heartbeat_interval_ms: scheduler.config.heartbeat_interval.as_millis() as u64,
     }))
 }
@@ -117,7 +77,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<HeartbeatResponse>, ApiError> {
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     require_app(scheduler.tokens.as_ref(), &headers)?;
     let hb = parse_heartbeat(&body)?;
     let channels: Vec<String> = hb.channels.iter().map(|(c, _)| c.clone()).collect();
@@ -132,7 +92,7 @@ pub async fn heartbeat(
             (c, n)
         })
         .collect();
-    Ok(Json(HeartbeatResponse { online }))
+    Ok(Json(HeartbeatAnswer { online }))
 }
 
 pub async fn deregister(

@@ -37,6 +37,7 @@
 
 mod embedded;
 mod error;
+mod membership;
 mod migrations;
 mod postgres;
 
@@ -44,6 +45,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use danmaku_proto::pb;
 
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
@@ -93,6 +95,24 @@ pub struct StoredMessage {
     pub text: String,
     pub payload_json: Option<String>,
     pub ts_ms: i64,
+}
+
+impl StoredMessage {
+    /// The event this message stands for: what ingest published for it, and
+    /// what an edge sends from the store (gap fills, resume, missed messages).
+    /// Kinds are stored by their protocol names; one the protocol does not
+    /// know reads as `Unspecified`. An absent id or payload is empty.
+    pub fn into_event(self) -> pb::Event {
+        pb::Event {
+            kind: pb::Kind::from_name(&self.kind).unwrap_or(pb::Kind::Unspecified) as i32,
+            sender: self.sender,
+            text: self.text,
+            ts_ms: self.ts_ms,
+            seq: self.seq,
+            payload_json: self.payload_json.unwrap_or_default(),
+            client_msg_id: self.client_msg_id.unwrap_or_default(),
+        }
+    }
 }
 
 /// One member of a group.
@@ -326,4 +346,40 @@ mod queries {
          LEFT JOIN channel_seq AS s ON s.channel = c.channel \
          LEFT JOIN acks AS a ON a.user_id = $1 AND a.channel = c.channel \
          LEFT JOIN members AS m ON m.user_id = $1 AND m.channel = c.channel";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_message_is_the_event_ingest_published() {
+        let m = StoredMessage {
+            channel: "room:1".into(),
+            seq: 7,
+            client_msg_id: Some("c-1".into()),
+            sender: "alice".into(),
+            kind: "gift".into(),
+            text: "rocket".into(),
+            payload_json: None,
+            ts_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            m.clone().into_event(),
+            pb::Event {
+                kind: pb::Kind::Gift as i32,
+                sender: "alice".into(),
+                text: "rocket".into(),
+                ts_ms: 1_700_000_000_000,
+                seq: 7,
+                payload_json: String::new(),
+                client_msg_id: "c-1".into(),
+            }
+        );
+        let odd = StoredMessage {
+            kind: "sticker".into(),
+            ..m
+        };
+        assert_eq!(odd.into_event().kind, pb::Kind::Unspecified as i32);
+    }
 }

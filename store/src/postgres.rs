@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::membership;
 use crate::{
     Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
     Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
@@ -200,42 +201,17 @@ impl Store for PostgresStore {
 
     async fn leave_group(&self, group: &str, user: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query(queries::LEAVE)
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(queries::FORGET_ACK)
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
+        let removed = membership::leave::<sqlx::Postgres>(&mut tx, group, user).await?;
         tx.commit().await?;
-        Ok(removed > 0)
+        Ok(removed)
     }
 
     async fn is_member(&self, group: &str, user: &str) -> Result<Option<u64>, StoreError> {
-        let joined: Option<i64> = sqlx::query_scalar(queries::IS_MEMBER)
-            .bind(group)
-            .bind(user)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(joined.map(from_db))
+        membership::is_member(&self.pool, group, user).await
     }
 
     async fn members(&self, group: &str) -> Result<Vec<Member>, StoreError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(queries::MEMBERS)
-            .bind(group)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user, joined_seq)| Member {
-                user,
-                joined_seq: from_db(joined_seq),
-            })
-            .collect())
+        membership::members(&self.pool, group).await
     }
 
     async fn ack(&self, user: &str, channel: &str, seq: u64) -> Result<u64, StoreError> {

@@ -18,7 +18,6 @@ use danmaku_proto::{ChannelName, pb};
 use danmaku_store::{StoreError, StoredMessage};
 use tokio::time::Instant;
 
-use crate::reliable::fanout::event_from_stored;
 use crate::reliable::lane::{Backlog, CatchUpReason, LaneState, ResendLimits, Stalled};
 use crate::reliable::ring::ReliableFrame;
 use crate::session::{CloseReason, Flow, Session};
@@ -140,7 +139,7 @@ pub(crate) async fn push_missed(
         }
     };
     for msg in msgs {
-        let frame = ReliableFrame::build(channel.as_str(), &event_from_stored(msg));
+        let frame = ReliableFrame::build(channel.as_str(), &msg.into_event());
         if let Flow::Close(r) = send(session, &frame).await {
             return Flow::Close(r);
         }
@@ -231,7 +230,7 @@ async fn catch_up(session: &mut Session, channel: &ChannelName) -> Result<Flow, 
             None => read_page(session, channel, after, want)
                 .await?
                 .into_iter()
-                .map(|m| ReliableFrame::build(channel.as_str(), &event_from_stored(m)))
+                .map(|m| ReliableFrame::build(channel.as_str(), &m.into_event()))
                 .collect(),
         };
         let got = frames.len();

@@ -40,19 +40,6 @@ pub(crate) struct ReliableItem {
     pub event: pb::Event,
 }
 
-/// The event a stored message stands for (what ingest published for it).
-pub(crate) fn event_from_stored(m: StoredMessage) -> pb::Event {
-    pb::Event {
-        kind: pb::Kind::from_name(&m.kind).unwrap_or(pb::Kind::Unspecified) as i32,
-        sender: m.sender,
-        text: m.text,
-        ts_ms: m.ts_ms,
-        seq: m.seq,
-        payload_json: m.payload_json.unwrap_or_default(),
-        client_msg_id: m.client_msg_id.unwrap_or_default(),
-    }
-}
-
 /// Starts `shards` reliable tasks feeding the batcher queues `batchers`;
 /// returns the queues the consumer feeds.
 pub(crate) fn spawn_shards(
@@ -156,7 +143,7 @@ impl Shard {
                 filled
                     .into_iter()
                     .filter(|m| m.seq <= gap.upto)
-                    .map(|m| (m.seq, event_from_stored(m))),
+                    .map(|m| (m.seq, m.into_event())),
             );
             self.deliver(&channel, ready).await;
         }
@@ -293,7 +280,7 @@ mod tests {
     fn item(seq: u64) -> ReliableItem {
         ReliableItem {
             channel: ChannelName::parse("room:f").unwrap(),
-            event: event_from_stored(stored(seq)),
+            event: stored(seq).into_event(),
         }
     }
 
