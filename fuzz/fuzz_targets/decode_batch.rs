@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         dict_id: 0,
         count: u32::from(u16::from_le_bytes([count_lo, count_hi])),
         payload: payload.to_vec().into(),
+        ..Default::default()
     };
     if let Ok(events) = decode_batch(&batch, &limits) {
         assert!(events.len() <= limits.max_batch_events);
