@@ -464,6 +464,17 @@ impl ResilientClient {
                     self.client = None;
                 }
                 Some(ServerEvent::Redirect { edges }) => self.on_redirect(&edges),
+                Some(ServerEvent::Joined { channel, last_seq }) => {
+                    // A room owes this client every gift after `last_seq`: anchor
+                    // there on a first join. A tick can reach the client before
+                    // a gift the edge sends on its own (the one the tick's
+                    // edge never saw live): anchored at the first seq it
+                    // received, the client would take that gift for a repeat.
+                    if channel.starts_with("room:") && !self.tracker.is_anchored(&channel) {
+                        self.tracker.set_delivered_upto(&channel, last_seq);
+                    }
+                    return Some(ServerEvent::Joined { channel, last_seq });
+                }
                 Some(other) => return Some(other),
             }
         }

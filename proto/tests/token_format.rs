@@ -22,7 +22,11 @@ fn tokens_section() -> String {
     // The run-time variable follows the checkout even with a shared target dir.
     let dir = std::env::var("CARGO_MANIFEST_DIR")
         .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-    let path = std::path::Path::new(&dir).join("../docs/PROTOCOL.md");
+    // The repository root is the parent of the crate.
+    let path = std::path::Path::new(&dir)
+        .join("..")
+        .join("docs")
+        .join("PROTOCOL.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let start = doc
         .find("\n## Tokens\n")
