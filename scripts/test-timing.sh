@@ -45,8 +45,11 @@ start_hog() {
 
 # Services: like scripts/test.sh, stop on exit only what this run started.
 started=()
+# The status is read whole first: `grep -q` in a pipe ends early and, with
+# pipefail, the writer's SIGPIPE would read as "not up".
+status=$(bash scripts/services.sh status 2>/dev/null || true)
 for svc in kafka postgres prometheus; do
-  if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
+  grep -q "^$svc: up" <<<"$status" || started+=("$svc")
 done
 cleanup() {
   stop_hog
