@@ -74,8 +74,11 @@ fi
 # services stay up).
 pids=()
 started=()
+# The status is read whole first: `grep -q` in a pipe ends early and, with
+# pipefail, the writer's SIGPIPE would read as "not up".
+status=$(bash scripts/services.sh status 2>/dev/null || true)
 for svc in kafka postgres; do
-  if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
+  grep -q "^$svc: up" <<<"$status" || started+=("$svc")
 done
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

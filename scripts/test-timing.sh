@@ -45,8 +45,11 @@ start_hog() {
 
 # Services: like scripts/test.sh, stop on exit only what this run started.
 started=()
+# The status is read whole first: `grep -q` in a pipe ends early and, with
+# pipefail, the writer's SIGPIPE would read as "not up".
+status=$(bash scripts/services.sh status 2>/dev/null || true)
 for svc in kafka postgres prometheus; do
-  if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
+  grep -q "^$svc: up" <<<"$status" || started+=("$svc")
 done
 cleanup() {
   stop_hog
@@ -81,7 +84,7 @@ for mode in alone hog; do
     [ "$rc" -eq 0 ] || failed=1
     # nextest's per-test lines: "  STATUS [ 1.234s] (n/m) binary test".
     grep -E '^ +(PASS|FAIL|SIGSEGV|SIGABRT|SIGKILL|TIMEOUT|LEAK) \[' "$log" |
-      sed -E 's/^ +([A-Z]+) \[ *([0-9.]+)s\] \([0-9]+\/[0-9]+\) (.*)$/\1\t\2\t\3/' |
+      sed -E 's/^ +([A-Z]+) \[ *([0-9.]+)s\] \( *[0-9]+\/[0-9]+\) (.*)$/\1\t\2\t\3/' |
       awk -v m="$mode" -v i="$i" -F'\t' '{ printf "%s\t%s\t%s\t%s\t%s\n", m, i, $1, $2, $3 }' >>"$RESULTS"
     echo "$mode run $i: exit $rc in $(( $(date +%s) - started_at )) s, load $(cut -d' ' -f1-3 /proc/loadavg) (log $log)" >&2
   done

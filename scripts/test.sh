@@ -42,8 +42,11 @@ step "services (real Kafka-API broker, PostgreSQL and Prometheus on loopback)"
 # The trap is set before anything starts, so a start that fails half-way, a failing
 # test run or an interrupt stop what was started up to then.
 started=()
+# The status is read whole first: `grep -q` in a pipe ends early and, with
+# pipefail, the writer's SIGPIPE would read as "not up".
+status=$(bash scripts/services.sh status 2>/dev/null || true)
 for svc in kafka postgres prometheus; do
-  if ! bash scripts/services.sh status 2>/dev/null | grep -q "^$svc: up"; then started+=("$svc"); fi
+  grep -q "^$svc: up" <<<"$status" || started+=("$svc")
 done
 stop_started() {
   [ ${#started[@]} -eq 0 ] || bash scripts/services.sh stop "${started[@]}" || true

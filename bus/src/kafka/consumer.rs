@@ -349,23 +349,26 @@ fn poll_loop(
         let gate = consumer.gate();
         if gate.stale.load(Ordering::SeqCst) {
             // Retired first: whatever librdkafka still does with the old one's
-            // partitions, it never talks to a broker again.
+            // partitions, it never talks to a broker again. Then nothing holds an
+            // assignment, and the new consumer may connect at once.
             consumer.retire();
+            gate.assigned.store(false, Ordering::SeqCst);
+            gate.stale.store(false, Ordering::SeqCst);
             match make() {
                 Ok(next) => {
                     let old = slot.replace(next);
                     consumer = slot.get();
                     // Destroyed here, or by the last metadata call still using it.
                     drop(old);
-                    let gate = consumer.gate();
-                    gate.assigned.store(false, Ordering::SeqCst);
-                    gate.stale.store(false, Ordering::SeqCst);
                     tracing::info!(
                         "kafka subscription replaced its consumer: a broker connection closed"
                     );
                     pending.push_back(Polled::Paused);
                 }
                 Err(e) => {
+                    // Stale again, so the next round tries again (the retired
+                    // consumer stays retired).
+                    gate.stale.store(true, Ordering::SeqCst);
                     tracing::warn!(error = %e, "cannot create a kafka consumer; retrying");
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
@@ -457,12 +460,18 @@ unsafe extern "C" fn gated_connect(
     0
 }
 
-/// Closes `fd` and counts it; a live assignment becomes stale.
+/// Closes `fd` and counts it; a live assignment becomes stale. A retired
+/// consumer's sockets (closed while librdkafka tears it down) concern neither the
+/// current consumer's metadata nor its assignment.
 unsafe extern "C" fn counted_close(fd: c_int, opaque: *mut c_void) -> c_int {
     // SAFETY: librdkafka hands over a socket it no longer uses.
     unsafe { libc::close(fd) };
     // SAFETY: librdkafka passes the client's opaque.
-    let gate = &unsafe { hooks(opaque) }.gate;
+    let hooks = unsafe { hooks(opaque) };
+    if hooks.retired.load(Ordering::SeqCst) {
+        return 0;
+    }
+    let gate = &hooks.gate;
     gate.closes.fetch_add(1, Ordering::SeqCst);
     if gate.assigned.load(Ordering::SeqCst) {
         gate.stale.store(true, Ordering::SeqCst);
