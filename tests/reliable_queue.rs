@@ -1,12 +1,13 @@
-//! The bounded per-connection reliable queue: a viewer that stops reading while
-//! gifts flow is closed with `reliable_backlog` once its queue overflows (not
-//! at the idle timeout, and without the edge holding every gift meanwhile),
-//! then reconnects, resumes from its last ack and ends with every gift once.
+//! A viewer that stops reading while gifts flow is closed with
+//! `reliable_backlog` (its acks stand still through every resend attempt, or
+//! its wake queue overflows) — not at the idle timeout — while the edge holds
+//! no gift of its own for it (its queue holds shared tick frames); then it
+//! reconnects, resumes from its last ack and ends with every gift once.
 //!
 //! The server runs in-process (real sockets, real client) because the test
 //! shrinks settings that have no flag: the edge's `SO_SNDBUF`, so the stalled
-//! socket fills after a few frames, the unacked window, so it is the queue —
-//! not the window — that trips, and the text limit, so gifts of 2 KB fill the
+//! socket fills after a few frames, the unacked window, so it is the stall —
+//! not the window — that trips, the resend timings, and the text limit, so gifts of 2 KB fill the
 //! socket's buffers quickly. The viewer's own `SO_RCVBUF` is pinned too: the
 //! kernel otherwise grows a receive buffer up to `net.ipv4.tcp_rmem`'s maximum
 //! (32 MiB on some machines, more than every gift of this test together).
@@ -57,6 +58,11 @@ async fn a_viewer_that_stops_reading_is_closed_with_reliable_backlog_and_resumes
         c.data = data.clone();
         c.edge.reliable.queue = 16;
         c.edge.reliable.max_unacked = 1_000_000;
+        // A stalled viewer is given up after its resend attempts (ticks still
+        // queued for its socket spend them without a resend): seconds, not minutes.
+        c.edge.reliable.retransmit_initial = Duration::from_millis(500);
+        c.edge.reliable.retransmit_max = Duration::from_secs(1);
+        c.edge.reliable.max_attempts = 3;
         c.edge.tcp_send_buffer = Some(4096);
         c.ingest.user_rate_per_sec = 1e6;
         c.ingest.user_burst = 1_000_000;
@@ -114,11 +120,12 @@ async fn a_viewer_that_stops_reading_is_closed_with_reliable_backlog_and_resumes
         })
         .collect();
 
-    // The stalled connection is closed because its queue overflowed.
-    eventually(Duration::from_secs(60), "a reliable queue overflow", || {
+    // The stalled connection is closed with `reliable_backlog`: its wake queue
+    // overflowed, or its acks stood still through every resend attempt.
+    eventually(Duration::from_secs(60), "a reliable backlog close", || {
         let base = base.clone();
         async move {
-            let n = metric(&base, "danmaku_edge_reliable_queue_overflows_total", &[]).await;
+            let n = metric(&base, "danmaku_edge_reliable_backlog_closes_total", &[]).await;
             (n >= 1.0).then_some(())
         }
     })
@@ -161,7 +168,10 @@ async fn a_viewer_that_stops_reading_is_closed_with_reliable_backlog_and_resumes
         }
     })
     .await;
-    assert!(reconnected.is_ok() && viewer.reconnects() >= 1, "the viewer reconnected");
+    assert!(
+        reconnected.is_ok() && viewer.reconnects() >= 1,
+        "the viewer reconnected"
+    );
     assert!(metric(&base, "danmaku_edge_reliable_backlog_closes_total", &[]).await >= 1.0);
     assert!(
         metric(

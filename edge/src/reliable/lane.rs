@@ -322,9 +322,10 @@ impl LaneState {
 
     /// The sweep saw no ack progress for a whole interval with seqs
     /// outstanding. `writer_busy`: ticks are still queued for this connection's
-    /// socket, so the client has not even been sent what it did not ack (it is
-    /// behind, not deaf): a resend would only add to its queue, and costs no
-    /// attempt.
+    /// socket, so the client has not even been sent what it did not ack: a
+    /// resend would only add to its queue. That still spends an attempt, so a
+    /// client that stopped reading is closed (and resumes) after the same
+    /// backoff as a silent one, while its queue holds only shared frames.
     pub fn on_stalled(
         &mut self,
         now: Instant,
@@ -338,7 +339,7 @@ impl LaneState {
         if outstanding > limits.max_unacked as u64 {
             return Stalled::Backlog(Backlog::TooManyUnacked(outstanding));
         }
-        if writer_busy || self.next_resend_at.is_some_and(|at| now < at) {
+        if self.next_resend_at.is_some_and(|at| now < at) {
             return Stalled::Wait;
         }
         let sends = self.attempts + 1;
@@ -354,6 +355,9 @@ impl LaneState {
             .saturating_mul(1 << self.attempts.min(16))
             .min(limits.retransmit_max);
         self.next_resend_at = Some(now + wait);
+        if writer_busy {
+            return Stalled::Wait;
+        }
         self.catch_up_from(self.acked, CatchUpReason::Resend);
         Stalled::Resend
     }
@@ -552,8 +556,6 @@ mod tests {
         assert_eq!(lane.on_stalled(t0 + ms(1500), &l, false), Stalled::Wait);
         assert_eq!(lane.on_stalled(t0 + ms(2000), &l, false), Stalled::Resend);
         lane.on_read(Some(2), 2, 100);
-        // Ticks still queued for the socket: behind, not deaf; no attempt spent.
-        assert_eq!(lane.on_stalled(t0 + ms(9000), &l, true), Stalled::Wait);
         // Three sends (the first and two resends) without an ack: give up.
         assert_eq!(
             lane.on_stalled(t0 + ms(9000), &l, false),
@@ -565,6 +567,25 @@ mod tests {
         // An ack resets the count.
         lane.on_ack(1);
         assert_eq!(lane.on_stalled(t0 + ms(9000), &l, false), Stalled::Resend);
+    }
+
+    #[test]
+    fn a_client_whose_ticks_still_wait_for_its_socket_gets_no_resend_but_is_given_up() {
+        let l = limits();
+        let t0 = Instant::now();
+        let mut lane = LaneState::new(false, 0, 0);
+        lane.shared().on_tick(1, 2).unwrap();
+        assert_eq!(
+            lane.on_stalled(t0, &l, true),
+            Stalled::Wait,
+            "nothing resent"
+        );
+        assert_eq!(lane.catch_up(), None);
+        assert_eq!(lane.on_stalled(t0 + ms(2000), &l, true), Stalled::Wait);
+        assert!(matches!(
+            lane.on_stalled(t0 + ms(9000), &l, true),
+            Stalled::Backlog(Backlog::TooManyAttempts { .. })
+        ));
     }
 
     #[test]
