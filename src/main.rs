@@ -374,8 +374,9 @@ struct ClientCaps {
     /// Open connections from one IP address on this edge.
     #[arg(long, env = "DANMAKU_MAX_CONNS_PER_IP", default_value_t = 10_000)]
     max_conns_per_ip: usize,
-    /// Live reliable events one connection may have waiting; past it the
-    /// connection is closed with `reliable_backlog` and its client resumes.
+    /// Wake-ups one connection's task may have waiting (group removals, missed
+    /// ticks, stalls; never one per gift); past it the connection is closed
+    /// with `reliable_backlog` and its client resumes.
     #[arg(long, env = "DANMAKU_RELIABLE_QUEUE", default_value_t = 512)]
     reliable_queue: usize,
     /// Time a QUIC client has from its first packet to its `auth` frame.
@@ -457,7 +458,8 @@ struct Batching {
     /// A batch is flushed early once it holds this many events.
     #[arg(long, env = "DANMAKU_BATCH_MAX_EVENTS", default_value_t = 500)]
     batch_max_events: usize,
-    /// First resend of an unacked reliable frame, e.g. 3s (then doubling). Must
+    /// How long a connection's acks may stand still, with seqs outstanding,
+    /// before the edge resends from its last ack, e.g. 3s (then doubling). Must
     /// exceed the clients' ack interval plus one batch window.
     #[arg(long, env = "DANMAKU_RETRANSMIT_INITIAL", default_value = "3s", value_parser = parse_duration)]
     retransmit_initial: Duration,
