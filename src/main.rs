@@ -512,8 +512,38 @@ fn main() -> Result<()> {
         .init();
     // quinn brings ring, reqwest could bring aws-lc-rs: pick one provider for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(run(cli.command))
+}
+
+/// Raises the soft open-file limit to the hard one: every viewer is a socket, and
+/// distributions often start processes with a soft limit of 1,024 under a hard
+/// one many times larger.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+/// Warns when an edge declares more connections than its open-file limit lets
+/// it hold (each is a socket; a few hundred descriptors go to the process
+/// itself): the scheduler would keep sending clients it must refuse.
+fn check_capacity_fits(capacity: u64) {
+    const OWN_FILES: u64 = 512;
+    let Ok((soft, _hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return;
+    };
+    let room = soft.saturating_sub(OWN_FILES);
+    if capacity > room {
+        tracing::warn!(
+            capacity,
+            open_file_limit = soft,
+            "--capacity exceeds what the open-file limit allows ({room} connections): \
+             raise the hard limit (ulimit -Hn, systemd LimitNOFILE) or lower --capacity"
+        );
+    }
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -599,6 +629,7 @@ async fn run_edge(a: EdgeArgs) -> Result<()> {
     let (tcp, udp) = bind_pair(listen)?;
     let advertise = a.advertise.unwrap_or_else(|| listen.to_string());
     let control = &a.control;
+    check_capacity_fits(control.capacity);
     let config = a
         .caps
         .apply(a.top.apply(a.batching.apply(danmaku_edge::EdgeConfig {
