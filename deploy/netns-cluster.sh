@@ -80,6 +80,25 @@ pg_path() {
 
 as_pg() { runuser -u postgres -- env PATH="$PATH" "$@"; }
 
+# Where PostgreSQL keeps this cluster: $STATE/pg, unless the `postgres` user
+# cannot reach it (a clone in root's home or another private directory): then a
+# directory under /var/tmp made for it. Remembered in $STATE/pg.dir for `down`.
+pg_dir() {
+  if [ -f "$STATE/pg.dir" ]; then cat "$STATE/pg.dir"; return; fi
+  local dir="$STATE/pg"
+  mkdir -p "$dir"
+  chown postgres:postgres "$dir"
+  if ! runuser -u postgres -- test -x "$dir" -a -w "$dir" 2>/dev/null; then
+    rmdir "$dir" 2>/dev/null || true
+    dir="/var/tmp/danmaku-netns-pg-$(printf '%s' "$STATE" | sha256sum | cut -c1-16)"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    chown postgres:postgres "$dir"
+  fi
+  echo "$dir" >"$STATE/pg.dir"
+  echo "$dir"
+}
+
 # Starts `danmaku ARGS` (or any command with a leading path) detached in host's namespace.
 launch() { # host, log name, command...
   local host=$1 name=$2; shift 2
@@ -132,15 +151,15 @@ up() {
 
   launch db tansu "$tansu" broker --listener-url "tcp://$db:9092" \
     --advertised-listener-url "tcp://$db:9092" --storage-engine memory://tansu/
-  mkdir -p "$STATE/pg"
-  chown postgres:postgres "$STATE/pg"
-  as_pg initdb -D "$STATE/pg/data" -U postgres --auth=trust -E UTF8 --no-sync >"$STATE/initdb.log" 2>&1 \
+  local pg
+  pg=$(pg_dir)
+  as_pg initdb -D "$pg/data" -U postgres --auth=trust -E UTF8 --no-sync >"$STATE/initdb.log" 2>&1 \
     || { cat "$STATE/initdb.log" >&2; die "initdb failed"; }
   # initdb trusts loopback only; the other hosts connect from the /24.
-  echo "host all all $NET.0/24 trust" >>"$STATE/pg/data/pg_hba.conf"
-  in_ns db runuser -u postgres -- env PATH="$PATH" pg_ctl -D "$STATE/pg/data" -l "$STATE/pg/postgres.log" -w -t 30 \
-    -o "-p 5432 -k $STATE/pg -c listen_addresses=$db -c fsync=off -c max_connections=200" start >/dev/null \
-    || { tail -n 20 "$STATE/pg/postgres.log" >&2; die "postgres did not start"; }
+  echo "host all all $NET.0/24 trust" >>"$pg/data/pg_hba.conf"
+  in_ns db runuser -u postgres -- env PATH="$PATH" pg_ctl -D "$pg/data" -l "$pg/postgres.log" -w -t 30 \
+    -o "-p 5432 -k $pg -c listen_addresses=$db -c fsync=off -c max_connections=200" start >/dev/null \
+    || { tail -n 20 "$pg/postgres.log" >&2; die "postgres did not start"; }
   local i
   for i in $(seq 100); do
     in_ns db timeout 5 "$tansu" topic list --broker "tcp://$db:9092" >/dev/null 2>&1 && break
@@ -174,11 +193,15 @@ TXT
 down() {
   local h name pids pid
   # PostgreSQL first, cleanly enough (immediate: nothing to keep).
-  if ip netns list | grep -q "^$(ns db)\b" && [ -d "$STATE/pg/data" ]; then
+  local pg=""
+  [ -f "$STATE/pg.dir" ] && pg=$(cat "$STATE/pg.dir")
+  if ip netns list | grep -q "^$(ns db)\b" && [ -n "$pg" ] && [ -d "$pg/data" ]; then
     pg_path
-    in_ns db runuser -u postgres -- env PATH="$PATH" pg_ctl -D "$STATE/pg/data" -m immediate -w stop \
+    in_ns db runuser -u postgres -- env PATH="$PATH" pg_ctl -D "$pg/data" -m immediate -w stop \
       >/dev/null 2>&1 || true
   fi
+  # A cluster kept outside the clone (private directory) goes with it.
+  case "$pg" in /var/tmp/danmaku-netns-pg-*) rm -rf "$pg" ;; esac
   # Every process left in our namespaces is one `up` started (or its child).
   for h in "${HOSTS[@]}"; do
     name=$(ns "${h%%:*}")
