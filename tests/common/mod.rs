@@ -19,7 +19,10 @@ pub async fn start(tweak: impl FnOnce(&mut StandaloneConfig)) -> Running {
     let mut config = StandaloneConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         auth_secret: Some(SECRET.into()),
-        data: std::env::temp_dir().join(format!("danmaku-e2e-{}", std::process::id())),
+        // Unique per start, not per process id: tests run in a PID namespace,
+        // so ids repeat from run to run, and a stale embedded store from an
+        // earlier run would turn every gift into a "duplicate".
+        data: std::env::temp_dir().join(danmaku_testkit::kafka::unique("danmaku-e2e")),
         ..StandaloneConfig::default()
     };
     tweak(&mut config);
