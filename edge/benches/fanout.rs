@@ -4,35 +4,19 @@
 //! `fanout/10k_members` measures the registry push path only (refcount bump +
 //! `try_send` per member); queues are drained outside the timed region.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use danmaku_edge::channels::{ChannelGauges, Channels, Member, Outbound, Waker};
+use danmaku_edge::channels::Outbound;
 use danmaku_edge::metrics::Metrics;
-use danmaku_edge::reliable::lane::LaneShared;
 use danmaku_edge::transport::Transport;
 use danmaku_edge::{BatchConfig, FrameBuilder};
 use danmaku_proto::ChannelName;
 use danmaku_proto::sample::CommentGenerator;
+use support::{channels, member};
 use tokio::sync::mpsc;
-
-/// The registry as the edge builds it, with its gauges from `metrics`.
-fn channels(metrics: &Metrics) -> Channels {
-    let gauges = ChannelGauges {
-        channels: metrics.channels.clone(),
-        members: metrics.channel_members.clone(),
-    };
-    Channels::new(gauges, 1024)
-}
-
-/// A member with its own lane and a wake queue nobody reads (a bench never
-/// misses a tick).
-fn member(transport: Transport, tx: mpsc::Sender<Outbound>) -> Member {
-    let (wake, rx, _overflow) = Waker::channel(8);
-    std::mem::forget(rx);
-    Member::new(transport, tx, wake, Arc::new(LaneShared::new(0)))
-}
 
 fn fanout(c: &mut Criterion) {
     const MEMBERS: usize = 10_000;
@@ -40,6 +24,7 @@ fn fanout(c: &mut Criterion) {
     let registry = channels(&metrics);
     let room = ChannelName::parse("room:bench").expect("valid name");
     let mut queues: Vec<mpsc::Receiver<Outbound>> = Vec::with_capacity(MEMBERS);
+    let mut wakes = Vec::new();
     for conn in 0..MEMBERS as u64 {
         let (tx, rx) = mpsc::channel(128);
         let transport = if conn % 10 == 0 {
@@ -47,7 +32,7 @@ fn fanout(c: &mut Criterion) {
         } else {
             Transport::WsPb
         };
-        registry.join(&room, conn, member(transport, tx));
+        registry.join(&room, conn, member(transport, tx, &mut wakes));
         queues.push(rx);
     }
     let channel = registry.get("room:bench").expect("joined");

@@ -16,40 +16,46 @@
 //!
 //! `cargo bench -p danmaku-edge --bench metrics_cost`
 
+mod support;
+
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use danmaku_edge::channels::{ChannelGauges, Channels, Member, Outbound, Waker};
+use danmaku_edge::channels::Outbound;
 use danmaku_edge::metrics::{Flush, Metrics};
-use danmaku_edge::reliable::lane::LaneShared;
 use danmaku_edge::transport::Transport;
 use danmaku_edge::{BatchConfig, FrameBuilder};
 use danmaku_proto::ChannelName;
 use danmaku_proto::sample::CommentGenerator;
+use support::{channels, member};
 use tokio::sync::mpsc;
-
-/// The registry as the edge builds it, with its gauges from `metrics`.
-fn channels(metrics: &Metrics) -> Channels {
-    let gauges = ChannelGauges {
-        channels: metrics.channels.clone(),
-        members: metrics.channel_members.clone(),
-    };
-    Channels::new(gauges, 1024)
-}
-
-/// A member with its own lane and a wake queue nobody reads (a bench never
-/// misses a tick).
-fn member(transport: Transport, tx: mpsc::Sender<Outbound>) -> Member {
-    let (wake, rx, _overflow) = Waker::channel(8);
-    std::mem::forget(rx);
-    Member::new(transport, tx, wake, Arc::new(LaneShared::new(0)))
-}
 
 /// Events per batch: a busy room's batch at a 1 s window is ~1,000; 50 is a
 /// small room's 50 ms window at 1,000/s.
 const EVENTS: usize = 50;
+
+/// What the batcher records for one flush (`Metrics::record_flush`).
+fn record(
+    metrics: &Metrics,
+    now_ms: i64,
+    events: &[danmaku_proto::pb::Event],
+    window: Duration,
+    sizes: &danmaku_edge::BuiltSizes,
+    outcome: &danmaku_edge::channels::PushOutcome,
+) {
+    metrics.record_flush(
+        now_ms,
+        &Flush {
+            events,
+            window,
+            raw_bytes: sizes.raw,
+            compressed_bytes: sizes.compressed,
+            pushed: outcome.pushed,
+            dropped: outcome.dropped,
+        },
+    );
+}
 
 fn flush(c: &mut Criterion) {
     let mut group = c.benchmark_group("metrics_cost");
@@ -61,6 +67,7 @@ fn flush(c: &mut Criterion) {
         let registry = channels(&metrics);
         let room = ChannelName::parse("room:bench").expect("valid name");
         let mut queues: Vec<(Transport, mpsc::Receiver<Outbound>)> = Vec::with_capacity(members);
+        let mut wakes = Vec::new();
         for conn in 0..members as u64 {
             let (tx, rx) = mpsc::channel(128);
             let transport = if conn % 10 == 0 {
@@ -68,7 +75,7 @@ fn flush(c: &mut Criterion) {
             } else {
                 Transport::WsPb
             };
-            registry.join(&room, conn, member(transport, tx));
+            registry.join(&room, conn, member(transport, tx, &mut wakes));
             queues.push((transport, rx));
         }
         let channel = registry.get("room:bench").expect("joined");
@@ -82,17 +89,7 @@ fn flush(c: &mut Criterion) {
             let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
             let outcome = channel.push(&frames, None);
             if on {
-                metrics.record_flush(
-                    now_ms,
-                    &Flush {
-                        events: &events,
-                        window,
-                        raw_bytes: sizes.raw,
-                        compressed_bytes: sizes.compressed,
-                        pushed: outcome.pushed,
-                        dropped: outcome.dropped,
-                    },
-                );
+                record(&metrics, now_ms, &events, window, &sizes, &outcome);
             }
             for (t, q) in &mut queues {
                 while let Ok(frame) = q.try_recv() {
@@ -139,17 +136,7 @@ fn flush(c: &mut Criterion) {
             .collect();
         group.bench_function(BenchmarkId::new("updates_only", members), |b| {
             b.iter(|| {
-                metrics.record_flush(
-                    now_ms,
-                    &Flush {
-                        events: &events,
-                        window,
-                        raw_bytes: sizes.raw,
-                        compressed_bytes: sizes.compressed,
-                        pushed: outcome.pushed,
-                        dropped: outcome.dropped,
-                    },
-                );
+                record(&metrics, now_ms, &events, window, &sizes, &outcome);
                 for (t, n) in &sizes_by_member {
                     metrics.egress(*t).inc_by(*n);
                 }

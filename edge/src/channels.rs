@@ -335,6 +335,15 @@ pub struct ChannelGauges {
     pub members: IntGauge,
 }
 
+impl From<&crate::metrics::Metrics> for ChannelGauges {
+    fn from(m: &crate::metrics::Metrics) -> Self {
+        ChannelGauges {
+            channels: m.channels.clone(),
+            members: m.channel_members.clone(),
+        }
+    }
+}
+
 /// All channels with local members.
 pub struct Channels {
     channels: DashMap<ChannelName, Arc<Channel>>,

@@ -125,10 +125,7 @@ impl Edge {
             );
         }
         let channels = Arc::new(Channels::new(
-            ChannelGauges {
-                channels: metrics.channels.clone(),
-                members: metrics.channel_members.clone(),
-            },
+            ChannelGauges::from(&metrics),
             config.reliable.ring,
         ));
         // Subscribe before returning, so nothing published after `start` is missed.

@@ -186,6 +186,17 @@ pub enum JsonServerFrame {
     },
 }
 
+impl From<&pb::EdgeAddr> for JsonEdge {
+    fn from(e: &pb::EdgeAddr) -> Self {
+        JsonEdge {
+            id: e.id.clone(),
+            ws: e.ws.clone(),
+            quic: e.quic.clone(),
+            load: e.load,
+        }
+    }
+}
+
 impl JsonServerFrame {
     /// Converts a protobuf server frame; batches are opened with `limits`.
     pub fn from_pb(f: &pb::ServerFrame, limits: &Limits) -> Result<Self, ProtoError> {
@@ -220,16 +231,7 @@ impl JsonServerFrame {
             },
             Body::Pong(_) => JsonServerFrame::Pong,
             Body::Redirect(r) => JsonServerFrame::Redirect {
-                edges: r
-                    .edges
-                    .iter()
-                    .map(|e| JsonEdge {
-                        id: e.id.clone(),
-                        ws: e.ws.clone(),
-                        quic: e.quic.clone(),
-                        load: e.load,
-                    })
-                    .collect(),
+                edges: r.edges.iter().map(JsonEdge::from).collect(),
             },
             Body::Error(e) => JsonServerFrame::Error {
                 code: e.code.clone(),

@@ -126,15 +126,7 @@ async fn fresh_picks(edge: &Edge) -> Vec<pb::EdgeAddr> {
 /// A `redirect` frame built once per wave for both wire forms.
 fn redirect_frames(edges: Vec<pb::EdgeAddr>) -> (Outbound, Outbound) {
     let json = JsonServerFrame::Redirect {
-        edges: edges
-            .iter()
-            .map(|e| JsonEdge {
-                id: e.id.clone(),
-                ws: e.ws.clone(),
-                quic: e.quic.clone(),
-                load: e.load,
-            })
-            .collect(),
+        edges: edges.iter().map(JsonEdge::from).collect(),
     }
     .to_text();
     let pb = frame::server(Body::Redirect(pb::Redirect { edges }));

@@ -87,14 +87,7 @@ async fn register(edge: &Edge) -> Option<Duration> {
         egress_capacity: control.egress_capacity,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
     };
-    let sent = edge
-        .control
-        .http
-        .post(url)
-        .bearer_auth(app_token(edge))
-        .json(&body)
-        .send()
-        .await;
+    let sent = post_json(edge, url, &body).await;
     match sent {
         Ok(r) if r.status().is_success() => {
             edge.control.metrics.scheduler("register", "ok");
@@ -164,14 +157,7 @@ async fn heartbeat(
         members,
         channels: heartbeat_channels(counts, HEARTBEAT_MAX_CHANNELS),
     };
-    let sent = edge
-        .control
-        .http
-        .post(url)
-        .bearer_auth(app_token(edge))
-        .json(&body)
-        .send()
-        .await;
+    let sent = post_json(edge, url, &body).await;
     let r = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -263,6 +249,21 @@ pub(super) async fn deregister(edge: &Edge) {
             tracing::warn!(error = %e, "cannot reach the scheduler to deregister");
         }
     }
+}
+
+/// POSTs `body` as JSON to the scheduler, with this edge's app token.
+async fn post_json(
+    edge: &Edge,
+    url: String,
+    body: &impl serde::Serialize,
+) -> reqwest::Result<reqwest::Response> {
+    edge.control
+        .http
+        .post(url)
+        .bearer_auth(app_token(edge))
+        .json(body)
+        .send()
+        .await
 }
 
 #[cfg(test)]
