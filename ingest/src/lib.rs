@@ -35,6 +35,7 @@ pub mod dev_token;
 pub mod error;
 pub mod messages;
 pub mod metrics;
+pub mod moderation;
 pub mod rate_limit;
 pub mod reliable;
 

@@ -1,0 +1,77 @@
+//! Cost of the word filter per message against list size, and the list
+//! compile time (paid once per change). `cargo bench -p danmaku-ingest --bench filter`.
+//!
+//! Lists are pseudo-random words of 3 to 8 characters, a fifth of them CJK; the
+//! message is a 30-character comment that hits nothing (the common case) or
+//! one mask word.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use danmaku_ingest::moderation::filter::{Filter, Verdict, WordList, check};
+
+/// A deterministic word generator (xorshift), so every run benches the same list.
+fn words(n: usize) -> Vec<String> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|i| {
+            let len = 3 + (next() % 6) as usize;
+            if i % 5 == 0 {
+                (0..len.min(4))
+                    .map(|_| char::from_u32(0x4E00 + (next() % 20_000) as u32).unwrap())
+                    .collect()
+            } else {
+                (0..len)
+                    .map(|_| (b'a' + (next() % 26) as u8) as char)
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+fn list(n: usize) -> WordList {
+    let mut w = words(n);
+    let mask = w.split_off(n / 2);
+    let mut mask = mask;
+    mask.push("darn".into());
+    WordList { block: w, mask }
+}
+
+const CLEAN: &str = "66666 主播好厉害 this is great!!";
+const HIT: &str = "hello darn it 主播好厉害 again!";
+
+fn per_message(c: &mut Criterion) {
+    let mut g = c.benchmark_group("filter_per_message");
+    for n in [100usize, 10_000, 100_000] {
+        let f = Filter::compile(&list(n)).unwrap();
+        assert!(matches!(check(HIT, [&f]), Verdict::Masked { .. }));
+        g.bench_with_input(BenchmarkId::new("clean_30_chars", n), &f, |b, f| {
+            b.iter(|| check(black_box(CLEAN), [f]))
+        });
+        g.bench_with_input(BenchmarkId::new("masked_30_chars", n), &f, |b, f| {
+            b.iter(|| check(black_box(HIT), [f]))
+        });
+    }
+    g.finish();
+}
+
+fn compile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("filter_compile");
+    g.sample_size(10);
+    for n in [100usize, 10_000, 100_000] {
+        let l = list(n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &l, |b, l| {
+            b.iter(|| Filter::compile(l).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, per_message, compile);
+criterion_main!(benches);
