@@ -23,12 +23,12 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::membership;
 use crate::{
-    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
-    Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
-    unread_from_rows, validate,
+    Appended, AuditEntry, ClientMsgRow, Member, MessageRow, ModerationAction, NewMessage, Policy,
+    Store, StoreError, StoredMessage, Unread, answer_duplicate, from_db, message_from_row,
+    migrations, queries, to_db, unread_from_rows, validate,
 };
+use crate::{membership, moderation};
 
 /// How long a write waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -248,6 +248,30 @@ impl Store for EmbeddedStore {
             .fetch_all(&self.reader)
             .await?;
         Ok(unread_from_rows(rows))
+    }
+
+    async fn moderate(&self, action: &ModerationAction) -> Result<bool, StoreError> {
+        moderation::validate(action)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = moderation::apply::<sqlx::Sqlite>(&mut tx, action).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn policy(&self, scope: &str, now_ms: i64) -> Result<Policy, StoreError> {
+        moderation::policy(&self.reader, scope, now_ms).await
+    }
+
+    async fn policy_scopes(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        moderation::scopes(&self.reader, now_ms).await
+    }
+
+    async fn moderation_log(
+        &self,
+        scope: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        moderation::log(&self.reader, scope, limit).await
     }
 }
 

@@ -39,6 +39,7 @@ mod embedded;
 mod error;
 mod membership;
 mod migrations;
+pub mod moderation;
 mod postgres;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,10 @@ use danmaku_proto::pb;
 
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
+pub use moderation::{
+    AuditEntry, GLOBAL_SCOPE, ModerationAction, ModerationChange, Policy, RoomSettings,
+    SettingsPatch,
+};
 pub use postgres::{PostgresStore, PostgresStoreConfig};
 
 /// The most messages one [`Store::read_after`] call returns; larger limits are capped.
@@ -208,6 +213,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Unread counts over the user's groups and the channels they acked.
     async fn unread(&self, user: &str) -> Result<Unread, StoreError>;
+
+    /// Applies a moderation change and records it in the audit trail, in one
+    /// transaction. Returns whether the state changed (see [`moderation`]).
+    async fn moderate(&self, action: &ModerationAction) -> Result<bool, StoreError>;
+
+    /// The stored moderation policy of a channel (or of [`GLOBAL_SCOPE`]: its word
+    /// list), with the mutes still running at `now_ms`.
+    async fn policy(&self, scope: &str, now_ms: i64) -> Result<Policy, StoreError>;
+
+    /// Every scope with a stored policy (ingest loads them all at start).
+    async fn policy_scopes(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// The newest `limit` (capped at [`MAX_READ_LIMIT`]) audit entries of a scope,
+    /// newest first.
+    async fn moderation_log(
+        &self,
+        scope: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Opens the store named by `url`: `embedded:PATH` or `postgres://…`.

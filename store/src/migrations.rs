@@ -23,6 +23,12 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "idempotency_per_sender",
         include_str!("../migrations/postgres/0002_idempotency_per_sender.sql"),
     ),
+    // 0003 belongs to token revocation (issue 21), merged separately.
+    (
+        4,
+        "moderation",
+        include_str!("../migrations/postgres/0004_moderation.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -35,6 +41,12 @@ const SQLITE: &[(i64, &str, &str)] = &[
         2,
         "idempotency_per_sender",
         include_str!("../migrations/sqlite/0002_idempotency_per_sender.sql"),
+    ),
+    // 0003 belongs to token revocation (issue 21), merged separately.
+    (
+        4,
+        "moderation",
+        include_str!("../migrations/sqlite/0004_moderation.sql"),
     ),
 ];
 

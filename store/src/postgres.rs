@@ -13,12 +13,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::membership;
 use crate::{
-    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
-    Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
-    unread_from_rows, validate,
+    Appended, AuditEntry, ClientMsgRow, Member, MessageRow, ModerationAction, NewMessage, Policy,
+    Store, StoreError, StoredMessage, Unread, answer_duplicate, from_db, message_from_row,
+    migrations, queries, to_db, unread_from_rows, validate,
 };
+use crate::{membership, moderation};
 
 /// Connection settings of [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -242,5 +242,29 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(unread_from_rows(rows))
+    }
+
+    async fn moderate(&self, action: &ModerationAction) -> Result<bool, StoreError> {
+        moderation::validate(action)?;
+        let mut tx = self.pool.begin().await?;
+        let changed = moderation::apply::<sqlx::Postgres>(&mut tx, action).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn policy(&self, scope: &str, now_ms: i64) -> Result<Policy, StoreError> {
+        moderation::policy(&self.pool, scope, now_ms).await
+    }
+
+    async fn policy_scopes(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        moderation::scopes(&self.pool, now_ms).await
+    }
+
+    async fn moderation_log(
+        &self,
+        scope: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        moderation::log(&self.pool, scope, limit).await
     }
 }

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use danmaku_store::{MAX_READ_LIMIT, Member, NewMessage, Store, StoreError};
+use danmaku_store::{
+    GLOBAL_SCOPE, MAX_READ_LIMIT, Member, ModerationAction, ModerationChange, NewMessage, Policy,
+    RoomSettings, SettingsPatch, Store, StoreError,
+};
 
 /// A store under test plus what is needed to open it again.
 pub struct Fixture {
@@ -631,6 +634,255 @@ pub async fn rejects_invalid_input(fx: Fixture) {
     assert_eq!(s.ack("", "room:1", 1).await.unwrap_err().kind(), "invalid");
 }
 
+fn action(scope: &str, actor: &str, change: ModerationChange, ts_ms: i64) -> ModerationAction {
+    ModerationAction {
+        scope: scope.to_owned(),
+        actor: actor.to_owned(),
+        change,
+        ts_ms,
+    }
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+pub async fn moderation_state_round_trips(fx: Fixture) {
+    let s = &*fx.store;
+    let room = unique("room");
+    let now = 1_800_000_000_000;
+    assert_eq!(s.policy(&room, now).await.unwrap(), Policy::default());
+    let set = |block: &[&str], mask: &[&str]| ModerationChange::SetWordlist {
+        block: words(block),
+        mask: words(mask),
+    };
+    assert!(
+        s.moderate(&action(&room, "app", set(&["bad", "傻瓜"], &["darn"]), now))
+            .await
+            .unwrap()
+    );
+    // A PUT replaces the whole list.
+    s.moderate(&action(&room, "app", set(&[], &["darn", "heck"]), now + 1))
+        .await
+        .unwrap();
+    let mod_ = |u: &str| ModerationChange::AddModerator { user: u.into() };
+    assert!(
+        s.moderate(&action(&room, "app", mod_("mia"), now))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.moderate(&action(&room, "app", mod_("mia"), now))
+            .await
+            .unwrap()
+    );
+    s.moderate(&action(&room, "app", mod_("max"), now))
+        .await
+        .unwrap();
+    let unmod = |u: &str| ModerationChange::RemoveModerator { user: u.into() };
+    assert!(
+        s.moderate(&action(&room, "app", unmod("max"), now))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.moderate(&action(&room, "app", unmod("nobody"), now))
+            .await
+            .unwrap()
+    );
+    let mute = |u: &str, until_ms| ModerationChange::Mute {
+        user: u.into(),
+        until_ms,
+    };
+    s.moderate(&action(&room, "mia", mute("troll", now + 60_000), now))
+        .await
+        .unwrap();
+    s.moderate(&action(&room, "mia", mute("old", now - 1), now))
+        .await
+        .unwrap();
+    // A second mute replaces the first one's end.
+    s.moderate(&action(&room, "mia", mute("brat", now + 1_000), now))
+        .await
+        .unwrap();
+    s.moderate(&action(&room, "mia", mute("brat", now + 5_000), now))
+        .await
+        .unwrap();
+    s.moderate(&action(
+        &room,
+        "mia",
+        ModerationChange::Settings(SettingsPatch {
+            slow_mode_secs: Some(10),
+            mute_all: None,
+            max_rate: Some(200),
+        }),
+        now,
+    ))
+    .await
+    .unwrap();
+    // Absent fields keep their value.
+    s.moderate(&action(
+        &room,
+        "mia",
+        ModerationChange::Settings(SettingsPatch {
+            mute_all: Some(true),
+            ..Default::default()
+        }),
+        now,
+    ))
+    .await
+    .unwrap();
+
+    let p = s.policy(&room, now).await.unwrap();
+    assert_eq!(p.block, Vec::<String>::new());
+    assert_eq!(p.mask, words(&["darn", "heck"]));
+    assert_eq!(p.moderators, words(&["mia"]));
+    assert_eq!(
+        p.mutes,
+        vec![
+            ("brat".to_string(), now + 5_000),
+            ("troll".to_string(), now + 60_000)
+        ]
+    );
+    assert_eq!(
+        p.settings,
+        RoomSettings {
+            slow_mode_secs: 10,
+            mute_all: true,
+            max_rate: 200
+        }
+    );
+    // Mutes end by themselves.
+    assert_eq!(s.policy(&room, now + 5_000).await.unwrap().mutes.len(), 1);
+    assert!(
+        s.moderate(&action(
+            &room,
+            "mia",
+            ModerationChange::Unmute {
+                user: "troll".into()
+            },
+            now
+        ))
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.policy(&room, now)
+            .await
+            .unwrap()
+            .mutes
+            .iter()
+            .all(|(u, _)| u != "troll")
+    );
+
+    let scopes = s.policy_scopes(now).await.unwrap();
+    assert!(scopes.contains(&room), "{scopes:?}");
+
+    // The global list lives beside the rooms'; other changes have no global scope.
+    s.moderate(&action(GLOBAL_SCOPE, "app", set(&["evil"], &[]), now))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.policy(GLOBAL_SCOPE, now).await.unwrap().block,
+        words(&["evil"])
+    );
+    let err = s
+        .moderate(&action(GLOBAL_SCOPE, "app", mod_("x"), now))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "invalid");
+
+    // Every action is in the trail, newest first.
+    let log = s.moderation_log(&room, 100).await.unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "unmute",
+            "settings",
+            "settings",
+            "mute",
+            "mute",
+            "mute",
+            "mute",
+            "remove_moderator",
+            "remove_moderator",
+            "add_moderator",
+            "add_moderator",
+            "add_moderator",
+            "set_wordlist",
+            "set_wordlist",
+        ]
+    );
+    assert_eq!(
+        (log[0].actor.as_str(), log[0].target.as_str()),
+        ("mia", "troll")
+    );
+    assert_eq!(log[3].detail, format!("until_ms={}", now + 5_000));
+    assert_eq!(log[1].detail, "mute_all=true");
+    assert_eq!(log.last().unwrap().detail, "block=2 mask=1");
+    assert!(log.windows(2).all(|w| w[0].id > w[1].id));
+    assert_eq!(s.moderation_log(&room, 2).await.unwrap(), log[..2]);
+}
+
+pub async fn moderation_refuses_bad_input_and_survives_reopen(fx: Fixture) {
+    let room = unique("room");
+    let now = 1_800_000_000_000;
+    {
+        let s = &*fx.store;
+        for change in [
+            ModerationChange::SetWordlist {
+                block: words(&["ok", ""]),
+                mask: vec![],
+            },
+            ModerationChange::SetWordlist {
+                block: vec![],
+                mask: words(&["a\nb"]),
+            },
+            ModerationChange::Mute {
+                user: String::new(),
+                until_ms: now,
+            },
+        ] {
+            let err = s
+                .moderate(&action(&room, "app", change, now))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "invalid", "{err}");
+        }
+        // Nothing of a refused action is kept, not even its audit row.
+        assert_eq!(s.policy(&room, now).await.unwrap(), Policy::default());
+        assert!(s.moderation_log(&room, 10).await.unwrap().is_empty());
+        s.moderate(&action(
+            &room,
+            "app",
+            ModerationChange::SetWordlist {
+                block: words(&["bad"]),
+                mask: words(&["darn"]),
+            },
+            now,
+        ))
+        .await
+        .unwrap();
+        s.moderate(&action(
+            &room,
+            "app",
+            ModerationChange::Mute {
+                user: "troll".into(),
+                until_ms: now + 60_000,
+            },
+            now,
+        ))
+        .await
+        .unwrap();
+    }
+    drop(fx.store);
+    let s = danmaku_store::connect(&fx.url).await.unwrap();
+    let p = s.policy(&room, now).await.unwrap();
+    assert_eq!((p.block, p.mask), (words(&["bad"]), words(&["darn"])));
+    assert_eq!(p.mutes, vec![("troll".to_string(), now + 60_000)]);
+    assert_eq!(s.moderation_log(&room, 10).await.unwrap().len(), 2);
+}
+
 macro_rules! contract_suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -654,6 +906,8 @@ macro_rules! contract_suite {
                 unread_moves_with_acks,
                 survives_reopen,
                 rejects_invalid_input,
+                moderation_state_round_trips,
+                moderation_refuses_bad_input_and_survives_reopen,
             );
         }
     };

@@ -349,8 +349,15 @@ mod tests {
     fn invisible_characters_between_letters_are_seen_through() {
         let f = list(&["badword"], &["darn"]);
         for sep in [
-            '\u{200B}', '\u{200C}', '\u{200D}', '\u{00AD}', '\u{FEFF}', '\u{2060}', '\u{180E}',
-            '\u{FE0F}', '\u{E0061}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{00AD}',
+            '\u{FEFF}',
+            '\u{2060}',
+            '\u{180E}',
+            '\u{FE0F}',
+            '\u{E0061}',
         ] {
             let text = format!("b{sep}a{sep}d{sep}w{sep}o{sep}r{sep}d");
             assert_eq!(check(&text, [&f]), Verdict::Blocked, "{sep:?}");
@@ -413,7 +420,10 @@ mod tests {
             bad(&["ok", "\u{200B}\u{FEFF}"]),
             WordListError::InvisibleWord { index: 1, .. }
         ));
-        assert!(matches!(bad(&["a\nb"]), WordListError::ControlCharacter { .. }));
+        assert!(matches!(
+            bad(&["a\nb"]),
+            WordListError::ControlCharacter { .. }
+        ));
         assert!(matches!(
             bad(&[&"x".repeat(MAX_WORD_CHARS + 1)]),
             WordListError::WordTooLong { .. }
@@ -433,7 +443,9 @@ mod tests {
         use proptest::prelude::*;
 
         fn evasion() -> impl Strategy<Value = char> {
-            prop::sample::select(vec!['\u{200B}', '\u{200C}', '\u{200D}', '\u{00AD}', '\u{FEFF}', '\u{2060}'])
+            prop::sample::select(vec![
+                '\u{200B}', '\u{200C}', '\u{200D}', '\u{00AD}', '\u{FEFF}', '\u{2060}',
+            ])
         }
 
         proptest! {
