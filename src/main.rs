@@ -613,6 +613,7 @@ async fn run_ingest(a: IngestArgs) -> Result<()> {
         a.node.secrets.key()?,
         &registry,
     )?;
+    ingest.start_moderation().await?;
     let app = axum::Router::new()
         .merge(a.admin.ops(registry, &shutdown).await?)
         .merge(readyz_router(readiness))

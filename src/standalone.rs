@@ -206,6 +206,7 @@ pub async fn start(
         tokens.clone(),
         &registry,
     )?;
+    ingest.start_moderation().await?;
     let scheduler = Scheduler::new(
         SchedulerConfig {
             static_edges: vec![EdgeInfo {

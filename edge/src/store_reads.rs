@@ -18,7 +18,10 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use danmaku_store::{Appended, Member, NewMessage, Store, StoreError, StoredMessage, Unread};
+use danmaku_store::{
+    Appended, AuditEntry, Member, ModerationAction, NewMessage, Policy, Store, StoreError,
+    StoredMessage, Unread,
+};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
@@ -211,6 +214,26 @@ impl Store for CoalescedReads {
 
     async fn unread(&self, user: &str) -> Result<Unread, StoreError> {
         self.inner.unread(user).await
+    }
+
+    async fn moderate(&self, action: &ModerationAction) -> Result<bool, StoreError> {
+        self.inner.moderate(action).await
+    }
+
+    async fn policy(&self, scope: &str, now_ms: i64) -> Result<Policy, StoreError> {
+        self.inner.policy(scope, now_ms).await
+    }
+
+    async fn policy_scopes(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.inner.policy_scopes(now_ms).await
+    }
+
+    async fn moderation_log(
+        &self,
+        scope: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.moderation_log(scope, limit).await
     }
 }
 

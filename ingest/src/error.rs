@@ -17,6 +17,9 @@ pub enum IngestError {
     Config(String),
     #[error("registering ingest metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The moderation policy could not be loaded or kept fresh.
+    #[error("moderation: {0}")]
+    Moderation(String),
 }
 
 /// Which limiter refused a request; the `scope` label of `rate_limited_total`.
@@ -107,6 +110,41 @@ pub enum ApiError {
     /// Carries the store's own description ("store unavailable: …").
     #[error("{0}")]
     StoreUnavailable(String),
+    /// The text contains a word of a block list.
+    #[error("the message contains blocked content")]
+    BlockedContent,
+    #[error(
+        "you are muted in {channel} until {} ({} s from now)",
+        crate::moderation::rfc3339(*until_ms),
+        (until_ms - now_ms + 999) / 1000
+    )]
+    Muted {
+        channel: String,
+        until_ms: i64,
+        now_ms: i64,
+    },
+    #[error("{0} is muted: only its moderators may post")]
+    RoomMuted(String),
+    #[error(
+        "{channel} is in slow mode: one message per {window_secs} s, retry in {retry_after_secs} s"
+    )]
+    SlowMode {
+        channel: String,
+        window_secs: u64,
+        retry_after_secs: u64,
+    },
+    #[error("{0}")]
+    BadWordList(String),
+    #[error("{0}")]
+    BadSeconds(String),
+    #[error("{0}")]
+    BadSettings(String),
+    /// A moderation call by someone who may not make it.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A bug or corrupt stored data; logged.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -124,14 +162,24 @@ impl ApiError {
             | BadUser
             | BadRole
             | ChatNeedsGroup
-            | BadQuery(_) => StatusCode::BAD_REQUEST,
+            | BadQuery(_)
+            | BlockedContent
+            | BadWordList(_)
+            | BadSeconds(_)
+            | BadSettings(_) => StatusCode::BAD_REQUEST,
             MissingToken | BadToken | TokenExpired => StatusCode::UNAUTHORIZED,
-            NotMember { .. } | Forbidden | RoleNotAllowed => StatusCode::FORBIDDEN,
+            NotMember { .. }
+            | Forbidden
+            | RoleNotAllowed
+            | NotAllowed(_)
+            | Muted { .. }
+            | RoomMuted(_) => StatusCode::FORBIDDEN,
             IdempotencyConflict { .. } => StatusCode::CONFLICT,
             NotFound | UnknownChannel(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | SlowMode { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             BusUnavailable(_) | PersistedNotPublished { .. } | StoreUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -168,6 +216,15 @@ impl ApiError {
             BusUnavailable(_) | PersistedNotPublished { .. } => "bus_unavailable",
             StoreUnavailable(_) => "store_unavailable",
             IdempotencyConflict { .. } => "idempotency_conflict",
+            BlockedContent => "blocked_content",
+            Muted { .. } => "muted",
+            RoomMuted(_) => "room_muted",
+            SlowMode { .. } => "slow_mode",
+            BadWordList(_) => "bad_wordlist",
+            BadSeconds(_) => "bad_seconds",
+            BadSettings(_) => "bad_settings",
+            NotAllowed(_) => "forbidden",
+            Internal(_) => "internal",
         }
     }
 
@@ -214,6 +271,9 @@ impl IntoResponse for ApiError {
         });
         let mut response = (self.status(), Json(body)).into_response();
         if let ApiError::RateLimited {
+            retry_after_secs, ..
+        }
+        | ApiError::SlowMode {
             retry_after_secs, ..
         } = self
         {

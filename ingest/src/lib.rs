@@ -21,6 +21,11 @@
 //!    published with that `seq`; the answer `200 {"seq":N}` comes only after
 //!    both, so nothing unpersisted is ever acknowledged.
 //!
+//! Before the rate limits, [`moderation`] screens the post: `mute_all`, a
+//! running mute, the block words (global list, then the room's), slow mode;
+//! mask words are starred in the text that is published. Its endpoints (word
+//! lists, moderators, mutes, settings, audit trail) live in the same module.
+//!
 //! The rest of the reliable lane lives in [`reliable`]: history paging, group
 //! membership (role `app`), ack offsets and unread counts.
 //!
@@ -64,6 +69,7 @@ pub struct Ingest {
     tokens: TokenKey,
     limits: RateLimits,
     metrics: Metrics,
+    moderation: moderation::Moderation,
 }
 
 impl Ingest {
@@ -85,6 +91,7 @@ impl Ingest {
             tokens,
             limits,
             metrics,
+            moderation: moderation::Moderation::default(),
         }))
     }
 
@@ -119,6 +126,30 @@ impl Ingest {
                 put(reliable::join).delete(reliable::leave),
             )
             .route("/v1/unread", get(reliable::unread))
+            .route(
+                "/v1/wordlist",
+                put(moderation::wordlist::put_global).get(moderation::wordlist::get_global),
+            )
+            .route(
+                "/v1/channels/{channel}/wordlist",
+                put(moderation::wordlist::put_room).get(moderation::wordlist::get_room),
+            )
+            .route(
+                "/v1/channels/{channel}/moderators/{user}",
+                put(moderation::moderators::put).delete(moderation::moderators::delete),
+            )
+            .route(
+                "/v1/channels/{channel}/mutes/{user}",
+                put(moderation::mutes::put).delete(moderation::mutes::delete),
+            )
+            .route(
+                "/v1/channels/{channel}/settings",
+                put(moderation::settings::put).get(moderation::settings::get),
+            )
+            .route(
+                "/v1/channels/{channel}/moderation/log",
+                get(moderation::audit::get),
+            )
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self.clone())
     }

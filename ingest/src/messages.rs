@@ -145,10 +145,22 @@ impl Ingest {
         if group {
             self.require_member(channel.as_str(), &claims.sub).await?;
         }
+        let screened = self.screen_post(&channel, &claims, message.kind, message.text)?;
+        let message = NewMessage {
+            text: screened.text,
+            ..message
+        };
+        let masked = screened.masked > 0;
         if message.kind.is_reliable() {
             let seq = self.post_reliable(&channel, claims.sub, message).await?;
-            return Ok(Json(serde_json::json!({ "seq": seq })).into_response());
+            let answer = if masked {
+                serde_json::json!({ "seq": seq, "masked": true })
+            } else {
+                serde_json::json!({ "seq": seq })
+            };
+            return Ok(Json(answer).into_response());
         }
+        let masked_text = masked.then(|| message.text.clone());
         let event = pb::Event {
             kind: message.kind as i32,
             sender: claims.sub,
@@ -161,7 +173,10 @@ impl Ingest {
         self.publish(&channel, event).await?;
         Ok((
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "accepted": true })),
+            Json(match masked_text {
+                Some(text) => serde_json::json!({ "accepted": true, "masked": true, "text": text }),
+                None => serde_json::json!({ "accepted": true }),
+            }),
         )
             .into_response())
     }
@@ -241,6 +256,7 @@ impl Ingest {
                 user: user.to_owned(),
                 removed,
             }),
+            moderation: None,
         };
         let key = Bytes::copy_from_slice(group.as_str().as_bytes());
         self.bus
@@ -261,6 +277,7 @@ impl Ingest {
             event: Some(event),
             origin: self.config.node_id.clone(),
             membership: None,
+            moderation: None,
         };
         let payload = frame::encode(&event);
         let len = payload.len() as u64;

@@ -3,13 +3,28 @@
 //! so tests can run many nodes in one process).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::{ApiError, IngestError};
 
 /// The store operations ingest times and counts (`op` label values).
-pub const STORE_OPS: [&str; 5] = ["append", "read", "ack", "unread", "membership"];
+pub const STORE_OPS: [&str; 8] = [
+    "append",
+    "read",
+    "ack",
+    "unread",
+    "membership",
+    "moderate",
+    "policy",
+    "moderation_log",
+];
+
+/// Post refusals of the moderation policy (`reason` label values).
+pub const MODERATION_REFUSALS: [&str; 4] = ["blocked_content", "muted", "room_muted", "slow_mode"];
+/// Moderation changes (`what` label values).
+pub const MODERATION_CHANGES: [&str; 4] = ["wordlist", "moderators", "mutes", "settings"];
 
 /// Handles to every ingest metric.
 #[derive(Clone)]
@@ -39,6 +54,24 @@ pub struct Metrics {
     /// `danmaku_ingest_store_errors_total{op}`: store calls that failed (a
     /// "not a member" answer is not a failure).
     pub store_errors_total: IntCounterVec,
+    /// `danmaku_ingest_filtered_total{verdict}`: posts the word lists
+    /// `blocked` (refused) or `masked` (accepted with words starred).
+    pub filtered_total: IntCounterVec,
+    /// `danmaku_ingest_moderation_refused_total{reason}`: posts refused by the
+    /// moderation policy (`blocked_content`, `muted`, `room_muted`, `slow_mode`).
+    pub moderation_refused_total: IntCounterVec,
+    /// `danmaku_ingest_active_mutes`: mutes running, as this node knows them.
+    pub active_mutes: IntGauge,
+    /// `danmaku_ingest_wordlist_words{scope}`: words loaded, `global` and all `rooms`.
+    pub wordlist_words: IntGaugeVec,
+    /// `danmaku_ingest_moderation_changes_total{what}`: changes applied through this node.
+    pub moderation_actions_total: IntCounterVec,
+    /// `danmaku_ingest_moderation_reloads_total{trigger,result}`: policy reloads
+    /// from the store (`start`, `local`, `bus`, `periodic`, `lagged`).
+    pub moderation_reloads_total: IntCounterVec,
+    /// `danmaku_ingest_moderation_announce_failures_total`: changes stored but
+    /// not announced on the bus (other nodes see them at their next full reload).
+    pub moderation_announce_failures_total: IntCounter,
 }
 
 impl Metrics {
@@ -107,6 +140,68 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let filtered_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_filtered_total",
+                "Posts caught by the word lists, by verdict (blocked, masked).",
+            ),
+            &["verdict"],
+        )?;
+        let moderation_refused_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_moderation_refused_total",
+                "Posts refused by the moderation policy, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let active_mutes = IntGauge::new(
+            "danmaku_ingest_active_mutes",
+            "Mutes running, as this ingest node knows them.",
+        )?;
+        let wordlist_words = IntGaugeVec::new(
+            Opts::new(
+                "danmaku_ingest_wordlist_words",
+                "Words in the loaded word lists: the global one and all rooms'.",
+            ),
+            &["scope"],
+        )?;
+        let moderation_actions_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_moderation_changes_total",
+                "Moderation changes applied through this node, by what changed.",
+            ),
+            &["what"],
+        )?;
+        let moderation_reloads_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_moderation_reloads_total",
+                "Reloads of the moderation policy from the store, by trigger and result.",
+            ),
+            &["trigger", "result"],
+        )?;
+        let moderation_announce_failures_total = IntCounter::new(
+            "danmaku_ingest_moderation_announce_failures_total",
+            "Moderation changes stored but not announced on the bus.",
+        )?;
+        registry.register(Box::new(filtered_total.clone()))?;
+        registry.register(Box::new(moderation_refused_total.clone()))?;
+        registry.register(Box::new(active_mutes.clone()))?;
+        registry.register(Box::new(wordlist_words.clone()))?;
+        registry.register(Box::new(moderation_actions_total.clone()))?;
+        registry.register(Box::new(moderation_reloads_total.clone()))?;
+        registry.register(Box::new(moderation_announce_failures_total.clone()))?;
+        for verdict in ["blocked", "masked"] {
+            filtered_total.with_label_values(&[verdict]);
+        }
+        for reason in MODERATION_REFUSALS {
+            moderation_refused_total.with_label_values(&[reason]);
+        }
+        for scope in ["global", "rooms"] {
+            wordlist_words.with_label_values(&[scope]);
+        }
+        for what in MODERATION_CHANGES {
+            moderation_actions_total.with_label_values(&[what]);
+        }
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(rejected_total.clone()))?;
@@ -130,6 +225,13 @@ impl Metrics {
             reliable_duplicates_total,
             store_op_seconds,
             store_errors_total,
+            filtered_total,
+            moderation_refused_total,
+            active_mutes,
+            wordlist_words,
+            moderation_actions_total,
+            moderation_reloads_total,
+            moderation_announce_failures_total,
         })
     }
 

@@ -42,7 +42,9 @@ pub const MAX_HISTORY_LIMIT: usize = danmaku_store::MAX_READ_LIMIT;
 /// The role whose tokens may manage group membership.
 pub const APP_ROLE: &str = "app";
 
-fn parse_channel(path: Result<Path<String>, PathRejection>) -> Result<ChannelName, ApiError> {
+pub(crate) fn parse_channel(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<ChannelName, ApiError> {
     let Path(channel) = path.map_err(|e| ApiError::BadChannel(e.body_text()))?;
     ChannelName::parse(&channel).map_err(|e| ApiError::BadChannel(e.to_string()))
 }
@@ -150,7 +152,7 @@ struct AckBody {
 }
 
 impl Ingest {
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
         auth::authenticate(headers, &self.tokens, now_secs())
     }
 

@@ -1241,6 +1241,22 @@ impl Store for DownStore {
     async fn unread(&self, _: &str) -> Result<Unread, StoreError> {
         down()
     }
+    async fn moderate(&self, _: &danmaku_store::ModerationAction) -> Result<bool, StoreError> {
+        down()
+    }
+    async fn policy(&self, _: &str, _: i64) -> Result<danmaku_store::Policy, StoreError> {
+        down()
+    }
+    async fn policy_scopes(&self, _: i64) -> Result<Vec<String>, StoreError> {
+        down()
+    }
+    async fn moderation_log(
+        &self,
+        _: &str,
+        _: usize,
+    ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
+        down()
+    }
 }
 
 #[tokio::test]

@@ -262,6 +262,22 @@ mod tests {
         async fn unread(&self, _: &str) -> Result<Unread, StoreError> {
             Ok(Unread::default())
         }
+        async fn moderate(&self, _: &danmaku_store::ModerationAction) -> Result<bool, StoreError> {
+            Err(StoreError::Invalid("read-only".into()))
+        }
+        async fn policy(&self, _: &str, _: i64) -> Result<danmaku_store::Policy, StoreError> {
+            Ok(Default::default())
+        }
+        async fn policy_scopes(&self, _: i64) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn moderation_log(
+            &self,
+            _: &str,
+            _: usize,
+        ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
+            Ok(Vec::new())
+        }
     }
 
     fn stored(seq: u64) -> StoredMessage {

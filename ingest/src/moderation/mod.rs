@@ -1,4 +1,477 @@
-//! Moderation on the ingest side: word lists, room moderators, mutes, room
-//! settings and their audit trail.
+//! Moderation on the ingest side: word lists, room moderators (房管), timed
+//! mutes, room settings (slow mode, 全员禁言 `mute_all`, `max_rate`) and the
+//! audit trail of every change.
+//!
+//! The store is the truth: every change is one [`Store::moderate`] call, which
+//! applies it and writes its audit row in one transaction. Each ingest node
+//! keeps the stored policy in memory ([`Moderation`]) so that checking a post
+//! costs no store round trip, and keeps it fresh three ways:
+//!
+//! 1. at start it loads every scope that has a policy ([`Ingest::start_moderation`]);
+//! 2. the node that made a change reloads that scope before answering, then
+//!    announces it on the bus (`BusEvent.moderation`, key [`MODERATION_BUS_KEY`]),
+//!    and every other node reloads the scope when the announcement arrives
+//!    ([`sync`]): well under a second over Kafka;
+//! 3. every [`sync::FULL_RELOAD_EVERY`] each node reloads everything, which
+//!    heals a lost announcement (a publish that failed after the commit, a
+//!    subscription that lagged).
+//!
+//! A word list is compiled into its automata when it is loaded, never per
+//! message ([`filter`]). Slow mode's "last post" times are per node: a user
+//! whose posts are spread over N ingest nodes by a load balancer could post N
+//! times per window (pin users to a node, e.g. by hashing the token, to avoid it).
+//!
+//! Endpoints, one module each: [`wordlist`], [`moderators`], [`mutes`],
+//! [`settings`], [`audit`].
 
+pub mod audit;
 pub mod filter;
+pub mod moderators;
+pub mod mutes;
+pub mod settings;
+pub mod sync;
+pub mod wordlist;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use danmaku_proto::token::Claims;
+use danmaku_proto::{ChannelName, PROTOCOL_VERSION, frame, now_ms, pb};
+use danmaku_store::{GLOBAL_SCOPE, ModerationAction, ModerationChange, Policy, RoomSettings};
+use dashmap::DashMap;
+
+use crate::reliable::APP_ROLE;
+use crate::{ApiError, Ingest};
+use filter::{Filter, Verdict, WordList};
+
+/// The bus key of moderation announcements. Never a channel name (those are
+/// `room:…` / `group:…`), so edges drop these at their hosted-channel lookup
+/// (counted as `no_local_members`) without decoding them.
+pub const MODERATION_BUS_KEY: &str = "_moderation";
+/// Longest mute, in seconds (30 days).
+pub const MAX_MUTE_SECS: i64 = 30 * 86_400;
+/// Longest slow-mode window, in seconds (1 hour).
+pub const MAX_SLOW_MODE_SECS: i64 = 3_600;
+/// Highest `max_rate`, danmaku per second per room.
+pub const MAX_ROOM_RATE: i64 = 1_000_000;
+/// Largest word-list body, in bytes: 100,000 words of a few characters each.
+pub const MAX_WORDLIST_BODY_BYTES: usize = 4 << 20;
+
+/// One channel's policy, compiled for enforcement.
+#[derive(Debug, Default)]
+pub struct RoomPolicy {
+    pub filter: Filter,
+    pub moderators: HashSet<String>,
+    /// user → until_ms (may have passed since loading: compare with now).
+    pub mutes: HashMap<String, i64>,
+    pub settings: RoomSettings,
+}
+
+impl RoomPolicy {
+    pub fn is_moderator(&self, user: &str) -> bool {
+        self.moderators.contains(user)
+    }
+
+    /// The end of `user`'s mute when it is still running at `now_ms`.
+    pub fn muted_until(&self, user: &str, now_ms: i64) -> Option<i64> {
+        self.mutes
+            .get(user)
+            .copied()
+            .filter(|&until| until > now_ms)
+    }
+}
+
+/// This node's copy of the stored policy, plus slow mode's last-post times.
+#[derive(Default)]
+pub struct Moderation {
+    global: RwLock<Arc<Filter>>,
+    rooms: DashMap<String, Arc<RoomPolicy>>,
+    /// (channel, user) → when their last post was accepted in slow mode.
+    last_post: DashMap<(String, String), Instant>,
+    /// Reloads run one at a time, so a reload that read the store later always
+    /// lands later.
+    reload: tokio::sync::Mutex<()>,
+}
+
+impl Moderation {
+    pub fn room(&self, channel: &str) -> Option<Arc<RoomPolicy>> {
+        self.rooms.get(channel).map(|r| r.clone())
+    }
+
+    pub fn global(&self) -> Arc<Filter> {
+        match self.global.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_global(&self, filter: Filter) {
+        let filter = Arc::new(filter);
+        match self.global.write() {
+            Ok(mut g) => *g = filter,
+            Err(poisoned) => *poisoned.into_inner() = filter,
+        }
+    }
+
+    /// Running mutes over all rooms at `now_ms`.
+    pub fn active_mutes(&self, now_ms: i64) -> usize {
+        self.rooms
+            .iter()
+            .map(|r| r.mutes.values().filter(|&&u| u > now_ms).count())
+            .sum()
+    }
+
+    /// Words in the global list and in all room lists.
+    fn words(&self) -> (usize, usize) {
+        let rooms = self.rooms.iter().map(|r| r.filter.words()).sum();
+        (self.global().words(), rooms)
+    }
+
+    /// Forgets slow-mode times older than the longest window.
+    fn prune_last_posts(&self) {
+        let window = Duration::from_secs(MAX_SLOW_MODE_SECS as u64);
+        self.last_post.retain(|_, at| at.elapsed() < window);
+    }
+}
+
+/// Who may call a moderation endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Allowed {
+    /// `app` tokens only.
+    App,
+    /// `app` tokens and the room's moderators.
+    AppOrModerator,
+}
+
+/// What a post became after moderation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Screened {
+    /// The text to publish (masked when `masked > 0`).
+    pub text: String,
+    /// Characters replaced by `*`.
+    pub masked: usize,
+}
+
+impl Ingest {
+    /// Refuses a caller who may not act on `channel` (`None`: the global list)
+    /// with `403 forbidden`.
+    pub(crate) fn authorize(
+        &self,
+        claims: &Claims,
+        channel: Option<&ChannelName>,
+        allowed: Allowed,
+    ) -> Result<(), ApiError> {
+        if claims.role == APP_ROLE {
+            return Ok(());
+        }
+        let moderator = allowed == Allowed::AppOrModerator
+            && channel.is_some_and(|c| {
+                self.moderation
+                    .room(c.as_str())
+                    .is_some_and(|r| r.is_moderator(&claims.sub))
+            });
+        if moderator {
+            return Ok(());
+        }
+        Err(ApiError::NotAllowed(match (allowed, channel) {
+            (Allowed::AppOrModerator, Some(c)) => {
+                format!("only app tokens and moderators of {c} may do this")
+            }
+            _ => "only app tokens may do this".into(),
+        }))
+    }
+
+    /// Applies the room policy and the word lists to a post by `claims.sub`:
+    /// a running mute, `mute_all`, block words, slow mode; mask words. Gifts
+    /// are purchases: mutes, `mute_all` and slow mode do not hold them back
+    /// (the word lists still apply to their text).
+    pub(crate) fn screen_post(
+        &self,
+        channel: &ChannelName,
+        claims: &Claims,
+        kind: pb::Kind,
+        text: String,
+    ) -> Result<Screened, ApiError> {
+        let room = self.moderation.room(channel.as_str());
+        let now = now_ms();
+        let privileged =
+            claims.role == APP_ROLE || room.as_ref().is_some_and(|r| r.is_moderator(&claims.sub));
+        let held = kind != pb::Kind::Gift && !privileged;
+        if held && let Some(room) = &room {
+            // The user's own mute first: it says until when.
+            if let Some(until_ms) = room.muted_until(&claims.sub, now) {
+                return Err(self.refuse(ApiError::Muted {
+                    channel: channel.to_string(),
+                    until_ms,
+                    now_ms: now,
+                }));
+            }
+            if room.settings.mute_all {
+                return Err(self.refuse(ApiError::RoomMuted(channel.to_string())));
+            }
+        }
+        let global = self.moderation.global();
+        let filters = std::iter::once(&*global).chain(room.as_deref().map(|r| &r.filter));
+        let screened = match filter::check(&text, filters) {
+            Verdict::Clean => Screened { text, masked: 0 },
+            Verdict::Blocked => {
+                self.metrics
+                    .filtered_total
+                    .with_label_values(&["blocked"])
+                    .inc();
+                return Err(self.refuse(ApiError::BlockedContent));
+            }
+            Verdict::Masked { text, masked } => {
+                self.metrics
+                    .filtered_total
+                    .with_label_values(&["masked"])
+                    .inc();
+                Screened { text, masked }
+            }
+        };
+        if held && let Some(room) = &room {
+            let window = room.settings.slow_mode_secs;
+            if window > 0 {
+                self.slow_mode(channel, &claims.sub, Duration::from_secs(window))?;
+            }
+        }
+        Ok(screened)
+    }
+
+    /// Records a post in slow mode, or refuses it when the user's previous one
+    /// is younger than `window`.
+    fn slow_mode(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        window: Duration,
+    ) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let key = (channel.as_str().to_owned(), user.to_owned());
+        let mut last = self.moderation.last_post.entry(key).or_insert(now - window);
+        let since = now.saturating_duration_since(*last);
+        if since < window {
+            let wait = window - since;
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(self.refuse(ApiError::SlowMode {
+                channel: channel.to_string(),
+                window_secs: window.as_secs(),
+                retry_after_secs: secs.max(1),
+            }));
+        }
+        *last = now;
+        Ok(())
+    }
+
+    /// Counts a moderation refusal of a post.
+    fn refuse(&self, error: ApiError) -> ApiError {
+        self.metrics
+            .moderation_refused_total
+            .with_label_values(&[error.code()])
+            .inc();
+        error
+    }
+
+    /// Stores `change` (with its audit row), reloads the scope here and tells
+    /// the other nodes. Returns whether the state changed.
+    pub(crate) async fn apply_moderation(
+        &self,
+        scope: &str,
+        actor: &str,
+        change: ModerationChange,
+    ) -> Result<bool, ApiError> {
+        let what = match &change {
+            ModerationChange::SetWordlist { .. } => "wordlist",
+            ModerationChange::AddModerator { .. } | ModerationChange::RemoveModerator { .. } => {
+                "moderators"
+            }
+            ModerationChange::Mute { .. } | ModerationChange::Unmute { .. } => "mutes",
+            ModerationChange::Settings(_) => "settings",
+        };
+        let action = ModerationAction {
+            scope: scope.to_owned(),
+            actor: actor.to_owned(),
+            change,
+            ts_ms: now_ms(),
+        };
+        let changed = self
+            .store_call("moderate", self.store.moderate(&action))
+            .await?;
+        self.metrics
+            .moderation_actions_total
+            .with_label_values(&[what])
+            .inc();
+        tracing::info!(scope, actor, what, changed, "moderation change");
+        if let Err(e) = self.reload_scope(scope, "local").await {
+            // Stored but not loaded here: the periodic reload will pick it up.
+            tracing::warn!(scope, error = %e, "reloading after a change failed");
+        }
+        self.announce(scope, what).await;
+        Ok(changed)
+    }
+
+    /// Publishes `BusEvent.moderation` for `scope`. A failure is logged and
+    /// counted, not returned: the change is committed, and other nodes pick it
+    /// up at their next full reload.
+    async fn announce(&self, scope: &str, what: &str) {
+        let event = pb::BusEvent {
+            version: PROTOCOL_VERSION,
+            channel: scope.to_owned(),
+            event: None,
+            origin: self.config.node_id.clone(),
+            membership: None,
+            moderation: Some(pb::ModerationChanged {
+                scope: scope.to_owned(),
+                what: what.to_owned(),
+            }),
+        };
+        let key = bytes::Bytes::from_static(MODERATION_BUS_KEY.as_bytes());
+        if let Err(e) = self.bus.publish(key, frame::encode(&event)).await {
+            self.metrics.moderation_announce_failures_total.inc();
+            tracing::warn!(scope, error = %e, "moderation change not announced; other nodes see it at their next full reload");
+        }
+    }
+
+    /// Reads `scope`'s policy from the store and swaps it in. `trigger` labels
+    /// `moderation_reloads_total`.
+    pub(crate) async fn reload_scope(&self, scope: &str, trigger: &str) -> Result<(), ApiError> {
+        let _one_at_a_time = self.moderation.reload.lock().await;
+        let result = self.load_scope(scope).await;
+        self.count_reload(trigger, &result);
+        result
+    }
+
+    /// Reloads every stored scope and forgets scopes no longer stored.
+    pub(crate) async fn reload_all(&self, trigger: &str) -> Result<(), ApiError> {
+        let _one_at_a_time = self.moderation.reload.lock().await;
+        let result = async {
+            let scopes = self
+                .store_call("policy", self.store.policy_scopes(now_ms()))
+                .await?;
+            self.load_scope(GLOBAL_SCOPE).await?;
+            for scope in &scopes {
+                if scope != GLOBAL_SCOPE {
+                    self.load_scope(scope).await?;
+                }
+            }
+            let keep: HashSet<&String> = scopes.iter().collect();
+            self.moderation
+                .rooms
+                .retain(|scope, _| keep.contains(scope));
+            Ok(())
+        }
+        .await;
+        self.count_reload(trigger, &result);
+        self.moderation.prune_last_posts();
+        result
+    }
+
+    fn count_reload(&self, trigger: &str, result: &Result<(), ApiError>) {
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .moderation_reloads_total
+            .with_label_values(&[trigger, outcome])
+            .inc();
+        let (global, rooms) = self.moderation.words();
+        self.metrics
+            .wordlist_words
+            .with_label_values(&["global"])
+            .set(global as i64);
+        self.metrics
+            .wordlist_words
+            .with_label_values(&["rooms"])
+            .set(rooms as i64);
+        self.metrics
+            .active_mutes
+            .set(self.moderation.active_mutes(now_ms()) as i64);
+    }
+
+    /// Loads one scope (caller holds the reload lock). Compiling a big list
+    /// takes a while, so it runs on the blocking pool.
+    async fn load_scope(&self, scope: &str) -> Result<(), ApiError> {
+        let policy = self
+            .store_call("policy", self.store.policy(scope, now_ms()))
+            .await?;
+        let Policy {
+            block,
+            mask,
+            moderators,
+            mutes,
+            settings,
+        } = policy;
+        let list = WordList { block, mask };
+        let filter = tokio::task::spawn_blocking(move || Filter::compile(&list))
+            .await
+            .map_err(|e| ApiError::Internal(format!("compiling {scope}'s word list: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("stored word list of {scope}: {e}")))?;
+        if scope == GLOBAL_SCOPE {
+            self.moderation.set_global(filter);
+            return Ok(());
+        }
+        let room = RoomPolicy {
+            filter,
+            moderators: moderators.into_iter().collect(),
+            mutes: mutes.into_iter().collect(),
+            settings,
+        };
+        if room.filter.is_empty()
+            && room.moderators.is_empty()
+            && room.mutes.is_empty()
+            && room.settings == RoomSettings::default()
+        {
+            self.moderation.rooms.remove(scope);
+        } else {
+            self.moderation
+                .rooms
+                .insert(scope.to_owned(), Arc::new(room));
+        }
+        Ok(())
+    }
+}
+
+/// Formats `ms` since the Unix epoch as RFC 3339 UTC (`2026-12-07T13:40:00Z`)
+/// for messages people read.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_650_800_999), "2026-12-07T13:40:00Z");
+    }
+
+    #[test]
+    fn a_mute_ends_at_its_time() {
+        let room = RoomPolicy {
+            mutes: [("troll".to_string(), 1_000)].into(),
+            ..Default::default()
+        };
+        assert_eq!(room.muted_until("troll", 999), Some(1_000));
+        assert_eq!(room.muted_until("troll", 1_000), None);
+        assert_eq!(room.muted_until("alice", 0), None);
+    }
+}

@@ -1,0 +1,899 @@
+//! Moderation (issue 19, ingest side) on real servers: word lists with their
+//! evasion cases, moderators, mutes, room settings, the audit trail, who may do
+//! what, restarts, and two ingest processes over Kafka sharing one policy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use danmaku_client::{Client, ClientConfig, ServerEvent, Transport};
+use danmaku_proto::token::{TokenKey, now_secs};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn mint(user: &str, role: &str) -> String {
+    TokenKey::new(common::SECRET).mint(user, role, now_secs(), 3600)
+}
+
+/// One HTTP call: status, JSON body (Null when none) and `Retry-After`.
+async fn call(
+    method: Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value, Option<String>) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, json, retry)
+}
+
+struct Api {
+    base: String,
+}
+
+impl Api {
+    async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let (s, j, _) = call(
+            Method::PUT,
+            format!("{}{path}", self.base),
+            token,
+            Some(body),
+        )
+        .await;
+        (s, j)
+    }
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let (s, j, _) = call(Method::GET, format!("{}{path}", self.base), token, None).await;
+        (s, j)
+    }
+    async fn delete(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let (s, j, _) = call(Method::DELETE, format!("{}{path}", self.base), token, None).await;
+        (s, j)
+    }
+    /// Posts a danmaku; status, body and `Retry-After`.
+    async fn post(
+        &self,
+        channel: &str,
+        token: &str,
+        text: &str,
+    ) -> (StatusCode, Value, Option<String>) {
+        self.post_kind(channel, token, "danmaku", text).await
+    }
+    async fn post_kind(
+        &self,
+        channel: &str,
+        token: &str,
+        kind: &str,
+        text: &str,
+    ) -> (StatusCode, Value, Option<String>) {
+        call(
+            Method::POST,
+            format!("{}/v1/channels/{channel}/messages", self.base),
+            Some(token),
+            Some(json!({ "kind": kind, "text": text })),
+        )
+        .await
+    }
+    /// The error code of a refused post (panics when accepted).
+    async fn refused(&self, channel: &str, token: &str, text: &str) -> String {
+        let (status, body, _) = self.post(channel, token, text).await;
+        assert!(!status.is_success(), "{text:?} accepted: {body}");
+        body["error"]["code"].as_str().unwrap().to_owned()
+    }
+    /// The text the post was published with (panics when refused).
+    async fn published(&self, channel: &str, token: &str, text: &str) -> String {
+        let (status, body, _) = self.post(channel, token, text).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{text:?}: {body}");
+        match body["masked"].as_bool() {
+            Some(true) => body["text"].as_str().unwrap().to_owned(),
+            _ => text.to_owned(),
+        }
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+fn room(prefix: &str) -> String {
+    let id: String = danmaku_testkit::kafka::unique(prefix)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("room:{id}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_lists_see_through_evasions_and_viewers_get_the_masked_text() {
+    let srv = common::start(|c| {
+        c.ingest.user_rate_per_sec = 10_000.0;
+        c.ingest.user_burst = 10_000;
+    })
+    .await;
+    let api = Api {
+        base: srv.base_url(),
+    };
+    let app = mint("backend", "app");
+    let alice = common::token(&srv, "alice");
+    let ch = room("words");
+
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/wordlist"),
+            Some(&app),
+            json!({"block": ["badword", "傻瓜"], "mask": ["darn", "垃圾"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b, json!({"scope": ch, "block": 2, "mask": 2}));
+    let (s, b) = api
+        .put("/v1/wordlist", Some(&app), json!({"block": ["globalevil"]}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // A viewer of the room sees what was published: the masked text.
+    let mut viewer = Client::connect_ws(
+        &srv.base_url(),
+        &common::token(&srv, "viewer"),
+        Transport::WsJson,
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    viewer.join(&ch).await.unwrap();
+    common::wait_joined(&mut viewer, &ch).await;
+
+    // The issue's example, and the 202 says it was masked.
+    let (s, b, _) = api.post(&ch, &alice, "hello darn it").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(
+        b,
+        json!({"accepted": true, "masked": true, "text": "hello **** it"})
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(ServerEvent::Batch { events, .. }) = viewer.next_event().await {
+                if let Some(e) = events.into_iter().next() {
+                    return e.text;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the viewer gets the comment");
+    assert_eq!(seen, "hello **** it");
+    assert_eq!(
+        api.published(&ch, &alice, "hello there").await,
+        "hello there"
+    );
+
+    // Case.
+    assert_eq!(
+        api.refused(&ch, &alice, "a BadWord here").await,
+        "blocked_content"
+    );
+    assert_eq!(api.published(&ch, &alice, "DARN!").await, "****!");
+    // Full-width / half-width and other compatibility forms.
+    assert_eq!(
+        api.refused(&ch, &alice, "ｂａｄｗｏｒｄ").await,
+        "blocked_content"
+    );
+    assert_eq!(api.refused(&ch, &alice, "𝐛𝐚𝐝𝐰𝐨𝐫𝐝").await, "blocked_content");
+    assert_eq!(api.published(&ch, &alice, "oh ＤＡＲＮ").await, "oh ****");
+    // Invisible characters between letters: zero-width space, ZWNJ, ZWJ, soft
+    // hyphen, BOM, word joiner.
+    for sep in [
+        '\u{200B}', '\u{200C}', '\u{200D}', '\u{00AD}', '\u{FEFF}', '\u{2060}',
+    ] {
+        let evasive: String = "badword".chars().flat_map(|c| [c, sep]).collect();
+        assert_eq!(
+            api.refused(&ch, &alice, &evasive).await,
+            "blocked_content",
+            "{sep:?}"
+        );
+        let masked = api
+            .published(&ch, &alice, &format!("d{sep}a{sep}r{sep}n x"))
+            .await;
+        assert_eq!(masked, "******* x", "{sep:?}");
+    }
+    // CJK, plain and with the same evasions.
+    assert_eq!(
+        api.refused(&ch, &alice, "你是傻瓜").await,
+        "blocked_content"
+    );
+    assert_eq!(
+        api.refused(&ch, &alice, "傻\u{200B}瓜").await,
+        "blocked_content"
+    );
+    assert_eq!(
+        api.published(&ch, &alice, "这是垃圾游戏").await,
+        "这是**游戏"
+    );
+    assert_eq!(api.published(&ch, &alice, "垃\u{FEFF}圾").await, "***");
+    // The global list holds in every room; the room's list only in its room.
+    assert_eq!(
+        api.refused(&ch, &alice, "GlobalEvil").await,
+        "blocked_content"
+    );
+    let other = room("other");
+    assert_eq!(
+        api.refused(&other, &alice, "globalevil").await,
+        "blocked_content"
+    );
+    assert_eq!(
+        api.published(&other, &alice, "badword darn").await,
+        "badword darn"
+    );
+    // Gifts go through the lists too.
+    let (s, b, _) = api.post_kind(&ch, &alice, "gift", "darn rocket").await;
+    assert_eq!(
+        (s, b["masked"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{b}"
+    );
+
+    let (_, b) = api
+        .get(&format!("/v1/channels/{ch}/wordlist"), Some(&app))
+        .await;
+    assert_eq!(
+        b,
+        json!({"block": ["badword", "傻瓜"], "mask": ["darn", "垃圾"]})
+    );
+    let (_, b) = api.get("/v1/wordlist", Some(&app)).await;
+    assert_eq!(b, json!({"block": ["globalevil"], "mask": []}));
+
+    let metrics = common::metrics_text(&srv.base_url()).await;
+    for line in [
+        "danmaku_ingest_filtered_total{verdict=\"blocked\"} 13",
+        "danmaku_ingest_moderation_refused_total{reason=\"blocked_content\"} 13",
+        "danmaku_ingest_wordlist_words{scope=\"global\"} 1",
+        "danmaku_ingest_wordlist_words{scope=\"rooms\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} not in /metrics");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_whole_and_counted() {
+    let srv = common::start(|_| {}).await;
+    let api = Api {
+        base: srv.base_url(),
+    };
+    let app = mint("backend", "app");
+    let ch = room("bad");
+    let path = format!("/v1/channels/{ch}/wordlist");
+    let (s, _) = api.put(&path, Some(&app), json!({"block": ["keep"]})).await;
+    assert_eq!(s, StatusCode::OK);
+    let too_many: Vec<String> = (0..100_001).map(|i| format!("w{i}")).collect();
+    for (body, want) in [
+        (json!({}), "bad_wordlist"),
+        (json!({"block": ["ok", ""]}), "bad_wordlist"),
+        (
+            json!({"block": ["ok"], "mask": ["\u{200B}\u{FEFF}\u{00AD}"]}),
+            "bad_wordlist",
+        ),
+        (json!({"block": ["x".repeat(65)]}), "bad_wordlist"),
+        (json!({"block": ["a\nb"]}), "bad_wordlist"),
+        (json!({"block": too_many}), "bad_wordlist"),
+        (json!({"block": ["ok"], "allow": ["x"]}), "bad_json"),
+        (json!({"block": "ok"}), "bad_json"),
+    ] {
+        let (s, b) = api.put(&path, Some(&app), body.clone()).await;
+        assert_eq!(
+            (s, code(&b)),
+            (StatusCode::BAD_REQUEST, want),
+            "{body:.80}: {b}"
+        );
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // Nothing of a refused list was applied.
+    let (_, b) = api.get(&path, Some(&app)).await;
+    assert_eq!(b, json!({"block": ["keep"], "mask": []}));
+
+    let mutes = format!("/v1/channels/{ch}/mutes/troll");
+    for (body, want) in [
+        (json!({"seconds": -5}), "bad_seconds"),
+        (json!({"seconds": 0}), "bad_seconds"),
+        (json!({"seconds": 31 * 86_400}), "bad_seconds"),
+        (json!({"seconds": "10"}), "bad_json"),
+        (json!({"seconds": 10, "reason": "x"}), "bad_json"),
+        (json!({}), "bad_json"),
+    ] {
+        let (s, b) = api.put(&mutes, Some(&app), body.clone()).await;
+        assert_eq!(
+            (s, code(&b)),
+            (StatusCode::BAD_REQUEST, want),
+            "{body}: {b}"
+        );
+    }
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/mutes/bad%20user"),
+            Some(&app),
+            json!({"seconds": 5}),
+        )
+        .await;
+    assert_eq!((s, code(&b)), (StatusCode::BAD_REQUEST, "bad_user"));
+    let (s, b) = api
+        .put(
+            "/v1/channels/nope/mutes/troll",
+            Some(&app),
+            json!({"seconds": 5}),
+        )
+        .await;
+    assert_eq!((s, code(&b)), (StatusCode::BAD_REQUEST, "bad_channel"));
+
+    let settings = format!("/v1/channels/{ch}/settings");
+    for (body, want) in [
+        (json!({}), "bad_settings"),
+        (json!({"slow_mode_secs": -1}), "bad_settings"),
+        (json!({"slow_mode_secs": 3601}), "bad_settings"),
+        (json!({"max_rate": -3}), "bad_settings"),
+        (json!({"mute_all": "yes"}), "bad_json"),
+        (json!({"slow_mode": 5}), "bad_json"),
+    ] {
+        let (s, b) = api.put(&settings, Some(&app), body.clone()).await;
+        assert_eq!(
+            (s, code(&b)),
+            (StatusCode::BAD_REQUEST, want),
+            "{body}: {b}"
+        );
+    }
+    let (s, b) = api
+        .get(
+            &format!("/v1/channels/{ch}/moderation/log?limit=0"),
+            Some(&app),
+        )
+        .await;
+    assert_eq!((s, code(&b)), (StatusCode::BAD_REQUEST, "bad_query"));
+
+    // Only the first, valid list reached the audit trail and the state.
+    let (_, b) = api
+        .get(&format!("/v1/channels/{ch}/moderation/log"), Some(&app))
+        .await;
+    assert_eq!(b["entries"].as_array().unwrap().len(), 1, "{b}");
+    let (_, b) = api.get(&settings, Some(&app)).await;
+    assert_eq!(
+        b,
+        json!({"slow_mode_secs": 0, "mute_all": false, "max_rate": 0})
+    );
+
+    let metrics = common::metrics_text(&srv.base_url()).await;
+    for line in [
+        "danmaku_ingest_rejected_total{code=\"bad_wordlist\"} 6",
+        "danmaku_ingest_rejected_total{code=\"bad_seconds\"} 3",
+        "danmaku_ingest_rejected_total{code=\"bad_settings\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} not in /metrics");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_may_do_what() {
+    let srv = common::start(|_| {}).await;
+    let api = Api {
+        base: srv.base_url(),
+    };
+    let app = mint("backend", "app");
+    let (ch, elsewhere) = (room("matrix"), room("elsewhere"));
+    let (s, _) = api
+        .put(
+            &format!("/v1/channels/{ch}/moderators/mia"),
+            Some(&app),
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api
+        .put(
+            &format!("/v1/channels/{elsewhere}/moderators/otto"),
+            Some(&app),
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mia = common::token(&srv, "mia"); // moderator of ch
+    let otto = common::token(&srv, "otto"); // moderator of another room
+    let bob = common::token(&srv, "bob"); // nobody
+
+    enum Call {
+        Put(String, Value),
+        Get(String),
+        Delete(String),
+    }
+    let calls = [
+        Call::Put(
+            format!("/v1/channels/{ch}/wordlist"),
+            json!({"mask": ["darn"]}),
+        ),
+        Call::Get(format!("/v1/channels/{ch}/wordlist")),
+        Call::Put("/v1/wordlist".into(), json!({"mask": ["heck"]})),
+        Call::Get("/v1/wordlist".into()),
+        Call::Put(format!("/v1/channels/{ch}/moderators/max"), json!(null)),
+        Call::Delete(format!("/v1/channels/{ch}/moderators/max")),
+        Call::Put(
+            format!("/v1/channels/{ch}/mutes/troll"),
+            json!({"seconds": 60}),
+        ),
+        Call::Delete(format!("/v1/channels/{ch}/mutes/troll")),
+        Call::Put(
+            format!("/v1/channels/{ch}/settings"),
+            json!({"max_rate": 100}),
+        ),
+        Call::Get(format!("/v1/channels/{ch}/settings")),
+        Call::Get(format!("/v1/channels/{ch}/moderation/log")),
+    ];
+    // Expected for app, mia (this room's moderator), otto (another room's), bob.
+    let allowed: [[bool; 4]; 11] = [
+        [true, true, false, false],
+        [true, true, false, false],
+        [true, false, false, false],
+        [true, false, false, false],
+        [true, false, false, false],
+        [true, false, false, false],
+        [true, true, false, false],
+        [true, true, false, false],
+        [true, true, false, false],
+        [true, true, false, false],
+        [true, true, false, false],
+    ];
+    for (call, allowed) in calls.iter().zip(allowed) {
+        for (who, token) in [("app", &app), ("mia", &mia), ("otto", &otto), ("bob", &bob)]
+            .into_iter()
+            .zip(allowed)
+            .map(|((w, t), a)| ((w, a), t))
+        {
+            let (who, ok) = who;
+            let (s, b) = match call {
+                Call::Put(p, body) => api.put(p, Some(token), body.clone()).await,
+                Call::Get(p) => api.get(p, Some(token)).await,
+                Call::Delete(p) => api.delete(p, Some(token)).await,
+            };
+            let path = match call {
+                Call::Put(p, _) | Call::Get(p) | Call::Delete(p) => p,
+            };
+            if ok {
+                assert_eq!(s, StatusCode::OK, "{who} on {path}: {b}");
+            } else {
+                assert_eq!(
+                    (s, code(&b)),
+                    (StatusCode::FORBIDDEN, "forbidden"),
+                    "{who} on {path}: {b}"
+                );
+            }
+        }
+        // No token at all: 401.
+        let (s, b) = match call {
+            Call::Put(p, body) => api.put(p, None, body.clone()).await,
+            Call::Get(p) => api.get(p, None).await,
+            Call::Delete(p) => api.delete(p, None).await,
+        };
+        assert_eq!((s, code(&b)), (StatusCode::UNAUTHORIZED, "missing_token"));
+    }
+    // A moderator cannot mute a moderator; app can.
+    let (s, _) = api
+        .put(
+            &format!("/v1/channels/{ch}/moderators/max"),
+            Some(&app),
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/mutes/max"),
+            Some(&mia),
+            json!({"seconds": 60}),
+        )
+        .await;
+    assert_eq!((s, code(&b)), (StatusCode::FORBIDDEN, "forbidden"));
+    let (s, _) = api
+        .put(
+            &format!("/v1/channels/{ch}/mutes/max"),
+            Some(&app),
+            json!({"seconds": 60}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // A removed moderator loses the right at once.
+    let (s, b) = api
+        .delete(&format!("/v1/channels/{ch}/moderators/mia"), Some(&app))
+        .await;
+    assert_eq!((s, b["removed"].clone()), (StatusCode::OK, json!(true)));
+    let (s, _) = api
+        .put(
+            &format!("/v1/channels/{ch}/mutes/troll"),
+            Some(&mia),
+            json!({"seconds": 60}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutes_refuse_until_they_end_and_room_settings_hold() {
+    let srv = common::start(|c| {
+        c.ingest.user_rate_per_sec = 10_000.0;
+        c.ingest.user_burst = 10_000;
+    })
+    .await;
+    let api = Api {
+        base: srv.base_url(),
+    };
+    let app = mint("backend", "app");
+    let ch = room("mutes");
+    let (troll, alice, mia) = (
+        common::token(&srv, "troll"),
+        common::token(&srv, "alice"),
+        common::token(&srv, "mia"),
+    );
+    api.put(
+        &format!("/v1/channels/{ch}/moderators/mia"),
+        Some(&app),
+        json!(null),
+    )
+    .await;
+
+    // A moderator mutes troll for 2 s: refused with the end time, others not.
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/mutes/troll"),
+            Some(&mia),
+            json!({"seconds": 2}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let until_ms = b["until_ms"].as_i64().unwrap();
+    let (s, b, _) = api.post(&ch, &troll, "hi").await;
+    assert_eq!((s, code(&b)), (StatusCode::FORBIDDEN, "muted"));
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("until 20") && message.contains(&ch),
+        "{message}"
+    );
+    assert_eq!(api.published(&ch, &alice, "hi").await, "hi");
+    // Only in that room.
+    assert_eq!(api.published(&room("free"), &troll, "hi").await, "hi");
+    let metrics = common::metrics_text(&srv.base_url()).await;
+    assert!(
+        metrics.contains("danmaku_ingest_active_mutes 1"),
+        "active mutes"
+    );
+    // The mute ends by itself.
+    let wait = until_ms - danmaku_proto::now_ms();
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64 + 100)).await;
+    assert_eq!(api.published(&ch, &troll, "back").await, "back");
+    // Unmute ends one early.
+    api.put(
+        &format!("/v1/channels/{ch}/mutes/troll"),
+        Some(&app),
+        json!({"seconds": 600}),
+    )
+    .await;
+    assert_eq!(api.refused(&ch, &troll, "hi").await, "muted");
+    let (s, b) = api
+        .delete(&format!("/v1/channels/{ch}/mutes/troll"), Some(&mia))
+        .await;
+    assert_eq!((s, b["unmuted"].clone()), (StatusCode::OK, json!(true)));
+    assert_eq!(api.published(&ch, &troll, "free").await, "free");
+
+    // Slow mode: a second post within the window is 429 with Retry-After;
+    // moderators and app are exempt.
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/settings"),
+            Some(&mia),
+            json!({"slow_mode_secs": 2, "max_rate": 200}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b,
+        json!({"slow_mode_secs": 2, "mute_all": false, "max_rate": 200})
+    );
+    assert_eq!(api.published(&ch, &alice, "one").await, "one");
+    let (s, b, retry) = api.post(&ch, &alice, "two").await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::TOO_MANY_REQUESTS, "slow_mode"),
+        "{b}"
+    );
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    for _ in 0..2 {
+        assert_eq!(api.published(&ch, &mia, "mod").await, "mod");
+        assert_eq!(api.published(&ch, &app, "app").await, "app");
+    }
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(api.published(&ch, &alice, "three").await, "three");
+
+    // mute_all: everyone but moderators and app; gifts still go through.
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/settings"),
+            Some(&app),
+            json!({"mute_all": true, "slow_mode_secs": 0}),
+        )
+        .await;
+    assert_eq!(
+        b,
+        json!({"slow_mode_secs": 0, "mute_all": true, "max_rate": 200}),
+        "{s}"
+    );
+    let (s, b, _) = api.post(&ch, &alice, "hello").await;
+    assert_eq!((s, code(&b)), (StatusCode::FORBIDDEN, "room_muted"));
+    assert_eq!(api.published(&ch, &mia, "mods speak").await, "mods speak");
+    assert_eq!(api.published(&ch, &app, "app speaks").await, "app speaks");
+    let (s, _, _) = api.post_kind(&ch, &alice, "gift", "rocket").await;
+    assert_eq!(s, StatusCode::OK);
+    api.put(
+        &format!("/v1/channels/{ch}/settings"),
+        Some(&app),
+        json!({"mute_all": false}),
+    )
+    .await;
+    assert_eq!(api.published(&ch, &alice, "hello").await, "hello");
+
+    // The audit trail: every action, newest first, with who, what and target.
+    let (s, b) = api
+        .get(
+            &format!("/v1/channels/{ch}/moderation/log?limit=3"),
+            Some(&mia),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let entries = b["entries"].as_array().unwrap();
+    let summary: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["detail"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("backend".into(), "settings".into(), "mute_all=false".into()),
+            (
+                "backend".into(),
+                "settings".into(),
+                "slow_mode_secs=0 mute_all=true".into()
+            ),
+            (
+                "mia".into(),
+                "settings".into(),
+                "slow_mode_secs=2 max_rate=200".into()
+            ),
+        ]
+    );
+    let (_, b) = api
+        .get(&format!("/v1/channels/{ch}/moderation/log"), Some(&app))
+        .await;
+    let actions: Vec<&str> = b["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "settings",
+            "settings",
+            "settings",
+            "unmute",
+            "mute",
+            "mute",
+            "add_moderator"
+        ]
+    );
+    let mute = &b["entries"][5];
+    assert_eq!(
+        (mute["actor"].as_str(), mute["target"].as_str()),
+        (Some("mia"), Some("troll"))
+    );
+    assert!(mute["ts_ms"].as_i64().unwrap() > 0);
+
+    let metrics = common::metrics_text(&srv.base_url()).await;
+    for line in [
+        "danmaku_ingest_moderation_refused_total{reason=\"muted\"} 2",
+        "danmaku_ingest_moderation_refused_total{reason=\"slow_mode\"} 1",
+        "danmaku_ingest_moderation_refused_total{reason=\"room_muted\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in /metrics");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_lists_mutes_moderators_and_settings() {
+    let data = std::env::temp_dir().join(danmaku_testkit::kafka::unique("danmaku-mod-restart"));
+    let ch = room("restart");
+    let app = mint("backend", "app");
+    {
+        let d = data.clone();
+        let srv = common::start(move |c| c.data = d).await;
+        let api = Api {
+            base: srv.base_url(),
+        };
+        for (path, body) in [
+            (
+                format!("/v1/channels/{ch}/wordlist"),
+                json!({"block": ["badword"], "mask": ["darn"]}),
+            ),
+            ("/v1/wordlist".to_string(), json!({"block": ["globalevil"]})),
+            (
+                format!("/v1/channels/{ch}/mutes/troll"),
+                json!({"seconds": 600}),
+            ),
+            (format!("/v1/channels/{ch}/moderators/mia"), json!(null)),
+            (
+                format!("/v1/channels/{ch}/settings"),
+                json!({"mute_all": true}),
+            ),
+        ] {
+            let (s, b) = api.put(&path, Some(&app), body).await;
+            assert_eq!(s, StatusCode::OK, "{path}: {b}");
+        }
+        srv.stop().await;
+    }
+    let d = data.clone();
+    let srv = common::start(move |c| c.data = d).await;
+    let api = Api {
+        base: srv.base_url(),
+    };
+    let (troll, mia) = (common::token(&srv, "troll"), common::token(&srv, "mia"));
+    let alice = common::token(&srv, "alice");
+    assert_eq!(api.refused(&ch, &troll, "hi").await, "muted");
+    assert_eq!(api.refused(&ch, &alice, "hi").await, "room_muted");
+    assert_eq!(api.refused(&ch, &mia, "badword").await, "blocked_content");
+    assert_eq!(
+        api.refused(&ch, &mia, "globalevil").await,
+        "blocked_content"
+    );
+    assert_eq!(api.published(&ch, &mia, "darn").await, "****");
+    srv.stop().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Polls `f` until it returns true, for at most `within`; returns the time taken.
+async fn within<F, Fut>(within: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if f().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_two_ingest_nodes_share_the_policy_within_two_seconds() {
+    danmaku_testkit::init_crypto();
+    let bus = format!(
+        "kafka://{}?topic={}",
+        danmaku_testkit::kafka::shared_broker(),
+        danmaku_testkit::kafka::unique("moderation")
+    );
+    let limits = ["--user-rate", "10000", "--user-burst", "10000"];
+    let a = common::spawn("ingest", &bus, &limits).await;
+    let b = common::spawn("ingest", &bus, &limits).await;
+    let edge = common::spawn("edge", &bus, &[]).await;
+    let (api_a, api_b) = (
+        Api {
+            base: a.base.clone(),
+        },
+        Api {
+            base: b.base.clone(),
+        },
+    );
+    let app = mint("backend", "app");
+    let alice = mint("alice", "user");
+    let ch = room("dist");
+
+    // A list set through A is enforced by B within 2 s.
+    assert_eq!(api_b.published(&ch, &alice, "a badword").await, "a badword");
+    let (s, _) = api_a
+        .put(
+            &format!("/v1/channels/{ch}/wordlist"),
+            Some(&app),
+            json!({"block": ["badword"], "mask": ["darn"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let took = within(Duration::from_secs(2), || async {
+        api_b.post(&ch, &alice, "a badword").await.0 == StatusCode::BAD_REQUEST
+    })
+    .await;
+    eprintln!("word list reached the other ingest node in {took:?}");
+    assert_eq!(api_b.published(&ch, &alice, "darn").await, "****");
+    // The global list too.
+    api_a
+        .put("/v1/wordlist", Some(&app), json!({"block": ["globalevil"]}))
+        .await;
+    within(Duration::from_secs(2), || async {
+        api_b.post(&room("any"), &alice, "globalevil").await.0 == StatusCode::BAD_REQUEST
+    })
+    .await;
+    // A mute and a moderator made through B hold on A within 2 s.
+    api_b
+        .put(
+            &format!("/v1/channels/{ch}/moderators/mia"),
+            Some(&app),
+            json!(null),
+        )
+        .await;
+    let mia = mint("mia", "user");
+    within(Duration::from_secs(2), || async {
+        api_a
+            .put(
+                &format!("/v1/channels/{ch}/mutes/troll"),
+                Some(&mia),
+                json!({"seconds": 60}),
+            )
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    let troll = mint("troll", "user");
+    within(Duration::from_secs(2), || async {
+        api_b.post(&ch, &troll, "hi").await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    // Settings: slow mode set through A holds on B.
+    api_a
+        .put(
+            &format!("/v1/channels/{ch}/settings"),
+            Some(&app),
+            json!({"mute_all": true}),
+        )
+        .await;
+    within(Duration::from_secs(2), || async {
+        let (s, b, _) = api_b.post(&ch, &alice, "hi").await;
+        s == StatusCode::FORBIDDEN && code(&b) == "room_muted"
+    })
+    .await;
+    // Edges drop the announcements unread: none counted as a bad event.
+    let metrics = common::metrics_text(&edge.base).await;
+    assert!(
+        !metrics.lines().any(|l| l
+            .starts_with("danmaku_edge_bus_events_total{result=\"bad_event\"}")
+            && !l.ends_with(" 0")),
+        "edges must not count announcements as bad events"
+    );
+    // B heard A's changes on the bus (not only from its periodic reload).
+    let metrics = common::metrics_text(&b.base).await;
+    assert!(
+        metrics.contains("danmaku_ingest_moderation_reloads_total{result=\"ok\",trigger=\"bus\"}"),
+        "B reloaded on announcements"
+    );
+}
