@@ -371,6 +371,50 @@ def refusal_panels(ids, sel):
     ]
 
 
+def moderation_panels(ids):
+    """Word filter verdicts, moderation refusals, mutes and policy sync (issue 19)."""
+    return [
+        ts(
+            ids,
+            "Word filter: blocked and masked posts",
+            "Posts caught by the word lists (global and per room): blocked (refused 400 "
+            "blocked_content) or masked (published with the words starred). A sudden jump of "
+            "blocked is a spam or abuse wave: alert DanmakuBlockedContentBurst.",
+            "cps",
+            ("sum by (verdict) (rate(danmaku_ingest_filtered_total[$__rate_interval]))", "{{verdict}}"),
+        ),
+        ts(
+            ids,
+            "Moderation refusals by reason",
+            "Posts refused by the room policy: blocked_content, muted (the sender is muted), "
+            "room_muted (mute_all is on), slow_mode (a second post within the window).",
+            "cps",
+            ("sum by (reason) (rate(danmaku_ingest_moderation_refused_total[$__rate_interval]))", "{{reason}}"),
+        ),
+        ts(
+            ids,
+            "Active mutes and loaded words",
+            "Mutes running (every ingest node knows all of them: the max over nodes) and the "
+            "words loaded in the global list and in all rooms' lists.",
+            "short",
+            ("max(danmaku_ingest_active_mutes)", "active mutes"),
+            ("max by (scope) (danmaku_ingest_wordlist_words)", "words: {{scope}}"),
+        ),
+        ts(
+            ids,
+            "Moderation changes and policy reloads",
+            "Changes applied (word lists, moderators, mutes, settings), reloads of the policy "
+            "by trigger (bus: another node announced a change; periodic: every 30 s) and "
+            "result, and changes stored but not announced. Reload errors mean a node may "
+            "enforce a stale policy.",
+            "ops",
+            ("sum by (what) (rate(danmaku_ingest_moderation_changes_total[$__rate_interval]))", "change: {{what}}"),
+            ("sum by (trigger, result) (rate(danmaku_ingest_moderation_reloads_total[$__rate_interval]))", "reload: {{trigger}} {{result}}"),
+            ("sum(rate(danmaku_ingest_moderation_announce_failures_total[$__rate_interval]))", "not announced"),
+        ),
+    ]
+
+
 def overview():
     ids = Ids()
     d = base(
@@ -802,6 +846,10 @@ def overview():
     ]:
         d = d.with_panel(p)
     for p in refusal_panels(ids, ""):
+        d = d.with_panel(p)
+
+    d = d.with_row(row(ids, "Moderation"))
+    for p in moderation_panels(ids):
         d = d.with_panel(p)
     return d
 
