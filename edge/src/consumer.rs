@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{ShardItem, shard_of};
 use crate::channels::Channels;
 use crate::metrics::{BusResult, Metrics};
-use crate::reliable::fanout::ReliableItem;
+use crate::sequencer::ReliableItem;
 
 pub(crate) struct Consumer {
     pub channels: Arc<Channels>,

@@ -41,9 +41,9 @@ use danmaku_proto::{Limits, ProtoError, frame, pb};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
-use crate::Edge;
 use crate::channels::Outbound;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
+use crate::node::Edge;
 use crate::session::{CloseReason, Flow, Reply, Session};
 use crate::transport::Transport;
 
@@ -66,7 +66,7 @@ const RECEIVE_WINDOW: u32 = 64 << 10;
 pub(crate) const AUTH_FRAME_MAX: usize = 16 << 10;
 
 /// The transport settings of every QUIC connection (see the module doc).
-pub(crate) fn transport_config(config: &crate::EdgeConfig) -> quinn::TransportConfig {
+pub(crate) fn transport_config(config: &crate::config::EdgeConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // The transport must not time out before the edge's own heartbeat rule.
     let idle = config.idle_timeout() + Duration::from_secs(5);
