@@ -104,6 +104,14 @@ impl Api {
     }
 }
 
+/// Fails unless every line is in the server's `/metrics`.
+async fn assert_metrics(base: &str, lines: &[&str]) {
+    let metrics = common::metrics_text(base).await;
+    for line in lines {
+        assert!(metrics.contains(line), "{line} not in /metrics");
+    }
+}
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
@@ -255,15 +263,16 @@ async fn word_lists_see_through_evasions_and_viewers_get_the_masked_text() {
     let (_, b) = api.get("/v1/wordlist", Some(&app)).await;
     assert_eq!(b, json!({"block": ["globalevil"], "mask": []}));
 
-    let metrics = common::metrics_text(&srv.base_url()).await;
-    for line in [
-        "danmaku_ingest_filtered_total{verdict=\"blocked\"} 13",
-        "danmaku_ingest_moderation_refused_total{reason=\"blocked_content\"} 13",
-        "danmaku_ingest_wordlist_words{scope=\"global\"} 1",
-        "danmaku_ingest_wordlist_words{scope=\"rooms\"} 4",
-    ] {
-        assert!(metrics.contains(line), "{line} not in /metrics");
-    }
+    assert_metrics(
+        &srv.base_url(),
+        &[
+            "danmaku_ingest_filtered_total{verdict=\"blocked\"} 13",
+            "danmaku_ingest_moderation_refused_total{reason=\"blocked_content\"} 13",
+            "danmaku_ingest_wordlist_words{scope=\"global\"} 1",
+            "danmaku_ingest_wordlist_words{scope=\"rooms\"} 4",
+        ],
+    )
+    .await;
     srv.stop().await;
 }
 
@@ -376,14 +385,15 @@ async fn bad_input_is_refused_whole_and_counted() {
         json!({"slow_mode_secs": 0, "mute_all": false, "max_rate": 0})
     );
 
-    let metrics = common::metrics_text(&srv.base_url()).await;
-    for line in [
-        "danmaku_ingest_rejected_total{code=\"bad_wordlist\"} 6",
-        "danmaku_ingest_rejected_total{code=\"bad_seconds\"} 3",
-        "danmaku_ingest_rejected_total{code=\"bad_settings\"} 4",
-    ] {
-        assert!(metrics.contains(line), "{line} not in /metrics");
-    }
+    assert_metrics(
+        &srv.base_url(),
+        &[
+            "danmaku_ingest_rejected_total{code=\"bad_wordlist\"} 6",
+            "danmaku_ingest_rejected_total{code=\"bad_seconds\"} 3",
+            "danmaku_ingest_rejected_total{code=\"bad_settings\"} 4",
+        ],
+    )
+    .await;
     srv.stop().await;
 }
 
@@ -717,14 +727,15 @@ async fn mutes_refuse_until_they_end_and_room_settings_hold() {
     );
     assert!(mute["ts_ms"].as_i64().unwrap() > 0);
 
-    let metrics = common::metrics_text(&srv.base_url()).await;
-    for line in [
-        "danmaku_ingest_moderation_refused_total{reason=\"muted\"} 2",
-        "danmaku_ingest_moderation_refused_total{reason=\"slow_mode\"} 1",
-        "danmaku_ingest_moderation_refused_total{reason=\"room_muted\"} 1",
-    ] {
-        assert!(metrics.contains(line), "{line} not in /metrics");
-    }
+    assert_metrics(
+        &srv.base_url(),
+        &[
+            "danmaku_ingest_moderation_refused_total{reason=\"muted\"} 2",
+            "danmaku_ingest_moderation_refused_total{reason=\"slow_mode\"} 1",
+            "danmaku_ingest_moderation_refused_total{reason=\"room_muted\"} 1",
+        ],
+    )
+    .await;
     srv.stop().await;
 }
 

@@ -1,7 +1,8 @@
 //! Cost of the word filter per message against list size, and the list
 //! compile time (paid once per change). `cargo bench -p danmaku-ingest --bench filter`.
 //!
-//! Lists are pseudo-random words of 3 to 8 characters, a fifth of them CJK; the
+//! Lists are pseudo-random words of 5 to 10 letters, a fifth of them 2 to 4 CJK
+//! ideographs; the
 //! message is a 30-character comment that hits nothing (the common case) or
 //! one mask word.
 
@@ -21,9 +22,11 @@ fn words(n: usize) -> Vec<String> {
     };
     (0..n)
         .map(|i| {
-            let len = 3 + (next() % 6) as usize;
+            // 5 to 10 letters (2 to 4 ideographs): like real lists, and long
+            // enough that random words do not hit every comment.
+            let len = 5 + (next() % 6) as usize;
             if i % 5 == 0 {
-                (0..len.min(4))
+                (0..2 + len % 3)
                     .map(|_| char::from_u32(0x4E00 + (next() % 20_000) as u32).unwrap())
                     .collect()
             } else {
@@ -36,11 +39,11 @@ fn words(n: usize) -> Vec<String> {
 }
 
 fn list(n: usize) -> WordList {
-    let mut w = words(n);
-    let mask = w.split_off(n / 2);
-    let mut mask = mask;
-    mask.push("darn".into());
-    WordList { block: w, mask }
+    let mut block = words(n);
+    let mut mask = block.split_off(n / 2);
+    // One word the "hit" comment contains.
+    mask[0] = "darn".into();
+    WordList { block, mask }
 }
 
 const CLEAN: &str = "66666 主播好厉害 this is great!!";
@@ -51,6 +54,7 @@ fn per_message(c: &mut Criterion) {
     for n in [100usize, 10_000, 100_000] {
         let f = Filter::compile(&list(n)).unwrap();
         assert!(matches!(check(HIT, [&f]), Verdict::Masked { .. }));
+        assert_eq!(check(CLEAN, [&f]), Verdict::Clean);
         g.bench_with_input(BenchmarkId::new("clean_30_chars", n), &f, |b, f| {
             b.iter(|| check(black_box(CLEAN), [f]))
         });

@@ -249,7 +249,13 @@ impl Ingest {
     ) -> Result<(), ApiError> {
         let now = Instant::now();
         let key = (channel.as_str().to_owned(), user.to_owned());
-        let mut last = self.moderation.last_post.entry(key).or_insert(now - window);
+        let mut last = match self.moderation.last_post.entry(key) {
+            dashmap::Entry::Vacant(v) => {
+                v.insert(now);
+                return Ok(());
+            }
+            dashmap::Entry::Occupied(o) => o.into_ref(),
+        };
         let since = now.saturating_duration_since(*last);
         if since < window {
             let wait = window - since;
