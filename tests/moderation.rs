@@ -173,10 +173,10 @@ async fn word_lists_see_through_evasions_and_viewers_get_the_masked_text() {
     );
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Some(ServerEvent::Batch { events, .. }) = viewer.next_event().await {
-                if let Some(e) = events.into_iter().next() {
-                    return e.text;
-                }
+            if let Some(ServerEvent::Batch { events, .. }) = viewer.next_event().await
+                && let Some(e) = events.into_iter().next()
+            {
+                return e.text;
             }
         }
     })

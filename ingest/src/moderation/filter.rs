@@ -477,10 +477,10 @@ mod tests {
                     // Full-width forms sit at U+FF01.. for ASCII U+0021..
                     let c = if wide { char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap() } else { c };
                     spelled.push(c);
-                    if let Some(&sep) = seps.get(i) {
-                        if i + 1 < word.len() {
-                            spelled.push(sep);
-                        }
+                    if let Some(&sep) = seps.get(i)
+                        && i + 1 < word.len()
+                    {
+                        spelled.push(sep);
                     }
                 }
                 let text = format!("{prefix}{spelled}{suffix}");
