@@ -404,7 +404,7 @@ def moderation_panels(ids):
             ids,
             "Moderation changes and policy reloads",
             "Changes applied (word lists, moderators, mutes, settings), reloads of the policy "
-            "by trigger (bus: another node announced a change; periodic: every 30 s) and "
+            "by trigger (bus: another node announced a change; periodic: a change heard of through the store, or every 10 min) and "
             "result, and changes stored but not announced. Reload errors mean a node may "
             "enforce a stale policy.",
             "ops",

@@ -893,6 +893,34 @@ async fn kafka_two_ingest_nodes_share_the_policy_within_two_seconds() {
         s == StatusCode::FORBIDDEN && code(&b) == "room_muted"
     })
     .await;
+    // A change committed without an announcement (as when the publish after the
+    // commit failed) still reaches both nodes: they see the audit trail's head
+    // move (polled every 5 s).
+    let store = danmaku_store::connect(&danmaku_testkit::kafka::env_or_fail(
+        "DANMAKU_TEST_POSTGRES",
+    ))
+    .await
+    .unwrap();
+    let quiet = room("quiet");
+    store
+        .moderate(&danmaku_store::ModerationAction {
+            scope: quiet.clone(),
+            actor: "dba".into(),
+            change: danmaku_store::ModerationChange::SetWordlist {
+                block: vec!["silentword".into()],
+                mask: vec![],
+            },
+            ts_ms: danmaku_proto::now_ms(),
+        })
+        .await
+        .unwrap();
+    for api in [&api_a, &api_b] {
+        let took = within(Duration::from_secs(8), || async {
+            api.post(&quiet, &alice, "silentword").await.0 == StatusCode::BAD_REQUEST
+        })
+        .await;
+        eprintln!("an unannounced change was enforced after {took:?}");
+    }
     // Edges drop the announcements unread: none counted as a bad event.
     let metrics = common::metrics_text(&edge.base).await;
     assert!(

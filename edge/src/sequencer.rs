@@ -271,6 +271,9 @@ mod tests {
         async fn policy_scopes(&self, _: i64) -> Result<Vec<String>, StoreError> {
             Ok(Vec::new())
         }
+        async fn moderation_head(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
         async fn moderation_log(
             &self,
             _: &str,

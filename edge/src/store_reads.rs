@@ -228,6 +228,10 @@ impl Store for CoalescedReads {
         self.inner.policy_scopes(now_ms).await
     }
 
+    async fn moderation_head(&self) -> Result<u64, StoreError> {
+        self.inner.moderation_head().await
+    }
+
     async fn moderation_log(
         &self,
         scope: &str,

@@ -1250,6 +1250,9 @@ impl Store for DownStore {
     async fn policy_scopes(&self, _: i64) -> Result<Vec<String>, StoreError> {
         down()
     }
+    async fn moderation_head(&self) -> Result<u64, StoreError> {
+        down()
+    }
     async fn moderation_log(
         &self,
         _: &str,

@@ -266,6 +266,10 @@ impl Store for EmbeddedStore {
         moderation::scopes(&self.reader, now_ms).await
     }
 
+    async fn moderation_head(&self) -> Result<u64, StoreError> {
+        moderation::head(&self.reader).await
+    }
+
     async fn moderation_log(
         &self,
         scope: &str,

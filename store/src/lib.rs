@@ -225,6 +225,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every scope with a stored policy (ingest loads them all at start).
     async fn policy_scopes(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
 
+    /// The id of the newest audit entry of any scope, 0 when there is none. Every
+    /// change writes one, so an unchanged head means no change was committed since
+    /// (ingest polls it to heal a lost announcement cheaply).
+    async fn moderation_head(&self) -> Result<u64, StoreError>;
+
     /// The newest `limit` (capped at [`MAX_READ_LIMIT`]) audit entries of a scope,
     /// newest first.
     async fn moderation_log(

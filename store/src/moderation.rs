@@ -206,6 +206,7 @@ mod sql {
          UNION SELECT channel FROM moderators \
          UNION SELECT channel FROM mutes WHERE until_ms > $1 \
          UNION SELECT channel FROM room_settings";
+    pub const HEAD: &str = "SELECT COALESCE(MAX(id), 0) FROM moderation_log";
     pub const READ_LOG: &str = "SELECT id, channel, actor, action, target, detail, ts_ms \
          FROM moderation_log WHERE channel = $1 ORDER BY id DESC LIMIT $2";
 }
@@ -351,6 +352,20 @@ where
         .fetch_all(db)
         .await?;
     Ok(rows.into_iter().map(|(s,)| s).collect())
+}
+
+/// The id of the newest audit entry of any scope (0 when there is none).
+pub(crate) async fn head<'c, DB, E>(db: E) -> Result<u64, StoreError>
+where
+    DB: Database,
+    E: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+{
+    let (id,): (i64,) = sqlx::query_as::<DB, (i64,)>(sql::HEAD)
+        .fetch_one(db)
+        .await?;
+    Ok(from_db(id))
 }
 
 /// The newest `limit` audit entries of `scope`, newest first.

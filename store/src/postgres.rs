@@ -260,6 +260,10 @@ impl Store for PostgresStore {
         moderation::scopes(&self.pool, now_ms).await
     }
 
+    async fn moderation_head(&self) -> Result<u64, StoreError> {
+        moderation::head(&self.pool).await
+    }
+
     async fn moderation_log(
         &self,
         scope: &str,

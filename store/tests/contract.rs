@@ -822,6 +822,31 @@ pub async fn moderation_state_round_trips(fx: Fixture) {
     assert_eq!(log.last().unwrap().detail, "block=2 mask=1");
     assert!(log.windows(2).all(|w| w[0].id > w[1].id));
     assert_eq!(s.moderation_log(&room, 2).await.unwrap(), log[..2]);
+
+    // Every action moves the head; a refused one does not.
+    let head = s.moderation_head().await.unwrap();
+    assert!(head > 0);
+    s.moderate(&action(
+        &room,
+        "mia",
+        ModerationChange::Unmute { user: "x".into() },
+        now,
+    ))
+    .await
+    .unwrap();
+    let moved = s.moderation_head().await.unwrap();
+    assert!(moved > head, "{moved} after {head}");
+    s.moderate(&action(
+        &room,
+        "mia",
+        ModerationChange::Unmute {
+            user: String::new(),
+        },
+        now,
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(s.moderation_head().await.unwrap(), moved);
 }
 
 pub async fn moderation_refuses_bad_input_and_survives_reopen(fx: Fixture) {

@@ -55,7 +55,7 @@ pub enum WordListError {
 }
 
 /// A word list as set through the API and kept in the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WordList {
     /// Posts containing one of these are refused.
     pub block: Vec<String>,
@@ -104,6 +104,15 @@ impl WordList {
 
     pub fn len(&self) -> usize {
         self.block.len() + self.mask.len()
+    }
+
+    /// A hash of the whole list, so that reloading an unchanged list can
+    /// keep its compiled filter instead of compiling it again.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
     }
 }
 
@@ -195,6 +204,8 @@ pub struct Filter {
     block: Option<AhoCorasick>,
     mask: Option<AhoCorasick>,
     words: usize,
+    /// [`WordList::fingerprint`] of the list it was compiled from.
+    fingerprint: u64,
 }
 
 impl Filter {
@@ -206,6 +217,7 @@ impl Filter {
             block: automaton(&list.block)?,
             mask: automaton(&list.mask)?,
             words: list.len(),
+            fingerprint: list.fingerprint(),
         })
     }
 
@@ -216,6 +228,11 @@ impl Filter {
 
     pub fn is_empty(&self) -> bool {
         self.block.is_none() && self.mask.is_none()
+    }
+
+    /// Whether this filter was compiled from `list` (by fingerprint).
+    pub fn compiled_from(&self, list: &WordList) -> bool {
+        self.fingerprint == list.fingerprint()
     }
 
     /// Whether the normalised text contains a block word.
@@ -403,6 +420,19 @@ mod tests {
         assert_eq!(check("evil heck", [&global, &room]), Verdict::Blocked);
         let empty = Filter::default();
         assert_eq!(check("darn", [&empty]), Verdict::Clean);
+    }
+
+    #[test]
+    fn a_filter_knows_the_list_it_was_compiled_from() {
+        let list = |block: &[&str], mask: &[&str]| WordList {
+            block: block.iter().map(|s| s.to_string()).collect(),
+            mask: mask.iter().map(|s| s.to_string()).collect(),
+        };
+        let f = Filter::compile(&list(&["a"], &["b"])).unwrap();
+        assert!(f.compiled_from(&list(&["a"], &["b"])));
+        assert!(!f.compiled_from(&list(&["b"], &["a"])));
+        assert!(!f.compiled_from(&list(&["a", "b"], &[])));
+        assert!(!f.compiled_from(&list(&[], &["a", "b"])));
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //!    announces it on the bus (`BusEvent.moderation`, key [`MODERATION_BUS_KEY`]),
 //!    and every other node reloads the scope when the announcement arrives
 //!    ([`sync`]): well under a second over Kafka;
-//! 3. every [`sync::FULL_RELOAD_EVERY`] each node reloads everything, which
-//!    heals a lost announcement (a publish that failed after the commit, a
-//!    subscription that lagged).
+//! 3. every [`sync::HEAD_POLL_EVERY`] each node checks the audit trail's head
+//!    and reloads everything when it moved unannounced, which heals a lost
+//!    announcement (a publish that failed after the commit, a subscription
+//!    that lagged).
 //!
 //! A word list is compiled into its automata when it is loaded, never per
 //! message ([`filter`]). Slow mode's "last post" times are per node: a user
@@ -61,7 +62,7 @@ pub const MAX_WORDLIST_BODY_BYTES: usize = 4 << 20;
 /// One channel's policy, compiled for enforcement.
 #[derive(Debug, Default)]
 pub struct RoomPolicy {
-    pub filter: Filter,
+    pub filter: Arc<Filter>,
     pub moderators: HashSet<String>,
     /// user → until_ms (may have passed since loading: compare with now).
     pub mutes: HashMap<String, i64>,
@@ -106,8 +107,7 @@ impl Moderation {
         }
     }
 
-    fn set_global(&self, filter: Filter) {
-        let filter = Arc::new(filter);
+    fn set_global(&self, filter: Arc<Filter>) {
         match self.global.write() {
             Ok(mut g) => *g = filter,
             Err(poisoned) => *poisoned.into_inner() = filter,
@@ -212,7 +212,7 @@ impl Ingest {
             }
         }
         let global = self.moderation.global();
-        let filters = std::iter::once(&*global).chain(room.as_deref().map(|r| &r.filter));
+        let filters = std::iter::once(&*global).chain(room.as_deref().map(|r| &*r.filter));
         let screened = match filter::check(&text, filters) {
             Verdict::Clean => Screened { text, masked: 0 },
             Verdict::Blocked => {
@@ -319,7 +319,8 @@ impl Ingest {
 
     /// Publishes `BusEvent.moderation` for `scope`. A failure is logged and
     /// counted, not returned: the change is committed, and other nodes pick it
-    /// up at their next full reload.
+    /// up when they see the audit trail's head move (within
+    /// [`sync::HEAD_POLL_EVERY`]).
     async fn announce(&self, scope: &str, what: &str) {
         let event = pb::BusEvent {
             version: PROTOCOL_VERSION,
@@ -335,7 +336,7 @@ impl Ingest {
         let key = bytes::Bytes::from_static(MODERATION_BUS_KEY.as_bytes());
         if let Err(e) = self.bus.publish(key, frame::encode(&event)).await {
             self.metrics.moderation_announce_failures_total.inc();
-            tracing::warn!(scope, error = %e, "moderation change not announced; other nodes see it at their next full reload");
+            tracing::warn!(scope, error = %e, "moderation change not announced; other nodes see it by the audit trail's head within seconds");
         }
     }
 
@@ -407,10 +408,21 @@ impl Ingest {
             settings,
         } = policy;
         let list = WordList { block, mask };
-        let filter = tokio::task::spawn_blocking(move || Filter::compile(&list))
-            .await
-            .map_err(|e| ApiError::Internal(format!("compiling {scope}'s word list: {e}")))?
-            .map_err(|e| ApiError::Internal(format!("stored word list of {scope}: {e}")))?;
+        let loaded = if scope == GLOBAL_SCOPE {
+            Some(self.moderation.global())
+        } else {
+            self.moderation.room(scope).map(|r| r.filter.clone())
+        };
+        // The periodic reload finds most lists unchanged: keep their automata.
+        let filter = match loaded {
+            Some(f) if f.compiled_from(&list) => f,
+            _ => Arc::new(
+                tokio::task::spawn_blocking(move || Filter::compile(&list))
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("compiling {scope}'s word list: {e}")))?
+                    .map_err(|e| ApiError::Internal(format!("stored word list of {scope}: {e}")))?,
+            ),
+        };
         if scope == GLOBAL_SCOPE {
             self.moderation.set_global(filter);
             return Ok(());

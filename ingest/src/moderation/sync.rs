@@ -1,6 +1,10 @@
 //! Keeping every ingest node's copy of the policy fresh: a task that listens
-//! for `BusEvent.moderation` announcements (reloading the named scope) and
-//! reloads everything every [`FULL_RELOAD_EVERY`].
+//! for `BusEvent.moderation` announcements (reloading the named scope), and
+//! every [`HEAD_POLL_EVERY`] reads the audit trail's head (one indexed query):
+//! when it moved since the last full reload, a change was committed that this
+//! node may not have heard of (a publish that failed after the commit), so it
+//! reloads everything. Every [`FULL_RELOAD_EVERY`] it reloads everything anyway.
+//! Unchanged word lists keep their compiled automata across reloads.
 //!
 //! The subscription sees the whole topic; everything whose key is not
 //! [`MODERATION_BUS_KEY`] is skipped before decoding, as edges do for rooms
@@ -15,8 +19,10 @@ use danmaku_proto::{Limits, frame};
 use super::MODERATION_BUS_KEY;
 use crate::{Ingest, IngestError};
 
+/// How often each node checks the store for changes it was not told about.
+pub const HEAD_POLL_EVERY: Duration = Duration::from_secs(5);
 /// How often each node reloads every scope from the store, whatever it heard.
-pub const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
+pub const FULL_RELOAD_EVERY: Duration = Duration::from_secs(600);
 
 impl Ingest {
     /// Loads the stored policy (refusing to start without it: posts must not
@@ -30,28 +36,49 @@ impl Ingest {
             .subscribe_all()
             .await
             .map_err(|e| IngestError::Moderation(format!("subscribing to the bus: {e}")))?;
-        self.reload_all("start")
+        let load = async {
+            // Read before loading: a change committed meanwhile moves it again.
+            let head = self
+                .store_call("policy", self.store.moderation_head())
+                .await?;
+            self.reload_all("start").await?;
+            Ok::<u64, crate::ApiError>(head)
+        };
+        let head = load
             .await
             .map_err(|e| IngestError::Moderation(format!("loading the stored policy: {e}")))?;
-        tokio::spawn(run(Arc::downgrade(self), sub));
+        tokio::spawn(run(Arc::downgrade(self), sub, head));
         Ok(())
     }
 }
 
-async fn run(ingest: Weak<Ingest>, mut sub: Box<dyn Subscription>) {
+async fn run(ingest: Weak<Ingest>, mut sub: Box<dyn Subscription>, mut head: u64) {
     let limits = Limits::default();
-    let mut full = tokio::time::interval(FULL_RELOAD_EVERY);
-    full.tick().await; // the first tick is now: just loaded
+    let mut poll = tokio::time::interval(HEAD_POLL_EVERY);
+    poll.tick().await; // the first tick is now: just loaded
+    let mut last_full = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             next = sub.recv() => Some(next),
-            _ = full.tick() => None,
+            _ = poll.tick() => None,
         };
         let Some(ingest) = ingest.upgrade() else {
             return;
         };
         let Some(next) = next else {
-            let _ = ingest.reload_all("periodic").await;
+            let now_head = match ingest.store.moderation_head().await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the moderation head failed");
+                    continue;
+                }
+            };
+            if now_head != head || last_full.elapsed() >= FULL_RELOAD_EVERY {
+                if ingest.reload_all("periodic").await.is_ok() {
+                    head = now_head;
+                }
+                last_full = tokio::time::Instant::now();
+            }
             continue;
         };
         match next {
