@@ -629,6 +629,77 @@ fn cases() -> Vec<Case> {
             .await
         ),
         // ---- HTTP: the rest of the API
+        // ---- HTTP: moderation (nothing of a refused call is applied)
+        case!(
+            "word list with a word of invisible characters only",
+            "http",
+            http(400, "bad_wordlist"),
+            REJ,
+            &[("code", "bad_wordlist")],
+            |c| http_call(
+                "PUT",
+                format!("{}/v1/channels/room:gifts/wordlist", c.base),
+                Some(c.app()),
+                Some(r#"{"block":["ok","\u200b\u00ad"]}"#.into())
+            )
+            .await
+        ),
+        case!(
+            "global word list with a user token",
+            "http",
+            http(403, "forbidden"),
+            REJ,
+            &[("code", "forbidden")],
+            |c| http_call(
+                "PUT",
+                format!("{}/v1/wordlist", c.base),
+                Some(c.token("mallory")),
+                Some(r#"{"block":["x"]}"#.into())
+            )
+            .await
+        ),
+        case!(
+            "mute with negative seconds",
+            "http",
+            http(400, "bad_seconds"),
+            REJ,
+            &[("code", "bad_seconds")],
+            |c| http_call(
+                "PUT",
+                format!("{}/v1/channels/room:gifts/mutes/bob", c.base),
+                Some(c.app()),
+                Some(r#"{"seconds":-60}"#.into())
+            )
+            .await
+        ),
+        case!(
+            "mute by a user who moderates nothing",
+            "http",
+            http(403, "forbidden"),
+            REJ,
+            &[("code", "forbidden")],
+            |c| http_call(
+                "PUT",
+                format!("{}/v1/channels/room:gifts/mutes/bob", c.base),
+                Some(c.token("mallory")),
+                Some(r#"{"seconds":60}"#.into())
+            )
+            .await
+        ),
+        case!(
+            "room settings with an unknown field",
+            "http",
+            http(400, "bad_json"),
+            REJ,
+            &[("code", "bad_json")],
+            |c| http_call(
+                "PUT",
+                format!("{}/v1/channels/room:gifts/settings", c.base),
+                Some(c.app()),
+                Some(r#"{"slow_mode_secs":5,"slowmode":1}"#.into())
+            )
+            .await
+        ),
         case!(
             "ack of a made-up room",
             "http",
