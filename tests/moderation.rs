@@ -277,6 +277,59 @@ async fn word_lists_see_through_evasions_and_viewers_get_the_masked_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_tens_of_thousands_of_words_is_taken_and_enforced() {
+    let srv = common::start(|_| {}).await;
+    let api = Api {
+        base: srv.base_url(),
+    };
+    let app = mint("backend", "app");
+    let alice = common::token(&srv, "alice");
+    let ch = room("big");
+    // 30,000 distinct words: "wordaaaa", "wordaaab", …
+    let words: Vec<String> = (0..30_000u32)
+        .map(|mut i| {
+            let mut w = String::from("word");
+            for _ in 0..4 {
+                w.push((b'a' + (i % 26) as u8) as char);
+                i /= 26;
+            }
+            w
+        })
+        .collect();
+    let (block, mask) = words.split_at(20_000);
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/wordlist"),
+            Some(&app),
+            json!({"block": block, "mask": mask}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b, json!({"scope": ch, "block": 20_000, "mask": 10_000}));
+    assert_eq!(
+        api.refused(
+            &ch,
+            &alice,
+            &format!("x {} y", block[19_999].to_uppercase())
+        )
+        .await,
+        "blocked_content"
+    );
+    assert_eq!(
+        api.published(&ch, &alice, &format!("x {}", mask[9_999]))
+            .await,
+        "x ********"
+    );
+    assert_eq!(api.published(&ch, &alice, "wordy").await, "wordy");
+    let (_, b) = api
+        .get(&format!("/v1/channels/{ch}/wordlist"), Some(&app))
+        .await;
+    assert_eq!(b["block"].as_array().unwrap().len(), 20_000);
+    assert_eq!(b["mask"][9_999], json!(mask[9_999]));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_whole_and_counted() {
     let srv = common::start(|_| {}).await;
     let api = Api {
