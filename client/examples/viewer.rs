@@ -80,6 +80,14 @@ async fn main() -> anyhow::Result<()> {
             ServerEvent::Online { channel, online } => println!("{channel}: {online} online"),
             ServerEvent::Left { channel, reason } => println!("left {channel} {reason}"),
             ServerEvent::Reconnected { edge } => println!("reconnected to {edge}"),
+            ServerEvent::Notice {
+                channel,
+                code,
+                until_ms,
+            } => {
+                let left = (until_ms - danmaku_proto::now_ms()).max(0) / 1000;
+                println!("[{channel}] notice {code}: {left} s left");
+            }
             ServerEvent::Pong | ServerEvent::AuthOk { .. } => {}
         }
     }

@@ -41,6 +41,13 @@ pub enum ServerEvent {
     Error { code: String, message: String },
     /// Cluster-wide member count of a big channel this client joined.
     Online { channel: String, online: u64 },
+    /// To this user only: `code` `"muted"` in `channel` until `until_ms`
+    /// (ms since the Unix epoch); posts there are refused until then.
+    Notice {
+        channel: String,
+        code: String,
+        until_ms: i64,
+    },
     /// Never on the wire: a [`crate::ResilientClient`] lost its edge and is
     /// connected again, to `edge` (its base URL), with its channels re-joined
     /// and resumed.
@@ -125,6 +132,11 @@ pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, Proto
             channel: o.channel,
             online: o.online,
         },
+        Body::Notice(n) => ServerEvent::Notice {
+            channel: n.channel,
+            code: n.code,
+            until_ms: n.until_ms,
+        },
     })
 }
 
@@ -172,6 +184,15 @@ pub fn from_json(f: JsonServerFrame) -> ServerEvent {
         },
         JsonServerFrame::Error { code, message } => ServerEvent::Error { code, message },
         JsonServerFrame::Online { channel, online } => ServerEvent::Online { channel, online },
+        JsonServerFrame::Notice {
+            channel,
+            code,
+            until_ms,
+        } => ServerEvent::Notice {
+            channel,
+            code,
+            until_ms,
+        },
     }
 }
 

@@ -51,6 +51,15 @@ pub struct Removal {
     pub user: Arc<str>,
 }
 
+/// `user` was muted in `channel` until `until_ms` (by a moderator, on any
+/// ingest): that user's connections in the channel get a `notice` frame.
+#[derive(Debug)]
+pub struct MuteNotice {
+    pub channel: ChannelName,
+    pub user: Arc<str>,
+    pub until_ms: i64,
+}
+
 /// What the registry tells a connection's own task (not its writer). Rare by
 /// design — a membership change, a tick the member could not take, a stall
 /// the sweep saw — so live traffic never wakes a connection's task, only its
@@ -58,6 +67,7 @@ pub struct Removal {
 #[derive(Debug, Clone)]
 pub enum ConnEvent {
     Removed(Arc<Removal>),
+    Muted(Arc<MuteNotice>),
     /// Reliable seqs of this channel did not reach the connection live
     /// ([`LaneShared::take_missed`] says from which).
     Missed(ChannelName),
@@ -290,6 +300,24 @@ impl Channel {
         let mut told = 0;
         for member in self.members.iter() {
             if member.wake.send(ConnEvent::Removed(Arc::clone(&removal))) {
+                told += 1;
+            }
+        }
+        told
+    }
+
+    /// Tells every member's connection task that `user` was muted; only that
+    /// user's connections act on it (members do not know their user, as for
+    /// [`Channels::notify_removed`]). Returns the connections told.
+    pub fn notify_muted(&self, user: &str, until_ms: i64) -> u64 {
+        let notice = Arc::new(MuteNotice {
+            channel: self.name.clone(),
+            user: Arc::from(user),
+            until_ms,
+        });
+        let mut told = 0;
+        for member in self.members.iter() {
+            if member.wake.send(ConnEvent::Muted(Arc::clone(&notice))) {
                 told += 1;
             }
         }

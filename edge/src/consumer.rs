@@ -94,6 +94,13 @@ impl Consumer {
             }
             return BusResult::Membership;
         }
+        if let Some(m) = &bus_event.moderation {
+            // A mute: the muted user's connections here get a notice.
+            if m.what == "mute" && !m.user.is_empty() {
+                channel.notify_muted(&m.user, m.until_ms);
+            }
+            return BusResult::Moderation;
+        }
         let Some(event) = bus_event.event else {
             return BusResult::BadEvent;
         };

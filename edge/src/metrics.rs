@@ -39,18 +39,21 @@ pub enum BusResult {
     Reliable,
     /// A group membership change, handed to the channel's local connections.
     Membership,
+    /// A moderation notice (a mute), handed to the channel's local connections.
+    Moderation,
     /// Not handed on: the edge is shutting down (its batchers are gone).
     ShuttingDown,
 }
 
 impl BusResult {
-    pub const ALL: [BusResult; 7] = [
+    pub const ALL: [BusResult; 8] = [
         BusResult::Batched,
         BusResult::NoLocalMembers,
         BusResult::BadEvent,
         BusResult::Stale,
         BusResult::Reliable,
         BusResult::Membership,
+        BusResult::Moderation,
         BusResult::ShuttingDown,
     ];
 
@@ -62,6 +65,7 @@ impl BusResult {
             BusResult::Stale => "stale",
             BusResult::Reliable => "reliable",
             BusResult::Membership => "membership",
+            BusResult::Moderation => "moderation",
             BusResult::ShuttingDown => "shutting_down",
         }
     }
@@ -126,6 +130,9 @@ pub struct Metrics {
     /// `danmaku_edge_members_removed_total`: connections that left a group because
     /// their user was removed from it.
     pub members_removed: IntCounter,
+    /// `danmaku_edge_notices_sent_total`: `notice` frames sent (a user's own
+    /// connections told of their mute).
+    pub notices_sent: IntCounter,
     /// `danmaku_edge_errors_total{code}`: error answers sent to clients (`error`
     /// frames, refused WebSocket upgrades), by code.
     pub errors_total: IntCounterVec,
@@ -309,6 +316,10 @@ impl Metrics {
             "danmaku_edge_members_removed_total",
             "Connections that left a group because their user was removed from it.",
         )?;
+        let notices_sent = counter(
+            "danmaku_edge_notices_sent_total",
+            "Notice frames sent to a user's own connections (a mute).",
+        )?;
         let connections_accepted = IntCounterVec::new(
             Opts::new(
                 "danmaku_edge_connections_accepted_total",
@@ -377,6 +388,7 @@ impl Metrics {
             store_errors,
             refused_total,
             members_removed,
+            notices_sent,
             errors_total,
             egress_bytes,
             pushed_by_transport,
@@ -661,6 +673,7 @@ mod tests {
             "danmaku_edge_store_errors_total",
             "danmaku_edge_refused_total",
             "danmaku_edge_members_removed_total",
+            "danmaku_edge_notices_sent_total",
             "danmaku_edge_errors_total",
             "danmaku_edge_egress_bytes_total",
         ] {

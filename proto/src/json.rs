@@ -184,6 +184,12 @@ pub enum JsonServerFrame {
         channel: String,
         online: u64,
     },
+    /// To the user concerned only: `code` `"muted"` until `until_ms`.
+    Notice {
+        channel: String,
+        code: String,
+        until_ms: i64,
+    },
 }
 
 impl From<&pb::EdgeAddr> for JsonEdge {
@@ -240,6 +246,11 @@ impl JsonServerFrame {
             Body::Online(o) => JsonServerFrame::Online {
                 channel: o.channel.clone(),
                 online: o.online,
+            },
+            Body::Notice(n) => JsonServerFrame::Notice {
+                channel: n.channel.clone(),
+                code: n.code.clone(),
+                until_ms: n.until_ms,
             },
         })
     }

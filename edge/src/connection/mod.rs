@@ -41,6 +41,8 @@ pub(crate) enum Wake {
         channel: ChannelName,
         user: Arc<str>,
     },
+    /// A user was muted in a channel (the notice is for that user only).
+    Muted(Arc<crate::channels::MuteNotice>),
     /// Reliable seqs of `channel` did not reach the connection live.
     Missed(ChannelName),
     /// No ack on `channel` through a whole sweep interval.
@@ -75,6 +77,7 @@ impl WakeQueue {
                     channel: r.channel.clone(),
                     user: Arc::clone(&r.user),
                 },
+                ConnEvent::Muted(n) => Wake::Muted(n),
                 ConnEvent::Missed(c) => Wake::Missed(c),
                 ConnEvent::Stalled(c) => Wake::Stalled(c),
             },
@@ -227,6 +230,7 @@ fn next_deadline(session: &Session) -> Option<Instant> {
 async fn on_wake(session: &mut Session, wake: Wake) -> Flow {
     match wake {
         Wake::Removed { channel, user } => handlers::leave::removed(session, channel, &user).await,
+        Wake::Muted(notice) => handlers::notice::muted(session, &notice).await,
         Wake::Missed(channel) => reliable::on_missed(session, &channel).await,
         Wake::Stalled(channel) => reliable::on_stalled(session, &channel).await,
         Wake::Overflow => Flow::Close(CloseReason::ReliableOverflow),

@@ -331,12 +331,43 @@ impl Ingest {
             moderation: Some(pb::ModerationChanged {
                 scope: scope.to_owned(),
                 what: what.to_owned(),
+                ..Default::default()
             }),
         };
         let key = bytes::Bytes::from_static(MODERATION_BUS_KEY.as_bytes());
         if let Err(e) = self.bus.publish(key, frame::encode(&event)).await {
             self.metrics.moderation_announce_failures_total.inc();
             tracing::warn!(scope, error = %e, "moderation change not announced; other nodes see it by the audit trail's head within seconds");
+        }
+    }
+
+    /// Tells the edges hosting `channel` that `user` is muted until `until_ms`,
+    /// so that user's own connections get a `notice` frame. Published under the
+    /// channel's key (in order with its messages). A failure is logged and
+    /// counted: the mute holds whether or not the user was told.
+    pub(crate) async fn publish_mute_notice(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        until_ms: i64,
+    ) {
+        let event = pb::BusEvent {
+            version: PROTOCOL_VERSION,
+            channel: channel.as_str().to_owned(),
+            event: None,
+            origin: self.config.node_id.clone(),
+            membership: None,
+            moderation: Some(pb::ModerationChanged {
+                scope: channel.as_str().to_owned(),
+                what: "mute".to_owned(),
+                user: user.to_owned(),
+                until_ms,
+            }),
+        };
+        let key = bytes::Bytes::copy_from_slice(channel.as_str().as_bytes());
+        if let Err(e) = self.bus.publish(key, frame::encode(&event)).await {
+            self.metrics.moderation_announce_failures_total.inc();
+            tracing::warn!(%channel, user, error = %e, "mute notice not published");
         }
     }
 

@@ -1,7 +1,9 @@
 //! `PUT /v1/channels/{channel}/mutes/{user}` `{"seconds":N}` and `DELETE`
 //! (app tokens and the room's moderators; a moderator cannot mute another
 //! moderator). A muted user's posts in that channel are refused `403 muted`
-//! until the mute ends; a second `PUT` replaces the end time.
+//! until the mute ends; a second `PUT` replaces the end time. The muted user's
+//! own connections in the channel get a `notice` frame (code `muted`) from
+//! their edge.
 
 use std::sync::Arc;
 
@@ -98,6 +100,7 @@ impl Ingest {
             },
         )
         .await?;
+        self.publish_mute_notice(&channel, &user, until_ms).await;
         Ok(
             Json(json!({ "channel": channel.as_str(), "user": user, "until_ms": until_ms }))
                 .into_response(),

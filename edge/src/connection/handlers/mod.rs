@@ -7,6 +7,7 @@ pub(crate) mod ack;
 pub(crate) mod auth;
 mod join;
 pub(crate) mod leave;
+pub(crate) mod notice;
 mod ping;
 mod resume;
 
