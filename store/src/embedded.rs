@@ -23,11 +23,12 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::StoreError;
 use crate::membership;
 use crate::{
-    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
-    Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
-    unread_from_rows, validate,
+    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoredMessage, Unread,
+    answer_duplicate, from_db, message_from_row, migrations, queries, to_db, unread_from_rows,
+    validate,
 };
 
 /// How long a write waits for another process holding the file's write lock.

@@ -13,11 +13,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::error::StoreError;
 use crate::membership;
 use crate::{
-    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
-    Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
-    unread_from_rows, validate,
+    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoredMessage, Unread,
+    answer_duplicate, from_db, message_from_row, migrations, queries, to_db, unread_from_rows,
+    validate,
 };
 
 /// Connection settings of [`PostgresStore`].
