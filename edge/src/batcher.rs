@@ -4,7 +4,7 @@
 //! Channels are spread over a few shard tasks by a hash of their name
 //! ([`shard_of`]), so one channel's events stay in order on one task and the
 //! cores share the encoding. The consumer feeds danmaku; the reliable fan-out
-//! (`reliable/fanout.rs`) feeds the channel's reliable events, already in seq
+//! (`sequencer.rs`) feeds the channel's reliable events, already in seq
 //! order, into the same open batch, so gifts ride the tick. Each shard owns a
 //! [`PendingBatches`] (the pure window policy) and one [`FrameBuilder`] (one
 //! reused zstd context). A flush encodes and compresses once, builds the JSON
