@@ -19,9 +19,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::ClientConfig;
+use crate::config::Transport;
+use crate::error::ClientError;
+use crate::event;
+use crate::event::ServerEvent;
 use crate::session::{Connected, Wiring, deliver};
 use crate::tls::ServerTrust;
-use crate::{ClientConfig, ClientError, ServerEvent, Transport, event};
 
 /// ALPN protocol id of danmaku over QUIC.
 pub const ALPN: &[u8] = b"danmaku/1";
@@ -158,10 +162,8 @@ async fn read_stream(
         reader.push(&buf[..n]);
         match drain_frames(&mut reader, &limits) {
             Ok(evs) => {
-                for ev in evs {
-                    if !deliver(events, cancel, ev).await {
-                        return;
-                    }
+                if !deliver(events, cancel, evs).await {
+                    return;
                 }
             }
             Err(e) => {
@@ -180,7 +182,7 @@ pub fn drain_frames(
 ) -> Result<Vec<ServerEvent>, ClientError> {
     let mut out = Vec::new();
     while let Some(f) = reader.next_frame()? {
-        out.push(event::decode_pb(&f, limits)?);
+        out.extend(event::decode_pb_events(&f, limits)?);
     }
     Ok(out)
 }
@@ -202,9 +204,9 @@ async fn read_datagrams(
                 }
             },
         };
-        match event::decode_pb(&dgram, &limits) {
-            Ok(ev) => {
-                if !deliver(&events, &cancel, ev).await {
+        match event::decode_pb_events(&dgram, &limits) {
+            Ok(evs) => {
+                if !deliver(&events, &cancel, evs).await {
                     break;
                 }
             }

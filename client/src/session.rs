@@ -9,7 +9,8 @@ use danmaku_proto::pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ServerEvent, Transport};
+use crate::config::Transport;
+use crate::event::ServerEvent;
 
 /// Capacity of the outgoing frame queue (join, leave, ack, ping...).
 const OUTGOING_BUFFER: usize = 256;
@@ -45,15 +46,16 @@ impl Wiring {
     }
 }
 
-/// Pushes one event to the consumer, waiting while the queue is full. Returns
-/// false when the connection is over (consumer gone or cancelled).
+/// Pushes the events of one frame to the consumer, waiting while the queue is
+/// full. Returns false when the connection is over (consumer gone or
+/// cancelled).
 pub(crate) async fn deliver(
     tx: &mpsc::Sender<ServerEvent>,
     cancel: &CancellationToken,
-    ev: ServerEvent,
+    frame_events: Vec<ServerEvent>,
 ) -> bool {
     // A tick's gifts come out as `Reliable` events (see `event::split_tick`).
-    for ev in crate::event::split_tick(ev) {
+    for ev in frame_events.into_iter().flat_map(crate::event::split_tick) {
         let sent = tokio::select! {
             _ = cancel.cancelled() => false,
             r = tx.send(ev) => r.is_ok(),
@@ -65,8 +67,11 @@ pub(crate) async fn deliver(
     true
 }
 
+/// A ping frame stamped with the current time.
 pub(crate) fn ping_frame() -> pb::ClientFrame {
-    frame::client(crate::ping_body())
+    frame::client(pb::client_frame::Body::Ping(pb::Ping {
+        ts_ms: danmaku_proto::now_ms(),
+    }))
 }
 
 /// While the connection lives, sends a fresh token from `refresh` as an `auth`

@@ -204,6 +204,9 @@ pub struct Channel {
     /// The channel's recent reliable events (`reliable/ring.rs`). Locked once
     /// per event by the fan-out and by the rare connection that catches up.
     ring: Mutex<Ring>,
+    /// The member count waiting to ride the next tick (0: none), set by the
+    /// online push (`control_plane/online.rs`), taken by the batcher.
+    online: AtomicU64,
 }
 
 impl Channel {
@@ -215,7 +218,22 @@ impl Channel {
             json_count: AtomicUsize::new(0),
             inbound: AtomicU64::new(0),
             ring: Mutex::new(Ring::new(ring)),
+            online: AtomicU64::new(0),
         }
+    }
+
+    /// Leaves `online` for the next tick to carry. True when the previous
+    /// count was still waiting (no tick in a whole push interval: a quiet
+    /// room), so the caller sends this one in an `online` frame of its own.
+    pub fn offer_online(&self, online: u64) -> bool {
+        self.online.swap(online.max(1), Ordering::AcqRel) > 0
+    }
+
+    /// The count for the tick being built now, if one waits (one atomic swap
+    /// per tick).
+    pub fn take_online(&self) -> Option<u64> {
+        let waiting = self.online.swap(0, Ordering::AcqRel);
+        (waiting > 0).then_some(waiting)
     }
 
     /// Counts one bus event routed to this channel: one relaxed add, the only
@@ -664,7 +682,13 @@ pub(crate) mod tests {
         assert_eq!(seqs(ch.recent_after(0, 10)), None, "1 fell out");
         ch.push(&frames(), Some((1, 3)));
         assert_eq!(ch.sweep_stalled(), 0, "first pass marks");
-        assert_eq!(ch.sweep_stalled(), 1, "silent for a whole pass");
+        assert_eq!(
+            ch.sweep_stalled(),
+            0,
+            "silent for one pass: may be just pushed"
+        );
+        assert!(wake.try_recv().is_err(), "not woken yet");
+        assert_eq!(ch.sweep_stalled(), 1, "silent for two whole passes");
         assert!(matches!(wake.try_recv(), Ok(ConnEvent::Stalled(c)) if c == r));
         assert_eq!(lane.acked(), 0);
     }

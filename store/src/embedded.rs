@@ -23,10 +23,11 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::StoreError;
 use crate::{
     Appended, AuditEntry, ClientMsgRow, Member, MessageRow, ModerationAction, NewMessage, Policy,
-    Store, StoreError, StoredMessage, Unread, answer_duplicate, from_db, message_from_row,
-    migrations, queries, to_db, unread_from_rows, validate,
+    Store, StoredMessage, Unread, answer_duplicate, from_db, message_from_row, migrations, queries,
+    to_db, unread_from_rows, validate,
 };
 use crate::{membership, moderation};
 

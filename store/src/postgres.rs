@@ -13,10 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::error::StoreError;
 use crate::{
     Appended, AuditEntry, ClientMsgRow, Member, MessageRow, ModerationAction, NewMessage, Policy,
-    Store, StoreError, StoredMessage, Unread, answer_duplicate, from_db, message_from_row,
-    migrations, queries, to_db, unread_from_rows, validate,
+    Store, StoredMessage, Unread, answer_duplicate, from_db, message_from_row, migrations, queries,
+    to_db, unread_from_rows, validate,
 };
 use crate::{membership, moderation};
 
