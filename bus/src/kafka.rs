@@ -538,6 +538,7 @@ fn new_producer(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", config.linger.as_millis().to_string())
+        .set("batch.num.messages", config.batch_num_messages.to_string())
         .set("compression.type", &config.compression)
         .set(
             "message.timeout.ms",

@@ -40,6 +40,15 @@ pub struct KafkaBusConfig {
     /// cost the broker CPU. `?fetch_wait_ms=` changes it; with tansu, 50 ms made
     /// delivery ~17× later (BENCHMARKS.md), so measure before raising it.
     pub fetch_wait: Duration,
+    /// The least data a broker should gather before it answers a fetch
+    /// (`fetch.min.bytes`). Default 1. URL `?fetch_min_bytes=`.
+    pub fetch_min_bytes: u32,
+    /// librdkafka prefetches while fewer than this many messages are queued per
+    /// partition (`queued.min.messages`). Default 100,000. URL `?queued_min_messages=`.
+    pub queued_min_messages: u32,
+    /// The most messages in one produce request (`batch.num.messages`). Default
+    /// 10,000. URL `?batch_num_messages=`.
+    pub batch_num_messages: u32,
     /// How often the bus checks that the topic exists (creating it again after a
     /// broker lost it) and subscriptions check their assignment. Default 1 s.
     pub watch_interval: Duration,
@@ -60,6 +69,9 @@ impl Default for KafkaBusConfig {
             linger: Duration::from_millis(5),
             compression: "lz4".into(),
             fetch_wait: Duration::from_millis(10),
+            fetch_min_bytes: 1,
+            queued_min_messages: 100_000,
+            batch_num_messages: 10_000,
             watch_interval: Duration::from_secs(1),
             subscription_buffer: 65_536,
         }
@@ -106,38 +118,71 @@ impl KafkaBusConfig {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| bad(format!("query parameter {pair:?} has no value")))?;
+            // An integer in `range`, or a BadUrl naming the parameter and the range.
+            let int = |lo: i64, hi: i64| -> Result<i64, BusError> {
+                match v.parse::<i64>() {
+                    Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+                    _ => Err(bad(format!("{k} {v:?} is not an integer in {lo}..={hi}"))),
+                }
+            };
             match k {
                 "topic" => {
                     validate_topic(v).map_err(|r| bad(format!("topic {v:?}: {r}")))?;
                     config.topic = v.to_owned();
                 }
-                "partitions" => {
-                    config.partitions = match v.parse::<i32>() {
-                        Ok(n) if (1..=10_000).contains(&n) => n,
-                        _ => return Err(bad(format!("partitions {v:?} is not in 1..=10000"))),
-                    }
-                }
+                "partitions" => config.partitions = int(1, 10_000)? as i32,
                 "replication" => {
                     config.replication = match v.parse::<i32>() {
                         Ok(n) if n == -1 || (1..=100).contains(&n) => n,
                         _ => return Err(bad(format!("replication {v:?} is not -1 or in 1..=100"))),
                     }
                 }
-                "fetch_wait_ms" => {
-                    config.fetch_wait = match v.parse::<u64>() {
-                        Ok(n) if (1..=10_000).contains(&n) => Duration::from_millis(n),
-                        _ => return Err(bad(format!("fetch_wait_ms {v:?} is not in 1..=10000"))),
+                "fetch_wait_ms" => config.fetch_wait = millis(int(1, 10_000)?),
+                "fetch_min_bytes" => config.fetch_min_bytes = int(1, 100_000_000)? as u32,
+                "queued_min_messages" => {
+                    config.queued_min_messages = int(1, 10_000_000)? as u32;
+                }
+                "linger_ms" => config.linger = millis(int(0, 900_000)?),
+                "batch_num_messages" => config.batch_num_messages = int(1, 1_000_000)? as u32,
+                "compression" => {
+                    if !COMPRESSIONS.contains(&v) {
+                        return Err(bad(format!(
+                            "compression {v:?} is not one of {}",
+                            COMPRESSIONS.join(", ")
+                        )));
                     }
+                    config.compression = v.to_owned();
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown parameter {other:?}; expected topic, partitions, replication or fetch_wait_ms"
+                        "unknown parameter {other:?}; expected one of {}",
+                        PARAMETERS.join(", ")
                     )));
                 }
             }
         }
         Ok(config)
     }
+}
+
+/// The query parameters [`KafkaBusConfig::from_url`] reads.
+pub const PARAMETERS: &[&str] = &[
+    "topic",
+    "partitions",
+    "replication",
+    "fetch_wait_ms",
+    "fetch_min_bytes",
+    "queued_min_messages",
+    "linger_ms",
+    "batch_num_messages",
+    "compression",
+];
+
+/// librdkafka's `compression.type` values.
+const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
+
+fn millis(n: i64) -> Duration {
+    Duration::from_millis(n as u64)
 }
 
 /// Kafka's own rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -215,5 +260,47 @@ mod tests {
         assert!(reason("kafka://h:1?fetch_wait_ms=0").contains("fetch_wait_ms"));
         assert!(reason("kafka://h:1?fetch_wait_ms=soon").contains("fetch_wait_ms"));
         assert!(reason("kafka://h:1?group=x").contains("unknown parameter"));
+    }
+
+    #[test]
+    fn fetch_and_produce_settings() {
+        let c = KafkaBusConfig::from_url(
+            "kafka://h:1?fetch_min_bytes=65536&queued_min_messages=1000&linger_ms=0\
+             &batch_num_messages=100&compression=zstd",
+        )
+        .unwrap();
+        assert_eq!(c.fetch_min_bytes, 65_536);
+        assert_eq!(c.queued_min_messages, 1000);
+        assert_eq!(c.linger, Duration::ZERO);
+        assert_eq!(c.batch_num_messages, 100);
+        assert_eq!(c.compression, "zstd");
+    }
+
+    #[test]
+    fn bad_settings_are_typed_errors_naming_the_parameter_and_range() {
+        // The whole message, so a change of wording is a deliberate one.
+        let err = KafkaBusConfig::from_url("kafka://h:1?fetch_min_bytes=0").unwrap_err();
+        assert!(matches!(err, BusError::BadUrl { .. }), "{err:?}");
+        assert_eq!(
+            reason("kafka://h:1?fetch_min_bytes=0"),
+            "fetch_min_bytes \"0\" is not an integer in 1..=100000000"
+        );
+        assert_eq!(
+            reason("kafka://h:1?fetch_wait_ms=1.5"),
+            "fetch_wait_ms \"1.5\" is not an integer in 1..=10000"
+        );
+        assert!(reason("kafka://h:1?fetch_wait_ms=10001").contains("1..=10000"));
+        assert!(reason("kafka://h:1?queued_min_messages=").contains("queued_min_messages"));
+        assert!(reason("kafka://h:1?linger_ms=-1").contains("linger_ms \"-1\""));
+        assert!(reason("kafka://h:1?batch_num_messages=0").contains("batch_num_messages"));
+        assert!(reason("kafka://h:1?partitions=10001").contains("partitions"));
+        assert_eq!(
+            reason("kafka://h:1?compression=brotli"),
+            "compression \"brotli\" is not one of none, gzip, snappy, lz4, zstd"
+        );
+        let unknown = reason("kafka://h:1?fetch.wait.max.ms=5");
+        for p in PARAMETERS {
+            assert!(unknown.contains(p), "{unknown} does not list {p}");
+        }
     }
 }
