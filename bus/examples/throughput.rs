@@ -324,11 +324,7 @@ async fn idle(bus: &Arc<dyn Bus>, o: &Opts) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu = Cpu::start(o);
     tokio::time::sleep(Duration::from_secs(o.duration.unwrap_or(10))).await;
-    println!(
-        "RESULT mode=idle consumers={} {}",
-        o.consumers,
-        cpu.end()
-    );
+    println!("RESULT mode=idle consumers={} {}", o.consumers, cpu.end());
     drop(subs);
 }
 

@@ -1,7 +1,7 @@
 //! The distributed bus: one Kafka topic (default `danmaku.events`) through rdkafka.
 //!
 //! * **Publish** goes through one idempotent [`FutureProducer`] (`acks=all`,
-//!   `linger.ms=5`, lz4) with the channel as the message key, so a channel's events
+//!   `linger.ms=20`, lz4) with the channel as the message key, so a channel's events
 //!   stay in one partition and in order. `publish` awaits the broker's delivery report:
 //!   ingest answers its client only once the broker has the event. A lost broker turns
 //!   into [`BusError::Unavailable`] after [`KafkaBusConfig::delivery_timeout`].

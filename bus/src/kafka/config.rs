@@ -1,4 +1,13 @@
 //! Settings of the Kafka bus and the `kafka://` URL that names them.
+//!
+//! The defaults are chosen for the cost of the bus hop (BENCHMARKS.md, "Bus hop:
+//! broker CPU vs fetch settings"). Every edge runs one consumer that reads the whole
+//! topic, so the broker's work is (consumers) × (fetches per second) × (partitions and
+//! record batches per fetch), whether or not anything is published: with 16 partitions
+//! and a 10 ms fetch wait, six idle edges kept tansu at 0.39 core and six edges at
+//! 200 msgs/s at 0.94 core. One partition, a 25 ms fetch wait and a 20 ms producer
+//! linger cut that to 0.08 and 0.19 core with the same p99 (~30 ms) for the hop —
+//! well inside an edge tick (50–100 ms).
 
 use std::time::Duration;
 
@@ -6,48 +15,80 @@ use crate::backend::BusError;
 
 /// Default name of the one global topic.
 pub const DEFAULT_TOPIC: &str = "danmaku.events";
-/// Default partition count of a topic the bus creates.
-pub const DEFAULT_PARTITIONS: i32 = 16;
+/// Default partition count of a topic the bus creates: 1 (see
+/// [`KafkaBusConfig::partitions`]).
+pub const DEFAULT_PARTITIONS: i32 = 1;
 
-/// Settings of [`KafkaBus`](super::KafkaBus). [`KafkaBusConfig::from_url`] reads the
-/// common ones from `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R&fetch_wait_ms=MS]`;
+/// Settings of [`KafkaBus`](super::KafkaBus). [`KafkaBusConfig::from_url`] reads
+/// `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R&fetch_wait_ms=MS&fetch_min_bytes=B&queued_min_messages=N&linger_ms=MS&batch_num_messages=N&compression=C]`;
 /// every other field keeps its default.
 #[derive(Debug, Clone)]
 pub struct KafkaBusConfig {
     /// Bootstrap brokers, `host:port` joined with commas (librdkafka `bootstrap.servers`).
     pub brokers: String,
-    /// The one global topic. Default `danmaku.events`.
+    /// The one global topic. Default `danmaku.events`. URL `?topic=`.
     pub topic: String,
     /// Partitions of the topic when the bus creates it (an existing topic keeps its
-    /// own count). Default 16.
+    /// own count). Default 1. URL `?partitions=`.
+    ///
+    /// Every edge consumes every partition, so partitions buy no consumer
+    /// parallelism here; they only spread the topic's leaders over brokers. Each one
+    /// adds work to every fetch of every edge (tansu reads each partition on each
+    /// fetch: 6 idle edges cost it 0.39 core with 16 partitions, 0.12 with 1), and
+    /// the producer fills one batch per partition, so more partitions also mean
+    /// smaller batches. Order is per channel (the message key) either way. One
+    /// partition carries far more than a danmaku cluster publishes (tens of MB/s on
+    /// Kafka; the bus measures ~86k msgs/s on tansu); raise it only to spread a
+    /// large load over several brokers.
     pub partitions: i32,
     /// Replication factor when the bus creates the topic; -1 takes the broker's
-    /// default. Default -1.
+    /// default. Default -1. URL `?replication=`.
     pub replication: i32,
     /// How long `publish` waits for the broker's acknowledgement before it reports
     /// [`BusError::Unavailable`] (librdkafka `message.timeout.ms`). Default 5 s.
     pub delivery_timeout: Duration,
     /// How long `connect` waits for the broker to answer before giving up. Default 5 s.
     pub connect_timeout: Duration,
-    /// Producer batching delay (`linger.ms`). Default 5 ms.
+    /// Producer batching delay (`linger.ms`). Default 20 ms. URL `?linger_ms=`.
+    ///
+    /// Each record batch is work for the broker on every consumer's fetch, so fewer,
+    /// fuller batches are the cheapest hop: at 200 msgs/s with 6 consumers, tansu
+    /// spent 0.48 core at 5 ms, 0.31 at 10 ms and 0.19 at 20 ms. The hop's latency
+    /// barely moved (p50 13 → 17 ms, p99 ~30 ms either way): a message waits for
+    /// the consumer's next fetch anyway. Ingest's `publish` (and so its answer to a
+    /// post) waits up to this long for the batch to go out.
     pub linger: Duration,
-    /// Producer compression codec (`compression.type`: none, gzip, lz4, zstd).
-    /// Default lz4.
+    /// Producer compression codec (`compression.type`: none, gzip, snappy, lz4,
+    /// zstd). Default lz4. URL `?compression=`.
     pub compression: String,
     /// How long a broker may hold a fetch waiting for data (`fetch.wait.max.ms`).
-    /// Default 10 ms: tansu waits the full time, so this is the consumer's latency
-    /// floor (docs/ARCHITECTURE.md, broker quirk 1), and every consumer's fetches
-    /// cost the broker CPU. `?fetch_wait_ms=` changes it; with tansu, 50 ms made
-    /// delivery ~17× later (BENCHMARKS.md), so measure before raising it.
+    /// Default 25 ms. URL `?fetch_wait_ms=`.
+    ///
+    /// Apache Kafka and Redpanda answer a fetch as soon as `fetch_min_bytes` of data
+    /// arrived, so there this only sets how often an idle consumer asks (1000 / wait
+    /// per second) and a larger value (100–500 ms) costs no latency. tansu holds
+    /// every fetch the full time (docs/ARCHITECTURE.md, broker quirk 1), so there it
+    /// is also the hop's latency: measured with 1 partition and 6 consumers, p50/p99
+    /// 9/18 ms at 10 ms (0.60 core loaded, 0.12 idle), 13/30 ms at 25 ms, 19/39 ms at
+    /// 50 ms, 32/63–103 ms at 100 ms. 25 ms keeps the p99 well under one edge tick.
     pub fetch_wait: Duration,
     /// The least data a broker should gather before it answers a fetch
-    /// (`fetch.min.bytes`). Default 1. URL `?fetch_min_bytes=`.
+    /// (`fetch.min.bytes`). Default 1: answer as soon as anything arrived. URL
+    /// `?fetch_min_bytes=`.
+    ///
+    /// Larger values save a busy Kafka broker some responses but hold each fetch
+    /// until that much arrived or `fetch_wait` ran out, which at danmaku's rates
+    /// (~100-byte events) means always waiting the full `fetch_wait`. On tansu, 64 KiB
+    /// doubled the p50 and p99 and saved no CPU.
     pub fetch_min_bytes: u32,
     /// librdkafka prefetches while fewer than this many messages are queued per
-    /// partition (`queued.min.messages`). Default 100,000. URL `?queued_min_messages=`.
+    /// partition (`queued.min.messages`). Default 100,000 (librdkafka's). URL
+    /// `?queued_min_messages=`. At 200 msgs/s, 1,000 made no measurable difference:
+    /// an edge drains its queue long before either limit.
     pub queued_min_messages: u32,
     /// The most messages in one produce request (`batch.num.messages`). Default
-    /// 10,000. URL `?batch_num_messages=`.
+    /// 10,000 (librdkafka's). URL `?batch_num_messages=`. 1 (no batching) made the
+    /// broker's CPU 1.5× that of the default.
     pub batch_num_messages: u32,
     /// How often the bus checks that the topic exists (creating it again after a
     /// broker lost it) and subscriptions check their assignment. Default 1 s.
@@ -66,9 +107,9 @@ impl Default for KafkaBusConfig {
             replication: -1,
             delivery_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(20),
             compression: "lz4".into(),
-            fetch_wait: Duration::from_millis(10),
+            fetch_wait: Duration::from_millis(25),
             fetch_min_bytes: 1,
             queued_min_messages: 100_000,
             batch_num_messages: 10_000,
@@ -79,7 +120,8 @@ impl Default for KafkaBusConfig {
 }
 
 impl KafkaBusConfig {
-    /// Parses `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R&fetch_wait_ms=MS]`.
+    /// Parses a `kafka://` URL (see [`KafkaBusConfig`]). A bad value is a
+    /// [`BusError::BadUrl`] naming the parameter and what it accepts.
     pub fn from_url(url: &str) -> Result<Self, BusError> {
         let bad = |reason: String| BusError::BadUrl {
             url: url.to_owned(),
@@ -218,9 +260,11 @@ mod tests {
         let c = KafkaBusConfig::from_url("kafka://127.0.0.1:9092").unwrap();
         assert_eq!(c.brokers, "127.0.0.1:9092");
         assert_eq!(c.topic, "danmaku.events");
-        assert_eq!(c.partitions, 16);
+        assert_eq!(c.partitions, 1);
         assert_eq!(c.replication, -1);
-        assert_eq!(c.fetch_wait, Duration::from_millis(10));
+        assert_eq!(c.fetch_wait, Duration::from_millis(25));
+        assert_eq!(c.linger, Duration::from_millis(20));
+        assert_eq!(c.fetch_min_bytes, 1);
         assert_eq!(c.delivery_timeout, Duration::from_secs(5));
     }
 
