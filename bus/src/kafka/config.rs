@@ -4,10 +4,10 @@
 //! broker CPU vs fetch settings"). Every edge runs one consumer that reads the whole
 //! topic, so the broker's work is (consumers) × (fetches per second) × (partitions and
 //! record batches per fetch), whether or not anything is published: with 16 partitions
-//! and a 10 ms fetch wait, six idle edges kept tansu at 0.39 core and six edges at
-//! 200 msgs/s at 0.94 core. One partition, a 25 ms fetch wait and a 20 ms producer
-//! linger cut that to 0.08 and 0.19 core with the same p99 (~30 ms) for the hop —
-//! well inside an edge tick (50–100 ms).
+//! and a 10 ms fetch wait, six idle consumers kept tansu at 0.33–0.40 core and six
+//! at 200 msgs/s at 0.71–0.96 core. One partition, a 25 ms fetch wait and a 20 ms
+//! producer linger cut that to 0.08–0.09 and 0.14–0.22 core, for a hop p50/p99 of
+//! ~16/30 ms instead of ~11/25 ms: well inside an edge tick (50–100 ms).
 
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ pub struct KafkaBusConfig {
     /// Every edge consumes every partition, so partitions buy no consumer
     /// parallelism here; they only spread the topic's leaders over brokers. Each one
     /// adds work to every fetch of every edge (tansu reads each partition on each
-    /// fetch: 6 idle edges cost it 0.39 core with 16 partitions, 0.12 with 1), and
+    /// fetch: 6 idle consumers cost it 0.38 core with 16 partitions, 0.12 with 1), and
     /// the producer fills one batch per partition, so more partitions also mean
     /// smaller batches. Order is per channel (the message key) either way. One
     /// partition carries far more than a danmaku cluster publishes (tens of MB/s on
@@ -52,11 +52,13 @@ pub struct KafkaBusConfig {
     /// Producer batching delay (`linger.ms`). Default 20 ms. URL `?linger_ms=`.
     ///
     /// Each record batch is work for the broker on every consumer's fetch, so fewer,
-    /// fuller batches are the cheapest hop: at 200 msgs/s with 6 consumers, tansu
-    /// spent 0.48 core at 5 ms, 0.31 at 10 ms and 0.19 at 20 ms. The hop's latency
-    /// barely moved (p50 13 → 17 ms, p99 ~30 ms either way): a message waits for
-    /// the consumer's next fetch anyway. Ingest's `publish` (and so its answer to a
-    /// post) waits up to this long for the batch to go out.
+    /// fuller batches are the cheapest hop: at 200 msgs/s with 6 consumers (1
+    /// partition, 25 ms fetch wait), tansu spent 0.40–0.49 core at 5 ms, 0.30–0.34
+    /// at 10 ms and 0.14–0.22 at 20 ms; at any rate 20 ms means at most 50 batches a
+    /// second per partition. The hop's latency barely moved (p50 13–15 → 15–18 ms,
+    /// p99 ~30 ms either way): a message waits for the consumer's next fetch anyway.
+    /// Ingest's `publish` (and so its answer to a post) waits up to this long for
+    /// the batch to go out; so does a loop that awaits each publish in turn.
     pub linger: Duration,
     /// Producer compression codec (`compression.type`: none, gzip, snappy, lz4,
     /// zstd). Default lz4. URL `?compression=`.
@@ -68,9 +70,12 @@ pub struct KafkaBusConfig {
     /// arrived, so there this only sets how often an idle consumer asks (1000 / wait
     /// per second) and a larger value (100–500 ms) costs no latency. tansu holds
     /// every fetch the full time (docs/ARCHITECTURE.md, broker quirk 1), so there it
-    /// is also the hop's latency: measured with 1 partition and 6 consumers, p50/p99
-    /// 9/18 ms at 10 ms (0.60 core loaded, 0.12 idle), 13/30 ms at 25 ms, 19/39 ms at
-    /// 50 ms, 32/63–103 ms at 100 ms. 25 ms keeps the p99 well under one edge tick.
+    /// is also the hop's latency: measured with 1 partition, 6 consumers and a 5 ms
+    /// linger, p50/p99 9/18 ms at 10 ms (0.60 core at 200 msgs/s, 0.12 idle),
+    /// 13/30 ms at 25 ms (0.40–0.49, 0.08), 19/39 ms at 50 ms (0.27–0.31, 0.05–0.07),
+    /// 32/63–103 ms at 100 ms. With a 20 ms linger, 50 ms saved no CPU under load
+    /// over 25 ms and added 10–15 ms to the p99; 25 ms keeps the p99 well under one
+    /// edge tick.
     pub fetch_wait: Duration,
     /// The least data a broker should gather before it answers a fetch
     /// (`fetch.min.bytes`). Default 1: answer as soon as anything arrived. URL
