@@ -58,7 +58,10 @@ pub struct KafkaBusConfig {
     /// second per partition. The hop's latency barely moved (p50 13–15 → 15–18 ms,
     /// p99 ~30 ms either way): a message waits for the consumer's next fetch anyway.
     /// Ingest's `publish` (and so its answer to a post) waits up to this long for
-    /// the batch to go out; so does a loop that awaits each publish in turn.
+    /// the batch to go out, so a publisher with C publishes awaited at once tops out
+    /// near C / (linger + round trip): 256 in flight made 33k msgs/s at 5 ms and
+    /// 11.6k at 20 ms. Ingest has one in flight per post it is answering: 1,000
+    /// posts/s keep ~25 in flight.
     pub linger: Duration,
     /// Producer compression codec (`compression.type`: none, gzip, snappy, lz4,
     /// zstd). Default lz4. URL `?compression=`.
