@@ -148,6 +148,7 @@ mod tests {
             }),
             origin: "t".into(),
             membership: None,
+            account: None,
         })
     }
 
@@ -248,6 +249,7 @@ mod tests {
             }),
             origin: "t".into(),
             membership: None,
+            account: None,
         };
         s.bus
             .publish(Bytes::from_static(b"room:here"), frame::encode(&ev))

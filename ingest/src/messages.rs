@@ -241,6 +241,7 @@ impl Ingest {
                 user: user.to_owned(),
                 removed,
             }),
+            account: None,
         };
         let key = Bytes::copy_from_slice(group.as_str().as_bytes());
         self.bus
@@ -261,6 +262,7 @@ impl Ingest {
             event: Some(event),
             origin: self.config.node_id.clone(),
             membership: None,
+            account: None,
         };
         let payload = frame::encode(&event);
         let len = payload.len() as u64;
