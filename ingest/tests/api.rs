@@ -1241,6 +1241,15 @@ impl Store for DownStore {
     async fn unread(&self, _: &str) -> Result<Unread, StoreError> {
         down()
     }
+    async fn record_account_change(&self, _: &pb::AccountChange) -> Result<(), StoreError> {
+        down()
+    }
+    async fn account_changes(&self, _: u64) -> Result<Vec<pb::AccountChange>, StoreError> {
+        down()
+    }
+    async fn purge_account_changes(&self, _: u64) -> Result<u64, StoreError> {
+        down()
+    }
 }
 
 #[tokio::test]
