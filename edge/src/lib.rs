@@ -29,7 +29,11 @@
 //!   seconds into rank-labelled gauges and `GET /v1/top-rooms`.
 //!   [`control_plane`] registers with the scheduler, drains and pushes
 //!   cluster-wide online counts.
+//! * Account protection (`account.rs`): revoked tokens and blocked users are
+//!   refused at connect and their open connections closed when a change
+//!   arrives on the bus (key `!account`, which no channel can have).
 
+mod account;
 pub mod batch_policy;
 mod batcher;
 pub mod channels;
@@ -94,6 +98,8 @@ pub struct Edge {
     top_rooms: tokio::sync::watch::Receiver<Arc<top_rooms::TopRoomsSnapshot>>,
     /// Per-user and per-IP connection counts and frame budgets (`limits.rs`).
     limiter: Arc<limits::Limiter>,
+    /// Revoked tokens, blocked users and the open connections by user (`account.rs`).
+    account: Arc<account::Account>,
 }
 
 impl Edge {
@@ -115,6 +121,10 @@ impl Edge {
         let store: Arc<dyn Store> = Arc::new(store_reads::CoalescedReads::new(store));
         let metrics = Metrics::register(registry)?;
         let control_metrics = metrics::ControlMetrics::register(registry)?;
+        let account = Arc::new(account::Account::new(
+            metrics::AccountMetrics::register(registry)?,
+            config.limits,
+        ));
         let cert = CertMaterial::load_or_generate(&config)?;
         let quic_config = cert.server_config()?;
         if config.tls_cert.is_none() || config.tls_key.is_none() {
@@ -156,7 +166,11 @@ impl Edge {
             metrics.clone(),
             shutdown.clone(),
         ));
+        // After subscribing: a change announced while loading is applied twice, harmlessly.
+        account.load(&*store).await;
+        tokio::spawn(Arc::clone(&account).sweep(Arc::clone(&store), shutdown.clone()));
         let consumer = consumer::Consumer {
+            account: Arc::clone(&account),
             channels: Arc::clone(&channels),
             metrics: metrics.clone(),
             shards: shard_queues,
@@ -198,6 +212,7 @@ impl Edge {
             control,
             top_rooms: top_rx,
             limiter: Arc::default(),
+            account,
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)

@@ -42,6 +42,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
 use crate::Edge;
+use crate::account::TokenFacts;
 use crate::channels::Outbound;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
 use crate::session::{CloseReason, Flow, Reply, Session};
@@ -154,7 +155,7 @@ fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
         recv,
         mut reader,
         user,
-        token_exp,
+        token,
     } = authed;
     let limits = edge.config.limits;
     reader.set_max_frame(limits.max_frame_bytes);
@@ -188,7 +189,7 @@ fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
     // A combinator, not `async { serve(…).await; … }`: awaiting a captured
     // future moves it into a second slot of the same size.
     let wakes = WakeQueue::new(queues.wakes, queues.overflow);
-    serve(session, reader, wakes, ip, token_exp)
+    serve(session, reader, wakes, ip, token)
         .then(move |_| async move {
             finish_writer(writer, CLOSE_LINGER * 2).await;
             drop((gauge, conn));
@@ -204,7 +205,7 @@ struct Authed {
     /// Holds what the peer sent after the `auth` frame.
     reader: FrameReader,
     user: String,
-    token_exp: u64,
+    token: TokenFacts,
 }
 
 /// The QUIC handshake, the control stream and the `auth` frame, within one
@@ -249,16 +250,25 @@ async fn handshake(edge: Arc<Edge>, incoming: quinn::Incoming) -> Option<Authed>
             body: Some(client_frame::Body::Auth(auth)),
             ..
         })) => match edge.verify_token(&auth.token) {
-            Ok(claims) => {
-                return Some(Authed {
-                    conn,
-                    send,
-                    recv,
-                    reader,
-                    user: claims.sub,
-                    token_exp: claims.exp,
-                });
-            }
+            Ok(claims) => match edge.account.check(&claims) {
+                Ok(()) => {
+                    return Some(Authed {
+                        conn,
+                        send,
+                        recv,
+                        reader,
+                        token: TokenFacts::from(&claims),
+                        user: claims.sub,
+                    });
+                }
+                Err(refusal) => {
+                    edge.metrics.refused(refusal.code());
+                    (
+                        frame::error(refusal.code(), refusal.message()),
+                        CloseReason::AccountRefused,
+                    )
+                }
+            },
             Err(e) => (
                 frame::error("bad_token", e.to_string()),
                 CloseReason::BadToken,

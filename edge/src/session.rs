@@ -68,6 +68,9 @@ pub(crate) enum CloseReason {
     TokenExpired,
     /// A limit refused the connection (see `limits.rs`; the error frame says which).
     Refused,
+    /// The token was revoked or the user blocked (`account.rs`; the error frame
+    /// says which). Final: the client must not reconnect with the same token.
+    AccountRefused,
 }
 
 impl CloseReason {
@@ -83,6 +86,7 @@ impl CloseReason {
             CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 1008,
             CloseReason::TokenExpired => 1008,
             CloseReason::Refused => 1008,
+            CloseReason::AccountRefused => 1008,
         }
     }
 
@@ -98,6 +102,7 @@ impl CloseReason {
             CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 6,
             CloseReason::TokenExpired => 7,
             CloseReason::Refused => 8,
+            CloseReason::AccountRefused => 9,
         }
     }
 
@@ -114,6 +119,7 @@ impl CloseReason {
             }
             CloseReason::TokenExpired => "token expired",
             CloseReason::Refused => "refused by a limit",
+            CloseReason::AccountRefused => "token revoked or user blocked",
         }
     }
 }
@@ -319,6 +325,12 @@ impl Session {
         Flow::Close(CloseReason::BadFrame)
     }
 
+    /// A sender on the reply queue, for closing the connection from outside
+    /// its task (`account.rs`).
+    pub fn reply_sender(&self) -> mpsc::Sender<Reply> {
+        self.replies.clone()
+    }
+
     /// Resolves when the writer task has gone (socket error): the reader stops.
     pub async fn writer_gone(&self) {
         self.replies.closed().await
@@ -356,5 +368,6 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.leave_all();
         self.edge.control.conn_closed(self.conn_id);
+        self.edge.account.unregister(&self.user, self.conn_id);
     }
 }

@@ -32,6 +32,7 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use danmaku_proto::account::Refusal;
 use danmaku_proto::json::JsonServerFrame;
 use danmaku_proto::wsframe::{Decoder, Message, OpCode, Prepared, WsError};
 use danmaku_proto::{Limits, ProtoError, frame, json, pb};
@@ -41,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::Edge;
+use crate::account::TokenFacts;
 use crate::channels::Outbound;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
 use crate::error::ApiError;
@@ -89,6 +91,15 @@ pub(crate) async fn upgrade(
                 .into_response();
         }
     };
+    if let Err(refusal) = edge.account.check(&claims) {
+        edge.metrics.refused(refusal.code());
+        edge.metrics.error(refusal.code());
+        let status = match refusal {
+            Refusal::TokenRevoked => StatusCode::UNAUTHORIZED,
+            Refusal::UserBlocked { .. } => StatusCode::FORBIDDEN,
+        };
+        return ApiError::new(status, refusal.code(), refusal.message()).into_response();
+    }
     let not_websocket = |message: &str| {
         edge.metrics.error("not_websocket");
         ApiError::new(StatusCode::BAD_REQUEST, "not_websocket", message)
@@ -116,8 +127,8 @@ pub(crate) async fn upgrade(
         Arc::clone(&edge),
         on_upgrade,
         transport,
+        TokenFacts::from(&claims),
         claims.sub,
-        claims.exp,
         ip,
     ));
     let protocol = if transport.is_json() {
@@ -213,15 +224,15 @@ fn connection(
     edge: Arc<Edge>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     transport: Transport,
+    token: TokenFacts,
     user: String,
-    token_exp: u64,
     ip: Option<std::net::IpAddr>,
 ) -> impl Future<Output = ()> + Send {
     use futures_util::FutureExt;
     on_upgrade.then(move |upgraded| match upgraded {
         Ok(upgraded) => {
             let io = hyper_util::rt::TokioIo::new(upgraded);
-            run(edge, io, transport, user, token_exp, ip).left_future()
+            run(edge, io, transport, token, user, ip).left_future()
         }
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
@@ -237,8 +248,8 @@ fn run<S>(
     edge: Arc<Edge>,
     io: S,
     transport: Transport,
+    token: TokenFacts,
     user: String,
-    token_exp: u64,
     ip: Option<std::net::IpAddr>,
 ) -> impl Future<Output = ()> + Send
 where
@@ -269,7 +280,7 @@ where
     // A combinator, not `async { serve(…).await; … }`: awaiting a captured
     // future moves it into a second slot of the same size.
     let wakes = WakeQueue::new(queues.wakes, queues.overflow);
-    serve(session, reader, wakes, ip, token_exp).then(move |_| async move {
+    serve(session, reader, wakes, ip, token).then(move |_| async move {
         finish_writer(writer, WRITER_DRAIN).await;
         drop(gauge);
     })
