@@ -446,9 +446,14 @@ mod tests {
     #[test]
     fn the_per_connection_future_is_serve_plus_a_little() {
         let handle = future_size2::<Arc<Edge>, quinn::Incoming, _>(handle);
-        let serve = future_size5::<Session, QuicReader, WakeQueue, Option<std::net::IpAddr>, u64, _>(
-            serve::<QuicReader>,
-        );
+        let serve = future_size5::<
+            Session,
+            QuicReader,
+            WakeQueue,
+            Option<std::net::IpAddr>,
+            TokenFacts,
+            _,
+        >(serve::<QuicReader>);
         let on_message =
             future_size2::<&'static mut QuicReader, &'static mut Session, _>(|r, s| {
                 r.on_message(s, Ok(pb::ClientFrame::default()))

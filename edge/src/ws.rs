@@ -591,8 +591,8 @@ mod tests {
             Arc::clone(&edge),
             upgrade,
             Transport::WsPb,
+            TokenFacts::default(),
             "u".into(),
-            0,
             None,
         );
         let conn_size = std::mem::size_of_val(&conn);
