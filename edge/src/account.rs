@@ -1,6 +1,12 @@
 //! Account protection on the edge: refuse revoked tokens and blocked users at
 //! connect, and close the open connections a new revocation or block covers.
 //!
+//! The check at connect is [`Account::register`], called when the session
+//! starts (`connection.rs`, both transports): the connection is upgraded (a
+//! WebSocket) or authenticated (QUIC) first and then answered with an `error`
+//! frame (`token_revoked`, `user_blocked`) and closed, because a browser
+//! cannot read the status of a refused WebSocket upgrade, only frames.
+//!
 //! The policy (`danmaku_proto::account`) is loaded from the store at start and
 //! kept in step by the bus consumer (`consumer.rs`), which hands every message
 //! keyed [`ACCOUNT_KEY`] to [`Account::on_announcement`]. A check is one read
@@ -82,7 +88,7 @@ impl Account {
         }
     }
 
-    /// Whether `claims` may connect now.
+    /// Whether `claims` may be used now (a fresh `auth` frame's token).
     pub fn check(&self, claims: &Claims) -> Result<(), Refusal> {
         self.policy.check(claims, now_secs())
     }

@@ -250,25 +250,18 @@ async fn handshake(edge: Arc<Edge>, incoming: quinn::Incoming) -> Option<Authed>
             body: Some(client_frame::Body::Auth(auth)),
             ..
         })) => match edge.verify_token(&auth.token) {
-            Ok(claims) => match edge.account.check(&claims) {
-                Ok(()) => {
-                    return Some(Authed {
-                        conn,
-                        send,
-                        recv,
-                        reader,
-                        token: TokenFacts::from(&claims),
-                        user: claims.sub,
-                    });
-                }
-                Err(refusal) => {
-                    edge.metrics.refused(refusal.code());
-                    (
-                        frame::error(refusal.code(), refusal.message()),
-                        CloseReason::AccountRefused,
-                    )
-                }
-            },
+            Ok(claims) => {
+                // The account policy is checked when the session starts
+                // (`connection.rs`), for both transports.
+                return Some(Authed {
+                    conn,
+                    send,
+                    recv,
+                    reader,
+                    token: TokenFacts::from(&claims),
+                    user: claims.sub,
+                });
+            }
             Err(e) => (
                 frame::error("bad_token", e.to_string()),
                 CloseReason::BadToken,

@@ -32,7 +32,6 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use danmaku_proto::account::Refusal;
 use danmaku_proto::json::JsonServerFrame;
 use danmaku_proto::wsframe::{Decoder, Message, OpCode, Prepared, WsError};
 use danmaku_proto::{Limits, ProtoError, frame, json, pb};
@@ -91,15 +90,6 @@ pub(crate) async fn upgrade(
                 .into_response();
         }
     };
-    if let Err(refusal) = edge.account.check(&claims) {
-        edge.metrics.refused(refusal.code());
-        edge.metrics.error(refusal.code());
-        let status = match refusal {
-            Refusal::TokenRevoked => StatusCode::UNAUTHORIZED,
-            Refusal::UserBlocked { .. } => StatusCode::FORBIDDEN,
-        };
-        return ApiError::new(status, refusal.code(), refusal.message()).into_response();
-    }
     let not_websocket = |message: &str| {
         edge.metrics.error("not_websocket");
         ApiError::new(StatusCode::BAD_REQUEST, "not_websocket", message)
