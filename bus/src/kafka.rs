@@ -73,37 +73,9 @@ use rdkafka::util::Timeout;
 
 pub use config::{DEFAULT_PARTITIONS, DEFAULT_TOPIC, KafkaBusConfig};
 use subscription::SubState;
-pub use subscription::{PartitionLag, SubscriptionStats};
 
-use crate::{Bus, BusError, Subscription};
-
-/// A snapshot of the Kafka bus's health, for `/metrics` and readiness checks.
-#[derive(Debug, Clone, Default)]
-pub struct KafkaStats {
-    /// The last topic probe (every [`KafkaBusConfig::watch_interval`]) reached the
-    /// broker and found the topic.
-    pub reachable: bool,
-    /// When a probe last succeeded.
-    pub last_probe_ok: Option<SystemTime>,
-    /// When the broker last acknowledged a published message.
-    pub last_delivery: Option<SystemTime>,
-    /// When any subscription last received a message.
-    pub last_fetch: Option<SystemTime>,
-    /// Messages acknowledged by the broker.
-    pub published: u64,
-    /// `publish` calls that failed.
-    pub publish_errors: u64,
-    /// Messages received, summed over subscriptions.
-    pub consumed: u64,
-    /// Times the bus created the topic (at start and after a broker lost it).
-    pub topic_creations: u64,
-    /// Times a subscription re-assigned its partitions (topic re-created or resized).
-    pub reassignments: u64,
-    /// Times the producer was rebuilt after a fatal error.
-    pub producer_restarts: u64,
-    /// One entry per live subscription.
-    pub subscriptions: Vec<SubscriptionStats>,
-}
+use crate::backend::{Bus, BusError, Subscription};
+use crate::stats::KafkaStats;
 
 /// The Kafka backend of [`Bus`]. See the module documentation.
 pub struct KafkaBus {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::{Bus, BusError, BusMessage, Subscription};
+use crate::backend::{Bus, BusError, BusMessage, Subscription};
 
 /// Settings of the memory bus.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::Bus;
+use crate::backend::Bus;
 
 /// Registers `danmaku_bus_*` metrics of `bus` into `registry`.
 pub fn register(bus: Arc<dyn Bus>, registry: &Registry) -> Result<(), prometheus::Error> {
@@ -132,7 +132,8 @@ impl Collector for BusCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MemoryBus, MemoryBusConfig};
+    use crate::memory::MemoryBus;
+    use crate::memory::MemoryBusConfig;
 
     #[test]
     fn memory_bus_reports_up() {

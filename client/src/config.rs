@@ -1,4 +1,4 @@
-//! How a [`crate::Client`] connects: the transport to use and the knobs of one
+//! How a `Client` connects: the transport to use and the knobs of one
 //! connection (heartbeat, decode bounds, buffering).
 
 use std::future::Future;
@@ -74,7 +74,7 @@ pub struct ClientConfig {
     /// events, string lengths). Default: [`Limits::default`].
     pub limits: Limits,
     /// Capacity of the queue between the connection's reader task and
-    /// [`crate::Client::next_event`]. When it is full the reader stops reading
+    /// `Client::next_event`. When it is full the reader stops reading
     /// the socket, so a slow consumer shows up to the edge as a slow reader.
     /// Default 1024.
     pub event_buffer: usize,
@@ -88,22 +88,22 @@ pub struct ClientConfig {
     /// How long `connect_*` waits for the transport handshake plus `AuthOk`.
     /// Default 10 s.
     pub connect_timeout: Duration,
-    /// [`crate::ResilientClient`]: how long it keeps trying to reconnect after
+    /// [`crate::resilient::ResilientClient`]: how long it keeps trying to reconnect after
     /// losing its edge before `next_event` gives up and returns `None`.
     /// Default 60 s.
     pub max_reconnect_time: Duration,
-    /// [`crate::ResilientClient`]: pause after the first failed reconnect
+    /// [`crate::resilient::ResilientClient`]: pause after the first failed reconnect
     /// attempt; doubled after each further failure up to
     /// `reconnect_backoff_max`. Default 100 ms.
     pub reconnect_backoff_initial: Duration,
-    /// [`crate::ResilientClient`]: the longest pause between reconnect
+    /// [`crate::resilient::ResilientClient`]: the longest pause between reconnect
     /// attempts. Default 2 s.
     pub reconnect_backoff_max: Duration,
-    /// [`crate::ResilientClient`]: a connection that delivers nothing (not even
+    /// [`crate::resilient::ResilientClient`]: a connection that delivers nothing (not even
     /// a `pong`) for this long is taken as lost and replaced. `None` means
     /// three heartbeat intervals (none when the heartbeat is off). Default `None`.
     pub dead_edge_timeout: Option<Duration>,
-    /// [`crate::ResilientClient`]: least time between two acks of one channel
+    /// [`crate::resilient::ResilientClient`]: least time between two acks of one channel
     /// while more frames wait to be read (a backlog after a reconnect, a slow
     /// application); a client that has read everything acks at once. Acks are
     /// cumulative, so one covers every seq handed out before it; one held back

@@ -41,7 +41,7 @@ pub enum ServerEvent {
     Error { code: String, message: String },
     /// Cluster-wide member count of a big channel this client joined.
     Online { channel: String, online: u64 },
-    /// Never on the wire: a [`crate::ResilientClient`] lost its edge and is
+    /// Never on the wire: a [`crate::resilient::ResilientClient`] lost its edge and is
     /// connected again, to `edge` (its base URL), with its channels re-joined
     /// and resumed.
     Reconnected { edge: String },

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::ClientError;
+use crate::error::ClientError;
 
 /// What ingest did with a posted danmaku.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,9 +19,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::ClientConfig;
+use crate::config::Transport;
+use crate::error::ClientError;
+use crate::event;
+use crate::event::ServerEvent;
 use crate::session::{Connected, Wiring, deliver};
 use crate::tls::ServerTrust;
-use crate::{ClientConfig, ClientError, ServerEvent, Transport, event};
 
 /// ALPN protocol id of danmaku over QUIC.
 pub const ALPN: &[u8] = b"danmaku/1";

@@ -42,10 +42,15 @@ use danmaku_proto::pb::{self, client_frame::Body};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::error::is_final_code;
+use crate::client::Client;
+use crate::config::ClientConfig;
+use crate::config::Transport;
+use crate::error::{ClientError, is_final_code};
+use crate::event::EdgeAddr;
+use crate::event::ServerEvent;
+use crate::ingest::IngestClient;
 use crate::reliable::{ReliableTracker, Verdict};
 use crate::scheduler::SchedulerClient;
-use crate::{Client, ClientConfig, ClientError, EdgeAddr, IngestClient, ServerEvent, Transport};
 
 /// Head start of each edge over the next in a race: long enough that the
 /// scheduler's first choice wins even when a flash crowd slows handshakes to

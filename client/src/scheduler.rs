@@ -1,14 +1,15 @@
 //! Asking the scheduler where to connect: [`SchedulerClient::edges`] is
 //! `GET /v1/edges?k=N`, the first edge being the scheduler's choice and the
 //! rest alternatives to race or fall back to. See
-//! [`crate::ResilientClient::connect_via_scheduler`].
+//! [`crate::resilient::ResilientClient::connect_via_scheduler`].
 
 use std::time::Duration;
 
 use danmaku_proto::control::EdgeList;
 
+use crate::error::ClientError;
+use crate::event::EdgeAddr;
 use crate::ingest::error_of;
-use crate::{ClientError, EdgeAddr};
 
 /// Longest the scheduler may take to answer one request.
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,7 +9,8 @@ use danmaku_proto::pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ServerEvent, Transport};
+use crate::config::Transport;
+use crate::event::ServerEvent;
 
 /// Capacity of the outgoing frame queue (join, leave, ack, ping...).
 const OUTGOING_BUFFER: usize = 256;
@@ -65,8 +66,11 @@ pub(crate) async fn deliver(
     true
 }
 
+/// A ping frame stamped with the current time.
 pub(crate) fn ping_frame() -> pb::ClientFrame {
-    frame::client(crate::ping_body())
+    frame::client(pb::client_frame::Body::Ping(pb::Ping {
+        ts_ms: danmaku_proto::now_ms(),
+    }))
 }
 
 /// While the connection lives, sends a fresh token from `refresh` as an `auth`

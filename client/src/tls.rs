@@ -15,7 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::warn;
 
-use crate::ClientError;
+use crate::error::ClientError;
 
 /// How the client decides to trust an edge's TLS certificate (QUIC, `wss://`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -19,8 +19,11 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::config::ClientConfig;
+use crate::config::Transport;
+use crate::error::ClientError;
+use crate::event;
 use crate::session::{Connected, Wiring, deliver};
-use crate::{ClientConfig, ClientError, Transport, event};
 
 /// Builds the `ws://…/v1/ws?token=…` URL from a base URL (`http`, `https`,
 /// `ws` or `wss`; a trailing `/v1/ws` is kept, otherwise appended).
@@ -193,7 +196,7 @@ async fn read_loop(
     mut stream: WsStream,
     transport: Transport,
     limits: danmaku_proto::Limits,
-    events: tokio::sync::mpsc::Sender<crate::ServerEvent>,
+    events: tokio::sync::mpsc::Sender<crate::event::ServerEvent>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     loop {

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConnId;
 use crate::metrics::AccountMetrics;
-use crate::session::{CloseReason, Reply};
+use crate::reply::{CloseReason, Reply};
 
 /// How often expired entries leave the memory (and the gauges are refreshed).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);

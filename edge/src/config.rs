@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use danmaku_proto::Limits;
 
-/// Everything an [`crate::Edge`] needs to know besides its bus, token key and metrics registry.
+/// Everything an `Edge` needs to know besides its bus, token key and metrics registry.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     /// Name of this edge in logs and, later, in scheduler registration. Default `"edge-1"`.
@@ -77,7 +77,7 @@ impl Default for EdgeConfig {
             top_rooms: 20,
             top_rooms_interval: Duration::from_secs(5),
             quic_send_window: 512 << 10,
-            client_limits: crate::ClientLimits::default(),
+            client_limits: ClientLimits::default(),
         }
     }
 }
@@ -89,7 +89,7 @@ impl EdgeConfig {
     }
 }
 
-/// How the per-channel batcher decides when to flush. See [`crate::batch_policy`]
+/// How the per-channel batcher decides when to flush. See `batch_policy.rs`
 /// for the window rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchConfig {
@@ -128,7 +128,7 @@ impl Default for BatchConfig {
 }
 
 /// How the edge keeps the reliable lane (gifts, chat) lossless and ordered.
-/// See [`crate::reliable`] for the rules these feed.
+/// See `reliable/` for the rules these feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReliableConfig {
     /// How long a connection's acks may stand still, with seqs outstanding,
@@ -240,7 +240,7 @@ impl ReliableConfig {
     }
 }
 
-/// Client limits of an edge; part of [`crate::EdgeConfig`].
+/// Client limits of an edge; part of [`EdgeConfig`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientLimits {
     /// Sustained client frames per second on one connection. Default 50.

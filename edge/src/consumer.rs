@@ -23,7 +23,7 @@ use crate::account::{Account, is_account_key};
 use crate::batcher::{ShardItem, shard_of};
 use crate::channels::Channels;
 use crate::metrics::{BusResult, Metrics};
-use crate::reliable::fanout::ReliableItem;
+use crate::sequencer::ReliableItem;
 
 pub(crate) struct Consumer {
     /// Applies account announcements (key `!account`) and closes what they cover.

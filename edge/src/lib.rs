@@ -41,21 +41,25 @@ pub mod config;
 mod connection;
 mod consumer;
 pub mod control_plane;
+mod control_state;
 pub mod error;
-mod handlers;
 pub mod limits;
 pub mod metrics;
+mod node;
 mod quic;
 pub mod reliable;
+mod reply;
+mod sequencer;
 mod session;
 mod store_reads;
+mod sweep;
 mod tls;
 pub mod top_rooms;
 pub mod transport;
 mod ws;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use axum::Json;
 use axum::Router;
@@ -63,7 +67,7 @@ use axum::extract::State;
 use axum::routing::get;
 use base64::Engine;
 use danmaku_bus::Bus;
-use danmaku_proto::token::{Claims, TokenError, TokenKey};
+use danmaku_proto::token::TokenKey;
 use danmaku_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -72,35 +76,17 @@ pub use config::{BatchConfig, ClientLimits, ControlConfig, EdgeConfig, ReliableC
 pub use control_plane::NotReady;
 pub use error::{ApiError, EdgeError};
 pub use metrics::BusResult;
+pub use node::Edge;
 pub use tls::ALPN;
 pub use transport::Transport;
 pub use ws::{SUBPROTOCOL_JSON, SUBPROTOCOL_PB};
 
-use crate::channels::{ChannelGauges, Channels, ConnId};
+use crate::channels::{ChannelGauges, Channels};
 use crate::metrics::Metrics;
 use crate::tls::CertMaterial;
 
 /// Most batcher shards: encoding is cheap next to the writes, a few cores suffice.
 const MAX_SHARDS: usize = 4;
-
-/// A running edge. Cheap to share: handlers hold an `Arc<Edge>`.
-pub struct Edge {
-    config: EdgeConfig,
-    tokens: TokenKey,
-    store: Arc<dyn Store>,
-    metrics: Metrics,
-    channels: Arc<Channels>,
-    cert: CertMaterial,
-    quic_config: quinn::ServerConfig,
-    shutdown: CancellationToken,
-    next_conn: AtomicU64,
-    control: control_plane::ControlState,
-    top_rooms: tokio::sync::watch::Receiver<Arc<top_rooms::TopRoomsSnapshot>>,
-    /// Per-user and per-IP connection counts and frame budgets (`limits.rs`).
-    limiter: Arc<limits::Limiter>,
-    /// Revoked tokens, blocked users and the open connections by user (`account.rs`).
-    account: Arc<account::Account>,
-}
 
 impl Edge {
     /// Subscribes to the bus and spawns the consumer, batcher and reliable tasks;
@@ -151,7 +137,7 @@ impl Edge {
             metrics.clone(),
             shutdown.clone(),
         )?;
-        let reliable_queues = reliable::fanout::spawn_shards(
+        let reliable_queues = sequencer::spawn_shards(
             shards,
             config.reliable.reorder_hold,
             shard_queues.clone(),
@@ -160,7 +146,7 @@ impl Edge {
             metrics.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(reliable::sweep::run(
+        tokio::spawn(sweep::run(
             Arc::clone(&channels),
             config.reliable.sweep_interval(),
             metrics.clone(),
@@ -198,7 +184,7 @@ impl Edge {
             ));
         }
         tracing::info!(edge = %config.id, bus = bus.kind(), store = store.backend(), shards, "edge started");
-        let control = control_plane::ControlState::new(control_metrics, bus, &config.control);
+        let control = control_state::ControlState::new(control_metrics, bus, &config.control);
         let edge = Arc::new(Edge {
             config,
             tokens,
@@ -254,85 +240,10 @@ impl Edge {
         }
         Ok(tokio::spawn(quic::accept_loop(Arc::clone(self), endpoint)))
     }
-
-    /// Sets `TCP_NODELAY` (batches are already coalesced; Nagle only adds
-    /// latency) and `SO_SNDBUF` from the config on an accepted socket.
-    pub fn tune_tcp(&self, stream: &tokio::net::TcpStream) {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        if let Some(size) = self.config.tcp_send_buffer {
-            let sock = socket2::SockRef::from(stream);
-            if let Err(e) = sock.set_send_buffer_size(size) {
-                tracing::debug!(error = %e, size, "cannot set SO_SNDBUF");
-            }
-        }
-    }
-
-    /// DER of the QUIC server certificate (dev clients trust exactly this).
-    pub fn cert_der(&self) -> &[u8] {
-        self.cert.leaf()
-    }
-
-    /// Lowercase hex SHA-256 fingerprint of [`Edge::cert_der`].
-    pub fn cert_sha256_hex(&self) -> String {
-        tls::sha256_hex(self.cert.leaf())
-    }
-
-    /// The configuration this edge runs with.
-    pub fn config(&self) -> &EdgeConfig {
-        &self.config
-    }
-
-    /// The latest top-rooms ranking (empty before the first one).
-    pub fn top_rooms(&self) -> Arc<top_rooms::TopRoomsSnapshot> {
-        Arc::clone(&self.top_rooms.borrow())
-    }
-
-    /// Channels with at least one local member.
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
-    }
-
-    /// Users with a connection on this edge (the limiter's entries).
-    pub fn connected_users(&self) -> usize {
-        self.limiter.users()
-    }
-
-    fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
-        if token.is_empty() {
-            return Err(TokenError::Missing);
-        }
-        self.tokens.verify(token, danmaku_proto::token::now_secs())
-    }
-
-    fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
-/// The control plane's face (`control_plane/`): drain, readiness, online counts.
+/// The control plane's routes and readiness (`control_plane/`).
 impl Edge {
-    /// Whether the edge is draining (refusing new connections).
-    pub fn is_draining(&self) -> bool {
-        self.control.is_draining()
-    }
-
-    /// Starts the drain (idempotent). Returns false if it had already started.
-    pub fn request_drain(&self) -> bool {
-        self.control.request_drain()
-    }
-
-    /// Resolves when a drain has finished (no connection left, or the deadline).
-    pub async fn drained(&self) {
-        self.control.drained().await
-    }
-
-    /// Open client connections (both transports).
-    pub fn connection_count(&self) -> usize {
-        self.control.connection_count()
-    }
-
     /// Readiness of the edge: not draining, bus healthy, store answering.
     pub async fn readiness(&self) -> Result<(), NotReady> {
         control_plane::readiness::check(self).await
@@ -348,12 +259,6 @@ impl Edge {
     /// standalone server (the only edge) answers.
     pub fn local_online_router(self: &Arc<Self>) -> Router {
         control_plane::online::router(Arc::clone(self))
-    }
-
-    /// The cluster-wide count of `channel` as last heard from the scheduler,
-    /// else the local member count.
-    pub fn online_count(&self, channel: &str) -> u64 {
-        control_plane::online::count(self, channel)
     }
 }
 

@@ -41,10 +41,10 @@ use danmaku_proto::{Limits, ProtoError, frame, pb};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
-use crate::Edge;
 use crate::account::TokenFacts;
 use crate::channels::Outbound;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
+use crate::node::Edge;
 use crate::session::{CloseReason, Flow, Reply, Session};
 use crate::transport::Transport;
 
@@ -67,7 +67,7 @@ const RECEIVE_WINDOW: u32 = 64 << 10;
 pub(crate) const AUTH_FRAME_MAX: usize = 16 << 10;
 
 /// The transport settings of every QUIC connection (see the module doc).
-pub(crate) fn transport_config(config: &crate::EdgeConfig) -> quinn::TransportConfig {
+pub(crate) fn transport_config(config: &crate::config::EdgeConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // The transport must not time out before the edge's own heartbeat rule.
     let idle = config.idle_timeout() + Duration::from_secs(5);
@@ -251,13 +251,13 @@ async fn handshake(edge: Arc<Edge>, incoming: quinn::Incoming) -> Option<Authed>
             ..
         })) => match edge.verify_token(&auth.token) {
             Ok(claims) => {
-                // The account policy is checked when the session starts
-                // (`connection.rs`), for both transports.
                 return Some(Authed {
                     conn,
                     send,
                     recv,
                     reader,
+                    // The account policy is checked when the session starts
+                    // (`connection/mod.rs`), for both transports.
                     token: TokenFacts::from(&claims),
                     user: claims.sub,
                 });

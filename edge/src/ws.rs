@@ -40,11 +40,11 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::Edge;
 use crate::account::TokenFacts;
 use crate::channels::Outbound;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
 use crate::error::ApiError;
+use crate::node::Edge;
 use crate::session::{CloseReason, Flow, Reply, Session};
 use crate::transport::Transport;
 
@@ -557,7 +557,7 @@ mod tests {
             .await
             .unwrap();
         Edge::start(
-            crate::EdgeConfig::default(),
+            crate::config::EdgeConfig::default(),
             bus,
             store,
             danmaku_proto::token::TokenKey::new("s"),

@@ -8,8 +8,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 
+use crate::error::ProtoError;
+use crate::limits::Limits;
 use crate::pb::{self, Codec};
-use crate::{Limits, ProtoError};
 
 /// Default size above which a payload is compressed: below it zstd's frame
 /// header costs more than it saves.

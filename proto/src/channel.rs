@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::ProtoError;
+use crate::error::ProtoError;
 use crate::id::is_valid_id;
 
 /// What a channel is; decides membership and which message kinds it takes.

@@ -6,8 +6,12 @@
 use bytes::Bytes;
 use prost::Message;
 
+use crate::error::ProtoError;
+use crate::limits::Limits;
 use crate::pb::{self, client_frame, server_frame};
-use crate::{Limits, PROTOCOL_VERSION, ProtoError};
+
+/// Protocol version carried in every frame; peers refuse frames from the future.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Wraps a body in a `ClientFrame` of the current version.
 pub fn client(body: client_frame::Body) -> pb::ClientFrame {

@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::ProtoError;
+use crate::error::ProtoError;
 
 /// Prefixes `frame` with its varint length.
 pub fn encode_prefixed(frame: &[u8]) -> Bytes {

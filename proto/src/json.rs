@@ -8,8 +8,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::error::ProtoError;
+use crate::frame;
+use crate::limits::Limits;
 use crate::pb::{self, client_frame, server_frame};
-use crate::{Limits, ProtoError, frame};
 
 /// A client frame as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

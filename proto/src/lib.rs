@@ -21,23 +21,16 @@ pub mod framing;
 pub mod id;
 pub mod json;
 pub mod limits;
+pub mod pb;
 pub mod sample;
 pub mod token;
 pub mod wsframe;
 
-/// Types generated from `danmaku.proto`.
-#[allow(clippy::all, missing_docs)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/danmaku.v1.rs"));
-}
-
 pub use batch::{BatchEncoder, decode_batch};
 pub use channel::{ChannelKind, ChannelName};
 pub use error::ProtoError;
+pub use frame::PROTOCOL_VERSION;
 pub use limits::Limits;
-
-/// Protocol version carried in every frame; peers refuse frames from the future.
-pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Milliseconds since the Unix epoch, the clock used for `ts_ms` fields.
 pub fn now_ms() -> i64 {
@@ -45,31 +38,4 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-impl pb::Kind {
-    /// The name used in JSON and HTTP bodies (`danmaku`, `gift`, `chat`).
-    pub fn name(self) -> &'static str {
-        match self {
-            pb::Kind::Unspecified => "unspecified",
-            pb::Kind::Danmaku => "danmaku",
-            pb::Kind::Gift => "gift",
-            pb::Kind::Chat => "chat",
-        }
-    }
-
-    /// Parses the JSON/HTTP name of a kind.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "danmaku" => Some(pb::Kind::Danmaku),
-            "gift" => Some(pb::Kind::Gift),
-            "chat" => Some(pb::Kind::Chat),
-            _ => None,
-        }
-    }
-
-    /// Reliable kinds are persisted with a seq and acked; danmaku is best effort.
-    pub fn is_reliable(self) -> bool {
-        matches!(self, pb::Kind::Gift | pb::Kind::Chat)
-    }
 }

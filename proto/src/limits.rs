@@ -29,9 +29,9 @@ impl Default for Limits {
 
 impl Limits {
     /// Checks one string field against `max_string_bytes`.
-    pub fn check_str(&self, field: &'static str, s: &str) -> Result<(), crate::ProtoError> {
+    pub fn check_str(&self, field: &'static str, s: &str) -> Result<(), crate::error::ProtoError> {
         if s.len() > self.max_string_bytes {
-            return Err(crate::ProtoError::StringTooLong {
+            return Err(crate::error::ProtoError::StringTooLong {
                 field,
                 len: s.len(),
                 limit: self.max_string_bytes,

@@ -5,7 +5,7 @@
 use axum::http::{HeaderMap, header};
 use danmaku_proto::token::{Claims, TokenKey, now_secs};
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// The claims of a valid `app`-role bearer token in `headers`.
 /// No key configured, no token, a bad or expired one → `bad_token` (401);

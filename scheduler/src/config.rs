@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::SchedulerError;
+use crate::error::SchedulerError;
 use crate::load_model::ModelConfig;
 
 /// Settings of the scheduler. `Default`: no static edges, no secret (so no

@@ -12,7 +12,8 @@ use axum::extract::{Query, State};
 use danmaku_proto::control::EdgeList;
 use serde::Deserialize;
 
-use crate::{ApiError, Scheduler};
+use crate::error::ApiError;
+use crate::state::Scheduler;
 
 /// Edges returned when the client does not say.
 pub const DEFAULT_K: usize = 3;

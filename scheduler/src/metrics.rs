@@ -5,8 +5,8 @@
 
 use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::SchedulerError;
 use crate::error::ApiError;
+use crate::error::SchedulerError;
 use crate::load_model::{EdgeState, EjectReason};
 
 /// Why a load reading was not taken (the `reason` of `stale_readings_total`).

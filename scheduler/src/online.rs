@@ -10,7 +10,8 @@ use axum::extract::{Path, State};
 use danmaku_proto::ChannelName;
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, Scheduler};
+use crate::error::ApiError;
+use crate::state::Scheduler;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct OnlineResponse {

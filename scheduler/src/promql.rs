@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::Scheduler;
 use crate::load_model::{Sample, SampleOutcome};
+use crate::state::Scheduler;
 
 /// The queries (the metric names are those of [`crate::scrape`]).
 pub const Q_CONNECTIONS: &str = "sum by (instance) (danmaku_edge_connections)";

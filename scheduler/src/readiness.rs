@@ -10,8 +10,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
-use crate::Scheduler;
 use crate::load_model::EdgeState;
+use crate::state::Scheduler;
 
 pub async fn readyz(
     State(scheduler): State<Arc<Scheduler>>,

@@ -23,8 +23,9 @@ use danmaku_proto::control::{HeartbeatAnswer, HeartbeatBody, RegisterAnswer};
 use serde_json::{Map, Value};
 
 use crate::auth::require_app;
+use crate::error::ApiError;
 use crate::load_model::{Heartbeat, Registered, Registration};
-use crate::{ApiError, Scheduler};
+use crate::state::Scheduler;
 
 /// Longest edge id.
 pub const MAX_ID_LEN: usize = 64;

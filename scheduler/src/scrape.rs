@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use futures_util::future::join_all;
 
-use crate::Scheduler;
 use crate::load_model::{Sample, SampleOutcome};
+use crate::state::Scheduler;
 
 pub const CONNECTIONS: &str = "danmaku_edge_connections";
 pub const CPU_SECONDS: &str = "process_cpu_seconds_total";

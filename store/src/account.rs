@@ -14,7 +14,8 @@ use danmaku_proto::pb;
 use danmaku_proto::pb::account_change::Change;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
-use crate::{StoreError, from_db, to_db};
+use crate::error::StoreError;
+use crate::{from_db, to_db};
 
 /// The backend's statements that keep the larger of the stored and new values.
 pub(crate) struct Upserts {

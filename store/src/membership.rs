@@ -10,7 +10,8 @@
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
-use crate::{Member, StoreError, from_db, queries};
+use crate::error::StoreError;
+use crate::{Member, from_db, queries};
 
 /// What the shared queries need of a backend's driver beyond [`Database`].
 pub(crate) trait Backend: Database {

@@ -125,7 +125,7 @@ mod tests {
             sqlx::query(SEQ_V1).execute(&pool).await.unwrap();
             pool.close().await;
         }
-        let store = crate::EmbeddedStore::open(&path).await.unwrap();
+        let store = crate::embedded::EmbeddedStore::open(&path).await.unwrap();
         check_migrated(&store).await;
     }
 
@@ -159,7 +159,7 @@ mod tests {
             sqlx::query(SEQ_V1).execute(&pool).await.unwrap();
             pool.close().await;
         }
-        let store = crate::PostgresStore::connect(&db_url, Default::default())
+        let store = crate::postgres::PostgresStore::connect(&db_url, Default::default())
             .await
             .unwrap();
         check_migrated(&store).await;

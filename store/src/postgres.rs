@@ -15,10 +15,11 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use danmaku_proto::pb;
 
+use crate::error::StoreError;
 use crate::{
-    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoreError, StoredMessage,
-    Unread, answer_duplicate, from_db, message_from_row, migrations, queries, to_db,
-    unread_from_rows, validate,
+    Appended, ClientMsgRow, Member, MessageRow, NewMessage, Store, StoredMessage, Unread,
+    answer_duplicate, from_db, message_from_row, migrations, queries, to_db, unread_from_rows,
+    validate,
 };
 use crate::{account, membership};
 

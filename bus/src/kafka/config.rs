@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::BusError;
+use crate::backend::BusError;
 
 /// Default name of the one global topic.
 pub const DEFAULT_TOPIC: &str = "danmaku.events";

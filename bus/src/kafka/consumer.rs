@@ -50,7 +50,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::log_librdkafka;
-use crate::BusMessage;
+use crate::backend::BusMessage;
 
 /// How long one `rd_kafka_consumer_poll` waits: the most a stale assignment or a
 /// command waits for the poll thread.

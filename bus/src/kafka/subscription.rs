@@ -41,35 +41,11 @@ use super::consumer::{
     partition_list, spawn_poll_thread,
 };
 use super::{Shared, base_config, store_now, topic_partitions, unavailable};
-use crate::{BusError, BusMessage, Subscription};
+use crate::backend::{BusError, BusMessage, Subscription};
+use crate::stats::{PartitionLag, SubscriptionStats};
 
 /// How long one metadata or watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Consumer lag of one partition, as of librdkafka's last statistics (every second).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionLag {
-    pub partition: i32,
-    /// Offset of the next message this subscription will receive (-1: unknown yet).
-    pub position: i64,
-    /// The partition's high watermark (-1: unknown yet).
-    pub high_watermark: i64,
-    /// `high_watermark - position`, or -1 when either is unknown.
-    pub lag: i64,
-}
-
-/// Health of one subscription.
-#[derive(Debug, Clone, Default)]
-pub struct SubscriptionStats {
-    /// Messages fetched but not yet taken by `recv`.
-    pub buffered: usize,
-    /// Per-partition lag, sorted by partition.
-    pub partitions: Vec<PartitionLag>,
-    /// Broker connections that closed (any reason) since the subscription began.
-    pub connection_closes: u64,
-    /// Reconnects refused because the assignment predated a closed connection.
-    pub reconnects_held: u64,
-}
 
 /// What a subscription's consumer callbacks, its task and `KafkaBus::stats` share.
 pub(super) struct SubState {

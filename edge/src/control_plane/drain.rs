@@ -24,35 +24,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::registration::deregister;
-use super::{ControlState, scheduler_url};
-use crate::Edge;
+use super::scheduler::scheduler_url;
 use crate::channels::Outbound;
 use crate::error::ApiError;
-use crate::session::{CloseReason, Reply};
+use crate::node::Edge;
+use crate::reply::{CloseReason, Reply};
 
 /// How long a redirected client may stay before the drain closes it.
 pub const REDIRECT_GRACE: Duration = Duration::from_secs(5);
 /// Edges asked from the scheduler for a redirect.
 const REDIRECT_PICKS: usize = 3;
-
-impl ControlState {
-    /// Whether the edge is draining (refusing new connections).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Starts the drain (idempotent). Returns false if it had already started.
-    pub fn request_drain(&self) -> bool {
-        let first = !self.drain_requested.is_cancelled();
-        self.drain_requested.cancel();
-        first
-    }
-
-    /// Resolves when a drain has finished (no connection left, or the deadline).
-    pub async fn drained(&self) {
-        self.drained.cancelled().await
-    }
-}
 
 /// How many connections each wave redirects: `rate` of the connections at the
 /// start, at least one, so `1 / rate` waves move everyone.

@@ -20,22 +20,9 @@ use danmaku_proto::{ChannelName, frame, pb};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Edge;
 use crate::channels::BatchFrames;
 use crate::error::ApiError;
-
-/// The cluster-wide count of `channel` as last heard from the scheduler,
-/// else the local member count.
-pub(crate) fn count(edge: &Edge, channel: &str) -> u64 {
-    let local = edge.channels.get(channel).map_or(0, |c| c.len() as u64);
-    let cluster = edge
-        .control
-        .online
-        .read()
-        .ok()
-        .and_then(|m| m.get(channel).copied());
-    cluster.unwrap_or(local)
-}
+use crate::node::Edge;
 
 /// `GET /v1/channels/{channel}/online` from this edge's own members.
 pub(crate) fn router(edge: Arc<Edge>) -> Router {
@@ -80,7 +67,7 @@ fn online_frames(channel: &str, online: u64, json: bool) -> BatchFrames {
     BatchFrames { pb, json }
 }
 
-/// Every [`crate::ControlConfig::online_push_interval`], one `online` frame to
+/// Every [`crate::config::ControlConfig::online_push_interval`], one `online` frame to
 /// each member of every channel with enough local members.
 pub(super) async fn online_loop(edge: Arc<Edge>, shutdown: CancellationToken) {
     let every = edge

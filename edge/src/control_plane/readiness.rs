@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::SCHEDULER_TIMEOUT;
-use crate::Edge;
+use crate::control_state::SCHEDULER_TIMEOUT;
+use crate::node::Edge;
 
 /// Why a process is not ready, as `/readyz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

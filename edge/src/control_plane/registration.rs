@@ -15,8 +15,8 @@ use danmaku_proto::control::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{app_token, scheduler_url};
-use crate::Edge;
+use super::scheduler::{app_token, scheduler_url};
+use crate::node::Edge;
 
 /// Most channels one heartbeat reports (the scheduler refuses more than 10,000).
 pub const HEARTBEAT_MAX_CHANNELS: usize = 1_000;

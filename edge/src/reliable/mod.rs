@@ -24,9 +24,6 @@
 //!    backoff and, past `max_attempts` or `max_unacked`, close with
 //!    `reliable_backlog` so the client resumes elsewhere.
 
-pub(crate) mod conn;
-pub(crate) mod fanout;
 pub mod lane;
 pub mod order;
 pub mod ring;
-pub(crate) mod sweep;

@@ -9,7 +9,7 @@
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelKind, ChannelName, pb};
 
-use crate::reliable;
+use crate::connection::reliable;
 use crate::session::{Flow, Session};
 
 pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
@@ -54,7 +54,7 @@ pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
     // this connection live (or as a gap it fills), never falls in a hole.
     // The lane learns its start (the channel's last seq) below; a tick
     // pushed in between reaches this member and is not taken for a hole.
-    let mut lane = reliable::conn::joining_lane(group, joined_seq);
+    let mut lane = reliable::joining_lane(group, joined_seq);
     let member = session.member(&lane);
     session
         .edge
@@ -74,7 +74,7 @@ pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
         return Flow::Close(r);
     }
     if group {
-        return reliable::conn::push_missed(session, &channel, joined_seq, last_seq).await;
+        return reliable::push_missed(session, &channel, joined_seq, last_seq).await;
     }
     Flow::Continue
 }

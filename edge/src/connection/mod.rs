@@ -24,12 +24,13 @@ use danmaku_proto::{ChannelName, frame, pb};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::Edge;
 use crate::account::TokenFacts;
 use crate::channels::ConnEvent;
-use crate::handlers;
+use crate::node::Edge;
+mod handlers;
+pub(crate) mod reliable;
 use crate::limits::Refusal;
-use crate::reliable;
+
 use crate::session::{CloseReason, Flow, Session};
 use crate::transport::Transport;
 
@@ -173,9 +174,10 @@ pub(crate) fn serve<R: Reader>(
 }
 
 /// Admits the authenticated connection (connection caps of `limits.rs`),
-/// indexes it for account changes (`account.rs`) and answers `AuthOk`; a
-/// refused one gets an `error` frame and is closed. `token.exp` is when the
-/// connection's token expires (see `handlers/auth.rs`).
+/// indexes it for account changes (`account.rs`, which also refuses a revoked
+/// token or a blocked user here) and answers `AuthOk`; a refused one gets an
+/// `error` frame and is closed. `token.exp` is when the connection's token
+/// expires (see `handlers/auth.rs`).
 async fn start(session: &mut Session, ip: Option<IpAddr>, token: TokenFacts) -> Flow {
     session.token_exp = token.exp;
     let edge = Arc::clone(&session.edge);
@@ -228,7 +230,7 @@ async fn refuse(session: &Session, refusal: Refusal) -> Flow {
 /// ack-offset write, or the token's expiry.
 fn next_deadline(session: &Session) -> Option<Instant> {
     let expiry = handlers::auth::expiry_instant(session.token_exp);
-    match (reliable::conn::deadline(session), expiry) {
+    match (reliable::deadline(session), expiry) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -237,14 +239,14 @@ fn next_deadline(session: &Session) -> Option<Instant> {
 async fn on_wake(session: &mut Session, wake: Wake) -> Flow {
     match wake {
         Wake::Removed { channel, user } => handlers::leave::removed(session, channel, &user).await,
-        Wake::Missed(channel) => reliable::conn::on_missed(session, &channel).await,
-        Wake::Stalled(channel) => reliable::conn::on_stalled(session, &channel).await,
+        Wake::Missed(channel) => reliable::on_missed(session, &channel).await,
+        Wake::Stalled(channel) => reliable::on_stalled(session, &channel).await,
         Wake::Overflow => Flow::Close(CloseReason::ReliableOverflow),
         Wake::Timer => {
             if handlers::auth::expired(session) {
                 return handlers::auth::on_expired(session).await;
             }
-            reliable::conn::on_timer(session).await
+            reliable::on_timer(session).await
         }
     }
 }
@@ -264,7 +266,7 @@ async fn close(mut session: Session, reason: CloseReason) {
              reconnect and resume with after_seq",
         ));
     }
-    reliable::conn::persist_acks(&mut session, true).await;
+    reliable::persist_acks(&mut session, true).await;
     session.leave_all();
     session.send_close(reason);
 }

@@ -7,9 +7,9 @@
 
 use danmaku_proto::pb;
 
-use crate::reliable;
+use crate::connection::reliable;
 use crate::session::{Flow, Session};
 
 pub(crate) async fn handle(session: &mut Session, resume: pb::Resume) -> Flow {
-    reliable::conn::on_resume(session, resume).await
+    reliable::on_resume(session, resume).await
 }

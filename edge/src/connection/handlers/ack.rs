@@ -6,9 +6,9 @@
 
 use danmaku_proto::pb;
 
-use crate::reliable;
+use crate::connection::reliable;
 use crate::session::{Flow, Session};
 
 pub(crate) async fn handle(session: &mut Session, ack: pb::Ack) -> Flow {
-    reliable::conn::on_ack(session, ack).await
+    reliable::on_ack(session, ack).await
 }

@@ -19,7 +19,7 @@ pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
         Err(e) => return session.reply_error(e.code(), e.to_string()).await,
     };
     // Write this channel's pending ack offset before its lane goes.
-    crate::reliable::conn::persist_acks(session, true).await;
+    crate::connection::reliable::persist_acks(session, true).await;
     if session.joined.remove(&channel).is_some() {
         session.edge.channels.leave(&channel, session.conn_id);
         tracing::debug!(conn_id = session.conn_id, channel = %channel, "left");

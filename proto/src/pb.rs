@@ -1,0 +1,32 @@
+//! Types generated from `danmaku.proto` (by `build.rs`), and the names of
+//! event kinds used in JSON and HTTP bodies.
+#![allow(clippy::all, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/danmaku.v1.rs"));
+
+impl Kind {
+    /// The name used in JSON and HTTP bodies (`danmaku`, `gift`, `chat`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Unspecified => "unspecified",
+            Kind::Danmaku => "danmaku",
+            Kind::Gift => "gift",
+            Kind::Chat => "chat",
+        }
+    }
+
+    /// Parses the JSON/HTTP name of a kind.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "danmaku" => Some(Kind::Danmaku),
+            "gift" => Some(Kind::Gift),
+            "chat" => Some(Kind::Chat),
+            _ => None,
+        }
+    }
+
+    /// Reliable kinds are persisted with a seq and acked; danmaku is best effort.
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Kind::Gift | Kind::Chat)
+    }
+}
