@@ -50,6 +50,9 @@ use crate::transport::Transport;
 
 /// How long closing waits for the peer to acknowledge the last control frames.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long closing waits, after the peer acknowledged the last frames, for
+/// the peer to read them and close the connection itself.
+const READ_GRACE: Duration = Duration::from_secs(1);
 /// Largest chunk read from the control stream at once.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -336,9 +339,15 @@ async fn refuse(
 
 /// Finishes the control stream, waits (bounded) until the peer acknowledged
 /// it — closing at once would discard frames still in flight — then closes.
+/// Acknowledged is not read: the peer's QUIC stack drops stream data its
+/// application has not read yet when the connection closes, so a last
+/// `error` frame (why it ends: `token_revoked`, `too_many_connections`, …)
+/// could be lost on a busy client. The peer gets [`READ_GRACE`] to read it
+/// and close the connection itself (the SDKs do on such an error).
 async fn close(conn: &Connection, mut send: SendStream, reason: CloseReason) {
     if send.finish().is_ok() {
         let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+        let _ = tokio::time::timeout(READ_GRACE, conn.closed()).await;
     }
     conn.close(
         VarInt::from_u32(reason.quic_code()),
