@@ -438,6 +438,17 @@ async fn raw(
     )
 }
 
+/// One bad-input request: name, method, path, token, body, expected status and code.
+type Case<'a> = (
+    &'a str,
+    reqwest::Method,
+    String,
+    Option<&'a str>,
+    String,
+    u16,
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_account_input_gets_typed_errors() {
     danmaku_testkit::init_crypto();
@@ -450,7 +461,7 @@ async fn bad_account_input_gets_typed_errors() {
     use reqwest::Method;
     let revoke = "/v1/admin/revocations";
     let long_user = "u".repeat(129);
-    let cases: Vec<(&str, Method, String, Option<&str>, String, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no token",
             Method::POST,

@@ -263,8 +263,13 @@ async fn standalone_exposition() -> String {
     }
     // Account protection: a revoked token and a blocked user, refused.
     let app = app_token(&srv.tokens, "app");
-    let revoked = srv.tokens.mint_with_id("rita", "user", now, 3600, "revoked-jti");
-    ingest.revoke_token(&app, "revoked-jti", now + 3600).await.unwrap();
+    let revoked = srv
+        .tokens
+        .mint_with_id("rita", "user", now, 3600, "revoked-jti");
+    ingest
+        .revoke_token(&app, "revoked-jti", now + 3600)
+        .await
+        .unwrap();
     ingest.block_user(&app, "bert", Some(60)).await.unwrap();
     for (token, code) in [
         (revoked, "token_revoked"),

@@ -148,41 +148,30 @@ impl Account {
 
     /// Closes the open connections `effect` covers; returns how many.
     fn close_covered(&self, effect: &Effect) -> usize {
-        let (refusal, user, covered): (Refusal, Option<&str>, Box<dyn Fn(&Open) -> bool>) =
-            match effect {
-                Effect::None => return 0,
-                Effect::Token(jti) => {
-                    let jti = jti.clone();
-                    (
-                        Refusal::TokenRevoked,
-                        None,
-                        Box::new(move |o: &Open| o.jti.as_deref() == Some(jti.as_str())),
-                    )
-                }
-                Effect::UserBefore {
-                    user,
-                    issued_before,
-                } => {
-                    let before = *issued_before;
-                    (
-                        Refusal::TokenRevoked,
-                        Some(user.as_str()),
-                        Box::new(move |o: &Open| o.iat.unwrap_or(0) < before),
-                    )
-                }
-                Effect::Blocked(user) => (
-                    // The block in force (with its end), for the error message.
-                    self.policy
-                        .check(&claims_of(user, &TokenFacts::default()), now_secs())
-                        .err()
-                        .unwrap_or(Refusal::UserBlocked { until: None }),
-                    Some(user.as_str()),
-                    Box::new(|_: &Open| true),
-                ),
-            };
+        let (refusal, user, covered) = match effect {
+            Effect::None => return 0,
+            Effect::Token(jti) => (Refusal::TokenRevoked, None, Covered::Token(jti)),
+            Effect::UserBefore {
+                user,
+                issued_before,
+            } => (
+                Refusal::TokenRevoked,
+                Some(user.as_str()),
+                Covered::IssuedBefore(*issued_before),
+            ),
+            Effect::Blocked(user) => (
+                // The block in force (with its end), for the error message.
+                self.policy
+                    .check(&claims_of(user, &TokenFacts::default()), now_secs())
+                    .err()
+                    .unwrap_or(Refusal::UserBlocked { until: None }),
+                Some(user.as_str()),
+                Covered::All,
+            ),
+        };
         let mut closed = 0;
         let mut close_all = |open: &Vec<Open>| {
-            for o in open.iter().filter(|o| covered(o)) {
+            for o in open.iter().filter(|o| covered.covers(o)) {
                 close(o, refusal);
                 closed += 1;
             }
@@ -254,6 +243,25 @@ impl Account {
             g.with_label_values(&["revocations"])
                 .set(revocations as i64);
             g.with_label_values(&["blocks"]).set(blocks as i64);
+        }
+    }
+}
+
+/// Which of a user's open connections a change covers.
+enum Covered<'a> {
+    /// Those authenticated with this `jti`.
+    Token(&'a str),
+    /// Those whose token was issued before this (or has no `iat`).
+    IssuedBefore(u64),
+    All,
+}
+
+impl Covered<'_> {
+    fn covers(&self, o: &Open) -> bool {
+        match self {
+            Covered::Token(jti) => o.jti.as_deref() == Some(*jti),
+            Covered::IssuedBefore(t) => o.iat.unwrap_or(0) < *t,
+            Covered::All => true,
         }
     }
 }

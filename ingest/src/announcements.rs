@@ -65,7 +65,7 @@ impl Announcements {
                 _ = shutdown.cancelled() => return,
                 _ = sweep.tick() => {
                     sweeps = sweeps.wrapping_add(1);
-                    self.sweep(sweeps % STORE_PURGE_EVERY == 0).await;
+                    self.sweep(sweeps.is_multiple_of(STORE_PURGE_EVERY)).await;
                 }
                 next = sub.recv() => match next {
                     Ok(msg) => self.dispatch(msg),
