@@ -682,6 +682,76 @@ async fn big_channels_get_online_frames_and_standalone_serves_the_count() {
     srv.stop().await;
 }
 
+/// In a room that ticks, the online count rides the ticks (`Batch.online`):
+/// every viewer hears it and not one `online` frame of its own is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_busy_room_the_online_count_rides_the_ticks() {
+    let srv = common::start(|c| {
+        c.edge.control.online_push_min = 3;
+        c.edge.control.online_push_interval = Duration::from_millis(300);
+        c.ingest.user_rate_per_sec = 100_000.0;
+        c.ingest.user_burst = 100_000;
+    })
+    .await;
+    let channel = format!("room:{}", unique("ot").replace('.', "-"));
+    let mut clients = Vec::new();
+    for (i, t) in [Transport::WsPb, Transport::WsJson, Transport::WsPb]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = Client::connect_ws(
+            &srv.base_url(),
+            &common::token(&srv, &format!("ot{i}")),
+            t,
+            ClientConfig::default(),
+        )
+        .await
+        .unwrap();
+        c.join(&channel).await.unwrap();
+        common::wait_joined(&mut c, &channel).await;
+        clients.push(c);
+        if i == 0 {
+            // Ticks before the room is big enough for counts, and all along.
+            let ingest = IngestClient::new(&srv.base_url());
+            let token = common::token(&srv, "poster");
+            let room = channel.clone();
+            tokio::spawn(async move {
+                for n in 0..400 {
+                    let _ = ingest.post_danmaku(&token, &room, &format!("d{n}")).await;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            });
+        }
+    }
+    for c in &mut clients {
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.next_event().await {
+                    Some(ServerEvent::Online {
+                        channel: ch,
+                        online,
+                    }) if ch == channel => return online,
+                    Some(_) => {}
+                    None => panic!("closed before an online count"),
+                }
+            }
+        })
+        .await
+        .expect("an online count within 10 s");
+        assert_eq!(got, 3);
+    }
+    let metrics = common::metrics_text(&srv.base_url()).await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert!(value("danmaku_edge_online_in_ticks_total") >= 1.0);
+    assert_eq!(value("danmaku_edge_online_frames_total"), 0.0);
+    srv.stop().await;
+}
+
 async fn online_of(scheduler: &str, channel: &str) -> u64 {
     let v: serde_json::Value = reqwest::get(format!("{scheduler}/v1/channels/{channel}/online"))
         .await

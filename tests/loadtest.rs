@@ -54,6 +54,13 @@ async fn two_thousand_viewers_over_two_workers_see_zero_loss() {
     let text = r.render_text();
     assert_eq!(r.connections_ok, 2000, "{text}");
     assert_eq!(r.connections_failed + r.connections_dropped, 0, "{text}");
+    // Every first connect is timed per step, once per viewer.
+    for step in danmaku_loadtest::worker::CONNECT_STEPS {
+        let l = &r.connect_steps_ms[step];
+        assert_eq!(l.count, 2000, "{step}: {text}");
+        assert!(l.p50 <= r.connect_ms.max, "{step}: {text}");
+    }
+    assert!(r.connects_per_s > 0.0, "{text}");
     assert!(r.probes >= 50 && r.counting >= 1900, "{text}");
     assert_eq!(r.wires.len(), 3, "{text}");
     // Nothing refused: each sender asks for its room's rate ÷ its senders (10/s

@@ -128,9 +128,44 @@ pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, Proto
     })
 }
 
-/// Decodes (bounded) and converts one binary frame from the edge.
+/// Decodes (bounded) and converts one binary frame from the edge: its main
+/// event (a tick's online count is left out: [`decode_pb_events`] has it).
 pub fn decode_pb(buf: &[u8], limits: &Limits) -> Result<ServerEvent, ProtoError> {
     from_pb(frame::decode_server(buf, limits)?, limits)
+}
+
+/// Everything one binary frame from the edge says, in order: the channel's
+/// online count when it rides a tick (`Batch.online`), then the frame's
+/// event. What a connection's reader hands on.
+pub fn decode_pb_events(buf: &[u8], limits: &Limits) -> Result<Vec<ServerEvent>, ProtoError> {
+    let f = frame::decode_server(buf, limits)?;
+    let online = match &f.body {
+        Some(Body::Batch(b)) if b.online > 0 => Some(ServerEvent::Online {
+            channel: b.channel.clone(),
+            online: b.online,
+        }),
+        _ => None,
+    };
+    Ok(online.into_iter().chain([from_pb(f, limits)?]).collect())
+}
+
+/// [`decode_pb_events`] for a `danmaku.v1.json` text frame.
+pub fn decode_json_events(text: &str, limits: &Limits) -> Result<Vec<ServerEvent>, ProtoError> {
+    let f = decode_server_json(text, limits)?;
+    let online = match &f {
+        JsonServerFrame::Batch {
+            channel,
+            online: Some(n),
+            ..
+        } if *n > 0 => Some(ServerEvent::Online {
+            channel: channel.clone(),
+            online: *n,
+        }),
+        _ => None,
+    };
+    let ev = from_json(f);
+    check_json_bounds(&ev, limits)?;
+    Ok(online.into_iter().chain([ev]).collect())
 }
 
 /// Converts a JSON server frame.
@@ -139,7 +174,9 @@ pub fn from_json(f: JsonServerFrame) -> ServerEvent {
         JsonServerFrame::AuthOk { user } => ServerEvent::AuthOk { user },
         JsonServerFrame::Joined { channel, last_seq } => ServerEvent::Joined { channel, last_seq },
         JsonServerFrame::Left { channel, reason } => ServerEvent::Left { channel, reason },
-        JsonServerFrame::Batch { channel, events } => ServerEvent::Batch {
+        JsonServerFrame::Batch {
+            channel, events, ..
+        } => ServerEvent::Batch {
             channel,
             events: events.into_iter().map(|e| e.into_pb()).collect(),
         },
@@ -428,7 +465,7 @@ mod tests {
     #[test]
     fn json_pb_batches_agree() {
         let events = CommentGenerator::new(3).events(20, 5);
-        let json = danmaku_proto::json::batch_json("room:9", &events);
+        let json = danmaku_proto::json::batch_json("room:9", &events, None);
         let wire = frame::encode(&frame::server(Body::Batch(
             BatchEncoder::default().encode("room:9", &events).unwrap(),
         )));

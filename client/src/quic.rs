@@ -162,10 +162,8 @@ async fn read_stream(
         reader.push(&buf[..n]);
         match drain_frames(&mut reader, &limits) {
             Ok(evs) => {
-                for ev in evs {
-                    if !deliver(events, cancel, ev).await {
-                        return;
-                    }
+                if !deliver(events, cancel, evs).await {
+                    return;
                 }
             }
             Err(e) => {
@@ -184,7 +182,7 @@ pub fn drain_frames(
 ) -> Result<Vec<ServerEvent>, ClientError> {
     let mut out = Vec::new();
     while let Some(f) = reader.next_frame()? {
-        out.push(event::decode_pb(&f, limits)?);
+        out.extend(event::decode_pb_events(&f, limits)?);
     }
     Ok(out)
 }
@@ -206,9 +204,9 @@ async fn read_datagrams(
                 }
             },
         };
-        match event::decode_pb(&dgram, &limits) {
-            Ok(ev) => {
-                if !deliver(&events, &cancel, ev).await {
+        match event::decode_pb_events(&dgram, &limits) {
+            Ok(evs) => {
+                if !deliver(&events, &cancel, evs).await {
                     break;
                 }
             }

@@ -46,15 +46,16 @@ impl Wiring {
     }
 }
 
-/// Pushes one event to the consumer, waiting while the queue is full. Returns
-/// false when the connection is over (consumer gone or cancelled).
+/// Pushes the events of one frame to the consumer, waiting while the queue is
+/// full. Returns false when the connection is over (consumer gone or
+/// cancelled).
 pub(crate) async fn deliver(
     tx: &mpsc::Sender<ServerEvent>,
     cancel: &CancellationToken,
-    ev: ServerEvent,
+    frame_events: Vec<ServerEvent>,
 ) -> bool {
     // A tick's gifts come out as `Reliable` events (see `event::split_tick`).
-    for ev in crate::event::split_tick(ev) {
+    for ev in frame_events.into_iter().flat_map(crate::event::split_tick) {
         let sent = tokio::select! {
             _ = cancel.cancelled() => false,
             r = tx.send(ev) => r.is_ok(),

@@ -211,10 +211,10 @@ async fn read_loop(
                 break;
             }
             Some(Ok(Message::Binary(b))) if transport == Transport::WsPb => {
-                event::decode_pb(&b, &limits)
+                event::decode_pb_events(&b, &limits)
             }
             Some(Ok(Message::Text(t))) if transport == Transport::WsJson => {
-                event::decode_json(t.as_str(), &limits)
+                event::decode_json_events(t.as_str(), &limits)
             }
             Some(Ok(Message::Close(close))) => {
                 debug!(?close, "websocket closed by edge");
@@ -232,8 +232,8 @@ async fn read_loop(
             }
         };
         match decoded {
-            Ok(ev) => {
-                if !deliver(&events, &cancel, ev).await {
+            Ok(evs) => {
+                if !deliver(&events, &cancel, evs).await {
                     break;
                 }
             }

@@ -38,7 +38,9 @@ fn fanout(c: &mut Criterion) {
     let channel = registry.get("room:bench").expect("joined");
     let events = CommentGenerator::new(1).events(50, 1_700_000_000_000);
     let mut builder = FrameBuilder::new(&BatchConfig::default()).expect("zstd level 3");
-    let (frames, _) = builder.build("room:bench", &events, true).expect("encodes");
+    let (frames, _) = builder
+        .build("room:bench", &events, None, true)
+        .expect("encodes");
 
     let mut group = c.benchmark_group("fanout");
     group.throughput(Throughput::Elements(MEMBERS as u64));
@@ -87,16 +89,24 @@ fn build(c: &mut Criterion) {
         let events = CommentGenerator::new(7).events(n, 1_700_000_000_000);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("pb", n), &events, |b, events| {
-            b.iter(|| builder.build("room:bench", events, false).expect("encodes"))
+            b.iter(|| {
+                builder
+                    .build("room:bench", events, None, false)
+                    .expect("encodes")
+            })
         });
         group.bench_with_input(BenchmarkId::new("pb+json", n), &events, |b, events| {
-            b.iter(|| builder.build("room:bench", events, true).expect("encodes"))
+            b.iter(|| {
+                builder
+                    .build("room:bench", events, None, true)
+                    .expect("encodes")
+            })
         });
     }
     group.finish();
     let events = CommentGenerator::new(7).events(100, 1_700_000_000_000);
     let (_, sizes) = builder
-        .build("room:bench", &events, false)
+        .build("room:bench", &events, None, false)
         .expect("encodes");
     println!(
         "100 sample events: {} raw bytes -> {} compressed ({:.1}x)",

@@ -86,7 +86,9 @@ fn flush(c: &mut Criterion) {
         group.throughput(Throughput::Elements(members as u64));
         // One flush: build once, push to every member, every writer takes its frame.
         let mut flush = |on: bool| {
-            let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
+            let (frames, sizes) = builder
+                .build("room:bench", &events, None, true)
+                .expect("encodes");
             let outcome = channel.push(&frames, None);
             if on {
                 record(&metrics, now_ms, &events, window, &sizes, &outcome);
@@ -128,7 +130,9 @@ fn flush(c: &mut Criterion) {
         }
         // The metric updates of that flush alone (what `on` adds to `off`), with
         // the outcome and frame sizes of a real flush: a tight, low-noise number.
-        let (frames, sizes) = builder.build("room:bench", &events, true).expect("encodes");
+        let (frames, sizes) = builder
+            .build("room:bench", &events, None, true)
+            .expect("encodes");
         let outcome = channel.push(&frames, None);
         let sizes_by_member: Vec<(Transport, u64)> = queues
             .iter_mut()

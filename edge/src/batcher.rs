@@ -4,7 +4,7 @@
 //! Channels are spread over a few shard tasks by a hash of their name
 //! ([`shard_of`]), so one channel's events stay in order on one task and the
 //! cores share the encoding. The consumer feeds danmaku; the reliable fan-out
-//! (`reliable/fanout.rs`) feeds the channel's reliable events, already in seq
+//! (`sequencer.rs`) feeds the channel's reliable events, already in seq
 //! order, into the same open batch, so gifts ride the tick. Each shard owns a
 //! [`PendingBatches`] (the pure window policy) and one [`FrameBuilder`] (one
 //! reused zstd context). A flush encodes and compresses once, builds the JSON
@@ -69,21 +69,28 @@ impl FrameBuilder {
     /// Encodes `events` once as a protobuf `ServerFrame{Batch}` and, if
     /// `with_json`, once as JSON text, each already framed as the complete
     /// WebSocket frame every member writes (the protobuf is encoded straight
-    /// after its frame header: no copy).
+    /// after its frame header: no copy). `online` is the member count riding
+    /// this tick, if one is due.
     pub fn build(
         &mut self,
         channel: &str,
         events: &[pb::Event],
+        online: Option<u64>,
         with_json: bool,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
-        let batch = self.encoder.encode(channel, events)?;
+        let mut batch = self.encoder.encode(channel, events)?;
+        batch.online = online.unwrap_or(0);
         let sizes = BuiltSizes {
             raw: self.encoder.last_raw_len(),
             compressed: batch.payload.len(),
         };
         let pb = Prepared::encode(OpCode::Binary, &frame::server(Body::Batch(batch)));
-        let json = with_json
-            .then(|| Prepared::new(OpCode::Text, json::batch_json(channel, events).as_bytes()));
+        let json = with_json.then(|| {
+            Prepared::new(
+                OpCode::Text,
+                json::batch_json(channel, events, online).as_bytes(),
+            )
+        });
         Ok((BatchFrames { pb, json }, sizes))
     }
 }
@@ -163,7 +170,9 @@ pub(crate) fn flush_to(
 ) {
     let now_ms = danmaku_proto::now_ms();
     let with_json = channel.json_members() > 0;
-    let (frames, sizes) = match builder.build(ready.channel.as_str(), &ready.events, with_json) {
+    let online = channel.take_online();
+    let built = builder.build(ready.channel.as_str(), &ready.events, online, with_json);
+    let (frames, sizes) = match built {
         Ok(built) => built,
         Err(e) => {
             tracing::error!(channel = %ready.channel, error = %e, "cannot encode batch");
@@ -337,5 +346,35 @@ mod tests {
         registry.leave(&room, 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(metrics.batches.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_offered_online_count_rides_the_next_tick_once() {
+        let (registry, _metrics, shard, _shutdown) = setup(BatchConfig::default());
+        let room = ChannelName::parse("room:online").unwrap();
+        let (pb, mut pb_rx, _, _) = member_at(Transport::WsPb, 8, 0);
+        let (js, mut js_rx, _, _) = member_at(Transport::WsJson, 8, 0);
+        registry.join(&room, 1, pb);
+        registry.join(&room, 2, js);
+        let channel = registry.get("room:online").unwrap();
+        assert!(!channel.offer_online(2), "nothing was waiting");
+        let online_of = |prepared: crate::channels::Outbound| {
+            let f = frame::decode_server(&prepared.payload(), &Limits::default()).unwrap();
+            match f.body {
+                Some(Body::Batch(b)) => b.online,
+                other => panic!("not a batch: {other:?}"),
+            }
+        };
+        for (i, want) in [(0, 2), (1, 0)] {
+            shard.send(item(&room, i)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            assert_eq!(online_of(pb_rx.try_recv().unwrap()), want, "tick {i}");
+            let text = js_rx.try_recv().unwrap();
+            let text = std::str::from_utf8(&text.payload()).unwrap().to_owned();
+            assert_eq!(text.contains(r#""online":2"#), want == 2, "{text}");
+        }
+        // No tick took this one: the next offer says so (a quiet room).
+        assert!(!channel.offer_online(2));
+        assert!(channel.offer_online(2));
     }
 }

@@ -194,6 +194,9 @@ pub struct Channel {
     /// The channel's recent reliable events (`reliable/ring.rs`). Locked once
     /// per event by the fan-out and by the rare connection that catches up.
     ring: Mutex<Ring>,
+    /// The member count waiting to ride the next tick (0: none), set by the
+    /// online push (`control_plane/online.rs`), taken by the batcher.
+    online: AtomicU64,
 }
 
 impl Channel {
@@ -205,7 +208,22 @@ impl Channel {
             json_count: AtomicUsize::new(0),
             inbound: AtomicU64::new(0),
             ring: Mutex::new(Ring::new(ring)),
+            online: AtomicU64::new(0),
         }
+    }
+
+    /// Leaves `online` for the next tick to carry. True when the previous
+    /// count was still waiting (no tick in a whole push interval: a quiet
+    /// room), so the caller sends this one in an `online` frame of its own.
+    pub fn offer_online(&self, online: u64) -> bool {
+        self.online.swap(online.max(1), Ordering::AcqRel) > 0
+    }
+
+    /// The count for the tick being built now, if one waits (one atomic swap
+    /// per tick).
+    pub fn take_online(&self) -> Option<u64> {
+        let waiting = self.online.swap(0, Ordering::AcqRel);
+        (waiting > 0).then_some(waiting)
     }
 
     /// Counts one bus event routed to this channel: one relaxed add, the only

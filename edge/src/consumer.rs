@@ -6,7 +6,7 @@
 //! does not host is one map lookup. Events older than the consumer's start are
 //! skipped: a backend that replays from an older offset (Kafka) must not flood
 //! new viewers with the past. Reliable events (`seq > 0`) are never skipped as
-//! stale: they go to the reliable fan-out (`reliable/fanout.rs`), which orders
+//! stale: they go to the reliable fan-out (`sequencer.rs`), which orders
 //! and deduplicates them by seq before they join the batchers' ticks.
 //! Account announcements (key `!account`, never a channel name) are checked
 //! for first and go to the account policy (`account.rs`).

@@ -13,17 +13,21 @@
 //!   registry (channel → local members, sharded maps, no global lock). A full
 //!   queue drops that tick for that member only.
 //! * The **reliable lane** ([`reliable`]: gifts, group chat; bus events with
-//!   `seq > 0`) orders each channel's seqs in a fan-out task and feeds them
-//!   to the same batchers: they ride the room's tick frame, so a viewer gets
+//!   `seq > 0`) orders each channel's seqs in the sequencer
+//!   (`sequencer.rs`) and feeds them to the same batchers: they ride the room's tick frame, so a viewer gets
 //!   one frame per tick whatever the gift rate. Per member the edge keeps O(1)
 //!   lane state; a member that misses a tick, resumes or stops acking is
 //!   served from the channel's ring of recent events or the [`Store`].
 //! * Connections arrive over WebSocket ([`Edge::router`], `ws.rs`) or QUIC
 //!   ([`Edge::serve_quic`], `quic.rs`). Both open a `Session` (`session.rs`,
 //!   the connection's state) and run the one connection loop
-//!   (`connection.rs`), which hands each client frame to its handler
-//!   (`handlers/`, one file per frame kind) and each wake-up to the reliable
-//!   lane; a writer task per connection prefers replies over ticks.
+//!   (`connection/`), which hands each client frame to its handler
+//!   (`connection/handlers/`, one file per frame kind) and each wake-up to the
+//!   lane's connection side (`connection/reliable.rs`); a writer task per
+//!   connection prefers replies over ticks.
+//! * State lives low and the tasks that act on it above it: [`Edge`] itself
+//!   (`node.rs`) is the state every task shares; this file starts and serves
+//!   it. docs/ARCHITECTURE.md draws the layers.
 //! * Every metric lives in [`metrics`], registered into the registry the
 //!   process passes in. [`top_rooms`] ranks the hottest rooms every few
 //!   seconds into rank-labelled gauges and `GET /v1/top-rooms`.

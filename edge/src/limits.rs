@@ -1,5 +1,5 @@
 //! What one client may ask of an edge: frame budgets, connection caps, and the
-//! handshake deadline, as plain state. The connection's task (`connection.rs`)
+//! handshake deadline, as plain state. The connection's task (`connection/`)
 //! asks [`ConnLimits::admit`] when a connection starts and
 //! [`ConnLimits::check_frame`] for every frame, and answers refusals; the
 //! settings are [`ClientLimits`] (`config.rs`).

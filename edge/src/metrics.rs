@@ -475,6 +475,7 @@ pub struct ControlMetrics {
     pub drain_forced_closes: IntCounter,
     pub drain_remaining: IntGauge,
     pub online_frames: IntCounter,
+    pub online_in_ticks: IntCounter,
 }
 
 /// The account policy's metrics (`account.rs`).
@@ -563,7 +564,12 @@ impl ControlMetrics {
         )?;
         let online_frames = IntCounter::new(
             "danmaku_edge_online_frames_total",
-            "Online-count frames queued to members of big channels.",
+            "Online-count frames of their own queued to members of big channels \
+             (quiet rooms only: elsewhere the count rides the next tick).",
+        )?;
+        let online_in_ticks = IntCounter::new(
+            "danmaku_edge_online_in_ticks_total",
+            "Online counts handed to a channel's next tick instead of a frame per member.",
         )?;
         registry.register(Box::new(capacity.clone()))?;
         registry.register(Box::new(draining.clone()))?;
@@ -573,6 +579,7 @@ impl ControlMetrics {
         registry.register(Box::new(drain_forced_closes.clone()))?;
         registry.register(Box::new(drain_remaining.clone()))?;
         registry.register(Box::new(online_frames.clone()))?;
+        registry.register(Box::new(online_in_ticks.clone()))?;
         for op in SCHEDULER_OPS {
             for r in SCHEDULER_RESULTS {
                 scheduler_requests.with_label_values(&[op, r]);
@@ -590,6 +597,7 @@ impl ControlMetrics {
             drain_forced_closes,
             drain_remaining,
             online_frames,
+            online_in_ticks,
         })
     }
 

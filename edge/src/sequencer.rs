@@ -9,7 +9,7 @@
 //! ([`Channel::remember`], for resends and resumes) and goes to the channel's
 //! batcher shard like a danmaku event: the batcher puts it in the tick frame
 //! every member gets, so 10 gifts/s in a 100k room cost no write of their own.
-//! Connections that miss a tick read the ring or the store (`conn.rs`).
+//! Connections that miss a tick read the ring or the store (`connection/reliable.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

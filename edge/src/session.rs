@@ -1,7 +1,7 @@
 //! One authenticated client connection's state, whatever its transport: who
 //! it is, the channels it joined with their reliable lanes, its budgets, and
 //! the two queues its writer drains. No loop and no handler lives here: the
-//! connection's task (`connection.rs`) owns the loop and dispatches frames to
+//! connection's task (`connection/`) owns the loop and dispatches frames to
 //! `handlers/`, which act on this state through the methods below.
 //!
 //! The writer (owned by the transport, `ws.rs` / `quic.rs`) drains two queues:

@@ -5,7 +5,7 @@
 //! carry reliable events and asks each lane ([`LaneShared::sweep`]) whether
 //! seqs stayed unacked through a whole interval; only those connections are
 //! woken ([`ConnEvent::Stalled`]) and decide whether to resend from the ring
-//! (`conn.rs`). The cost is a few atomic loads per member per interval,
+//! (`connection/reliable.rs`). The cost is a few atomic loads per member per interval,
 //! whatever the gift rate.
 //!
 //! [`LaneShared::sweep`]: crate::reliable::lane::LaneShared::sweep

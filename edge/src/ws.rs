@@ -403,12 +403,29 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => { batches_open = false; continue; }
             },
         };
-        // Let the task that woke us finish queueing (a channel's flush queues its
-        // reliable frames and batch back to back): one yield turns what would
-        // be several writes into one vectored write.
-        tokio::task::yield_now().await;
+        // The live path: one tick frame queued, nothing behind it. Written
+        // straight away: no yield, no allocation (a member's tick costs one
+        // wake-up and one write).
+        let mut after = try_next(
+            &mut control,
+            &mut batches,
+            &mut batches_open,
+            transport,
+            &limits,
+        );
+        if after.is_none()
+            && let Next::Send(f) = &next
+        {
+            match write_frames(&mut wr, std::slice::from_ref(f)).await {
+                Ok(n) => egress.inc_by(n as u64),
+                Err(_) => return,
+            }
+            continue;
+        }
+        // More is queued (a catch-up, replies behind a tick, a writer that fell
+        // behind): everything queued goes out in one vectored write.
         // Allocated per wake-up (sized to what is queued), never kept while idle.
-        let queued = control.len() + batches.len() + 1;
+        let queued = control.len() + batches.len() + 2;
         let mut frames: Vec<Outbound> = Vec::with_capacity(queued.min(MAX_COALESCE));
         let end = loop {
             match next {
@@ -418,13 +435,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             if frames.len() >= MAX_COALESCE {
                 break None;
             }
-            match try_next(
-                &mut control,
-                &mut batches,
-                &mut batches_open,
-                transport,
-                &limits,
-            ) {
+            match after.take().or_else(|| {
+                try_next(
+                    &mut control,
+                    &mut batches,
+                    &mut batches_open,
+                    transport,
+                    &limits,
+                )
+            }) {
                 Some(n) => next = n,
                 None => break None,
             }

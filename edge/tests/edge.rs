@@ -290,7 +290,9 @@ async fn ws_json_batches_several_events_into_fewer_frames() -> Result<()> {
     let mut frames = 0;
     while events.len() < 20 {
         match next_json(&mut ws).await? {
-            JsonServerFrame::Batch { channel, events: e } => {
+            JsonServerFrame::Batch {
+                channel, events: e, ..
+            } => {
                 assert_eq!(channel, "room:42");
                 frames += 1;
                 events.extend(e);
@@ -887,7 +889,9 @@ async fn next_reliable_frame(ws: &mut Ws, channel: &str) -> Result<(Via, Vec<u64
                 check_gift(channel, &c, seq, &event);
                 return Ok((Via::Single, vec![seq]));
             }
-            JsonServerFrame::Batch { channel: c, events } => {
+            JsonServerFrame::Batch {
+                channel: c, events, ..
+            } => {
                 let mut seqs = Vec::new();
                 for e in events.iter().filter(|e| e.seq.is_some()) {
                     let seq = e.seq.unwrap_or_default();

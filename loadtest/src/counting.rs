@@ -347,7 +347,9 @@ fn on_json(
         }
     };
     match f {
-        JsonServerFrame::Batch { channel, events } if channel == room => {
+        JsonServerFrame::Batch {
+            channel, events, ..
+        } if channel == room => {
             c.frames += 1;
             if let Some(log) = &mut c.probe {
                 log.on_frame();
@@ -606,7 +608,7 @@ mod tests {
                 .map(|n| post_text(2, n, "{\"kind\":\"x\"}"))
                 .collect::<Vec<_>>(),
         );
-        let text = danmaku_proto::json::batch_json(room, &evs);
+        let text = danmaku_proto::json::batch_json(room, &evs, None);
         let mut none = |_: Lane, _: u64| {};
         let mut c = ViewerCounts::new(false);
         on_message(&mut c, Wire::WsJson, room, text.as_bytes(), 0, &mut none);

@@ -699,6 +699,9 @@ pub async fn run(config: LoadtestConfig) -> Result<Report, LoadtestError> {
 
     let mut report = build_report(&config, &endpoints, &plan, total, &posted_out, posting_time);
     report.connect_phase_s = connect_phase.as_secs_f64();
+    if report.connect_phase_s > 0.0 {
+        report.connects_per_s = report.connections_ok as f64 / report.connect_phase_s;
+    }
     report.servers = before
         .iter()
         .zip(&connected)
@@ -817,6 +820,16 @@ fn build_report(
         connect_errors: total.connect_errors.clone(),
         connect_phase_s: 0.0,
         connect_ms: Latency::from_histogram(&connect),
+        connects_per_s: 0.0,
+        connect_steps_ms: total
+            .connect_steps
+            .iter()
+            .map(|(name, pairs)| {
+                let mut h = new_histogram();
+                add_pairs(&mut h, pairs);
+                (name.clone(), Latency::from_histogram(&h))
+            })
+            .collect(),
         probes: total.probes,
         counting: total.counting,
         churn_viewers: total.churn_viewers,

@@ -147,8 +147,15 @@ pub struct Report {
     pub connect_errors: BTreeMap<String, u64>,
     /// From the first connect to the last viewer joined.
     pub connect_phase_s: f64,
-    /// Connect + join time of one viewer.
+    /// Connect + join time of one viewer (from its turn in the ramp).
     pub connect_ms: Latency,
+    /// `connections_ok / connect_phase_s`.
+    pub connects_per_s: f64,
+    /// The same per step: `queue` (waiting for one of `--connect-concurrency`
+    /// slots: the ramp asked faster than connects complete), `pick` (the
+    /// scheduler's answer), `upgrade` (TCP + WebSocket upgrade with the token
+    /// check; QUIC: handshake + auth), `join` (join → `joined`).
+    pub connect_steps_ms: BTreeMap<String, Latency>,
     pub probes: u64,
     pub counting: u64,
     pub churn_viewers: u64,
@@ -258,6 +265,20 @@ impl Report {
             self.connect_ms.p99,
             self.connect_ms.max
         );
+        let steps: Vec<String> = self
+            .connect_steps_ms
+            .iter()
+            .filter(|(_, l)| l.count > 0)
+            .map(|(name, l)| format!("{name} {}/{}", l.p50, l.p99))
+            .collect();
+        if !steps.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:.0} connects/s; per step p50/p99 ms: {}",
+                self.connects_per_s,
+                steps.join("  ")
+            );
+        }
         for (reason, n) in &self.connect_errors {
             let _ = writeln!(s, "  {n} × {reason}");
         }

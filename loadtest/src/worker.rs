@@ -140,8 +140,11 @@ pub struct WorkerResult {
     pub failed: u64,
     pub dropped: u64,
     pub connect_errors: BTreeMap<String, u64>,
-    /// Connect + join time per viewer, ms.
+    /// Connect + join time per viewer, ms (from when its turn in the ramp came).
     pub connect_ms: HistPairs,
+    /// The same, per step (`CONNECT_STEPS`), ms: waiting for a connect slot,
+    /// asking the scheduler, TCP + upgrade (+ auth on QUIC), join → `joined`.
+    pub connect_steps: BTreeMap<String, HistPairs>,
     pub danmaku: LaneTally,
     pub gifts: LaneTally,
     pub latency_danmaku: HistPairs,
@@ -166,6 +169,9 @@ impl WorkerResult {
             *self.connect_errors.entry(k).or_default() += v;
         }
         self.connect_ms.extend(o.connect_ms);
+        for (k, v) in o.connect_steps {
+            self.connect_steps.entry(k).or_default().extend(v);
+        }
         self.danmaku += o.danmaku;
         self.gifts += o.gifts;
         self.latency_danmaku.extend(o.latency_danmaku);
@@ -205,11 +211,31 @@ struct Ctx {
     lat_gift: Mutex<Histogram<u64>>,
     lat_interval: Mutex<Histogram<u64>>,
     connect_ms: Mutex<Histogram<u64>>,
+    /// One histogram per entry of [`CONNECT_STEPS`].
+    connect_steps: [Mutex<Histogram<u64>>; 4],
     http: reqwest::Client,
     certs: tokio::sync::Mutex<HashMap<String, Vec<u8>>>,
 }
 
+/// The steps of a viewer's first connect, timed separately so a slow connect
+/// phase says where the time went (`Report::connect_steps_ms`).
+pub const CONNECT_STEPS: [&str; 4] = ["queue", "pick", "upgrade", "join"];
+
+/// Index into [`CONNECT_STEPS`].
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Queue = 0,
+    Pick = 1,
+    Upgrade = 2,
+    Join = 3,
+}
+
 impl Ctx {
+    fn step(&self, step: Step, since: Instant) {
+        lock(&self.connect_steps[step as usize])
+            .saturating_record(since.elapsed().as_millis().max(1) as u64);
+    }
+
     fn record(&self, lane: Lane, ms: u64) {
         let h = match lane {
             Lane::Danmaku => &self.lat_danmaku,
@@ -353,17 +379,28 @@ async fn connect_and_join(
     slot: &Slot,
     counts: &mut ViewerCounts,
     bytes: &mut u64,
+    timed: bool,
 ) -> Result<Conn, String> {
     let room = &ctx.spec.rooms[slot.room as usize];
     let local = (!ctx.spec.source_addrs.is_empty())
         .then(|| ctx.spec.source_addrs[slot.id as usize % ctx.spec.source_addrs.len()]);
+    let step = |s: Step, since: Instant| {
+        if timed {
+            ctx.step(s, since);
+        }
+    };
+    let t = Instant::now();
     let dest = resolve(ctx, slot).await?;
+    step(Step::Pick, t);
     let join = async {
+        let t = Instant::now();
         match dest {
             Dest::Ws(target, query) => {
                 let mut conn = WsConn::connect(&target, &query, subprotocol(ctx, slot.wire), local)
                     .await
                     .map_err(|e| short(&e.to_string()))?;
+                step(Step::Upgrade, t);
+                let t = Instant::now();
                 loop {
                     let msg = conn.next().await.map_err(|e| short(&e.to_string()))?;
                     let Some((_, data)) = msg else {
@@ -383,6 +420,7 @@ async fn connect_and_join(
                         return Err(short(&format!("refused: {e}")));
                     }
                     if reply.joined {
+                        step(Step::Join, t);
                         return Ok(Conn::Ws(conn));
                     }
                 }
@@ -398,10 +436,13 @@ async fn connect_and_join(
                 let mut client = Client::connect_quic(addr, Some(cert), token, config)
                     .await
                     .map_err(|e| short(&e.to_string()))?;
+                step(Step::Upgrade, t);
+                let t = Instant::now();
                 client.join(room).await.map_err(|e| short(&e.to_string()))?;
                 while let Some(ev) = client.next_event().await {
                     match ev {
                         ServerEvent::Joined { channel, .. } if &channel == room => {
+                            step(Step::Join, t);
                             return Ok(Conn::Quic(Box::new(client)));
                         }
                         ServerEvent::Error { code, message } => {
@@ -564,7 +605,10 @@ async fn run_viewer(
             if stop.is_cancelled() {
                 return res;
             }
-            connect_and_join(&ctx, &slot, &mut res.counts, &mut res.bytes_in).await
+            if first {
+                ctx.step(Step::Queue, started);
+            }
+            connect_and_join(&ctx, &slot, &mut res.counts, &mut res.bytes_in, first).await
         };
         let conn = match conn {
             Ok(c) => c,
@@ -684,6 +728,7 @@ pub async fn run(
         lat_gift: Mutex::new(new_histogram()),
         lat_interval: Mutex::new(new_histogram()),
         connect_ms: Mutex::new(new_histogram()),
+        connect_steps: std::array::from_fn(|_| Mutex::new(new_histogram())),
         http: reqwest::Client::new(),
         certs: tokio::sync::Mutex::new(HashMap::new()),
         spec,
@@ -847,6 +892,11 @@ pub async fn run(
     res.latency_danmaku = hist_pairs(&lock(&ctx.lat_danmaku));
     res.latency_gift = hist_pairs(&lock(&ctx.lat_gift));
     res.connect_ms = hist_pairs(&lock(&ctx.connect_ms));
+    res.connect_steps = CONNECT_STEPS
+        .iter()
+        .zip(&ctx.connect_steps)
+        .map(|(name, h)| ((*name).to_owned(), hist_pairs(&lock(h))))
+        .collect();
     progress_stop.cancel();
     let _ = out.send(WorkerMsg::Result(res));
 }

@@ -63,6 +63,7 @@ impl BatchEncoder {
             payload,
             first_seq,
             last_seq,
+            online: 0,
         })
     }
 

@@ -167,6 +167,10 @@ pub enum JsonServerFrame {
     Batch {
         channel: String,
         events: Vec<JsonEvent>,
+        /// The channel's member count riding this tick (see `Online`); absent
+        /// in most ticks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        online: Option<u64>,
     },
     Reliable {
         channel: String,
@@ -221,6 +225,7 @@ impl JsonServerFrame {
                     .iter()
                     .map(JsonEvent::from_pb)
                     .collect(),
+                online: (b.online > 0).then_some(b.online),
             },
             Body::Reliable(r) => JsonServerFrame::Reliable {
                 channel: r.channel.clone(),
@@ -268,6 +273,8 @@ struct BatchOut<'a> {
     ty: &'static str,
     channel: &'a str,
     events: Vec<EventOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -282,11 +289,13 @@ struct EventOut<'a> {
     payload: Option<&'a RawValue>,
 }
 
-/// The JSON text of a channel's batch, built once and shared by all JSON members.
-pub fn batch_json(channel: &str, events: &[pb::Event]) -> String {
+/// The JSON text of a channel's batch, built once and shared by all JSON
+/// members; `online` is the member count riding this tick, if any.
+pub fn batch_json(channel: &str, events: &[pb::Event], online: Option<u64>) -> String {
     let out = BatchOut {
         ty: "batch",
         channel,
+        online,
         events: events
             .iter()
             .map(|ev| EventOut {
@@ -354,14 +363,37 @@ mod tests {
             payload_json: r#"{"color":"red"}"#.into(),
             ..Default::default()
         };
-        let text = batch_json("room:42", std::slice::from_ref(&ev));
+        let text = batch_json("room:42", std::slice::from_ref(&ev), None);
+        assert!(!text.contains("online"), "no count, no field: {text}");
         match decode_server_json(&text, &Limits::default()).unwrap() {
-            JsonServerFrame::Batch { channel, events } => {
+            JsonServerFrame::Batch {
+                channel,
+                events,
+                online,
+            } => {
                 assert_eq!(channel, "room:42");
                 assert_eq!(events.len(), 1);
                 assert_eq!(events[0].clone().into_pb(), ev);
+                assert_eq!(online, None);
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_online_count_rides_the_batch_in_both_forms() {
+        let text = batch_json("room:42", &[], Some(100_000));
+        assert_eq!(
+            text,
+            r#"{"type":"batch","channel":"room:42","events":[],"online":100000}"#
+        );
+        let pb_batch = pb::Batch {
+            channel: "room:42".into(),
+            online: 100_000,
+            ..Default::default()
+        };
+        let frame = crate::frame::server(server_frame::Body::Batch(pb_batch));
+        let json = JsonServerFrame::from_pb(&frame, &Limits::default()).unwrap();
+        assert_eq!(json, decode_server_json(&text, &Limits::default()).unwrap());
     }
 }

@@ -8,7 +8,7 @@
 //! writer's end. A frame goes through the frame budget to its handler
 //! (`handlers/`, one file per frame kind); a wake — a group removal, a tick
 //! the connection missed, a stall the reliable sweep saw, a due ack-offset
-//! write, the token's expiry — goes to the reliable lane (`reliable/conn.rs`)
+//! write, the token's expiry — goes to the reliable lane's connection side (`reliable.rs`)
 //! or the handler it concerns. Live ticks never wake this task: they go
 //! straight to the writer. When the wake queue overflows (the peer stopped
 //! reading, so this task waits on the reply queue) the session closes with

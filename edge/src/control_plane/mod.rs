@@ -25,8 +25,8 @@
 //! [`danmaku_proto::control`]'s, shared with the scheduler and the client.
 //! The decisions (wave sizes, which channels a heartbeat reports) are pure
 //! functions, unit-tested beside them; the tasks only do I/O around them.
-//! [`Edge`](crate::node::Edge)'s public methods for all of this are in `node.rs` and `lib.rs`; they call
-//! into here.
+//! The state these tasks share lives below them (`control_state.rs`, inside
+//! [`Edge`]); `Edge`'s public methods for it are in `node.rs` and `lib.rs`.
 
 pub mod drain;
 pub mod online;

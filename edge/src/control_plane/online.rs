@@ -1,7 +1,9 @@
 //! Online counts: how many viewers a channel has, cluster-wide when a
 //! scheduler reports it (from the heartbeat answers of
-//! [`super::registration`]), else this edge's own members. Big channels get
-//! an `online` frame every few seconds; a standalone server answers
+//! [`super::registration`]), else this edge's own members. Every few seconds
+//! a big channel's count rides its next tick (`Batch.online`: no frame of its
+//! own to each of 100,000 viewers); a quiet room whose last count no tick took
+//! gets an `online` frame instead. A standalone server answers
 //! `GET /v1/channels/{channel}/online` from here.
 
 use std::sync::Arc;
@@ -88,6 +90,12 @@ pub(super) async fn online_loop(edge: Arc<Edge>, shutdown: CancellationToken) {
                 continue;
             }
             let online = edge.online_count(channel.name().as_str());
+            // The count rides the room's next tick: no frame of its own.
+            if !channel.offer_online(online) {
+                edge.control.metrics.online_in_ticks.inc();
+                continue;
+            }
+            // No tick took the last count in a whole interval: a quiet room.
             let frames = online_frames(channel.name().as_str(), online, channel.json_members() > 0);
             let out = channel.push(&frames, None);
             edge.control

@@ -15,7 +15,7 @@
 //!   client's acks), resend attempts, and the ack offset a group writes to the
 //!   store.
 //!
-//! Sans-IO: time comes in as an argument; the tokio side is `conn.rs`.
+//! Sans-IO: time comes in as an argument; the tokio side is `connection/reliable.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

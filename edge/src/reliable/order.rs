@@ -1,6 +1,6 @@
 //! Channel order, sans-IO in the quinn-proto manner: time and events in,
 //! decisions out. [`ReorderBuffer`] (one per channel on this edge, owned by a
-//! fan-out task, `fanout.rs`) delivers seqs in order, drops duplicates, holds a
+//! fan-out task, `sequencer.rs`) delivers seqs in order, drops duplicates, holds a
 //! seq that arrives ahead of a missing one for a short while, and then names
 //! the gap to read from the store.
 

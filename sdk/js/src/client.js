@@ -465,9 +465,12 @@ export class DanmakuClient {
     this.stats.frames++;
     switch (f.type) {
       case "batch": {
-        // A tick: its reliable events (seq > 0) go through the tracker like
-        // `reliable` frames; the batch the app sees holds the danmaku.
+        // A tick: its online count (when one rides it) is an `online` event
+        // like the frame of its own a quiet room gets; its reliable events
+        // (seq > 0) go through the tracker like `reliable` frames; the batch
+        // the app sees holds the danmaku.
         this.stats.batches++;
+        if (f.online > 0) this.#emit("online", { type: "online", channel: f.channel, online: f.online });
         let danmaku = f.events;
         if (f.events.some((ev) => ev.seq > 0)) {
           danmaku = [];

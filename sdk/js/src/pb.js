@@ -18,7 +18,7 @@ export const PROTOCOL_VERSION = 1;
 /** Field numbers (mirrors proto/danmaku.proto; checked by the tests). */
 export const FIELDS = {
   Event: { kind: 1, sender: 2, text: 3, ts_ms: 4, seq: 5, payload_json: 6, client_msg_id: 7 },
-  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7 },
+  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7, online: 8 },
   ClientFrame: { version: 1, auth: 2, join: 3, leave: 4, ack: 5, resume: 6, ping: 7 },
   ServerFrame: {
     version: 1, joined: 2, left: 3, batch: 4, reliable: 5, pong: 6, redirect: 7, error: 8,
@@ -131,7 +131,7 @@ export function decodeServerFrame(bytes, limits) {
         }
         case F.batch: {
           let channel = "", codec = 0, dictId = 0, count = 0, payload = new Uint8Array(0);
-          let firstSeq = 0, lastSeq = 0;
+          let firstSeq = 0, lastSeq = 0, online = 0;
           sub(r, (n) => {
             switch (n) {
               case 1: channel = r.string(); return true;
@@ -141,11 +141,13 @@ export function decodeServerFrame(bytes, limits) {
               case 5: payload = r.bytes(); return true;
               case 6: firstSeq = toNum(r.uint64()); return true;
               case 7: lastSeq = toNum(r.uint64()); return true;
+              case 8: online = toNum(r.uint64()); return true;
               default: return false;
             }
           });
           const events = decodeBatchPayload({ codec, dictId, count, payload }, limits);
           frame = { type: "batch", channel, events, codec, first_seq: firstSeq, last_seq: lastSeq };
+          if (online > 0) frame.online = online;
           break;
         }
         case F.reliable: {

@@ -109,6 +109,25 @@ test("server frames decode; garbage is a DecodeError, unknown bodies are skipped
   assert.throws(() => decodeServerFrame(v2), { code: "unsupported_version" });
 });
 
+test("a batch carries its room's online count when one rides the tick", () => {
+  const batch = (online) => {
+    const w = new BinaryWriter();
+    w.tag(1, WireType.Varint).uint32(1);
+    w.tag(4, WireType.LengthDelimited).fork();
+    w.tag(1, WireType.LengthDelimited).string("room:1");
+    w.tag(4, WireType.Varint).uint32(1);
+    w.tag(5, WireType.LengthDelimited).bytes(rawPayload([{ kind: 1, sender: "a", text: "hi", ts_ms: 1 }]));
+    if (online) w.tag(8, WireType.Varint).uint64(online);
+    w.join();
+    return decodeServerFrame(w.finish());
+  };
+  const f = batch(100000);
+  assert.equal(f.type, "batch");
+  assert.equal(f.online, 100000);
+  assert.equal(f.events[0].text, "hi");
+  assert.equal("online" in batch(0), false);
+});
+
 test("reliable tracker: dedupe, order, holes, cumulative acks", () => {
   const t = new ReliableTracker();
   const ev = (seq) => ({ seq });

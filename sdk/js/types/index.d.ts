@@ -26,8 +26,9 @@ export type ServerFrame =
   | { type: "left"; channel: string }
   /** A tick: its danmaku, and its reliable events (seq > 0), which the client
    * hands out as `reliable` (deduplicated, in order); `first_seq`/`last_seq`
-   * are their range (protobuf only). */
-  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number; first_seq?: number; last_seq?: number }
+   * are their range (protobuf only); `online`, when present, is the channel's
+   * member count riding the tick (the client emits it as `online`). */
+  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number; first_seq?: number; last_seq?: number; online?: number }
   | { type: "reliable"; channel: string; seq: number; event: DanmakuEvent }
   | { type: "pong"; ts_ms?: number }
   | { type: "redirect"; edges: EdgeAddr[] }
