@@ -1,7 +1,7 @@
 //! The distributed bus: one Kafka topic (default `danmaku.events`) through rdkafka.
 //!
 //! * **Publish** goes through one idempotent [`FutureProducer`] (`acks=all`,
-//!   `linger.ms=5`, lz4) with the channel as the message key, so a channel's events
+//!   `linger.ms=20`, lz4) with the channel as the message key, so a channel's events
 //!   stay in one partition and in order. `publish` awaits the broker's delivery report:
 //!   ingest answers its client only once the broker has the event. A lost broker turns
 //!   into [`BusError::Unavailable`] after [`KafkaBusConfig::delivery_timeout`].
@@ -538,6 +538,7 @@ fn new_producer(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", config.linger.as_millis().to_string())
+        .set("batch.num.messages", config.batch_num_messages.to_string())
         .set("compression.type", &config.compression)
         .set(
             "message.timeout.ms",

@@ -3,7 +3,7 @@
 //! Connections are not woken per tick and keep no resend timer of their own.
 //! Instead, every `interval` this task walks the members of channels that
 //! carry reliable events and asks each lane ([`LaneShared::sweep`]) whether
-//! seqs stayed unacked through a whole interval; only those connections are
+//! seqs stayed unacked through two whole intervals; only those connections are
 //! woken ([`ConnEvent::Stalled`]) and decide whether to resend from the ring
 //! (`connection/reliable.rs`). The cost is a few atomic loads per member per interval,
 //! whatever the gift rate.

@@ -120,6 +120,11 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
             "fetch.wait.max.ms",
             config.fetch_wait.as_millis().to_string(),
         )
+        .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
+        .set(
+            "queued.min.messages",
+            config.queued_min_messages.to_string(),
+        )
         .set("fetch.error.backoff.ms", "50")
         .set("statistics.interval.ms", "1000")
         .clone();

@@ -94,7 +94,7 @@ pub(crate) async fn on_missed(session: &mut Session, channel: &ChannelName) -> F
     catch_up_or_close(session, channel).await
 }
 
-/// The sweep saw no ack on `channel` for a whole interval (see `sweep.rs`).
+/// The sweep saw no ack on `channel` for two whole intervals (see `sweep.rs`).
 pub(crate) async fn on_stalled(session: &mut Session, channel: &ChannelName) -> Flow {
     let limits = ResendLimits::from(&session.edge.config.reliable);
     let writer_busy = session.ticks_queued();

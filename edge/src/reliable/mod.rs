@@ -24,7 +24,7 @@
 //!    never-dropping reply queue, paced by the client's acks. Group acks are
 //!    written to the store as the user's offset.
 //! 5. **Stalls** (`sweep.rs`) — one task per edge wakes only the connections
-//!    whose acks did not move through a whole interval
+//!    whose acks did not move through two whole intervals
 //!    ([`lane::LaneShared::sweep`]); they resend with backoff and, past
 //!    `max_attempts` or `max_unacked`, close with `reliable_backlog` so the
 //!    client resumes elsewhere.
