@@ -654,7 +654,11 @@ pub(crate) mod tests {
         assert_eq!(seqs(ch.recent_after(0, 10)), None, "1 fell out");
         ch.push(&frames(), Some((1, 3)));
         assert_eq!(ch.sweep_stalled(), 0, "first pass marks");
-        assert_eq!(ch.sweep_stalled(), 0, "silent for one pass: may be just pushed");
+        assert_eq!(
+            ch.sweep_stalled(),
+            0,
+            "silent for one pass: may be just pushed"
+        );
         assert!(wake.try_recv().is_err(), "not woken yet");
         assert_eq!(ch.sweep_stalled(), 1, "silent for two whole passes");
         assert!(matches!(wake.try_recv(), Ok(ConnEvent::Stalled(c)) if c == r));
