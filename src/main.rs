@@ -614,6 +614,8 @@ async fn run_ingest(a: IngestArgs) -> Result<()> {
         a.node.secrets.key()?,
         &registry,
     )?;
+    // Revocations and blocks made through the other ingests.
+    ingest.start_announcements(shutdown.clone()).await?;
     let app = axum::Router::new()
         .merge(a.admin.ops(registry, &shutdown).await?)
         .merge(readyz_router(readiness))

@@ -137,6 +137,7 @@ impl TestEdge {
             }),
             origin: "test".into(),
             membership: None,
+            account: None,
         };
         self.bus
             .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))
@@ -187,6 +188,7 @@ impl TestEdge {
             }),
             origin: "test".into(),
             membership: None,
+            account: None,
         };
         self.bus
             .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))

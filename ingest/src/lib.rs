@@ -27,7 +27,13 @@
 //! Every refusal is one [`ApiError`] variant with its status code and JSON body
 //! (see docs/PROTOCOL.md), and is counted in [`metrics`]. `POST /v1/dev/token`
 //! ([`dev_token`]) mints tokens for standalone demos.
+//!
+//! Account protection ([`account`]): the app backend revokes tokens and blocks
+//! users; every authenticated call checks this node's in-memory policy, which
+//! [`announcements`] keeps in step with the other nodes through the bus.
 
+pub mod account;
+pub mod announcements;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -45,6 +51,7 @@ use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use danmaku_bus::Bus;
+use danmaku_proto::account::SharedPolicy;
 use danmaku_proto::token::TokenKey;
 use danmaku_store::{Store, StoreError};
 
@@ -63,6 +70,8 @@ pub struct Ingest {
     tokens: TokenKey,
     limits: RateLimits,
     metrics: Metrics,
+    /// Revoked tokens and blocked users (`account.rs`, `announcements.rs`).
+    policy: Arc<SharedPolicy>,
 }
 
 impl Ingest {
@@ -84,6 +93,7 @@ impl Ingest {
             tokens,
             limits,
             metrics,
+            policy: Arc::default(),
         }))
     }
 
@@ -118,6 +128,11 @@ impl Ingest {
                 put(reliable::join).delete(reliable::leave),
             )
             .route("/v1/unread", get(reliable::unread))
+            .route("/v1/admin/revocations", post(account::revoke))
+            .route(
+                "/v1/users/{user}/block",
+                put(account::block).delete(account::unblock),
+            )
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self.clone())
     }

@@ -3,13 +3,16 @@
 //! so tests can run many nodes in one process).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 use crate::{ApiError, IngestError};
 
 /// The store operations ingest times and counts (`op` label values).
-pub const STORE_OPS: [&str; 5] = ["append", "read", "ack", "unread", "membership"];
+pub const STORE_OPS: [&str; 6] = ["append", "read", "ack", "unread", "membership", "account"];
+
+/// The `change` label values of `danmaku_ingest_account_changes_total`.
+pub const ACCOUNT_CHANGES: [&str; 4] = ["revoke_token", "revoke_user", "block", "unblock"];
 
 /// Handles to every ingest metric.
 #[derive(Clone)]
@@ -34,11 +37,18 @@ pub struct Metrics {
     /// `client_msg_id` was already stored (answered with the original seq).
     pub reliable_duplicates_total: IntCounter,
     /// `danmaku_ingest_store_op_seconds{op,backend}`: time of each store call
-    /// made by ingest; `op` is `append`, `read`, `ack`, `unread` or `membership`.
+    /// made by ingest; `op` is `append`, `read`, `ack`, `unread`, `membership` or
+    /// `account`.
     pub store_op_seconds: HistogramVec,
     /// `danmaku_ingest_store_errors_total{op}`: store calls that failed (a
     /// "not a member" answer is not a failure).
     pub store_errors_total: IntCounterVec,
+    /// `danmaku_ingest_account_changes_total{change}`: account changes made
+    /// through this node's API (`revoke_token`, `revoke_user`, `block`, `unblock`).
+    pub account_changes: IntCounterVec,
+    /// `danmaku_ingest_account_policy_entries{kind}`: revocations and blocks in
+    /// force in this node's memory (`revocations`, `blocks`).
+    pub account_entries: IntGaugeVec,
 }
 
 impl Metrics {
@@ -107,6 +117,28 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let account_changes = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_account_changes_total",
+                "Account changes (revocations, blocks) made through this node, by change.",
+            ),
+            &["change"],
+        )?;
+        let account_entries = IntGaugeVec::new(
+            Opts::new(
+                "danmaku_ingest_account_policy_entries",
+                "Token revocations and user blocks in force in this node's memory, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(account_changes.clone()))?;
+        registry.register(Box::new(account_entries.clone()))?;
+        for change in ACCOUNT_CHANGES {
+            account_changes.with_label_values(&[change]);
+        }
+        for kind in ["revocations", "blocks"] {
+            account_entries.with_label_values(&[kind]);
+        }
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(rejected_total.clone()))?;
@@ -130,6 +162,8 @@ impl Metrics {
             reliable_duplicates_total,
             store_op_seconds,
             store_errors_total,
+            account_changes,
+            account_entries,
         })
     }
 

@@ -23,6 +23,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "idempotency_per_sender",
         include_str!("../migrations/postgres/0002_idempotency_per_sender.sql"),
     ),
+    (
+        3,
+        "account_policy",
+        include_str!("../migrations/postgres/0003_account_policy.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -35,6 +40,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         2,
         "idempotency_per_sender",
         include_str!("../migrations/sqlite/0002_idempotency_per_sender.sql"),
+    ),
+    (
+        3,
+        "account_policy",
+        include_str!("../migrations/sqlite/0003_account_policy.sql"),
     ),
 ];
 
