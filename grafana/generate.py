@@ -415,6 +415,45 @@ def moderation_panels(ids):
     ]
 
 
+def account_panels(ids, sel):
+    """Account protection: revocations and blocks made, and what they refuse and close."""
+    inner = ", " + sel[1:-1] if sel else ""
+    return [
+        ts(
+            ids,
+            "Revocations and blocks made",
+            "Account changes made through the ingest API by the app backend: one token "
+            "revoked (revoke_token), a user's tokens issued before a time (revoke_user), "
+            "block and unblock. Each is stored and announced to every ingest and edge.",
+            "cps",
+            ("sum by (change) (rate(danmaku_ingest_account_changes_total[$__rate_interval]))", "{{change}}"),
+        ),
+        ts(
+            ids,
+            "Refused and closed: revoked tokens, blocked users",
+            "Requests refused at ingest (401 token_revoked, 403 user_blocked), connections "
+            "refused at connect by the edges, and open connections the edges closed when a "
+            "revocation or block arrived. Closes without a matching change above mean another "
+            "ingest took it.",
+            "cps",
+            ('sum by (code) (rate(danmaku_ingest_rejected_total{code=~"token_revoked|user_blocked"}[$__rate_interval]))', "ingest refused: {{code}}"),
+            (f'sum by (code) (rate(danmaku_edge_refused_total{{code=~"token_revoked|user_blocked"{inner}}}[$__rate_interval]))', "edge refused at connect: {{code}}"),
+            (f"sum by (code) (rate(danmaku_edge_account_closes_total{sel}[$__rate_interval]))", "edge closed: {{code}}"),
+        ),
+        ts(
+            ids,
+            "Revocations and blocks in force",
+            "Entries each process holds in memory (every ingest and edge holds all of them; "
+            "they leave once the tokens they cover have expired or the block ended). Processes "
+            "that disagree for more than a few seconds missed an announcement.",
+            "short",
+            (f"max by (kind) (danmaku_edge_account_policy_entries{sel})", "edge max: {{kind}}"),
+            (f"min by (kind) (danmaku_edge_account_policy_entries{sel})", "edge min: {{kind}}"),
+            ("max by (kind) (danmaku_ingest_account_policy_entries)", "ingest max: {{kind}}"),
+        ),
+    ]
+
+
 def overview():
     ids = Ids()
     d = base(
@@ -848,6 +887,10 @@ def overview():
     for p in refusal_panels(ids, ""):
         d = d.with_panel(p)
 
+    d = d.with_row(row(ids, "Account protection"))
+    for p in account_panels(ids, ""):
+        d = d.with_panel(p)
+
     d = d.with_row(row(ids, "Moderation"))
     for p in moderation_panels(ids):
         d = d.with_panel(p)
@@ -1038,6 +1081,18 @@ def edge():
     d = d.with_row(row(ids, "Drain, online and refusals"))
     for p in drain_panels(ids, sel, by="") + refusal_panels(ids, sel)[:2]:
         d = d.with_panel(p)
+    d = d.with_panel(
+        ts(
+            ids,
+            "Connections closed by revocations and blocks",
+            "Open connections of this edge closed because a token revocation (token_revoked) "
+            "or a user block (user_blocked) covered them, and connections refused at connect "
+            "for the same reasons.",
+            "cps",
+            (f"sum by (code) (rate(danmaku_edge_account_closes_total{sel}[$__rate_interval]))", "closed: {{code}}"),
+            (f'sum by (code) (rate(danmaku_edge_refused_total{{code=~"token_revoked|user_blocked"{", " + sel[1:-1] if sel else ""}}}[$__rate_interval]))', "refused: {{code}}"),
+        )
+    )
     d = d.with_panel(
         ts(
             ids,

@@ -11,14 +11,15 @@
 # edge like real clients, RATE danmaku/s + GIFT_RATE gifts/s for DURATION s.
 # Overrides (environment): VIEWERS=100000 EDGES=6 INGESTS=2 WORKERS=6 RATE=1000
 # GIFT_RATE=10 DURATION=60 RAMP=2000 PROBE=0.01 TRANSPORT=ws-pb REPORT=bench-room-100k.json
-# ACK_INTERVAL=2s RETRANSMIT=10s DRAIN_GRACE=10 FETCH_WAIT_MS=10
+# ACK_INTERVAL=2s RETRANSMIT=10s DRAIN_GRACE=10 FETCH_WAIT_MS=25
 # BIN=target/release/danmaku EXTRA="…more loadtest flags" EDGE_EXTRA="…more edge flags".
 # WRITE_BUDGET (frame writes/s per edge, default 40000 ÷ EDGES): the edges share
 # what the host's 2 cores have left for frame writes after the broker, ingest and
 # the load generator's own reads; the big room's window then reaches its 1 s
-# maximum, i.e. one frame per viewer per second. FETCH_WAIT_MS (default 10): each
-# edge's Kafka fetch wait. Fewer fetches would save broker CPU, but tansu then
-# delivers much later (50 ms gave a p50 of 894 ms against 52 ms at 10 ms).
+# maximum, i.e. one frame per viewer per second. FETCH_WAIT_MS (default 25, the
+# bus default): each edge's Kafka fetch wait. tansu answers a fetch only when the
+# wait is over, so it is both the hop's latency and the broker's polling cost
+# (BENCHMARKS.md, "Bus hop: broker CPU vs fetch settings").
 #
 # Edges register themselves with the scheduler when the build has edge
 # self-registration (`danmaku edge --help` lists --capacity); otherwise the
@@ -49,7 +50,7 @@ PROBE="${PROBE:-0.01}"
 TRANSPORT="${TRANSPORT:-ws-pb}"
 REPORT="${REPORT:-bench-room-100k.json}"
 WRITE_BUDGET="${WRITE_BUDGET:-$(( 40000 / EDGES ))}"
-FETCH_WAIT_MS="${FETCH_WAIT_MS:-10}"
+FETCH_WAIT_MS="${FETCH_WAIT_MS:-25}"
 # Viewers ack gifts every ACK_INTERVAL; edges resend after RETRANSMIT (must be longer).
 ACK_INTERVAL="${ACK_INTERVAL:-2s}"
 RETRANSMIT="${RETRANSMIT:-10s}"

@@ -56,7 +56,8 @@ struct Node {
     /// Address to serve on (an edge also serves QUIC on this port over UDP).
     #[arg(long, env = "DANMAKU_LISTEN")]
     listen: SocketAddr,
-    /// `memory` or `kafka://host:port[,host:port…][?topic=NAME]`.
+    /// `memory` or `kafka://host:port[,host:port…][?topic=NAME&partitions=N&fetch_wait_ms=MS&linger_ms=MS…]`
+    /// (every parameter and its default: docs/PROTOCOL.md, `--bus`).
     #[arg(long, env = "DANMAKU_BUS")]
     bus: String,
     /// `embedded:PATH` or `postgres://…`: where gifts and group chat are
@@ -613,6 +614,8 @@ async fn run_ingest(a: IngestArgs) -> Result<()> {
         a.node.secrets.key()?,
         &registry,
     )?;
+    // Revocations and blocks made through the other ingests.
+    ingest.start_announcements(shutdown.clone()).await?;
     ingest.start_moderation().await?;
     let app = axum::Router::new()
         .merge(a.admin.ops(registry, &shutdown).await?)

@@ -206,6 +206,9 @@ pub async fn start(
         tokens.clone(),
         &registry,
     )?;
+    // The edge of this process learns account changes from its own consumer;
+    // the ingest half needs them too (checked on every HTTP call).
+    ingest.start_announcements(shutdown.clone()).await?;
     ingest.start_moderation().await?;
     let scheduler = Scheduler::new(
         SchedulerConfig {

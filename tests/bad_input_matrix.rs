@@ -434,6 +434,8 @@ fn cases() -> Vec<Case> {
                     exp: now_secs() + 60,
                     role: "user".into(),
                     kid: Some("ffffffff".into()),
+                    jti: None,
+                    iat: None,
                 });
                 post(c, Some(t), "room:m", danmaku("hi")).await
             }

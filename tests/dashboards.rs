@@ -261,6 +261,26 @@ async fn standalone_exposition() -> String {
             "{out:?}"
         );
     }
+    // Account protection: a revoked token and a blocked user, refused.
+    let app = app_token(&srv.tokens, "app");
+    let revoked = srv
+        .tokens
+        .mint_with_id("rita", "user", now, 3600, "revoked-jti");
+    ingest
+        .revoke_token(&app, "revoked-jti", now + 3600)
+        .await
+        .unwrap();
+    ingest.block_user(&app, "bert", Some(60)).await.unwrap();
+    for (token, code) in [
+        (revoked, "token_revoked"),
+        (common::token(&srv, "bert"), "user_blocked"),
+    ] {
+        let out = ingest.post_danmaku(&token, "room:hot", "x").await.unwrap();
+        assert!(
+            matches!(&out, PostOutcome::Rejected { code: c, .. } if c == code),
+            "{out:?}"
+        );
+    }
     let forbidden = ingest.join_group(&poster, "group:g", "poster").await;
     assert!(
         format!("{forbidden:?}").contains("forbidden"),

@@ -183,6 +183,17 @@ async fn dashboards_show_data_and_rules_evaluate_in_prometheus() {
         .collect();
     let gifter = common::token(&srv, "gifter");
     let flooder = common::token(&srv, "flooder");
+    // Account protection: a revoked token and a blocked user keep being refused.
+    let now = danmaku_proto::token::now_secs();
+    let revoked = srv
+        .tokens
+        .mint_with_id("rita", "user", now, 3600, "revoked-jti");
+    ingest
+        .revoke_token(&app, "revoked-jti", now + 3600)
+        .await
+        .unwrap();
+    ingest.block_user(&app, "bert", None).await.unwrap();
+    let blocked = common::token(&srv, "bert");
     let load = {
         let ingest = ingest.clone();
         tokio::spawn(async move {
@@ -203,6 +214,8 @@ async fn dashboards_show_data_and_rules_evaluate_in_prometheus() {
                     let _ = ingest.post_danmaku(&flooder, "nope", "refused").await;
                     // A forged token: the auth panel's ingest bad_token series.
                     let _ = ingest.post_danmaku("forged", "room:p", "x").await;
+                    let _ = ingest.post_danmaku(&revoked, "room:p", "x").await;
+                    let _ = ingest.post_danmaku(&blocked, "room:p", "x").await;
                 }
                 if n % 100 == 0 {
                     // A flood: the per-user limit answers 429.

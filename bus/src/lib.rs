@@ -21,8 +21,8 @@ pub use memory::{MemoryBus, MemoryBusConfig};
 pub use stats::{KafkaStats, PartitionLag, SubscriptionStats};
 
 /// Opens the bus named by `url`: `memory` or
-/// `kafka://host:port[,host:port…][?topic=NAME&partitions=N&replication=R]`
-/// (see [`KafkaBusConfig::from_url`]).
+/// `kafka://host:port[,host:port…][?topic=NAME&partitions=N&fetch_wait_ms=MS&linger_ms=MS…]`
+/// (every parameter: [`KafkaBusConfig`]).
 pub async fn connect(url: &str) -> Result<Arc<dyn Bus>, BusError> {
     match url.split_once("://").map(|(s, _)| s).unwrap_or(url) {
         "memory" => Ok(Arc::new(MemoryBus::new(MemoryBusConfig::default()))),

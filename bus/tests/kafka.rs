@@ -361,6 +361,9 @@ async fn subscription_survives_many_broker_restarts_under_publish_and_consume() 
         brokers: broker.addr(),
         topic: unique("stress"),
         delivery_timeout: Duration::from_secs(2),
+        // Several partitions, as the crash was found with (the default is 1): every
+        // restart re-creates and re-assigns all of them.
+        partitions: 16,
         ..KafkaBusConfig::default()
     };
     let publisher = Arc::new(

@@ -47,6 +47,29 @@ pub enum ClientError {
     },
 }
 
+/// Error codes after which reconnecting with the same token is pointless: the
+/// token was revoked, or the user is blocked. A client stops and tells the
+/// application (which signs the user in again, or shows the block).
+pub const FINAL_CODES: [&str; 2] = ["token_revoked", "user_blocked"];
+
+/// Whether `code` (of an `error` frame or an HTTP answer) is one of [`FINAL_CODES`].
+pub fn is_final_code(code: &str) -> bool {
+    FINAL_CODES.contains(&code)
+}
+
+impl ClientError {
+    /// Whether retrying cannot help: the edge or ingest refused the token as
+    /// revoked or the user as blocked.
+    pub fn is_final(&self) -> bool {
+        match self {
+            ClientError::AuthRefused { code, .. } | ClientError::HttpStatus { code, .. } => {
+                is_final_code(code)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
     fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
         ClientError::WebSocket(Box::new(e))

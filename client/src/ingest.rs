@@ -374,6 +374,93 @@ impl IngestClient {
     }
 }
 
+/// Account protection (app-role token): revocations and global blocks.
+impl IngestClient {
+    /// `POST /v1/admin/revocations {"jti","expire_at"}`: refuses the token
+    /// with this `jti` until `expire_at` (unix seconds; its `exp`).
+    pub async fn revoke_token(
+        &self,
+        app_token: &str,
+        jti: &str,
+        expire_at: u64,
+    ) -> Result<(), ClientError> {
+        self.account_call(
+            self.http
+                .post(format!("{}/v1/admin/revocations", self.base)),
+            app_token,
+            Some(json!({ "jti": jti, "expire_at": expire_at })),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/revocations {"user","issued_before"}`: refuses every
+    /// token of `user` issued before `issued_before` (unix seconds).
+    pub async fn revoke_user(
+        &self,
+        app_token: &str,
+        user: &str,
+        issued_before: u64,
+    ) -> Result<(), ClientError> {
+        self.account_call(
+            self.http
+                .post(format!("{}/v1/admin/revocations", self.base)),
+            app_token,
+            Some(json!({ "user": user, "issued_before": issued_before })),
+        )
+        .await
+    }
+
+    /// `PUT /v1/users/{user}/block`: blocks `user` everywhere for `seconds`
+    /// (`None`: until unblocked).
+    pub async fn block_user(
+        &self,
+        app_token: &str,
+        user: &str,
+        seconds: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let body = match seconds {
+            Some(s) => json!({ "seconds": s }),
+            None => json!({}),
+        };
+        self.account_call(
+            self.http
+                .put(format!("{}/v1/users/{}/block", self.base, user)),
+            app_token,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/users/{user}/block`: lifts the block.
+    pub async fn unblock_user(&self, app_token: &str, user: &str) -> Result<(), ClientError> {
+        self.account_call(
+            self.http
+                .delete(format!("{}/v1/users/{}/block", self.base, user)),
+            app_token,
+            None,
+        )
+        .await
+    }
+
+    async fn account_call(
+        &self,
+        request: reqwest::RequestBuilder,
+        app_token: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        let request = request.bearer_auth(app_token);
+        let request = match body {
+            Some(b) => request.json(&b),
+            None => request,
+        };
+        let resp = request.send().await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        Ok(())
+    }
+}
+
 /// Maps a post answer: 2xx `{"seq":N}` → `Persisted`, other 2xx → `Accepted`,
 /// 429 → `RateLimited`, anything else → `Rejected` with the API error code.
 async fn post_outcome(resp: reqwest::Response) -> Result<PostOutcome, ClientError> {

@@ -12,6 +12,11 @@
 //! each channel that has delivered something, so the edge replays what was
 //! published meanwhile from the store.
 //!
+//! Two refusals end it instead: `token_revoked` and `user_blocked`
+//! ([`crate::error::FINAL_CODES`]) would refuse every reconnect the same way,
+//! so the `Error` event goes to the application and `next_event` then returns
+//! `None` (a reconnect attempt refused with one of them gives up at once).
+//!
 //! Started with [`ResilientClient::connect_via_scheduler`], it asks the
 //! scheduler (`GET /v1/edges`) for edges and *races* them: the first edge gets
 //! a head start of [`RACE_STAGGER`], then the next joins, and so on; the first
@@ -40,7 +45,7 @@ use tracing::{debug, info, warn};
 use crate::client::Client;
 use crate::config::ClientConfig;
 use crate::config::Transport;
-use crate::error::ClientError;
+use crate::error::{ClientError, is_final_code};
 use crate::event::EdgeAddr;
 use crate::event::ServerEvent;
 use crate::ingest::IngestClient;
@@ -455,6 +460,14 @@ impl ResilientClient {
                     seq,
                     event,
                 }) => self.on_reliable(channel, seq, event),
+                // Revoked or blocked: reconnecting would be refused the same way.
+                // Hand the error to the application, then end (`None`).
+                Some(ServerEvent::Error { code, message }) if is_final_code(&code) => {
+                    warn!(edge = %self.current_edge(), %code, %message, "refused for good; not reconnecting");
+                    self.client = None;
+                    self.gave_up = true;
+                    return Some(ServerEvent::Error { code, message });
+                }
                 Some(ServerEvent::Error { code, message }) if code == "reliable_backlog" => {
                     info!(edge = %self.current_edge(), %message, "reliable backlog, reconnecting");
                     self.client = None;
@@ -665,6 +678,10 @@ impl ResilientClient {
                         edge: edge.base_url,
                     });
                     return true;
+                }
+                Ok(Err(e)) if e.is_final() => {
+                    warn!(error = %e, "refused for good; not reconnecting");
+                    return false;
                 }
                 Ok(Err(e)) => debug!(error = %e, "reconnect attempt failed"),
                 Err(_) => {}

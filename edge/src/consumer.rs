@@ -8,6 +8,8 @@
 //! new viewers with the past. Reliable events (`seq > 0`) are never skipped as
 //! stale: they go to the reliable fan-out (`sequencer.rs`), which orders
 //! and deduplicates them by seq before they join the batchers' ticks.
+//! Account announcements (key `!account`, never a channel name) are checked
+//! for first and go to the account policy (`account.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +19,15 @@ use danmaku_proto::{Limits, frame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::account::{Account, is_account_key};
 use crate::batcher::{ShardItem, shard_of};
 use crate::channels::Channels;
 use crate::metrics::{BusResult, Metrics};
 use crate::sequencer::ReliableItem;
 
 pub(crate) struct Consumer {
+    /// Applies account announcements (key `!account`) and closes what they cover.
+    pub account: Arc<Account>,
     pub channels: Arc<Channels>,
     pub metrics: Metrics,
     pub shards: Vec<mpsc::Sender<ShardItem>>,
@@ -51,6 +56,8 @@ impl Consumer {
                 }
                 Err(BusError::Lagged(n)) => {
                     self.metrics.bus_lagged.inc_by(n);
+                    // An account change may be among the skipped: reload the stored ones.
+                    self.account.reload_later();
                     tracing::warn!(skipped = n, "bus consumer lagged");
                 }
                 Err(BusError::Closed) => {
@@ -70,6 +77,12 @@ impl Consumer {
     }
 
     async fn route(&self, msg: BusMessage) -> BusResult {
+        if is_account_key(&msg.key) {
+            return match self.account.on_announcement(&msg.payload) {
+                true => BusResult::Account,
+                false => BusResult::BadEvent,
+            };
+        }
         let Ok(key) = std::str::from_utf8(&msg.key) else {
             return BusResult::BadEvent;
         };
@@ -155,6 +168,7 @@ mod tests {
             }),
             origin: "t".into(),
             membership: None,
+            account: None,
             moderation: None,
         })
     }
@@ -181,6 +195,10 @@ mod tests {
             shard_rx,
             reliable_rx,
             consumer: Consumer {
+                account: Arc::new(Account::new(
+                    crate::metrics::AccountMetrics::register(&prometheus::Registry::new()).unwrap(),
+                    Limits::default(),
+                )),
                 channels,
                 metrics,
                 shards: vec![shard_tx],
@@ -256,6 +274,7 @@ mod tests {
             }),
             origin: "t".into(),
             membership: None,
+            account: None,
             moderation: None,
         };
         s.bus

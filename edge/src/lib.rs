@@ -33,7 +33,11 @@
 //!   seconds into rank-labelled gauges and `GET /v1/top-rooms`.
 //!   [`control_plane`] registers with the scheduler, drains and pushes
 //!   cluster-wide online counts.
+//! * Account protection (`account.rs`): revoked tokens and blocked users are
+//!   refused at connect and their open connections closed when a change
+//!   arrives on the bus (key `!account`, which no channel can have).
 
+mod account;
 pub mod batch_policy;
 mod batcher;
 pub mod channels;
@@ -107,6 +111,10 @@ impl Edge {
         let store: Arc<dyn Store> = Arc::new(store_reads::CoalescedReads::new(store));
         let metrics = Metrics::register(registry)?;
         let control_metrics = metrics::ControlMetrics::register(registry)?;
+        let account = Arc::new(account::Account::new(
+            metrics::AccountMetrics::register(registry)?,
+            config.limits,
+        ));
         let cert = CertMaterial::load_or_generate(&config)?;
         let quic_config = cert.server_config()?;
         if config.tls_cert.is_none() || config.tls_key.is_none() {
@@ -148,7 +156,11 @@ impl Edge {
             metrics.clone(),
             shutdown.clone(),
         ));
+        // After subscribing: a change announced while loading is applied twice, harmlessly.
+        account.load(&*store).await;
+        tokio::spawn(Arc::clone(&account).sweep(Arc::clone(&store), shutdown.clone()));
         let consumer = consumer::Consumer {
+            account: Arc::clone(&account),
             channels: Arc::clone(&channels),
             metrics: metrics.clone(),
             shards: shard_queues,
@@ -190,6 +202,7 @@ impl Edge {
             control,
             top_rooms: top_rx,
             limiter: Arc::default(),
+            account,
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)

@@ -16,12 +16,14 @@ use crate::transport::Transport;
 pub const STORE_OPS: [&str; 5] = ["last_seq", "is_member", "read_after", "ack", "acked"];
 
 /// The stable `error` codes of the limits' refusals (`limits.rs`) (and their metric labels).
-pub const REFUSAL_CODES: [&str; 5] = [
+pub const REFUSAL_CODES: [&str; 7] = [
     "rate_limited",
     "too_many_connections",
     "too_many_connections_from_ip",
     "handshake_timeout",
     "token_expired",
+    "token_revoked",
+    "user_blocked",
 ];
 
 /// What became of a bus message: the `result` label of `danmaku_edge_bus_events_total`.
@@ -39,6 +41,8 @@ pub enum BusResult {
     Reliable,
     /// A group membership change, handed to the channel's local connections.
     Membership,
+    /// An account change (token revocation, user block), applied to the policy.
+    Account,
     /// A moderation notice (a mute), handed to the channel's local connections.
     Moderation,
     /// Not handed on: the edge is shutting down (its batchers are gone).
@@ -46,13 +50,14 @@ pub enum BusResult {
 }
 
 impl BusResult {
-    pub const ALL: [BusResult; 8] = [
+    pub const ALL: [BusResult; 9] = [
         BusResult::Batched,
         BusResult::NoLocalMembers,
         BusResult::BadEvent,
         BusResult::Stale,
         BusResult::Reliable,
         BusResult::Membership,
+        BusResult::Account,
         BusResult::Moderation,
         BusResult::ShuttingDown,
     ];
@@ -65,6 +70,7 @@ impl BusResult {
             BusResult::Stale => "stale",
             BusResult::Reliable => "reliable",
             BusResult::Membership => "membership",
+            BusResult::Account => "account",
             BusResult::Moderation => "moderation",
             BusResult::ShuttingDown => "shutting_down",
         }
@@ -482,6 +488,46 @@ pub struct ControlMetrics {
     pub drain_remaining: IntGauge,
     pub online_frames: IntCounter,
     pub online_in_ticks: IntCounter,
+}
+
+/// The account policy's metrics (`account.rs`).
+#[derive(Clone)]
+pub struct AccountMetrics {
+    /// `danmaku_edge_account_closes_total{code}`: open connections closed because
+    /// a revocation (`token_revoked`) or a block (`user_blocked`) covered them.
+    pub closes: IntCounterVec,
+    /// `danmaku_edge_account_policy_entries{kind}`: revocations and blocks in
+    /// force in this edge's memory (`revocations`, `blocks`).
+    pub entries: IntGaugeVec,
+}
+
+impl AccountMetrics {
+    /// Creates and registers the account policy's metrics into `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let closes = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_account_closes_total",
+                "Open connections closed because a token revocation or a user block covered them, by code.",
+            ),
+            &["code"],
+        )?;
+        let entries = IntGaugeVec::new(
+            Opts::new(
+                "danmaku_edge_account_policy_entries",
+                "Token revocations and user blocks in force in this edge's memory, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(closes.clone()))?;
+        registry.register(Box::new(entries.clone()))?;
+        for code in ["token_revoked", "user_blocked"] {
+            closes.with_label_values(&[code]);
+        }
+        for kind in ["revocations", "blocks"] {
+            entries.with_label_values(&[kind]);
+        }
+        Ok(AccountMetrics { closes, entries })
+    }
 }
 
 /// The `op` label values of `danmaku_edge_scheduler_requests_total`.

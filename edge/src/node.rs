@@ -12,6 +12,7 @@ use danmaku_proto::token::{Claims, TokenError, TokenKey};
 use danmaku_store::Store;
 use tokio_util::sync::CancellationToken;
 
+use crate::account::Account;
 use crate::channels::{Channels, ConnId};
 use crate::config::EdgeConfig;
 use crate::control_state::ControlState;
@@ -35,6 +36,8 @@ pub struct Edge {
     pub(crate) top_rooms: tokio::sync::watch::Receiver<Arc<TopRoomsSnapshot>>,
     /// Per-user and per-IP connection counts and frame budgets (`limits.rs`).
     pub(crate) limiter: Arc<Limiter>,
+    /// Revoked tokens, blocked users and the open connections by user (`account.rs`).
+    pub(crate) account: Arc<Account>,
 }
 
 impl Edge {

@@ -41,6 +41,7 @@ use danmaku_proto::{Limits, ProtoError, frame, pb};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
+use crate::account::TokenFacts;
 use crate::channels::Outbound;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
 use crate::node::Edge;
@@ -49,6 +50,9 @@ use crate::transport::Transport;
 
 /// How long closing waits for the peer to acknowledge the last control frames.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long closing waits, after the peer acknowledged the last frames, for
+/// the peer to read them and close the connection itself.
+const READ_GRACE: Duration = Duration::from_secs(1);
 /// Largest chunk read from the control stream at once.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -154,7 +158,7 @@ fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
         recv,
         mut reader,
         user,
-        token_exp,
+        token,
     } = authed;
     let limits = edge.config.limits;
     reader.set_max_frame(limits.max_frame_bytes);
@@ -188,7 +192,7 @@ fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
     // A combinator, not `async { serve(…).await; … }`: awaiting a captured
     // future moves it into a second slot of the same size.
     let wakes = WakeQueue::new(queues.wakes, queues.overflow);
-    serve(session, reader, wakes, ip, token_exp)
+    serve(session, reader, wakes, ip, token)
         .then(move |_| async move {
             finish_writer(writer, CLOSE_LINGER * 2).await;
             drop((gauge, conn));
@@ -204,7 +208,7 @@ struct Authed {
     /// Holds what the peer sent after the `auth` frame.
     reader: FrameReader,
     user: String,
-    token_exp: u64,
+    token: TokenFacts,
 }
 
 /// The QUIC handshake, the control stream and the `auth` frame, within one
@@ -255,8 +259,10 @@ async fn handshake(edge: Arc<Edge>, incoming: quinn::Incoming) -> Option<Authed>
                     send,
                     recv,
                     reader,
+                    // The account policy is checked when the session starts
+                    // (`connection/mod.rs`), for both transports.
+                    token: TokenFacts::from(&claims),
                     user: claims.sub,
-                    token_exp: claims.exp,
                 });
             }
             Err(e) => (
@@ -333,9 +339,15 @@ async fn refuse(
 
 /// Finishes the control stream, waits (bounded) until the peer acknowledged
 /// it — closing at once would discard frames still in flight — then closes.
+/// Acknowledged is not read: the peer's QUIC stack drops stream data its
+/// application has not read yet when the connection closes, so a last
+/// `error` frame (why it ends: `token_revoked`, `too_many_connections`, …)
+/// could be lost on a busy client. The peer gets [`READ_GRACE`] to read it
+/// and close the connection itself (the SDKs do on such an error).
 async fn close(conn: &Connection, mut send: SendStream, reason: CloseReason) {
     if send.finish().is_ok() {
         let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+        let _ = tokio::time::timeout(READ_GRACE, conn.closed()).await;
     }
     conn.close(
         VarInt::from_u32(reason.quic_code()),
@@ -436,9 +448,14 @@ mod tests {
     #[test]
     fn the_per_connection_future_is_serve_plus_a_little() {
         let handle = future_size2::<Arc<Edge>, quinn::Incoming, _>(handle);
-        let serve = future_size5::<Session, QuicReader, WakeQueue, Option<std::net::IpAddr>, u64, _>(
-            serve::<QuicReader>,
-        );
+        let serve = future_size5::<
+            Session,
+            QuicReader,
+            WakeQueue,
+            Option<std::net::IpAddr>,
+            TokenFacts,
+            _,
+        >(serve::<QuicReader>);
         let on_message =
             future_size2::<&'static mut QuicReader, &'static mut Session, _>(|r, s| {
                 r.on_message(s, Ok(pb::ClientFrame::default()))

@@ -47,6 +47,9 @@ pub(crate) enum CloseReason {
     TokenExpired,
     /// A limit refused the connection (see `limits.rs`; the error frame says which).
     Refused,
+    /// The token was revoked or the user blocked (`account.rs`; the error frame
+    /// says which). Final: the client must not reconnect with the same token.
+    AccountRefused,
 }
 
 impl CloseReason {
@@ -62,6 +65,7 @@ impl CloseReason {
             CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 1008,
             CloseReason::TokenExpired => 1008,
             CloseReason::Refused => 1008,
+            CloseReason::AccountRefused => 1008,
         }
     }
 
@@ -77,6 +81,7 @@ impl CloseReason {
             CloseReason::ReliableBacklog | CloseReason::ReliableOverflow => 6,
             CloseReason::TokenExpired => 7,
             CloseReason::Refused => 8,
+            CloseReason::AccountRefused => 9,
         }
     }
 
@@ -93,6 +98,7 @@ impl CloseReason {
             }
             CloseReason::TokenExpired => "token expired",
             CloseReason::Refused => "refused by a limit",
+            CloseReason::AccountRefused => "token revoked or user blocked",
         }
     }
 }

@@ -281,6 +281,21 @@ mod tests {
         ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
             Ok(Vec::new())
         }
+        async fn record_account_change(
+            &self,
+            _: &danmaku_proto::pb::AccountChange,
+        ) -> Result<(), StoreError> {
+            Err(StoreError::Invalid("read-only".into()))
+        }
+        async fn account_changes(
+            &self,
+            _: u64,
+        ) -> Result<Vec<danmaku_proto::pb::AccountChange>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn purge_account_changes(&self, _: u64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
     }
 
     fn stored(seq: u64) -> StoredMessage {

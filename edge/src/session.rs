@@ -231,6 +231,12 @@ impl Session {
         Flow::Close(CloseReason::BadFrame)
     }
 
+    /// A sender on the reply queue, for closing the connection from outside
+    /// its task (`account.rs`).
+    pub fn reply_sender(&self) -> mpsc::Sender<Reply> {
+        self.replies.clone()
+    }
+
     /// Resolves when the writer task has gone (socket error): the reader stops.
     pub async fn writer_gone(&self) {
         self.replies.closed().await
@@ -268,5 +274,6 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.leave_all();
         self.edge.control.conn_closed(self.conn_id);
+        self.edge.account.unregister(&self.user, self.conn_id);
     }
 }

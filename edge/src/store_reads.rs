@@ -239,6 +239,24 @@ impl Store for CoalescedReads {
     ) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.moderation_log(scope, limit).await
     }
+
+    async fn record_account_change(
+        &self,
+        change: &danmaku_proto::pb::AccountChange,
+    ) -> Result<(), StoreError> {
+        self.inner.record_account_change(change).await
+    }
+
+    async fn account_changes(
+        &self,
+        now: u64,
+    ) -> Result<Vec<danmaku_proto::pb::AccountChange>, StoreError> {
+        self.inner.account_changes(now).await
+    }
+
+    async fn purge_account_changes(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner.purge_account_changes(now).await
+    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
+use crate::account::TokenFacts;
 use crate::channels::Outbound;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
 use crate::error::ApiError;
@@ -116,8 +117,8 @@ pub(crate) async fn upgrade(
         Arc::clone(&edge),
         on_upgrade,
         transport,
+        TokenFacts::from(&claims),
         claims.sub,
-        claims.exp,
         ip,
     ));
     let protocol = if transport.is_json() {
@@ -213,15 +214,15 @@ fn connection(
     edge: Arc<Edge>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     transport: Transport,
+    token: TokenFacts,
     user: String,
-    token_exp: u64,
     ip: Option<std::net::IpAddr>,
 ) -> impl Future<Output = ()> + Send {
     use futures_util::FutureExt;
     on_upgrade.then(move |upgraded| match upgraded {
         Ok(upgraded) => {
             let io = hyper_util::rt::TokioIo::new(upgraded);
-            run(edge, io, transport, user, token_exp, ip).left_future()
+            run(edge, io, transport, token, user, ip).left_future()
         }
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
@@ -237,8 +238,8 @@ fn run<S>(
     edge: Arc<Edge>,
     io: S,
     transport: Transport,
+    token: TokenFacts,
     user: String,
-    token_exp: u64,
     ip: Option<std::net::IpAddr>,
 ) -> impl Future<Output = ()> + Send
 where
@@ -269,7 +270,7 @@ where
     // A combinator, not `async { serve(…).await; … }`: awaiting a captured
     // future moves it into a second slot of the same size.
     let wakes = WakeQueue::new(queues.wakes, queues.overflow);
-    serve(session, reader, wakes, ip, token_exp).then(move |_| async move {
+    serve(session, reader, wakes, ip, token).then(move |_| async move {
         finish_writer(writer, WRITER_DRAIN).await;
         drop(gauge);
     })
@@ -599,8 +600,8 @@ mod tests {
             Arc::clone(&edge),
             upgrade,
             Transport::WsPb,
+            TokenFacts::default(),
             "u".into(),
-            0,
             None,
         );
         let conn_size = std::mem::size_of_val(&conn);

@@ -137,6 +137,7 @@ impl TestEdge {
             }),
             origin: "test".into(),
             membership: None,
+            account: None,
             moderation: None,
         };
         self.bus
@@ -188,6 +189,7 @@ impl TestEdge {
             }),
             origin: "test".into(),
             membership: None,
+            account: None,
             moderation: None,
         };
         self.bus

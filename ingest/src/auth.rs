@@ -3,9 +3,9 @@
 //! the clock so they are tested without a server.
 
 use axum::http::{HeaderMap, header};
-use danmaku_proto::token::{Claims, TokenKey};
+use danmaku_proto::token::{Claims, TokenKey, now_secs};
 
-use crate::ApiError;
+use crate::{ApiError, Ingest};
 
 /// The token of an `Authorization: Bearer …` header. The scheme is matched
 /// case-insensitively, as RFC 6750 allows.
@@ -33,6 +33,17 @@ pub fn authenticate(
 ) -> Result<Claims, ApiError> {
     let token = bearer_token(headers)?;
     Ok(key.verify(token, now_secs)?)
+}
+
+impl Ingest {
+    /// The caller's verified claims, unless the account policy refuses them
+    /// (`401 token_revoked`, `403 user_blocked`): one hash lookup or three.
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
+        let now = now_secs();
+        let claims = authenticate(headers, &self.tokens, now)?;
+        self.policy.check(&claims, now)?;
+        Ok(claims)
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,11 @@ pub struct IngestConfig {
     pub dev_app_tokens: bool,
     /// Lifetime of a dev token, in seconds. Default 86400 (one day).
     pub dev_token_ttl_secs: u64,
+    /// The longest lifetime the app backend gives its tokens, in seconds: a
+    /// revocation of a user's tokens issued before `T` is kept until
+    /// `T + max_token_ttl_secs`, when the last of them has expired (unless the
+    /// request names its own `expire_at`). Default 2,592,000 (30 days).
+    pub max_token_ttl_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -49,6 +54,7 @@ impl Default for IngestConfig {
             dev_tokens: false,
             dev_app_tokens: false,
             dev_token_ttl_secs: 86_400,
+            max_token_ttl_secs: 30 * 86_400,
         }
     }
 }
@@ -77,6 +83,9 @@ impl IngestConfig {
         }
         if self.dev_token_ttl_secs == 0 {
             return bad("dev_token_ttl_secs must be at least 1");
+        }
+        if self.max_token_ttl_secs == 0 {
+            return bad("max_token_ttl_secs must be at least 1");
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use danmaku_proto::account::Refusal;
 use danmaku_proto::token::TokenError;
 use danmaku_store::StoreError;
 
@@ -17,6 +18,8 @@ pub enum IngestError {
     Config(String),
     #[error("registering ingest metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("subscribing to the bus for announcements: {0}")]
+    Bus(#[from] danmaku_bus::BusError),
     /// The moderation policy could not be loaded or kept fresh.
     #[error("moderation: {0}")]
     Moderation(String),
@@ -61,12 +64,24 @@ pub enum ApiError {
     BadUser,
     #[error("role must be \"user\" or \"app\"")]
     BadRole,
+    /// A user id in an account change: any token `sub` (1 to 128 bytes).
+    #[error("user must be 1 to 128 bytes (a token's sub)")]
+    BadSubject,
+    /// A time in an account change that is past, too far ahead or absurd.
+    #[error("{0}")]
+    BadTime(String),
     #[error("missing bearer token: send Authorization: Bearer <token>")]
     MissingToken,
     #[error("token is invalid")]
     BadToken,
     #[error("token expired")]
     TokenExpired,
+    /// The token was revoked (by id, or with all of its user's older tokens).
+    #[error("this token was revoked; sign in again for a new one")]
+    TokenRevoked,
+    /// The user is blocked (`until`: unix seconds; `None`: permanently).
+    #[error("{}", match until { Some(t) => format!("this account is blocked until {t} (unix seconds)"), None => "this account is blocked".to_owned() })]
+    UserBlocked { until: Option<u64> },
     #[error("not found")]
     NotFound,
     /// An ack for a room that has no reliable message: nothing to acknowledge.
@@ -161,16 +176,19 @@ impl ApiError {
             | BadClientMsgId { .. }
             | BadUser
             | BadRole
+            | BadSubject
+            | BadTime(_)
             | ChatNeedsGroup
             | BadQuery(_)
             | BlockedContent
             | BadWordList(_)
             | BadSeconds(_)
             | BadSettings(_) => StatusCode::BAD_REQUEST,
-            MissingToken | BadToken | TokenExpired => StatusCode::UNAUTHORIZED,
+            MissingToken | BadToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
             NotMember { .. }
             | Forbidden
             | RoleNotAllowed
+            | UserBlocked { .. }
             | NotAllowed(_)
             | Muted { .. }
             | RoomMuted(_) => StatusCode::FORBIDDEN,
@@ -200,6 +218,10 @@ impl ApiError {
             BadClientMsgId { .. } => "bad_client_msg_id",
             BadUser => "bad_user",
             BadRole => "bad_role",
+            BadSubject => "bad_user",
+            BadTime(_) => "bad_time",
+            TokenRevoked => "token_revoked",
+            UserBlocked { .. } => "user_blocked",
             MissingToken => "missing_token",
             BadToken => "bad_token",
             TokenExpired => "token_expired",
@@ -245,6 +267,15 @@ impl From<TokenError> for ApiError {
             TokenError::Missing => ApiError::MissingToken,
             TokenError::Malformed | TokenError::BadSignature => ApiError::BadToken,
             TokenError::Expired => ApiError::TokenExpired,
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::TokenRevoked => ApiError::TokenRevoked,
+            Refusal::UserBlocked { until } => ApiError::UserBlocked { until },
         }
     }
 }

@@ -32,7 +32,13 @@
 //! Every refusal is one [`ApiError`] variant with its status code and JSON body
 //! (see docs/PROTOCOL.md), and is counted in [`metrics`]. `POST /v1/dev/token`
 //! ([`dev_token`]) mints tokens for standalone demos.
+//!
+//! Account protection ([`account`]): the app backend revokes tokens and blocks
+//! users; every authenticated call checks this node's in-memory policy, which
+//! [`announcements`] keeps in step with the other nodes through the bus.
 
+pub mod account;
+pub mod announcements;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -51,6 +57,7 @@ use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use danmaku_bus::Bus;
+use danmaku_proto::account::SharedPolicy;
 use danmaku_proto::token::TokenKey;
 use danmaku_store::{Store, StoreError};
 
@@ -69,6 +76,8 @@ pub struct Ingest {
     tokens: TokenKey,
     limits: RateLimits,
     metrics: Metrics,
+    /// Revoked tokens and blocked users (`account.rs`, `announcements.rs`).
+    policy: Arc<SharedPolicy>,
     moderation: moderation::Moderation,
 }
 
@@ -91,6 +100,7 @@ impl Ingest {
             tokens,
             limits,
             metrics,
+            policy: Arc::default(),
             moderation: moderation::Moderation::default(),
         }))
     }
@@ -126,6 +136,11 @@ impl Ingest {
                 put(reliable::join).delete(reliable::leave),
             )
             .route("/v1/unread", get(reliable::unread))
+            .route("/v1/admin/revocations", post(account::revoke))
+            .route(
+                "/v1/users/{user}/block",
+                put(account::block).delete(account::unblock),
+            )
             .route(
                 "/v1/wordlist",
                 put(moderation::wordlist::put_global).get(moderation::wordlist::get_global),

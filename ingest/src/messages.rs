@@ -20,11 +20,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use danmaku_proto::token::now_secs;
 use danmaku_proto::{ChannelKind, ChannelName, PROTOCOL_VERSION, frame, now_ms, pb};
 use serde::Deserialize;
 
-use crate::{ApiError, Ingest, auth, body};
+use crate::{ApiError, Ingest, body};
 
 /// Largest `payload` object, serialized, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 1024;
@@ -127,7 +126,7 @@ impl Ingest {
         kind_label: &mut &'static str,
     ) -> Result<Response, ApiError> {
         // Cheapest checks first: a bad token or channel costs no body read.
-        let claims = auth::authenticate(headers, &self.tokens, now_secs())?;
+        let claims = self.authenticate(headers)?;
         let Path(channel) = path.map_err(|e| ApiError::BadChannel(e.body_text()))?;
         let channel =
             ChannelName::parse(&channel).map_err(|e| ApiError::BadChannel(e.to_string()))?;
@@ -256,6 +255,7 @@ impl Ingest {
                 user: user.to_owned(),
                 removed,
             }),
+            account: None,
             moderation: None,
         };
         let key = Bytes::copy_from_slice(group.as_str().as_bytes());
@@ -277,6 +277,7 @@ impl Ingest {
             event: Some(event),
             origin: self.config.node_id.clone(),
             membership: None,
+            account: None,
             moderation: None,
         };
         let payload = frame::encode(&event);

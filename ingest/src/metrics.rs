@@ -10,17 +10,20 @@ use prometheus::{
 use crate::{ApiError, IngestError};
 
 /// The store operations ingest times and counts (`op` label values).
-pub const STORE_OPS: [&str; 8] = [
+pub const STORE_OPS: [&str; 9] = [
     "append",
     "read",
     "ack",
     "unread",
     "membership",
+    "account",
     "moderate",
     "policy",
     "moderation_log",
 ];
 
+/// The `change` label values of `danmaku_ingest_account_changes_total`.
+pub const ACCOUNT_CHANGES: [&str; 4] = ["revoke_token", "revoke_user", "block", "unblock"];
 /// Post refusals of the moderation policy (`reason` label values).
 pub const MODERATION_REFUSALS: [&str; 4] = ["blocked_content", "muted", "room_muted", "slow_mode"];
 /// Moderation changes (`what` label values).
@@ -49,11 +52,18 @@ pub struct Metrics {
     /// `client_msg_id` was already stored (answered with the original seq).
     pub reliable_duplicates_total: IntCounter,
     /// `danmaku_ingest_store_op_seconds{op,backend}`: time of each store call
-    /// made by ingest; `op` is `append`, `read`, `ack`, `unread` or `membership`.
+    /// made by ingest; `op` is `append`, `read`, `ack`, `unread`, `membership` or
+    /// `account`.
     pub store_op_seconds: HistogramVec,
     /// `danmaku_ingest_store_errors_total{op}`: store calls that failed (a
     /// "not a member" answer is not a failure).
     pub store_errors_total: IntCounterVec,
+    /// `danmaku_ingest_account_changes_total{change}`: account changes made
+    /// through this node's API (`revoke_token`, `revoke_user`, `block`, `unblock`).
+    pub account_changes: IntCounterVec,
+    /// `danmaku_ingest_account_policy_entries{kind}`: revocations and blocks in
+    /// force in this node's memory (`revocations`, `blocks`).
+    pub account_entries: IntGaugeVec,
     /// `danmaku_ingest_filtered_total{verdict}`: posts the word lists
     /// `blocked` (refused) or `masked` (accepted with words starred).
     pub filtered_total: IntCounterVec,
@@ -140,6 +150,28 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let account_changes = IntCounterVec::new(
+            Opts::new(
+                "danmaku_ingest_account_changes_total",
+                "Account changes (revocations, blocks) made through this node, by change.",
+            ),
+            &["change"],
+        )?;
+        let account_entries = IntGaugeVec::new(
+            Opts::new(
+                "danmaku_ingest_account_policy_entries",
+                "Token revocations and user blocks in force in this node's memory, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(account_changes.clone()))?;
+        registry.register(Box::new(account_entries.clone()))?;
+        for change in ACCOUNT_CHANGES {
+            account_changes.with_label_values(&[change]);
+        }
+        for kind in ["revocations", "blocks"] {
+            account_entries.with_label_values(&[kind]);
+        }
         let filtered_total = IntCounterVec::new(
             Opts::new(
                 "danmaku_ingest_filtered_total",
@@ -225,6 +257,8 @@ impl Metrics {
             reliable_duplicates_total,
             store_op_seconds,
             store_errors_total,
+            account_changes,
+            account_entries,
             filtered_total,
             moderation_refused_total,
             active_mutes,

@@ -26,13 +26,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use danmaku_proto::id::is_valid_id;
-use danmaku_proto::token::{Claims, now_secs};
 use danmaku_proto::{ChannelKind, ChannelName};
 use danmaku_store::StoredMessage;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{ApiError, Ingest, auth, body};
+use crate::{ApiError, Ingest, body};
 
 /// `limit` when the query has none.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
@@ -152,10 +151,6 @@ struct AckBody {
 }
 
 impl Ingest {
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
-        auth::authenticate(headers, &self.tokens, now_secs())
-    }
-
     async fn history(
         &self,
         path: Result<Path<String>, PathRejection>,

@@ -1260,6 +1260,15 @@ impl Store for DownStore {
     ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
         down()
     }
+    async fn record_account_change(&self, _: &pb::AccountChange) -> Result<(), StoreError> {
+        down()
+    }
+    async fn account_changes(&self, _: u64) -> Result<Vec<pb::AccountChange>, StoreError> {
+        down()
+    }
+    async fn purge_account_changes(&self, _: u64) -> Result<u64, StoreError> {
+        down()
+    }
 }
 
 #[tokio::test]
@@ -1329,6 +1338,109 @@ async fn a_store_outage_is_503_and_nothing_is_acknowledged() {
             "danmaku_ingest_store_op_seconds",
             &[("op", "append"), ("backend", "down")]
         ),
+        1.0
+    );
+}
+
+/// A revocation request of the app backend.
+fn revocation(token: &str, body: Value) -> Request<Body> {
+    Request::post("/v1/admin/revocations")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn account_changes_are_stored_applied_here_and_announced() {
+    let mut h = Harness::new(IngestConfig::default()).await;
+    let now = now_secs();
+    let alice = h.key.mint_with_id("alice", "user", now, 3600, "alice-1");
+    let (status, _, _) = h.send(post("room:1", Some(&alice), danmaku("hi"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.next_published().await;
+    let (status, _, answer) = h
+        .send(revocation(
+            &h.app_token(),
+            json!({"jti": "alice-1", "expire_at": now + 3600}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({"jti": "alice-1", "expire_at": now + 3600}));
+    // Announced under the account key, for the other ingests and every edge.
+    let (msg, event) = h.next_published().await;
+    assert_eq!(msg.key.as_ref(), b"!account");
+    assert_eq!(event.channel, "");
+    assert!(event.event.is_none());
+    let change = event.account.expect("an account change");
+    assert!(change.at_ms > 0);
+    // Refused here at once, on every authenticated call; stored for restarts.
+    let refused = (StatusCode::UNAUTHORIZED, "token_revoked".to_owned());
+    assert_eq!(
+        h.refused(post("room:1", Some(&alice), danmaku("hi"))).await,
+        refused
+    );
+    assert_eq!(h.refused(get("/v1/unread", Some(&alice))).await, refused);
+    assert_eq!(h.store.account_changes(now).await.unwrap().len(), 1);
+    // Blocked: 403 until lifted.
+    let bob = h.token("bob");
+    let block = Request::put("/v1/users/bob/block")
+        .header(header::AUTHORIZATION, format!("Bearer {}", h.app_token()))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, answer) = h.send(block).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"user": "bob", "blocked": true, "until": null})
+    );
+    assert_eq!(
+        h.refused(post("room:1", Some(&bob), danmaku("hi"))).await,
+        (StatusCode::FORBIDDEN, "user_blocked".to_owned())
+    );
+    let unblock = Request::delete("/v1/users/bob/block")
+        .header(header::AUTHORIZATION, format!("Bearer {}", h.app_token()))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(h.send(unblock).await.0, StatusCode::OK);
+    let (status, _, _) = h.send(post("room:1", Some(&bob), danmaku("hi"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        h.metric(
+            "danmaku_ingest_account_changes_total",
+            &[("change", "block")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_account_change_the_store_cannot_keep_is_503_and_not_applied() {
+    let bus = Arc::new(MemoryBus::new(MemoryBusConfig::default()));
+    let sub = bus.subscribe_all().await.unwrap();
+    let mut h = Harness::with_parts(IngestConfig::default(), bus, sub, Arc::new(DownStore), None);
+    let now = now_secs();
+    let alice = h.key.mint_with_id("alice", "user", now, 3600, "alice-1");
+    assert_eq!(
+        h.refused(revocation(
+            &h.app_token(),
+            json!({"jti": "alice-1", "expire_at": now + 3600}),
+        ))
+        .await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable".to_owned()
+        )
+    );
+    h.nothing_published().await;
+    let (status, _, _) = h.send(post("room:1", Some(&alice), danmaku("hi"))).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "not revoked: nothing was stored"
+    );
+    assert_eq!(
+        h.metric("danmaku_ingest_store_errors_total", &[("op", "account")]),
         1.0
     );
 }

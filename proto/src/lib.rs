@@ -11,6 +11,7 @@
 //! they share with user ids ([`id`]) and signed tokens ([`token`]).
 //! No tokio, no sockets: the edge, ingest and client crates move the bytes.
 
+pub mod account;
 pub mod batch;
 pub mod channel;
 pub mod control;

@@ -10,6 +10,11 @@
 //! token without `kid` (minted by an older backend) is tried against each key.
 //! Rotate by deploying `new,old` everywhere, moving the backend to `new`, and
 //! dropping `old` once its tokens have expired.
+//!
+//! Revocation: [`TokenKey::mint`] writes a random token id (`jti`) and the
+//! issue time (`iat`), so one token, or all of a user's tokens issued before a
+//! time, can be refused before `exp` (the account policy, `account.rs`).
+//! Tokens without them (older minters) stay valid.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +26,15 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Longest token accepted, so verifying is cheap whatever a peer sends.
 pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Longest `jti` accepted (a revocation names it; [`new_token_id`] makes 22).
+pub const MAX_JTI_BYTES: usize = 128;
+
+/// A fresh random token id: 16 random bytes, base64url without padding (22
+/// characters), as `secrets.token_urlsafe(16)` makes them in Python.
+pub fn new_token_id() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
 
 /// What a token asserts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +49,14 @@ pub struct Claims {
     /// Id of the signing key ([`key_id`]); absent in tokens of older minters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
+    /// Random token id, so this one token can be revoked; absent in tokens of
+    /// older minters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Issued at, seconds since the Unix epoch, so every token of a user issued
+    /// before a time can be revoked; absent in tokens of older minters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 fn default_role() -> String {
@@ -128,13 +150,28 @@ impl TokenKey {
     }
 
     /// Mints a token for `user` valid for `ttl_secs` from `now_secs`, signed by the
-    /// first key and naming it in `kid`.
+    /// first key and naming it in `kid`, with a random `jti` and `iat` = `now_secs`.
     pub fn mint(&self, user: &str, role: &str, now_secs: u64, ttl_secs: u64) -> String {
+        self.mint_with_id(user, role, now_secs, ttl_secs, &new_token_id())
+    }
+
+    /// [`TokenKey::mint`] with a chosen `jti` (the caller keeps it to revoke the
+    /// token later, or a test wants fixed bytes).
+    pub fn mint_with_id(
+        &self,
+        user: &str,
+        role: &str,
+        now_secs: u64,
+        ttl_secs: u64,
+        jti: &str,
+    ) -> String {
         self.sign(&Claims {
             sub: user.to_owned(),
             exp: now_secs.saturating_add(ttl_secs),
             role: role.to_owned(),
             kid: Some(self.signing_key_id().to_owned()),
+            jti: Some(jti.to_owned()),
+            iat: Some(now_secs),
         })
     }
 
@@ -176,6 +213,13 @@ impl TokenKey {
         if claims.sub.is_empty() || claims.sub.len() > 128 {
             return Err(TokenError::Malformed);
         }
+        if claims
+            .jti
+            .as_ref()
+            .is_some_and(|j| j.is_empty() || j.len() > MAX_JTI_BYTES)
+        {
+            return Err(TokenError::Malformed);
+        }
         if claims.exp <= now_secs {
             return Err(TokenError::Expired);
         }
@@ -215,6 +259,21 @@ mod tests {
             TokenKey::new("other").verify(&t, 1000),
             Err(TokenError::BadSignature)
         );
+    }
+
+    #[test]
+    fn minted_tokens_carry_a_fresh_id_and_their_issue_time() {
+        let k = TokenKey::new("s3cret");
+        let a = k.verify(&k.mint("alice", "user", 1000, 60), 1000).unwrap();
+        let b = k.verify(&k.mint("alice", "user", 1000, 60), 1000).unwrap();
+        assert_eq!(a.iat, Some(1000));
+        assert_eq!(a.jti.as_deref().map(str::len), Some(22));
+        assert_ne!(a.jti, b.jti);
+        let long = k.sign(&Claims {
+            jti: Some("x".repeat(MAX_JTI_BYTES + 1)),
+            ..a.clone()
+        });
+        assert_eq!(k.verify(&long, 1000), Err(TokenError::Malformed));
     }
 
     #[test]
@@ -260,6 +319,8 @@ mod tests {
             exp: 2000,
             role: "user".into(),
             kid: None,
+            jti: None,
+            iat: None,
         });
         assert_eq!(ring.verify(&legacy, 1000).unwrap().sub, "carol");
         // A kid naming a key not on the ring is refused even with a valid MAC.
@@ -268,6 +329,8 @@ mod tests {
             exp: 2000,
             role: "user".into(),
             kid: Some("00000000".into()),
+            jti: None,
+            iat: None,
         });
         assert_eq!(ring.verify(&lying, 1000), Err(TokenError::BadSignature));
         assert_eq!(key_id(b"x").len(), 8);

@@ -218,7 +218,9 @@ proptest! {
         let role = if app { "app" } else { "user" };
         let t = key.mint(&sub, role, 1_000, ttl);
         let claims = key.verify(&t, 1_000).unwrap();
-        prop_assert_eq!(claims, Claims { sub, exp: 1_000 + ttl, role: role.to_owned(), kid: Some(key.signing_key_id().to_owned()) });
+        let jti = claims.jti.clone();
+        prop_assert!(jti.is_some());
+        prop_assert_eq!(claims, Claims { sub, exp: 1_000 + ttl, role: role.to_owned(), kid: Some(key.signing_key_id().to_owned()), jti: jti.clone(), iat: Some(1_000) });
         prop_assert!(key.verify(&t, 1_000 + ttl).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! reads the document itself: the token it says the Python snippet gives (secret
 //! `s3cret`, user `alice`, exp 4102444800 = 2100-01-01), the key id it names, and
 //! the snippet, which is run with `python3` (standard library only) at that fixed
-//! time. The Rust implementation must verify and mint exactly those bytes. If
+//! time and with its random token id fixed to [`JTI`]. The Rust implementation must verify and mint exactly those bytes. If
 //! this test fails, the document or the implementation is wrong.
 
 use std::process::Command;
@@ -11,9 +11,13 @@ use danmaku_proto::token::{Claims, TokenKey, key_id};
 
 const NOW: u64 = 1_732_350_000;
 const EXP: u64 = 4_102_444_800;
+/// The `jti` the document's example token carries (the snippet's random id, fixed).
+const JTI: &str = "3kF9xQ2mZp7vR1tY8wL0aB";
 /// Minted by the snippet for `backend` with `role="app"` (not printed in the
 /// document; checked against the snippet below).
-const PY_BACKEND: &str = "eyJzdWIiOiJiYWNrZW5kIiwiZXhwIjo0MTAyNDQ0ODAwLCJyb2xlIjoiYXBwIiwia2lkIjoiYTc0NDI0NmMifQ.BXQMslqrAB4gvVdQ_AaoPlzSgfoaiGxxac1sYK0Y6o8";
+const PY_BACKEND: &str = "eyJzdWIiOiJiYWNrZW5kIiwiZXhwIjo0MTAyNDQ0ODAwLCJyb2xlIjoiYXBwIiwia2lkIjoiYTc0NDI0NmMiLCJqdGkiOiIza0Y5eFEybVpwN3ZSMXRZOHdMMGFCIiwiaWF0Ijo0MTAyNDQxMjAwfQ.sQ_hSEFzzroefm32eWcXbK5EDkFnqi-pwVGGHUNxf5g";
+/// Minted by the snippet before tokens named their key or their id: still accepted.
+const PY_ALICE_KID_ONLY: &str = "eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMCwicm9sZSI6InVzZXIiLCJraWQiOiJhNzQ0MjQ2YyJ9.XhGZ69EbCkG3da_DvX3ja1U2Mxs3N944UQcUNHFMAdU";
 /// Minted by the snippet before tokens named their key: still accepted.
 const PY_ALICE_NO_KID: &str = "eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMCwicm9sZSI6InVzZXIifQ.XQtGWBQuKCC0jte07c6jy97130b4aRsAKIxew1sOOYk";
 
@@ -56,7 +60,8 @@ fn documented_example() -> (String, String) {
 }
 
 /// Runs the document's Python snippet with the clock fixed so that
-/// `time.time() + ttl_secs` is `EXP`; returns its `mint` for each call.
+/// `time.time() + ttl_secs` is `EXP` and `secrets.token_urlsafe` gives [`JTI`];
+/// returns its `mint` for each call.
 fn python_mint(calls: &[&str]) -> Vec<String> {
     let section = tokens_section();
     let snippet = between(&section, "Minting one in Python", "```python\n", "```");
@@ -69,7 +74,9 @@ fn python_mint(calls: &[&str]) -> Vec<String> {
         defs.contains("def mint(") && defs.contains("def key_id("),
         "the snippet defines mint and key_id:\n{snippet}"
     );
-    let mut program = format!("{defs}\ntime.time = lambda: {EXP} - 3600\n");
+    let mut program = format!(
+        "{defs}\ntime.time = lambda: {EXP} - 3600\nsecrets.token_urlsafe = lambda n=None: {JTI:?}\n"
+    );
     for c in calls {
         program.push_str(&format!("print({c})\n"));
     }
@@ -112,11 +119,15 @@ fn python_minted_tokens_verify() {
             exp: EXP,
             role: "user".into(),
             kid: Some(kid.clone()),
+            jti: Some(JTI.into()),
+            iat: Some(EXP - 3600),
         }
     );
     assert_eq!(key_id(b"s3cret"), kid);
     let legacy = key.verify(PY_ALICE_NO_KID, NOW).unwrap();
     assert_eq!((legacy.sub.as_str(), legacy.kid), ("alice", None));
+    let kid_only = key.verify(PY_ALICE_KID_ONLY, NOW).unwrap();
+    assert_eq!((kid_only.jti, kid_only.iat), (None, None));
     // On a rotated ring (new key first) the old key's tokens still verify.
     let ring = TokenKey::ring(["n3w", "s3cret"]).unwrap();
     assert_eq!(ring.verify(&py_alice, NOW).unwrap().sub, "alice");
@@ -133,6 +144,7 @@ fn python_minted_tokens_verify() {
 fn rust_and_python_mint_the_same_bytes() {
     let (py_alice, _) = documented_example();
     let key = TokenKey::new("s3cret");
-    assert_eq!(key.mint("alice", "user", EXP, 0), py_alice);
-    assert_eq!(key.mint("backend", "app", EXP, 0), PY_BACKEND);
+    let mint = |user, role| key.mint_with_id(user, role, EXP - 3600, 3600, JTI);
+    assert_eq!(mint("alice", "user"), py_alice);
+    assert_eq!(mint("backend", "app"), PY_BACKEND);
 }

@@ -23,13 +23,15 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use danmaku_proto::pb;
+
 use crate::error::StoreError;
 use crate::{
     Appended, AuditEntry, ClientMsgRow, Member, MessageRow, ModerationAction, NewMessage, Policy,
     Store, StoredMessage, Unread, answer_duplicate, from_db, message_from_row, migrations, queries,
     to_db, unread_from_rows, validate,
 };
-use crate::{membership, moderation};
+use crate::{account, membership, moderation};
 
 /// How long a write waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -249,6 +251,18 @@ impl Store for EmbeddedStore {
             .fetch_all(&self.reader)
             .await?;
         Ok(unread_from_rows(rows))
+    }
+
+    async fn record_account_change(&self, change: &pb::AccountChange) -> Result<(), StoreError> {
+        account::record(&self.writer, &account::SQLITE, change).await
+    }
+
+    async fn account_changes(&self, now: u64) -> Result<Vec<pb::AccountChange>, StoreError> {
+        account::load(&self.reader, now).await
+    }
+
+    async fn purge_account_changes(&self, now: u64) -> Result<u64, StoreError> {
+        account::purge(&self.writer, now).await
     }
 
     async fn moderate(&self, action: &ModerationAction) -> Result<bool, StoreError> {

@@ -34,7 +34,15 @@
 //! channel's `last_seq` at that moment as the member's `joined_seq`: a member sees only
 //! messages after it ([`Store::read_after_for_member`]). Ack offsets are per user and
 //! channel and only move forward; unread = `last_seq − max(acked, joined_seq)`.
+//!
+//! # Account policy
+//!
+//! Revoked tokens, user revocations and global blocks are kept as the
+//! [`pb::AccountChange`]s that made them ([`Store::record_account_change`]), so
+//! every ingest and edge can load them at start ([`Store::account_changes`]) and
+//! rebuild its in-memory policy; see `account.rs` for how rows merge.
 
+mod account;
 mod embedded;
 mod error;
 mod membership;
@@ -237,6 +245,19 @@ pub trait Store: Send + Sync + 'static {
         scope: &str,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Persists an account change (token revocation, user revocation, block or
+    /// lifted block), merged with what is stored for the same token or user:
+    /// revocations only grow, an older block change never replaces a newer one.
+    async fn record_account_change(&self, change: &pb::AccountChange) -> Result<(), StoreError>;
+
+    /// The stored changes that still refuse something at `now` (unix seconds),
+    /// and blocks that ended recently; applied in any order they rebuild the
+    /// policy.
+    async fn account_changes(&self, now: u64) -> Result<Vec<pb::AccountChange>, StoreError>;
+
+    /// Deletes the account rows that refuse nothing at `now`; returns how many.
+    async fn purge_account_changes(&self, now: u64) -> Result<u64, StoreError>;
 }
 
 /// Opens the store named by `url`: `embedded:PATH` or `postgres://…`.

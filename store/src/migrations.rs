@@ -23,7 +23,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "idempotency_per_sender",
         include_str!("../migrations/postgres/0002_idempotency_per_sender.sql"),
     ),
-    // 0003 belongs to token revocation (issue 21), merged separately.
+    (
+        3,
+        "account_policy",
+        include_str!("../migrations/postgres/0003_account_policy.sql"),
+    ),
     (
         4,
         "moderation",
@@ -42,7 +46,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "idempotency_per_sender",
         include_str!("../migrations/sqlite/0002_idempotency_per_sender.sql"),
     ),
-    // 0003 belongs to token revocation (issue 21), merged separately.
+    (
+        3,
+        "account_policy",
+        include_str!("../migrations/sqlite/0003_account_policy.sql"),
+    ),
     (
         4,
         "moderation",

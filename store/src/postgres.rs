@@ -13,13 +13,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use danmaku_proto::pb;
+
 use crate::error::StoreError;
 use crate::{
     Appended, AuditEntry, ClientMsgRow, Member, MessageRow, ModerationAction, NewMessage, Policy,
     Store, StoredMessage, Unread, answer_duplicate, from_db, message_from_row, migrations, queries,
     to_db, unread_from_rows, validate,
 };
-use crate::{membership, moderation};
+use crate::{account, membership, moderation};
 
 /// Connection settings of [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -243,6 +245,18 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(unread_from_rows(rows))
+    }
+
+    async fn record_account_change(&self, change: &pb::AccountChange) -> Result<(), StoreError> {
+        account::record(&self.pool, &account::POSTGRES, change).await
+    }
+
+    async fn account_changes(&self, now: u64) -> Result<Vec<pb::AccountChange>, StoreError> {
+        account::load(&self.pool, now).await
+    }
+
+    async fn purge_account_changes(&self, now: u64) -> Result<u64, StoreError> {
+        account::purge(&self.pool, now).await
     }
 
     async fn moderate(&self, action: &ModerationAction) -> Result<bool, StoreError> {

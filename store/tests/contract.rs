@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use danmaku_proto::account::{self, AccountPolicy, BLOCK_TOMBSTONE_SECS, Refusal};
+use danmaku_proto::token::Claims;
 use danmaku_store::{
     GLOBAL_SCOPE, MAX_READ_LIMIT, Member, ModerationAction, ModerationChange, NewMessage, Policy,
     RoomSettings, SettingsPatch, Store, StoreError,
@@ -634,6 +636,102 @@ pub async fn rejects_invalid_input(fx: Fixture) {
     assert_eq!(s.ack("", "room:1", 1).await.unwrap_err().kind(), "invalid");
 }
 
+/// The stored account changes, applied to a fresh policy as a process does at start.
+async fn policy_from(s: &dyn Store, now: u64) -> AccountPolicy {
+    let mut p = AccountPolicy::default();
+    for c in s.account_changes(now).await.unwrap() {
+        p.apply(&c, now);
+    }
+    p
+}
+
+fn claims(sub: &str, jti: &str, iat: u64) -> Claims {
+    Claims {
+        sub: sub.to_owned(),
+        exp: u64::MAX,
+        role: "user".into(),
+        kid: None,
+        jti: Some(jti.to_owned()),
+        iat: Some(iat),
+    }
+}
+
+pub async fn account_changes_merge_survive_reopen_and_purge(fx: Fixture) {
+    let now = 1_000_000;
+    let (jti, alice, bob, carol) = (
+        unique("jti"),
+        unique("alice"),
+        unique("bob"),
+        unique("carol"),
+    );
+    {
+        let s = &*fx.store;
+        s.record_account_change(&account::revoke_token(&jti, now + 100, 1))
+            .await
+            .unwrap();
+        // A second revocation of the same id keeps the later expiry.
+        s.record_account_change(&account::revoke_token(&jti, now + 50, 2))
+            .await
+            .unwrap();
+        s.record_account_change(&account::revoke_user(&alice, now - 10, now + 200, 1))
+            .await
+            .unwrap();
+        // An earlier cut-off never shrinks the stored one.
+        s.record_account_change(&account::revoke_user(&alice, now - 500, now + 10, 2))
+            .await
+            .unwrap();
+        s.record_account_change(&account::block(&bob, None, false, 10))
+            .await
+            .unwrap();
+        // Carol: blocked, lifted, then the older block arrives late (another ingest).
+        s.record_account_change(&account::block(&carol, Some(now + 50), false, 10))
+            .await
+            .unwrap();
+        s.record_account_change(&account::block(&carol, Some(now), true, 30))
+            .await
+            .unwrap();
+        s.record_account_change(&account::block(&carol, Some(now + 50), false, 20))
+            .await
+            .unwrap();
+    }
+    let s = danmaku_store::connect(&fx.url).await.unwrap();
+    let p = policy_from(&*s, now).await;
+    let revoked = Err(Refusal::TokenRevoked);
+    assert_eq!(p.check(&claims("x", &jti, now), now + 99), revoked);
+    assert_eq!(p.check(&claims(&alice, "a", now - 11), now + 199), revoked);
+    assert_eq!(p.check(&claims(&alice, "b", now - 10), now), Ok(()));
+    assert_eq!(
+        p.check(&claims(&bob, "c", now), now + 1_000_000),
+        Err(Refusal::UserBlocked { until: None })
+    );
+    assert_eq!(p.check(&claims(&carol, "d", now), now + 1), Ok(()));
+    // Gone from the store once they refuse nothing (ended blocks after the tombstone time).
+    s.purge_account_changes(now + 200).await.unwrap();
+    let later = policy_from(&*s, now + 200).await;
+    assert_eq!(later.check(&claims("x", &jti, now), now + 150), Ok(()));
+    assert_eq!(later.check(&claims(&alice, "a", 0), now + 150), Ok(()));
+    s.purge_account_changes(now + BLOCK_TOMBSTONE_SECS + 1)
+        .await
+        .unwrap();
+    let mine = |c: &danmaku_proto::pb::AccountChange| format!("{c:?}").contains(&carol);
+    assert!(
+        !s.account_changes(now).await.unwrap().iter().any(mine),
+        "the lifted block was purged"
+    );
+    assert_eq!(
+        policy_from(&*s, now + 1_000_000)
+            .await
+            .check(&claims(&bob, "c", now), now + 1_000_000),
+        Err(Refusal::UserBlocked { until: None }),
+        "a permanent block is never purged"
+    );
+    let err = s
+        .record_account_change(&account::revoke_token("", now + 1, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "invalid");
+}
+
 fn action(scope: &str, actor: &str, change: ModerationChange, ts_ms: i64) -> ModerationAction {
     ModerationAction {
         scope: scope.to_owned(),
@@ -931,6 +1029,7 @@ macro_rules! contract_suite {
                 unread_moves_with_acks,
                 survives_reopen,
                 rejects_invalid_input,
+                account_changes_merge_survive_reopen_and_purge,
                 moderation_state_round_trips,
                 moderation_refuses_bad_input_and_survives_reopen,
             );

@@ -49,7 +49,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::log_librdkafka;
+use super::librdkafka_log::log_librdkafka;
 use crate::backend::BusMessage;
 
 /// How long one `rd_kafka_consumer_poll` waits: the most a stale assignment or a

@@ -33,68 +33,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::Offset;
 use rdkafka::error::KafkaError;
-use rdkafka::statistics::Statistics;
 use tokio::sync::mpsc;
 
 use super::consumer::{
     Applied, Command, ConsumerHooks, ConsumerSlot, Gate, GatedConsumer, MakeConsumer, Polled,
     partition_list, spawn_poll_thread,
 };
-use super::{Shared, base_config, store_now, topic_partitions, unavailable};
+use super::shared::{Shared, SubState, base_config, store_now, topic_partitions, unavailable};
 use crate::backend::{BusError, BusMessage, Subscription};
-use crate::stats::{PartitionLag, SubscriptionStats};
 
 /// How long one metadata or watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What a subscription's consumer callbacks, its task and `KafkaBus::stats` share.
-pub(super) struct SubState {
-    topic: String,
-    /// Set by librdkafka errors: check positions against watermarks at the next tick.
-    disrupted: AtomicBool,
-    buffered: AtomicUsize,
-    lags: Mutex<Vec<PartitionLag>>,
-    gate: Arc<Gate>,
-}
-
-impl SubState {
-    pub(super) fn stats(&self) -> SubscriptionStats {
-        SubscriptionStats {
-            buffered: self.buffered.load(Ordering::Relaxed),
-            partitions: self.lags.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            connection_closes: self.gate.closes(),
-            reconnects_held: self.gate.refused(),
-        }
-    }
-
-    fn on_error(&self, reason: &str) {
-        self.disrupted.store(true, Ordering::Relaxed);
-        tracing::debug!(role = "consumer", reason, "librdkafka error");
-    }
-
-    fn on_stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let mut lags: Vec<PartitionLag> = topic
-            .partitions
-            .values()
-            .filter(|p| p.partition >= 0) // -1 is librdkafka's internal "unassigned" queue
-            .map(|p| PartitionLag {
-                partition: p.partition,
-                position: p.app_offset,
-                high_watermark: p.hi_offset,
-                lag: if p.app_offset >= 0 && p.hi_offset >= 0 {
-                    (p.hi_offset - p.app_offset).max(0)
-                } else {
-                    -1
-                },
-            })
-            .collect();
-        lags.sort_by_key(|l| l.partition);
-        *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
-    }
-}
 
 /// Creates the consumer, assigns every partition at its current end and starts the
 /// fetch task. Everything published after this returns is received.
@@ -119,6 +68,11 @@ pub(super) async fn subscribe(shared: Arc<Shared>) -> Result<Box<dyn Subscriptio
         .set(
             "fetch.wait.max.ms",
             config.fetch_wait.as_millis().to_string(),
+        )
+        .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
+        .set(
+            "queued.min.messages",
+            config.queued_min_messages.to_string(),
         )
         .set("fetch.error.backoff.ms", "50")
         .set("statistics.interval.ms", "1000")

@@ -24,6 +24,7 @@ use danmaku_proto::{ChannelName, frame, pb};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use crate::account::TokenFacts;
 use crate::channels::ConnEvent;
 use crate::node::Edge;
 mod handlers;
@@ -122,10 +123,10 @@ pub(crate) fn serve<R: Reader>(
     mut reader: R,
     mut wakes: WakeQueue,
     ip: Option<IpAddr>,
-    token_exp: u64,
+    token: TokenFacts,
 ) -> impl Future<Output = CloseReason> + Send {
     async move {
-        let mut flow = Box::pin(start(&mut session, ip, token_exp)).await;
+        let mut flow = Box::pin(start(&mut session, ip, token)).await;
         let idle = session.edge.config.idle_timeout();
         // The peer must send something (a ping at least) before this.
         let mut idle_at = Instant::now() + idle;
@@ -175,11 +176,13 @@ pub(crate) fn serve<R: Reader>(
     }
 }
 
-/// Admits the authenticated connection (connection caps of `limits.rs`) and
-/// answers `AuthOk`; a refused one gets an `error` frame and is closed.
-/// `token_exp` is when the connection's token expires (see `handlers/auth.rs`).
-async fn start(session: &mut Session, ip: Option<IpAddr>, token_exp: u64) -> Flow {
-    session.token_exp = token_exp;
+/// Admits the authenticated connection (connection caps of `limits.rs`),
+/// indexes it for account changes (`account.rs`, which also refuses a revoked
+/// token or a blocked user here) and answers `AuthOk`; a refused one gets an
+/// `error` frame and is closed. `token.exp` is when the connection's token
+/// expires (see `handlers/auth.rs`).
+async fn start(session: &mut Session, ip: Option<IpAddr>, token: TokenFacts) -> Flow {
+    session.token_exp = token.exp;
     let edge = Arc::clone(&session.edge);
     let admitted = session.limits.admit(
         &edge.limiter,
@@ -190,6 +193,15 @@ async fn start(session: &mut Session, ip: Option<IpAddr>, token_exp: u64) -> Flo
     );
     if let Err(refusal) = admitted {
         return refuse(session, refusal).await;
+    }
+    let registered = edge.account.register(
+        &session.user,
+        session.conn_id,
+        &token,
+        session.reply_sender(),
+    );
+    if let Err(refusal) = registered {
+        return handlers::auth::refuse_account(session, refusal).await;
     }
     session
         .reply(Body::AuthOk(pb::AuthOk {

@@ -328,6 +328,7 @@ impl Ingest {
             event: None,
             origin: self.config.node_id.clone(),
             membership: None,
+            account: None,
             moderation: Some(pb::ModerationChanged {
                 scope: scope.to_owned(),
                 what: what.to_owned(),
@@ -357,6 +358,7 @@ impl Ingest {
             event: None,
             origin: self.config.node_id.clone(),
             membership: None,
+            account: None,
             moderation: Some(pb::ModerationChanged {
                 scope: channel.as_str().to_owned(),
                 what: "mute".to_owned(),

@@ -11,7 +11,10 @@
 //   it asks `getToken("expiring")` and sends the new token in an `auth` frame
 //   (the edge closes a connection whose token expired);
 // * does the reliable lane for the app: each gift / chat is handed over exactly
-//   once, in seq order, and acked cumulatively (see reliable.js).
+//   once, in seq order, and acked cumulatively (see reliable.js);
+// * stops for good on `token_revoked` or `user_blocked` (FINAL_CODES): every
+//   reconnect would be refused the same way. It emits the `error` and goes to
+//   state `closed` with `reason` = the code; the app signs the user in again.
 
 import { Backoff } from "./backoff.js";
 import { ApiError, HttpApi, TokenSource, tokenExpiry } from "./http.js";
@@ -21,6 +24,9 @@ import { ReliableTracker } from "./reliable.js";
 
 export const SUBPROTOCOL_PB = "danmaku.v1.pb";
 export const SUBPROTOCOL_JSON = "danmaku.v1.json";
+
+/** Codes after which reconnecting is pointless: the token was revoked, the user blocked. */
+export const FINAL_CODES = new Set(["token_revoked", "user_blocked"]);
 
 /** Errors of a join answered with an `error` frame instead of `joined`. */
 const JOIN_ERRORS = new Set(["bad_channel", "too_many_channels", "not_member"]);
@@ -131,6 +137,17 @@ export class DanmakuClient {
     this.#setState("closed");
   }
 
+  /** Refused for good (FINAL_CODES): tell the app, close, never reconnect. */
+  #stopFinal(err) {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#emit("error", err);
+    this.#rejectFirst?.(err);
+    this.#rejectFirst = null;
+    this.#dropConnection?.();
+    this.#setState("closed", { reason: err.code });
+  }
+
   /**
    * Joins a channel (re-joined after every reconnect). Resolves with `{channel, last_seq}`.
    * `afterSeq`: resume the reliable lane after an offset the app stored.
@@ -180,6 +197,10 @@ export class DanmakuClient {
         }
         closedPromise = this.#attach(conn);
       } catch (e) {
+        if (e instanceof ApiError && FINAL_CODES.has(e.code)) {
+          this.#stopFinal(e);
+          break;
+        }
         this.#emit("error", e);
       }
       if (closedPromise) {
@@ -267,6 +288,8 @@ export class DanmakuClient {
             finish(a);
           } else if (f.type === "error") {
             a.error = f;
+            // Revoked or blocked: the race is over, whatever the other edges say.
+            if (FINAL_CODES.has(f.code)) finish(null, new ApiError(0, f.code, f.message));
           }
         };
         // A failed socket reports `error` and then `close`: count the attempt once,
@@ -493,6 +516,10 @@ export class DanmakuClient {
         break;
       case "error": {
         const err = new ApiError(0, f.code, f.message);
+        if (FINAL_CODES.has(f.code)) {
+          this.#stopFinal(err);
+          break;
+        }
         if (JOIN_ERRORS.has(f.code) && this.#pendingJoins.length) {
           const p = this.#pendingJoins.shift();
           this.channels.delete(p.channel);

@@ -286,3 +286,75 @@ describe("across a server restart", () => {
     }
   });
 });
+
+describe("account protection", () => {
+  test("a revoked token and a blocked user end the client for good: no reconnect loop", async () => {
+    const secret = "sdk-account-secret";
+    const server = new Standalone({ args: ["--auth-secret", secret] });
+    await server.start();
+    const b64 = (b) => Buffer.from(b).toString("base64url");
+    const now = () => Math.floor(Date.now() / 1000);
+    const mint = (sub, jti, role = "user") => {
+      const body = b64(JSON.stringify({ sub, exp: now() + 3600, role, jti, iat: now() }));
+      return `${body}.${b64(createHmac("sha256", secret).update(body).digest())}`;
+    };
+    const admin = (method, path, body) =>
+      fetch(`${server.baseUrl}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${mint("backend", "admin-1", "app")}`, "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    const watch = (c) => {
+      const seen = { states: [], errors: [], reasons: [] };
+      c.on("state", (s) => { seen.states.push(s.state); if (s.reason) seen.reasons.push(s.reason); });
+      c.on("error", (e) => seen.errors.push(e.code ?? String(e)));
+      return seen;
+    };
+    try {
+      for (const protocol of ["pb", "json"]) {
+        // Revoked by id while connected: the token would be handed out again on
+        // every reconnect, so a reconnect loop would show here.
+        const token = mint(`erin-${protocol}`, `jti-${protocol}`);
+        let asked = 0;
+        const c = new DanmakuClient({
+          baseUrl: server.baseUrl, WebSocket, protocol, token,
+          getToken: () => { asked++; return token; },
+          backoff: { initialMs: 50, maxMs: 100 },
+        });
+        const seen = watch(c);
+        await c.connect();
+        await c.join(`room:acct-${protocol}`);
+        const r = await admin("POST", "/v1/admin/revocations", { jti: `jti-${protocol}`, expire_at: now() + 3600 });
+        assert.equal(r.status, 200, await r.text());
+        await until("closed for good", () => c.state === "closed", 5_000);
+        await sleep(1_000);
+        assert.deepEqual(seen.errors, ["token_revoked"]);
+        assert.deepEqual(seen.reasons, ["token_revoked"]);
+        assert.deepEqual(seen.states, ["connecting", "connected", "closed"], "never reconnecting");
+        assert.equal(c.stats.reconnects, 0);
+        assert.equal(asked, 0, "no fresh token asked for");
+
+        // Connecting with it again: refused with the code, once.
+        const again = new DanmakuClient({ baseUrl: server.baseUrl, WebSocket, protocol, token, backoff: { initialMs: 50, maxMs: 100 } });
+        const seenAgain = watch(again);
+        await assert.rejects(again.connect(), (e) => e.code === "token_revoked");
+        await sleep(500);
+        assert.deepEqual(seenAgain.states, ["connecting", "closed"]);
+
+        // A blocked user: same, with user_blocked.
+        const user = `fred-${protocol}`;
+        const b = new DanmakuClient({ baseUrl: server.baseUrl, WebSocket, protocol, token: mint(user, `f-${protocol}`), backoff: { initialMs: 50, maxMs: 100 } });
+        const seenB = watch(b);
+        await b.connect();
+        const blocked = await admin("PUT", `/v1/users/${user}/block`, { seconds: 60 });
+        assert.equal(blocked.status, 200, await blocked.text());
+        await until("blocked client closed", () => b.state === "closed", 5_000);
+        await sleep(500);
+        assert.deepEqual(seenB.errors, ["user_blocked"]);
+        assert.deepEqual(seenB.states, ["connecting", "connected", "closed"]);
+      }
+    } finally {
+      await server.stop();
+    }
+  });
+});

@@ -83,6 +83,8 @@ export interface StateChange {
   resumed?: boolean;
   protocol: "pb" | "json";
   user?: string;
+  /** on "closed" by the server for good: `token_revoked` or `user_blocked` (no reconnect) */
+  reason?: "token_revoked" | "user_blocked";
 }
 
 export interface SendMessage {
@@ -204,6 +206,8 @@ export class Backoff {
 
 export const SUBPROTOCOL_PB: "danmaku.v1.pb";
 export const SUBPROTOCOL_JSON: "danmaku.v1.json";
+/** Error codes after which the client stops for good instead of reconnecting. */
+export const FINAL_CODES: ReadonlySet<string>;
 export const PROTOCOL_VERSION: 1;
 export const CODEC_RAW: 0;
 export const CODEC_ZSTD: 1;

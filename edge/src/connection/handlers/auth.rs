@@ -6,14 +6,18 @@
 //! client keeps the connection by sending a fresh `Auth{token}` for the same
 //! user before then (the Rust SDK does, through its token refresh callback):
 //! the new expiry applies and the edge answers `AuthOk`. A fresh token for
-//! another user is `user_mismatch`, an invalid one `bad_token`; both keep the
-//! connection on its current token.
+//! another user is `user_mismatch`, an invalid one `bad_token`, a revoked one
+//! `token_revoked`; all keep the connection on its current token (a revocation
+//! or block that covers the current token closes the connection by itself,
+//! `account.rs`).
 
+use danmaku_proto::account::Refusal;
 use danmaku_proto::pb;
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::token::now_secs;
 use tokio::time::Instant;
 
+use crate::account::TokenFacts;
 use crate::session::{CloseReason, Flow, Session};
 
 /// When a token valid until `exp` (unix seconds) expires, on the tokio clock;
@@ -45,6 +49,15 @@ pub(crate) async fn on_expired(session: &mut Session) -> Flow {
     Flow::Close(CloseReason::TokenExpired)
 }
 
+/// Ends a session the account policy refuses (a change between the
+/// handshake's check and the registration): `token_revoked` or `user_blocked`.
+pub(crate) async fn refuse_account(session: &mut Session, refusal: Refusal) -> Flow {
+    session.edge.metrics.refused(refusal.code());
+    tracing::info!(conn_id = session.conn_id, user = %session.user, code = refusal.code(), "refused by the account policy");
+    let _ = session.reply_error(refusal.code(), refusal.message()).await;
+    Flow::Close(CloseReason::AccountRefused)
+}
+
 pub(crate) async fn handle(session: &mut Session, auth: pb::Auth) -> Flow {
     let claims = match session.edge.verify_token(&auth.token) {
         Ok(c) => c,
@@ -63,7 +76,15 @@ pub(crate) async fn handle(session: &mut Session, auth: pb::Auth) -> Flow {
             )
             .await;
     }
+    if let Err(refusal) = session.edge.account.check(&claims) {
+        session.edge.metrics.refused(refusal.code());
+        return session.reply_error(refusal.code(), refusal.message()).await;
+    }
     session.token_exp = claims.exp;
+    session
+        .edge
+        .account
+        .refresh(&session.user, session.conn_id, &TokenFacts::from(&claims));
     tracing::debug!(
         conn_id = session.conn_id,
         exp = claims.exp,
