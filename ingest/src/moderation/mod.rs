@@ -49,7 +49,7 @@ use filter::{Filter, Verdict, WordList};
 /// The bus key of moderation announcements. Never a channel name (those are
 /// `room:…` / `group:…`), so edges drop these at their hosted-channel lookup
 /// (counted as `no_local_members`) without decoding them.
-pub const MODERATION_BUS_KEY: &str = "_moderation";
+pub const MODERATION_BUS_KEY: &str = "!moderation";
 /// Longest mute, in seconds (30 days).
 pub const MAX_MUTE_SECS: i64 = 30 * 86_400;
 /// Longest slow-mode window, in seconds (1 hour).
