@@ -9,7 +9,7 @@
 # bus:     the bus hop alone (BENCHMARKS.md, "Bus hop: broker CPU vs fetch settings"):
 #          the broker's CPU-seconds with idle consumers and at $BUS_RATE msgs/s, and the
 #          publish→receive latency, for each client setting in $BUS_POINTS; each point
-#          $REPEAT times on a fresh topic, with bus/examples/throughput.rs. Table: $OUT/bus.md
+#          $REPEAT times on a fresh topic, with bus/examples/throughput.rs. Table: $OUT/bus-table.txt
 # For kafka runs it prints each edge's CPU seconds (utime+stime from /proc) over the
 # loadtest and its danmaku_edge_bus_events_total deltas, and the CPU of ingest, the
 # broker and the load generator. Reports go to $OUT.
@@ -180,8 +180,8 @@ run_bus() {
   [ -x "$tbin" ] || { echo "no $tbin: cargo build --release -p danmaku-bus --example throughput" >&2; exit 1; }
   local rate="${BUS_RATE:-200}" secs="${BUS_SECS:-10}" repeat="${REPEAT:-2}" n=0
   local bpid=$DANMAKU_TEST_KAFKA_PID
-  echo "| point | query | broker CPU-s | broker core | p50 ms | p99 ms | clients CPU-s |" | tee "$OUT/bus.md"
-  echo "|---|---|---|---|---|---|---|" | tee -a "$OUT/bus.md"
+  echo "| point | query | broker CPU-s | broker core | p50 ms | p99 ms | clients CPU-s |" | tee "$OUT/bus-table.txt"
+  echo "|---|---|---|---|---|---|---|" | tee -a "$OUT/bus-table.txt"
   while IFS=';' read -r label kind consumers query; do
     [ -n "$label" ] || continue
     for _ in $(seq "$repeat"); do
@@ -218,7 +218,7 @@ run_bus() {
         *) echo "unknown kind $kind" >&2; exit 2 ;;
       esac
       field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$result"; }
-      echo "| $label | \`${query:--}\` | $(field broker_cpu_s) | $(field broker_core) | $(field p50_ms) | $(field p99_ms) | $(field own_cpu_s) |" | tee -a "$OUT/bus.md"
+      echo "| $label | \`${query:--}\` | $(field broker_cpu_s) | $(field broker_core) | $(field p50_ms) | $(field p99_ms) | $(field own_cpu_s) |" | tee -a "$OUT/bus-table.txt"
     done
   done <<<"${BUS_POINTS:-$DEFAULT_BUS_POINTS}"
 }
