@@ -1,13 +1,16 @@
 //! What ingest hears from the other nodes on the bus.
 //!
 //! An ingest node publishes channel events and never needs them back, but some
-//! announcements change how every node answers: today the account changes
-//! (token revocations and user blocks, key [`ACCOUNT_KEY`]) made through
-//! another ingest. [`Ingest::start_announcements`] loads the stored state,
-//! subscribes to the bus and runs one task that dispatches each message by
-//! its key (before decoding anything, so the stream of channel events costs
-//! one comparison each) and sweeps expired entries. A new kind of
-//! announcement is one more arm in [`Announcements::dispatch`] and its handler.
+//! announcements change how every node answers: the account changes (token
+//! revocations and user blocks, key [`ACCOUNT_KEY`]) and the moderation
+//! changes (word lists, mutes, moderators, room settings, key
+//! [`MODERATION_BUS_KEY`]) made through another ingest.
+//! [`Ingest::start_announcements`] loads the stored account state, subscribes
+//! to the bus and runs ONE task per node (one read of the topic, whatever the
+//! kinds) that dispatches each message by its key (before decoding anything,
+//! so the stream of channel events costs one comparison each) and sweeps
+//! expired entries. A new kind of announcement is one more arm in
+//! [`Announcements::dispatch`] and its handler.
 //!
 //! Subscribing before loading means nothing announced in between is missed;
 //! applying a change twice is harmless (see `danmaku_proto::account`).
@@ -22,6 +25,7 @@ use danmaku_proto::{Limits, frame};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::moderation::MODERATION_BUS_KEY;
 use crate::{Ingest, IngestError};
 
 /// How often expired entries leave the memory (and the gauges are refreshed).
@@ -68,12 +72,13 @@ impl Announcements {
                     self.sweep(sweeps.is_multiple_of(STORE_PURGE_EVERY)).await;
                 }
                 next = sub.recv() => match next {
-                    Ok(msg) => self.dispatch(msg),
+                    Ok(msg) => self.dispatch(msg).await,
                     Err(BusError::Lagged(n)) => {
-                        // A lost account change would stay unknown here until a restart:
+                        // A lost change would stay unknown here until a restart:
                         // reload the stored state, which has it.
                         tracing::warn!(skipped = n, "ingest announcements lagged; reloading");
                         self.loaded = false;
+                        let _ = self.ingest.reload_all("lagged").await;
                     }
                     Err(BusError::Closed) => return,
                     Err(e) => {
@@ -89,10 +94,31 @@ impl Announcements {
     }
 
     /// Acts on one bus message by its key; channel events are not ingest's.
-    fn dispatch(&self, msg: BusMessage) {
-        if msg.key.as_ref() == ACCOUNT_KEY.as_bytes() {
+    async fn dispatch(&self, msg: BusMessage) {
+        let key = msg.key.as_ref();
+        if key == ACCOUNT_KEY.as_bytes() {
             self.on_account(&msg);
+        } else if key == MODERATION_BUS_KEY.as_bytes() {
+            self.on_moderation(&msg).await;
         }
+    }
+
+    /// Reloads the scope another node changed (awaited: reloads stay in the
+    /// order the changes were announced).
+    async fn on_moderation(&self, msg: &BusMessage) {
+        let scope = match frame::decode_bus_event(&msg.payload, &self.limits) {
+            Ok(ev) => match ev.moderation {
+                // Our own announcement: reloaded before answering.
+                Some(_) if ev.origin == self.ingest.config.node_id => return,
+                Some(m) => m.scope,
+                None => return,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable moderation announcement");
+                return;
+            }
+        };
+        let _ = self.ingest.reload_scope(&scope, "bus").await;
     }
 
     fn on_account(&self, msg: &BusMessage) {
