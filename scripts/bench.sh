@@ -90,7 +90,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 bash scripts/services.sh start kafka postgres >/dev/null
 # shellcheck disable=SC1091
-source .services/env
+source "${DANMAKU_SERVICES_DIR:-$ROOT/.services}/env"
 BUS="kafka://$DANMAKU_TEST_KAFKA"
 STORE="$DANMAKU_TEST_POSTGRES"
 
