@@ -456,6 +456,7 @@ impl LoadModel {
     /// Records a heartbeat; `None` when the edge is not registered (never was,
     /// was ejected, or is static), so it should register again.
     pub fn on_heartbeat(&mut self, now: Instant, id: &str, hb: Heartbeat) -> Option<()> {
+        let stale_after = self.config.stale_after;
         let edge = self.edges.get_mut(id)?;
         let Kind::Registered {
             last_heartbeat,
@@ -463,6 +464,7 @@ impl LoadModel {
             draining,
             channels,
             heartbeat_connections,
+            last,
             ..
         } = &mut edge.kind
         else {
@@ -471,7 +473,11 @@ impl LoadModel {
         *last_heartbeat = now;
         *ready = hb.ready;
         *draining = hb.draining;
-        *heartbeat_connections = hb.connections;
+        // Only while the samples are late: with fresh samples the in-flight
+        // correction already counts the clients a heartbeat would show, and
+        // counting them twice sends a new edge fewer than its share.
+        let samples_late = last.is_some_and(|s| now.saturating_duration_since(s.at) > stale_after);
+        *heartbeat_connections = if samples_late { hb.connections } else { 0 };
         channels.clear();
         channels.extend(hb.channels);
         Some(())
@@ -501,6 +507,7 @@ impl LoadModel {
         let Kind::Registered {
             spec,
             last,
+            heartbeat_connections,
             cpu_util,
             egress_rate,
             ..
@@ -529,6 +536,7 @@ impl LoadModel {
                 *egress_rate = (b - a) / dt;
             }
         }
+        *heartbeat_connections = 0;
         *last = Some(sample);
         // Bounded by the log's length; a NaN or negative growth shows nothing.
         let shown = if shown.is_finite() && shown > 0.0 {
@@ -695,6 +703,8 @@ impl SplitMix64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn reg(id: &str, capacity: u64) -> Registration {
@@ -883,23 +893,37 @@ mod tests {
     }
 
     #[test]
-    fn a_heartbeat_count_fresher_than_the_sample_raises_the_score() {
+    fn a_heartbeat_count_stands_in_only_while_samples_are_late() {
         let t0 = Instant::now();
         let mut m = model_with(t0, &[("a", 100, 0.0), ("b", 100, 0.0)]);
-        // "a"'s samples lag; its heartbeat says it took 80 of its 100.
-        m.on_heartbeat(
-            t0 + ms(500),
-            "a",
-            Heartbeat {
-                connections: 80,
-                ..ready()
-            },
-        );
+        let busy = Heartbeat {
+            connections: 80,
+            ..ready()
+        };
+        // Samples fresh: the heartbeat's count is not added (the in-flight
+        // correction counts those clients already), so both edges are picked.
+        m.on_heartbeat(t0 + ms(500), "a", busy.clone());
         m.on_heartbeat(t0 + ms(500), "b", ready());
+        let firsts: HashSet<String> = (0..20)
+            .map(|seed| m.pick(t0 + ms(600), 1, seed)[0].id.clone())
+            .collect();
+        assert_eq!(firsts.len(), 2, "{firsts:?}");
+        // "a"'s samples are late; its heartbeat says it took 80 of its 100.
+        m.on_heartbeat(t0 + ms(3500), "a", busy);
+        m.on_heartbeat(t0 + ms(3500), "b", ready());
         for seed in 0..20 {
-            let picks = m.pick(t0 + ms(600), 1, seed);
+            let picks = m.pick(t0 + ms(3600), 1, seed);
             assert_eq!(picks[0].id, "b", "seed {seed}");
         }
+        // A fresh sample takes over again: the 80 no longer counts (what is
+        // left of a's score is the in-flight hand-outs of the picks above).
+        assert_eq!(
+            m.on_sample("a", sample(t0 + ms(3700), 0.0)),
+            SampleOutcome::Accepted
+        );
+        let score_of_a =
+            |m: &LoadModel| m.scores().into_iter().find(|(id, _)| id == "a").unwrap().1;
+        assert!(score_of_a(&m) < 0.5, "{}", score_of_a(&m));
     }
 
     #[test]
