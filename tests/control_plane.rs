@@ -623,36 +623,10 @@ async fn big_channels_get_online_frames_and_standalone_serves_the_count() {
         .into_iter()
         .enumerate()
     {
-        let mut c = Client::connect_ws(
-            &srv.base_url(),
-            &common::token(&srv, &format!("o{i}")),
-            t,
-            ClientConfig::default(),
-        )
-        .await
-        .unwrap();
-        c.join(&channel).await.unwrap();
-        common::wait_joined(&mut c, &channel).await;
-        clients.push(c);
+        clients.push(joined_viewer(&srv, &format!("o{i}"), t, &channel).await);
     }
     for c in &mut clients {
-        let got = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match c.next_event().await {
-                    Some(ServerEvent::Online {
-                        channel: ch,
-                        online,
-                    }) if ch == channel => {
-                        return online;
-                    }
-                    Some(_) => {}
-                    None => panic!("closed before an online frame"),
-                }
-            }
-        })
-        .await
-        .expect("an online frame within 10 s");
-        assert_eq!(got, 3);
+        assert_eq!(next_online(c, &channel).await, 3);
     }
     let online: serde_json::Value =
         reqwest::get(format!("{}/v1/channels/{channel}/online", srv.base_url()))
@@ -699,17 +673,7 @@ async fn in_a_busy_room_the_online_count_rides_the_ticks() {
         .into_iter()
         .enumerate()
     {
-        let mut c = Client::connect_ws(
-            &srv.base_url(),
-            &common::token(&srv, &format!("ot{i}")),
-            t,
-            ClientConfig::default(),
-        )
-        .await
-        .unwrap();
-        c.join(&channel).await.unwrap();
-        common::wait_joined(&mut c, &channel).await;
-        clients.push(c);
+        clients.push(joined_viewer(&srv, &format!("ot{i}"), t, &channel).await);
         if i == 0 {
             // Ticks before the room is big enough for counts, and all along.
             let ingest = IngestClient::new(&srv.base_url());
@@ -724,21 +688,7 @@ async fn in_a_busy_room_the_online_count_rides_the_ticks() {
         }
     }
     for c in &mut clients {
-        let got = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match c.next_event().await {
-                    Some(ServerEvent::Online {
-                        channel: ch,
-                        online,
-                    }) if ch == channel => return online,
-                    Some(_) => {}
-                    None => panic!("closed before an online count"),
-                }
-            }
-        })
-        .await
-        .expect("an online count within 10 s");
-        assert_eq!(got, 3);
+        assert_eq!(next_online(c, &channel).await, 3);
     }
     let metrics = common::metrics_text(&srv.base_url()).await;
     let value = |name: &str| -> f64 {
@@ -750,6 +700,47 @@ async fn in_a_busy_room_the_online_count_rides_the_ticks() {
     assert!(value("danmaku_edge_online_in_ticks_total") >= 1.0);
     assert_eq!(value("danmaku_edge_online_frames_total"), 0.0);
     srv.stop().await;
+}
+
+/// A viewer of the standalone `srv` as `user` on `transport`, joined to `channel`.
+async fn joined_viewer(
+    srv: &danmaku::standalone::Running,
+    user: &str,
+    transport: Transport,
+    channel: &str,
+) -> Client {
+    let mut c = Client::connect_ws(
+        &srv.base_url(),
+        &common::token(srv, user),
+        transport,
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    c.join(channel).await.unwrap();
+    common::wait_joined(&mut c, channel).await;
+    c
+}
+
+/// The next online count of `channel` the client hears (a frame of its own
+/// or riding a tick: the client emits both as `Online`), within 10 s.
+async fn next_online(c: &mut Client, channel: &str) -> u64 {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match c.next_event().await {
+                Some(ServerEvent::Online {
+                    channel: ch,
+                    online,
+                }) if ch == channel => {
+                    return online;
+                }
+                Some(_) => {}
+                None => panic!("closed before an online count"),
+            }
+        }
+    })
+    .await
+    .expect("an online count within 10 s")
 }
 
 async fn online_of(scheduler: &str, channel: &str) -> u64 {
