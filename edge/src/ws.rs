@@ -32,6 +32,7 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::Bytes;
 use danmaku_proto::json::JsonServerFrame;
 use danmaku_proto::wsframe::{Decoder, Message, OpCode, Prepared, WsError};
 use danmaku_proto::{Limits, ProtoError, frame, json, pb};
@@ -219,11 +220,27 @@ fn connection(
     ip: Option<std::net::IpAddr>,
 ) -> impl Future<Output = ()> + Send {
     use futures_util::FutureExt;
+    use hyper_util::rt::TokioIo;
     on_upgrade.then(move |upgraded| match upgraded {
-        Ok(upgraded) => {
-            let io = hyper_util::rt::TokioIo::new(upgraded);
-            run(edge, io, transport, token, user, ip).left_future()
-        }
+        // Plain TCP (every listener but TLS): the socket itself, split into
+        // owned halves. Every read and write then goes straight to the socket,
+        // not through hyper's boxed upgrade and `tokio::io::split`'s lock.
+        Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => {
+                let (rd, wr) = parts.io.into_inner().into_split();
+                let read_ahead = parts.read_buf;
+                run(edge, Halves { rd, wr, read_ahead }, transport, token, user, ip)
+                    .left_future()
+                    .left_future()
+            }
+            Err(upgraded) => {
+                let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+                let read_ahead = Bytes::new();
+                run(edge, Halves { rd, wr, read_ahead }, transport, token, user, ip)
+                    .right_future()
+                    .left_future()
+            }
+        },
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
             std::future::ready(()).right_future()
@@ -231,23 +248,33 @@ fn connection(
     })
 }
 
-/// Opens the session on `io`, spawns its writer and returns the connection's
-/// loop followed by the writer's drain. Not `async`: what it builds moves into
-/// the loop's future once (an async fn would keep a slot for each local too).
-fn run<S>(
+/// An upgraded connection's two halves.
+struct Halves<R, W> {
+    rd: R,
+    wr: W,
+    /// What the HTTP server read past the upgrade request (a client may send
+    /// its first frame without waiting for the `101`).
+    read_ahead: Bytes,
+}
+
+/// Opens the session on the socket's halves, spawns its writer and returns the
+/// connection's loop followed by the writer's drain. Not `async`: what it
+/// builds moves into the loop's future once (an async fn would keep a slot for
+/// each local too).
+fn run<R, W>(
     edge: Arc<Edge>,
-    io: S,
+    Halves { rd, wr, read_ahead }: Halves<R, W>,
     transport: Transport,
     token: TokenFacts,
     user: String,
     ip: Option<std::net::IpAddr>,
 ) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
 {
     use futures_util::FutureExt;
     let gauge = ConnectionGauge::open(&edge, transport);
-    let (rd, wr) = tokio::io::split(io);
     let (session, queues) = Session::open(Arc::clone(&edge), user, transport);
     tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
     let writer = tokio::spawn(write_loop(
@@ -259,11 +286,13 @@ where
         edge.metrics.egress(transport).clone(),
     ));
     let limits = edge.config.limits;
+    // Limit = max_frame_bytes: a larger message is refused from its header
+    // with a `frame_too_large` error frame, before any of it is buffered.
+    let mut decoder = Decoder::server(limits.max_frame_bytes);
+    decoder.push(&read_ahead);
     let reader = WsReader {
         rd,
-        // Limit = max_frame_bytes: a larger message is refused from its header
-        // with a `frame_too_large` error frame, before any of it is buffered.
-        decoder: Decoder::server(limits.max_frame_bytes),
+        decoder,
         transport,
         limits,
     };

@@ -582,6 +582,45 @@ async fn bad_channel_reliable_and_group_errors_keep_the_connection() -> Result<(
     Ok(())
 }
 
+/// A client may send its first frames in the same packet as the upgrade
+/// request, without waiting for the `101`: what the HTTP server read past the
+/// request must reach the WebSocket decoder (the edge takes the bare socket
+/// back from the HTTP server after the upgrade).
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_read() -> Result<()> {
+    use danmaku_proto::wsframe::{OpCode, encode_masked};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = start(config()).await?;
+    let mut request = format!(
+        "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: danmaku.v1.json\r\n\r\n",
+        t.token("eager"),
+        t.http
+    )
+    .into_bytes();
+    let join = br#"{"type":"join","channel":"room:eager"}"#;
+    request.extend(encode_masked(true, OpCode::Text, [1, 2, 3, 4], join));
+    let mut sock = TcpStream::connect(t.http).await?;
+    sock.write_all(&request).await?;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !String::from_utf8_lossy(&seen).contains(r#""type":"joined""#) {
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut chunk))
+            .await
+            .context("no joined frame for the join sent with the upgrade")??;
+        if n == 0 {
+            bail!("closed: {}", String::from_utf8_lossy(&seen));
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(t.edge.channel_count(), 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn silent_connection_is_closed_and_leaves_its_channels() -> Result<()> {
     let mut cfg = config();
