@@ -24,6 +24,7 @@
 //! the sans-IO [`ReliableTracker`] ([`reliable`]).
 
 mod client;
+pub mod bind;
 pub mod config;
 pub mod error;
 pub mod event;

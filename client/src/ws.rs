@@ -82,7 +82,7 @@ async fn tcp_connect(addr: SocketAddr, config: &ClientConfig) -> Result<TcpStrea
         socket.set_recv_buffer_size(u32::try_from(n).unwrap_or(u32::MAX))?;
     }
     if let Some(ip) = config.local_addr {
-        socket.bind(SocketAddr::new(ip, 0))?;
+        crate::bind::bind_source(&socket, ip)?;
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;

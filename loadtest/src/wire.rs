@@ -91,7 +91,7 @@ impl WsConn {
     ) -> io::Result<WsConn> {
         let socket = TcpSocket::new_v4()?;
         if let Some(ip) = local {
-            socket.bind(SocketAddr::new(ip, 0))?;
+            danmaku_client::bind::bind_source(&socket, ip)?;
         }
         let stream = socket.connect(target.addr).await?;
         stream.set_nodelay(true)?;
