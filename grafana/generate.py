@@ -976,6 +976,14 @@ def edge():
             "s",
             *quantiles("danmaku_edge_delivery_latency_seconds", "", sel),
         ),
+        ts(
+            ids,
+            "Bus hop p50 / p99",
+            "Ingest accept to consumed by this edge: the bus alone. E2E latency up with this "
+            "flat: the edge is late (batching, a busy runtime); both up: look at the broker.",
+            "s",
+            *quantiles("danmaku_edge_bus_hop_seconds", "", sel),
+        ),
         latency_heatmap(ids, "E2E latency heatmap", "Latency distribution on this edge.", sel),
         ts(
             ids,

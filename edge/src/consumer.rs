@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use danmaku_bus::{BusError, BusMessage, Subscription};
-use danmaku_proto::{Limits, frame};
+use danmaku_proto::{Limits, frame, now_ms};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -117,6 +117,11 @@ impl Consumer {
         let Some(event) = bus_event.event else {
             return BusResult::BadEvent;
         };
+        if event.ts_ms >= self.start_ms {
+            // Older events are a replay from before this edge started, not a hop.
+            let age_ms = now_ms().saturating_sub(event.ts_ms).max(0);
+            self.metrics.bus_hop.observe(age_ms as f64 / 1000.0);
+        }
         if event.seq > 0 {
             // Never batched, never dropped as stale: deduplicated by seq instead.
             let shard = &self.reliable[shard_of(key, self.reliable.len())];
@@ -256,6 +261,11 @@ mod tests {
             "garbage, key/channel mismatch"
         );
         assert_eq!(count(&s.metrics, BusResult::Stale), 1);
+        assert_eq!(
+            s.metrics.bus_hop.get_sample_count(),
+            1,
+            "the bus hop is timed for the event after the edge started, not the stale one"
+        );
     }
 
     #[tokio::test]

@@ -114,6 +114,9 @@ pub struct Metrics {
     pub bus_lagged: IntCounter,
     pub bad_frames: IntCounterVec,
     pub delivery_latency: Histogram,
+    /// Ingest accept → consumed here: the bus hop alone, so a slow broker
+    /// shows apart from batching (`delivery_latency` holds both).
+    pub bus_hop: Histogram,
     pub batch_window: Histogram,
     pub reliable_sent: IntCounter,
     pub reliable_acked: IntCounter,
@@ -216,6 +219,16 @@ impl Metrics {
             HistogramOpts::new(
                 "danmaku_edge_delivery_latency_seconds",
                 "From an event's ingest timestamp to the flush of its batch.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0,
+            ]),
+        )?;
+        let bus_hop = Histogram::with_opts(
+            HistogramOpts::new(
+                "danmaku_edge_bus_hop_seconds",
+                "From an event's ingest timestamp to this edge consuming it from the bus.",
             )
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
@@ -348,6 +361,7 @@ impl Metrics {
         registry.register(Box::new(bus_lagged.clone()))?;
         registry.register(Box::new(bad_frames.clone()))?;
         registry.register(Box::new(delivery_latency.clone()))?;
+        registry.register(Box::new(bus_hop.clone()))?;
         registry.register(Box::new(batch_window.clone()))?;
         let pushed_by_transport =
             Transport::ALL.map(|t| frames_pushed.with_label_values(&[t.label()]));
@@ -379,6 +393,7 @@ impl Metrics {
             bus_lagged,
             bad_frames,
             delivery_latency,
+            bus_hop,
             batch_window,
             reliable_sent,
             reliable_acked,
@@ -712,6 +727,7 @@ mod tests {
             "danmaku_edge_bus_lagged_total",
             "danmaku_edge_bad_frames_total",
             "danmaku_edge_delivery_latency_seconds",
+            "danmaku_edge_bus_hop_seconds",
             "danmaku_edge_batch_window_seconds",
             "danmaku_edge_reliable_sent_total",
             "danmaku_edge_reliable_acked_total",
