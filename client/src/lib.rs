@@ -23,8 +23,8 @@
 //! out reliable events once each, in seq order, acking them; the bookkeeping is
 //! the sans-IO [`ReliableTracker`] ([`reliable`]).
 
-mod client;
 pub mod bind;
+mod client;
 pub mod config;
 pub mod error;
 pub mod event;

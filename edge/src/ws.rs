@@ -229,16 +229,30 @@ fn connection(
             Ok(parts) => {
                 let (rd, wr) = parts.io.into_inner().into_split();
                 let read_ahead = parts.read_buf;
-                run(edge, Halves { rd, wr, read_ahead }, transport, token, user, ip)
-                    .left_future()
-                    .left_future()
+                run(
+                    edge,
+                    Halves { rd, wr, read_ahead },
+                    transport,
+                    token,
+                    user,
+                    ip,
+                )
+                .left_future()
+                .left_future()
             }
             Err(upgraded) => {
                 let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
                 let read_ahead = Bytes::new();
-                run(edge, Halves { rd, wr, read_ahead }, transport, token, user, ip)
-                    .right_future()
-                    .left_future()
+                run(
+                    edge,
+                    Halves { rd, wr, read_ahead },
+                    transport,
+                    token,
+                    user,
+                    ip,
+                )
+                .right_future()
+                .left_future()
             }
         },
         Err(e) => {
