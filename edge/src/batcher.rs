@@ -95,8 +95,10 @@ impl FrameBuilder {
     }
 }
 
-/// Starts `shards` batcher tasks; returns the queues the consumer feeds.
+/// Starts `shards` batcher tasks on `runtime` (the delivery thread,
+/// `pipeline.rs`); returns the queues the consumer feeds.
 pub(crate) fn spawn_shards(
+    runtime: &tokio::runtime::Handle,
     shards: usize,
     cfg: &BatchConfig,
     channels: Arc<Channels>,
@@ -112,7 +114,7 @@ pub(crate) fn spawn_shards(
                 channels: Arc::clone(&channels),
                 metrics: metrics.clone(),
             };
-            tokio::spawn(shard.run(rx, shutdown.clone()));
+            runtime.spawn(shard.run(rx, shutdown.clone()));
             Ok(tx)
         })
         .collect()
@@ -244,6 +246,7 @@ mod tests {
         let registry = Arc::new(Channels::new(gauges(), 16));
         let shutdown = CancellationToken::new();
         let mut shards = spawn_shards(
+            &tokio::runtime::Handle::current(),
             1,
             &cfg,
             Arc::clone(&registry),

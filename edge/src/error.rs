@@ -24,6 +24,8 @@ pub enum EdgeError {
     Metrics(#[from] prometheus::Error),
     #[error("batch encoder: {0}")]
     Encoder(#[from] danmaku_proto::ProtoError),
+    #[error("delivery thread: {0}")]
+    Pipeline(#[source] std::io::Error),
 }
 
 /// An HTTP error answered as `{"error":{"code":…,"message":…}}`.

@@ -50,6 +50,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 mod node;
+mod pipeline;
 mod quic;
 pub mod reliable;
 mod reply;
@@ -134,7 +135,9 @@ impl Edge {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, MAX_SHARDS);
+        let pipeline = pipeline::start(shutdown.clone())?;
         let shard_queues = batcher::spawn_shards(
+            &pipeline,
             shards,
             &config.batch,
             Arc::clone(&channels),
@@ -168,7 +171,7 @@ impl Edge {
             limits: config.limits,
             start_ms: danmaku_proto::now_ms(),
         };
-        tokio::spawn(consumer.run(subscription, shutdown.clone()));
+        pipeline.spawn(consumer.run(subscription, shutdown.clone()));
         let (top_tx, top_rx) = tokio::sync::watch::channel(Arc::new(top_rooms::TopRoomsSnapshot {
             edge: config.id.clone(),
             ..Default::default()

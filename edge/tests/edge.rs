@@ -582,6 +582,55 @@ async fn bad_channel_reliable_and_group_errors_keep_the_connection() -> Result<(
     Ok(())
 }
 
+/// The bus consumer runs on the edge's delivery thread, not among the
+/// connection tasks: with every worker of the server's runtime busy (here:
+/// blocked outright), events are still read off the bus and routed. On the
+/// shared runtime the consumer waited behind every task a big room's tick had
+/// woken, and the bus hop grew to seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_keeps_reading_while_the_runtime_is_busy() -> Result<()> {
+    let t = Arc::new(start(config()).await?);
+    let busy = Duration::from_secs(3);
+    let ready = Arc::new(std::sync::Barrier::new(3));
+    for _ in 0..2 {
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            ready.wait();
+            std::thread::sleep(busy);
+        });
+    }
+    // Both workers hold a task that blocks them; nothing else runs there now.
+    ready.wait();
+    let blocked_at = std::time::Instant::now();
+    let publisher = {
+        let t = Arc::clone(&t);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                for i in 0..20 {
+                    t.publish("room:nobody-here", "u", &format!("m{i}")).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+    };
+    publisher.join().expect("publisher thread")?;
+    let routed = r#"danmaku_edge_bus_events_total{result="no_local_members"}"#;
+    while t.metric(routed) < 20.0 && blocked_at.elapsed() < busy {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = t.metric(routed);
+    let elapsed = blocked_at.elapsed();
+    assert_eq!(seen, 20.0, "events routed while the runtime was blocked");
+    assert!(
+        elapsed < busy,
+        "routed after the workers were free again ({elapsed:?})"
+    );
+    Ok(())
+}
+
 /// A client may send its first frames in the same packet as the upgrade
 /// request, without waiting for the `101`: what the HTTP server read past the
 /// request must reach the WebSocket decoder (the edge takes the bare socket
