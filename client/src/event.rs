@@ -486,7 +486,7 @@ mod tests {
     #[test]
     fn json_pb_batches_agree() {
         let events = CommentGenerator::new(3).events(20, 5);
-        let json = danmaku_proto::json::batch_json("room:9", &events, None);
+        let json = danmaku_proto::json::batch_json("room:9", &events, None, 0);
         let wire = frame::encode(&frame::server(Body::Batch(
             BatchEncoder::default().encode("room:9", &events).unwrap(),
         )));

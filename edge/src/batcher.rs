@@ -78,8 +78,22 @@ impl FrameBuilder {
         online: Option<u64>,
         with_json: bool,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
+        self.build_tick(channel, events, online, 0, with_json)
+    }
+
+    /// [`FrameBuilder::build`], also saying how many danmaku hot-room
+    /// thinning left out of the tick (`sampled_out`, 0: none).
+    pub fn build_tick(
+        &mut self,
+        channel: &str,
+        events: &[pb::Event],
+        online: Option<u64>,
+        sampled_out: u64,
+        with_json: bool,
+    ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
         let mut batch = self.encoder.encode(channel, events)?;
         batch.online = online.unwrap_or(0);
+        batch.sampled_out = sampled_out;
         let sizes = BuiltSizes {
             raw: self.encoder.last_raw_len(),
             compressed: batch.payload.len(),
@@ -88,7 +102,7 @@ impl FrameBuilder {
         let json = with_json.then(|| {
             Prepared::new(
                 OpCode::Text,
-                json::batch_json(channel, events, online).as_bytes(),
+                json::batch_json(channel, events, online, sampled_out).as_bytes(),
             )
         });
         Ok((BatchFrames { pb, json }, sizes))
@@ -152,26 +166,37 @@ impl Shard {
         }
     }
 
-    fn flush(&mut self, ready: Ready<ChannelName>) {
+    fn flush(&mut self, mut ready: Ready<ChannelName>) {
         // Members may all have left during the window: nothing to build.
         let Some(channel) = self.channels.get(ready.channel.as_str()) else {
             return;
         };
-        flush_to(&mut self.builder, &self.metrics, &channel, &ready);
+        flush_to(&mut self.builder, &self.metrics, &channel, &mut ready);
     }
 }
 
-/// Builds the frames of `ready` once and pushes them to the members of `channel`.
+/// Thins `ready` to the room's `max_rate` (`thinning.rs`), builds its frames
+/// once and pushes them to the members of `channel`.
 pub(crate) fn flush_to(
     builder: &mut FrameBuilder,
     metrics: &Metrics,
     channel: &Channel,
-    ready: &Ready<ChannelName>,
+    ready: &mut Ready<ChannelName>,
 ) {
     let now_ms = danmaku_proto::now_ms();
+    let sampled_out = channel.thin(&mut ready.events);
+    if sampled_out > 0 {
+        metrics.sampled_out.inc_by(sampled_out);
+    }
     let with_json = channel.json_members() > 0;
     let online = channel.take_online();
-    let built = builder.build(ready.channel.as_str(), &ready.events, online, with_json);
+    let built = builder.build_tick(
+        ready.channel.as_str(),
+        &ready.events,
+        online,
+        sampled_out,
+        with_json,
+    );
     let (frames, sizes) = match built {
         Ok(built) => built,
         Err(e) => {

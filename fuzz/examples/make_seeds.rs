@@ -175,7 +175,7 @@ fn main() {
     write(
         "json_client_frame",
         "batch",
-        json::batch_json("room:1", &events, None).as_bytes(),
+        json::batch_json("room:1", &events, None, 0).as_bytes(),
     );
     write(
         "json_client_frame",
