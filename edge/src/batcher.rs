@@ -184,7 +184,7 @@ pub(crate) fn flush_to(
     ready: &mut Ready<ChannelName>,
 ) {
     let now_ms = danmaku_proto::now_ms();
-    let sampled_out = channel.thin(&mut ready.events);
+    let sampled_out = channel.thin(ready.window, &mut ready.events);
     if sampled_out > 0 {
         metrics.sampled_out.inc_by(sampled_out);
     }

@@ -257,12 +257,19 @@ impl Channel {
         self.max_rate.store(max_rate, Ordering::Relaxed);
     }
 
-    /// Thins one tick's events to the room's cap; returns how many danmaku
-    /// were left out (see `thinning.rs`).
-    pub fn thin(&self, events: &mut Vec<danmaku_proto::pb::Event>) -> u64 {
+    /// Thins one tick's events (gathered over `window`) to the room's cap;
+    /// returns how many danmaku were left out (see `thinning.rs`).
+    pub fn thin(
+        &self,
+        window: std::time::Duration,
+        events: &mut Vec<danmaku_proto::pb::Event>,
+    ) -> u64 {
         let max_rate = self.max_rate.load(Ordering::Relaxed);
+        if max_rate == 0 {
+            return 0; // the common case: no lock
+        }
         let mut thinning = self.thinning.lock().unwrap_or_else(|e| e.into_inner());
-        thinning.thin(std::time::Instant::now(), max_rate, events)
+        thinning.thin(std::time::Instant::now(), window, max_rate, events)
     }
 
     /// Leaves `online` for the next tick to carry. True when the previous

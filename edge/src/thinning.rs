@@ -11,17 +11,18 @@
 //! can show "+1,234".
 //!
 //! The budget is a token bucket per room, refilled at `max_rate` per second
-//! and holding at most half a second's worth, so the pushed rate follows the
-//! cap whatever the tick length. The decision is made once per tick and room,
+//! (a room's first capped tick starts with its own window's worth) and
+//! holding at most one second's worth (or one window, when longer), so the
+//! pushed rate follows the cap whatever the tick length. The decision is made once per tick and room,
 //! on the tick's event vector in place (no allocation), never per viewer:
 //! every viewer gets the same thinned frame, built once.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use danmaku_proto::pb;
 
 /// The bucket holds at most this many seconds of `max_rate`.
-const BURST_SECS: f64 = 0.5;
+const BURST_SECS: f64 = 1.0;
 
 /// One room's budget.
 #[derive(Debug, Default)]
@@ -38,20 +39,28 @@ fn thinnable(ev: &pb::Event) -> bool {
 }
 
 impl Thinning {
-    /// Thins `events` (one tick of the room) to `max_rate` per second at
-    /// `now`; returns how many were left out. `max_rate` 0: no cap (the
-    /// bucket is forgotten, so a cap set later starts with one burst).
-    pub fn thin(&mut self, now: Instant, max_rate: u32, events: &mut Vec<pb::Event>) -> u64 {
+    /// Thins `events` (one tick of the room, gathered over `window`) to
+    /// `max_rate` per second at `now`; returns how many were left out.
+    /// `max_rate` 0: no cap (the bucket is forgotten).
+    pub fn thin(
+        &mut self,
+        now: Instant,
+        window: Duration,
+        max_rate: u32,
+        events: &mut Vec<pb::Event>,
+    ) -> u64 {
         if max_rate == 0 {
             self.last = None;
             return 0;
         }
         let rate = f64::from(max_rate);
-        let burst = (rate * BURST_SECS).max(1.0);
-        self.tokens = match self.last {
-            Some(last) => (self.tokens + rate * now.duration_since(last).as_secs_f64()).min(burst),
-            None => burst,
+        let window = window.as_secs_f64();
+        let burst = (rate * BURST_SECS.max(window)).max(1.0);
+        let elapsed = match self.last {
+            Some(last) => now.duration_since(last).as_secs_f64(),
+            None => window,
         };
+        self.tokens = (self.tokens + rate * elapsed).min(burst);
         self.last = Some(now);
         let (mut n, mut kept_anyway) = (0u64, 0u64);
         for ev in events.iter() {
@@ -84,9 +93,9 @@ impl Thinning {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    const TICK: Duration = Duration::from_millis(50);
 
     fn danmaku(i: usize, priority: bool) -> pb::Event {
         pb::Event {
@@ -109,14 +118,14 @@ mod tests {
     fn no_cap_keeps_everything() {
         let mut t = Thinning::default();
         let mut evs: Vec<_> = (0..1000).map(|i| danmaku(i, false)).collect();
-        assert_eq!(t.thin(Instant::now(), 0, &mut evs), 0);
+        assert_eq!(t.thin(Instant::now(), TICK, 0, &mut evs), 0);
         assert_eq!(evs.len(), 1000);
     }
 
     #[test]
     fn a_2000_per_second_room_capped_at_200_pushes_200_with_every_gift_and_priority() {
         let mut t = Thinning::default();
-        let start = Instant::now();
+        let start = Instant::now() + TICK;
         let (mut kept, mut out, mut priority, mut gifts) = (0u64, 0u64, 0u64, 0u64);
         let mut seq = 0;
         // 10 s of 50 ms ticks, 100 danmaku each (2,000/s): one in 20 priority,
@@ -126,7 +135,7 @@ mod tests {
             let mut evs: Vec<_> = (0..100).map(|i| danmaku(i, i % 20 == 0)).collect();
             seq += 1;
             evs.push(gift(seq));
-            out += t.thin(now, 200, &mut evs);
+            out += t.thin(now, TICK, 200, &mut evs);
             kept += evs.iter().filter(|e| e.seq == 0).count() as u64;
             priority += evs.iter().filter(|e| e.priority).count() as u64;
             gifts += evs.iter().filter(|e| e.seq > 0).count() as u64;
@@ -142,8 +151,9 @@ mod tests {
     fn the_kept_ones_are_spread_evenly_over_the_tick() {
         let mut t = Thinning::default();
         let mut evs: Vec<_> = (0..1000).map(|i| danmaku(i, false)).collect();
-        // A fresh bucket holds half a second: 50 at 100/s.
-        assert_eq!(t.thin(Instant::now(), 100, &mut evs), 950);
+        // A fresh bucket holds one window: 50 at 100/s over half a second.
+        let half = Duration::from_millis(500);
+        assert_eq!(t.thin(Instant::now(), half, 100, &mut evs), 950);
         let idx: Vec<usize> = evs.iter().map(|e| e.text[1..].parse().unwrap()).collect();
         assert_eq!(idx.len(), 50);
         assert!(idx.windows(2).all(|w| w[1] - w[0] == 20), "{idx:?}");
