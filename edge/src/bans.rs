@@ -11,10 +11,17 @@
 //! the channel leave it at once (`handlers/leave.rs`, reason `banned`).
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use danmaku_proto::ChannelName;
+use danmaku_store::Store;
 use prometheus::IntGauge;
+use tokio_util::sync::CancellationToken;
+
+/// How often ended bans leave the memory (and the gauge is refreshed).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// One ban of a user: the channel and its end (ms since the epoch; `None` =
 /// permanent).
@@ -35,6 +42,9 @@ pub(crate) struct Bans {
     by_user: RwLock<HashMap<Box<str>, Vec<Ban>>>,
     /// `danmaku_edge_bans_active`.
     gauge: IntGauge,
+    /// Whether the table matches the store (else the sweep loads it again:
+    /// at start when the store was down, after the bus lagged).
+    loaded: AtomicBool,
 }
 
 impl Bans {
@@ -42,6 +52,57 @@ impl Bans {
         Bans {
             by_user: RwLock::default(),
             gauge,
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    /// Replaces the table with the bans stored in force now; false (logged)
+    /// when the store cannot be read.
+    pub async fn load(&self, store: &dyn Store) -> bool {
+        let now = danmaku_proto::now_ms();
+        let stored = match store.bans(now).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the channel bans; retrying");
+                return false;
+            }
+        };
+        let mut table: HashMap<Box<str>, Vec<Ban>> = HashMap::new();
+        for b in stored {
+            let Ok(channel) = ChannelName::parse(&b.channel) else {
+                continue;
+            };
+            table.entry(b.user.into()).or_default().push(Ban {
+                channel,
+                until_ms: b.until_ms,
+            });
+        }
+        let n = count(&table);
+        *self.by_user.write().unwrap_or_else(|e| e.into_inner()) = table;
+        self.gauge.set(n as i64);
+        self.loaded.store(true, Ordering::Relaxed);
+        tracing::debug!(bans = n, "channel bans loaded");
+        true
+    }
+
+    /// The bus lagged: an announcement may be lost, so load the store again.
+    pub fn reload_later(&self) {
+        self.loaded.store(false, Ordering::Relaxed);
+    }
+
+    /// Drops ended bans every few seconds; loads the stored ones while the
+    /// table is not known to match the store.
+    pub async fn sweep(self: Arc<Self>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !self.loaded.load(Ordering::Relaxed) {
+                self.load(&*store).await;
+            }
+            self.purge(danmaku_proto::now_ms());
         }
     }
 

@@ -66,6 +66,7 @@ impl Consumer {
                     self.metrics.bus_lagged.inc_by(n);
                     // An account change may be among the skipped: reload the stored ones.
                     self.account.reload_later();
+                    self.bans.reload_later();
                     tracing::warn!(skipped = n, "bus consumer lagged");
                 }
                 Err(BusError::Closed) => {

@@ -162,6 +162,8 @@ impl Edge {
         account.load(&*store).await;
         tokio::spawn(Arc::clone(&account).sweep(Arc::clone(&store), shutdown.clone()));
         let bans = Arc::new(bans::Bans::new(metrics.bans_active.clone()));
+        bans.load(&*store).await;
+        tokio::spawn(Arc::clone(&bans).sweep(Arc::clone(&store), shutdown.clone()));
         let consumer = consumer::Consumer {
             account: Arc::clone(&account),
             bans: Arc::clone(&bans),

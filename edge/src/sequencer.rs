@@ -281,6 +281,14 @@ mod tests {
         ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
             Ok(Vec::new())
         }
+
+        async fn bans(&self, _: i64) -> Result<Vec<danmaku_store::Ban>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn retracted(&self, _: &str, _: u64, _: u64) -> Result<Vec<u64>, StoreError> {
+            Ok(Vec::new())
+        }
         async fn record_account_change(
             &self,
             _: &danmaku_proto::pb::AccountChange,

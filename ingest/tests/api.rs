@@ -1260,6 +1260,14 @@ impl Store for DownStore {
     ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
         down()
     }
+
+    async fn bans(&self, _: i64) -> Result<Vec<danmaku_store::Ban>, StoreError> {
+        down()
+    }
+
+    async fn retracted(&self, _: &str, _: u64, _: u64) -> Result<Vec<u64>, StoreError> {
+        down()
+    }
     async fn record_account_change(&self, _: &pb::AccountChange) -> Result<(), StoreError> {
         down()
     }
