@@ -1195,7 +1195,7 @@ async fn bans_who_may_do_what_and_bad_input_refused_whole() {
         (ban("troll"), json!({"secs": 10}), "bad_json"),
         (ban("bad user!"), json!({"seconds": 10}), "bad_user"),
         (
-            format!("/v1/channels/chan:1/bans/troll"),
+            "/v1/channels/chan:1/bans/troll".to_string(),
             json!({"seconds": 10}),
             "bad_channel",
         ),
