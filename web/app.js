@@ -219,6 +219,7 @@ function nextBanner() {
   giftShowing = true;
   const b = document.createElement("div");
   b.className = "banner";
+  b.dataset.seq = String(g.ev.seq);
   const icon = document.createElement("span");
   icon.className = "icon";
   icon.textContent = GIFT_ICONS[g.name] ?? "🎁";
@@ -247,6 +248,8 @@ debug.inject = (text, sender = "bench") => {
   stage.add({ text, sender });
 };
 const pendingOwn = new Map(); // text → how many echoes to skip
+// For the browser tests: whether comment `id` is on the stage or waiting for a lane.
+debug.onStage = (id) => stage.items.some((it) => it.id === id) || stage.queue.some((c) => c.id === id);
 
 $("room-name").textContent = room;
 $("me").textContent = user;
@@ -284,6 +287,9 @@ client.on("retract", (r) => {
   for (const li of $("gift-feed").querySelectorAll("li")) {
     if (li.dataset.seq === r.id && li.dataset.channel === r.channel) li.remove();
   }
+  // A retracted gift's banner: gone from the queue, and off the lane if showing.
+  for (let i = giftQueue.length - 1; i >= 0; i--) if (String(giftQueue[i].ev.seq) === r.id) giftQueue.splice(i, 1);
+  for (const b of $("gift-lane").querySelectorAll(".banner")) if (b.dataset.seq === r.id) b.remove();
 });
 client.on("sampled_out", (s) => {
   if (s.channel !== room) return;
