@@ -167,9 +167,10 @@ async fn word_lists_see_through_evasions_and_viewers_get_the_masked_text() {
     // The example, and the 202 says it was masked.
     let (s, b, _) = api.post(&ch, &alice, "hello darn it").await;
     assert_eq!(s, StatusCode::ACCEPTED);
+    let id = b["id"].as_str().expect("every accepted danmaku has an id").to_owned();
     assert_eq!(
         b,
-        json!({"accepted": true, "masked": true, "text": "hello **** it"})
+        json!({"accepted": true, "id": id, "masked": true, "text": "hello **** it"})
     );
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -1105,6 +1106,38 @@ async fn kafka_two_ingest_nodes_share_the_policy_within_two_seconds() {
 
 // ---------------------------------------------------------------- part B ----
 
+/// `user`'s connections to `srv`, one per transport (`Transport::Quic` over
+/// QUIC with the server's certificate), each joined to `ch`.
+async fn joined_on(
+    srv: &danmaku::standalone::Running,
+    user: &str,
+    ch: &str,
+    transports: &[Transport],
+) -> Vec<Client> {
+    let base = srv.base_url();
+    let token = common::token(srv, user);
+    let mut clients = Vec::new();
+    for &t in transports {
+        let mut c = if t == Transport::Quic {
+            let cert = danmaku_client::IngestClient::new(&base)
+                .fetch_cert_der()
+                .await
+                .unwrap();
+            Client::connect_quic(srv.quic_addr, Some(cert), &token, ClientConfig::default())
+                .await
+                .unwrap()
+        } else {
+            Client::connect_ws(&base, &token, t, ClientConfig::default())
+                .await
+                .unwrap()
+        };
+        c.join(ch).await.unwrap();
+        common::wait_joined(&mut c, ch).await;
+        clients.push(c);
+    }
+    clients
+}
+
 /// The next `Left` (channel, reason) or `Error` code a client gets, skipping
 /// everything else.
 async fn next_left_or_error(client: &mut Client, secs: u64) -> ServerEvent {
@@ -1314,34 +1347,11 @@ async fn a_ban_ends_the_users_connections_on_every_transport_until_lifted() {
     let api = Api { base: base.clone() };
     let app = mint("backend", "app");
     let ch = room("ban-conn");
-    let cert = danmaku_client::IngestClient::new(&base)
-        .fetch_cert_der()
+    let all = [Transport::WsJson, Transport::WsPb, Transport::Quic];
+    let mut trolls = joined_on(&srv, "troll", &ch, &all).await;
+    let mut viewer = joined_on(&srv, "alice", &ch, &[Transport::WsPb])
         .await
-        .unwrap();
-    let troll = common::token(&srv, "troll");
-    let mut trolls = vec![
-        Client::connect_ws(&base, &troll, Transport::WsJson, ClientConfig::default())
-            .await
-            .unwrap(),
-        Client::connect_ws(&base, &troll, Transport::WsPb, ClientConfig::default())
-            .await
-            .unwrap(),
-        Client::connect_quic(srv.quic_addr, Some(cert), &troll, ClientConfig::default())
-            .await
-            .unwrap(),
-    ];
-    let mut viewer = Client::connect_ws(
-        &base,
-        &common::token(&srv, "alice"),
-        Transport::WsPb,
-        ClientConfig::default(),
-    )
-    .await
-    .unwrap();
-    for c in trolls.iter_mut().chain([&mut viewer]) {
-        c.join(&ch).await.unwrap();
-        common::wait_joined(c, &ch).await;
-    }
+        .remove(0);
     let (s, b) = api
         .put(
             &format!("/v1/channels/{ch}/bans/troll"),
@@ -1485,26 +1495,8 @@ async fn retraction_reaches_viewers_on_every_transport_and_hides_gifts_from_hist
         json!(null),
     )
     .await;
-    let cert = danmaku_client::IngestClient::new(&base)
-        .fetch_cert_der()
-        .await
-        .unwrap();
-    let viewer = common::token(&srv, "viewer");
-    let mut viewers = vec![
-        Client::connect_ws(&base, &viewer, Transport::WsJson, ClientConfig::default())
-            .await
-            .unwrap(),
-        Client::connect_ws(&base, &viewer, Transport::WsPb, ClientConfig::default())
-            .await
-            .unwrap(),
-        Client::connect_quic(srv.quic_addr, Some(cert), &viewer, ClientConfig::default())
-            .await
-            .unwrap(),
-    ];
-    for v in &mut viewers {
-        v.join(&ch).await.unwrap();
-        common::wait_joined(v, &ch).await;
-    }
+    let all = [Transport::WsJson, Transport::WsPb, Transport::Quic];
+    let mut viewers = joined_on(&srv, "viewer", &ch, &all).await;
     // Every accepted danmaku has an id, in the answer and on the event.
     let (s, posted, _) = api.post(&ch, &alice, "oops").await;
     assert_eq!(s, StatusCode::ACCEPTED, "{posted}");
@@ -1720,4 +1712,130 @@ async fn kafka_a_ban_through_one_ingest_ends_the_users_connections_on_both_edges
         api_a.post(&ch, &troll, "back").await.0 == StatusCode::ACCEPTED
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_room_capped_at_200_per_second_gives_every_viewer_200_with_every_gift_and_priority() {
+    let srv = common::start(|c| {
+        c.ingest.user_rate_per_sec = 100_000.0;
+        c.ingest.user_burst = 100_000;
+        c.ingest.channel_rate_per_sec = 100_000.0;
+    })
+    .await;
+    let base = srv.base_url();
+    let api = Api { base: base.clone() };
+    let app = mint("backend", "app");
+    let ch = room("hot");
+    api.put(
+        &format!("/v1/channels/{ch}/moderators/host"),
+        Some(&app),
+        json!(null),
+    )
+    .await;
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/settings"),
+            Some(&app),
+            json!({"max_rate": 200}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let viewers = joined_on(&srv, "viewer", &ch, &[Transport::WsPb, Transport::Quic]).await;
+    // 2,000 danmaku/s for 3 s from 20 posters; the host (a moderator) posts one in
+    // 20 of them (priority); a gift every 100 ms.
+    const SECS: u64 = 3;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/channels/{ch}/messages");
+    let started = Instant::now();
+    let mut posters = Vec::new();
+    for p in 0..20u64 {
+        let (http, url) = (http.clone(), url.clone());
+        let (crowd, host) = (mint(&format!("fan{p}"), "user"), mint("host", "user"));
+        posters.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut sent = (0u64, 0u64, 0u64); // danmaku, priority, gifts
+            for i in 0..SECS * 100 {
+                tick.tick().await;
+                let (token, kind, text) = match (p, i % 10) {
+                    (0, 0) => (&crowd, "gift", format!("gift {i}")),
+                    (1, _) => (&host, "danmaku", format!("host {i}")),
+                    _ => (&crowd, "danmaku", format!("fan{p} {i}")),
+                };
+                let r = http
+                    .post(&url)
+                    .bearer_auth(token)
+                    .json(&json!({"kind": kind, "text": text}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+                match (kind, p) {
+                    ("gift", _) => sent.2 += 1,
+                    (_, 1) => sent.1 += 1,
+                    _ => sent.0 += 1,
+                }
+            }
+            sent
+        }));
+    }
+    let counts = viewers.into_iter().map(|mut v| {
+        tokio::spawn(async move {
+            let (mut plain, mut priority, mut sampled_out) = (0u64, 0u64, 0u64);
+            let mut gifts = std::collections::HashSet::new();
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(Duration::from_secs(3), v.next_event()).await
+            {
+                match ev {
+                    ServerEvent::Batch { events, .. } => {
+                        for e in events {
+                            if e.priority {
+                                priority += 1
+                            } else {
+                                plain += 1
+                            }
+                        }
+                    }
+                    ServerEvent::Reliable { seq, .. } => {
+                        gifts.insert(seq);
+                    }
+                    ServerEvent::SampledOut { count, .. } => sampled_out += count,
+                    _ => {}
+                }
+            }
+            (plain, priority, gifts.len() as u64, sampled_out)
+        })
+    });
+    let counts: Vec<_> = counts.collect();
+    let mut sent = (0, 0, 0);
+    for p in posters {
+        let s = p.await.unwrap();
+        sent = (sent.0 + s.0, sent.1 + s.1, sent.2 + s.2);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "posted {} danmaku + {} priority + {} gifts in {secs:.2} s ({:.0}/s)",
+        sent.0,
+        sent.1,
+        sent.2,
+        (sent.0 + sent.1) as f64 / secs
+    );
+    for c in counts {
+        let (plain, priority, gifts, sampled_out) = c.await.unwrap();
+        let rate = (plain + priority) as f64 / secs;
+        eprintln!(
+            "viewer: {plain} + {priority} priority ({rate:.0}/s), {gifts} gifts, {sampled_out} sampled out"
+        );
+        assert_eq!(priority, sent.1, "every priority danmaku");
+        assert_eq!(gifts, sent.2, "every gift");
+        assert_eq!(
+            plain + priority + sampled_out,
+            sent.0 + sent.1,
+            "sampled_out counts the rest"
+        );
+        assert!(
+            (180.0..=220.0).contains(&rate),
+            "200/s ±10% expected, got {rate:.0}/s"
+        );
+    }
+    srv.stop().await;
 }
