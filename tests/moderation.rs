@@ -167,7 +167,10 @@ async fn word_lists_see_through_evasions_and_viewers_get_the_masked_text() {
     // The example, and the 202 says it was masked.
     let (s, b, _) = api.post(&ch, &alice, "hello darn it").await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    let id = b["id"].as_str().expect("every accepted danmaku has an id").to_owned();
+    let id = b["id"]
+        .as_str()
+        .expect("every accepted danmaku has an id")
+        .to_owned();
     assert_eq!(
         b,
         json!({"accepted": true, "id": id, "masked": true, "text": "hello **** it"})

@@ -45,6 +45,9 @@ pub(crate) struct ShardItem {
     pub event: pb::Event,
     /// Local members when the event arrived, for the window of a new batch.
     pub members: usize,
+    /// The room's hot-room cap (danmaku/s, 0: none), for the window of a new
+    /// batch (`batch_policy::capped_window`).
+    pub max_rate: u32,
 }
 
 /// Encodes batches; keeps the zstd context between batches.
@@ -156,9 +159,14 @@ impl Shard {
                     let Some(item) = item else { return };
                     let now = Instant::now().into_std();
                     let active = self.channels.len();
-                    if let Some(ready) =
-                        self.pending.on_event(now, item.channel, item.event, item.members, active)
-                    {
+                    if let Some(ready) = self.pending.on_event_capped(
+                        now,
+                        item.channel,
+                        item.event,
+                        item.members,
+                        active,
+                        item.max_rate,
+                    ) {
                         self.flush(ready);
                     }
                 }
@@ -284,6 +292,7 @@ mod tests {
             channel: room.clone(),
             event: ev(i),
             members: 2,
+            max_rate: 0,
         }
     }
 

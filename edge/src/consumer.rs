@@ -153,6 +153,7 @@ impl Consumer {
             channel: channel.name().clone(),
             event,
             members: channel.len(),
+            max_rate,
         };
         let shard = &self.shards[shard_of(key, self.shards.len())];
         if shard.send(item).await.is_err() {

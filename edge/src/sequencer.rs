@@ -163,6 +163,8 @@ impl Shard {
                 channel: channel.clone(),
                 event,
                 members: members.len(),
+                // Gifts never stretch a window: the danmaku that open one do.
+                max_rate: 0,
             };
             if batcher.send(item).await.is_err() {
                 return; // shutting down
