@@ -55,6 +55,7 @@ fn main() {
         seq: 18,
         payload_json: r#"{"gift":"rocket","n":1}"#.into(),
         client_msg_id: "m-1".into(),
+        ..Default::default()
     };
     server_frames.extend([
         (
