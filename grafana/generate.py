@@ -372,7 +372,8 @@ def refusal_panels(ids, sel):
 
 
 def moderation_panels(ids):
-    """Word filter verdicts, moderation refusals, mutes and policy sync (issue 19)."""
+    """Word filter verdicts, moderation refusals, mutes, bans, retractions, hot-room
+    thinning and policy sync (issue 19)."""
     return [
         ts(
             ids,
@@ -386,18 +387,22 @@ def moderation_panels(ids):
         ts(
             ids,
             "Moderation refusals by reason",
-            "Posts refused by the room policy: blocked_content, muted (the sender is muted), "
-            "room_muted (mute_all is on), slow_mode (a second post within the window).",
+            "Posts refused by the room policy: blocked_content, banned (the sender is banned "
+            "from the room), muted (the sender is muted), room_muted (mute_all is on), "
+            "slow_mode (a second post within the window).",
             "cps",
             ("sum by (reason) (rate(danmaku_ingest_moderation_refused_total[$__rate_interval]))", "{{reason}}"),
         ),
         ts(
             ids,
-            "Active mutes and loaded words",
-            "Mutes running (every ingest node knows all of them: the max over nodes) and the "
-            "words loaded in the global list and in all rooms' lists.",
+            "Active mutes, bans and loaded words",
+            "Mutes and bans in force (every ingest node knows all of them: the max over "
+            "nodes; edges keep the bans too, to refuse join) and the words loaded in the "
+            "global list and in all rooms' lists.",
             "short",
             ("max(danmaku_ingest_active_mutes)", "active mutes"),
+            ("max(danmaku_ingest_active_bans)", "active bans"),
+            ("max(danmaku_edge_bans_active)", "bans held by edges"),
             ("max by (scope) (danmaku_ingest_wordlist_words)", "words: {{scope}}"),
         ),
         ts(
@@ -411,6 +416,27 @@ def moderation_panels(ids):
             ("sum by (what) (rate(danmaku_ingest_moderation_changes_total[$__rate_interval]))", "change: {{what}}"),
             ("sum by (trigger, result) (rate(danmaku_ingest_moderation_reloads_total[$__rate_interval]))", "reload: {{trigger}} {{result}}"),
             ("sum(rate(danmaku_ingest_moderation_announce_failures_total[$__rate_interval]))", "not announced"),
+        ),
+        ts(
+            ids,
+            "Bans and retractions on the edges",
+            "Connections made to leave a room because their user was banned (left, reason "
+            "banned), joins refused with the error banned, and retractions applied through "
+            "ingest (each reaches viewers as a retract event in the room's next tick).",
+            "ops",
+            ("sum(rate(danmaku_edge_banned_leaves_total[$__rate_interval]))", "left: banned"),
+            ("sum(rate(danmaku_edge_errors_total{code=\"banned\"}[$__rate_interval]))", "join refused: banned"),
+            ("sum(rate(danmaku_ingest_moderation_changes_total{what=\"retract\"}[$__rate_interval]))", "retractions"),
+        ),
+        ts(
+            ids,
+            "Hot-room thinning: danmaku sampled out",
+            "Danmaku the edges left out of ticks because a room was over its max_rate "
+            "(counted once per tick and room, not per viewer); gifts, chat and priority "
+            "senders are never thinned. Rising while viewers complain of missing comments: "
+            "the cap (room setting or --room-max-rate) is too low.",
+            "cps",
+            ("sum(rate(danmaku_edge_sampled_out_total[$__rate_interval]))", "sampled out"),
         ),
     ]
 

@@ -464,6 +464,11 @@ struct Batching {
     /// exceed the clients' ack interval plus one batch window.
     #[arg(long, env = "DANMAKU_RETRANSMIT_INITIAL", default_value = "3s", value_parser = parse_duration)]
     retransmit_initial: Duration,
+    /// Hot-room thinning: danmaku per second pushed to each viewer of a room
+    /// without a `max_rate` setting of its own; above it ticks are sampled
+    /// (gifts, chat and priority senders always pass). 0 = no cap.
+    #[arg(long, env = "DANMAKU_ROOM_MAX_RATE", default_value_t = 0)]
+    room_max_rate: u32,
 }
 
 impl Batching {
@@ -481,6 +486,7 @@ impl Batching {
                 retransmit_max: config.reliable.retransmit_max.max(self.retransmit_initial),
                 ..config.reliable
             },
+            room_max_rate: self.room_max_rate,
             ..config
         }
     }

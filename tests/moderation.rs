@@ -167,9 +167,13 @@ async fn word_lists_see_through_evasions_and_viewers_get_the_masked_text() {
     // The example, and the 202 says it was masked.
     let (s, b, _) = api.post(&ch, &alice, "hello darn it").await;
     assert_eq!(s, StatusCode::ACCEPTED);
+    let id = b["id"]
+        .as_str()
+        .expect("every accepted danmaku has an id")
+        .to_owned();
     assert_eq!(
         b,
-        json!({"accepted": true, "masked": true, "text": "hello **** it"})
+        json!({"accepted": true, "id": id, "masked": true, "text": "hello **** it"})
     );
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -1101,4 +1105,740 @@ async fn kafka_two_ingest_nodes_share_the_policy_within_two_seconds() {
         metrics.contains("danmaku_ingest_moderation_reloads_total{result=\"ok\",trigger=\"bus\"}"),
         "B reloaded on announcements"
     );
+}
+
+// ---------------------------------------------------------------- part B ----
+
+/// `user`'s connections to `srv`, one per transport (`Transport::Quic` over
+/// QUIC with the server's certificate), each joined to `ch`.
+async fn joined_on(
+    srv: &danmaku::standalone::Running,
+    user: &str,
+    ch: &str,
+    transports: &[Transport],
+) -> Vec<Client> {
+    let base = srv.base_url();
+    let token = common::token(srv, user);
+    let mut clients = Vec::new();
+    for &t in transports {
+        let mut c = if t == Transport::Quic {
+            let cert = danmaku_client::IngestClient::new(&base)
+                .fetch_cert_der()
+                .await
+                .unwrap();
+            Client::connect_quic(srv.quic_addr, Some(cert), &token, ClientConfig::default())
+                .await
+                .unwrap()
+        } else {
+            Client::connect_ws(&base, &token, t, ClientConfig::default())
+                .await
+                .unwrap()
+        };
+        c.join(ch).await.unwrap();
+        common::wait_joined(&mut c, ch).await;
+        clients.push(c);
+    }
+    clients
+}
+
+/// The next `Left` (channel, reason) or `Error` code a client gets, skipping
+/// everything else.
+async fn next_left_or_error(client: &mut Client, secs: u64) -> ServerEvent {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match client.next_event().await {
+                Some(e @ (ServerEvent::Left { .. } | ServerEvent::Error { .. })) => return e,
+                Some(_) => {}
+                None => panic!("connection closed before a left or an error"),
+            }
+        }
+    })
+    .await
+    .expect("a left or an error in time")
+}
+
+fn left_banned(ch: &str) -> ServerEvent {
+    ServerEvent::Left {
+        channel: ch.to_owned(),
+        reason: "banned".into(),
+    }
+}
+
+/// Joins `ch` and expects the `banned` error.
+async fn join_refused_banned(client: &mut Client, ch: &str) {
+    client.join(ch).await.unwrap();
+    match next_left_or_error(client, 10).await {
+        ServerEvent::Error { code, message } => {
+            assert_eq!(code, "banned", "{message}");
+            assert!(message.contains(ch), "{message}");
+        }
+        other => panic!("expected the error banned, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_who_may_do_what_and_bad_input_refused_whole() {
+    let srv = common::start(|_| {}).await;
+    let base = srv.base_url();
+    let api = Api { base: base.clone() };
+    let app = mint("backend", "app");
+    let ch = room("bans");
+    let other = room("bans-other");
+    let (mia, max, alice, troll) = (
+        mint("mia", "user"),
+        mint("max", "user"),
+        mint("alice", "user"),
+        mint("troll", "user"),
+    );
+    for (room, user) in [(&ch, "mia"), (&other, "max"), (&ch, "mod2")] {
+        let (s, b) = api
+            .put(
+                &format!("/v1/channels/{room}/moderators/{user}"),
+                Some(&app),
+                json!(null),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let ban = |user: &str| format!("/v1/channels/{ch}/bans/{user}");
+    // Who may not: a moderator of another room, a plain user, no token, a
+    // moderator banning a moderator.
+    for (token, user, status, want) in [
+        (Some(&max), "troll", StatusCode::FORBIDDEN, "forbidden"),
+        (Some(&alice), "troll", StatusCode::FORBIDDEN, "forbidden"),
+        (None, "troll", StatusCode::UNAUTHORIZED, "missing_token"),
+        (Some(&mia), "mod2", StatusCode::FORBIDDEN, "forbidden"),
+    ] {
+        let (s, b) = api
+            .put(
+                &ban(user),
+                token.map(|t| t.as_str()),
+                json!({"seconds": 60}),
+            )
+            .await;
+        assert_eq!((s, code(&b)), (status, want), "{b}");
+        if user == "troll" {
+            let (s, b) = api.delete(&ban(user), token.map(|t| t.as_str())).await;
+            assert_eq!((s, code(&b)), (status, want), "DELETE: {b}");
+        }
+    }
+    // Bad input: nothing applied.
+    for (path, body, want) in [
+        (ban("troll"), json!({"seconds": -5}), "bad_seconds"),
+        (ban("troll"), json!({"seconds": 0}), "bad_seconds"),
+        (ban("troll"), json!({"seconds": 400_000_000}), "bad_seconds"),
+        (ban("troll"), json!({"seconds": "10"}), "bad_json"),
+        (ban("troll"), json!({"secs": 10}), "bad_json"),
+        (ban("bad user!"), json!({"seconds": 10}), "bad_user"),
+        (
+            "/v1/channels/chan:1/bans/troll".to_string(),
+            json!({"seconds": 10}),
+            "bad_channel",
+        ),
+    ] {
+        let (s, b) = api.put(&path, Some(&app), body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {body}: {b}");
+        assert_eq!(code(&b), want, "{path} {body}: {b}");
+    }
+    assert_eq!(api.published(&ch, &troll, "still here").await, "still here");
+    let (_, log) = api
+        .get(
+            &format!("/v1/channels/{ch}/moderation/log?limit=100"),
+            Some(&app),
+        )
+        .await;
+    assert!(
+        !log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "ban"),
+        "a refused ban leaves no audit row: {log}"
+    );
+    // The room's moderator bans for a minute: every kind is refused, saying until when.
+    let (s, b) = api
+        .put(&ban("troll"), Some(&mia), json!({"seconds": 60}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let until_ms = b["until_ms"].as_i64().unwrap();
+    assert!(until_ms > danmaku_proto::now_ms() + 50_000, "{b}");
+    assert_eq!(
+        (b["banned"].as_bool(), b["user"].as_str()),
+        (Some(true), Some("troll"))
+    );
+    for kind in ["danmaku", "gift"] {
+        let (s, b, _) = api.post_kind(&ch, &troll, kind, "hi").await;
+        assert_eq!(
+            (s, code(&b)),
+            (StatusCode::FORBIDDEN, "banned"),
+            "{kind}: {b}"
+        );
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("until"),
+            "{b}"
+        );
+    }
+    assert_eq!(
+        api.published(&other, &troll, "elsewhere").await,
+        "elsewhere"
+    );
+    // The app bans for good; the app itself is never held back.
+    let (s, b) = api.put(&ban("spammer"), Some(&app), json!({})).await;
+    assert_eq!((s, b["until_ms"].is_null()), (StatusCode::OK, true), "{b}");
+    let (s, b, _) = api.post(&ch, &mint("spammer", "user"), "buy now").await;
+    assert_eq!((s, code(&b)), (StatusCode::FORBIDDEN, "banned"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("permanently"),
+        "{b}"
+    );
+    // Lifting: the post goes through again; lifting twice says nothing was lifted.
+    let (s, b) = api.delete(&ban("troll"), Some(&mia)).await;
+    assert_eq!(
+        (s, b["unbanned"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{b}"
+    );
+    let (_, b) = api.delete(&ban("troll"), Some(&app)).await;
+    assert_eq!(b["unbanned"].as_bool(), Some(false), "{b}");
+    assert_eq!(api.published(&ch, &troll, "back").await, "back");
+    let (_, log) = api
+        .get(
+            &format!("/v1/channels/{ch}/moderation/log?limit=3"),
+            Some(&app),
+        )
+        .await;
+    let actions: Vec<(&str, &str, &str)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("backend", "unban", "troll"),
+            ("mia", "unban", "troll"),
+            ("backend", "ban", "spammer")
+        ]
+    );
+    assert_metrics(
+        &base,
+        &[
+            "danmaku_ingest_moderation_refused_total{reason=\"banned\"} 3",
+            "danmaku_ingest_moderation_changes_total{what=\"bans\"} 4",
+            "danmaku_ingest_active_bans 1",
+            "danmaku_ingest_rejected_total{code=\"bad_seconds\"",
+        ],
+    )
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_ends_the_users_connections_on_every_transport_until_lifted() {
+    let srv = common::start(|_| {}).await;
+    let base = srv.base_url();
+    let api = Api { base: base.clone() };
+    let app = mint("backend", "app");
+    let ch = room("ban-conn");
+    let all = [Transport::WsJson, Transport::WsPb, Transport::Quic];
+    let mut trolls = joined_on(&srv, "troll", &ch, &all).await;
+    let mut viewer = joined_on(&srv, "alice", &ch, &[Transport::WsPb])
+        .await
+        .remove(0);
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/bans/troll"),
+            Some(&app),
+            json!({"seconds": 600}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for t in &mut trolls {
+        assert_eq!(next_left_or_error(t, 10).await, left_banned(&ch));
+        join_refused_banned(t, &ch).await;
+    }
+    // The viewer stays and keeps getting the room.
+    assert_eq!(
+        api.published(&ch, &app, "after the ban").await,
+        "after the ban"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match viewer.next_event().await {
+                Some(ServerEvent::Batch { events, .. }) if !events.is_empty() => return events,
+                Some(ServerEvent::Left { .. }) => panic!("the viewer must stay"),
+                Some(_) => {}
+                None => panic!("closed"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got[0].text, "after the ban");
+    let (s, _) = api
+        .delete(&format!("/v1/channels/{ch}/bans/troll"), Some(&app))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Lifted: joining works again (the edge heard it on the bus).
+    let t = &mut trolls[0];
+    let joined = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            t.join(&ch).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(500), t.next_event()).await {
+                Ok(Some(ServerEvent::Joined { .. })) => return,
+                Ok(Some(ServerEvent::Error { code, .. })) if code == "banned" => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => panic!("closed"),
+            }
+        }
+    })
+    .await;
+    assert!(joined.is_ok(), "join after the ban was lifted");
+    assert_metrics(
+        &base,
+        &[
+            "danmaku_edge_banned_leaves_total 3",
+            "danmaku_edge_errors_total{code=\"banned\"} 3",
+            "danmaku_edge_bans_active 0",
+        ],
+    )
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_bans_on_ingest_and_edge() {
+    let data = std::env::temp_dir().join(danmaku_testkit::kafka::unique("danmaku-ban-restart"));
+    let ch = room("ban-restart");
+    let app = mint("backend", "app");
+    {
+        let d = data.clone();
+        let srv = common::start(move |c| c.data = d).await;
+        let api = Api {
+            base: srv.base_url(),
+        };
+        let (s, b) = api
+            .put(
+                &format!("/v1/channels/{ch}/bans/troll"),
+                Some(&app),
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        srv.stop().await;
+    }
+    let d = data.clone();
+    let srv = common::start(move |c| c.data = d).await;
+    let base = srv.base_url();
+    let api = Api { base: base.clone() };
+    let troll = common::token(&srv, "troll");
+    assert_eq!(api.refused(&ch, &troll, "hi").await, "banned");
+    let mut c = Client::connect_ws(&base, &troll, Transport::WsJson, ClientConfig::default())
+        .await
+        .unwrap();
+    join_refused_banned(&mut c, &ch).await;
+    assert_metrics(
+        &base,
+        &["danmaku_edge_bans_active 1", "danmaku_ingest_active_bans 1"],
+    )
+    .await;
+    srv.stop().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The next `Retract` a client gets (skipping everything else).
+async fn next_retract(client: &mut Client, secs: u64) -> (String, String) {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match client.next_event().await {
+                Some(ServerEvent::Retract { channel, id }) => return (channel, id),
+                Some(_) => {}
+                None => panic!("connection closed before a retraction"),
+            }
+        }
+    })
+    .await
+    .expect("a retraction in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retraction_reaches_viewers_on_every_transport_and_hides_gifts_from_history() {
+    let srv = common::start(|_| {}).await;
+    let base = srv.base_url();
+    let api = Api { base: base.clone() };
+    let app = mint("backend", "app");
+    let ch = room("retract");
+    let other = room("retract-other");
+    let (mia, max, alice) = (
+        mint("mia", "user"),
+        mint("max", "user"),
+        mint("alice", "user"),
+    );
+    api.put(
+        &format!("/v1/channels/{ch}/moderators/mia"),
+        Some(&app),
+        json!(null),
+    )
+    .await;
+    api.put(
+        &format!("/v1/channels/{other}/moderators/max"),
+        Some(&app),
+        json!(null),
+    )
+    .await;
+    let all = [Transport::WsJson, Transport::WsPb, Transport::Quic];
+    let mut viewers = joined_on(&srv, "viewer", &ch, &all).await;
+    // Every accepted danmaku has an id, in the answer and on the event.
+    let (s, posted, _) = api.post(&ch, &alice, "oops").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{posted}");
+    let id = posted["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 27, "{posted}");
+    for v in &mut viewers {
+        let ev = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(ServerEvent::Batch { events, .. }) = v.next_event().await
+                    && let Some(e) = events.into_iter().find(|e| e.text == "oops")
+                {
+                    return e;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(ev.id, id);
+    }
+    let retract = |id: &str| format!("/v1/channels/{ch}/messages/{id}");
+    // Who may not, and bad ids: nothing published.
+    for (token, path, status, want) in [
+        (Some(&max), retract(&id), StatusCode::FORBIDDEN, "forbidden"),
+        (
+            Some(&alice),
+            retract(&id),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            None,
+            retract(&id),
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+        ),
+        (
+            Some(&mia),
+            retract("not-an-id"),
+            StatusCode::BAD_REQUEST,
+            "bad_message_id",
+        ),
+        (
+            Some(&mia),
+            retract("0"),
+            StatusCode::BAD_REQUEST,
+            "bad_message_id",
+        ),
+        (
+            Some(&mia),
+            retract("12345"),
+            StatusCode::NOT_FOUND,
+            "unknown_message",
+        ),
+        // A well-formed danmaku id from 2020: nothing on screen to take back.
+        (
+            Some(&mia),
+            retract("175f8e6a8000000000100000000"),
+            StatusCode::NOT_FOUND,
+            "unknown_message",
+        ),
+    ] {
+        let (s, b) = api.delete(&path, token.map(|t| t.as_str())).await;
+        assert_eq!((s, code(&b)), (status, want), "{path}: {b}");
+    }
+    // The room's moderator retracts it: every viewer is told, on every transport.
+    let (s, b) = api.delete(&retract(&id), Some(&mia)).await;
+    assert_eq!(
+        (s, b["retracted"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{b}"
+    );
+    for v in &mut viewers {
+        assert_eq!(next_retract(v, 10).await, (ch.clone(), id.clone()));
+    }
+    // A gift: retracted by seq, gone from history (an earlier and a later one stay).
+    let mut seqs = Vec::new();
+    for text in ["rose", "rocket", "car"] {
+        let (s, b, _) = api.post_kind(&ch, &alice, "gift", text).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        seqs.push(b["seq"].as_u64().unwrap());
+    }
+    let (s, b) = api.delete(&retract(&seqs[1].to_string()), Some(&app)).await;
+    assert_eq!(
+        (s, b["retracted"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{b}"
+    );
+    for v in &mut viewers {
+        assert_eq!(next_retract(v, 10).await, (ch.clone(), seqs[1].to_string()));
+    }
+    let (_, b) = api.delete(&retract(&seqs[1].to_string()), Some(&app)).await;
+    assert_eq!(
+        b["retracted"].as_bool(),
+        Some(false),
+        "already retracted: {b}"
+    );
+    let (s, h) = api
+        .get(
+            &format!("/v1/channels/{ch}/messages?after_seq=0"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    let texts: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["rose", "car"], "{h}");
+    // A page of only retracted messages does not read as the end.
+    let (_, h) = api
+        .get(
+            &format!("/v1/channels/{ch}/messages?after_seq={}&limit=1", seqs[0]),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(h["messages"][0]["text"], "car", "{h}");
+    let (_, log) = api
+        .get(
+            &format!("/v1/channels/{ch}/moderation/log?limit=3"),
+            Some(&app),
+        )
+        .await;
+    assert_eq!(log["entries"][0]["action"], "retract", "{log}");
+    assert_eq!(log["entries"][2]["detail"], format!("id={id}"), "{log}");
+    assert_metrics(
+        &base,
+        &[
+            "danmaku_ingest_moderation_changes_total{what=\"retract\"} 3",
+            "danmaku_ingest_rejected_total{code=\"bad_message_id\"} 2",
+            "danmaku_ingest_rejected_total{code=\"unknown_message\"} 2",
+        ],
+    )
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_ban_through_one_ingest_ends_the_users_connections_on_both_edges() {
+    danmaku_testkit::init_crypto();
+    let bus = format!(
+        "kafka://{}?topic={}",
+        danmaku_testkit::kafka::shared_broker(),
+        danmaku_testkit::kafka::unique("moderation-bans")
+    );
+    let a = common::spawn("ingest", &bus, &[]).await;
+    let b = common::spawn("ingest", &bus, &[]).await;
+    let edge1 = common::spawn("edge", &bus, &[]).await;
+    let edge2 = common::spawn("edge", &bus, &[]).await;
+    let (api_a, api_b) = (
+        Api {
+            base: a.base.clone(),
+        },
+        Api {
+            base: b.base.clone(),
+        },
+    );
+    let app = mint("backend", "app");
+    let troll = mint("troll", "user");
+    let ch = room("kbans");
+    let mut conns = Vec::new();
+    for edge in [&edge1, &edge2] {
+        let mut c =
+            Client::connect_ws(&edge.base, &troll, Transport::WsPb, ClientConfig::default())
+                .await
+                .unwrap();
+        c.join(&ch).await.unwrap();
+        common::wait_joined(&mut c, &ch).await;
+        conns.push(c);
+    }
+    let started = Instant::now();
+    let (s, body) = api_a
+        .put(
+            &format!("/v1/channels/{ch}/bans/troll"),
+            Some(&app),
+            json!({"seconds": 300}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    for c in &mut conns {
+        assert_eq!(next_left_or_error(c, 2).await, left_banned(&ch));
+    }
+    eprintln!(
+        "both edges made the banned user leave within {:?}",
+        started.elapsed()
+    );
+    for c in &mut conns {
+        join_refused_banned(c, &ch).await;
+    }
+    // The other ingest refuses the user's posts within 2 s.
+    within(Duration::from_secs(2), || async {
+        let (s, b, _) = api_b.post(&ch, &troll, "hi").await;
+        s == StatusCode::FORBIDDEN && code(&b) == "banned"
+    })
+    .await;
+    // A new edge loads the ban from the store at start.
+    let edge3 = common::spawn("edge", &bus, &[]).await;
+    let mut late = Client::connect_ws(
+        &edge3.base,
+        &troll,
+        Transport::WsJson,
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    join_refused_banned(&mut late, &ch).await;
+    // Lifted through B: A accepts the posts again.
+    api_b
+        .delete(&format!("/v1/channels/{ch}/bans/troll"), Some(&app))
+        .await;
+    within(Duration::from_secs(2), || async {
+        api_a.post(&ch, &troll, "back").await.0 == StatusCode::ACCEPTED
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_room_capped_at_200_per_second_gives_every_viewer_200_with_every_gift_and_priority() {
+    let srv = common::start(|c| {
+        c.ingest.user_rate_per_sec = 100_000.0;
+        c.ingest.user_burst = 100_000;
+        c.ingest.channel_rate_per_sec = 100_000.0;
+    })
+    .await;
+    let base = srv.base_url();
+    let api = Api { base: base.clone() };
+    let app = mint("backend", "app");
+    let ch = room("hot");
+    api.put(
+        &format!("/v1/channels/{ch}/moderators/host"),
+        Some(&app),
+        json!(null),
+    )
+    .await;
+    let (s, b) = api
+        .put(
+            &format!("/v1/channels/{ch}/settings"),
+            Some(&app),
+            json!({"max_rate": 200}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let viewers = joined_on(&srv, "viewer", &ch, &[Transport::WsPb, Transport::Quic]).await;
+    // 2,000 danmaku/s for 3 s from 20 posters; the host (a moderator) posts one in
+    // 20 of them (priority); a gift every 100 ms.
+    const SECS: u64 = 3;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/channels/{ch}/messages");
+    let started = Instant::now();
+    let mut posters = Vec::new();
+    for p in 0..20u64 {
+        let (http, url) = (http.clone(), url.clone());
+        let (crowd, host) = (mint(&format!("fan{p}"), "user"), mint("host", "user"));
+        posters.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut sent = (0u64, 0u64, 0u64); // danmaku, priority, gifts
+            for i in 0..SECS * 100 {
+                tick.tick().await;
+                let (token, kind, text) = match (p, i % 10) {
+                    (0, 0) => (&crowd, "gift", format!("gift {i}")),
+                    (1, _) => (&host, "danmaku", format!("host {i}")),
+                    _ => (&crowd, "danmaku", format!("fan{p} {i}")),
+                };
+                let r = http
+                    .post(&url)
+                    .bearer_auth(token)
+                    .json(&json!({"kind": kind, "text": text}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+                match (kind, p) {
+                    ("gift", _) => sent.2 += 1,
+                    (_, 1) => sent.1 += 1,
+                    _ => sent.0 += 1,
+                }
+            }
+            sent
+        }));
+    }
+    let counts = viewers.into_iter().map(|mut v| {
+        tokio::spawn(async move {
+            let (mut plain, mut priority, mut sampled_out) = (0u64, 0u64, 0u64);
+            let mut gifts = std::collections::HashSet::new();
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(Duration::from_secs(3), v.next_event()).await
+            {
+                match ev {
+                    ServerEvent::Batch { events, .. } => {
+                        for e in events {
+                            if e.priority {
+                                priority += 1
+                            } else {
+                                plain += 1
+                            }
+                        }
+                    }
+                    ServerEvent::Reliable { seq, .. } => {
+                        gifts.insert(seq);
+                    }
+                    ServerEvent::SampledOut { count, .. } => sampled_out += count,
+                    _ => {}
+                }
+            }
+            (plain, priority, gifts.len() as u64, sampled_out)
+        })
+    });
+    let counts: Vec<_> = counts.collect();
+    let mut sent = (0, 0, 0);
+    for p in posters {
+        let s = p.await.unwrap();
+        sent = (sent.0 + s.0, sent.1 + s.1, sent.2 + s.2);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "posted {} danmaku + {} priority + {} gifts in {secs:.2} s ({:.0}/s)",
+        sent.0,
+        sent.1,
+        sent.2,
+        (sent.0 + sent.1) as f64 / secs
+    );
+    for c in counts {
+        let (plain, priority, gifts, sampled_out) = c.await.unwrap();
+        let rate = (plain + priority) as f64 / secs;
+        eprintln!(
+            "viewer: {plain} + {priority} priority ({rate:.0}/s), {gifts} gifts, {sampled_out} sampled out"
+        );
+        assert_eq!(priority, sent.1, "every priority danmaku");
+        assert_eq!(gifts, sent.2, "every gift");
+        assert_eq!(
+            plain + priority + sampled_out,
+            sent.0 + sent.1,
+            "sampled_out counts the rest"
+        );
+        assert!(
+            (180.0..=220.0).contains(&rate),
+            "200/s ±10% expected, got {rate:.0}/s"
+        );
+    }
+    srv.stop().await;
 }

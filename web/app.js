@@ -34,6 +34,9 @@ const debug = (window.__danmaku = {
   frameTimes: [], // ms between animation frames (performance.now deltas)
   longTasks: 0,
   errors: [],
+  retracted: [], // ids of comments a moderator took back (removed from screen)
+  sampledOut: 0, // danmaku hot-room thinning left out ("+N")
+  notices: [], // {channel, code, until_ms} sent to this user (mutes)
 });
 
 // ---------------------------------------------------------------- the stage ----
@@ -78,7 +81,7 @@ class Stage {
 
   /** A comment from the wire (dropped if it cannot find a lane in time). */
   add(ev) {
-    this.queue.push({ text: ev.text, sender: ev.sender, at: performance.now(), color: colorOf(ev) });
+    this.queue.push({ text: ev.text, sender: ev.sender, id: ev.id, at: performance.now(), color: colorOf(ev) });
     if (this.queue.length > MAX_QUEUE) {
       const drop = this.queue.length - MAX_QUEUE;
       this.queue.splice(0, drop);
@@ -86,9 +89,21 @@ class Stage {
     }
   }
 
-  /** The user's own comment: never dropped, placed now. */
+  /** The user's own comment: never dropped, placed now; returns it (its `id`
+   * is set once ingest answers). */
   addOwn(text) {
-    this.place({ text, sender: user, own: true, color: "#fff" }, true);
+    const c = { text, sender: user, own: true, color: "#fff" };
+    this.place(c, true);
+    return this.items[this.items.length - 1];
+  }
+
+  /** A moderator took comment `id` back: off the stage and out of the queue. */
+  retract(id) {
+    if (!id) return;
+    this.queue = this.queue.filter((c) => c.id !== id);
+    const keep = this.items.filter((it) => it.id !== id);
+    for (const it of this.items) if (it.id === id) it.gone = true;
+    this.items = keep;
   }
 
   laneEnd(lane) {
@@ -204,6 +219,7 @@ function nextBanner() {
   giftShowing = true;
   const b = document.createElement("div");
   b.className = "banner";
+  b.dataset.seq = String(g.ev.seq);
   const icon = document.createElement("span");
   icon.className = "icon";
   icon.textContent = GIFT_ICONS[g.name] ?? "🎁";
@@ -232,6 +248,8 @@ debug.inject = (text, sender = "bench") => {
   stage.add({ text, sender });
 };
 const pendingOwn = new Map(); // text → how many echoes to skip
+// For the browser tests: whether comment `id` is on the stage or waiting for a lane.
+debug.onStage = (id) => stage.items.some((it) => it.id === id) || stage.queue.some((c) => c.id === id);
 
 $("room-name").textContent = room;
 $("me").textContent = user;
@@ -259,6 +277,51 @@ client.on("danmaku", (ev, channel) => {
   stage.add(ev);
 });
 client.on("gift", (ev, channel) => showGift(ev, channel));
+// Moderation: a retraction takes the comment (or gift) off screen; a tick
+// thinned in a flooded room says how many were left out; a muted viewer sees
+// the time left.
+client.on("retract", (r) => {
+  if (r.channel !== room) return;
+  debug.retracted.push(r.id);
+  stage.retract(r.id);
+  for (const li of $("gift-feed").querySelectorAll("li")) {
+    if (li.dataset.seq === r.id && li.dataset.channel === r.channel) li.remove();
+  }
+  // A retracted gift's banner: gone from the queue, and off the lane if showing.
+  for (let i = giftQueue.length - 1; i >= 0; i--) if (String(giftQueue[i].ev.seq) === r.id) giftQueue.splice(i, 1);
+  for (const b of $("gift-lane").querySelectorAll(".banner")) if (b.dataset.seq === r.id) b.remove();
+});
+client.on("sampled_out", (s) => {
+  if (s.channel !== room) return;
+  debug.sampledOut += s.count;
+  $("sampled").textContent = `+${debug.sampledOut.toLocaleString()}`;
+  $("sampled").title = "comments not shown: the room is busier than anyone can read";
+});
+let noticeTimer = null;
+function showNotice(text) {
+  const el = $("notice");
+  el.textContent = text;
+  el.hidden = !text;
+}
+client.on("notice", (n) => {
+  debug.notices.push(n);
+  if (n.code !== "muted" || n.channel !== room) return;
+  clearInterval(noticeTimer);
+  const tick = () => {
+    const left = Math.ceil((n.until_ms - Date.now()) / 1000);
+    if (left <= 0) {
+      clearInterval(noticeTimer);
+      showNotice("");
+      return;
+    }
+    showNotice(`You are muted in this room for ${left} s more.`);
+  };
+  tick();
+  noticeTimer = setInterval(tick, 1000);
+});
+client.on("left", (l) => {
+  if (l.channel === room && l.reason === "banned") showNotice("You were banned from this room.");
+});
 client.on("online", (o) => {
   if (o.channel === room) $("online").textContent = String(o.online);
 });
@@ -278,11 +341,12 @@ $("send-form").addEventListener("submit", async (e) => {
   const text = input.value.trim();
   if (!text) return;
   input.value = "";
-  stage.addOwn(text); // at once, before the round trip
+  const own = stage.addOwn(text); // at once, before the round trip
   debug.own++;
   pendingOwn.set(text, (pendingOwn.get(text) ?? 0) + 1);
   try {
-    await client.send(room, text);
+    const answer = await client.send(room, text);
+    if (own && answer?.id) own.id = answer.id; // so a retraction finds it
   } catch (err) {
     pendingOwn.set(text, Math.max(0, (pendingOwn.get(text) ?? 1) - 1));
     debug.errors.push(`send: ${err.message}`);

@@ -88,6 +88,10 @@ async fn main() -> anyhow::Result<()> {
                 let left = (until_ms - danmaku_proto::now_ms()).max(0) / 1000;
                 println!("[{channel}] notice {code}: {left} s left");
             }
+            ServerEvent::Retract { channel, id } => println!("[{channel}] retracted {id}"),
+            ServerEvent::SampledOut { channel, count } => {
+                println!("[{channel}] +{count} not shown (busy room)")
+            }
             ServerEvent::Pong | ServerEvent::AuthOk { .. } => {}
         }
     }

@@ -19,8 +19,10 @@ pub enum ServerEvent {
     AuthOk { user: String },
     /// The client is a member of `channel`; `last_seq` is the channel's latest reliable seq.
     Joined { channel: String, last_seq: u64 },
-    /// The client left `channel`: on request (`reason` empty), or `"removed"`
-    /// when the user was removed from the group (nothing more arrives from it).
+    /// The client left `channel`: on request (`reason` empty), `"removed"`
+    /// when the user was removed from the group, or `"banned"` when a
+    /// moderator banned the user from it (nothing more arrives from it; a new
+    /// `join` is refused with the error `banned` until the ban ends).
     Left { channel: String, reason: String },
     /// A batch of danmaku-lane events of one channel.
     Batch {
@@ -48,6 +50,14 @@ pub enum ServerEvent {
         code: String,
         until_ms: i64,
     },
+    /// A moderator took back an event of `channel`: remove it from screen.
+    /// `id` is a danmaku's [`pb::Event::id`], or a gift's / chat message's
+    /// seq in decimal. Read out of a tick (never inside [`ServerEvent::Batch`]),
+    /// after the tick's batch.
+    Retract { channel: String, id: String },
+    /// Hot-room thinning left `count` danmaku of `channel` out of a tick (show
+    /// "+count"). Read out of the tick (`Batch.sampled_out`), before its batch.
+    SampledOut { channel: String, count: u64 },
     /// Never on the wire: a [`crate::resilient::ResilientClient`] lost its edge and is
     /// connected again, to `edge` (its base URL), with its channels re-joined
     /// and resumed.
@@ -151,33 +161,71 @@ pub fn decode_pb(buf: &[u8], limits: &Limits) -> Result<ServerEvent, ProtoError>
 /// event. What a connection's reader hands on.
 pub fn decode_pb_events(buf: &[u8], limits: &Limits) -> Result<Vec<ServerEvent>, ProtoError> {
     let f = frame::decode_server(buf, limits)?;
-    let online = match &f.body {
-        Some(Body::Batch(b)) if b.online > 0 => Some(ServerEvent::Online {
-            channel: b.channel.clone(),
-            online: b.online,
-        }),
-        _ => None,
+    let (online, sampled_out) = match &f.body {
+        Some(Body::Batch(b)) => (b.online, b.sampled_out),
+        _ => (0, 0),
     };
-    Ok(online.into_iter().chain([from_pb(f, limits)?]).collect())
+    Ok(with_tick_extras(from_pb(f, limits)?, online, sampled_out))
+}
+
+/// Everything a decoded frame says, in order: a tick's online count and
+/// `sampled_out` (each when not 0), the frame's event (a batch without its
+/// retractions), then the tick's retractions.
+fn with_tick_extras(ev: ServerEvent, online: u64, sampled_out: u64) -> Vec<ServerEvent> {
+    let ServerEvent::Batch {
+        channel,
+        mut events,
+    } = ev
+    else {
+        return vec![ev];
+    };
+    let mut out = Vec::with_capacity(1);
+    if online > 0 {
+        out.push(ServerEvent::Online {
+            channel: channel.clone(),
+            online,
+        });
+    }
+    if sampled_out > 0 {
+        out.push(ServerEvent::SampledOut {
+            channel: channel.clone(),
+            count: sampled_out,
+        });
+    }
+    let retract = pb::Kind::Retract as i32;
+    let retracted: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == retract)
+        .map(|e| e.id.clone())
+        .collect();
+    if !retracted.is_empty() {
+        events.retain(|e| e.kind != retract);
+    }
+    out.push(ServerEvent::Batch {
+        channel: channel.clone(),
+        events,
+    });
+    out.extend(retracted.into_iter().map(|id| ServerEvent::Retract {
+        channel: channel.clone(),
+        id,
+    }));
+    out
 }
 
 /// [`decode_pb_events`] for a `danmaku.v1.json` text frame.
 pub fn decode_json_events(text: &str, limits: &Limits) -> Result<Vec<ServerEvent>, ProtoError> {
     let f = decode_server_json(text, limits)?;
-    let online = match &f {
+    let (online, sampled_out) = match &f {
         JsonServerFrame::Batch {
-            channel,
-            online: Some(n),
+            online,
+            sampled_out,
             ..
-        } if *n > 0 => Some(ServerEvent::Online {
-            channel: channel.clone(),
-            online: *n,
-        }),
-        _ => None,
+        } => (online.unwrap_or(0), sampled_out.unwrap_or(0)),
+        _ => (0, 0),
     };
     let ev = from_json(f);
     check_json_bounds(&ev, limits)?;
-    Ok(online.into_iter().chain([ev]).collect())
+    Ok(with_tick_extras(ev, online, sampled_out))
 }
 
 /// Converts a JSON server frame.
@@ -486,7 +534,7 @@ mod tests {
     #[test]
     fn json_pb_batches_agree() {
         let events = CommentGenerator::new(3).events(20, 5);
-        let json = danmaku_proto::json::batch_json("room:9", &events, None);
+        let json = danmaku_proto::json::batch_json("room:9", &events, None, 0);
         let wire = frame::encode(&frame::server(Body::Batch(
             BatchEncoder::default().encode("room:9", &events).unwrap(),
         )));
@@ -494,6 +542,41 @@ mod tests {
         assert_eq!(
             decode_json(&json, &limits).unwrap(),
             decode_pb(&wire, &limits).unwrap()
+        );
+    }
+
+    #[test]
+    fn retractions_and_sampled_out_come_out_of_the_tick_in_both_forms() {
+        let mut events = CommentGenerator::new(3).events(2, 5);
+        events.push(pb::Event {
+            kind: pb::Kind::Retract as i32,
+            id: "abc".into(),
+            ts_ms: 7,
+            ..Default::default()
+        });
+        let json = danmaku_proto::json::batch_json("room:9", &events, None, 42);
+        let mut batch = BatchEncoder::default().encode("room:9", &events).unwrap();
+        batch.sampled_out = 42;
+        let wire = frame::encode(&frame::server(Body::Batch(batch)));
+        let limits = Limits::default();
+        let from_json = decode_json_events(&json, &limits).unwrap();
+        assert_eq!(from_json, decode_pb_events(&wire, &limits).unwrap());
+        assert_eq!(
+            from_json,
+            vec![
+                ServerEvent::SampledOut {
+                    channel: "room:9".into(),
+                    count: 42
+                },
+                ServerEvent::Batch {
+                    channel: "room:9".into(),
+                    events: events[..2].to_vec()
+                },
+                ServerEvent::Retract {
+                    channel: "room:9".into(),
+                    id: "abc".into()
+                },
+            ]
         );
     }
 

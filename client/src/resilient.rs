@@ -483,6 +483,14 @@ impl ResilientClient {
                     self.client = None;
                 }
                 Some(ServerEvent::Redirect { edges }) => self.on_redirect(&edges),
+                // Removed from the group or banned from the channel: not
+                // re-joined after a reconnect (it would be refused).
+                Some(ServerEvent::Left { channel, reason })
+                    if reason == "removed" || reason == "banned" =>
+                {
+                    self.joined.retain(|c| *c != channel);
+                    return Some(ServerEvent::Left { channel, reason });
+                }
                 Some(ServerEvent::Joined { channel, last_seq }) => {
                     // A room owes this client every gift after `last_seq`: anchor
                     // there on a first join. A tick can reach the client before

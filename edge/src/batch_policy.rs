@@ -19,6 +19,12 @@
 //! builds an oversized frame. The window is chosen when a batch opens (first event
 //! after a flush) and kept until that batch flushes.
 //!
+//! A room with a hot-room cap (`max_rate`, `thinning.rs`) ticks no more often than
+//! it takes the cap to fill [`CAPPED_EVENTS_PER_TICK`] events: thinning already
+//! keeps only `max_rate` danmaku per second, so shorter ticks would cost one write
+//! per viewer each for a handful of events (a 200/s room: 200 ms ticks of about 40
+//! danmaku instead of 50 ms ticks of 10). [`capped_window`] applies it.
+//!
 //! [`PendingBatches`] applies the rule to many channels: `on_event` adds an event
 //! and says whether a size cap forces a flush now; `next_deadline` tells the task
 //! how long to sleep; `pop_due` hands out batches whose window elapsed.
@@ -44,6 +50,19 @@ pub fn window(cfg: &BatchConfig, members: usize, active_channels: usize) -> Dura
         return cfg.max_window.max(cfg.min_window);
     }
     Duration::from_secs_f64(secs).clamp(cfg.min_window, cfg.max_window.max(cfg.min_window))
+}
+
+/// Danmaku a capped room's tick aims to carry (see the module doc).
+pub const CAPPED_EVENTS_PER_TICK: f64 = 40.0;
+
+/// `window` stretched for a room capped at `max_rate` danmaku/s (0: no cap) to
+/// at least [`CAPPED_EVENTS_PER_TICK`] events' worth, never past `max_window`.
+pub fn capped_window(cfg: &BatchConfig, window: Duration, max_rate: u32) -> Duration {
+    if max_rate == 0 {
+        return window;
+    }
+    let fill = Duration::from_secs_f64(CAPPED_EVENTS_PER_TICK / f64::from(max_rate));
+    window.max(fill.min(cfg.max_window))
 }
 
 /// Why a batch left [`PendingBatches`].
@@ -112,12 +131,30 @@ impl<K: Clone + Eq + Hash + Ord> PendingBatches<K> {
         members: usize,
         active_channels: usize,
     ) -> Option<Ready<K>> {
+        self.on_event_capped(now, channel, event, members, active_channels, 0)
+    }
+
+    /// [`PendingBatches::on_event`] for a room capped at `max_rate` danmaku/s
+    /// (0: none): a batch it opens gets the [`capped_window`].
+    pub fn on_event_capped(
+        &mut self,
+        now: Instant,
+        channel: K,
+        event: pb::Event,
+        members: usize,
+        active_channels: usize,
+        max_rate: u32,
+    ) -> Option<Ready<K>> {
         let len = event.encoded_len();
         let raw = len + prost::length_delimiter_len(len);
         let pending = match self.open.get_mut(&channel) {
             Some(p) => p,
             None => {
-                let w = window(&self.cfg, members, active_channels);
+                let w = capped_window(
+                    &self.cfg,
+                    window(&self.cfg, members, active_channels),
+                    max_rate,
+                );
                 let generation = self.next_generation;
                 self.next_generation += 1;
                 self.deadlines
@@ -217,6 +254,24 @@ mod tests {
         assert_eq!(window(&cfg, 1_000, 1), ms(50));
         assert_eq!(window(&cfg, 1_000, 20), ms(200));
         assert!(window(&cfg, 1_000, 40) > window(&cfg, 1_000, 20));
+    }
+
+    #[test]
+    fn a_capped_room_ticks_once_its_cap_fills_a_tick() {
+        let cfg = BatchConfig::default();
+        assert_eq!(capped_window(&cfg, ms(50), 0), ms(50), "no cap");
+        assert_eq!(capped_window(&cfg, ms(50), 200), ms(200));
+        assert_eq!(capped_window(&cfg, ms(500), 200), ms(500), "never shorter");
+        assert_eq!(
+            capped_window(&cfg, ms(50), 10),
+            Duration::from_secs(1),
+            "at most max_window"
+        );
+        assert_eq!(capped_window(&cfg, ms(50), 100_000), ms(50));
+        let mut b = PendingBatches::new(cfg);
+        let t0 = Instant::now();
+        b.on_event_capped(t0, "room:hot", ev("a"), 10, 1, 200);
+        assert_eq!(b.next_deadline(), Some(t0 + ms(200)));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub(crate) struct ShardItem {
     pub event: pb::Event,
     /// Local members when the event arrived, for the window of a new batch.
     pub members: usize,
+    /// The room's hot-room cap (danmaku/s, 0: none), for the window of a new
+    /// batch (`batch_policy::capped_window`).
+    pub max_rate: u32,
 }
 
 /// Encodes batches; keeps the zstd context between batches.
@@ -78,8 +81,22 @@ impl FrameBuilder {
         online: Option<u64>,
         with_json: bool,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
+        self.build_tick(channel, events, online, 0, with_json)
+    }
+
+    /// [`FrameBuilder::build`], also saying how many danmaku hot-room
+    /// thinning left out of the tick (`sampled_out`, 0: none).
+    pub fn build_tick(
+        &mut self,
+        channel: &str,
+        events: &[pb::Event],
+        online: Option<u64>,
+        sampled_out: u64,
+        with_json: bool,
+    ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
         let mut batch = self.encoder.encode(channel, events)?;
         batch.online = online.unwrap_or(0);
+        batch.sampled_out = sampled_out;
         let sizes = BuiltSizes {
             raw: self.encoder.last_raw_len(),
             compressed: batch.payload.len(),
@@ -88,7 +105,7 @@ impl FrameBuilder {
         let json = with_json.then(|| {
             Prepared::new(
                 OpCode::Text,
-                json::batch_json(channel, events, online).as_bytes(),
+                json::batch_json(channel, events, online, sampled_out).as_bytes(),
             )
         });
         Ok((BatchFrames { pb, json }, sizes))
@@ -144,9 +161,14 @@ impl Shard {
                     let Some(item) = item else { return };
                     let now = Instant::now().into_std();
                     let active = self.channels.len();
-                    if let Some(ready) =
-                        self.pending.on_event(now, item.channel, item.event, item.members, active)
-                    {
+                    if let Some(ready) = self.pending.on_event_capped(
+                        now,
+                        item.channel,
+                        item.event,
+                        item.members,
+                        active,
+                        item.max_rate,
+                    ) {
                         self.flush(ready);
                     }
                 }
@@ -154,26 +176,37 @@ impl Shard {
         }
     }
 
-    fn flush(&mut self, ready: Ready<ChannelName>) {
+    fn flush(&mut self, mut ready: Ready<ChannelName>) {
         // Members may all have left during the window: nothing to build.
         let Some(channel) = self.channels.get(ready.channel.as_str()) else {
             return;
         };
-        flush_to(&mut self.builder, &self.metrics, &channel, &ready);
+        flush_to(&mut self.builder, &self.metrics, &channel, &mut ready);
     }
 }
 
-/// Builds the frames of `ready` once and pushes them to the members of `channel`.
+/// Thins `ready` to the room's `max_rate` (`thinning.rs`), builds its frames
+/// once and pushes them to the members of `channel`.
 pub(crate) fn flush_to(
     builder: &mut FrameBuilder,
     metrics: &Metrics,
     channel: &Channel,
-    ready: &Ready<ChannelName>,
+    ready: &mut Ready<ChannelName>,
 ) {
     let now_ms = danmaku_proto::now_ms();
+    let sampled_out = channel.thin(ready.window, &mut ready.events);
+    if sampled_out > 0 {
+        metrics.sampled_out.inc_by(sampled_out);
+    }
     let with_json = channel.json_members() > 0;
     let online = channel.take_online();
-    let built = builder.build(ready.channel.as_str(), &ready.events, online, with_json);
+    let built = builder.build_tick(
+        ready.channel.as_str(),
+        &ready.events,
+        online,
+        sampled_out,
+        with_json,
+    );
     let (frames, sizes) = match built {
         Ok(built) => built,
         Err(e) => {
@@ -262,6 +295,7 @@ mod tests {
             channel: room.clone(),
             event: ev(i),
             members: 2,
+            max_rate: 0,
         }
     }
 

@@ -10,7 +10,7 @@
 //! member's lane ([`LaneShared`]). Channels are removed when their last member
 //! leaves.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use danmaku_proto::ChannelName;
@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::reliable::lane::LaneShared;
 use crate::reliable::ring::{ReliableFrame, Ring};
+use crate::thinning::Thinning;
 use crate::transport::Transport;
 
 /// Identifies one client connection on this edge.
@@ -43,12 +44,33 @@ pub struct BatchFrames {
     pub json: Option<Prepared>,
 }
 
-/// `user` was removed from the group `channel` (over HTTP, on any ingest): a
-/// connection of that user leaves the channel with `Left{reason:"removed"}`.
+/// `user` was removed from the group `channel`, or banned from `channel`
+/// (over HTTP, on any ingest): a connection of that user leaves the channel
+/// with `Left{reason}`.
 #[derive(Debug)]
 pub struct Removal {
     pub channel: ChannelName,
     pub user: Arc<str>,
+    pub reason: LeaveReason,
+}
+
+/// Why a connection was made to leave a channel (`Left.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// Removed from the group.
+    Removed,
+    /// Banned from the channel by a moderator.
+    Banned,
+}
+
+impl LeaveReason {
+    /// `Left.reason` on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Removed => "removed",
+            LeaveReason::Banned => "banned",
+        }
+    }
 }
 
 /// `user` was muted in `channel` until `until_ms` (by a moderator, on any
@@ -207,6 +229,11 @@ pub struct Channel {
     /// The member count waiting to ride the next tick (0: none), set by the
     /// online push (`control_plane/online.rs`), taken by the batcher.
     online: AtomicU64,
+    /// Danmaku per second pushed to each member (0: no cap), from the room's
+    /// latest danmaku on the bus or the edge's default (`thinning.rs`).
+    max_rate: AtomicU32,
+    /// The room's thinning budget; locked once per tick by its batcher shard.
+    thinning: Mutex<Thinning>,
 }
 
 impl Channel {
@@ -219,7 +246,30 @@ impl Channel {
             inbound: AtomicU64::new(0),
             ring: Mutex::new(Ring::new(ring)),
             online: AtomicU64::new(0),
+            max_rate: AtomicU32::new(0),
+            thinning: Mutex::new(Thinning::default()),
         }
+    }
+
+    /// The room's cap, as the latest danmaku on the bus says (one relaxed
+    /// store per event).
+    pub fn set_max_rate(&self, max_rate: u32) {
+        self.max_rate.store(max_rate, Ordering::Relaxed);
+    }
+
+    /// Thins one tick's events (gathered over `window`) to the room's cap;
+    /// returns how many danmaku were left out (see `thinning.rs`).
+    pub fn thin(
+        &self,
+        window: std::time::Duration,
+        events: &mut Vec<danmaku_proto::pb::Event>,
+    ) -> u64 {
+        let max_rate = self.max_rate.load(Ordering::Relaxed);
+        if max_rate == 0 {
+            return 0; // the common case: no lock
+        }
+        let mut thinning = self.thinning.lock().unwrap_or_else(|e| e.into_inner());
+        thinning.thin(std::time::Instant::now(), window, max_rate, events)
     }
 
     /// Leaves `online` for the next tick to carry. True when the previous
@@ -308,12 +358,14 @@ impl Channel {
         woken
     }
 
-    /// Tells every member's connection task that `user` left the group; only
-    /// that user's connections act on it. Returns the connections told.
-    pub fn notify_removed(&self, user: &str) -> u64 {
+    /// Tells every member's connection task that `user` must leave (removed
+    /// from the group, or banned); only that user's connections act on it.
+    /// Returns the connections told.
+    pub fn notify_left(&self, user: &str, reason: LeaveReason) -> u64 {
         let removal = Arc::new(Removal {
             channel: self.name.clone(),
             user: Arc::from(user),
+            reason,
         });
         let mut told = 0;
         for member in self.members.iter() {
@@ -326,7 +378,7 @@ impl Channel {
 
     /// Tells every member's connection task that `user` was muted; only that
     /// user's connections act on it (members do not know their user, as for
-    /// [`Channels::notify_removed`]). Returns the connections told.
+    /// [`Channel::notify_left`]). Returns the connections told.
     pub fn notify_muted(&self, user: &str, until_ms: i64) -> u64 {
         let notice = Arc::new(MuteNotice {
             channel: self.name.clone(),

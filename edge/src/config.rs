@@ -43,6 +43,13 @@ pub struct EdgeConfig {
     /// Scheduler registration, drain and online pushes.
     /// Default [`ControlConfig::default`].
     pub control: ControlConfig,
+    /// Hot-room thinning: danmaku per second pushed to each viewer of a room
+    /// whose danmaku carry no cap of their own (a room's `max_rate` setting,
+    /// stamped by ingest, wins). Above it the edge leaves danmaku out of the
+    /// room's ticks, sampled evenly, never gifts, chat or priority senders
+    /// (`thinning.rs`), and says how many in `sampled_out`. 0 = no cap.
+    /// Default 0 (`--room-max-rate`).
+    pub room_max_rate: u32,
     /// Rooms in the top-N gauges and `GET /v1/top-rooms` (by members and by
     /// inbound rate). Bounds the series an edge exports however many rooms it
     /// hosts; 0 turns the ranking off. Default 20.
@@ -74,6 +81,7 @@ impl Default for EdgeConfig {
             max_channels_per_conn: 32,
             reliable: ReliableConfig::default(),
             control: ControlConfig::default(),
+            room_max_rate: 0,
             top_rooms: 20,
             top_rooms_interval: Duration::from_secs(5),
             quic_send_window: 512 << 10,

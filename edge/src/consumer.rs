@@ -9,31 +9,39 @@
 //! stale: they go to the reliable fan-out (`sequencer.rs`), which orders
 //! and deduplicates them by seq before they join the batchers' ticks.
 //! Account announcements (key `!account`, never a channel name) are checked
-//! for first and go to the account policy (`account.rs`).
+//! for first and go to the account policy (`account.rs`); moderation
+//! announcements (key `!moderation`) next: their bans go to the ban table
+//! (`bans.rs`) and make the banned user's connections leave.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use danmaku_bus::{BusError, BusMessage, Subscription};
-use danmaku_proto::{Limits, frame, now_ms};
+use danmaku_proto::moderation::{BAN, is_moderation_key};
+use danmaku_proto::{ChannelName, Limits, frame, now_ms};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::{Account, is_account_key};
+use crate::bans::Bans;
 use crate::batcher::{ShardItem, shard_of};
-use crate::channels::Channels;
+use crate::channels::{Channels, LeaveReason};
 use crate::metrics::{BusResult, Metrics};
 use crate::sequencer::ReliableItem;
 
 pub(crate) struct Consumer {
     /// Applies account announcements (key `!account`) and closes what they cover.
     pub account: Arc<Account>,
+    /// Active channel bans, kept in step by announcements (key `!moderation`).
+    pub bans: Arc<Bans>,
     pub channels: Arc<Channels>,
     pub metrics: Metrics,
     pub shards: Vec<mpsc::Sender<ShardItem>>,
     /// Queues of the reliable fan-out tasks (same sharding as `shards`).
     pub reliable: Vec<mpsc::Sender<ReliableItem>>,
     pub limits: Limits,
+    /// A room's cap when its danmaku carry none (`EdgeConfig::room_max_rate`).
+    pub room_max_rate: u32,
     /// Events stamped before this (ms since the epoch) are skipped.
     pub start_ms: i64,
 }
@@ -58,6 +66,7 @@ impl Consumer {
                     self.metrics.bus_lagged.inc_by(n);
                     // An account change may be among the skipped: reload the stored ones.
                     self.account.reload_later();
+                    self.bans.reload_later();
                     tracing::warn!(skipped = n, "bus consumer lagged");
                 }
                 Err(BusError::Closed) => {
@@ -83,6 +92,9 @@ impl Consumer {
                 false => BusResult::BadEvent,
             };
         }
+        if is_moderation_key(&msg.key) {
+            return self.on_moderation(&msg.payload);
+        }
         let Ok(key) = std::str::from_utf8(&msg.key) else {
             return BusResult::BadEvent;
         };
@@ -103,7 +115,7 @@ impl Consumer {
         if let Some(m) = &bus_event.membership {
             // A membership change: the connections of a removed member leave.
             if m.removed && !m.user.is_empty() {
-                channel.notify_removed(&m.user);
+                channel.notify_left(&m.user, LeaveReason::Removed);
             }
             return BusResult::Membership;
         }
@@ -137,10 +149,16 @@ impl Consumer {
         if event.ts_ms < self.start_ms {
             return BusResult::Stale;
         }
+        let max_rate = match bus_event.room_max_rate {
+            0 => self.room_max_rate,
+            r => r,
+        };
+        channel.set_max_rate(max_rate);
         let item = ShardItem {
             channel: channel.name().clone(),
             event,
             members: channel.len(),
+            max_rate,
         };
         let shard = &self.shards[shard_of(key, self.shards.len())];
         if shard.send(item).await.is_err() {
@@ -148,6 +166,36 @@ impl Consumer {
             return BusResult::ShuttingDown;
         }
         BusResult::Batched
+    }
+
+    /// A moderation announcement: a ban (or its end) is applied to the ban
+    /// table, and the banned user's connections here leave the channel. Other
+    /// changes (word lists, settings...) concern ingest only.
+    fn on_moderation(&self, payload: &[u8]) -> BusResult {
+        let Some(m) = frame::decode_bus_event(payload, &self.limits)
+            .ok()
+            .and_then(|e| e.moderation)
+        else {
+            return BusResult::BadEvent;
+        };
+        if m.what != BAN {
+            return BusResult::Moderation;
+        }
+        let Ok(channel) = ChannelName::parse(&m.scope) else {
+            return BusResult::BadEvent;
+        };
+        if m.user.is_empty() {
+            return BusResult::BadEvent;
+        }
+        let now = danmaku_proto::now_ms();
+        let in_force = self
+            .bans
+            .apply(channel.clone(), &m.user, m.until_ms, m.lifted, now);
+        if in_force && let Some(local) = self.channels.get(channel.as_str()) {
+            local.notify_left(&m.user, LeaveReason::Banned);
+        }
+        tracing::info!(channel = %channel, user = %m.user, until_ms = m.until_ms, lifted = m.lifted, "ban announced");
+        BusResult::Moderation
     }
 }
 
@@ -175,6 +223,7 @@ mod tests {
             membership: None,
             account: None,
             moderation: None,
+            room_max_rate: 0,
         })
     }
 
@@ -204,11 +253,13 @@ mod tests {
                     crate::metrics::AccountMetrics::register(&prometheus::Registry::new()).unwrap(),
                     Limits::default(),
                 )),
+                bans: Arc::new(Bans::new(prometheus::IntGauge::new("b", "b").unwrap())),
                 channels,
                 metrics,
                 shards: vec![shard_tx],
                 reliable: vec![reliable_tx],
                 limits: Limits::default(),
+                room_max_rate: 0,
                 start_ms: 1_000,
             },
             _member_rx: member_rx,
@@ -286,6 +337,7 @@ mod tests {
             membership: None,
             account: None,
             moderation: None,
+            room_max_rate: 0,
         };
         s.bus
             .publish(Bytes::from_static(b"room:here"), frame::encode(&ev))

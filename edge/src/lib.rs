@@ -38,6 +38,7 @@
 //!   arrives on the bus (key `!account`, which no channel can have).
 
 mod account;
+mod bans;
 pub mod batch_policy;
 mod batcher;
 pub mod channels;
@@ -58,6 +59,7 @@ mod sequencer;
 mod session;
 mod store_reads;
 mod sweep;
+mod thinning;
 mod tls;
 pub mod top_rooms;
 pub mod transport;
@@ -162,13 +164,18 @@ impl Edge {
         // After subscribing: a change announced while loading is applied twice, harmlessly.
         account.load(&*store).await;
         tokio::spawn(Arc::clone(&account).sweep(Arc::clone(&store), shutdown.clone()));
+        let bans = Arc::new(bans::Bans::new(metrics.bans_active.clone()));
+        bans.load(&*store).await;
+        tokio::spawn(Arc::clone(&bans).sweep(Arc::clone(&store), shutdown.clone()));
         let consumer = consumer::Consumer {
             account: Arc::clone(&account),
+            bans: Arc::clone(&bans),
             channels: Arc::clone(&channels),
             metrics: metrics.clone(),
             shards: shard_queues,
             reliable: reliable_queues,
             limits: config.limits,
+            room_max_rate: config.room_max_rate,
             start_ms: danmaku_proto::now_ms(),
         };
         pipeline.spawn(consumer.run(subscription, shutdown.clone()));
@@ -206,6 +213,7 @@ impl Edge {
             top_rooms: top_rx,
             limiter: Arc::default(),
             account,
+            bans,
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)

@@ -142,6 +142,14 @@ pub struct Metrics {
     /// `danmaku_edge_notices_sent_total`: `notice` frames sent (a user's own
     /// connections told of their mute).
     pub notices_sent: IntCounter,
+    /// `danmaku_edge_banned_leaves_total`: connections that left a channel
+    /// because a moderator banned their user from it.
+    pub banned_leaves: IntCounter,
+    /// `danmaku_edge_bans_active`: bans this edge enforces on `join` now.
+    pub bans_active: IntGauge,
+    /// `danmaku_edge_sampled_out_total`: danmaku left out of ticks by hot-room
+    /// thinning (counted once per tick and room, not per viewer).
+    pub sampled_out: IntCounter,
     /// `danmaku_edge_errors_total{code}`: error answers sent to clients (`error`
     /// frames, refused WebSocket upgrades), by code.
     pub errors_total: IntCounterVec,
@@ -328,7 +336,7 @@ impl Metrics {
             &["code"],
         )?;
         registry.register(Box::new(errors_total.clone()))?;
-        for code in ["bad_token", "bad_channel", "not_member"] {
+        for code in ["bad_token", "bad_channel", "not_member", "banned"] {
             errors_total.with_label_values(&[code]);
         }
         let members_removed = counter(
@@ -338,6 +346,19 @@ impl Metrics {
         let notices_sent = counter(
             "danmaku_edge_notices_sent_total",
             "Notice frames sent to a user's own connections (a mute).",
+        )?;
+        let banned_leaves = counter(
+            "danmaku_edge_banned_leaves_total",
+            "Connections that left a channel because their user was banned from it.",
+        )?;
+        let bans_active = IntGauge::new(
+            "danmaku_edge_bans_active",
+            "Channel bans this edge enforces on join now.",
+        )?;
+        registry.register(Box::new(bans_active.clone()))?;
+        let sampled_out = counter(
+            "danmaku_edge_sampled_out_total",
+            "Danmaku left out of ticks by hot-room thinning (once per tick and room).",
         )?;
         let connections_accepted = IntCounterVec::new(
             Opts::new(
@@ -410,6 +431,9 @@ impl Metrics {
             refused_total,
             members_removed,
             notices_sent,
+            banned_leaves,
+            bans_active,
+            sampled_out,
             errors_total,
             egress_bytes,
             pushed_by_transport,
@@ -744,6 +768,9 @@ mod tests {
             "danmaku_edge_refused_total",
             "danmaku_edge_members_removed_total",
             "danmaku_edge_notices_sent_total",
+            "danmaku_edge_banned_leaves_total",
+            "danmaku_edge_bans_active",
+            "danmaku_edge_sampled_out_total",
             "danmaku_edge_errors_total",
             "danmaku_edge_egress_bytes_total",
         ] {

@@ -13,6 +13,7 @@ use danmaku_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::Account;
+use crate::bans::Bans;
 use crate::channels::{Channels, ConnId};
 use crate::config::EdgeConfig;
 use crate::control_state::ControlState;
@@ -38,6 +39,8 @@ pub struct Edge {
     pub(crate) limiter: Arc<Limiter>,
     /// Revoked tokens, blocked users and the open connections by user (`account.rs`).
     pub(crate) account: Arc<Account>,
+    /// Active channel bans: a banned user's `join` is refused (`bans.rs`).
+    pub(crate) bans: Arc<Bans>,
 }
 
 impl Edge {

@@ -163,6 +163,8 @@ impl Shard {
                 channel: channel.clone(),
                 event,
                 members: members.len(),
+                // Gifts never stretch a window: the danmaku that open one do.
+                max_rate: 0,
             };
             if batcher.send(item).await.is_err() {
                 return; // shutting down
@@ -279,6 +281,14 @@ mod tests {
             _: &str,
             _: usize,
         ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn bans(&self, _: i64) -> Result<Vec<danmaku_store::Ban>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn retracted(&self, _: &str, _: u64, _: u64) -> Result<Vec<u64>, StoreError> {
             Ok(Vec::new())
         }
         async fn record_account_change(

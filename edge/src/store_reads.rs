@@ -240,6 +240,19 @@ impl Store for CoalescedReads {
         self.inner.moderation_log(scope, limit).await
     }
 
+    async fn bans(&self, now_ms: i64) -> Result<Vec<danmaku_store::Ban>, StoreError> {
+        self.inner.bans(now_ms).await
+    }
+
+    async fn retracted(
+        &self,
+        channel: &str,
+        after_seq: u64,
+        upto_seq: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.inner.retracted(channel, after_seq, upto_seq).await
+    }
+
     async fn record_account_change(
         &self,
         change: &danmaku_proto::pb::AccountChange,

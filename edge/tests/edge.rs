@@ -139,6 +139,7 @@ impl TestEdge {
             membership: None,
             account: None,
             moderation: None,
+            room_max_rate: 0,
         };
         self.bus
             .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))
@@ -191,6 +192,7 @@ impl TestEdge {
             membership: None,
             account: None,
             moderation: None,
+            room_max_rate: 0,
         };
         self.bus
             .publish(Bytes::from(channel.to_owned()), frame::encode(&ev))
@@ -1713,6 +1715,239 @@ async fn ws_protocol_violations_and_pings_on_a_raw_socket() -> Result<()> {
     assert_eq!(
         t.metric("danmaku_edge_bad_frames_total{code=\"websocket_protocol\"}"),
         1.0
+    );
+    Ok(())
+}
+
+/// Reads JSON frames until one matches `want`, within `STEP`; fails on
+/// anything `forbid` matches first.
+async fn json_until(
+    ws: &mut Ws,
+    want: impl Fn(&JsonServerFrame) -> bool,
+    forbid: impl Fn(&JsonServerFrame) -> bool,
+) -> Result<JsonServerFrame> {
+    loop {
+        let f = next_json(ws).await?;
+        if want(&f) {
+            return Ok(f);
+        }
+        if forbid(&f) {
+            bail!("unexpected {f:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_ban_on_the_bus_makes_the_users_connections_leave_and_refuses_their_join() -> Result<()> {
+    use danmaku_proto::moderation::{MODERATION_BUS_KEY, ban_event};
+    let e = start(config()).await?;
+    let ch = "room:ban";
+    let mut troll_json = e.ws("troll", Some("danmaku.v1.json")).await?;
+    let mut troll_pb = e.ws("troll", Some("danmaku.v1.pb")).await?;
+    let mut viewer = e.ws("alice", Some("danmaku.v1.json")).await?;
+    for ws in [&mut troll_json, &mut viewer] {
+        ws.send(Message::Text(
+            format!(r#"{{"type":"join","channel":"{ch}"}}"#).into(),
+        ))
+        .await?;
+        json_until(
+            ws,
+            |f| matches!(f, JsonServerFrame::Joined { .. }),
+            |_| false,
+        )
+        .await?;
+    }
+    send_pb(&mut troll_pb, join(ch)).await?;
+    loop {
+        match next_pb(&mut troll_pb).await?.body {
+            Some(server_frame::Body::Joined(j)) if j.channel == ch => break,
+            Some(server_frame::Body::AuthOk(_)) => {}
+            other => bail!("expected joined, got {other:?}"),
+        }
+    }
+    let announce = |until_ms: i64, lifted: bool| {
+        let ev = ban_event(ch, "troll", until_ms, lifted, "test");
+        let bus = Arc::clone(&e.bus);
+        async move {
+            bus.publish(
+                Bytes::from_static(MODERATION_BUS_KEY.as_bytes()),
+                frame::encode(&ev),
+            )
+            .await
+        }
+    };
+    announce(danmaku_proto::now_ms() + 60_000, false).await?;
+    let left = json_until(
+        &mut troll_json,
+        |f| matches!(f, JsonServerFrame::Left { .. }),
+        |_| false,
+    )
+    .await?;
+    assert_eq!(
+        left,
+        JsonServerFrame::Left {
+            channel: ch.into(),
+            reason: "banned".into()
+        }
+    );
+    match next_pb(&mut troll_pb).await?.body {
+        Some(server_frame::Body::Left(l)) => {
+            assert_eq!((l.channel.as_str(), l.reason.as_str()), (ch, "banned"))
+        }
+        other => bail!("unexpected {other:?}"),
+    }
+    // Nothing more of the room reaches the banned user; the viewer stays.
+    e.publish(ch, "bob", "after the ban").await?;
+    let batch = json_until(
+        &mut viewer,
+        |f| matches!(f, JsonServerFrame::Batch { .. }),
+        |f| matches!(f, JsonServerFrame::Left { .. }),
+    )
+    .await?;
+    assert!(
+        matches!(batch, JsonServerFrame::Batch { events, .. } if events[0].text == "after the ban")
+    );
+    // A new join is refused until the ban is lifted.
+    send_pb(&mut troll_pb, join(ch)).await?;
+    match next_pb(&mut troll_pb).await?.body {
+        Some(server_frame::Body::Error(err)) => assert_eq!(err.code, "banned", "{}", err.message),
+        other => bail!("expected the error banned, got {other:?}"),
+    }
+    assert_eq!(e.metric("danmaku_edge_bans_active"), 1.0);
+    assert_eq!(e.metric("danmaku_edge_banned_leaves_total"), 2.0);
+    assert_eq!(e.metric("danmaku_edge_errors_total{code=\"banned\"}"), 1.0);
+    announce(0, true).await?;
+    tokio::time::timeout(STEP, async {
+        while e.metric("danmaku_edge_bans_active") > 0.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    send_pb(&mut troll_pb, join(ch)).await?;
+    match next_pb(&mut troll_pb).await?.body {
+        Some(server_frame::Body::Joined(j)) => assert_eq!(j.channel, ch),
+        other => bail!("expected joined after the ban was lifted, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_room_over_its_max_rate_is_thinned_with_every_priority_danmaku_and_gift() -> Result<()> {
+    let e = start(EdgeConfig {
+        batch: BatchConfig {
+            min_window: Duration::from_millis(50),
+            ..BatchConfig::default()
+        },
+        ..EdgeConfig::default()
+    })
+    .await?;
+    let ch = "room:hot";
+    let mut viewer = e.ws("alice", Some("danmaku.v1.json")).await?;
+    viewer
+        .send(Message::Text(
+            format!(r#"{{"type":"join","channel":"{ch}"}}"#).into(),
+        ))
+        .await?;
+    json_until(
+        &mut viewer,
+        |f| matches!(f, JsonServerFrame::Joined { .. }),
+        |_| false,
+    )
+    .await?;
+    // 2,000 danmaku/s for 3 s into a room capped at 200/s: one in 20 from a
+    // priority sender, and a gift every 100 ms.
+    let bus = Arc::clone(&e.bus);
+    let publisher = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for i in 0..300u64 {
+            tick.tick().await;
+            for j in 0..20u64 {
+                let n = i * 20 + j;
+                let ev = pb::BusEvent {
+                    version: 1,
+                    channel: ch.into(),
+                    event: Some(pb::Event {
+                        kind: pb::Kind::Danmaku as i32,
+                        sender: "crowd".into(),
+                        text: format!("d{n}"),
+                        ts_ms: danmaku_proto::now_ms(),
+                        priority: n % 20 == 0,
+                        ..Default::default()
+                    }),
+                    origin: "test".into(),
+                    room_max_rate: 200,
+                    ..Default::default()
+                };
+                bus.publish(Bytes::from_static(ch.as_bytes()), frame::encode(&ev))
+                    .await?;
+            }
+            if i % 10 == 0 {
+                let ev = pb::BusEvent {
+                    version: 1,
+                    channel: ch.into(),
+                    event: Some(pb::Event {
+                        kind: pb::Kind::Gift as i32,
+                        sender: "bob".into(),
+                        text: "rocket".into(),
+                        ts_ms: danmaku_proto::now_ms(),
+                        seq: i / 10 + 1,
+                        ..Default::default()
+                    }),
+                    origin: "test".into(),
+                    ..Default::default()
+                };
+                bus.publish(Bytes::from_static(ch.as_bytes()), frame::encode(&ev))
+                    .await?;
+            }
+        }
+        anyhow::Ok(start.elapsed())
+    });
+    let (mut danmaku, mut priority, mut gifts, mut sampled_out) = (0u64, 0u64, 0u64, 0u64);
+    let mut last_priority = String::new();
+    while let Ok(f) = tokio::time::timeout(Duration::from_secs(2), next_json(&mut viewer)).await {
+        if let JsonServerFrame::Batch {
+            events,
+            sampled_out: s,
+            ..
+        } = f?
+        {
+            sampled_out += s.unwrap_or(0);
+            for ev in events {
+                match (ev.kind.as_str(), ev.priority) {
+                    ("gift", _) => gifts += 1,
+                    ("danmaku", true) => {
+                        priority += 1;
+                        last_priority = ev.text;
+                    }
+                    ("danmaku", false) => danmaku += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let secs = publisher.await??.as_secs_f64();
+    let rate = (danmaku + priority) as f64 / secs;
+    eprintln!(
+        "pushed {rate:.0}/s over {secs:.2} s ({danmaku} + {priority} priority), {sampled_out} sampled out, {gifts} gifts"
+    );
+    assert_eq!(
+        priority, 300,
+        "every priority danmaku (last {last_priority})"
+    );
+    assert_eq!(gifts, 30, "every gift");
+    assert_eq!(
+        danmaku + priority + sampled_out,
+        6_000,
+        "sampled_out counts the rest"
+    );
+    assert!(
+        (180.0..=220.0).contains(&rate),
+        "200/s ±10% expected, got {rate:.0}/s"
+    );
+    assert_eq!(
+        e.metric("danmaku_edge_sampled_out_total"),
+        sampled_out as f64
     );
     Ok(())
 }

@@ -55,6 +55,7 @@ fn main() {
         seq: 18,
         payload_json: r#"{"gift":"rocket","n":1}"#.into(),
         client_msg_id: "m-1".into(),
+        ..Default::default()
     };
     server_frames.extend([
         (
@@ -175,7 +176,7 @@ fn main() {
     write(
         "json_client_frame",
         "batch",
-        json::batch_json("room:1", &events, None).as_bytes(),
+        json::batch_json("room:1", &events, None, 0).as_bytes(),
     );
     write(
         "json_client_frame",

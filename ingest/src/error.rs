@@ -140,6 +140,23 @@ pub enum ApiError {
     },
     #[error("{0} is muted: only its moderators may post")]
     RoomMuted(String),
+    /// A moderator banned the user from the channel (`until_ms` `None`: for good).
+    #[error("you are banned from {channel} {}", match until_ms {
+        Some(u) => format!("until {} ({} s from now)", rfc3339(*u), (u - now_ms + 999) / 1000),
+        None => "permanently".to_owned(),
+    })]
+    Banned {
+        channel: String,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    },
+    /// A message id that is neither a danmaku id nor a seq.
+    #[error("{0}")]
+    BadMessageId(String),
+    /// A well-formed id naming no message of the channel (or a danmaku too
+    /// old to take back).
+    #[error("{0}")]
+    UnknownMessage(String),
     #[error(
         "{channel} is in slow mode: one message per {window_secs} s, retry in {retry_after_secs} s"
     )]
@@ -183,6 +200,7 @@ impl ApiError {
             | BlockedContent
             | BadWordList(_)
             | BadSeconds(_)
+            | BadMessageId(_)
             | BadSettings(_) => StatusCode::BAD_REQUEST,
             MissingToken | BadToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
             NotMember { .. }
@@ -191,9 +209,10 @@ impl ApiError {
             | UserBlocked { .. }
             | NotAllowed(_)
             | Muted { .. }
+            | Banned { .. }
             | RoomMuted(_) => StatusCode::FORBIDDEN,
             IdempotencyConflict { .. } => StatusCode::CONFLICT,
-            NotFound | UnknownChannel(_) => StatusCode::NOT_FOUND,
+            NotFound | UnknownChannel(_) | UnknownMessage(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } | SlowMode { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -241,6 +260,9 @@ impl ApiError {
             BlockedContent => "blocked_content",
             Muted { .. } => "muted",
             RoomMuted(_) => "room_muted",
+            Banned { .. } => "banned",
+            BadMessageId(_) => "bad_message_id",
+            UnknownMessage(_) => "unknown_message",
             SlowMode { .. } => "slow_mode",
             BadWordList(_) => "bad_wordlist",
             BadSeconds(_) => "bad_seconds",

@@ -44,6 +44,7 @@ pub mod body;
 pub mod config;
 pub mod dev_token;
 pub mod error;
+pub mod message_id;
 pub mod messages;
 pub mod metrics;
 pub mod moderation;
@@ -55,7 +56,7 @@ pub mod screening;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 pub use config::IngestConfig;
 pub use error::{ApiError, IngestError, RateScope};
@@ -104,6 +105,14 @@ impl Ingest {
             .route(
                 "/v1/channels/{channel}/mutes/{user}",
                 put(moderation::mutes::put).delete(moderation::mutes::delete),
+            )
+            .route(
+                "/v1/channels/{channel}/bans/{user}",
+                put(moderation::bans::put).delete(moderation::bans::delete),
+            )
+            .route(
+                "/v1/channels/{channel}/messages/{id}",
+                delete(moderation::retract::delete),
             )
             .route(
                 "/v1/channels/{channel}/settings",

@@ -152,6 +152,7 @@ impl Ingest {
             ..message
         };
         let masked = screened.masked > 0;
+        let (priority, max_rate) = (screened.priority, screened.max_rate);
         if message.kind.is_reliable() {
             let seq = self.post_reliable(&channel, claims.sub, message).await?;
             let answer = if masked {
@@ -162,21 +163,27 @@ impl Ingest {
             return Ok(Json(answer).into_response());
         }
         let masked_text = masked.then(|| message.text.clone());
+        let ts_ms = now_ms();
+        let id = self.ids.next(ts_ms);
         let event = pb::Event {
             kind: message.kind as i32,
             sender: claims.sub,
             text: message.text,
-            ts_ms: now_ms(),
+            ts_ms,
             seq: 0,
             payload_json: message.payload_json,
             client_msg_id: message.client_msg_id,
+            id: id.clone(),
+            priority,
         };
-        self.publish(&channel, event).await?;
+        self.publish(&channel, event, max_rate).await?;
         Ok((
             StatusCode::ACCEPTED,
             Json(match masked_text {
-                Some(text) => serde_json::json!({ "accepted": true, "masked": true, "text": text }),
-                None => serde_json::json!({ "accepted": true }),
+                Some(text) => {
+                    serde_json::json!({ "accepted": true, "id": id, "masked": true, "text": text })
+                }
+                None => serde_json::json!({ "accepted": true, "id": id }),
             }),
         )
             .into_response())
@@ -209,6 +216,7 @@ impl Ingest {
             seq: appended.seq,
             payload_json: message.payload_json,
             client_msg_id: message.client_msg_id,
+            ..Default::default()
         };
         if appended.duplicate {
             self.metrics.reliable_duplicates_total.inc();
@@ -233,7 +241,7 @@ impl Ingest {
                 .inc();
         }
         let seq = appended.seq;
-        self.publish(channel, event).await.map_err(|e| match e {
+        self.publish(channel, event, 0).await.map_err(|e| match e {
             ApiError::BusUnavailable(reason) => ApiError::PersistedNotPublished { seq, reason },
             other => other,
         })?;
@@ -259,6 +267,7 @@ impl Ingest {
             }),
             account: None,
             moderation: None,
+            room_max_rate: 0,
         };
         let key = Bytes::copy_from_slice(group.as_str().as_bytes());
         self.bus
@@ -271,8 +280,14 @@ impl Ingest {
             })
     }
 
-    /// Encodes the event once and publishes it keyed by channel.
-    async fn publish(&self, channel: &ChannelName, event: pb::Event) -> Result<(), ApiError> {
+    /// Encodes the event once and publishes it keyed by channel;
+    /// `room_max_rate` is the room's thinning cap (danmaku; 0: none).
+    pub(crate) async fn publish(
+        &self,
+        channel: &ChannelName,
+        event: pb::Event,
+        room_max_rate: u32,
+    ) -> Result<(), ApiError> {
         let event = pb::BusEvent {
             version: PROTOCOL_VERSION,
             channel: channel.as_str().to_owned(),
@@ -281,6 +296,7 @@ impl Ingest {
             membership: None,
             account: None,
             moderation: None,
+            room_max_rate,
         };
         let payload = frame::encode(&event);
         let len = payload.len() as u64;

@@ -25,9 +25,22 @@ pub const STORE_OPS: [&str; 9] = [
 /// The `change` label values of `danmaku_ingest_account_changes_total`.
 pub const ACCOUNT_CHANGES: [&str; 4] = ["revoke_token", "revoke_user", "block", "unblock"];
 /// Post refusals of the moderation policy (`reason` label values).
-pub const MODERATION_REFUSALS: [&str; 4] = ["blocked_content", "muted", "room_muted", "slow_mode"];
+pub const MODERATION_REFUSALS: [&str; 5] = [
+    "blocked_content",
+    "muted",
+    "room_muted",
+    "slow_mode",
+    "banned",
+];
 /// Moderation changes (`what` label values).
-pub const MODERATION_CHANGES: [&str; 4] = ["wordlist", "moderators", "mutes", "settings"];
+pub const MODERATION_CHANGES: [&str; 6] = [
+    "wordlist",
+    "moderators",
+    "mutes",
+    "settings",
+    "bans",
+    "retract",
+];
 
 /// Handles to every ingest metric.
 #[derive(Clone)]
@@ -72,6 +85,8 @@ pub struct Metrics {
     pub moderation_refused_total: IntCounterVec,
     /// `danmaku_ingest_active_mutes`: mutes running, as this node knows them.
     pub active_mutes: IntGauge,
+    /// `danmaku_ingest_active_bans`: channel bans in force, as this node knows them.
+    pub active_bans: IntGauge,
     /// `danmaku_ingest_wordlist_words{scope}`: words loaded, `global` and all `rooms`.
     pub wordlist_words: IntGaugeVec,
     /// `danmaku_ingest_moderation_changes_total{what}`: changes applied through this node.
@@ -190,6 +205,11 @@ impl Metrics {
             "danmaku_ingest_active_mutes",
             "Mutes running, as this ingest node knows them.",
         )?;
+        let active_bans = IntGauge::new(
+            "danmaku_ingest_active_bans",
+            "Channel bans in force, as this ingest node knows them.",
+        )?;
+        registry.register(Box::new(active_bans.clone()))?;
         let wordlist_words = IntGaugeVec::new(
             Opts::new(
                 "danmaku_ingest_wordlist_words",
@@ -262,6 +282,7 @@ impl Metrics {
             filtered_total,
             moderation_refused_total,
             active_mutes,
+            active_bans,
             wordlist_words,
             moderation_actions_total,
             moderation_reloads_total,

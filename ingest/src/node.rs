@@ -16,6 +16,7 @@ use danmaku_store::{Store, StoreError};
 
 use crate::config::IngestConfig;
 use crate::error::{ApiError, IngestError};
+use crate::message_id::MessageIds;
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimits;
 use crate::screening::Moderation;
@@ -33,6 +34,8 @@ pub struct Ingest {
     /// Revoked tokens and blocked users (`account.rs`, `announcements.rs`).
     pub(crate) policy: Arc<SharedPolicy>,
     pub(crate) moderation: Moderation,
+    /// This node's danmaku ids (`message_id.rs`).
+    pub(crate) ids: MessageIds,
 }
 
 impl Ingest {
@@ -56,6 +59,7 @@ impl Ingest {
             metrics,
             policy: Arc::default(),
             moderation: Moderation::default(),
+            ids: MessageIds::default(),
         }))
     }
 

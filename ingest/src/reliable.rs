@@ -162,29 +162,52 @@ impl Ingest {
         let claims = self.authenticate(headers)?;
         let channel = parse_channel(path)?;
         let Query(query) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
-        let (after_seq, limit) = parse_history_query(&query)?;
-        let messages = match channel.kind() {
-            ChannelKind::Group => {
-                self.store_call(
+        let (mut after_seq, limit) = parse_history_query(&query)?;
+        // Retracted messages are left out. A page of nothing but retracted
+        // messages would read as the end: read on until one is left or the
+        // channel ends.
+        let (messages, next_after_seq) = loop {
+            let page = match channel.kind() {
+                ChannelKind::Group => {
+                    self.store_call(
+                        "read",
+                        self.store.read_after_for_member(
+                            channel.as_str(),
+                            &claims.sub,
+                            after_seq,
+                            limit,
+                        ),
+                    )
+                    .await?
+                }
+                ChannelKind::Room => {
+                    self.store_call(
+                        "read",
+                        self.store.read_after(channel.as_str(), after_seq, limit),
+                    )
+                    .await?
+                }
+            };
+            let (Some(first), Some(last)) = (page.first(), page.last()) else {
+                break (page, after_seq);
+            };
+            let (first, last, full) = (first.seq, last.seq, page.len() >= limit);
+            let retracted = self
+                .store_call(
                     "read",
-                    self.store.read_after_for_member(
-                        channel.as_str(),
-                        &claims.sub,
-                        after_seq,
-                        limit,
-                    ),
+                    self.store
+                        .retracted(channel.as_str(), first.saturating_sub(1), last),
                 )
-                .await?
+                .await?;
+            let page: Vec<_> = page
+                .into_iter()
+                .filter(|m| retracted.binary_search(&m.seq).is_err())
+                .collect();
+            if !page.is_empty() || !full {
+                break (page, last);
             }
-            ChannelKind::Room => {
-                self.store_call(
-                    "read",
-                    self.store.read_after(channel.as_str(), after_seq, limit),
-                )
-                .await?
-            }
+            after_seq = last;
         };
-        let next_after_seq = messages.last().map_or(after_seq, |m| m.seq);
         let messages: Vec<Value> = messages.into_iter().map(message_json).collect();
         Ok(Json(json!({
             "messages": messages,

@@ -245,7 +245,9 @@ async fn danmaku_is_published_keyed_by_channel_as_the_token_user() {
         .send(post("room:42", Some(&token), body.to_string()))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(reply, json!({"accepted": true}));
+    let id = reply["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(id.len(), 27, "a danmaku id: {reply}");
+    assert_eq!(reply, json!({"accepted": true, "id": id}));
 
     let (msg, bus_event) = h.next_published().await;
     assert_eq!(msg.key, Bytes::from_static(b"room:42"));
@@ -261,6 +263,8 @@ async fn danmaku_is_published_keyed_by_channel_as_the_token_user() {
     assert_eq!(event.text, "弹幕 hello");
     assert_eq!(event.client_msg_id, "m-1");
     assert_eq!(event.seq, 0);
+    assert_eq!(event.id, id, "the event carries the id the 202 answered");
+    assert!(!event.priority, "a user token's danmaku is not priority");
     let payload: Value = serde_json::from_str(&event.payload_json).unwrap();
     assert_eq!(payload, json!({"color": "#ff0000"}));
     assert!(
@@ -1258,6 +1262,14 @@ impl Store for DownStore {
         _: &str,
         _: usize,
     ) -> Result<Vec<danmaku_store::AuditEntry>, StoreError> {
+        down()
+    }
+
+    async fn bans(&self, _: i64) -> Result<Vec<danmaku_store::Ban>, StoreError> {
+        down()
+    }
+
+    async fn retracted(&self, _: &str, _: u64, _: u64) -> Result<Vec<u64>, StoreError> {
         down()
     }
     async fn record_account_change(&self, _: &pb::AccountChange) -> Result<(), StoreError> {

@@ -608,7 +608,7 @@ mod tests {
                 .map(|n| post_text(2, n, "{\"kind\":\"x\"}"))
                 .collect::<Vec<_>>(),
         );
-        let text = danmaku_proto::json::batch_json(room, &evs, None);
+        let text = danmaku_proto::json::batch_json(room, &evs, None, 0);
         let mut none = |_: Lane, _: u64| {};
         let mut c = ViewerCounts::new(false);
         on_message(&mut c, Wire::WsJson, room, text.as_bytes(), 0, &mut none);

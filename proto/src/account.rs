@@ -307,6 +307,7 @@ pub fn bus_event(change: pb::AccountChange, origin: &str) -> pb::BusEvent {
         membership: None,
         account: Some(change),
         moderation: None,
+        room_max_rate: 0,
     }
 }
 

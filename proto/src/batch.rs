@@ -64,6 +64,7 @@ impl BatchEncoder {
             first_seq,
             last_seq,
             online: 0,
+            sampled_out: 0,
         })
     }
 

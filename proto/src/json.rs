@@ -93,6 +93,12 @@ pub struct JsonEvent {
     pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,
+    /// A danmaku's id; on a `retract` event, the id of the event taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Sent by an app token or a room moderator (never thinned).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub priority: bool,
 }
 
 impl JsonEvent {
@@ -106,18 +112,22 @@ impl JsonEvent {
             payload: (!ev.payload_json.is_empty())
                 .then(|| serde_json::from_str(&ev.payload_json).ok())
                 .flatten(),
+            id: (!ev.id.is_empty()).then(|| ev.id.clone()),
+            priority: ev.priority,
         }
     }
 
     pub fn into_pb(self) -> pb::Event {
         pb::Event {
-            kind: pb::Kind::from_name(&self.kind).unwrap_or(pb::Kind::Unspecified) as i32,
+            kind: pb::Kind::from_event_name(&self.kind).unwrap_or(pb::Kind::Unspecified) as i32,
             sender: self.sender,
             text: self.text,
             ts_ms: self.ts_ms,
             seq: self.seq.unwrap_or(0),
             payload_json: self.payload.map(|p| p.to_string()).unwrap_or_default(),
             client_msg_id: String::new(),
+            id: self.id.unwrap_or_default(),
+            priority: self.priority,
         }
     }
 }
@@ -160,7 +170,7 @@ pub enum JsonServerFrame {
     Left {
         channel: String,
         /// Absent for a client's own `leave`; `"removed"` when the user was
-        /// removed from the group.
+        /// removed from the group, `"banned"` when banned from the channel.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         reason: String,
     },
@@ -171,6 +181,9 @@ pub enum JsonServerFrame {
         /// in most ticks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         online: Option<u64>,
+        /// Danmaku of this tick left out by hot-room thinning; absent when none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sampled_out: Option<u64>,
     },
     Reliable {
         channel: String,
@@ -232,6 +245,7 @@ impl JsonServerFrame {
                     .map(JsonEvent::from_pb)
                     .collect(),
                 online: (b.online > 0).then_some(b.online),
+                sampled_out: (b.sampled_out > 0).then_some(b.sampled_out),
             },
             Body::Reliable(r) => JsonServerFrame::Reliable {
                 channel: r.channel.clone(),
@@ -286,6 +300,8 @@ struct BatchOut<'a> {
     events: Vec<EventOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     online: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampled_out: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -298,15 +314,26 @@ struct EventOut<'a> {
     seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    priority: bool,
 }
 
 /// The JSON text of a channel's batch, built once and shared by all JSON
-/// members; `online` is the member count riding this tick, if any.
-pub fn batch_json(channel: &str, events: &[pb::Event], online: Option<u64>) -> String {
+/// members; `online` is the member count riding this tick, if any;
+/// `sampled_out` the danmaku thinning left out of it (0: none).
+pub fn batch_json(
+    channel: &str,
+    events: &[pb::Event],
+    online: Option<u64>,
+    sampled_out: u64,
+) -> String {
     let out = BatchOut {
         ty: "batch",
         channel,
         online,
+        sampled_out: (sampled_out > 0).then_some(sampled_out),
         events: events
             .iter()
             .map(|ev| EventOut {
@@ -319,6 +346,8 @@ pub fn batch_json(channel: &str, events: &[pb::Event], online: Option<u64>) -> S
                 payload: (!ev.payload_json.is_empty())
                     .then(|| serde_json::from_str::<&RawValue>(&ev.payload_json).ok())
                     .flatten(),
+                id: &ev.id,
+                priority: ev.priority,
             })
             .collect(),
     };
@@ -374,14 +403,16 @@ mod tests {
             payload_json: r#"{"color":"red"}"#.into(),
             ..Default::default()
         };
-        let text = batch_json("room:42", std::slice::from_ref(&ev), None);
+        let text = batch_json("room:42", std::slice::from_ref(&ev), None, 0);
         assert!(!text.contains("online"), "no count, no field: {text}");
         match decode_server_json(&text, &Limits::default()).unwrap() {
             JsonServerFrame::Batch {
                 channel,
                 events,
                 online,
+                sampled_out,
             } => {
+                assert_eq!(sampled_out, None);
                 assert_eq!(channel, "room:42");
                 assert_eq!(events.len(), 1);
                 assert_eq!(events[0].clone().into_pb(), ev);
@@ -393,7 +424,7 @@ mod tests {
 
     #[test]
     fn an_online_count_rides_the_batch_in_both_forms() {
-        let text = batch_json("room:42", &[], Some(100_000));
+        let text = batch_json("room:42", &[], Some(100_000), 0);
         assert_eq!(
             text,
             r#"{"type":"batch","channel":"room:42","events":[],"online":100000}"#
@@ -406,5 +437,39 @@ mod tests {
         let frame = crate::frame::server(server_frame::Body::Batch(pb_batch));
         let json = JsonServerFrame::from_pb(&frame, &Limits::default()).unwrap();
         assert_eq!(json, decode_server_json(&text, &Limits::default()).unwrap());
+    }
+
+    #[test]
+    fn sampled_out_and_retract_events_read_the_same_in_both_forms() {
+        let retract = pb::Event {
+            kind: pb::Kind::Retract as i32,
+            ts_ms: 5,
+            id: "7f3a9c".into(),
+            ..Default::default()
+        };
+        let text = batch_json("room:42", std::slice::from_ref(&retract), None, 1_234);
+        assert!(text.contains(r#""sampled_out":1234"#), "{text}");
+        assert!(text.contains(r#""kind":"retract""#), "{text}");
+        assert!(text.contains(r#""id":"7f3a9c""#), "{text}");
+        let mut enc = crate::BatchEncoder::new(3, 1 << 20).unwrap();
+        let mut pb_batch = enc
+            .encode("room:42", std::slice::from_ref(&retract))
+            .unwrap();
+        pb_batch.sampled_out = 1_234;
+        let frame = crate::frame::server(server_frame::Body::Batch(pb_batch));
+        let from_pb = JsonServerFrame::from_pb(&frame, &Limits::default()).unwrap();
+        let from_text = decode_server_json(&text, &Limits::default()).unwrap();
+        assert_eq!(from_pb, from_text);
+        match from_text {
+            JsonServerFrame::Batch {
+                sampled_out,
+                events,
+                ..
+            } => {
+                assert_eq!(sampled_out, Some(1_234));
+                assert_eq!(events[0].clone().into_pb().kind, pb::Kind::Retract as i32);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

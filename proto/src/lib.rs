@@ -21,6 +21,7 @@ pub mod framing;
 pub mod id;
 pub mod json;
 pub mod limits;
+pub mod moderation;
 pub mod pb;
 pub mod sample;
 pub mod token;

@@ -34,7 +34,7 @@ fn short_string() -> impl Strategy<Value = String> {
 
 fn event() -> impl Strategy<Value = pb::Event> {
     (
-        0i32..4,
+        0i32..5,
         short_string(),
         short_string(),
         any::<i64>(),
@@ -44,16 +44,22 @@ fn event() -> impl Strategy<Value = pb::Event> {
             Just(r#"{"gift":"rocket","n":3}"#.to_owned())
         ],
         short_string(),
+        short_string(),
+        any::<bool>(),
     )
         .prop_map(
-            |(kind, sender, text, ts_ms, seq, payload_json, client_msg_id)| pb::Event {
-                kind,
-                sender,
-                text,
-                ts_ms,
-                seq,
-                payload_json,
-                client_msg_id,
+            |(kind, sender, text, ts_ms, seq, payload_json, client_msg_id, id, priority)| {
+                pb::Event {
+                    kind,
+                    sender,
+                    text,
+                    ts_ms,
+                    seq,
+                    payload_json,
+                    client_msg_id,
+                    id,
+                    priority,
+                }
             },
         )
 }

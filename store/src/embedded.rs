@@ -30,7 +30,7 @@ use crate::message::{
     Appended, MAX_READ_LIMIT, Member, NewMessage, StoredMessage, Unread, validate,
 };
 use crate::migrations;
-use crate::moderation::{AuditEntry, ModerationAction, Policy};
+use crate::moderation::{AuditEntry, Ban, ModerationAction, Policy};
 use crate::sql::{
     ClientMsgRow, MessageRow, answer_duplicate, from_db, message_from_row, queries, to_db,
     unread_from_rows,
@@ -296,6 +296,19 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         moderation::log(&self.reader, scope, limit).await
+    }
+
+    async fn bans(&self, now_ms: i64) -> Result<Vec<Ban>, StoreError> {
+        moderation::bans(&self.reader, now_ms).await
+    }
+
+    async fn retracted(
+        &self,
+        channel: &str,
+        after_seq: u64,
+        upto_seq: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        moderation::retracted(&self.reader, channel, after_seq, upto_seq).await
     }
 }
 

@@ -59,7 +59,7 @@ pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use message::{Appended, MAX_READ_LIMIT, Member, NewMessage, StoredMessage, Unread};
 pub use moderation::{
-    AuditEntry, GLOBAL_SCOPE, ModerationAction, ModerationChange, Policy, RoomSettings,
+    AuditEntry, Ban, GLOBAL_SCOPE, ModerationAction, ModerationChange, Policy, RoomSettings,
     SettingsPatch,
 };
 pub use postgres::{PostgresStore, PostgresStoreConfig};

@@ -68,6 +68,7 @@ impl StoredMessage {
             seq: self.seq,
             payload_json: self.payload_json.unwrap_or_default(),
             client_msg_id: self.client_msg_id.unwrap_or_default(),
+            ..Default::default()
         }
     }
 }
@@ -128,6 +129,7 @@ mod tests {
                 seq: 7,
                 payload_json: String::new(),
                 client_msg_id: "c-1".into(),
+                ..Default::default()
             }
         );
         let odd = StoredMessage {

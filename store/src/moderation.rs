@@ -1,5 +1,6 @@
 //! Moderation state: word lists, room moderators, mutes, room settings and the
-//! audit trail (migration 0004). Both backends run these queries word for word;
+//! audit trail (migration 0004); channel bans and retracted gifts/chat
+//! (migration 0005). Both backends run these queries word for word;
 //! each only hands over where to run them (its reader pool, or the transaction
 //! it opened its own way), as in `membership.rs`.
 //!
@@ -58,6 +59,22 @@ pub enum ModerationChange {
         user: String,
     },
     Settings(SettingsPatch),
+    /// Bans `user` from the channel until `until_ms` (`None`: permanently),
+    /// replacing an earlier ban.
+    Ban {
+        user: String,
+        until_ms: Option<i64>,
+    },
+    Unban {
+        user: String,
+    },
+    /// Takes back one event: a gift or chat message by its `seq` (stored:
+    /// history no longer returns it), or a danmaku by its `id` (`seq` `None`:
+    /// nothing is stored of danmaku, only the audit row).
+    Retract {
+        id: String,
+        seq: Option<u64>,
+    },
 }
 
 impl ModerationChange {
@@ -73,6 +90,13 @@ impl ModerationChange {
             Self::RemoveModerator { user } => ("remove_moderator", user, String::new()),
             Self::Mute { user, until_ms } => ("mute", user, format!("until_ms={until_ms}")),
             Self::Unmute { user } => ("unmute", user, String::new()),
+            Self::Ban { user, until_ms } => (
+                "ban",
+                user,
+                until_ms.map_or_else(|| "permanent".to_owned(), |u| format!("until_ms={u}")),
+            ),
+            Self::Unban { user } => ("unban", user, String::new()),
+            Self::Retract { id, .. } => ("retract", "", format!("id={id}")),
             Self::Settings(p) => {
                 let mut parts = Vec::new();
                 if let Some(s) = p.slow_mode_secs {
@@ -107,7 +131,8 @@ pub struct AuditEntry {
     pub id: u64,
     pub scope: String,
     pub actor: String,
-    /// `set_wordlist`, `add_moderator`, `remove_moderator`, `mute`, `unmute`, `settings`.
+    /// `set_wordlist`, `add_moderator`, `remove_moderator`, `mute`, `unmute`,
+    /// `settings`, `ban`, `unban`, `retract`.
     pub action: String,
     /// The user acted on; empty for room-wide actions.
     pub target: String,
@@ -126,6 +151,18 @@ pub struct Policy {
     /// `(user, until_ms)` of mutes still running at the time asked, sorted by user.
     pub mutes: Vec<(String, i64)>,
     pub settings: RoomSettings,
+    /// `(user, until_ms)` of bans in force at the time asked (`None`:
+    /// permanent), sorted by user.
+    pub bans: Vec<(String, Option<i64>)>,
+}
+
+/// A ban in force: `user` may not post in or join `channel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub channel: String,
+    pub user: String,
+    /// When it ends (ms since the epoch); `None`: permanent.
+    pub until_ms: Option<i64>,
 }
 
 /// Checks an action before anything is written.
@@ -148,12 +185,25 @@ pub(crate) fn validate(a: &ModerationAction) -> Result<(), StoreError> {
         ModerationChange::AddModerator { user }
         | ModerationChange::RemoveModerator { user }
         | ModerationChange::Mute { user, .. }
-        | ModerationChange::Unmute { user } => {
+        | ModerationChange::Unmute { user }
+        | ModerationChange::Ban { user, .. }
+        | ModerationChange::Unban { user } => {
             if user.is_empty() {
                 return Err(StoreError::Invalid("empty user".into()));
             }
         }
-        ModerationChange::Settings(_) => {}
+        ModerationChange::Retract { id, .. } if id.is_empty() => {
+            return Err(StoreError::Invalid("empty message id".into()));
+        }
+        ModerationChange::Settings(_) | ModerationChange::Retract { .. } => {}
+    }
+    if let ModerationChange::Ban {
+        until_ms: Some(until),
+        ..
+    } = a.change
+        && until <= 0
+    {
+        return Err(StoreError::Invalid("a ban's end must be positive".into()));
     }
     if a.scope == GLOBAL_SCOPE && !matches!(a.change, ModerationChange::SetWordlist { .. }) {
         return Err(StoreError::Invalid(
@@ -185,6 +235,18 @@ mod sql {
     pub const MUTE: &str = "INSERT INTO mutes (channel, user_id, until_ms) VALUES ($1, $2, $3) \
          ON CONFLICT (channel, user_id) DO UPDATE SET until_ms = excluded.until_ms";
     pub const UNMUTE: &str = "DELETE FROM mutes WHERE channel = $1 AND user_id = $2";
+    /// `until_ms` 0: permanent.
+    pub const BAN: &str = "INSERT INTO bans (channel, user_id, until_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (channel, user_id) DO UPDATE SET until_ms = excluded.until_ms";
+    pub const UNBAN: &str = "DELETE FROM bans WHERE channel = $1 AND user_id = $2";
+    pub const RETRACT: &str = "INSERT INTO retractions (channel, seq, ts_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (channel, seq) DO NOTHING";
+    pub const BANS_OF: &str = "SELECT user_id, until_ms FROM bans \
+         WHERE channel = $1 AND (until_ms = 0 OR until_ms > $2) ORDER BY user_id";
+    pub const BANS: &str = "SELECT channel, user_id, until_ms FROM bans \
+         WHERE until_ms = 0 OR until_ms > $1";
+    pub const RETRACTED: &str = "SELECT seq FROM retractions \
+         WHERE channel = $1 AND seq > $2 AND seq <= $3 ORDER BY seq";
     /// Absent fields (NULL) keep the stored value, or 0 for a new row.
     pub const SETTINGS: &str = "INSERT INTO room_settings \
          (channel, slow_mode_secs, mute_all, max_rate) \
@@ -206,6 +268,7 @@ mod sql {
     pub const SCOPES: &str = "SELECT scope FROM wordlists \
          UNION SELECT channel FROM moderators \
          UNION SELECT channel FROM mutes WHERE until_ms > $1 \
+         UNION SELECT channel FROM bans WHERE until_ms = 0 OR until_ms > $1 \
          UNION SELECT channel FROM room_settings";
     pub const HEAD: &str = "SELECT COALESCE(MAX(id), 0) FROM moderation_log";
     pub const READ_LOG: &str = "SELECT id, channel, actor, action, target, detail, ts_ms \
@@ -279,11 +342,59 @@ where
                 .execute(&mut *tx)
                 .await?
         }
+        ModerationChange::Ban { user, until_ms } => {
+            sqlx::query::<DB>(sql::BAN)
+                .bind(scope)
+                .bind(user.as_str())
+                .bind(until_ms.unwrap_or(0))
+                .execute(&mut *tx)
+                .await?
+        }
+        ModerationChange::Unban { user } => {
+            sqlx::query::<DB>(sql::UNBAN)
+                .bind(scope)
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?
+        }
+        ModerationChange::Retract { seq: Some(seq), .. } => {
+            sqlx::query::<DB>(sql::RETRACT)
+                .bind(scope)
+                .bind(to_db(*seq))
+                .bind(a.ts_ms)
+                .execute(&mut *tx)
+                .await?
+        }
+        ModerationChange::Retract { seq: None, .. } => {
+            // A danmaku is not stored: only the audit row says it was taken back.
+            let (action, target, detail) = a.change.describe();
+            log_row::<DB>(tx, a, action, target, &detail).await?;
+            return Ok(true);
+        }
     };
     let changed = DB::rows_affected(&result) > 0;
     let (action, target, detail) = a.change.describe();
+    log_row::<DB>(tx, a, action, target, &detail).await?;
+    Ok(changed)
+}
+
+/// Appends the audit row of `a`.
+async fn log_row<DB>(
+    tx: &mut DB::Connection,
+    a: &ModerationAction,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), StoreError>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    i64: for<'a> Encode<'a, DB> + Type<DB>,
+    DB::Arguments: IntoArguments<DB>,
+{
     sqlx::query::<DB>(sql::LOG)
-        .bind(scope)
+        .bind(a.scope.as_str())
         .bind(a.actor.as_str())
         .bind(action)
         .bind(target)
@@ -291,7 +402,55 @@ where
         .bind(a.ts_ms)
         .execute(&mut *tx)
         .await?;
-    Ok(changed)
+    Ok(())
+}
+
+/// Every ban in force at `now_ms`, over all channels (an edge loads them at
+/// start to refuse `join`).
+pub(crate) async fn bans<'c, DB, E>(db: E, now_ms: i64) -> Result<Vec<Ban>, StoreError>
+where
+    DB: Database,
+    E: Executor<'c, Database = DB>,
+    i64: for<'a> Encode<'a, DB> + Type<DB>,
+    DB::Arguments: IntoArguments<DB>,
+    (String, String, i64): for<'r> FromRow<'r, DB::Row>,
+{
+    let rows = sqlx::query_as::<DB, (String, String, i64)>(sql::BANS)
+        .bind(now_ms)
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(channel, user, until)| Ban {
+            channel,
+            user,
+            until_ms: (until > 0).then_some(until),
+        })
+        .collect())
+}
+
+/// The retracted seqs of `channel` in `after_seq < seq <= upto_seq`, ascending.
+pub(crate) async fn retracted<'c, DB, E>(
+    db: E,
+    channel: &str,
+    after_seq: u64,
+    upto_seq: u64,
+) -> Result<Vec<u64>, StoreError>
+where
+    DB: Database,
+    E: Executor<'c, Database = DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    i64: for<'a> Encode<'a, DB> + Type<DB>,
+    DB::Arguments: IntoArguments<DB>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+{
+    let rows = sqlx::query_as::<DB, (i64,)>(sql::RETRACTED)
+        .bind(channel)
+        .bind(to_db(after_seq))
+        .bind(to_db(upto_seq))
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|(s,)| from_db(s)).collect())
 }
 
 /// The stored policy of `scope`, with the mutes still running at `now_ms`.
@@ -324,6 +483,11 @@ where
         .bind(scope)
         .fetch_optional(db)
         .await?;
+    let bans: Vec<(String, i64)> = sqlx::query_as::<DB, (String, i64)>(sql::BANS_OF)
+        .bind(scope)
+        .bind(now_ms)
+        .fetch_all(db)
+        .await?;
     let (block, mask) = words.map_or_else(Default::default, |(b, m)| (split(&b), split(&m)));
     Ok(Policy {
         block,
@@ -335,6 +499,10 @@ where
             mute_all: m != 0,
             max_rate: from_db(r),
         }),
+        bans: bans
+            .into_iter()
+            .map(|(u, until)| (u, (until > 0).then_some(until)))
+            .collect(),
     })
 }
 

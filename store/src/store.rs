@@ -6,7 +6,7 @@ use danmaku_proto::pb;
 
 use crate::error::StoreError;
 use crate::message::{Appended, Member, NewMessage, StoredMessage, Unread};
-use crate::moderation::{AuditEntry, ModerationAction, Policy};
+use crate::moderation::{AuditEntry, Ban, ModerationAction, Policy};
 
 /// Persistent state of the reliable lane. Object safe: services hold an
 /// `Arc<dyn Store>` returned by [`connect`].
@@ -106,6 +106,19 @@ pub trait Store: Send + Sync + 'static {
         scope: &str,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Every channel ban in force at `now_ms` (ms since the epoch), over all
+    /// channels: what an edge loads at start to refuse `join`.
+    async fn bans(&self, now_ms: i64) -> Result<Vec<Ban>, StoreError>;
+
+    /// The seqs of `channel` in `after_seq < seq <= upto_seq` a moderator
+    /// retracted, ascending (history leaves them out).
+    async fn retracted(
+        &self,
+        channel: &str,
+        after_seq: u64,
+        upto_seq: u64,
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// Persists an account change (token revocation, user revocation, block or
     /// lifted block), merged with what is stored for the same token or user:

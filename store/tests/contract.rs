@@ -1006,6 +1006,141 @@ pub async fn moderation_refuses_bad_input_and_survives_reopen(fx: Fixture) {
     assert_eq!(s.moderation_log(&room, 10).await.unwrap().len(), 2);
 }
 
+pub async fn bans_and_retractions_round_trip_and_survive_reopen(fx: Fixture) {
+    let room = unique("room");
+    let other = unique("room");
+    let now = 1_800_000_000_000;
+    let ban = |user: &str, until_ms: Option<i64>| ModerationChange::Ban {
+        user: user.into(),
+        until_ms,
+    };
+    {
+        let s = &*fx.store;
+        assert!(
+            s.moderate(&action(&room, "mia", ban("troll", Some(now + 60_000)), now))
+                .await
+                .unwrap()
+        );
+        s.moderate(&action(&room, "app", ban("spammer", None), now))
+            .await
+            .unwrap();
+        s.moderate(&action(&room, "app", ban("gone", Some(now - 1)), now))
+            .await
+            .unwrap();
+        s.moderate(&action(&other, "app", ban("troll", None), now))
+            .await
+            .unwrap();
+        // A new ban replaces the old one; an unban removes it.
+        s.moderate(&action(&other, "app", ban("troll", Some(now + 5)), now))
+            .await
+            .unwrap();
+        s.moderate(&action(&room, "app", ban("brief", None), now))
+            .await
+            .unwrap();
+        assert!(
+            s.moderate(&action(
+                &room,
+                "app",
+                ModerationChange::Unban {
+                    user: "brief".into()
+                },
+                now
+            ))
+            .await
+            .unwrap()
+        );
+        assert!(
+            !s.moderate(&action(
+                &room,
+                "app",
+                ModerationChange::Unban {
+                    user: "nobody".into()
+                },
+                now
+            ))
+            .await
+            .unwrap()
+        );
+        let p = s.policy(&room, now).await.unwrap();
+        assert_eq!(
+            p.bans,
+            vec![
+                ("spammer".to_string(), None),
+                ("troll".to_string(), Some(now + 60_000))
+            ],
+            "ended and lifted bans are not in force"
+        );
+        assert!(
+            s.policy_scopes(now).await.unwrap().contains(&room),
+            "a room with only bans has a policy"
+        );
+        let mine: Vec<_> = s
+            .bans(now)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|b| b.channel == room || b.channel == other)
+            .map(|b| (b.channel == room, b.user, b.until_ms))
+            .collect();
+        assert_eq!(mine.len(), 3, "{mine:?}");
+        assert!(mine.contains(&(false, "troll".into(), Some(now + 5))));
+        // Retractions: gifts/chat by seq are stored once; a danmaku leaves the audit row only.
+        let retract = |id: &str, seq: Option<u64>| ModerationChange::Retract { id: id.into(), seq };
+        assert!(
+            s.moderate(&action(&room, "mia", retract("3", Some(3)), now))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.moderate(&action(&room, "mia", retract("3", Some(3)), now))
+                .await
+                .unwrap(),
+            "already retracted"
+        );
+        s.moderate(&action(&room, "mia", retract("7", Some(7)), now))
+            .await
+            .unwrap();
+        assert!(
+            s.moderate(&action(
+                &room,
+                "mia",
+                retract("0190a1b2c3d4e5f60718293a4b", None),
+                now
+            ))
+            .await
+            .unwrap()
+        );
+        assert_eq!(s.retracted(&room, 0, 10).await.unwrap(), vec![3, 7]);
+        assert_eq!(s.retracted(&room, 3, 6).await.unwrap(), Vec::<u64>::new());
+        assert_eq!(s.retracted(&other, 0, 10).await.unwrap(), Vec::<u64>::new());
+        let log = s.moderation_log(&room, 3).await.unwrap();
+        assert_eq!(
+            log.iter()
+                .map(|e| (e.action.as_str(), e.detail.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("retract", "id=0190a1b2c3d4e5f60718293a4b"),
+                ("retract", "id=7"),
+                ("retract", "id=3")
+            ]
+        );
+        // Bad input: nothing written.
+        for bad in [ban("", None), ban("x", Some(0)), retract("", Some(1))] {
+            let err = s
+                .moderate(&action(&room, "app", bad, now))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "invalid", "{err}");
+        }
+        assert_eq!(s.moderation_log(&room, 100).await.unwrap().len(), 10);
+    }
+    drop(fx.store);
+    let s = danmaku_store::connect(&fx.url).await.unwrap();
+    let p = s.policy(&room, now).await.unwrap();
+    assert_eq!(p.bans.len(), 2, "a restart keeps bans");
+    assert_eq!(s.retracted(&room, 0, 10).await.unwrap(), vec![3, 7]);
+}
+
 macro_rules! contract_suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -1032,6 +1167,7 @@ macro_rules! contract_suite {
                 account_changes_merge_survive_reopen_and_purge,
                 moderation_state_round_trips,
                 moderation_refuses_bad_input_and_survives_reopen,
+                bans_and_retractions_round_trip_and_survive_reopen,
             );
         }
     };

@@ -378,4 +378,58 @@ describe("the player page in Chromium", () => {
     assert.deepEqual(page.errors, []);
     await page.close();
   });
+
+  test("moderation: a retraction takes the comment and the gift off screen; a muted viewer sees the time left; +N in a thinned room", async () => {
+    const room = "room:b6";
+    const page = await openPlayer(room, "ivy");
+    const json = await openPlayer(room, "jack", "&protocol=json");
+    const app = await server.token("backend", "app");
+    const kim = await server.token("kim");
+    const call = async (method, path, body) => {
+      const r = await fetch(`${server.baseUrl}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${app}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return [r.status, await r.json()];
+    };
+    // A long comment stays on the stage for seconds: long enough to be taken back.
+    const text = "this comment will be retracted by a moderator, please wait";
+    const { id } = await server.post(kim, room, { kind: "danmaku", text });
+    assert.equal(id.length, 27);
+    for (const p of [page, json]) {
+      await until("comment shown", () => p.evaluate((id) => window.__danmaku.onStage(id), id));
+    }
+    assert.equal((await call("DELETE", `/v1/channels/${encodeURIComponent(room)}/messages/${id}`))[0], 200);
+    for (const p of [page, json]) {
+      await until("comment retracted", () => p.evaluate((id) => window.__danmaku.retracted.includes(id) && !window.__danmaku.onStage(id), id));
+    }
+    // A gift: by its seq, out of the feed.
+    const { seq } = await server.post(kim, room, { kind: "gift", text: "rocket", payload: { gift: "rocket", n: 1 } });
+    await until("gift shown", async () => (await feedCount(page, seq)) === 1);
+    assert.equal((await call("DELETE", `/v1/channels/${encodeURIComponent(room)}/messages/${seq}`))[0], 200);
+    await until("gift retracted", async () => (await feedCount(page, seq)) === 0 && (await feedCount(json, seq)) === 0);
+    const banner = (p) => p.evaluate((s) => document.querySelector(`#gift-lane .banner[data-seq="${s}"]`) !== null, seq);
+    assert.equal(await banner(page) || await banner(json), false, "no banner of a retracted gift");
+    // A mute of this page's user: the notice with the time left, on this page only.
+    const [status] = await call("PUT", `/v1/channels/${encodeURIComponent(room)}/mutes/ivy`, { seconds: 120 });
+    assert.equal(status, 200);
+    await until("mute notice", () => page.$eval("#notice", (el) => !el.hidden && /muted .* 1[12]\d s/.test(el.textContent)));
+    assert.equal(await json.$eval("#notice", (el) => el.hidden), true, "nobody else is told");
+    await shot(page, "muted-notice.png");
+    // Thinning: a room capped at 20/s, 300 danmaku at once: the page shows +N.
+    assert.equal((await call("PUT", `/v1/channels/${encodeURIComponent(room)}/settings`, { max_rate: 20 }))[0], 200);
+    const url = `${server.baseUrl}/v1/channels/${encodeURIComponent(room)}/messages`;
+    const codes = await Promise.all(Array.from({ length: 300 }, (_, i) => post(url, kim, { kind: "danmaku", text: `flood ${i}` })));
+    assert.ok(codes.every((c) => c === 202), `posts accepted: ${[...new Set(codes)]}`);
+    for (const p of [page, json]) {
+      await until("+N shown", () => p.evaluate(() => window.__danmaku.sampledOut > 0 && document.querySelector("#sampled").textContent.startsWith("+")));
+    }
+    const shown = await dbg(page, () => window.__danmaku.sampledOut);
+    assert.ok(shown >= 200, `most of the flood is left out (sampled_out ${shown})`);
+    await shot(page, "sampled-out.png");
+    assert.deepEqual([...page.errors, ...json.errors], []);
+    await page.close();
+    await json.close();
+  });
 });

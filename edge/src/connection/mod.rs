@@ -37,11 +37,9 @@ use crate::transport::Transport;
 /// Something for the connection's task to act on besides a frame.
 #[derive(Debug)]
 pub(crate) enum Wake {
-    /// A user was removed from a group this connection joined.
-    Removed {
-        channel: ChannelName,
-        user: Arc<str>,
-    },
+    /// A user was removed from a group, or banned from a channel, this
+    /// connection may have joined.
+    Removed(Arc<crate::channels::Removal>),
     /// A user was muted in a channel (the notice is for that user only).
     Muted(Arc<crate::channels::MuteNotice>),
     /// Reliable seqs of `channel` did not reach the connection live.
@@ -74,10 +72,7 @@ impl WakeQueue {
             _ = self.overflow.notified() => Wake::Overflow,
             _ = tokio::time::sleep_until(deadline) => Wake::Timer,
             Some(e) = self.rx.recv() => match e {
-                ConnEvent::Removed(r) => Wake::Removed {
-                    channel: r.channel.clone(),
-                    user: Arc::clone(&r.user),
-                },
+                ConnEvent::Removed(r) => Wake::Removed(r),
                 ConnEvent::Muted(n) => Wake::Muted(n),
                 ConnEvent::Missed(c) => Wake::Missed(c),
                 ConnEvent::Stalled(c) => Wake::Stalled(c),
@@ -241,7 +236,7 @@ fn next_deadline(session: &Session) -> Option<Instant> {
 
 async fn on_wake(session: &mut Session, wake: Wake) -> Flow {
     match wake {
-        Wake::Removed { channel, user } => handlers::leave::removed(session, channel, &user).await,
+        Wake::Removed(removal) => handlers::leave::removed(session, &removal).await,
         Wake::Muted(notice) => handlers::notice::muted(session, &notice).await,
         Wake::Missed(channel) => reliable::on_missed(session, &channel).await,
         Wake::Stalled(channel) => reliable::on_stalled(session, &channel).await,

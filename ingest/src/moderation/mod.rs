@@ -22,12 +22,20 @@
 //! whose posts are spread over N ingest nodes by a load balancer could post N
 //! times per window (pin users to a node, e.g. by hashing the token, to avoid it).
 //!
+//! Bans (part B) are announced with the banned user and the ban's end
+//! ([`danmaku_proto::moderation::ban_event`]): every edge keeps every ban in
+//! force to refuse `join`, and makes the user's connections leave the channel.
+//! A ban whose announcement failed answers `503 bus_unavailable` (stored; the
+//! `PUT` is retried to tell the edges).
+//!
 //! Endpoints, one module each: [`wordlist`], [`moderators`], [`mutes`],
-//! [`settings`], [`audit`].
+//! [`bans`], [`retract`], [`settings`], [`audit`].
 
 pub mod audit;
+pub mod bans;
 pub mod moderators;
 pub mod mutes;
+pub mod retract;
 pub mod settings;
 pub mod sync;
 pub mod wordlist;
@@ -48,11 +56,12 @@ use crate::screening::RoomPolicy;
 use crate::screening::filter::{self, Filter, Verdict, WordList};
 
 /// The bus key of moderation announcements. Never a channel name (those are
-/// `room:…` / `group:…`), so edges drop these at their hosted-channel lookup
-/// (counted as `no_local_members`) without decoding them.
-pub const MODERATION_BUS_KEY: &str = "!moderation";
+/// `room:…` / `group:…`); edges decode only the bans among them.
+pub use danmaku_proto::moderation::MODERATION_BUS_KEY;
 /// Longest mute, in seconds (30 days).
 pub const MAX_MUTE_SECS: i64 = 30 * 86_400;
+/// Longest timed ban, in seconds (10 years; omit `seconds` for a permanent one).
+pub const MAX_BAN_SECS: i64 = 10 * 365 * 86_400;
 /// Highest `max_rate`, danmaku per second per room.
 pub const MAX_ROOM_RATE: i64 = 1_000_000;
 /// Largest word-list body, in bytes: 100,000 words of a few characters each.
@@ -74,6 +83,12 @@ pub(crate) struct Screened {
     pub text: String,
     /// Characters replaced by `*`.
     pub masked: usize,
+    /// Sent by an `app` token or a moderator of the room: hot-room thinning
+    /// never leaves it out (`Event.priority`).
+    pub priority: bool,
+    /// The room's `max_rate` setting (0: none), stamped on its danmaku for
+    /// the edges' thinning (`BusEvent.room_max_rate`).
+    pub max_rate: u32,
 }
 
 impl Ingest {
@@ -106,9 +121,10 @@ impl Ingest {
     }
 
     /// Applies the room policy and the word lists to a post by `claims.sub`:
-    /// a running mute, `mute_all`, block words, slow mode; mask words. Gifts
-    /// are purchases: mutes, `mute_all` and slow mode do not hold them back
-    /// (the word lists still apply to their text).
+    /// a ban (every kind, everyone but `app` tokens), a running mute,
+    /// `mute_all`, block words, slow mode; mask words. Gifts are purchases:
+    /// mutes, `mute_all` and slow mode do not hold them back (the word lists
+    /// still apply to their text).
     pub(crate) fn screen_post(
         &self,
         channel: &ChannelName,
@@ -120,6 +136,18 @@ impl Ingest {
         let now = now_ms();
         let privileged =
             claims.role == APP_ROLE || room.as_ref().is_some_and(|r| r.is_moderator(&claims.sub));
+        if claims.role != APP_ROLE
+            && let Some(until_ms) = room.as_ref().and_then(|r| r.banned_until(&claims.sub, now))
+        {
+            return Err(self.refuse(ApiError::Banned {
+                channel: channel.to_string(),
+                until_ms,
+                now_ms: now,
+            }));
+        }
+        let max_rate = room.as_ref().map_or(0, |r| {
+            u32::try_from(r.settings.max_rate).unwrap_or(u32::MAX)
+        });
         let held = kind != pb::Kind::Gift && !privileged;
         if held && let Some(room) = &room {
             // The user's own mute first: it says until when.
@@ -137,7 +165,12 @@ impl Ingest {
         let global = self.moderation.global();
         let filters = std::iter::once(&*global).chain(room.as_deref().map(|r| &*r.filter));
         let screened = match filter::check(&text, filters) {
-            Verdict::Clean => Screened { text, masked: 0 },
+            Verdict::Clean => Screened {
+                text,
+                masked: 0,
+                priority: privileged,
+                max_rate,
+            },
             Verdict::Blocked => {
                 self.metrics
                     .filtered_total
@@ -150,7 +183,12 @@ impl Ingest {
                     .filtered_total
                     .with_label_values(&["masked"])
                     .inc();
-                Screened { text, masked }
+                Screened {
+                    text,
+                    masked,
+                    priority: privileged,
+                    max_rate,
+                }
             }
         };
         if held && let Some(room) = &room {
@@ -217,7 +255,18 @@ impl Ingest {
             }
             ModerationChange::Mute { .. } | ModerationChange::Unmute { .. } => "mutes",
             ModerationChange::Settings(_) => "settings",
+            ModerationChange::Ban { .. } | ModerationChange::Unban { .. } => "bans",
+            ModerationChange::Retract { .. } => "retract",
         };
+        // What the edges must hear of (a ban), announced instead of the bare scope.
+        let ban = match &change {
+            ModerationChange::Ban { user, until_ms } => {
+                Some((user.clone(), until_ms.unwrap_or(0), false))
+            }
+            ModerationChange::Unban { user } => Some((user.clone(), 0, true)),
+            _ => None,
+        };
+        let retract = matches!(change, ModerationChange::Retract { .. });
         let action = ModerationAction {
             scope: scope.to_owned(),
             actor: actor.to_owned(),
@@ -232,11 +281,34 @@ impl Ingest {
             .with_label_values(&[what])
             .inc();
         tracing::info!(scope, actor, what, changed, "moderation change");
+        if retract {
+            // Nothing any node screens posts with: the retract event is the news.
+            return Ok(changed);
+        }
         if let Err(e) = self.reload_scope(scope, "local").await {
             // Stored but not loaded here: the periodic reload will pick it up.
             tracing::warn!(scope, error = %e, "reloading after a change failed");
         }
-        self.announce(scope, what).await;
+        match ban {
+            Some((user, until_ms, lifted)) => {
+                let event = danmaku_proto::moderation::ban_event(
+                    scope,
+                    &user,
+                    until_ms,
+                    lifted,
+                    &self.config.node_id,
+                );
+                let key = bytes::Bytes::from_static(MODERATION_BUS_KEY.as_bytes());
+                if let Err(e) = self.bus.publish(key, frame::encode(&event)).await {
+                    self.metrics.moderation_announce_failures_total.inc();
+                    return Err(ApiError::BusUnavailable(format!(
+                        "the {} of {user} in {scope} is stored but the edges were not told ({e}); retry",
+                        if lifted { "unban" } else { "ban" }
+                    )));
+                }
+            }
+            None => self.announce(scope, what).await,
+        }
         Ok(changed)
     }
 
@@ -257,6 +329,7 @@ impl Ingest {
                 what: what.to_owned(),
                 ..Default::default()
             }),
+            room_max_rate: 0,
         };
         let key = bytes::Bytes::from_static(MODERATION_BUS_KEY.as_bytes());
         if let Err(e) = self.bus.publish(key, frame::encode(&event)).await {
@@ -287,7 +360,9 @@ impl Ingest {
                 what: "mute".to_owned(),
                 user: user.to_owned(),
                 until_ms,
+                lifted: false,
             }),
+            room_max_rate: 0,
         };
         let key = bytes::Bytes::copy_from_slice(channel.as_str().as_bytes());
         if let Err(e) = self.bus.publish(key, frame::encode(&event)).await {
@@ -348,6 +423,9 @@ impl Ingest {
         self.metrics
             .active_mutes
             .set(self.moderation.active_mutes(now_ms()) as i64);
+        self.metrics
+            .active_bans
+            .set(self.moderation.active_bans(now_ms()) as i64);
     }
 
     /// Loads one scope (caller holds the reload lock). Compiling a big list
@@ -362,6 +440,7 @@ impl Ingest {
             moderators,
             mutes,
             settings,
+            bans,
         } = policy;
         let list = WordList { block, mask };
         let loaded = if scope == GLOBAL_SCOPE {
@@ -388,10 +467,12 @@ impl Ingest {
             moderators: moderators.into_iter().collect(),
             mutes: mutes.into_iter().collect(),
             settings,
+            bans: bans.into_iter().collect(),
         };
         if room.filter.is_empty()
             && room.moderators.is_empty()
             && room.mutes.is_empty()
+            && room.bans.is_empty()
             && room.settings == RoomSettings::default()
         {
             self.moderation.rooms.remove(scope);

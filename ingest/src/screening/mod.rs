@@ -27,11 +27,22 @@ pub struct RoomPolicy {
     /// user → until_ms (may have passed since loading: compare with now).
     pub mutes: HashMap<String, i64>,
     pub settings: RoomSettings,
+    /// user → when the ban ends (`None`: permanent; a time may have passed
+    /// since loading: compare with now).
+    pub bans: HashMap<String, Option<i64>>,
 }
 
 impl RoomPolicy {
     pub fn is_moderator(&self, user: &str) -> bool {
         self.moderators.contains(user)
+    }
+
+    /// `Some(end)` (`None` inside: permanent) when `user` is banned at `now_ms`.
+    pub fn banned_until(&self, user: &str, now_ms: i64) -> Option<Option<i64>> {
+        self.bans
+            .get(user)
+            .copied()
+            .filter(|until| until.is_none_or(|u| u > now_ms))
     }
 
     /// The end of `user`'s mute when it is still running at `now_ms`.
@@ -82,6 +93,19 @@ impl Moderation {
             .sum()
     }
 
+    /// Bans in force over all rooms at `now_ms`.
+    pub fn active_bans(&self, now_ms: i64) -> usize {
+        self.rooms
+            .iter()
+            .map(|r| {
+                r.bans
+                    .values()
+                    .filter(|u| u.is_none_or(|u| u > now_ms))
+                    .count()
+            })
+            .sum()
+    }
+
     /// Words in the global list and in all room lists.
     pub(crate) fn words(&self) -> (usize, usize) {
         let rooms = self.rooms.iter().map(|r| r.filter.words()).sum();
@@ -108,5 +132,21 @@ mod tests {
         assert_eq!(room.muted_until("troll", 999), Some(1_000));
         assert_eq!(room.muted_until("troll", 1_000), None);
         assert_eq!(room.muted_until("alice", 0), None);
+    }
+
+    #[test]
+    fn a_ban_ends_at_its_time_or_never() {
+        let room = RoomPolicy {
+            bans: [
+                ("troll".to_string(), Some(1_000)),
+                ("spam".to_string(), None),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        assert_eq!(room.banned_until("troll", 999), Some(Some(1_000)));
+        assert_eq!(room.banned_until("troll", 1_000), None);
+        assert_eq!(room.banned_until("spam", i64::MAX), Some(None));
+        assert_eq!(room.banned_until("alice", 0), None);
     }
 }

@@ -29,7 +29,7 @@ export const SUBPROTOCOL_JSON = "danmaku.v1.json";
 export const FINAL_CODES = new Set(["token_revoked", "user_blocked"]);
 
 /** Errors of a join answered with an `error` frame instead of `joined`. */
-const JOIN_ERRORS = new Set(["bad_channel", "too_many_channels", "not_member"]);
+const JOIN_ERRORS = new Set(["bad_channel", "too_many_channels", "not_member", "banned"]);
 
 function defaultBaseUrl() {
   const loc = globalThis.location;
@@ -85,8 +85,12 @@ export class DanmakuClient {
   /**
    * Subscribes to an event kind: `danmaku`, `gift`, `chat` (one event each),
    * `event` (every event), `batch` ({channel, events}), `reliable` ({channel, seq, event}),
-   * `online` ({channel, online}), `joined`, `left`, `state` ({state, resumed, protocol}),
-   * `error` (Error or {code, message}), `redirect`.
+   * `online` ({channel, online}), `joined`, `left` ({channel, reason?}: `removed`,
+   * `banned`), `state` ({state, resumed, protocol}), `error` (Error or {code, message}),
+   * `redirect`; moderation: `retract` ({channel, id}: take that comment off screen;
+   * `id` is a danmaku's `id`, or a gift's / chat message's seq in decimal),
+   * `sampled_out` ({channel, count}: a tick left `count` danmaku out, show "+count"),
+   * `notice` ({channel, code: "muted", until_ms}: to the muted user only).
    * @returns {() => void} unsubscribe
    */
   on(kind, fn) {
@@ -470,12 +474,18 @@ export class DanmakuClient {
         // (seq > 0) go through the tracker like `reliable` frames; the batch
         // the app sees holds the danmaku.
         this.stats.batches++;
+        // Moderation rides the tick too: `sampled_out` (danmaku hot-room
+        // thinning left out) is a `sampled_out` event before the batch, and
+        // retractions are `retract` events after it, never in `batch.events`.
         if (f.online > 0) this.#emit("online", { type: "online", channel: f.channel, online: f.online });
+        if (f.sampled_out > 0) this.#emit("sampled_out", { channel: f.channel, count: f.sampled_out });
         let danmaku = f.events;
-        if (f.events.some((ev) => ev.seq > 0)) {
+        const retracts = [];
+        if (f.events.some((ev) => ev.seq > 0 || ev.kind === "retract")) {
           danmaku = [];
           for (const ev of f.events) {
             if (ev.seq > 0) this.#onReliable(f.channel, ev.seq, ev);
+            else if (ev.kind === "retract") retracts.push(ev);
             else danmaku.push(ev);
           }
         }
@@ -485,6 +495,7 @@ export class DanmakuClient {
           this.#emit("event", ev, f.channel);
           this.#emit(ev.kind, ev, f.channel);
         }
+        for (const ev of retracts) this.#emit("retract", { channel: f.channel, id: ev.id ?? "" });
         break;
       }
       case "reliable":
@@ -501,7 +512,12 @@ export class DanmakuClient {
         break;
       }
       case "left":
+        // Removed from the group or banned: not re-joined after a reconnect.
+        if (f.reason === "removed" || f.reason === "banned") this.channels.delete(f.channel);
         this.#emit("left", f);
+        break;
+      case "notice":
+        this.#emit("notice", f);
         break;
       case "online":
         this.#emit("online", f);

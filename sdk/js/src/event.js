@@ -2,7 +2,7 @@
 // the ground both the frame codec (pb.js) and the batch codec (batch.js) stand on.
 
 /** Kind enum of proto/danmaku.proto, by number. */
-export const KINDS = ["unspecified", "danmaku", "gift", "chat"];
+export const KINDS = ["unspecified", "danmaku", "gift", "chat", "retract"];
 
 /** A frame that could not be decoded (bad bytes, limits exceeded). */
 export class DecodeError extends Error {
@@ -34,6 +34,8 @@ export function readEvent(r, end) {
       case 5: ev.seq = toNum(r.uint64()); break;
       case 6: payloadJson = r.string(); break;
       case 7: cmid = r.string(); break;
+      case 8: ev.id = r.string(); break;
+      case 9: ev.priority = r.bool(); break;
       default: r.skip(wt, no);
     }
   }

@@ -17,12 +17,12 @@ export const PROTOCOL_VERSION = 1;
 
 /** Field numbers (mirrors proto/danmaku.proto; checked by the tests). */
 export const FIELDS = {
-  Event: { kind: 1, sender: 2, text: 3, ts_ms: 4, seq: 5, payload_json: 6, client_msg_id: 7 },
-  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7, online: 8 },
+  Event: { kind: 1, sender: 2, text: 3, ts_ms: 4, seq: 5, payload_json: 6, client_msg_id: 7, id: 8, priority: 9 },
+  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7, online: 8, sampled_out: 9 },
   ClientFrame: { version: 1, auth: 2, join: 3, leave: 4, ack: 5, resume: 6, ping: 7 },
   ServerFrame: {
     version: 1, joined: 2, left: 3, batch: 4, reliable: 5, pong: 6, redirect: 7, error: 8,
-    auth_ok: 9, online: 10,
+    auth_ok: 9, online: 10, notice: 11,
   },
   Joined: { channel: 1, last_seq: 2 },
   Reliable: { channel: 1, seq: 2, event: 3 },
@@ -125,13 +125,14 @@ export function decodeServerFrame(bytes, limits) {
         }
         case F.left: {
           const f = { type: "left", channel: "" };
-          sub(r, (n) => (n === 1 ? ((f.channel = r.string()), true) : false));
+          sub(r, (n) => (n === 1 ? ((f.channel = r.string()), true) : n === 2 ? ((f.reason = r.string()), true) : false));
+          if (!f.reason) delete f.reason;
           frame = f;
           break;
         }
         case F.batch: {
           let channel = "", codec = 0, dictId = 0, count = 0, payload = new Uint8Array(0);
-          let firstSeq = 0, lastSeq = 0, online = 0;
+          let firstSeq = 0, lastSeq = 0, online = 0, sampledOut = 0;
           sub(r, (n) => {
             switch (n) {
               case 1: channel = r.string(); return true;
@@ -142,12 +143,14 @@ export function decodeServerFrame(bytes, limits) {
               case 6: firstSeq = toNum(r.uint64()); return true;
               case 7: lastSeq = toNum(r.uint64()); return true;
               case 8: online = toNum(r.uint64()); return true;
+              case 9: sampledOut = toNum(r.uint64()); return true;
               default: return false;
             }
           });
           const events = decodeBatchPayload({ codec, dictId, count, payload }, limits);
           frame = { type: "batch", channel, events, codec, first_seq: firstSeq, last_seq: lastSeq };
           if (online > 0) frame.online = online;
+          if (sampledOut > 0) frame.sampled_out = sampledOut;
           break;
         }
         case F.reliable: {
@@ -202,6 +205,18 @@ export function decodeServerFrame(bytes, limits) {
         case F.online: {
           const f = { type: "online", channel: "", online: 0 };
           sub(r, (n) => (n === 1 ? ((f.channel = r.string()), true) : n === 2 ? ((f.online = toNum(r.uint64())), true) : false));
+          frame = f;
+          break;
+        }
+        case F.notice: {
+          const f = { type: "notice", channel: "", code: "", until_ms: 0 };
+          sub(r, (n) => {
+            if (n === 1) f.channel = r.string();
+            else if (n === 2) f.code = r.string();
+            else if (n === 3) f.until_ms = toNum(r.int64());
+            else return false;
+            return true;
+          });
           frame = f;
           break;
         }

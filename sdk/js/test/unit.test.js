@@ -64,6 +64,8 @@ function eventBytes(ev) {
   w.tag(4, WireType.Varint).int64(ev.ts_ms);
   if (ev.seq) w.tag(5, WireType.Varint).uint64(ev.seq);
   if (ev.payload_json) w.tag(6, WireType.LengthDelimited).string(ev.payload_json);
+  if (ev.id) w.tag(8, WireType.LengthDelimited).string(ev.id);
+  if (ev.priority) w.tag(9, WireType.Varint).bool(true);
   return w.finish();
 }
 
@@ -126,6 +128,42 @@ test("a batch carries its room's online count when one rides the tick", () => {
   assert.equal(f.online, 100000);
   assert.equal(f.events[0].text, "hi");
   assert.equal("online" in batch(0), false);
+});
+
+test("moderation frames decode: sampled_out, retract and priority events, left reason, notice", () => {
+  const frame = (field, build) => {
+    const w = new BinaryWriter();
+    w.tag(1, WireType.Varint).uint32(1);
+    w.tag(field, WireType.LengthDelimited).fork();
+    build(w);
+    w.join();
+    return decodeServerFrame(w.finish());
+  };
+  const b = frame(4, (w) => {
+    w.tag(1, WireType.LengthDelimited).string("room:1");
+    w.tag(4, WireType.Varint).uint32(2);
+    w.tag(5, WireType.LengthDelimited).bytes(rawPayload([
+      { kind: 1, sender: "host", text: "hi", ts_ms: 1, id: "0193a5e1f2c4b8d2e6f10000002", priority: true },
+      { kind: 4, sender: "mia", text: "", ts_ms: 2, id: "0193a5e1f2c4b8d2e6f10000001" },
+    ]));
+    w.tag(9, WireType.Varint).uint64(1234);
+  });
+  assert.equal(b.sampled_out, 1234);
+  assert.deepEqual(b.events.map((e) => [e.kind, e.id, e.priority ?? false]), [
+    ["danmaku", "0193a5e1f2c4b8d2e6f10000002", true],
+    ["retract", "0193a5e1f2c4b8d2e6f10000001", false],
+  ]);
+  const left = frame(3, (w) => {
+    w.tag(1, WireType.LengthDelimited).string("room:1");
+    w.tag(2, WireType.LengthDelimited).string("banned");
+  });
+  assert.deepEqual(left, { type: "left", channel: "room:1", reason: "banned" });
+  const notice = frame(11, (w) => {
+    w.tag(1, WireType.LengthDelimited).string("room:1");
+    w.tag(2, WireType.LengthDelimited).string("muted");
+    w.tag(3, WireType.Varint).int64(1732350600000);
+  });
+  assert.deepEqual(notice, { type: "notice", channel: "room:1", code: "muted", until_ms: 1732350600000 });
 });
 
 test("reliable tracker: dedupe, order, holes, cumulative acks", () => {

@@ -1,6 +1,6 @@
 // Types of @danmaku/sdk. Frames follow docs/PROTOCOL.md of the danmaku repository.
 
-export type Kind = "danmaku" | "gift" | "chat" | "unspecified";
+export type Kind = "danmaku" | "gift" | "chat" | "retract" | "unspecified";
 
 /** One thing that happened in a channel. */
 export interface DanmakuEvent {
@@ -16,6 +16,11 @@ export interface DanmakuEvent {
   /** a payload that was not valid JSON, as sent */
   payload_json?: string;
   client_msg_id?: string;
+  /** a danmaku's id (what a moderator's retraction names); on a `retract`
+   * event, the id of the event taken back */
+  id?: string;
+  /** sent by an app token or a room moderator: never thinned */
+  priority?: boolean;
 }
 
 export interface EdgeAddr { id: string; ws: string; quic: string; load: number }
@@ -23,17 +28,21 @@ export interface EdgeAddr { id: string; ws: string; quic: string; load: number }
 export type ServerFrame =
   | { type: "auth_ok"; user: string }
   | { type: "joined"; channel: string; last_seq: number }
-  | { type: "left"; channel: string }
+  /** `reason`: absent for the client's own leave, `removed` (from the group),
+   * `banned` (by a moderator; a new join is refused with `banned`) */
+  | { type: "left"; channel: string; reason?: string }
   /** A tick: its danmaku, and its reliable events (seq > 0), which the client
    * hands out as `reliable` (deduplicated, in order); `first_seq`/`last_seq`
    * are their range (protobuf only); `online`, when present, is the channel's
    * member count riding the tick (the client emits it as `online`). */
-  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number; first_seq?: number; last_seq?: number; online?: number }
+  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number; first_seq?: number; last_seq?: number; online?: number; sampled_out?: number }
   | { type: "reliable"; channel: string; seq: number; event: DanmakuEvent }
   | { type: "pong"; ts_ms?: number }
   | { type: "redirect"; edges: EdgeAddr[] }
   | { type: "error"; code: string; message: string }
   | { type: "online"; channel: string; online: number }
+  /** to the user concerned only: muted in `channel` until `until_ms` */
+  | { type: "notice"; channel: string; code: string; until_ms: number }
   | { type: "unknown" };
 
 export type ClientFrame =
@@ -128,7 +137,13 @@ export interface EventMap {
   reliable: (r: { channel: string; seq: number; event: DanmakuEvent }) => void;
   online: (o: { channel: string; online: number }) => void;
   joined: (j: { channel: string; last_seq: number }) => void;
-  left: (l: { channel: string }) => void;
+  left: (l: { channel: string; reason?: string }) => void;
+  /** a moderator took back a comment: remove it from screen */
+  retract: (r: { channel: string; id: string }) => void;
+  /** hot-room thinning left `count` danmaku of a tick out */
+  sampled_out: (s: { channel: string; count: number }) => void;
+  /** to this user only: `code` "muted" until `until_ms` */
+  notice: (n: { channel: string; code: string; until_ms: number }) => void;
   state: (s: StateChange) => void;
   redirect: (r: { edges: EdgeAddr[] }) => void;
   error: (e: Error | ApiError) => void;

@@ -1,6 +1,7 @@
 //! `Join{channel}`: validate the name, register this connection as a member and
 //! answer `Joined{last_seq}` (the channel's last stored seq). A `group:` channel
-//! needs membership in the store (`not_member` otherwise); joining one pushes
+//! needs membership in the store (`not_member` otherwise); a user a moderator
+//! banned from the channel is refused `banned` (`bans.rs`); joining a group pushes
 //! the newest page of what the member missed as `Reliable` frames (older pages
 //! come from HTTP history). Rooms push nothing from before the join. A bad name,
 //! too many channels or a store failure is answered with an error frame and the
@@ -17,6 +18,20 @@ pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
         Ok(c) => c,
         Err(e) => return session.reply_error(e.code(), e.to_string()).await,
     };
+    if let Some(until) = session
+        .edge
+        .bans
+        .banned(&channel, &session.user, danmaku_proto::now_ms())
+    {
+        let message = match until {
+            Some(ms) => format!(
+                "{} is banned from {channel} until {ms} (ms since the epoch)",
+                session.user
+            ),
+            None => format!("{} is banned from {channel}", session.user),
+        };
+        return session.reply_error("banned", message).await;
+    }
     let store = std::sync::Arc::clone(&session.edge.store);
     if session.joined.contains(&channel) {
         let last_seq = match store.last_seq(channel.as_str()).await {

@@ -1,16 +1,16 @@
 //! `Leave{channel}`: stop receiving a channel. Idempotent: leaving a channel
 //! not joined still answers `Left`.
 //!
-//! Also the other way out of a group: the user was removed from it over HTTP
-//! (ingest tells every edge on the bus). Their connections leave the channel at
-//! once and get `Left{channel, reason:"removed"}`; nothing more is pushed.
+//! Also the other way out: the user was removed from the group, or banned
+//! from the channel by a moderator, over HTTP (ingest tells every edge on the
+//! bus). Their connections leave the channel at once and get
+//! `Left{channel, reason:"removed"}` or `Left{channel, reason:"banned"}`;
+//! nothing more is pushed.
 
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelName, pb};
 
-/// `Left.reason` when the user was removed from the group.
-pub(crate) const REASON_REMOVED: &str = "removed";
-
+use crate::channels::{LeaveReason, Removal};
 use crate::session::{Flow, Session};
 
 pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
@@ -32,20 +32,26 @@ pub(crate) async fn handle(session: &mut Session, leave: pb::Leave) -> Flow {
         .await
 }
 
-/// `user` was removed from the group `channel`: if that is this session's user
-/// and it joined the channel, leave it (without writing the ack offset: the
-/// store forgot it with the membership) and say so.
-pub(crate) async fn removed(session: &mut Session, channel: ChannelName, user: &str) -> Flow {
-    if user != session.user || session.joined.remove(&channel).is_none() {
+/// `removal.user` was removed from the group, or banned from the channel: if
+/// that is this session's user and it joined the channel, leave it (without
+/// writing the ack offset: a removal forgot it with the membership, a ban
+/// keeps the last one written) and say so.
+pub(crate) async fn removed(session: &mut Session, removal: &Removal) -> Flow {
+    let channel = &removal.channel;
+    if *removal.user != *session.user.as_str() || session.joined.remove(channel).is_none() {
         return Flow::Continue;
     }
-    session.edge.channels.leave(&channel, session.conn_id);
-    session.edge.metrics.members_removed.inc();
-    tracing::info!(conn_id = session.conn_id, user, channel = %channel, "removed from group; left");
+    session.edge.channels.leave(channel, session.conn_id);
+    match removal.reason {
+        LeaveReason::Removed => session.edge.metrics.members_removed.inc(),
+        LeaveReason::Banned => session.edge.metrics.banned_leaves.inc(),
+    }
+    let reason = removal.reason.as_str();
+    tracing::info!(conn_id = session.conn_id, user = %session.user, channel = %channel, reason, "made to leave");
     session
         .reply(Body::Left(pb::Left {
             channel: channel.to_string(),
-            reason: REASON_REMOVED.to_owned(),
+            reason: reason.to_owned(),
         }))
         .await
 }
