@@ -181,7 +181,7 @@ impl Member {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PushOutcome {
     /// Frames queued, indexed by `Transport as usize`.
-    pub pushed: [u64; 3],
+    pub pushed: [u64; 4],
     /// Members whose queue was full: the tick is dropped for them.
     pub dropped: u64,
 }
@@ -272,11 +272,22 @@ impl Channel {
     /// gets).
     pub fn push(&self, frames: &BatchFrames, seqs: Option<(u64, u64)>) -> PushOutcome {
         let mut out = PushOutcome::default();
+        // The SSE event, framed from the JSON text once per tick when the
+        // first SSE member is reached (`sse_wire.rs`).
+        let mut sse: Option<Option<Outbound>> = None;
         for member in self.members.iter() {
-            let item = if member.transport.is_json() {
-                frames.json.clone()
-            } else {
-                Some(frames.pb.clone())
+            let item = match member.transport {
+                Transport::Sse => sse
+                    .get_or_insert_with(|| {
+                        let id = seqs.map(|(_, last)| (self.name.as_str(), last));
+                        frames
+                            .json
+                            .as_ref()
+                            .map(|j| crate::sse_wire::event(id, &j.payload()))
+                    })
+                    .clone(),
+                t if t.is_json() => frames.json.clone(),
+                _ => Some(frames.pb.clone()),
             };
             member.push(&self.name, item, seqs, &mut out);
         }

@@ -47,6 +47,7 @@ mod consumer;
 pub mod control_plane;
 mod control_state;
 pub mod error;
+mod fallback;
 pub mod limits;
 pub mod metrics;
 mod node;
@@ -54,6 +55,7 @@ mod quic;
 pub mod reliable;
 mod reply;
 mod sequencer;
+mod sse_wire;
 mod session;
 mod store_reads;
 mod sweep;
@@ -208,13 +210,20 @@ impl Edge {
         Ok(edge)
     }
 
-    /// `GET /v1/ws` (WebSocket), `GET /v1/cert` (the QUIC certificate) and
+    /// `GET /v1/ws` (WebSocket), `GET /v1/sse` (server-sent events), `GET /v1/cert` (the QUIC certificate) and
     /// `GET /v1/top-rooms` (the latest top-rooms ranking).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(
                 "/v1/ws",
                 get(ws::upgrade).route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(self),
+                    control_plane::drain::refuse_while_draining,
+                )),
+            )
+            .route(
+                "/v1/sse",
+                get(fallback::sse::stream).route_layer(axum::middleware::from_fn_with_state(
                     Arc::clone(self),
                     control_plane::drain::refuse_while_draining,
                 )),

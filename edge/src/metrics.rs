@@ -88,7 +88,7 @@ pub struct Flush<'a> {
     pub raw_bytes: usize,
     pub compressed_bytes: usize,
     /// Frames queued, indexed by `Transport as usize`.
-    pub pushed: [u64; 3],
+    pub pushed: [u64; 4],
     /// Members whose queue was full (the tick was dropped for them).
     pub dropped: u64,
 }
@@ -143,8 +143,8 @@ pub struct Metrics {
     /// frames, refused WebSocket upgrades), by code.
     pub errors_total: IntCounterVec,
     pub egress_bytes: IntCounterVec,
-    pushed_by_transport: [IntCounter; 3],
-    egress_by_transport: [IntCounter; 3],
+    pushed_by_transport: [IntCounter; 4],
+    egress_by_transport: [IntCounter; 4],
 }
 
 impl Metrics {

@@ -1,5 +1,5 @@
 //! The ways a viewer's connection receives frames. At the bottom of the edge:
-//! the registry, the metrics (as the `transport` label) and both transports
+//! the registry, the metrics (as the `transport` label) and the transports
 //! name it.
 
 /// How a connection receives frames; also the `transport` metrics label.
@@ -11,21 +11,31 @@ pub enum Transport {
     WsPb = 1,
     /// QUIC, ALPN `danmaku/1`: protobuf frames on streams and datagrams.
     Quic = 2,
+    /// Server-sent events (`GET /v1/sse`): the JSON frames as `data:` lines
+    /// (`sse_wire.rs`), one way.
+    Sse = 3,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 3] = [Transport::WsJson, Transport::WsPb, Transport::Quic];
+    pub const ALL: [Transport; 4] = [
+        Transport::WsJson,
+        Transport::WsPb,
+        Transport::Quic,
+        Transport::Sse,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Transport::WsJson => "ws_json",
             Transport::WsPb => "ws_pb",
             Transport::Quic => "quic",
+            Transport::Sse => "sse",
         }
     }
 
-    /// Whether this transport reads JSON text rather than protobuf bytes.
+    /// Whether this transport reads JSON text rather than protobuf bytes
+    /// (SSE too: its events carry the JSON frames).
     pub fn is_json(self) -> bool {
-        self == Transport::WsJson
+        matches!(self, Transport::WsJson | Transport::Sse)
     }
 }
