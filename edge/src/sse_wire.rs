@@ -71,7 +71,10 @@ mod tests {
     #[test]
     fn an_event_is_one_data_line_with_the_id_of_its_last_seq() {
         let e = event(Some(("room:1", 18)), br#"{"type":"batch"}"#);
-        assert_eq!(&e.wire()[..], b"id: room:1:18\ndata: {\"type\":\"batch\"}\n\n");
+        assert_eq!(
+            &e.wire()[..],
+            b"id: room:1:18\ndata: {\"type\":\"batch\"}\n\n"
+        );
         assert_eq!(e.payload(), e.wire().clone());
         assert_eq!(written_id(e.wire()), Some(("room:1", 18)));
         let plain = event(None, b"{}");
@@ -82,7 +85,15 @@ mod tests {
     #[test]
     fn event_ids_parse_strictly() {
         assert_eq!(parse_id("group:7:12"), Some(("group:7", 12)));
-        for bad in ["", "room:1", "room:1:", ":5", "room:1:-3", "room:1:1x", "room:1:99999999999999999999999"] {
+        for bad in [
+            "",
+            "room:1",
+            "room:1:",
+            ":5",
+            "room:1:-3",
+            "room:1:1x",
+            "room:1:99999999999999999999999",
+        ] {
             assert_eq!(parse_id(bad), None, "{bad}");
         }
         let huge = format!("room:1:{}", "9".repeat(MAX_EVENT_ID));

@@ -47,7 +47,11 @@ pub(crate) fn values<'a>(pairs: &'a Pairs, key: &'a str) -> impl Iterator<Item =
 }
 
 /// The one value of `key`, if given (`bad_request` when given twice).
-pub(crate) fn single<'a>(edge: &Edge, pairs: &'a Pairs, key: &'a str) -> Result<Option<&'a str>, ApiError> {
+pub(crate) fn single<'a>(
+    edge: &Edge,
+    pairs: &'a Pairs,
+    key: &'a str,
+) -> Result<Option<&'a str>, ApiError> {
     let mut it = values(pairs, key);
     let first = it.next();
     if it.next().is_some() {
@@ -70,7 +74,12 @@ pub(crate) fn authenticate(edge: &Edge, pairs: &Pairs) -> Result<Claims, ApiErro
         .map_err(|e| refuse(edge, StatusCode::UNAUTHORIZED, "bad_token", e.to_string()))?;
     if let Err(refusal) = edge.account.check(&claims) {
         edge.metrics.refused(refusal.code());
-        return Err(refuse(edge, StatusCode::FORBIDDEN, refusal.code(), refusal.message()));
+        return Err(refuse(
+            edge,
+            StatusCode::FORBIDDEN,
+            refusal.code(),
+            refusal.message(),
+        ));
     }
     Ok(claims)
 }

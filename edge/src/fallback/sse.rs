@@ -125,8 +125,14 @@ fn open(
     );
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     // nginx and similar buffer responses unless told not to.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
@@ -178,10 +184,12 @@ fn resumes(
         }
         let (channel, seq) = sse_wire::parse_id(id)
             .ok_or_else(|| bad(what, format!("{id:?} is not <channel>:<seq>")))?;
-        let channel =
-            ChannelName::parse(channel).map_err(|e| bad(what, e.to_string()))?;
+        let channel = ChannelName::parse(channel).map_err(|e| bad(what, e.to_string()))?;
         if !joined.contains(&channel) {
-            return Err(bad(what, format!("{channel} is not a channel of this stream")));
+            return Err(bad(
+                what,
+                format!("{channel} is not a channel of this stream"),
+            ));
         }
         match out.iter_mut().find(|(c, _)| *c == channel) {
             Some(slot) => slot.1 = seq,
