@@ -181,7 +181,7 @@ impl Member {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PushOutcome {
     /// Frames queued, indexed by `Transport as usize`.
-    pub pushed: [u64; 4],
+    pub pushed: [u64; 5],
     /// Members whose queue was full: the tick is dropped for them.
     pub dropped: u64,
 }

@@ -51,6 +51,7 @@ mod fallback;
 pub mod limits;
 pub mod metrics;
 mod node;
+mod poll_rooms;
 mod quic;
 pub mod reliable;
 mod reply;
@@ -205,6 +206,7 @@ impl Edge {
             top_rooms: top_rx,
             limiter: Arc::default(),
             account,
+            polls: Default::default(),
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)
@@ -228,6 +230,7 @@ impl Edge {
                     control_plane::drain::refuse_while_draining,
                 )),
             )
+            .route("/v1/poll", get(fallback::poll::poll))
             .route("/v1/cert", get(cert_handler))
             .route("/v1/top-rooms", get(top_rooms_handler))
             .with_state(Arc::clone(self))

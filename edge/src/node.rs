@@ -38,6 +38,8 @@ pub struct Edge {
     pub(crate) limiter: Arc<Limiter>,
     /// Revoked tokens, blocked users and the open connections by user (`account.rs`).
     pub(crate) account: Arc<Account>,
+    /// Long-poll's rings of recent ticks, per polled room (`poll_rooms.rs`).
+    pub(crate) polls: crate::poll_rooms::PollRooms,
 }
 
 impl Edge {

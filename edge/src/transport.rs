@@ -14,14 +14,19 @@ pub enum Transport {
     /// Server-sent events (`GET /v1/sse`): the JSON frames as `data:` lines
     /// (`sse_wire.rs`), one way.
     Sse = 3,
+    /// Long-poll (`GET /v1/poll`): not a connection but the one registry
+    /// member per polled room that fills the room's ring of recent ticks
+    /// (`poll_rooms.rs`) with the JSON tick text.
+    Poll = 4,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 4] = [
+    pub const ALL: [Transport; 5] = [
         Transport::WsJson,
         Transport::WsPb,
         Transport::Quic,
         Transport::Sse,
+        Transport::Poll,
     ];
 
     pub fn label(self) -> &'static str {
@@ -30,12 +35,13 @@ impl Transport {
             Transport::WsPb => "ws_pb",
             Transport::Quic => "quic",
             Transport::Sse => "sse",
+            Transport::Poll => "poll",
         }
     }
 
     /// Whether this transport reads JSON text rather than protobuf bytes
-    /// (SSE too: its events carry the JSON frames).
+    /// (SSE and long-poll too: they carry the JSON frames).
     pub fn is_json(self) -> bool {
-        matches!(self, Transport::WsJson | Transport::Sse)
+        matches!(self, Transport::WsJson | Transport::Sse | Transport::Poll)
     }
 }
