@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use danmaku_ingest::moderation::filter::{Filter, Verdict, WordList, check};
+use danmaku_ingest::screening::filter::{Filter, Verdict, WordList, check};
 
 /// A deterministic word generator (xorshift), so every run benches the same list.
 fn words(n: usize) -> Vec<String> {

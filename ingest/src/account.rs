@@ -28,8 +28,10 @@ use danmaku_proto::{frame, now_ms, pb};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::body;
+use crate::error::ApiError;
+use crate::node::Ingest;
 use crate::reliable::APP_ROLE;
-use crate::{ApiError, Ingest, body};
 
 /// The furthest a time may lie from now (10 years): beyond it is a mistake
 /// (milliseconds sent as seconds, a bogus clock), not a policy.

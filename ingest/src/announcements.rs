@@ -25,8 +25,9 @@ use danmaku_proto::{Limits, frame};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::IngestError;
 use crate::moderation::MODERATION_BUS_KEY;
-use crate::{Ingest, IngestError};
+use crate::node::Ingest;
 
 /// How often expired entries leave the memory (and the gauges are refreshed).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);

@@ -5,7 +5,8 @@
 use axum::http::{HeaderMap, header};
 use danmaku_proto::token::{Claims, TokenKey, now_secs};
 
-use crate::{ApiError, Ingest};
+use crate::error::ApiError;
+use crate::node::Ingest;
 
 /// The token of an `Authorization: Bearer …` header. The scheme is matched
 /// case-insensitively, as RFC 6750 allows.

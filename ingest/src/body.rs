@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// Reads the whole body, refusing with `body_too_large` as soon as it is known
 /// to exceed `limit` bytes (from `Content-Length` or while streaming).

@@ -1,7 +1,7 @@
 //! Settings of an ingest node. Every field has a default suited to a single
 //! standalone process; `src/main.rs` maps command-line flags onto them.
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// Settings of an ingest node.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,9 @@ use danmaku_proto::id::is_valid_id;
 use danmaku_proto::token::now_secs;
 use serde::Deserialize;
 
-use crate::{ApiError, Ingest, body};
+use crate::body;
+use crate::error::ApiError;
+use crate::node::Ingest;
 
 #[derive(Debug, Deserialize)]
 struct DevTokenRequest {

@@ -130,7 +130,7 @@ pub enum ApiError {
     BlockedContent,
     #[error(
         "you are muted in {channel} until {} ({} s from now)",
-        crate::moderation::rfc3339(*until_ms),
+        rfc3339(*until_ms),
         (until_ms - now_ms + 999) / 1000
     )]
     Muted {
@@ -316,9 +316,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Formats `ms` since the Unix epoch as RFC 3339 UTC (`2026-12-07T13:40:00Z`)
+/// for messages people read.
+fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_650_800_999), "2026-12-07T13:40:00Z");
+    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {

@@ -23,7 +23,9 @@ use bytes::Bytes;
 use danmaku_proto::{ChannelKind, ChannelName, PROTOCOL_VERSION, frame, now_ms, pb};
 use serde::Deserialize;
 
-use crate::{ApiError, Ingest, body};
+use crate::body;
+use crate::error::ApiError;
+use crate::node::Ingest;
 
 /// Largest `payload` object, serialized, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 1024;

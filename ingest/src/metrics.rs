@@ -7,7 +7,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::{ApiError, IngestError};
+use crate::error::{ApiError, IngestError};
 
 /// The store operations ingest times and counts (`op` label values).
 pub const STORE_OPS: [&str; 9] = [

@@ -16,8 +16,9 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
+use crate::config::IngestConfig;
+use crate::error::IngestError;
 use crate::error::RateScope;
-use crate::{IngestConfig, IngestError};
 
 /// Every this many checks, keys whose bucket is full again are forgotten, so
 /// the limiters' memory follows the number of recently active users and

@@ -31,7 +31,9 @@ use danmaku_store::StoredMessage;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{ApiError, Ingest, body};
+use crate::body;
+use crate::error::ApiError;
+use crate::node::Ingest;
 
 /// `limit` when the query has none.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;

@@ -15,7 +15,7 @@ use danmaku_proto::pb::account_change::Change;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use crate::error::StoreError;
-use crate::{from_db, to_db};
+use crate::sql::{Backend, from_db, to_db};
 
 /// The backend's statements that keep the larger of the stored and new values.
 pub(crate) struct Upserts {
@@ -183,7 +183,7 @@ where
 /// Deletes the rows that refuse nothing at `now`; returns how many.
 pub(crate) async fn purge<DB>(pool: &sqlx::Pool<DB>, now: u64) -> Result<u64, StoreError>
 where
-    DB: crate::membership::Backend,
+    DB: Backend,
     for<'c> &'c sqlx::Pool<DB>: Executor<'c, Database = DB>,
     i64: for<'a> Encode<'a, DB> + Type<DB>,
     for<'a> DB::Arguments: IntoArguments<DB>,

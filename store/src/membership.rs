@@ -4,32 +4,15 @@
 //! opened its own way (SQLite takes the write lock up front with
 //! `BEGIN IMMEDIATE`, PostgreSQL a plain `BEGIN`).
 //!
-//! Joining stays in the backends: the statement is shared ([`queries::JOIN`])
+//! Joining stays in the backends: the statement is shared ([`queries::JOIN`](crate::sql::queries::JOIN))
 //! but SQLite must run it under its write lock and PostgreSQL needs no
 //! transaction at all.
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use crate::error::StoreError;
-use crate::{Member, from_db, queries};
-
-/// What the shared queries need of a backend's driver beyond [`Database`].
-pub(crate) trait Backend: Database {
-    /// Rows a statement changed (each driver has it, but not through a trait).
-    fn rows_affected(result: &Self::QueryResult) -> u64;
-}
-
-impl Backend for sqlx::Sqlite {
-    fn rows_affected(result: &Self::QueryResult) -> u64 {
-        result.rows_affected()
-    }
-}
-
-impl Backend for sqlx::Postgres {
-    fn rows_affected(result: &Self::QueryResult) -> u64 {
-        result.rows_affected()
-    }
-}
+use crate::message::Member;
+use crate::sql::{Backend, from_db, queries};
 
 /// Removes `user` from `group` and forgets their ack offset there, inside the
 /// caller's transaction `tx` (committed by the caller). Whether they were a member.

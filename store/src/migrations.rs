@@ -93,7 +93,8 @@ mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use super::*;
-    use crate::{NewMessage, Store};
+    use crate::message::NewMessage;
+    use crate::store::Store;
 
     const INSERT_V1: &str = "INSERT INTO messages \
          (channel, seq, client_msg_id, sender, kind, text, payload_json, ts_ms) \

@@ -1,7 +1,7 @@
 //! Moderation state: word lists, room moderators, mutes, room settings and the
 //! audit trail (migration 0004). Both backends run these queries word for word;
 //! each only hands over where to run them (its reader pool, or the transaction
-//! it opened its own way), as in [`crate::membership`].
+//! it opened its own way), as in `membership.rs`.
 //!
 //! Every change goes through [`apply`], which writes the new state AND its
 //! audit row in the caller's transaction: an action is either applied and
@@ -9,8 +9,9 @@
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
-use crate::membership::Backend;
-use crate::{StoreError, from_db, to_db};
+use crate::error::StoreError;
+use crate::message::MAX_READ_LIMIT;
+use crate::sql::{Backend, from_db, to_db};
 
 /// The scope of the global word list (channel names always contain a `:`).
 pub const GLOBAL_SCOPE: &str = "*";
@@ -382,7 +383,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     (i64, String, String, String, String, String, i64): for<'r> FromRow<'r, DB::Row>,
 {
-    let limit = limit.min(crate::MAX_READ_LIMIT);
+    let limit = limit.min(MAX_READ_LIMIT);
     let rows =
         sqlx::query_as::<DB, (i64, String, String, String, String, String, i64)>(sql::READ_LOG)
             .bind(scope)

@@ -16,11 +16,16 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use danmaku_proto::pb;
 
 use crate::error::StoreError;
-use crate::{
-    Appended, AuditEntry, ClientMsgRow, Member, MessageRow, ModerationAction, NewMessage, Policy,
-    Store, StoredMessage, Unread, answer_duplicate, from_db, message_from_row, migrations, queries,
-    to_db, unread_from_rows, validate,
+use crate::message::{
+    Appended, MAX_READ_LIMIT, Member, NewMessage, StoredMessage, Unread, validate,
 };
+use crate::migrations;
+use crate::moderation::{AuditEntry, ModerationAction, Policy};
+use crate::sql::{
+    ClientMsgRow, MessageRow, answer_duplicate, from_db, message_from_row, queries, to_db,
+    unread_from_rows,
+};
+use crate::store::Store;
 use crate::{account, membership, moderation};
 
 /// Connection settings of [`PostgresStore`].
@@ -166,7 +171,7 @@ impl Store for PostgresStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let limit = limit.min(crate::MAX_READ_LIMIT);
+        let limit = limit.min(MAX_READ_LIMIT);
         if limit == 0 {
             return Ok(Vec::new());
         }

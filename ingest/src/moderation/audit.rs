@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Allowed;
+use crate::error::ApiError;
+use crate::node::Ingest;
 use crate::reliable::parse_channel;
-use crate::{ApiError, Ingest};
 
 /// Entries returned when `limit` is not given.
 pub const DEFAULT_LOG_LIMIT: usize = 50;

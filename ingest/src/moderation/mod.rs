@@ -4,7 +4,7 @@
 //!
 //! The store is the truth: every change is one [`Store::moderate`] call, which
 //! applies it and writes its audit row in one transaction. Each ingest node
-//! keeps the stored policy in memory ([`Moderation`]) so that checking a post
+//! keeps the stored policy in memory ([`Moderation`](crate::screening::Moderation)) so that checking a post
 //! costs no store round trip, and keeps it fresh three ways:
 //!
 //! 1. at start it loads every scope that has a policy ([`Ingest::start_moderation`]);
@@ -18,7 +18,7 @@
 //!    that lagged).
 //!
 //! A word list is compiled into its automata when it is loaded, never per
-//! message ([`filter`]). Slow mode's "last post" times are per node: a user
+//! message ([`filter`](crate::screening::filter)). Slow mode's "last post" times are per node: a user
 //! whose posts are spread over N ingest nodes by a load balancer could post N
 //! times per window (pin users to a node, e.g. by hashing the token, to avoid it).
 //!
@@ -26,25 +26,26 @@
 //! [`settings`], [`audit`].
 
 pub mod audit;
-pub mod filter;
 pub mod moderators;
 pub mod mutes;
 pub mod settings;
 pub mod sync;
 pub mod wordlist;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danmaku_proto::token::Claims;
 use danmaku_proto::{ChannelName, PROTOCOL_VERSION, frame, now_ms, pb};
 use danmaku_store::{GLOBAL_SCOPE, ModerationAction, ModerationChange, Policy, RoomSettings};
-use dashmap::DashMap;
 
+use crate::error::ApiError;
+use crate::node::Ingest;
 use crate::reliable::APP_ROLE;
-use crate::{ApiError, Ingest};
-use filter::{Filter, Verdict, WordList};
+pub use crate::screening::MAX_SLOW_MODE_SECS;
+use crate::screening::RoomPolicy;
+use crate::screening::filter::{self, Filter, Verdict, WordList};
 
 /// The bus key of moderation announcements. Never a channel name (those are
 /// `room:…` / `group:…`), so edges drop these at their hosted-channel lookup
@@ -52,88 +53,10 @@ use filter::{Filter, Verdict, WordList};
 pub const MODERATION_BUS_KEY: &str = "!moderation";
 /// Longest mute, in seconds (30 days).
 pub const MAX_MUTE_SECS: i64 = 30 * 86_400;
-/// Longest slow-mode window, in seconds (1 hour).
-pub const MAX_SLOW_MODE_SECS: i64 = 3_600;
 /// Highest `max_rate`, danmaku per second per room.
 pub const MAX_ROOM_RATE: i64 = 1_000_000;
 /// Largest word-list body, in bytes: 100,000 words of a few characters each.
 pub const MAX_WORDLIST_BODY_BYTES: usize = 4 << 20;
-
-/// One channel's policy, compiled for enforcement.
-#[derive(Debug, Default)]
-pub struct RoomPolicy {
-    pub filter: Arc<Filter>,
-    pub moderators: HashSet<String>,
-    /// user → until_ms (may have passed since loading: compare with now).
-    pub mutes: HashMap<String, i64>,
-    pub settings: RoomSettings,
-}
-
-impl RoomPolicy {
-    pub fn is_moderator(&self, user: &str) -> bool {
-        self.moderators.contains(user)
-    }
-
-    /// The end of `user`'s mute when it is still running at `now_ms`.
-    pub fn muted_until(&self, user: &str, now_ms: i64) -> Option<i64> {
-        self.mutes
-            .get(user)
-            .copied()
-            .filter(|&until| until > now_ms)
-    }
-}
-
-/// This node's copy of the stored policy, plus slow mode's last-post times.
-#[derive(Default)]
-pub struct Moderation {
-    global: RwLock<Arc<Filter>>,
-    rooms: DashMap<String, Arc<RoomPolicy>>,
-    /// (channel, user) → when their last post was accepted in slow mode.
-    last_post: DashMap<(String, String), Instant>,
-    /// Reloads run one at a time, so a reload that read the store later always
-    /// lands later.
-    reload: tokio::sync::Mutex<()>,
-}
-
-impl Moderation {
-    pub fn room(&self, channel: &str) -> Option<Arc<RoomPolicy>> {
-        self.rooms.get(channel).map(|r| r.clone())
-    }
-
-    pub fn global(&self) -> Arc<Filter> {
-        match self.global.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn set_global(&self, filter: Arc<Filter>) {
-        match self.global.write() {
-            Ok(mut g) => *g = filter,
-            Err(poisoned) => *poisoned.into_inner() = filter,
-        }
-    }
-
-    /// Running mutes over all rooms at `now_ms`.
-    pub fn active_mutes(&self, now_ms: i64) -> usize {
-        self.rooms
-            .iter()
-            .map(|r| r.mutes.values().filter(|&&u| u > now_ms).count())
-            .sum()
-    }
-
-    /// Words in the global list and in all room lists.
-    fn words(&self) -> (usize, usize) {
-        let rooms = self.rooms.iter().map(|r| r.filter.words()).sum();
-        (self.global().words(), rooms)
-    }
-
-    /// Forgets slow-mode times older than the longest window.
-    fn prune_last_posts(&self) {
-        let window = Duration::from_secs(MAX_SLOW_MODE_SECS as u64);
-        self.last_post.retain(|_, at| at.elapsed() < window);
-    }
-}
 
 /// Who may call a moderation endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,51 +401,5 @@ impl Ingest {
                 .insert(scope.to_owned(), Arc::new(room));
         }
         Ok(())
-    }
-}
-
-/// Formats `ms` since the Unix epoch as RFC 3339 UTC (`2026-12-07T13:40:00Z`)
-/// for messages people read.
-pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_650_800_999), "2026-12-07T13:40:00Z");
-    }
-
-    #[test]
-    fn a_mute_ends_at_its_time() {
-        let room = RoomPolicy {
-            mutes: [("troll".to_string(), 1_000)].into(),
-            ..Default::default()
-        };
-        assert_eq!(room.muted_until("troll", 999), Some(1_000));
-        assert_eq!(room.muted_until("troll", 1_000), None);
-        assert_eq!(room.muted_until("alice", 0), None);
     }
 }

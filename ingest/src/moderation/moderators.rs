@@ -15,7 +15,8 @@ use danmaku_store::ModerationChange;
 use serde_json::json;
 
 use super::Allowed;
-use crate::{ApiError, Ingest};
+use crate::error::ApiError;
+use crate::node::Ingest;
 
 /// A `{channel}/…/{user}` path, both parsed.
 pub(crate) fn channel_and_user(

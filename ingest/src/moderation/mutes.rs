@@ -20,8 +20,10 @@ use serde_json::json;
 
 use super::moderators::channel_and_user;
 use super::{Allowed, MAX_MUTE_SECS};
+use crate::body;
+use crate::error::ApiError;
+use crate::node::Ingest;
 use crate::reliable::APP_ROLE;
-use crate::{ApiError, Ingest, body};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

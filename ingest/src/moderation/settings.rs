@@ -20,8 +20,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Allowed, MAX_ROOM_RATE, MAX_SLOW_MODE_SECS};
+use crate::body;
+use crate::error::ApiError;
+use crate::node::Ingest;
 use crate::reliable::parse_channel;
-use crate::{ApiError, Ingest, body};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

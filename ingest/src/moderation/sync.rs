@@ -13,7 +13,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::{Ingest, IngestError};
+use crate::error::IngestError;
+use crate::node::Ingest;
 
 /// How often each node checks the store for changes it was not told about.
 pub const HEAD_POLL_EVERY: Duration = Duration::from_secs(5);
@@ -33,7 +34,7 @@ impl Ingest {
                 .store_call("policy", self.store.moderation_head())
                 .await?;
             self.reload_all("start").await?;
-            Ok::<u64, crate::ApiError>(head)
+            Ok::<u64, crate::error::ApiError>(head)
         };
         let head = load
             .await

@@ -20,10 +20,12 @@ use danmaku_store::{GLOBAL_SCOPE, ModerationChange};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::filter::WordList;
 use super::{Allowed, MAX_WORDLIST_BODY_BYTES};
+use crate::body;
+use crate::error::ApiError;
+use crate::node::Ingest;
 use crate::reliable::parse_channel;
-use crate::{ApiError, Ingest, body};
+use crate::screening::filter::WordList;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
