@@ -84,9 +84,15 @@ pub(crate) fn authenticate(edge: &Edge, pairs: &Pairs) -> Result<Claims, ApiErro
     Ok(claims)
 }
 
-/// The `channel` values: at least one, each a valid name, at most
-/// `max_channels_per_conn`, no repeats.
-pub(crate) fn channels(edge: &Edge, pairs: &Pairs) -> Result<Vec<ChannelName>, ApiError> {
+/// The `channel` values: each a valid name, at most `max_channels_per_conn`,
+/// no repeats; at least one unless `may_be_empty` (an SSE stream may start
+/// with none: it then carries `auth_ok` and heartbeats, and a client reopens
+/// it with the channels it joins).
+pub(crate) fn channels(
+    edge: &Edge,
+    pairs: &Pairs,
+    may_be_empty: bool,
+) -> Result<Vec<ChannelName>, ApiError> {
     let max = edge.config.max_channels_per_conn;
     let mut out: Vec<ChannelName> = Vec::new();
     for raw in values(pairs, "channel") {
@@ -104,7 +110,7 @@ pub(crate) fn channels(edge: &Edge, pairs: &Pairs) -> Result<Vec<ChannelName>, A
             ));
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && !may_be_empty {
         return Err(refuse(
             edge,
             StatusCode::BAD_REQUEST,

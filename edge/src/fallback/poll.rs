@@ -12,8 +12,9 @@
 //! a poll reads the ring after its cursor. The cursor is
 //! `<epoch>.<tick>.<seq>`: the ring's life, the last tick the client has, and
 //! the last reliable seq it has. Danmaku is best effort: a cursor that fell
-//! out of the ring (or names another ring: another edge, a room dropped while
-//! idle) gets what is left and `"gap":true`. Reliable events are never lost:
+//! out of the ring gets what is left and `"gap":true`; one of another ring
+//! (another edge, a room dropped while idle) gets the danmaku from now on and
+//! `"gap":true`, and `0.0.<seq>` is how a client resumes from a seq alone. Reliable events are never lost:
 //! whenever the room's reliable head is past the cursor's seq, the answer
 //! starts with the `reliable` frames after it, from the channel's ring of
 //! recent events or the store, in pages of [`RELIABLE_PAGE`] (a client behind
@@ -95,7 +96,7 @@ pub(crate) async fn poll(State(edge): State<Arc<Edge>>, Query(pairs): Query<Pair
 async fn answer(edge: &Arc<Edge>, pairs: &Pairs) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let claims = authenticate(edge, pairs)?;
-    let mut chans = channels(edge, pairs)?;
+    let mut chans = channels(edge, pairs, false)?;
     if chans.len() != 1 {
         return Err(refuse(
             edge,
@@ -173,11 +174,14 @@ async fn answer(edge: &Arc<Edge>, pairs: &Pairs) -> Result<Response, ApiError> {
             "cursor is ahead of this room's ticks",
         ));
     }
-    // Another ring's cursor: its ticks mean nothing here; start from the oldest kept.
+    // Another ring's cursor (another edge, a room dropped while idle, or a
+    // client resuming with `0.0.<seq>`): its ticks mean nothing here. It is
+    // answered at once, from now on for danmaku, with the reliable events
+    // after its seq, and a cursor of this ring.
     let (from_tick, foreign) = if cursor.epoch == room.epoch {
         (cursor.tick, false)
     } else {
-        (0, true)
+        (room.latest(), true)
     };
     let seq = cursor.seq.max(floor);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);

@@ -87,7 +87,7 @@ fn open(
     ip: Option<std::net::IpAddr>,
 ) -> Result<Response, ApiError> {
     let claims = authenticate(edge, pairs)?;
-    let channels = channels(edge, pairs)?;
+    let channels = channels(edge, pairs, true)?;
     let resumes = resumes(edge, pairs, headers, &channels)?;
     let mut first: VecDeque<pb::ClientFrame> = channels
         .iter()
