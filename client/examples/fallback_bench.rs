@@ -52,7 +52,7 @@ fn count(hay: &[u8]) -> u64 {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let base = arg(&args, "--base", "http://127.0.0.1:7070");
-    let key = TokenKey::new(&arg(&args, "--secret", "s"));
+    let key = TokenKey::new(arg(&args, "--secret", "s"));
     let pid: u32 = arg(&args, "--pid", "0").parse()?;
     let transport = arg(&args, "--transport", "sse");
     let viewers: usize = arg(&args, "--viewers", "2000").parse()?;
@@ -101,11 +101,19 @@ async fn main() -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
     while t0.elapsed() < Duration::from_secs(secs) {
         tick.tick().await;
-        let _ = http.post_danmaku(&poster, &room, &format!("666 前方高能 {posted}")).await;
+        let _ = http
+            .post_danmaku(&poster, &room, &format!("666 前方高能 {posted}"))
+            .await;
         posted += 1;
-        if posted % rate.max(1) == 0 {
+        if posted.is_multiple_of(rate.max(1)) {
             let _ = http
-                .post_reliable(&poster, &room, "gift", "rocket", Some(&format!("g{posted}")))
+                .post_reliable(
+                    &poster,
+                    &room,
+                    "gift",
+                    "rocket",
+                    Some(&format!("g{posted}")),
+                )
                 .await;
         }
     }
@@ -122,7 +130,10 @@ async fn main() -> anyhow::Result<()> {
     let requests = tally.requests.load(Ordering::Relaxed);
     let mut lat = tally.latencies_ms.lock().await.clone();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+    };
     println!(
         "transport={transport} viewers={viewers} posted={posted} delivered={delivered} ({:.1}% of posted×viewers) server_cpu_s={cpu:.2} wall_s={wall:.1} cpu_us_per_delivered={:.2}",
         100.0 * delivered as f64 / (posted * viewers as u64).max(1) as f64,
@@ -148,12 +159,15 @@ async fn ws_viewer(base: &str, token: &str, room: &str, tally: &Tally) -> anyhow
         HeaderValue::from_static("danmaku.v1.json"),
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-    ws.send(format!(r#"{{"type":"join","channel":"{room}"}}"#).into()).await?;
+    ws.send(format!(r#"{{"type":"join","channel":"{room}"}}"#).into())
+        .await?;
     let mut last_ping = Instant::now();
     while let Some(m) = ws.next().await {
         let m = m?;
         if m.is_text() {
-            tally.danmaku.fetch_add(count(m.into_data().as_ref()), Ordering::Relaxed);
+            tally
+                .danmaku
+                .fetch_add(count(m.into_data().as_ref()), Ordering::Relaxed);
         }
         if last_ping.elapsed() > Duration::from_secs(20) {
             ws.send(r#"{"type":"ping"}"#.into()).await?;

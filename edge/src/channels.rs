@@ -593,7 +593,7 @@ pub(crate) mod tests {
         let ch = reg.get("room:7").unwrap();
         let f = frames();
         let first = ch.push(&f, None);
-        assert_eq!(first.pushed, [1, 1, 0]);
+        assert_eq!(first.pushed, [1, 1, 0, 0, 0]);
         assert_eq!(first.dropped, 0);
         let second = ch.push(&f, None);
         assert_eq!(second.dropped, 1, "pb member's queue of 1 is full");
@@ -608,6 +608,24 @@ pub(crate) mod tests {
         let t = js_rx.try_recv().unwrap();
         assert_eq!(t.opcode(), OpCode::Text);
         assert_eq!(&t.payload()[..], b"{}");
+    }
+
+    #[test]
+    fn sse_members_share_one_event_per_tick_with_the_id_of_its_last_seq() {
+        let reg = Channels::new(gauges(), 16);
+        let r = room("room:8");
+        let (a, mut a_rx) = member(Transport::Sse, 8);
+        let (b, mut b_rx) = member(Transport::Sse, 8);
+        let (js, mut js_rx) = member(Transport::WsJson, 8);
+        reg.join(&r, 1, a);
+        reg.join(&r, 2, b);
+        reg.join(&r, 3, js);
+        let out = reg.get("room:8").unwrap().push(&frames(), Some((4, 6)));
+        assert_eq!(out.pushed, [1, 0, 0, 2, 0]);
+        let (ea, eb) = (a_rx.try_recv().unwrap(), b_rx.try_recv().unwrap());
+        assert_eq!(&ea.wire()[..], b"id: room:8:6\ndata: {}\n\n");
+        assert_eq!(ea.wire().as_ptr(), eb.wire().as_ptr(), "framed once, shared");
+        assert_eq!(js_rx.try_recv().unwrap().opcode(), OpCode::Text);
     }
 
     #[test]
