@@ -624,7 +624,11 @@ pub(crate) mod tests {
         assert_eq!(out.pushed, [1, 0, 0, 2, 0]);
         let (ea, eb) = (a_rx.try_recv().unwrap(), b_rx.try_recv().unwrap());
         assert_eq!(&ea.wire()[..], b"id: room:8:6\ndata: {}\n\n");
-        assert_eq!(ea.wire().as_ptr(), eb.wire().as_ptr(), "framed once, shared");
+        assert_eq!(
+            ea.wire().as_ptr(),
+            eb.wire().as_ptr(),
+            "framed once, shared"
+        );
         assert_eq!(js_rx.try_recv().unwrap().opcode(), OpCode::Text);
     }
 

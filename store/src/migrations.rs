@@ -33,6 +33,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "moderation",
         include_str!("../migrations/postgres/0004_moderation.sql"),
     ),
+    (
+        6,
+        "blobs",
+        include_str!("../migrations/postgres/0006_blobs.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -55,6 +60,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         4,
         "moderation",
         include_str!("../migrations/sqlite/0004_moderation.sql"),
+    ),
+    (
+        6,
+        "blobs",
+        include_str!("../migrations/sqlite/0006_blobs.sql"),
     ),
 ];
 
