@@ -40,6 +40,7 @@
 mod account;
 pub mod batch_policy;
 mod batcher;
+mod blobs;
 pub mod channels;
 pub mod config;
 mod connection;
@@ -233,6 +234,14 @@ impl Edge {
             .route("/v1/poll", get(fallback::poll::poll))
             .route("/v1/cert", get(cert_handler))
             .route("/v1/top-rooms", get(top_rooms_handler))
+            .with_state(Arc::clone(self))
+    }
+
+    /// `GET /v1/blobs/{id}` (notify-pull bodies, from the store). A distributed
+    /// edge mounts it; standalone serves ingest's route of the same path.
+    pub fn blob_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/blobs/{id}", get(blobs::get))
             .with_state(Arc::clone(self))
     }
 

@@ -13,7 +13,14 @@ use prometheus::{
 use crate::transport::Transport;
 
 /// The `op` label values of `danmaku_edge_store_errors_total`.
-pub const STORE_OPS: [&str; 5] = ["last_seq", "is_member", "read_after", "ack", "acked"];
+pub const STORE_OPS: [&str; 6] = [
+    "last_seq",
+    "is_member",
+    "read_after",
+    "ack",
+    "acked",
+    "blob",
+];
 
 /// The stable `error` codes of the limits' refusals (`limits.rs`) (and their metric labels).
 pub const REFUSAL_CODES: [&str; 7] = [
