@@ -233,7 +233,7 @@ async fn bad_polls_get_typed_counted_errors() {
     let cursor = first["cursor"].as_str().unwrap().to_owned();
     let (epoch, _) = cursor.split_once('.').unwrap();
     let cases = [
-        (format!("token=nope&channel=room:1"), 401, "bad_token"),
+        ("token=nope&channel=room:1".to_string(), 401, "bad_token"),
         (format!("token={t}"), 400, "bad_channel"),
         (format!("token={t}&channel=Room:1"), 400, "bad_channel"),
         (
