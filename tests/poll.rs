@@ -232,6 +232,7 @@ async fn bad_polls_get_typed_counted_errors() {
     let (_, first) = poll(&http, &base, &format!("token={t}&channel=room:1")).await;
     let cursor = first["cursor"].as_str().unwrap().to_owned();
     let (epoch, _) = cursor.split_once('.').unwrap();
+    let other = common::token(&srv, "someone-else");
     let cases = [
         ("token=nope&channel=room:1".to_string(), 401, "bad_token"),
         (format!("token={t}"), 400, "bad_channel"),
@@ -277,6 +278,12 @@ async fn bad_polls_get_typed_counted_errors() {
             "bad_request",
         ),
         (format!("token={t}&channel=group:nobody"), 403, "not_member"),
+        // Another user's cursor is not this user's.
+        (
+            format!("token={other}&channel=room:1&cursor={cursor}"),
+            400,
+            "bad_cursor",
+        ),
     ];
     for (query, status, code) in &cases {
         let (got, body) = poll(&http, &base, query).await;

@@ -279,7 +279,12 @@ async fn bad_sse_requests_get_typed_counted_errors() {
     let t = common::token(&srv, "viewer");
     let huge = format!("room:1:{}", "9".repeat(200));
     let cases: Vec<(String, Option<String>, u16, &str)> = vec![
-        ("channel=room:1&token=nope".to_string(), None, 401, "bad_token"),
+        (
+            "channel=room:1&token=nope".to_string(),
+            None,
+            401,
+            "bad_token",
+        ),
         (
             format!("token={t}&channel=chan:1"),
             None,

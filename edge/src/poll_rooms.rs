@@ -43,6 +43,8 @@ pub struct PollRoom {
     /// The reliable lane of the room's one member: its highest seq pushed live.
     pub lane: Arc<LaneShared>,
     last_poll_ms: AtomicU64,
+    /// Random per room: keys the tags of the cursors it gives out.
+    key: [u64; 2],
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +72,24 @@ impl PollRoom {
             latest: watch::channel(0).0,
             lane,
             last_poll_ms: AtomicU64::new(now_ms),
+            key: [random_u64(), random_u64()],
         }
+    }
+
+    /// The tag of a cursor `(tick, seq)` of this room given to `user`: the
+    /// first 8 bytes of SHA-256 over the room's random key and the cursor.
+    /// Unforgeable without the key (which never leaves the process).
+    pub fn tag(&self, user: &str, tick: u64, seq: u64) -> u64 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.key[0].to_le_bytes());
+        h.update(self.key[1].to_le_bytes());
+        h.update(self.epoch.to_le_bytes());
+        h.update(tick.to_le_bytes());
+        h.update(seq.to_le_bytes());
+        h.update(user.as_bytes());
+        let d = h.finalize();
+        u64::from_le_bytes(d[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
     }
 
     /// Appends one tick's JSON text; wakes the waiting polls.
@@ -128,6 +147,15 @@ impl PollRoom {
         // Appends and pops only: a panic cannot leave the ring half-updated.
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// 64 random bits from the standard library's per-instance hash keys (seeded
+/// from the OS), enough for a process-local key without a new dependency.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish()
 }
 
 /// The polled rooms of this edge.

@@ -10,8 +10,10 @@
 //! No state per viewer waits between polls. Each polled room has ONE registry
 //! member whose ticks a feed task keeps in the room's ring (`poll_rooms.rs`);
 //! a poll reads the ring after its cursor. The cursor is
-//! `<epoch>.<tick>.<seq>`: the ring's life, the last tick the client has, and
-//! the last reliable seq it has. Danmaku is best effort: a cursor that fell
+//! `<epoch>.<tick>.<seq>.<tag>`: the ring's life, the last tick the client has,
+//! the last reliable seq it has, and a tag binding them to the ring and the user
+//! (see [`Cursor`]);
+//! so far. Danmaku is best effort: a cursor that fell
 //! out of the ring gets what is left and `"gap":true`; one of another ring
 //! (another edge, a room dropped while idle) gets the danmaku from now on and
 //! `"gap":true`, and `0.0.<seq>` is how a client resumes from a seq alone. Reliable events are never lost:
@@ -52,15 +54,20 @@ pub(crate) const RELIABLE_PAGE: usize = 200;
 /// Ticks per answer at most (a client far behind gets the rest at once).
 const TICKS_PAGE: usize = 128;
 
-/// Longest cursor accepted (three u64s and two dots fit in 60).
-const MAX_CURSOR: usize = 64;
+/// Longest cursor accepted (three u64s, a 16-digit tag and three dots fit in 80).
+const MAX_CURSOR: usize = 80;
 
-/// Where a client stands: the ring's epoch, its last tick and reliable seq.
+/// Where a client stands: the ring's epoch, its last tick and reliable seq,
+/// and (in cursors the edge gives out) a tag binding the three to the ring
+/// and the user: a ring's cursors cannot be made up, so a new group member
+/// cannot page back into ticks from before their join with a forged tick.
+/// `0.0.<seq>` (no tag, another ring) is how a client resumes from a seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cursor {
     pub epoch: u64,
     pub tick: u64,
     pub seq: u64,
+    pub tag: Option<u64>,
 }
 
 impl Cursor {
@@ -72,16 +79,40 @@ impl Cursor {
         let epoch = u64::from_str_radix(it.next()?, 16).ok()?;
         let tick = it.next()?.parse().ok()?;
         let seq = it.next()?.parse().ok()?;
+        let tag = match it.next() {
+            None => None,
+            Some(t) if t.len() == 16 => Some(u64::from_str_radix(t, 16).ok()?),
+            Some(_) => return None,
+        };
         if it.next().is_some() {
             return None;
         }
-        Some(Cursor { epoch, tick, seq })
+        Some(Cursor {
+            epoch,
+            tick,
+            seq,
+            tag,
+        })
+    }
+
+    /// A cursor of `room` for `user`, tagged.
+    fn issue(room: &PollRoom, user: &str, tick: u64, seq: u64) -> Cursor {
+        Cursor {
+            epoch: room.epoch,
+            tick,
+            seq,
+            tag: Some(room.tag(user, tick, seq)),
+        }
     }
 }
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}.{}.{}", self.epoch, self.tick, self.seq)
+        write!(f, "{:x}.{}.{}", self.epoch, self.tick, self.seq)?;
+        if let Some(tag) = self.tag {
+            write!(f, ".{tag:016x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -158,20 +189,19 @@ async fn answer(edge: &Arc<Edge>, pairs: &Pairs) -> Result<Response, ApiError> {
             .last_seq(channel.as_str())
             .await
             .map_err(|e| store_unavailable(edge, "last_seq", &e))?;
-        let now = Cursor {
-            epoch: room.epoch,
-            tick: room.latest(),
-            seq: last.max(floor),
-        };
+        let now = Cursor::issue(&room, &claims.sub, room.latest(), last.max(floor));
         edge.metrics.poll("now");
         return Ok(respond(edge, &[], &[], now, false));
     };
-    if cursor.epoch == room.epoch && cursor.tick > room.latest() {
+    if cursor.epoch == room.epoch
+        && (cursor.tick > room.latest()
+            || cursor.tag != Some(room.tag(&claims.sub, cursor.tick, cursor.seq)))
+    {
         return Err(refuse(
             edge,
             StatusCode::BAD_REQUEST,
             "bad_cursor",
-            "cursor is ahead of this room's ticks",
+            "cursor was not given out by this edge for this user and channel",
         ));
     }
     // Another ring's cursor (another edge, a room dropped while idle, or a
@@ -190,11 +220,12 @@ async fn answer(edge: &Arc<Edge>, pairs: &Pairs) -> Result<Response, ApiError> {
         let ticks = room.after(from_tick, TICKS_PAGE);
         let reliable = reliable_after(edge, &room, &channel, seq).await?;
         if !ticks.ticks.is_empty() || !reliable.is_empty() || foreign {
-            let next = Cursor {
-                epoch: room.epoch,
-                tick: ticks.upto,
-                seq: reliable.last().map_or(seq, |f| f.seq),
-            };
+            let next = Cursor::issue(
+                &room,
+                &claims.sub,
+                ticks.upto,
+                reliable.last().map_or(seq, |f| f.seq),
+            );
             let gap = ticks.gap || (foreign && cursor.tick > 0);
             edge.metrics.poll(if gap { "gap" } else { "events" });
             edge.metrics
