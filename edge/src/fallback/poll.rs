@@ -12,8 +12,7 @@
 //! a poll reads the ring after its cursor. The cursor is
 //! `<epoch>.<tick>.<seq>.<tag>`: the ring's life, the last tick the client has,
 //! the last reliable seq it has, and a tag binding them to the ring and the user
-//! (see [`Cursor`]);
-//! so far. Danmaku is best effort: a cursor that fell
+//! (see [`Cursor`]). Danmaku is best effort: a cursor that fell
 //! out of the ring gets what is left and `"gap":true`; one of another ring
 //! (another edge, a room dropped while idle) gets the danmaku from now on and
 //! `"gap":true`, and `0.0.<seq>` is how a client resumes from a seq alone. Reliable events are never lost:
