@@ -310,6 +310,9 @@ struct IngestLimits {
     /// Danmaku per second one channel accepts from all users together.
     #[arg(long, env = "DANMAKU_CHANNEL_RATE", default_value_t = 2000.0)]
     channel_rate: f64,
+    /// Largest blob `POST /v1/blobs` accepts, in bytes (larger: 413).
+    #[arg(long, env = "DANMAKU_MAX_BLOB_BYTES", default_value_t = 1 << 20)]
+    max_blob_bytes: usize,
 }
 
 impl IngestLimits {
@@ -318,6 +321,7 @@ impl IngestLimits {
             user_rate_per_sec: self.user_rate,
             user_burst: self.user_burst,
             channel_rate_per_sec: self.channel_rate,
+            max_blob_bytes: self.max_blob_bytes,
             ..config
         }
     }
@@ -679,6 +683,7 @@ async fn run_edge(a: EdgeArgs) -> Result<()> {
             ..Readiness::default()
         }))
         .merge(edge.admin_router())
+        .merge(edge.blob_router())
         .merge(edge.router());
     let listener = tokio::net::TcpListener::from_std(tcp)?;
     tracing::info!(%listen, "edge serving");

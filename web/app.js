@@ -21,6 +21,8 @@ const protocol = params.get("protocol") || "auto";
 const staticToken = params.get("token") || undefined;
 const wantGroups = (params.get("groups") || "").split(",").map((s) => s.trim()).filter(Boolean);
 const heartbeatMs = Number(params.get("heartbeat_ms")) || undefined;
+// Fixed edge URLs instead of the scheduler's (e.g. an edge behind a proxy).
+const edges = (params.get("edges") || "").split(",").map((s) => s.trim()).filter(Boolean);
 
 const $ = (id) => document.getElementById(id);
 
@@ -239,6 +241,7 @@ const client = new DanmakuClient({
   getToken: staticToken ? undefined : () => devToken(location.origin, user),
   protocol,
   heartbeatMs,
+  edges: edges.length ? edges : undefined,
 });
 debug.client = client;
 const stage = new Stage($("canvas"));

@@ -34,6 +34,7 @@ pub mod reliable;
 pub mod resilient;
 pub mod scheduler;
 mod session;
+pub mod sse;
 pub mod tls;
 pub mod ws;
 
@@ -46,4 +47,5 @@ pub use ingest::{HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread}
 pub use reliable::{ReliableTracker, Verdict};
 pub use resilient::{EdgeTarget, ResilientClient};
 pub use scheduler::SchedulerClient;
+pub use sse::SseClient;
 pub use tls::ServerTrust;

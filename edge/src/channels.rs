@@ -203,7 +203,7 @@ impl Member {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PushOutcome {
     /// Frames queued, indexed by `Transport as usize`.
-    pub pushed: [u64; 3],
+    pub pushed: [u64; 5],
     /// Members whose queue was full: the tick is dropped for them.
     pub dropped: u64,
 }
@@ -322,11 +322,22 @@ impl Channel {
     /// gets).
     pub fn push(&self, frames: &BatchFrames, seqs: Option<(u64, u64)>) -> PushOutcome {
         let mut out = PushOutcome::default();
+        // The SSE event, framed from the JSON text once per tick when the
+        // first SSE member is reached (`sse_wire.rs`).
+        let mut sse: Option<Option<Outbound>> = None;
         for member in self.members.iter() {
-            let item = if member.transport.is_json() {
-                frames.json.clone()
-            } else {
-                Some(frames.pb.clone())
+            let item = match member.transport {
+                Transport::Sse => sse
+                    .get_or_insert_with(|| {
+                        let id = seqs.map(|(_, last)| (self.name.as_str(), last));
+                        frames
+                            .json
+                            .as_ref()
+                            .map(|j| crate::sse_wire::event(id, &j.payload()))
+                    })
+                    .clone(),
+                t if t.is_json() => frames.json.clone(),
+                _ => Some(frames.pb.clone()),
             };
             member.push(&self.name, item, seqs, &mut out);
         }
@@ -634,7 +645,7 @@ pub(crate) mod tests {
         let ch = reg.get("room:7").unwrap();
         let f = frames();
         let first = ch.push(&f, None);
-        assert_eq!(first.pushed, [1, 1, 0]);
+        assert_eq!(first.pushed, [1, 1, 0, 0, 0]);
         assert_eq!(first.dropped, 0);
         let second = ch.push(&f, None);
         assert_eq!(second.dropped, 1, "pb member's queue of 1 is full");
@@ -649,6 +660,28 @@ pub(crate) mod tests {
         let t = js_rx.try_recv().unwrap();
         assert_eq!(t.opcode(), OpCode::Text);
         assert_eq!(&t.payload()[..], b"{}");
+    }
+
+    #[test]
+    fn sse_members_share_one_event_per_tick_with_the_id_of_its_last_seq() {
+        let reg = Channels::new(gauges(), 16);
+        let r = room("room:8");
+        let (a, mut a_rx) = member(Transport::Sse, 8);
+        let (b, mut b_rx) = member(Transport::Sse, 8);
+        let (js, mut js_rx) = member(Transport::WsJson, 8);
+        reg.join(&r, 1, a);
+        reg.join(&r, 2, b);
+        reg.join(&r, 3, js);
+        let out = reg.get("room:8").unwrap().push(&frames(), Some((4, 6)));
+        assert_eq!(out.pushed, [1, 0, 0, 2, 0]);
+        let (ea, eb) = (a_rx.try_recv().unwrap(), b_rx.try_recv().unwrap());
+        assert_eq!(&ea.wire()[..], b"id: room:8:6\ndata: {}\n\n");
+        assert_eq!(
+            ea.wire().as_ptr(),
+            eb.wire().as_ptr(),
+            "framed once, shared"
+        );
+        assert_eq!(js_rx.try_recv().unwrap().opcode(), OpCode::Text);
     }
 
     #[test]

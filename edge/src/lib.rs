@@ -41,6 +41,7 @@ mod account;
 mod bans;
 pub mod batch_policy;
 mod batcher;
+mod blobs;
 pub mod channels;
 pub mod config;
 mod connection;
@@ -48,15 +49,18 @@ mod consumer;
 pub mod control_plane;
 mod control_state;
 pub mod error;
+mod fallback;
 pub mod limits;
 pub mod metrics;
 mod node;
 mod pipeline;
+mod poll_rooms;
 mod quic;
 pub mod reliable;
 mod reply;
 mod sequencer;
 mod session;
+mod sse_wire;
 mod store_reads;
 mod sweep;
 mod thinning;
@@ -214,12 +218,13 @@ impl Edge {
             limiter: Arc::default(),
             account,
             bans,
+            polls: Default::default(),
         });
         control_plane::spawn(&edge, shutdown);
         Ok(edge)
     }
 
-    /// `GET /v1/ws` (WebSocket), `GET /v1/cert` (the QUIC certificate) and
+    /// `GET /v1/ws` (WebSocket), `GET /v1/sse` (server-sent events), `GET /v1/cert` (the QUIC certificate) and
     /// `GET /v1/top-rooms` (the latest top-rooms ranking).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
@@ -230,8 +235,24 @@ impl Edge {
                     control_plane::drain::refuse_while_draining,
                 )),
             )
+            .route(
+                "/v1/sse",
+                get(fallback::sse::stream).route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(self),
+                    control_plane::drain::refuse_while_draining,
+                )),
+            )
+            .route("/v1/poll", get(fallback::poll::poll))
             .route("/v1/cert", get(cert_handler))
             .route("/v1/top-rooms", get(top_rooms_handler))
+            .with_state(Arc::clone(self))
+    }
+
+    /// `GET /v1/blobs/{id}` (notify-pull bodies, from the store). A distributed
+    /// edge mounts it; standalone serves ingest's route of the same path.
+    pub fn blob_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/blobs/{id}", get(blobs::get))
             .with_state(Arc::clone(self))
     }
 

@@ -13,7 +13,14 @@ use prometheus::{
 use crate::transport::Transport;
 
 /// The `op` label values of `danmaku_edge_store_errors_total`.
-pub const STORE_OPS: [&str; 5] = ["last_seq", "is_member", "read_after", "ack", "acked"];
+pub const STORE_OPS: [&str; 6] = [
+    "last_seq",
+    "is_member",
+    "read_after",
+    "ack",
+    "acked",
+    "blob",
+];
 
 /// The stable `error` codes of the limits' refusals (`limits.rs`) (and their metric labels).
 pub const REFUSAL_CODES: [&str; 7] = [
@@ -88,7 +95,7 @@ pub struct Flush<'a> {
     pub raw_bytes: usize,
     pub compressed_bytes: usize,
     /// Frames queued, indexed by `Transport as usize`.
-    pub pushed: [u64; 3],
+    pub pushed: [u64; 5],
     /// Members whose queue was full (the tick was dropped for them).
     pub dropped: u64,
 }
@@ -154,9 +161,18 @@ pub struct Metrics {
     /// frames, refused WebSocket upgrades), by code.
     pub errors_total: IntCounterVec,
     pub egress_bytes: IntCounterVec,
-    pushed_by_transport: [IntCounter; 3],
-    egress_by_transport: [IntCounter; 3],
+    pushed_by_transport: [IntCounter; 5],
+    egress_by_transport: [IntCounter; 5],
+    /// `danmaku_edge_polls_total{result}`: long-polls answered, by what they got.
+    pub polls_total: IntCounterVec,
+    /// `danmaku_edge_poll_wait_seconds`: how long a poll that got events waited.
+    pub poll_wait: Histogram,
 }
+
+/// The `result` label values of `danmaku_edge_polls_total`: `now` (no cursor:
+/// answered at once with the current one), `events`, `gap` (events, but some
+/// danmaku fell out of the ring), `empty` (nothing within `wait`).
+pub const POLL_RESULTS: [&str; 4] = ["now", "events", "gap", "empty"];
 
 impl Metrics {
     /// Creates and registers every metric into `registry`.
@@ -317,6 +333,27 @@ impl Metrics {
         for op in STORE_OPS {
             store_errors.with_label_values(&[op]);
         }
+        let polls_total = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_polls_total",
+                "Long-polls (GET /v1/poll) answered, by result: now (no cursor), events, gap (events after a cursor that fell out of the ring), empty (nothing within wait).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(polls_total.clone()))?;
+        for r in POLL_RESULTS {
+            polls_total.with_label_values(&[r]);
+        }
+        let poll_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "danmaku_edge_poll_wait_seconds",
+                "Time from a long-poll's arrival to its answer, for polls answered with events.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        registry.register(Box::new(poll_wait.clone()))?;
         let refused_total = IntCounterVec::new(
             Opts::new(
                 "danmaku_edge_refused_total",
@@ -438,12 +475,19 @@ impl Metrics {
             egress_bytes,
             pushed_by_transport,
             egress_by_transport,
+            polls_total,
+            poll_wait,
         })
     }
 
     /// Metrics registered into a throwaway registry, for unit tests and benches.
     pub fn unregistered() -> Self {
         Self::register(&Registry::new()).expect("fresh registry accepts every metric")
+    }
+
+    /// Counts one long-poll answer by its result ([`POLL_RESULTS`]).
+    pub fn poll(&self, result: &str) {
+        self.polls_total.with_label_values(&[result]).inc();
     }
 
     /// The `frames_pushed_total` counter of one transport.
@@ -773,6 +817,8 @@ mod tests {
             "danmaku_edge_sampled_out_total",
             "danmaku_edge_errors_total",
             "danmaku_edge_egress_bytes_total",
+            "danmaku_edge_polls_total",
+            "danmaku_edge_poll_wait_seconds",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -41,6 +41,8 @@ pub struct Edge {
     pub(crate) account: Arc<Account>,
     /// Active channel bans: a banned user's `join` is refused (`bans.rs`).
     pub(crate) bans: Arc<Bans>,
+    /// Long-poll's rings of recent ticks, per polled room (`poll_rooms.rs`).
+    pub(crate) polls: crate::poll_rooms::PollRooms,
 }
 
 impl Edge {

@@ -146,6 +146,23 @@ impl Store for CoalescedReads {
         self.inner.append(message).await
     }
 
+    async fn put_blob(
+        &self,
+        id: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.inner.put_blob(id, content_type, body).await
+    }
+
+    async fn get_blob(&self, id: &str) -> Result<Option<danmaku_store::Blob>, StoreError> {
+        self.inner.get_blob(id).await
+    }
+
+    async fn has_blob(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.has_blob(id).await
+    }
+
     async fn read_after(
         &self,
         channel: &str,

@@ -40,6 +40,9 @@ pub struct IngestConfig {
     /// `T + max_token_ttl_secs`, when the last of them has expired (unless the
     /// request names its own `expire_at`). Default 2,592,000 (30 days).
     pub max_token_ttl_secs: u64,
+    /// Largest blob `POST /v1/blobs` accepts, in bytes; larger ones get `413`.
+    /// Default 1 MiB.
+    pub max_blob_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -55,6 +58,7 @@ impl Default for IngestConfig {
             dev_app_tokens: false,
             dev_token_ttl_secs: 86_400,
             max_token_ttl_secs: 30 * 86_400,
+            max_blob_bytes: 1 << 20,
         }
     }
 }

@@ -174,6 +174,9 @@ pub enum ApiError {
     /// A moderation call by someone who may not make it.
     #[error("{0}")]
     NotAllowed(String),
+    /// A blob upload or a blob id the edge cannot take (`blobs.rs`).
+    #[error("{0}")]
+    BadBlob(String),
     /// A bug or corrupt stored data; logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -201,7 +204,8 @@ impl ApiError {
             | BadWordList(_)
             | BadSeconds(_)
             | BadMessageId(_)
-            | BadSettings(_) => StatusCode::BAD_REQUEST,
+            | BadSettings(_)
+            | BadBlob(_) => StatusCode::BAD_REQUEST,
             MissingToken | BadToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
             NotMember { .. }
             | Forbidden
@@ -268,6 +272,7 @@ impl ApiError {
             BadSeconds(_) => "bad_seconds",
             BadSettings(_) => "bad_settings",
             NotAllowed(_) => "forbidden",
+            BadBlob(_) => "bad_blob",
             Internal(_) => "internal",
         }
     }

@@ -40,6 +40,7 @@
 pub mod account;
 pub mod announcements;
 pub mod auth;
+pub mod blobs;
 pub mod body;
 pub mod config;
 pub mod dev_token;
@@ -75,6 +76,8 @@ impl Ingest {
     pub fn routes(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/dev/token", post(dev_token::mint))
+            .route("/v1/blobs", post(blobs::post))
+            .route("/v1/blobs/{id}", get(blobs::get))
             .route(
                 "/v1/channels/{channel}/messages",
                 post(messages::post_message).get(reliable::history),

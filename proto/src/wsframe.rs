@@ -115,6 +115,14 @@ impl Prepared {
         Prepared::from_parts(buf.freeze(), h)
     }
 
+    /// Bytes sent exactly as they are, without a WebSocket header: the same
+    /// shared, refcounted carrier for a transport with its own framing (a
+    /// server-sent event). [`Prepared::wire`] and [`Prepared::payload`] are
+    /// both the whole of `bytes`; [`Prepared::opcode`] reads `Text`.
+    pub fn raw(bytes: Bytes) -> Prepared {
+        Prepared::from_parts(bytes, 0)
+    }
+
     fn from_parts(wire: Bytes, header: usize) -> Prepared {
         Prepared(std::sync::Arc::new(Framed {
             wire,
@@ -151,6 +159,9 @@ impl Prepared {
     }
 
     pub fn opcode(&self) -> OpCode {
+        if self.0.header == 0 {
+            return OpCode::Text; // raw bytes (`Prepared::raw`): never a WebSocket frame
+        }
         OpCode::from_bits(self.0.wire[0] & 0x0F).unwrap_or(OpCode::Binary)
     }
 }

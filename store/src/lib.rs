@@ -43,6 +43,7 @@
 //! rebuild its in-memory policy; see `account.rs` for how rows merge.
 
 mod account;
+pub mod blob;
 mod embedded;
 mod error;
 mod membership;
@@ -55,6 +56,7 @@ mod store;
 
 use std::sync::Arc;
 
+pub use blob::Blob;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use message::{Appended, MAX_READ_LIMIT, Member, NewMessage, StoredMessage, Unread};

@@ -38,6 +38,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "bans_retractions",
         include_str!("../migrations/postgres/0005_bans_retractions.sql"),
     ),
+    (
+        6,
+        "blobs",
+        include_str!("../migrations/postgres/0006_blobs.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -65,6 +70,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         5,
         "bans_retractions",
         include_str!("../migrations/sqlite/0005_bans_retractions.sql"),
+    ),
+    (
+        6,
+        "blobs",
+        include_str!("../migrations/sqlite/0006_blobs.sql"),
     ),
 ];
 

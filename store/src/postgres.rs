@@ -304,4 +304,39 @@ impl Store for PostgresStore {
     ) -> Result<Vec<u64>, StoreError> {
         moderation::retracted(&self.pool, channel, after_seq, upto_seq).await
     }
+
+    async fn put_blob(
+        &self,
+        id: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<bool, StoreError> {
+        crate::blob::check_put(id, content_type)?;
+        let done = sqlx::query(crate::blob::PUT)
+            .bind(id)
+            .bind(content_type)
+            .bind(body)
+            .bind(danmaku_proto::now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn get_blob(&self, id: &str) -> Result<Option<crate::Blob>, StoreError> {
+        crate::blob::check_id(id)?;
+        let row: Option<(String, Vec<u8>)> = sqlx::query_as(crate::blob::GET)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(content_type, body)| crate::Blob { content_type, body }))
+    }
+
+    async fn has_blob(&self, id: &str) -> Result<bool, StoreError> {
+        crate::blob::check_id(id)?;
+        let row: Option<(i32,)> = sqlx::query_as(crate::blob::HAS)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
 }

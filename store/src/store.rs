@@ -132,4 +132,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the account rows that refuse nothing at `now`; returns how many.
     async fn purge_account_changes(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Keeps `body` under `id`, the lowercase hex SHA-256 of `body` (the caller
+    /// hashes; see [`crate::blob`]). Storing an id again keeps the first row;
+    /// returns whether this call stored it. Stores that keep no blobs (test
+    /// doubles) answer [`StoreError::Unavailable`].
+    async fn put_blob(
+        &self,
+        _id: &str,
+        _content_type: &str,
+        _body: &[u8],
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("this store keeps no blobs".into()))
+    }
+
+    /// The blob stored under `id`, if any.
+    async fn get_blob(&self, _id: &str) -> Result<Option<crate::Blob>, StoreError> {
+        Err(StoreError::Unavailable("this store keeps no blobs".into()))
+    }
+
+    /// Whether a blob is stored under `id` (without reading its body).
+    async fn has_blob(&self, _id: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("this store keeps no blobs".into()))
+    }
 }

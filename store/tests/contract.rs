@@ -1141,6 +1141,55 @@ pub async fn bans_and_retractions_round_trip_and_survive_reopen(fx: Fixture) {
     assert_eq!(s.retracted(&room, 0, 10).await.unwrap(), vec![3, 7]);
 }
 
+/// A blob id for `body` the way ingest makes one (the store does not hash).
+fn blob_id(body: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(body))
+}
+
+async fn blobs_are_content_addressed_and_survive_reopen(fx: Fixture) {
+    let body: Vec<u8> = format!("png bytes {}", unique("blob")).into_bytes();
+    let id = blob_id(&body);
+    let s = &*fx.store;
+    assert!(!s.has_blob(&id).await.unwrap());
+    assert_eq!(s.get_blob(&id).await.unwrap(), None);
+    assert!(s.put_blob(&id, "image/png", &body).await.unwrap(), "stored");
+    assert!(
+        !s.put_blob(&id, "image/png", &body).await.unwrap(),
+        "twice: one row"
+    );
+    assert!(s.has_blob(&id).await.unwrap());
+    let want = danmaku_store::Blob {
+        content_type: "image/png".into(),
+        body: body.clone(),
+    };
+    assert_eq!(s.get_blob(&id).await.unwrap(), Some(want.clone()));
+    // Binary bodies round-trip byte for byte.
+    let bin: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let bin_id = blob_id(&bin);
+    s.put_blob(&bin_id, "application/octet-stream", &bin)
+        .await
+        .unwrap();
+    assert_eq!(s.get_blob(&bin_id).await.unwrap().unwrap().body, bin);
+    for bad in ["", "ABC", &id[..63], &id.to_uppercase()] {
+        assert!(
+            matches!(
+                s.put_blob(bad, "image/png", &body).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+        assert!(matches!(s.get_blob(bad).await, Err(StoreError::Invalid(_))));
+    }
+    assert!(matches!(
+        s.put_blob(&id, "", &body).await,
+        Err(StoreError::Invalid(_))
+    ));
+    drop(fx.store);
+    let again = danmaku_store::connect(&fx.url).await.unwrap();
+    assert_eq!(again.get_blob(&id).await.unwrap(), Some(want));
+}
+
 macro_rules! contract_suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -1168,6 +1217,7 @@ macro_rules! contract_suite {
                 moderation_state_round_trips,
                 moderation_refuses_bad_input_and_survives_reopen,
                 bans_and_retractions_round_trip_and_survive_reopen,
+                blobs_are_content_addressed_and_survive_reopen,
             );
         }
     };

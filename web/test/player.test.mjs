@@ -22,6 +22,7 @@ import { Agent, request } from "node:http";
 import { spawn } from "node:child_process";
 import puppeteer from "puppeteer-core";
 import { Standalone } from "../../sdk/js/test/standalone.mjs";
+import { RefusingProxy } from "../../sdk/js/test/refusing-proxy.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, "../..");
@@ -431,5 +432,34 @@ describe("the player page in Chromium", () => {
     assert.deepEqual([...page.errors, ...json.errors], []);
     await page.close();
     await json.close();
+  });
+});
+
+describe("the player page behind a proxy that refuses WebSocket", () => {
+  test("falls back to server-sent events by itself: danmaku and every gift once", async () => {
+    const proxy = new RefusingProxy(server.baseUrl);
+    const base = await proxy.start();
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    const wsUrl = base.replace(/^http/, "ws") + "/v1/ws";
+    await page.goto(`${base}/?room=room:proxied&user=zoe&edges=${encodeURIComponent(wsUrl)}`, { waitUntil: "load" });
+    await until("connected over a fallback", () =>
+      page.evaluate(() => window.__danmaku?.states.at(-1) === "connected" && window.__danmaku.client.transport === "sse"), 60_000);
+    assert.ok(proxy.upgradesRefused >= 2, `upgrades refused: ${proxy.upgradesRefused}`);
+    const poster = await server.token("proxied-poster");
+    await server.post(poster, "room:proxied", { kind: "danmaku", text: "through the proxy 666" });
+    const seqs = [];
+    for (let i = 0; i < 3; i++) {
+      seqs.push((await server.post(poster, "room:proxied", { kind: "gift", text: "rocket", client_msg_id: `px-${i}`, payload: { gift: "rocket" } })).seq);
+    }
+    await until("danmaku over sse", () => page.evaluate(() => window.__danmaku.texts.includes("through the proxy 666")));
+    await until("gifts over sse", async () => (await giftSeqs(page, "room:proxied")).length >= 3);
+    await sleep(3_500); // past a resend: still once each
+    assert.deepEqual(await giftSeqs(page, "room:proxied"), seqs);
+    await shot(page, "fallback-sse.png");
+    assert.deepEqual(errors, []);
+    await page.close();
+    await proxy.stop();
   });
 });

@@ -23,6 +23,8 @@ pub struct ReliableFrame {
     pub seq: u64,
     pub pb: Prepared,
     pub json: Prepared,
+    /// The JSON frame as a server-sent event with `id: <channel>:<seq>`.
+    pub sse: Prepared,
 }
 
 impl ReliableFrame {
@@ -43,16 +45,17 @@ impl ReliableFrame {
         Arc::new(ReliableFrame {
             seq,
             pb: Prepared::encode(OpCode::Binary, &frame),
+            sse: crate::sse_wire::event(Some((channel, seq)), json.as_bytes()),
             json: Prepared::new(OpCode::Text, json.as_bytes()),
         })
     }
 
     /// The frame as `transport` writes it (a refcount bump).
     pub fn outbound(&self, transport: Transport) -> Prepared {
-        if transport.is_json() {
-            self.json.clone()
-        } else {
-            self.pb.clone()
+        match transport {
+            Transport::Sse => self.sse.clone(),
+            t if t.is_json() => self.json.clone(),
+            _ => self.pb.clone(),
         }
     }
 }

@@ -21,9 +21,18 @@ import { ApiError, HttpApi, TokenSource, tokenExpiry } from "./http.js";
 import { decodeJsonFrame, encodeJsonFrame } from "./json.js";
 import { DecodeError, decodeServerFrame, encodeClientFrame } from "./pb.js";
 import { ReliableTracker } from "./reliable.js";
+import { PollSocket, SseSocket, httpBase } from "./fallback.js";
 
 export const SUBPROTOCOL_PB = "danmaku.v1.pb";
 export const SUBPROTOCOL_JSON = "danmaku.v1.json";
+
+/**
+ * The transports in fallback order, by `client.protocol`: each is tried when
+ * the one before keeps failing while HTTP answers (a proxy that breaks
+ * WebSocket, or streaming responses). `client.transport` names the one in use.
+ */
+export const TRANSPORTS = { pb: "ws-pb", json: "ws-json", sse: "sse", poll: "long-poll" };
+const NEXT_PROTOCOL = { json: "sse", sse: "poll" };
 
 /** Codes after which reconnecting is pointless: the token was revoked, the user blocked. */
 export const FINAL_CODES = new Set(["token_revoked", "user_blocked"]);
@@ -47,9 +56,15 @@ export class DanmakuClient {
     this.tokens = new TokenSource({ token: o.token, getToken: o.getToken, refreshBeforeSecs: o.refreshBeforeSecs });
     this.http = new HttpApi({ baseUrl: this.baseUrl, tokens: this.tokens, fetch: o.fetch });
     this.WebSocket = o.WebSocket ?? globalThis.WebSocket;
-    if (!this.WebSocket) throw new TypeError("no WebSocket implementation (pass options.WebSocket)");
-    this.protocolOption = o.protocol ?? "auto"; // "auto" = pb, falling back to json
-    this.protocol = this.protocolOption === "json" ? "json" : "pb";
+    this.fetch = o.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.pollWaitSecs = o.pollWaitSecs ?? 25;
+    // "auto" = pb, falling back to json, then sse, then long-poll; or one of them.
+    this.protocolOption = o.protocol ?? "auto";
+    this.protocol = this.protocolOption === "auto" ? "pb" : this.protocolOption;
+    if (!this.WebSocket && (this.protocol === "pb" || this.protocol === "json")) {
+      if (this.protocolOption !== "auto") throw new TypeError("no WebSocket implementation (pass options.WebSocket)");
+      this.protocol = "sse";
+    }
     this.staticEdges = o.edges ?? null;
     this.raceCount = o.raceCount ?? 3;
     this.heartbeatMs = o.heartbeatMs ?? 30_000;
@@ -75,6 +90,7 @@ export class DanmakuClient {
   #redirectEdges = null;
   #dropConnection = null;
   #pbFailures = 0;
+  #fallbackFailures = 0;
   #httpOk = false;
   #connectedOnce = false;
   #timers = [];
@@ -132,6 +148,11 @@ export class DanmakuClient {
   #firstConnect = null;
   #resolveFirst = null;
   #rejectFirst = null;
+
+  /** The transport in use (or being tried): "ws-pb", "ws-json", "sse" or "long-poll". */
+  get transport() {
+    return TRANSPORTS[this.protocol];
+  }
 
   /** Closes for good (no reconnect). */
   close() {
@@ -271,7 +292,7 @@ export class DanmakuClient {
         const full = url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
         let ws;
         try {
-          ws = new this.WebSocket(full, sub);
+          ws = this.#socket(url, full, token, sub, protocol);
         } catch (e) {
           if (++failed === urls.length) finish(null, e);
           continue;
@@ -319,11 +340,27 @@ export class DanmakuClient {
       }
       if (protocol === "pb" && this.protocolOption === "auto" && this.#httpOk && ++this.#pbFailures >= 4) {
         this.protocol = "json";
+      } else if (NEXT_PROTOCOL[protocol] && this.protocolOption === "auto" && this.#httpOk && ++this.#fallbackFailures >= 2) {
+        // WebSocket (then streaming) keeps failing while HTTP answers: next transport.
+        this.protocol = NEXT_PROTOCOL[protocol];
+        this.#fallbackFailures = 0;
+        this.backoff.reset();
       }
       throw e;
     });
     if (protocol === "pb") this.#pbFailures = 0;
+    this.#fallbackFailures = 0;
     return winner;
+  }
+
+  /** A connection of `protocol`: a WebSocket, or a fallback with its surface (fallback.js). */
+  #socket(url, full, token, sub, protocol) {
+    if (protocol === "sse" || protocol === "poll") {
+      const channels = new Map([...this.channels].map((c) => [c, this.tracker.deliveredUpto(c)]));
+      const o = { base: httpBase(url), token, channels, fetch: this.fetch, waitSecs: this.pollWaitSecs };
+      return protocol === "sse" ? new SseSocket(o) : new PollSocket(o);
+    }
+    return new this.WebSocket(full, sub);
   }
 
   #decode(data, protocol) {

@@ -1,5 +1,6 @@
 // @danmaku/sdk — the JavaScript client of danmaku. See README.md.
-export { DanmakuClient, FINAL_CODES, SUBPROTOCOL_JSON, SUBPROTOCOL_PB } from "./client.js";
+export { DanmakuClient, FINAL_CODES, SUBPROTOCOL_JSON, SUBPROTOCOL_PB, TRANSPORTS } from "./client.js";
+export { PollSocket, SseSocket } from "./fallback.js";
 export { ApiError, HttpApi, TokenSource, newClientMsgId, tokenExpiry } from "./http.js";
 export { ReliableTracker } from "./reliable.js";
 export { Backoff } from "./backoff.js";

@@ -68,8 +68,12 @@ export interface ClientOptions {
   getToken?: (reason: TokenReason) => string | Promise<string>;
   /** refresh this many seconds before `exp` (default 60) */
   refreshBeforeSecs?: number;
-  /** "auto" (default: protobuf, JSON after repeated protobuf failures), "pb" or "json" */
-  protocol?: "auto" | "pb" | "json";
+  /** "auto" (default: protobuf; JSON after repeated protobuf failures; then
+   * server-sent events, then long-poll, when WebSocket keeps failing while HTTP
+   * answers), or one of "pb", "json", "sse", "poll" */
+  protocol?: "auto" | Protocol;
+  /** long-poll: how long the edge may hold each poll, seconds (default 25, max 30) */
+  pollWaitSecs?: number;
   /** fixed WebSocket URLs instead of asking the scheduler */
   edges?: string[];
   /** how many edges to race (default 3) */
@@ -84,13 +88,17 @@ export interface ClientOptions {
   fetch?: typeof fetch;
 }
 
+export type Protocol = "pb" | "json" | "sse" | "poll";
+export type TransportName = "ws-pb" | "ws-json" | "sse" | "long-poll";
+export const TRANSPORTS: Record<Protocol, TransportName>;
+
 export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "closed";
 
 export interface StateChange {
   state: ConnectionState;
   /** on "connected": true when this is a reconnection (channels re-joined and resumed) */
   resumed?: boolean;
-  protocol: "pb" | "json";
+  protocol: Protocol;
   user?: string;
   /** on "closed" by the server for good: `token_revoked` or `user_blocked` (no reconnect) */
   reason?: "token_revoked" | "user_blocked";
@@ -162,7 +170,9 @@ export class DecodeError extends Error {
 export class DanmakuClient {
   constructor(options?: ClientOptions);
   readonly state: ConnectionState;
-  readonly protocol: "pb" | "json";
+  readonly protocol: Protocol;
+  /** the transport in use (or being tried): "ws-pb" → "ws-json" → "sse" → "long-poll" */
+  readonly transport: TransportName;
   readonly user: string | null;
   readonly stats: ClientStats;
   readonly http: HttpApi;
