@@ -322,13 +322,13 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn get_blob(&self, id: &str) -> Result<Option<crate::Blob>, StoreError> {
+    async fn get_blob(&self, id: &str) -> Result<Option<crate::blob::Blob>, StoreError> {
         crate::blob::check_id(id)?;
         let row: Option<(String, Vec<u8>)> = sqlx::query_as(crate::blob::GET)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|(content_type, body)| crate::Blob { content_type, body }))
+        Ok(row.map(|(content_type, body)| crate::blob::Blob { content_type, body }))
     }
 
     async fn has_blob(&self, id: &str) -> Result<bool, StoreError> {

@@ -147,7 +147,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The blob stored under `id`, if any.
-    async fn get_blob(&self, _id: &str) -> Result<Option<crate::Blob>, StoreError> {
+    async fn get_blob(&self, _id: &str) -> Result<Option<crate::blob::Blob>, StoreError> {
         Err(StoreError::Unavailable("this store keeps no blobs".into()))
     }
 

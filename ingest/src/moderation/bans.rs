@@ -21,9 +21,10 @@ use serde_json::json;
 
 use super::moderators::channel_and_user;
 use super::{Allowed, MAX_BAN_SECS};
+use crate::body;
+use crate::error::ApiError;
 use crate::node::Ingest;
 use crate::reliable::APP_ROLE;
-use crate::{ApiError, body};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
