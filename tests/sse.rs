@@ -160,12 +160,21 @@ async fn many_sse_viewers_get_every_gift_and_the_danmaku() {
         DANMAKU * VIEWERS
     );
     assert!(danmaku_total > 0, "danmaku reached the viewers");
-    let text = common::metrics_text(&base).await;
-    let pushed = metric_value(
-        &text,
-        "danmaku_edge_frames_pushed_total",
-        &[("transport", "sse")],
-    );
+    // Counted after the hand-over, on the edge's delivery thread: may trail.
+    let mut text = common::metrics_text(&base).await;
+    let mut pushed = None;
+    for _ in 0..200 {
+        pushed = metric_value(
+            &text,
+            "danmaku_edge_frames_pushed_total",
+            &[("transport", "sse")],
+        );
+        if pushed.unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        text = common::metrics_text(&base).await;
+    }
     assert!(
         pushed.unwrap_or(0.0) > 0.0,
         "sse pushes are counted: {pushed:?}"
