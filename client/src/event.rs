@@ -9,6 +9,14 @@ use danmaku_proto::json::{JsonServerFrame, decode_server_json};
 use danmaku_proto::pb::{self, server_frame::Body};
 use danmaku_proto::{Limits, ProtoError, decode_batch, frame};
 
+/// The id of the blob `event` carries (notify-pull), if any: fetch it with
+/// [`crate::ingest::IngestClient::fetch_blob`] or build its URL with
+/// [`crate::ingest::IngestClient::blob_url`] when it is needed (a gift banner
+/// shown), not on arrival.
+pub fn blob_of(event: &pb::Event) -> Option<&str> {
+    (!event.blob.is_empty()).then_some(event.blob.as_str())
+}
+
 /// An edge address offered in a `Redirect` (the protobuf type is the shared form).
 pub type EdgeAddr = pb::EdgeAddr;
 
@@ -292,7 +300,8 @@ pub fn decode_json(text: &str, limits: &Limits) -> Result<ServerEvent, ProtoErro
 fn check_event(ev: &pb::Event, limits: &Limits) -> Result<(), ProtoError> {
     limits.check_str("sender", &ev.sender)?;
     limits.check_str("text", &ev.text)?;
-    limits.check_str("payload", &ev.payload_json)
+    limits.check_str("payload", &ev.payload_json)?;
+    limits.check_str("blob", &ev.blob)
 }
 
 fn check_json_bounds(ev: &ServerEvent, limits: &Limits) -> Result<(), ProtoError> {
