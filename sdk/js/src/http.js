@@ -147,13 +147,14 @@ export class HttpApi {
    * retried with the same id on 503, network failures and 429 (after Retry-After), so a
    * retry never shows twice. Danmaku is sent once.
    * @param {string} channel
-   * @param {{kind?: "danmaku"|"gift"|"chat", text: string, payload?: object, client_msg_id?: string}} msg
+   * @param {{kind?: "danmaku"|"gift"|"chat", text: string, payload?: object, blob?: string, client_msg_id?: string}} msg
    * @param {{retries?: number}} [o]
    * @returns {Promise<{accepted?: boolean, seq?: number}>}
    */
   async send(channel, msg, o = {}) {
     const body = { kind: msg.kind ?? "danmaku", text: msg.text };
     if (msg.payload !== undefined) body.payload = msg.payload;
+    if (msg.blob) body.blob = msg.blob;
     const reliable = RELIABLE_KINDS.has(body.kind);
     if (msg.client_msg_id) body.client_msg_id = msg.client_msg_id;
     else if (reliable) body.client_msg_id = newClientMsgId();
@@ -168,6 +169,71 @@ export class HttpApi {
         await sleep(e.retryAfterSecs != null ? e.retryAfterSecs * 1000 : Math.min(4000, 200 * 2 ** attempt));
       }
     }
+  }
+
+  /**
+   * The absolute URL of the blob `id` (what an event's `blob` names): usable
+   * as an <img src> as is, since blobs need no token and never change.
+   * @param {string} id
+   */
+  blobUrl(id) {
+    return `${this.baseUrl}/v1/blobs/${encodeURIComponent(id)}`;
+  }
+
+  /**
+   * `GET /v1/blobs/{id}` on demand: `{contentType, body}` (body a Blob).
+   * A missing blob throws ApiError `not_found`, a malformed id `bad_blob`.
+   * @param {string} id
+   * @returns {Promise<{contentType: string, body: Blob}>}
+   */
+  async fetchBlob(id) {
+    let res;
+    try {
+      res = await this.fetch(this.blobUrl(id));
+    } catch (e) {
+      throw new ApiError(0, "network", String(e?.message ?? e));
+    }
+    if (!res.ok) {
+      const text = await res.text();
+      let err = {};
+      try {
+        err = JSON.parse(text)?.error ?? {};
+      } catch {
+        /* not JSON */
+      }
+      throw new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200));
+    }
+    return { contentType: res.headers.get("content-type") ?? "application/octet-stream", body: await res.blob() };
+  }
+
+  /**
+   * `POST /v1/blobs` (an `app` token): stores `body` and answers `{id, url}`;
+   * a message then carries `blob: id`.
+   * @param {Blob|ArrayBuffer|Uint8Array|string} body
+   * @param {string} contentType
+   * @returns {Promise<{id: string, url: string}>}
+   */
+  async uploadBlob(body, contentType) {
+    const headers = { "content-type": contentType };
+    if (this.tokens) headers.authorization = `Bearer ${await this.tokens.get()}`;
+    let res;
+    try {
+      res = await this.fetch(this.baseUrl + "/v1/blobs", { method: "POST", headers, body });
+    } catch (e) {
+      throw new ApiError(0, "network", String(e?.message ?? e));
+    }
+    const text = await res.text();
+    let json = null;
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch {
+      /* not JSON */
+    }
+    if (!res.ok) {
+      const err = json?.error ?? {};
+      throw new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200));
+    }
+    return json;
   }
 
   /** One page of reliable history: `{messages, next_after_seq}`. */
