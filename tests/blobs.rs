@@ -1,14 +1,16 @@
 //! Blobs for notify-pull: upload (app role, bounded, content type kept),
 //! content-addressed ids, immutable caching with ETag / 304, typed refusals;
 //! served by ingest and by the edge's own route from the same store; messages
-//! carrying a blob id to viewers (both encodings), history, resume and a
-//! group member's catch-up from the store.
+//! carrying a blob id to viewers (WebSocket in both encodings, SSE, long-poll),
+//! history, resume and a group member's catch-up from the store.
 
 mod common;
 
 use std::time::Duration;
 
-use danmaku_client::{Client, ClientConfig, IngestClient, PostOutcome, ServerEvent, Transport};
+use danmaku_client::{
+    Client, ClientConfig, IngestClient, Limits, PostOutcome, ServerEvent, SseClient, Transport,
+};
 use danmaku_testkit::metric_value;
 use sha2::Digest;
 
@@ -147,6 +149,92 @@ async fn next_matching<T>(
     .unwrap_or_else(|_| panic!("{what} within 10 s"))
 }
 
+/// The blob ids of the gift `seq` and of the danmaku `text` as they arrive on an
+/// SSE stream (a gift may ride a tick's batch or come alone).
+async fn sse_blobs(c: &mut SseClient, seq: u64, text: &str) -> (String, String) {
+    let (mut gift, mut danmaku) = (None, None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while gift.is_none() || danmaku.is_none() {
+            let events = match c.next_event().await {
+                Some(ServerEvent::Batch { events, .. }) => events,
+                Some(ServerEvent::Reliable { event, .. }) => vec![event],
+                Some(ServerEvent::Error { code, message }) => panic!("sse: {code}: {message}"),
+                Some(_) => continue,
+                None => panic!("sse: stream ended"),
+            };
+            for e in events {
+                if e.seq == seq {
+                    gift = Some(e.blob);
+                } else if e.text == text {
+                    danmaku = Some(e.blob);
+                }
+            }
+        }
+    })
+    .await
+    .expect("sse: the gift and the danmaku within 10 s");
+    (gift.unwrap(), danmaku.unwrap())
+}
+
+/// The same over long-poll from `cursor`: the JSON events' `blob` fields.
+async fn poll_blobs(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+    mut cursor: String,
+    seq: u64,
+    text: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let (mut gift, mut danmaku) = (None, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gift.is_none() || danmaku.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "poll: both within 10 s"
+        );
+        let answer: serde_json::Value = http
+            .get(format!("{base}/v1/poll?{query}&cursor={cursor}&wait=2"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        cursor = answer["cursor"].as_str().expect("a cursor").to_owned();
+        for f in answer["events"].as_array().expect("events") {
+            let events = match f["type"].as_str() {
+                Some("batch") => f["events"].as_array().unwrap().clone(),
+                Some("reliable") => vec![f["event"].clone()],
+                _ => continue,
+            };
+            for e in events {
+                if e["seq"].as_u64() == Some(seq) {
+                    gift = Some(e["blob"].clone());
+                } else if e["text"] == text {
+                    danmaku = Some(e["blob"].clone());
+                }
+            }
+        }
+    }
+    (gift.unwrap(), danmaku.unwrap())
+}
+
+/// Waits for the SSE stream's `Joined` of `channel`.
+async fn next_matching_sse(c: &mut SseClient, channel: &str) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match c.next_event().await {
+                Some(ServerEvent::Joined { channel: ch, .. }) if ch == channel => return,
+                Some(ServerEvent::Error { code, message }) => panic!("sse: {code}: {message}"),
+                Some(_) => {}
+                None => panic!("sse: stream ended before joined"),
+            }
+        }
+    })
+    .await
+    .expect("sse joined within 10 s")
+}
+
 /// The reliable event of `seq`, its blob id.
 fn reliable_blob(want: u64) -> impl FnMut(ServerEvent) -> Option<String> {
     move |ev| match ev {
@@ -190,6 +278,26 @@ async fn messages_carry_blobs_to_viewers_history_and_resume() {
         v.join(&room).await.unwrap();
         common::wait_joined(v, &room).await;
     }
+    // The fallbacks: an SSE stream and a long-poller (its cursor from now).
+    let sse_token = common::token(&srv, "viewer-sse");
+    let mut sse = SseClient::connect(&base, &sse_token, &[&room], &[], Limits::default())
+        .await
+        .unwrap();
+    next_matching_sse(&mut sse, &room).await;
+    let raw = reqwest::Client::new();
+    let poll_query = format!(
+        "channel={room}&token={}",
+        common::token(&srv, "viewer-poll")
+    );
+    let first: serde_json::Value = raw
+        .get(format!("{base}/v1/poll?{poll_query}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["cursor"].as_str().expect("a cursor").to_owned();
 
     // A plain user's gift carrying the app's blob reaches both encodings with it.
     let out = http
@@ -227,6 +335,17 @@ async fn messages_carry_blobs_to_viewers_history_and_resume() {
         .await;
         assert_eq!(got, id, "danmaku on {what}");
     }
+    assert_eq!(
+        sse_blobs(&mut sse, seq, "look").await,
+        (id.clone(), id.clone()),
+        "sse"
+    );
+    let (gift, danmaku) = poll_blobs(&raw, &base, &poll_query, cursor, seq, "look").await;
+    assert_eq!(
+        (gift.as_str(), danmaku.as_str()),
+        (Some(&*id), Some(&*id)),
+        "long-poll"
+    );
 
     // History and resume return it; a gift without one has none.
     let out = http
