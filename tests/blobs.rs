@@ -176,6 +176,17 @@ async fn sse_blobs(c: &mut SseClient, seq: u64, text: &str) -> (String, String) 
     (gift.unwrap(), danmaku.unwrap())
 }
 
+/// One `GET /v1/poll?{query}`, its JSON answer.
+async fn poll(http: &reqwest::Client, base: &str, query: &str) -> serde_json::Value {
+    let resp = http
+        .get(format!("{base}/v1/poll?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "poll {query}");
+    resp.json().await.unwrap()
+}
+
 /// The same over long-poll from `cursor`: the JSON events' `blob` fields.
 async fn poll_blobs(
     http: &reqwest::Client,
@@ -192,14 +203,7 @@ async fn poll_blobs(
             std::time::Instant::now() < deadline,
             "poll: both within 10 s"
         );
-        let answer: serde_json::Value = http
-            .get(format!("{base}/v1/poll?{query}&cursor={cursor}&wait=2"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = poll(http, base, &format!("{query}&cursor={cursor}&wait=2")).await;
         cursor = answer["cursor"].as_str().expect("a cursor").to_owned();
         for f in answer["events"].as_array().expect("events") {
             let events = match f["type"].as_str() {
@@ -289,14 +293,7 @@ async fn messages_carry_blobs_to_viewers_history_and_resume() {
         "channel={room}&token={}",
         common::token(&srv, "viewer-poll")
     );
-    let first: serde_json::Value = raw
-        .get(format!("{base}/v1/poll?{poll_query}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first = poll(&raw, &base, &poll_query).await;
     let cursor = first["cursor"].as_str().expect("a cursor").to_owned();
 
     // A plain user's gift carrying the app's blob reaches both encodings with it.

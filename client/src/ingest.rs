@@ -230,14 +230,8 @@ impl IngestClient {
         channel: &str,
         text: &str,
     ) -> Result<PostOutcome, ClientError> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/channels/{}/messages", self.base, channel))
-            .bearer_auth(token)
-            .json(&json!({ "kind": "danmaku", "text": text }))
-            .send()
-            .await?;
-        post_outcome(resp).await
+        self.post_message(token, channel, json!({ "kind": "danmaku", "text": text }))
+            .await
     }
 
     /// Posts one reliable message (`kind` is `gift` or `chat`) to `channel`.
@@ -257,14 +251,7 @@ impl IngestClient {
         if let Some(id) = client_msg_id {
             body["client_msg_id"] = json!(id);
         }
-        let resp = self
-            .http
-            .post(format!("{}/v1/channels/{}/messages", self.base, channel))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await?;
-        post_outcome(resp).await
+        self.post_message(token, channel, body).await
     }
 
     /// Posts a message of `kind` (`danmaku`, `gift`, `chat`) carrying the blob
@@ -283,6 +270,16 @@ impl IngestClient {
         if let Some(id) = client_msg_id {
             body["client_msg_id"] = json!(id);
         }
+        self.post_message(token, channel, body).await
+    }
+
+    /// `POST /v1/channels/{channel}/messages` with `body`, the answer mapped.
+    async fn post_message(
+        &self,
+        token: &str,
+        channel: &str,
+        body: serde_json::Value,
+    ) -> Result<PostOutcome, ClientError> {
         let resp = self
             .http
             .post(format!("{}/v1/channels/{}/messages", self.base, channel))

@@ -84,6 +84,22 @@ export function newClientMsgId() {
   return `m-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`;
 }
 
+/** `text` as JSON, or null (empty, or not JSON). */
+function parseJson(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The ApiError of a non-2xx answer: the API's `{"error":{code,message}}`, else the text. */
+function errorOf(res, json, text) {
+  const err = json?.error ?? {};
+  const ra = res.headers.get("retry-after");
+  return new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200), ra ? Number(ra) : null);
+}
+
 export class HttpApi {
   /**
    * @param {{baseUrl: string, tokens?: TokenSource, fetch?: typeof fetch}} o
@@ -95,39 +111,37 @@ export class HttpApi {
   }
 
   /**
-   * One request; JSON in and out. A 401 refreshes the token once and retries.
+   * One request; JSON in and out (or, with `contentType`, `body` sent as is:
+   * a blob upload). A 401 refreshes the token once and retries.
    * @returns {Promise<any>}
    */
-  async request(method, path, body, { auth = true } = {}) {
+  async request(method, path, body, { auth = true, contentType } = {}) {
     for (let attempt = 0; ; attempt++) {
       const headers = {};
-      if (body !== undefined) headers["content-type"] = "application/json";
+      if (body !== undefined) headers["content-type"] = contentType ?? "application/json";
       if (auth && this.tokens) headers.authorization = `Bearer ${await this.tokens.get()}`;
-      let res;
-      try {
-        res = await this.fetch(this.baseUrl + path, {
-          method,
-          headers,
-          body: body === undefined ? undefined : JSON.stringify(body),
-        });
-      } catch (e) {
-        throw new ApiError(0, "network", String(e?.message ?? e));
-      }
+      const res = await this.#send(this.baseUrl + path, {
+        method,
+        headers,
+        body: body === undefined || contentType ? body : JSON.stringify(body),
+      });
       const text = await res.text();
-      let json = null;
-      try {
-        json = text ? JSON.parse(text) : null;
-      } catch {
-        /* not JSON */
-      }
+      const json = parseJson(text);
       if (res.ok) return json;
       if (res.status === 401 && auth && this.tokens?.getToken && attempt === 0) {
         await this.tokens.refresh();
         continue;
       }
-      const err = json?.error ?? {};
-      const ra = res.headers.get("retry-after");
-      throw new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200), ra ? Number(ra) : null);
+      throw errorOf(res, json, text);
+    }
+  }
+
+  /** `fetch`, its failure (no answer) as ApiError `network`. */
+  async #send(url, init) {
+    try {
+      return await this.fetch(url, init);
+    } catch (e) {
+      throw new ApiError(0, "network", String(e?.message ?? e));
     }
   }
 
@@ -187,21 +201,10 @@ export class HttpApi {
    * @returns {Promise<{contentType: string, body: Blob}>}
    */
   async fetchBlob(id) {
-    let res;
-    try {
-      res = await this.fetch(this.blobUrl(id));
-    } catch (e) {
-      throw new ApiError(0, "network", String(e?.message ?? e));
-    }
+    const res = await this.#send(this.blobUrl(id));
     if (!res.ok) {
       const text = await res.text();
-      let err = {};
-      try {
-        err = JSON.parse(text)?.error ?? {};
-      } catch {
-        /* not JSON */
-      }
-      throw new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200));
+      throw errorOf(res, parseJson(text), text);
     }
     return { contentType: res.headers.get("content-type") ?? "application/octet-stream", body: await res.blob() };
   }
@@ -214,26 +217,7 @@ export class HttpApi {
    * @returns {Promise<{id: string, url: string}>}
    */
   async uploadBlob(body, contentType) {
-    const headers = { "content-type": contentType };
-    if (this.tokens) headers.authorization = `Bearer ${await this.tokens.get()}`;
-    let res;
-    try {
-      res = await this.fetch(this.baseUrl + "/v1/blobs", { method: "POST", headers, body });
-    } catch (e) {
-      throw new ApiError(0, "network", String(e?.message ?? e));
-    }
-    const text = await res.text();
-    let json = null;
-    try {
-      json = text ? JSON.parse(text) : null;
-    } catch {
-      /* not JSON */
-    }
-    if (!res.ok) {
-      const err = json?.error ?? {};
-      throw new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200));
-    }
-    return json;
+    return this.request("POST", "/v1/blobs", body, { contentType });
   }
 
   /** One page of reliable history: `{messages, next_after_seq}`. */

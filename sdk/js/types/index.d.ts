@@ -203,7 +203,7 @@ export class DanmakuClient {
 
 export class HttpApi {
   constructor(options: { baseUrl: string; tokens?: TokenSource; fetch?: typeof fetch });
-  request(method: string, path: string, body?: unknown, options?: { auth?: boolean }): Promise<any>;
+  request(method: string, path: string, body?: unknown, options?: { auth?: boolean; contentType?: string }): Promise<any>;
   devToken(user: string, role?: "user" | "app"): Promise<string>;
   edges(k?: number): Promise<EdgeAddr[]>;
   send(channel: string, msg: SendMessage, options?: { retries?: number }): Promise<{ accepted?: boolean; seq?: number }>;
