@@ -555,6 +555,28 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_id_arrives_in_both_forms() {
+        let id = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let mut events = CommentGenerator::new(3).events(2, 5);
+        events[1].blob = id.into();
+        let json = danmaku_proto::json::batch_json("room:9", &events, None, 0);
+        let wire = frame::encode(&frame::server(Body::Batch(
+            BatchEncoder::default().encode("room:9", &events).unwrap(),
+        )));
+        let limits = Limits::default();
+        for got in [
+            decode_json(&json, &limits).unwrap(),
+            decode_pb(&wire, &limits).unwrap(),
+        ] {
+            let ServerEvent::Batch { events, .. } = got else {
+                panic!("{got:?}")
+            };
+            let blobs: Vec<_> = events.iter().map(blob_of).collect();
+            assert_eq!(blobs, [None, Some(id)]);
+        }
+    }
+
+    #[test]
     fn retractions_and_sampled_out_come_out_of_the_tick_in_both_forms() {
         let mut events = CommentGenerator::new(3).events(2, 5);
         events.push(pb::Event {
