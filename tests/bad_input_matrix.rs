@@ -536,6 +536,34 @@ fn cases() -> Vec<Case> {
             .await
         ),
         case!(
+            "blob that is not a blob id",
+            "http",
+            http(400, "bad_blob"),
+            REJ,
+            &[("code", "bad_blob")],
+            |c| post(
+                c,
+                Some(c.token("alice")),
+                "room:m",
+                json!({"kind": "gift", "text": "x", "blob": "../../etc/passwd"})
+            )
+            .await
+        ),
+        case!(
+            "blob never uploaded",
+            "http",
+            http(400, "unknown_blob"),
+            REJ,
+            &[("code", "unknown_blob")],
+            |c| post(
+                c,
+                Some(c.token("alice")),
+                "room:m",
+                json!({"kind": "danmaku", "text": "x", "blob": "0".repeat(64)})
+            )
+            .await
+        ),
+        case!(
             "client_msg_id over 64 characters",
             "http",
             http(400, "bad_client_msg_id"),

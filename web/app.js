@@ -8,7 +8,8 @@
 //   lane within a moment is dropped (counted); the user's own comments are never
 //   dropped and shown at once (queued in front, behind the lane's last comment).
 // * gift lane: a banner per gift, plus the gift feed under the stage; gifts are
-//   never dropped.
+//   never dropped. A gift carrying an image blob (notify-pull: only the id rides
+//   the push) shows that picture in its banner, fetched when the banner shows.
 // * side panel: group chat with history (paged over HTTP) and unread badges.
 // * window.__danmaku: counters and frame times for the browser tests.
 
@@ -31,7 +32,8 @@ const debug = (window.__danmaku = {
   room, user,
   received: 0, shown: 0, dropped: 0, own: 0,
   texts: [], // the last 500 danmaku texts received (own echoes included)
-  gifts: [], // {channel, seq, sender, text} in the order shown
+  gifts: [], // {channel, seq, sender, text, blob?} in the order shown
+  giftImages: 0, // banners that showed a gift's image blob
   states: [],
   frameTimes: [], // ms between animation frames (performance.now deltas)
   longTasks: 0,
@@ -198,7 +200,7 @@ const giftQueue = [];
 let giftShowing = false;
 
 function showGift(ev, channel) {
-  debug.gifts.push({ channel, seq: ev.seq, sender: ev.sender, text: ev.text });
+  debug.gifts.push({ channel, seq: ev.seq, sender: ev.sender, text: ev.text, blob: ev.blob });
   const li = document.createElement("li");
   li.dataset.seq = String(ev.seq);
   li.dataset.channel = channel;
@@ -209,6 +211,32 @@ function showGift(ev, channel) {
   while (feed.children.length > 500) feed.lastChild.remove();
   giftQueue.push({ ev, name });
   if (!giftShowing) nextBanner();
+}
+
+// Object URLs of image blobs already fetched, by id (blobs never change), oldest
+// first; bounded, since every distinct picture holds its bytes.
+const blobImages = new Map();
+const MAX_BLOB_IMAGES = 64;
+
+/** The object URL of blob `id` when it is an image, else null (never throws). */
+async function blobImage(id) {
+  if (!blobImages.has(id)) {
+    const p = client
+      .fetchBlob(id)
+      .then(({ contentType, body }) => (contentType.startsWith("image/") ? URL.createObjectURL(body) : null))
+      .catch((err) => {
+        debug.errors.push(`blob ${id}: ${err.message}`);
+        blobImages.delete(id);
+        return null;
+      });
+    blobImages.set(id, p);
+    if (blobImages.size > MAX_BLOB_IMAGES) {
+      const [oldest, url] = blobImages.entries().next().value;
+      blobImages.delete(oldest);
+      url.then((u) => u && URL.revokeObjectURL(u));
+    }
+  }
+  return blobImages.get(id);
 }
 
 function nextBanner() {
@@ -229,6 +257,17 @@ function nextBanner() {
   t.textContent = `${g.ev.sender} sent ${g.ev.text}`;
   b.append(icon, t);
   lane.replaceChildren(b);
+  if (g.ev.blob) {
+    blobImage(g.ev.blob).then((url) => {
+      if (!url || !b.isConnected) return;
+      const img = document.createElement("img");
+      img.className = "gift-image";
+      img.alt = g.name;
+      img.src = url;
+      icon.replaceChildren(img);
+      debug.giftImages++;
+    });
+  }
   // Busy room: banners go faster, none is skipped (the feed lists them all).
   const ms = giftQueue.length > 4 ? 500 : 2_600;
   setTimeout(nextBanner, ms);

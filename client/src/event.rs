@@ -9,6 +9,14 @@ use danmaku_proto::json::{JsonServerFrame, decode_server_json};
 use danmaku_proto::pb::{self, server_frame::Body};
 use danmaku_proto::{Limits, ProtoError, decode_batch, frame};
 
+/// The id of the blob `event` carries (notify-pull), if any: fetch it with
+/// [`crate::ingest::IngestClient::fetch_blob`] or build its URL with
+/// [`crate::ingest::IngestClient::blob_url`] when it is needed (a gift banner
+/// shown), not on arrival.
+pub fn blob_of(event: &pb::Event) -> Option<&str> {
+    (!event.blob.is_empty()).then_some(event.blob.as_str())
+}
+
 /// An edge address offered in a `Redirect` (the protobuf type is the shared form).
 pub type EdgeAddr = pb::EdgeAddr;
 
@@ -292,7 +300,8 @@ pub fn decode_json(text: &str, limits: &Limits) -> Result<ServerEvent, ProtoErro
 fn check_event(ev: &pb::Event, limits: &Limits) -> Result<(), ProtoError> {
     limits.check_str("sender", &ev.sender)?;
     limits.check_str("text", &ev.text)?;
-    limits.check_str("payload", &ev.payload_json)
+    limits.check_str("payload", &ev.payload_json)?;
+    limits.check_str("blob", &ev.blob)
 }
 
 fn check_json_bounds(ev: &ServerEvent, limits: &Limits) -> Result<(), ProtoError> {
@@ -543,6 +552,28 @@ mod tests {
             decode_json(&json, &limits).unwrap(),
             decode_pb(&wire, &limits).unwrap()
         );
+    }
+
+    #[test]
+    fn a_blob_id_arrives_in_both_forms() {
+        let id = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let mut events = CommentGenerator::new(3).events(2, 5);
+        events[1].blob = id.into();
+        let json = danmaku_proto::json::batch_json("room:9", &events, None, 0);
+        let wire = frame::encode(&frame::server(Body::Batch(
+            BatchEncoder::default().encode("room:9", &events).unwrap(),
+        )));
+        let limits = Limits::default();
+        for got in [
+            decode_json(&json, &limits).unwrap(),
+            decode_pb(&wire, &limits).unwrap(),
+        ] {
+            let ServerEvent::Batch { events, .. } = got else {
+                panic!("{got:?}")
+            };
+            let blobs: Vec<_> = events.iter().map(blob_of).collect();
+            assert_eq!(blobs, [None, Some(id)]);
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The sending side: a small HTTP client for ingest (`/v1/dev/token`,
 //! `/v1/cert`, `POST /v1/channels/{channel}/messages`) and the reliable lane's
-//! HTTP side (history, ack offsets, unread counts, group membership).
+//! HTTP side (history, ack offsets, unread counts, group membership), and
+//! blobs for notify-pull (upload with an app token, post a message carrying
+//! one, fetch one on demand: [`IngestClient::fetch_blob`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,6 +54,18 @@ pub struct HistoryMessage {
     /// The message's JSON payload, when it has one.
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// The id of the blob the message carries, when it has one
+    /// ([`IngestClient::fetch_blob`]).
+    #[serde(default)]
+    pub blob: Option<String>,
+}
+
+/// A blob fetched with [`IngestClient::fetch_blob`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedBlob {
+    /// The content type it was uploaded with (`image/png`...).
+    pub content_type: String,
+    pub body: Vec<u8>,
 }
 
 /// One page of reliable history, oldest first.
@@ -216,14 +230,8 @@ impl IngestClient {
         channel: &str,
         text: &str,
     ) -> Result<PostOutcome, ClientError> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/channels/{}/messages", self.base, channel))
-            .bearer_auth(token)
-            .json(&json!({ "kind": "danmaku", "text": text }))
-            .send()
-            .await?;
-        post_outcome(resp).await
+        self.post_message(token, channel, json!({ "kind": "danmaku", "text": text }))
+            .await
     }
 
     /// Posts one reliable message (`kind` is `gift` or `chat`) to `channel`.
@@ -243,6 +251,35 @@ impl IngestClient {
         if let Some(id) = client_msg_id {
             body["client_msg_id"] = json!(id);
         }
+        self.post_message(token, channel, body).await
+    }
+
+    /// Posts a message of `kind` (`danmaku`, `gift`, `chat`) carrying the blob
+    /// `blob` (an id from [`IngestClient::upload_blob`]). Refused with
+    /// `bad_blob` (not an id) or `unknown_blob` (never uploaded).
+    pub async fn post_with_blob(
+        &self,
+        token: &str,
+        channel: &str,
+        kind: &str,
+        text: &str,
+        blob: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<PostOutcome, ClientError> {
+        let mut body = json!({ "kind": kind, "text": text, "blob": blob });
+        if let Some(id) = client_msg_id {
+            body["client_msg_id"] = json!(id);
+        }
+        self.post_message(token, channel, body).await
+    }
+
+    /// `POST /v1/channels/{channel}/messages` with `body`, the answer mapped.
+    async fn post_message(
+        &self,
+        token: &str,
+        channel: &str,
+        body: serde_json::Value,
+    ) -> Result<PostOutcome, ClientError> {
         let resp = self
             .http
             .post(format!("{}/v1/channels/{}/messages", self.base, channel))
@@ -251,6 +288,50 @@ impl IngestClient {
             .send()
             .await?;
         post_outcome(resp).await
+    }
+
+    /// `POST /v1/blobs` with an `app` token: stores `body` and answers its id
+    /// (the lowercase hex SHA-256 of `body`, so uploading twice is harmless).
+    pub async fn upload_blob(
+        &self,
+        app_token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<String, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/blobs", self.base))
+            .bearer_auth(app_token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        Ok(resp.json::<BlobCreated>().await?.id)
+    }
+
+    /// The URL of the blob `id` on this server (any ingest or edge serves it).
+    pub fn blob_url(&self, id: &str) -> String {
+        format!("{}{}", self.base, blob_path(id))
+    }
+
+    /// `GET /v1/blobs/{id}`: fetches a blob an event carries, on demand (no
+    /// token needed; blobs are immutable, so a caller may cache by id).
+    pub async fn fetch_blob(&self, id: &str) -> Result<FetchedBlob, ClientError> {
+        let resp = self.http.get(self.blob_url(id)).send().await?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let body = resp.bytes().await?.to_vec();
+        Ok(FetchedBlob { content_type, body })
     }
 
     /// `GET /v1/channels/{channel}/messages?after_seq=…&limit=…`: stored
@@ -461,6 +542,16 @@ impl IngestClient {
     }
 }
 
+/// The path of the blob `id` on any ingest or edge: `/v1/blobs/{id}`.
+pub fn blob_path(id: &str) -> String {
+    format!("/v1/blobs/{id}")
+}
+
+#[derive(Deserialize)]
+struct BlobCreated {
+    id: String,
+}
+
 /// Maps a post answer: 2xx `{"seq":N}` → `Persisted`, other 2xx → `Accepted`,
 /// 429 → `RateLimited`, anything else → `Rejected` with the API error code.
 async fn post_outcome(resp: reqwest::Response) -> Result<PostOutcome, ClientError> {
@@ -526,6 +617,7 @@ mod tests {
                 text: "rocket".into(),
                 ts_ms: 1_732_350_000_000,
                 payload: Some(serde_json::json!({"id":"rocket","n":2})),
+                blob: None,
             }
         );
         assert_eq!(page.messages[1].payload, None);

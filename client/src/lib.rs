@@ -43,7 +43,7 @@ pub use config::{ClientConfig, TokenRefresh, Transport};
 pub use danmaku_proto::Limits;
 pub use error::ClientError;
 pub use event::{EdgeAddr, ServerEvent};
-pub use ingest::{HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread};
+pub use ingest::{FetchedBlob, HistoryMessage, HistoryPage, IngestClient, PostOutcome, Unread};
 pub use reliable::{ReliableTracker, Verdict};
 pub use resilient::{EdgeTarget, ResilientClient};
 pub use scheduler::SchedulerClient;

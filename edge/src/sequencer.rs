@@ -317,6 +317,7 @@ mod tests {
             kind: "gift".into(),
             text: format!("gift {seq}"),
             payload_json: None,
+            blob: None,
             ts_ms: 1,
         }
     }

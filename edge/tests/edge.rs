@@ -158,6 +158,7 @@ impl TestEdge {
                 kind: "gift".into(),
                 text: text.into(),
                 payload_json: Some(r#"{"gift":"rocket"}"#.into()),
+                blob: None,
                 ts_ms: danmaku_proto::now_ms(),
             })
             .await?;

@@ -55,6 +55,7 @@ fn main() {
         seq: 18,
         payload_json: r#"{"gift":"rocket","n":1}"#.into(),
         client_msg_id: "m-1".into(),
+        blob: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
         ..Default::default()
     };
     server_frames.extend([

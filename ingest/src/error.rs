@@ -177,6 +177,9 @@ pub enum ApiError {
     /// A blob upload or a blob id the edge cannot take (`blobs.rs`).
     #[error("{0}")]
     BadBlob(String),
+    /// A message names a well-formed blob id that was never uploaded.
+    #[error("no blob {0} is stored: upload it with POST /v1/blobs first")]
+    UnknownBlob(String),
     /// A bug or corrupt stored data; logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -205,7 +208,8 @@ impl ApiError {
             | BadSeconds(_)
             | BadMessageId(_)
             | BadSettings(_)
-            | BadBlob(_) => StatusCode::BAD_REQUEST,
+            | BadBlob(_)
+            | UnknownBlob(_) => StatusCode::BAD_REQUEST,
             MissingToken | BadToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
             NotMember { .. }
             | Forbidden
@@ -273,6 +277,7 @@ impl ApiError {
             BadSettings(_) => "bad_settings",
             NotAllowed(_) => "forbidden",
             BadBlob(_) => "bad_blob",
+            UnknownBlob(_) => "unknown_blob",
             Internal(_) => "internal",
         }
     }

@@ -9,6 +9,12 @@
 //!   attempt whose publish failed. Store down: `503 store_unavailable`,
 //!   nothing acknowledged; bus down after persisting: `503 bus_unavailable`
 //!   saying the message is persisted.
+//!
+//! Any kind may carry `"blob":"<id>"` (notify-pull, see `blobs.rs`): 64
+//! lowercase hex digits (else `400 bad_blob`) naming a stored blob (else
+//! `400 unknown_blob`). Any sender may reference a blob; only uploading one
+//! takes the `app` role, so the app decides what content exists and users
+//! only point at it (a gift the app offers with its picture).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +49,9 @@ pub struct PostMessage {
     pub client_msg_id: Option<String>,
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// The id of an uploaded blob the message carries.
+    #[serde(default)]
+    pub blob: Option<String>,
 }
 
 /// A post that passed validation, ready to become an `Event`.
@@ -54,10 +63,13 @@ pub struct NewMessage {
     pub client_msg_id: String,
     /// Serialized JSON object, or empty.
     pub payload_json: String,
+    /// A well-formed blob id, or empty; whether it exists is checked later
+    /// (it costs a store call).
+    pub blob: String,
 }
 
 impl PostMessage {
-    /// Checks kind, text, idempotency key and payload.
+    /// Checks kind, text, idempotency key, payload and the blob id's shape.
     pub fn validate(self, max_text_chars: usize) -> Result<NewMessage, ApiError> {
         let kind = pb::Kind::from_name(&self.kind)
             .ok_or_else(|| ApiError::BadKind(self.kind.chars().take(32).collect()))?;
@@ -91,11 +103,19 @@ impl PostMessage {
             }
             Some(_) => return Err(ApiError::BadPayload("payload must be a JSON object".into())),
         };
+        let blob = self.blob.unwrap_or_default();
+        if !blob.is_empty() && !danmaku_store::blob::is_blob_id(&blob) {
+            return Err(ApiError::BadBlob(format!(
+                "blob {:?} is not a blob id (64 lowercase hex digits)",
+                blob.chars().take(80).collect::<String>()
+            )));
+        }
         Ok(NewMessage {
             kind,
             text: self.text,
             client_msg_id,
             payload_json,
+            blob,
         })
     }
 }
@@ -146,6 +166,13 @@ impl Ingest {
         if group {
             self.require_member(channel.as_str(), &claims.sub).await?;
         }
+        if !message.blob.is_empty()
+            && !self
+                .store_call("has_blob", self.store.has_blob(&message.blob))
+                .await?
+        {
+            return Err(ApiError::UnknownBlob(message.blob));
+        }
         let screened = self.screen_post(&channel, &claims, message.kind, message.text)?;
         let message = NewMessage {
             text: screened.text,
@@ -175,6 +202,7 @@ impl Ingest {
             client_msg_id: message.client_msg_id,
             id: id.clone(),
             priority,
+            blob: message.blob,
         };
         self.publish(&channel, event, max_rate).await?;
         Ok((
@@ -205,6 +233,7 @@ impl Ingest {
             kind: kind.to_owned(),
             text: message.text.clone(),
             payload_json: non_empty(&message.payload_json),
+            blob: non_empty(&message.blob),
             ts_ms: now_ms(),
         };
         let appended = self.store_call("append", self.store.append(new)).await?;
@@ -216,6 +245,7 @@ impl Ingest {
             seq: appended.seq,
             payload_json: message.payload_json,
             client_msg_id: message.client_msg_id,
+            blob: message.blob,
             ..Default::default()
         };
         if appended.duplicate {
@@ -327,6 +357,7 @@ mod tests {
             text: text.into(),
             client_msg_id: None,
             payload: None,
+            blob: None,
         }
     }
 
@@ -337,6 +368,29 @@ mod tests {
         assert_eq!(m.text, "hi");
         assert_eq!(m.client_msg_id, "");
         assert_eq!(m.payload_json, "");
+        assert_eq!(m.blob, "");
+    }
+
+    #[test]
+    fn blob_ids_are_checked_for_shape() {
+        let id = "0123456789abcdef".repeat(4);
+        let mut p = post("gift", "rocket");
+        p.blob = Some(id.clone());
+        assert_eq!(p.validate(200).unwrap().blob, id);
+        for bad in [
+            String::new() + "x",
+            id.to_uppercase(),
+            id[..63].to_owned(),
+            format!("{id}0"),
+            "../etc/passwd".into(),
+        ] {
+            let mut p = post("danmaku", "hi");
+            p.blob = Some(bad.clone());
+            assert_eq!(p.validate(200).unwrap_err().code(), "bad_blob", "{bad:?}");
+        }
+        let mut p = post("danmaku", "hi");
+        p.blob = Some(String::new());
+        assert_eq!(p.validate(200).unwrap().blob, "", "empty: no blob");
     }
 
     #[test]

@@ -96,6 +96,9 @@ fn message_json(m: StoredMessage) -> Value {
     {
         v["payload"] = payload;
     }
+    if let Some(blob) = m.blob.filter(|b| !b.is_empty()) {
+        v["blob"] = Value::String(blob);
+    }
     v
 }
 
@@ -337,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn payload_only_when_present() {
+    fn payload_and_blob_only_when_present() {
         let m = StoredMessage {
             channel: "group:1".into(),
             seq: 3,
@@ -346,15 +349,22 @@ mod tests {
             kind: "chat".into(),
             text: "hi".into(),
             payload_json: None,
+            blob: None,
             ts_ms: 5,
         };
         let v = message_json(m.clone());
         assert!(v.get("payload").is_none(), "{v}");
         let v = message_json(StoredMessage {
             payload_json: Some(r#"{"a":1}"#.into()),
-            ..m
+            ..m.clone()
         });
         assert_eq!(v["payload"], json!({"a": 1}));
+        assert!(v.get("blob").is_none(), "{v}");
+        let v = message_json(StoredMessage {
+            blob: Some("ab".repeat(32)),
+            ..m
+        });
+        assert_eq!(v["blob"], json!("ab".repeat(32)));
         assert_eq!(v["seq"], 3);
     }
 }

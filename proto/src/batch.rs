@@ -118,6 +118,7 @@ pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>
         limits.check_str("text", &ev.text)?;
         limits.check_str("payload", &ev.payload_json)?;
         limits.check_str("client_msg_id", &ev.client_msg_id)?;
+        limits.check_str("blob", &ev.blob)?;
         events.push(ev);
     }
     if events.len() != claimed {

@@ -99,6 +99,9 @@ pub struct JsonEvent {
     /// Sent by an app token or a room moderator (never thinned).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub priority: bool,
+    /// The id of a blob the message carries (notify-pull; `GET /v1/blobs/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
 }
 
 impl JsonEvent {
@@ -114,6 +117,7 @@ impl JsonEvent {
                 .flatten(),
             id: (!ev.id.is_empty()).then(|| ev.id.clone()),
             priority: ev.priority,
+            blob: (!ev.blob.is_empty()).then(|| ev.blob.clone()),
         }
     }
 
@@ -128,6 +132,7 @@ impl JsonEvent {
             client_msg_id: String::new(),
             id: self.id.unwrap_or_default(),
             priority: self.priority,
+            blob: self.blob.unwrap_or_default(),
         }
     }
 }
@@ -318,6 +323,8 @@ struct EventOut<'a> {
     id: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     priority: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    blob: &'a str,
 }
 
 /// The JSON text of a channel's batch, built once and shared by all JSON
@@ -348,6 +355,7 @@ pub fn batch_json(
                     .flatten(),
                 id: &ev.id,
                 priority: ev.priority,
+                blob: &ev.blob,
             })
             .collect(),
     };

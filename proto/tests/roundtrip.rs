@@ -46,9 +46,10 @@ fn event() -> impl Strategy<Value = pb::Event> {
         short_string(),
         short_string(),
         any::<bool>(),
+        short_string(),
     )
         .prop_map(
-            |(kind, sender, text, ts_ms, seq, payload_json, client_msg_id, id, priority)| {
+            |(kind, sender, text, ts_ms, seq, payload_json, client_msg_id, id, priority, blob)| {
                 pb::Event {
                     kind,
                     sender,
@@ -59,6 +60,7 @@ fn event() -> impl Strategy<Value = pb::Event> {
                     client_msg_id,
                     id,
                     priority,
+                    blob,
                 }
             },
         )

@@ -55,6 +55,7 @@ async fn main() {
                         kind: "gift".into(),
                         text: "rocket".into(),
                         payload_json: Some(r#"{"gift":"rocket","count":1}"#.into()),
+                        blob: None,
                         ts_ms: 1_732_350_000_000,
                     })
                     .await

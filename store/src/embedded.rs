@@ -46,8 +46,8 @@ const READERS: u32 = 4;
 /// Inserts a message unless its sender already used its `client_msg_id` on the channel
 /// (`rows_affected` tells which).
 const INSERT_UNLESS_DUPLICATE: &str = "INSERT INTO messages \
-     (channel, seq, client_msg_id, sender, kind, text, payload_json, ts_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     (channel, seq, client_msg_id, sender, kind, text, payload_json, blob, ts_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (channel, sender, client_msg_id) DO NOTHING";
 
 const SET_LAST_SEQ: &str = "INSERT INTO channel_seq (channel, last_seq) VALUES ($1, $2) \
@@ -401,6 +401,7 @@ async fn append_batch(
             .bind(&m.kind)
             .bind(&m.text)
             .bind(&m.payload_json)
+            .bind(&m.blob)
             .bind(m.ts_ms)
             .execute(&mut *tx)
             .await?

@@ -23,7 +23,7 @@
 //!
 //! A message may carry a `client_msg_id`, its sender's idempotency key: the key is
 //! `(channel, sender, client_msg_id)`, so two users can never collide. A second append
-//! with the same key and the same body (`kind`, `text`, `payload_json`) stores nothing
+//! with the same key and the same body (`kind`, `text`, `payload_json`, `blob`) stores nothing
 //! and answers the original `seq` with `duplicate: true`; one whose body differs is
 //! refused with [`StoreError::IdempotencyConflict`] (the sender reused a key for a
 //! different message: storing nothing and answering success would lose it).

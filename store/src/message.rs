@@ -25,6 +25,9 @@ pub struct NewMessage {
     pub text: String,
     /// Extra JSON chosen by the sender, stored verbatim.
     pub payload_json: Option<String>,
+    /// The id of a blob the message carries (notify-pull); ingest checked it exists.
+    /// Part of the body for idempotency: the same key with another blob conflicts.
+    pub blob: Option<String>,
     /// When ingest accepted the message (milliseconds since the Unix epoch).
     pub ts_ms: i64,
 }
@@ -51,6 +54,7 @@ pub struct StoredMessage {
     pub kind: String,
     pub text: String,
     pub payload_json: Option<String>,
+    pub blob: Option<String>,
     pub ts_ms: i64,
 }
 
@@ -58,7 +62,7 @@ impl StoredMessage {
     /// The event this message stands for: what ingest published for it, and
     /// what an edge sends from the store (gap fills, resume, missed messages).
     /// Kinds are stored by their protocol names; one the protocol does not
-    /// know reads as `Unspecified`. An absent id or payload is empty.
+    /// know reads as `Unspecified`. An absent id, payload or blob is empty.
     pub fn into_event(self) -> pb::Event {
         pb::Event {
             kind: pb::Kind::from_name(&self.kind).unwrap_or(pb::Kind::Unspecified) as i32,
@@ -68,6 +72,7 @@ impl StoredMessage {
             seq: self.seq,
             payload_json: self.payload_json.unwrap_or_default(),
             client_msg_id: self.client_msg_id.unwrap_or_default(),
+            blob: self.blob.unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -117,6 +122,7 @@ mod tests {
             kind: "gift".into(),
             text: "rocket".into(),
             payload_json: None,
+            blob: Some("ab".repeat(32)),
             ts_ms: 1_700_000_000_000,
         };
         assert_eq!(
@@ -129,6 +135,7 @@ mod tests {
                 seq: 7,
                 payload_json: String::new(),
                 client_msg_id: "c-1".into(),
+                blob: "ab".repeat(32),
                 ..Default::default()
             }
         );

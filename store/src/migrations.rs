@@ -43,6 +43,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "blobs",
         include_str!("../migrations/postgres/0006_blobs.sql"),
     ),
+    (
+        7,
+        "message_blob",
+        include_str!("../migrations/postgres/0007_message_blob.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -75,6 +80,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         6,
         "blobs",
         include_str!("../migrations/sqlite/0006_blobs.sql"),
+    ),
+    (
+        7,
+        "message_blob",
+        include_str!("../migrations/sqlite/0007_message_blob.sql"),
     ),
 ];
 
@@ -129,6 +139,7 @@ mod tests {
             kind: "gift".into(),
             text: text.into(),
             payload_json: None,
+            blob: None,
             ts_ms: 2,
         }
     }

@@ -60,8 +60,9 @@ const APPEND: &str = "WITH next AS ( \
          INSERT INTO channel_seq (channel, last_seq) VALUES ($1, 1) \
          ON CONFLICT (channel) DO UPDATE SET last_seq = channel_seq.last_seq + 1 \
          RETURNING last_seq) \
-     INSERT INTO messages (channel, seq, client_msg_id, sender, kind, text, payload_json, ts_ms) \
-     SELECT $1, next.last_seq, $2, $3, $4, $5, $6, $7 FROM next \
+     INSERT INTO messages \
+         (channel, seq, client_msg_id, sender, kind, text, payload_json, blob, ts_ms) \
+     SELECT $1, next.last_seq, $2, $3, $4, $5, $6, $7, $8 FROM next \
      RETURNING seq";
 
 const ACK: &str = "INSERT INTO acks (user_id, channel, acked_seq) \
@@ -139,6 +140,7 @@ impl Store for PostgresStore {
             .bind(&m.kind)
             .bind(&m.text)
             .bind(&m.payload_json)
+            .bind(&m.blob)
             .bind(m.ts_ms)
             .fetch_one(&self.pool)
             .await;

@@ -36,14 +36,15 @@ pub(crate) fn from_db(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// Columns of [`queries::FIND_CLIENT_MSG`]: seq, ts_ms, kind, text, payload_json.
-pub(crate) type ClientMsgRow = (i64, i64, String, String, Option<String>);
+/// Columns of [`queries::FIND_CLIENT_MSG`]: seq, ts_ms, kind, text, payload_json, blob.
+pub(crate) type ClientMsgRow = (i64, i64, String, String, Option<String>, Option<String>);
 
 /// The answer to an append whose idempotency key is already stored as `row`: the
 /// original seq when the bodies match, else [`StoreError::IdempotencyConflict`].
 pub(crate) fn answer_duplicate(m: &NewMessage, row: ClientMsgRow) -> Result<Appended, StoreError> {
-    let (seq, ts_ms, kind, text, payload_json) = row;
-    if kind != m.kind || text != m.text || payload_json != m.payload_json {
+    let (seq, ts_ms, kind, text, payload_json, blob) = row;
+    // The blob is part of the body: the same key with another blob is another message.
+    if kind != m.kind || text != m.text || payload_json != m.payload_json || blob != m.blob {
         return Err(StoreError::IdempotencyConflict {
             channel: m.channel.clone(),
             client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
@@ -65,11 +66,12 @@ pub(crate) type MessageRow = (
     String,
     String,
     Option<String>,
+    Option<String>,
     i64,
 );
 
 pub(crate) fn message_from_row(channel: &str, row: MessageRow) -> StoredMessage {
-    let (seq, client_msg_id, sender, kind, text, payload_json, ts_ms) = row;
+    let (seq, client_msg_id, sender, kind, text, payload_json, blob, ts_ms) = row;
     StoredMessage {
         channel: channel.to_owned(),
         seq: from_db(seq),
@@ -78,6 +80,7 @@ pub(crate) fn message_from_row(channel: &str, row: MessageRow) -> StoredMessage 
         kind,
         text,
         payload_json,
+        blob,
         ts_ms,
     }
 }
@@ -97,10 +100,10 @@ pub(crate) fn unread_from_rows(rows: Vec<(String, i64, i64, i64)>) -> Unread {
 /// number). Backend-specific statements live in their modules.
 pub(crate) mod queries {
     /// Binds channel, sender, client_msg_id (the idempotency key).
-    pub const FIND_CLIENT_MSG: &str = "SELECT seq, ts_ms, kind, text, payload_json \
+    pub const FIND_CLIENT_MSG: &str = "SELECT seq, ts_ms, kind, text, payload_json, blob \
          FROM messages WHERE channel = $1 AND sender = $2 AND client_msg_id = $3";
 
-    pub const READ_AFTER: &str = "SELECT seq, client_msg_id, sender, kind, text, payload_json, ts_ms \
+    pub const READ_AFTER: &str = "SELECT seq, client_msg_id, sender, kind, text, payload_json, blob, ts_ms \
          FROM messages WHERE channel = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
     pub const LAST_SEQ: &str = "SELECT last_seq FROM channel_seq WHERE channel = $1";

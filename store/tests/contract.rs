@@ -48,6 +48,7 @@ fn msg(channel: &str, text: &str) -> NewMessage {
         kind: "gift".into(),
         text: text.to_owned(),
         payload_json: None,
+        blob: None,
         ts_ms: 1_732_350_000_000,
     }
 }
@@ -158,6 +159,7 @@ pub async fn fields_round_trip(fx: Fixture) {
         kind: "chat".into(),
         text: "héllo 弹幕 🚀 'quotes' \"and\" \\ backslash".into(),
         payload_json: Some(r#"{"gift":"rocket","n":3}"#.into()),
+        blob: None,
         ts_ms: 42,
     };
     s.append(m.clone()).await.unwrap();
@@ -1190,6 +1192,48 @@ async fn blobs_are_content_addressed_and_survive_reopen(fx: Fixture) {
     assert_eq!(again.get_blob(&id).await.unwrap(), Some(want));
 }
 
+/// A message's blob id is stored, read back, carried into the event, kept over a
+/// reopen, and counts as part of the body for idempotency.
+async fn messages_carry_their_blob(fx: Fixture) {
+    let s = &*fx.store;
+    let ch = unique("room");
+    let body = format!("gif {ch}").into_bytes();
+    let id = blob_id(&body);
+    s.put_blob(&id, "image/gif", &body).await.unwrap();
+    let with = NewMessage {
+        blob: Some(id.clone()),
+        ..msg_id(&ch, "rocket", "k")
+    };
+    assert_eq!(s.append(with.clone()).await.unwrap().seq, 1);
+    s.append(msg(&ch, "plain")).await.unwrap();
+    let again = s.append(with.clone()).await.unwrap();
+    assert_eq!(
+        (again.seq, again.duplicate),
+        (1, true),
+        "same blob: a retry"
+    );
+    for other in [None, Some(blob_id(b"another"))] {
+        let conflicting = NewMessage {
+            blob: other,
+            ..with.clone()
+        };
+        match s.append(conflicting.clone()).await {
+            Err(StoreError::IdempotencyConflict { seq: 1, .. }) => {}
+            got => panic!("{conflicting:?}: expected a conflict on seq 1, got {got:?}"),
+        }
+    }
+    let check = |read: Vec<danmaku_store::StoredMessage>| {
+        let blobs: Vec<_> = read.iter().map(|m| m.blob.clone()).collect();
+        assert_eq!(blobs, [Some(id.clone()), None]);
+        let events: Vec<_> = read.into_iter().map(|m| m.into_event().blob).collect();
+        assert_eq!(events, [id.clone(), String::new()]);
+    };
+    check(s.read_after(&ch, 0, 10).await.unwrap());
+    drop(fx.store);
+    let reopened = danmaku_store::connect(&fx.url).await.unwrap();
+    check(reopened.read_after(&ch, 0, 10).await.unwrap());
+}
+
 macro_rules! contract_suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -1218,6 +1262,7 @@ macro_rules! contract_suite {
                 moderation_refuses_bad_input_and_survives_reopen,
                 bans_and_retractions_round_trip_and_survive_reopen,
                 blobs_are_content_addressed_and_survive_reopen,
+                messages_carry_their_blob,
             );
         }
     };

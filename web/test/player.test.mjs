@@ -2,6 +2,7 @@
 // /usr/bin/chromium) against a REAL `danmaku standalone`:
 //   * two pages in one room see each other's danmaku (own comments at once);
 //   * a gift posted over HTTP appears exactly once on both pages;
+//   * a gift carrying an image blob shows the picture in its banner;
 //   * a killed and restarted server: "reconnecting", then "resumed", no gift lost
 //     or doubled;
 //   * 1,000 danmaku/s for 10 s: every post answered, every danmaku received
@@ -157,6 +158,37 @@ describe("the player page in Chromium", () => {
     }
     await a.close();
     await b.close();
+  });
+
+  test("a gift carrying an image blob shows the picture in its banner; a non-image blob does not", async () => {
+    const page = await openPlayer("room:blob", "erin");
+    const app = await server.token("backend", "app");
+    // A real 1×1 PNG, so the banner's <img> decodes it (naturalWidth 1).
+    const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP475v7HwAGwQK5N2ngKwAAAABJRU5ErkJggg==", "base64");
+    const upload = async (body, type) => {
+      const res = await fetch(`${server.baseUrl}/v1/blobs`, { method: "POST", headers: { authorization: `Bearer ${app}`, "content-type": type }, body });
+      assert.equal(res.status, 201);
+      return (await res.json()).id;
+    };
+    const image = await upload(png, "image/png");
+    const text = await upload(Buffer.from("not a picture"), "text/plain");
+    const giver = await server.token("giver");
+    const { seq } = await server.post(giver, "room:blob", { kind: "gift", text: "rocket", blob: image });
+    await until("the image in the banner", () => page.evaluate((s) => {
+      const img = document.querySelector(`#gift-lane .banner[data-seq="${s}"] img.gift-image`);
+      return img !== null && img.complete && img.naturalWidth === 1 && img.src.startsWith("blob:");
+    }, seq));
+    assert.equal((await giftSeqs(page, "room:blob")).length, 1);
+    assert.equal(await dbg(page, () => window.__danmaku.gifts[0].blob), image);
+    await shot(page, "gift-image-banner.png");
+    const plain = (await server.post(giver, "room:blob", { kind: "gift", text: "heart", blob: text })).seq;
+    await until("the second banner", () => page.evaluate((s) => document.querySelector(`#gift-lane .banner[data-seq="${s}"]`) !== null, plain));
+    await sleep(500); // time for a fetch that should not turn into an <img>
+    assert.equal(await page.evaluate((s) => document.querySelectorAll(`#gift-lane .banner[data-seq="${s}"] img`).length, plain), 0);
+    assert.equal(await dbg(page, () => window.__danmaku.giftImages), 1);
+    assert.deepEqual(await dbg(page, () => window.__danmaku.errors), []);
+    assert.deepEqual(page.errors, []);
+    await page.close();
   });
 
   test("server restart: reconnecting, then resumed, no gift lost or doubled", async () => {

@@ -202,6 +202,10 @@ export class DanmakuClient {
     return this.http.send(channel, typeof msg === "string" ? { kind: "danmaku", text: msg } : msg, o);
   }
   history(channel, o) { return this.http.history(channel, o); }
+  /** The URL of the blob an event carries (`event.blob`). */
+  blobUrl(id) { return this.http.blobUrl(id); }
+  /** Fetches the blob an event carries, on demand: `{contentType, body}`. */
+  fetchBlob(id) { return this.http.fetchBlob(id); }
   historyPages(channel, o) { return this.http.historyPages(channel, o); }
   unread() { return this.http.unread(); }
   online(channel) { return this.http.online(channel); }

@@ -24,6 +24,7 @@ export function readEvent(r, end) {
   const ev = { kind: "unspecified", sender: "", text: "", ts_ms: 0, seq: 0 };
   let payloadJson = "";
   let cmid = "";
+  let blob = "";
   while (r.pos < end) {
     const [no, wt] = r.tag();
     switch (no) {
@@ -36,6 +37,7 @@ export function readEvent(r, end) {
       case 7: cmid = r.string(); break;
       case 8: ev.id = r.string(); break;
       case 9: ev.priority = r.bool(); break;
+      case 10: blob = r.string(); break;
       default: r.skip(wt, no);
     }
   }
@@ -48,6 +50,8 @@ export function readEvent(r, end) {
     }
   }
   if (cmid) ev.client_msg_id = cmid;
+  // Notify-pull: only the id rides the push; fetch the body with blobUrl(id).
+  if (blob) ev.blob = blob;
   return ev;
 }
 

@@ -84,6 +84,22 @@ export function newClientMsgId() {
   return `m-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`;
 }
 
+/** `text` as JSON, or null (empty, or not JSON). */
+function parseJson(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The ApiError of a non-2xx answer: the API's `{"error":{code,message}}`, else the text. */
+function errorOf(res, json, text) {
+  const err = json?.error ?? {};
+  const ra = res.headers.get("retry-after");
+  return new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200), ra ? Number(ra) : null);
+}
+
 export class HttpApi {
   /**
    * @param {{baseUrl: string, tokens?: TokenSource, fetch?: typeof fetch}} o
@@ -95,39 +111,37 @@ export class HttpApi {
   }
 
   /**
-   * One request; JSON in and out. A 401 refreshes the token once and retries.
+   * One request; JSON in and out (or, with `contentType`, `body` sent as is:
+   * a blob upload). A 401 refreshes the token once and retries.
    * @returns {Promise<any>}
    */
-  async request(method, path, body, { auth = true } = {}) {
+  async request(method, path, body, { auth = true, contentType } = {}) {
     for (let attempt = 0; ; attempt++) {
       const headers = {};
-      if (body !== undefined) headers["content-type"] = "application/json";
+      if (body !== undefined) headers["content-type"] = contentType ?? "application/json";
       if (auth && this.tokens) headers.authorization = `Bearer ${await this.tokens.get()}`;
-      let res;
-      try {
-        res = await this.fetch(this.baseUrl + path, {
-          method,
-          headers,
-          body: body === undefined ? undefined : JSON.stringify(body),
-        });
-      } catch (e) {
-        throw new ApiError(0, "network", String(e?.message ?? e));
-      }
+      const res = await this.#send(this.baseUrl + path, {
+        method,
+        headers,
+        body: body === undefined || contentType ? body : JSON.stringify(body),
+      });
       const text = await res.text();
-      let json = null;
-      try {
-        json = text ? JSON.parse(text) : null;
-      } catch {
-        /* not JSON */
-      }
+      const json = parseJson(text);
       if (res.ok) return json;
       if (res.status === 401 && auth && this.tokens?.getToken && attempt === 0) {
         await this.tokens.refresh();
         continue;
       }
-      const err = json?.error ?? {};
-      const ra = res.headers.get("retry-after");
-      throw new ApiError(res.status, err.code ?? "http_error", err.message ?? text.slice(0, 200), ra ? Number(ra) : null);
+      throw errorOf(res, json, text);
+    }
+  }
+
+  /** `fetch`, its failure (no answer) as ApiError `network`. */
+  async #send(url, init) {
+    try {
+      return await this.fetch(url, init);
+    } catch (e) {
+      throw new ApiError(0, "network", String(e?.message ?? e));
     }
   }
 
@@ -147,13 +161,14 @@ export class HttpApi {
    * retried with the same id on 503, network failures and 429 (after Retry-After), so a
    * retry never shows twice. Danmaku is sent once.
    * @param {string} channel
-   * @param {{kind?: "danmaku"|"gift"|"chat", text: string, payload?: object, client_msg_id?: string}} msg
+   * @param {{kind?: "danmaku"|"gift"|"chat", text: string, payload?: object, blob?: string, client_msg_id?: string}} msg
    * @param {{retries?: number}} [o]
    * @returns {Promise<{accepted?: boolean, seq?: number}>}
    */
   async send(channel, msg, o = {}) {
     const body = { kind: msg.kind ?? "danmaku", text: msg.text };
     if (msg.payload !== undefined) body.payload = msg.payload;
+    if (msg.blob) body.blob = msg.blob;
     const reliable = RELIABLE_KINDS.has(body.kind);
     if (msg.client_msg_id) body.client_msg_id = msg.client_msg_id;
     else if (reliable) body.client_msg_id = newClientMsgId();
@@ -168,6 +183,41 @@ export class HttpApi {
         await sleep(e.retryAfterSecs != null ? e.retryAfterSecs * 1000 : Math.min(4000, 200 * 2 ** attempt));
       }
     }
+  }
+
+  /**
+   * The absolute URL of the blob `id` (what an event's `blob` names): usable
+   * as an <img src> as is, since blobs need no token and never change.
+   * @param {string} id
+   */
+  blobUrl(id) {
+    return `${this.baseUrl}/v1/blobs/${encodeURIComponent(id)}`;
+  }
+
+  /**
+   * `GET /v1/blobs/{id}` on demand: `{contentType, body}` (body a Blob).
+   * A missing blob throws ApiError `not_found`, a malformed id `bad_blob`.
+   * @param {string} id
+   * @returns {Promise<{contentType: string, body: Blob}>}
+   */
+  async fetchBlob(id) {
+    const res = await this.#send(this.blobUrl(id));
+    if (!res.ok) {
+      const text = await res.text();
+      throw errorOf(res, parseJson(text), text);
+    }
+    return { contentType: res.headers.get("content-type") ?? "application/octet-stream", body: await res.blob() };
+  }
+
+  /**
+   * `POST /v1/blobs` (an `app` token): stores `body` and answers `{id, url}`;
+   * a message then carries `blob: id`.
+   * @param {Blob|ArrayBuffer|Uint8Array|string} body
+   * @param {string} contentType
+   * @returns {Promise<{id: string, url: string}>}
+   */
+  async uploadBlob(body, contentType) {
+    return this.request("POST", "/v1/blobs", body, { contentType });
   }
 
   /** One page of reliable history: `{messages, next_after_seq}`. */

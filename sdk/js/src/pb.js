@@ -17,7 +17,7 @@ export const PROTOCOL_VERSION = 1;
 
 /** Field numbers (mirrors proto/danmaku.proto; checked by the tests). */
 export const FIELDS = {
-  Event: { kind: 1, sender: 2, text: 3, ts_ms: 4, seq: 5, payload_json: 6, client_msg_id: 7, id: 8, priority: 9 },
+  Event: { kind: 1, sender: 2, text: 3, ts_ms: 4, seq: 5, payload_json: 6, client_msg_id: 7, id: 8, priority: 9, blob: 10 },
   Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7, online: 8, sampled_out: 9 },
   ClientFrame: { version: 1, auth: 2, join: 3, leave: 4, ack: 5, resume: 6, ping: 7 },
   ServerFrame: {

@@ -171,6 +171,40 @@ describe("against a real standalone", () => {
     viewer.close();
   });
 
+  for (const protocol of ["pb", "json"]) {
+    test(`a gift carrying a blob arrives with its id over ${protocol}; fetched on demand`, async () => {
+      const app = client(server, "backend", { getToken: async () => devToken(server.baseUrl, "backend", "app") });
+      const png = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 1, 2, 3, protocol.length]);
+      const { id, url } = await app.http.uploadBlob(png, "image/png");
+      assert.match(id, /^[0-9a-f]{64}$/);
+      assert.equal(url, `/v1/blobs/${id}`);
+      const viewer = client(server, `blobwatcher-${protocol}`, { protocol });
+      const gifts = [];
+      viewer.on("gift", (ev) => gifts.push(ev));
+      await viewer.connect();
+      const room = `room:blob-${protocol}`;
+      await viewer.join(room);
+      const sender = client(server, "giver");
+      const { seq } = await sender.send(room, { kind: "gift", text: "rocket", blob: id });
+      await sender.send(room, { kind: "gift", text: "heart" });
+      await until("2 gifts", () => gifts.length >= 2);
+      assert.equal(gifts[0].seq, seq);
+      assert.equal(gifts[0].blob, id);
+      assert.equal(gifts[1].blob, undefined, "no blob: no field");
+      assert.equal(viewer.blobUrl(id), `${server.baseUrl}/v1/blobs/${id}`);
+      const got = await viewer.fetchBlob(gifts[0].blob);
+      assert.equal(got.contentType, "image/png");
+      assert.deepEqual(new Uint8Array(await got.body.arrayBuffer()), png);
+      const page = await sender.history(room);
+      assert.deepEqual(page.messages.map((m) => m.blob), [id, undefined]);
+      const unknown = "0".repeat(64);
+      await assert.rejects(sender.send(room, { kind: "gift", text: "x", blob: unknown }), { status: 400, code: "unknown_blob" });
+      await assert.rejects(sender.send(room, { kind: "danmaku", text: "x", blob: "nope" }), { status: 400, code: "bad_blob" });
+      await assert.rejects(viewer.fetchBlob(unknown), { status: 404, code: "not_found" });
+      viewer.close();
+    });
+  }
+
   test("history pages, group chat and unread counts over HTTP", async () => {
     const app = await devToken(server.baseUrl, "backend", "app");
     const put = await fetch(`${server.baseUrl}/v1/groups/group:g1/members/carol`, { method: "PUT", headers: { authorization: `Bearer ${app}` } });

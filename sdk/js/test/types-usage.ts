@@ -11,6 +11,9 @@ async function main(): Promise<void> {
   });
   const off = client.on("danmaku", (ev: DanmakuEvent, channel: string) => console.log(channel, ev.text, ev.ts_ms));
   client.on("gift", (ev) => console.log(ev.seq, ev.payload?.gift));
+  client.on("gift", async (ev) => {
+    if (ev.blob !== undefined) console.log(client.blobUrl(ev.blob), (await client.fetchBlob(ev.blob)).contentType);
+  });
   client.on("online", ({ channel, online }) => console.log(channel, online.toFixed(0)));
   client.on("state", (s: StateChange) => console.log(s.state, s.resumed === true));
   await client.connect();
@@ -18,6 +21,8 @@ async function main(): Promise<void> {
   console.log(joined.last_seq + 1);
   const sent = await client.send("room:1", { kind: "gift", text: "rocket", payload: { n: 1 } });
   console.log(sent.seq);
+  const { id } = await client.http.uploadBlob(new Uint8Array([1]), "image/png");
+  await client.send("room:1", { kind: "gift", text: "rocket", blob: id });
   for await (const page of client.historyPages("group:7", { limit: 50 })) console.log(page.map((m) => m.seq));
   const unread = await client.unread();
   console.log(unread.total, client.deliveredUpto("room:1"), client.stats.decodeMs);

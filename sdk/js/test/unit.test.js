@@ -66,6 +66,7 @@ function eventBytes(ev) {
   if (ev.payload_json) w.tag(6, WireType.LengthDelimited).string(ev.payload_json);
   if (ev.id) w.tag(8, WireType.LengthDelimited).string(ev.id);
   if (ev.priority) w.tag(9, WireType.Varint).bool(true);
+  if (ev.blob) w.tag(10, WireType.LengthDelimited).string(ev.blob);
   return w.finish();
 }
 
@@ -79,15 +80,18 @@ test("raw batches decode; counts and codecs are checked", () => {
   const evs = [
     { kind: 1, sender: "alice", text: "666", ts_ms: 1732350000000 },
     { kind: 1, sender: "鲍勃", text: "前方高能", ts_ms: 1732350000001, payload_json: '{"c":"#fff"}' },
+    { kind: 2, sender: "carol", text: "rocket", ts_ms: 1732350000002, seq: 4, blob: "ab".repeat(32) },
   ];
   const payload = rawPayload(evs);
-  const out = decodeBatchPayload({ codec: 0, dictId: 0, count: 2, payload });
-  assert.equal(out.length, 2);
+  const out = decodeBatchPayload({ codec: 0, dictId: 0, count: 3, payload });
+  assert.equal(out.length, 3);
   assert.deepEqual(out[1], { kind: "danmaku", sender: "鲍勃", text: "前方高能", ts_ms: 1732350000001, seq: 0, payload: { c: "#fff" } });
-  assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 3, payload }), { code: "bad_batch" });
+  assert.equal(out[0].blob, undefined, "no blob: no field");
+  assert.deepEqual(out[2], { kind: "gift", sender: "carol", text: "rocket", ts_ms: 1732350000002, seq: 4, blob: "ab".repeat(32) });
+  assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 4, payload }), { code: "bad_batch" });
   assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 20_000, payload }), { code: "bad_batch" });
-  assert.throws(() => decodeBatchPayload({ codec: 1, dictId: 0, count: 2, payload }), { code: "bad_compression" });
-  assert.throws(() => decodeBatchPayload({ codec: 7, dictId: 0, count: 2, payload }), { code: "bad_compression" });
+  assert.throws(() => decodeBatchPayload({ codec: 1, dictId: 0, count: 3, payload }), { code: "bad_compression" });
+  assert.throws(() => decodeBatchPayload({ codec: 7, dictId: 0, count: 3, payload }), { code: "bad_compression" });
 });
 
 test("server frames decode; garbage is a DecodeError, unknown bodies are skipped", () => {

@@ -21,6 +21,9 @@ export interface DanmakuEvent {
   id?: string;
   /** sent by an app token or a room moderator: never thinned */
   priority?: boolean;
+  /** notify-pull: the id of a blob the message carries (an image for a gift
+   * banner…); fetch it on demand with `blobUrl(id)` / `fetchBlob(id)` */
+  blob?: string;
 }
 
 export interface EdgeAddr { id: string; ws: string; quic: string; load: number }
@@ -108,6 +111,9 @@ export interface SendMessage {
   kind?: "danmaku" | "gift" | "chat";
   text: string;
   payload?: Record<string, unknown>;
+  /** the id of an uploaded blob (`uploadBlob`, app tokens) to carry: `400
+   * bad_blob` if not 64 lowercase hex digits, `400 unknown_blob` if never uploaded */
+  blob?: string;
   /** idempotency key; generated for gifts and chat when absent */
   client_msg_id?: string;
 }
@@ -119,7 +125,10 @@ export interface HistoryMessage {
   text: string;
   ts_ms: number;
   payload?: Record<string, unknown>;
+  blob?: string;
 }
+
+export interface FetchedBlob { contentType: string; body: Blob }
 
 export interface HistoryPage { messages: HistoryMessage[]; next_after_seq: number }
 export interface Unread { total: number; channels: Record<string, number> }
@@ -186,13 +195,15 @@ export class DanmakuClient {
   historyPages(channel: string, options?: { afterSeq?: number; limit?: number }): AsyncGenerator<HistoryMessage[]>;
   unread(): Promise<Unread>;
   online(channel: string): Promise<number>;
+  blobUrl(id: string): string;
+  fetchBlob(id: string): Promise<FetchedBlob>;
   ackHttp(channel: string, seq: number): Promise<number>;
   deliveredUpto(channel: string): number | null;
 }
 
 export class HttpApi {
   constructor(options: { baseUrl: string; tokens?: TokenSource; fetch?: typeof fetch });
-  request(method: string, path: string, body?: unknown, options?: { auth?: boolean }): Promise<any>;
+  request(method: string, path: string, body?: unknown, options?: { auth?: boolean; contentType?: string }): Promise<any>;
   devToken(user: string, role?: "user" | "app"): Promise<string>;
   edges(k?: number): Promise<EdgeAddr[]>;
   send(channel: string, msg: SendMessage, options?: { retries?: number }): Promise<{ accepted?: boolean; seq?: number }>;
@@ -201,6 +212,9 @@ export class HttpApi {
   ack(channel: string, seq: number): Promise<number>;
   unread(): Promise<Unread>;
   online(channel: string): Promise<number>;
+  blobUrl(id: string): string;
+  fetchBlob(id: string): Promise<FetchedBlob>;
+  uploadBlob(body: Blob | ArrayBuffer | Uint8Array | string, contentType: string): Promise<{ id: string; url: string }>;
 }
 
 export class TokenSource {
