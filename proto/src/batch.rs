@@ -119,6 +119,7 @@ pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>
         limits.check_str("payload", &ev.payload_json)?;
         limits.check_str("client_msg_id", &ev.client_msg_id)?;
         limits.check_str("blob", &ev.blob)?;
+        limits.check_str("id", &ev.id)?;
         events.push(ev);
     }
     if events.len() != claimed {

@@ -110,6 +110,8 @@ fn assert_events_within(events: &[pb::Event], limits: &Limits) {
         assert!(ev.text.len() <= limits.max_string_bytes);
         assert!(ev.payload_json.len() <= limits.max_string_bytes);
         assert!(ev.client_msg_id.len() <= limits.max_string_bytes);
+        assert!(ev.blob.len() <= limits.max_string_bytes);
+        assert!(ev.id.len() <= limits.max_string_bytes);
     }
 }
 
@@ -166,7 +168,7 @@ proptest! {
                 let too_many = events.len() > limits.max_batch_events;
                 let too_big = enc.last_raw_len() > limits.max_batch_raw_bytes;
                 let too_long = events.iter().any(|ev| {
-                    [&ev.sender, &ev.text, &ev.payload_json, &ev.client_msg_id]
+                    [&ev.sender, &ev.text, &ev.payload_json, &ev.client_msg_id, &ev.blob, &ev.id]
                         .iter()
                         .any(|s| s.len() > limits.max_string_bytes)
                 });
