@@ -162,10 +162,30 @@ fn main() {
         write("json_client_frame", name, text.as_bytes());
     }
     write("frame_reader", "client-frames", &stream);
-    ws_stream.extend(wsframe::encode_masked(true, wsframe::OpCode::Ping, [9, 8, 7, 6], b"hb"));
-    ws_stream.extend(wsframe::encode_masked(false, wsframe::OpCode::Text, [0; 4], b"{\"type\":"));
-    ws_stream.extend(wsframe::encode_masked(true, wsframe::OpCode::Continuation, [5; 4], b"\"ping\"}"));
-    ws_stream.extend(wsframe::encode_masked(true, wsframe::OpCode::Close, [1; 4], b"\x03\xe8bye"));
+    ws_stream.extend(wsframe::encode_masked(
+        true,
+        wsframe::OpCode::Ping,
+        [9, 8, 7, 6],
+        b"hb",
+    ));
+    ws_stream.extend(wsframe::encode_masked(
+        false,
+        wsframe::OpCode::Text,
+        [0; 4],
+        b"{\"type\":",
+    ));
+    ws_stream.extend(wsframe::encode_masked(
+        true,
+        wsframe::OpCode::Continuation,
+        [5; 4],
+        b"\"ping\"}",
+    ));
+    ws_stream.extend(wsframe::encode_masked(
+        true,
+        wsframe::OpCode::Close,
+        [1; 4],
+        b"\x03\xe8bye",
+    ));
     write("ws_decoder", "client-frames", &ws_stream);
     let mut stream = vec![7u8];
     for (_, f) in &server_frames {

@@ -29,7 +29,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(events.len() <= limits.max_batch_events);
         assert_eq!(events.len(), batch.count as usize);
         for ev in &events {
-            for s in [&ev.sender, &ev.text, &ev.payload_json, &ev.client_msg_id, &ev.blob, &ev.id] {
+            for s in [
+                &ev.sender,
+                &ev.text,
+                &ev.payload_json,
+                &ev.client_msg_id,
+                &ev.blob,
+                &ev.id,
+            ] {
                 assert!(s.len() <= limits.max_string_bytes);
             }
         }
