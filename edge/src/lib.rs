@@ -135,13 +135,21 @@ impl Edge {
             ChannelGauges::from(&metrics),
             config.reliable.ring,
         ));
-        // Subscribe before returning, so nothing published after `start` is missed.
-        let subscription = bus.subscribe_all().await?;
         let shards = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, MAX_SHARDS);
         let pipeline = pipeline::start(shutdown.clone())?;
+        // Subscribe before returning, so nothing published after `start` is
+        // missed; on the delivery thread, because a subscription's own tasks
+        // (Kafka's forwarding task) run on the runtime that created it.
+        let subscription = {
+            let bus = Arc::clone(&bus);
+            pipeline
+                .spawn(async move { bus.subscribe_all().await })
+                .await
+                .map_err(|e| EdgeError::Pipeline(std::io::Error::other(e)))??
+        };
         let shard_queues = batcher::spawn_shards(
             &pipeline,
             shards,

@@ -14,6 +14,12 @@
 //! wake, whatever the runtime's queue holds; what they hand the connections
 //! (bounded queues, wake-ups) works across runtimes unchanged.
 //!
+//! The bus subscription is made on this thread too: a Kafka subscription
+//! forwards what its poll thread reads through a task of its own, spawned on
+//! the runtime that subscribed; on the main runtime that task queued behind
+//! the writers just the same (measured: a bus hop of 4–5 s on average in the
+//! 100k-viewer preset on a quiet box, with the consumer already here).
+//!
 //! The reliable fan-out (`sequencer.rs`) stays on the main runtime: it reads
 //! the store, whose connections belong to the runtime that opened them.
 
