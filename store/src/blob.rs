@@ -5,7 +5,10 @@
 //! of the same bytes are one row, and any process can serve it with an immutable
 //! cache header.
 
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
+
 use crate::error::StoreError;
+use crate::sql::Backend;
 
 /// A stored blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +49,68 @@ pub(crate) fn check_put(id: &str, content_type: &str) -> Result<(), StoreError> 
 }
 
 /// `INSERT` that keeps an existing row (same id, same bytes).
-pub(crate) const PUT: &str = "INSERT INTO blobs (id, content_type, body, created_ms) \
+const PUT: &str = "INSERT INTO blobs (id, content_type, body, created_ms) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING";
-pub(crate) const GET: &str = "SELECT content_type, body FROM blobs WHERE id = $1";
-pub(crate) const HAS: &str = "SELECT 1 FROM blobs WHERE id = $1";
+const GET: &str = "SELECT content_type, body FROM blobs WHERE id = $1";
+const HAS: &str = "SELECT 1 FROM blobs WHERE id = $1";
+
+/// Stores a blob unless its id is already there; whether a row was written.
+/// Both backends run this on their writer.
+pub(crate) async fn put<'c, DB, E>(
+    db: E,
+    id: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<bool, StoreError>
+where
+    DB: Backend,
+    E: Executor<'c, Database = DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a [u8]: Encode<'a, DB> + Type<DB>,
+    i64: for<'a> Encode<'a, DB> + Type<DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+{
+    check_put(id, content_type)?;
+    let done = sqlx::query::<DB>(PUT)
+        .bind(id)
+        .bind(content_type)
+        .bind(body)
+        .bind(danmaku_proto::now_ms())
+        .execute(db)
+        .await?;
+    Ok(DB::rows_affected(&done) > 0)
+}
+
+/// The blob stored under `id`, if any.
+pub(crate) async fn get<'c, DB, E>(db: E, id: &str) -> Result<Option<Blob>, StoreError>
+where
+    DB: Database,
+    E: Executor<'c, Database = DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+    (String, Vec<u8>): for<'r> FromRow<'r, DB::Row>,
+{
+    check_id(id)?;
+    let row: Option<(String, Vec<u8>)> = sqlx::query_as::<DB, (String, Vec<u8>)>(GET)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|(content_type, body)| Blob { content_type, body }))
+}
+
+/// Whether a blob is stored under `id`.
+pub(crate) async fn has<'c, DB, E>(db: E, id: &str) -> Result<bool, StoreError>
+where
+    DB: Database,
+    E: Executor<'c, Database = DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+    (i32,): for<'r> FromRow<'r, DB::Row>,
+{
+    check_id(id)?;
+    let row: Option<(i32,)> = sqlx::query_as::<DB, (i32,)>(HAS)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.is_some())
+}

@@ -36,7 +36,7 @@ use crate::sql::{
     unread_from_rows,
 };
 use crate::store::Store;
-use crate::{account, membership, moderation};
+use crate::{account, blob, membership, moderation};
 
 /// How long a write waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -317,33 +317,15 @@ impl Store for EmbeddedStore {
         content_type: &str,
         body: &[u8],
     ) -> Result<bool, StoreError> {
-        crate::blob::check_put(id, content_type)?;
-        let done = sqlx::query(crate::blob::PUT)
-            .bind(id)
-            .bind(content_type)
-            .bind(body)
-            .bind(danmaku_proto::now_ms())
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        blob::put::<sqlx::Sqlite, _>(&self.writer, id, content_type, body).await
     }
 
-    async fn get_blob(&self, id: &str) -> Result<Option<crate::blob::Blob>, StoreError> {
-        crate::blob::check_id(id)?;
-        let row: Option<(String, Vec<u8>)> = sqlx::query_as(crate::blob::GET)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.map(|(content_type, body)| crate::blob::Blob { content_type, body }))
+    async fn get_blob(&self, id: &str) -> Result<Option<blob::Blob>, StoreError> {
+        blob::get(&self.reader, id).await
     }
 
     async fn has_blob(&self, id: &str) -> Result<bool, StoreError> {
-        crate::blob::check_id(id)?;
-        let row: Option<(i32,)> = sqlx::query_as(crate::blob::HAS)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.is_some())
+        blob::has(&self.reader, id).await
     }
 }
 

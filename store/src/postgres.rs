@@ -26,7 +26,7 @@ use crate::sql::{
     unread_from_rows,
 };
 use crate::store::Store;
-use crate::{account, membership, moderation};
+use crate::{account, blob, membership, moderation};
 
 /// Connection settings of [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -313,32 +313,14 @@ impl Store for PostgresStore {
         content_type: &str,
         body: &[u8],
     ) -> Result<bool, StoreError> {
-        crate::blob::check_put(id, content_type)?;
-        let done = sqlx::query(crate::blob::PUT)
-            .bind(id)
-            .bind(content_type)
-            .bind(body)
-            .bind(danmaku_proto::now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        blob::put::<sqlx::Postgres, _>(&self.pool, id, content_type, body).await
     }
 
-    async fn get_blob(&self, id: &str) -> Result<Option<crate::blob::Blob>, StoreError> {
-        crate::blob::check_id(id)?;
-        let row: Option<(String, Vec<u8>)> = sqlx::query_as(crate::blob::GET)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(content_type, body)| crate::blob::Blob { content_type, body }))
+    async fn get_blob(&self, id: &str) -> Result<Option<blob::Blob>, StoreError> {
+        blob::get(&self.pool, id).await
     }
 
     async fn has_blob(&self, id: &str) -> Result<bool, StoreError> {
-        crate::blob::check_id(id)?;
-        let row: Option<(i32,)> = sqlx::query_as(crate::blob::HAS)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+        blob::has(&self.pool, id).await
     }
 }
