@@ -11,15 +11,19 @@
 # edge like real clients, RATE danmaku/s + GIFT_RATE gifts/s for DURATION s.
 # Overrides (environment): VIEWERS=100000 EDGES=6 INGESTS=2 WORKERS=6 RATE=1000
 # GIFT_RATE=10 DURATION=60 RAMP=2000 PROBE=0.01 TRANSPORT=ws-pb REPORT=bench-room-100k.json
-# ACK_INTERVAL=2s RETRANSMIT=10s DRAIN_GRACE=10 FETCH_WAIT_MS=25
+# ACK_INTERVAL=1s CLIENT_ACK_INTERVAL=5s RETRANSMIT=15s MAX_WINDOW=2s DRAIN_GRACE=10 FETCH_WAIT_MS=100
 # BIN=target/release/danmaku EXTRA="…more loadtest flags" EDGE_EXTRA="…more edge flags".
 # WRITE_BUDGET (frame writes/s per edge, default 40000 ÷ EDGES): the edges share
 # what the host's 2 cores have left for frame writes after the broker, ingest and
-# the load generator's own reads; the big room's window then reaches its 1 s
-# maximum, i.e. one frame per viewer per second. FETCH_WAIT_MS (default 25, the
-# bus default): each edge's Kafka fetch wait. tansu answers a fetch only when the
-# wait is over, so it is both the hop's latency and the broker's polling cost
-# (BENCHMARKS.md, "Bus hop: broker CPU vs fetch settings").
+# the load generator's own reads; the big room's window then reaches MAX_WINDOW
+# (edge --max-window), i.e. one frame per viewer per MAX_WINDOW. CLIENT_ACK_INTERVAL
+# (edge --client-ack-interval, announced to every viewer): each ack is a frame an
+# edge reads, so viewers acking every tick would double the frames; ACK_INTERVAL
+# is the viewers' own floor (the slower of the two wins, as in the SDKs).
+# FETCH_WAIT_MS (default 100; the bus default is 25): each edge's Kafka fetch
+# wait. tansu answers a fetch only when the wait is over, so it is both the hop's
+# latency and the broker's polling cost, and its memory engine's cost per fetch
+# grows with the topic (BENCHMARKS.md, "Bus hop: broker CPU vs fetch settings").
 #
 # Edges register themselves with the scheduler when the build has edge
 # self-registration (`danmaku edge --help` lists --capacity); otherwise the
@@ -50,10 +54,13 @@ PROBE="${PROBE:-0.01}"
 TRANSPORT="${TRANSPORT:-ws-pb}"
 REPORT="${REPORT:-bench-room-100k.json}"
 WRITE_BUDGET="${WRITE_BUDGET:-$(( 40000 / EDGES ))}"
-FETCH_WAIT_MS="${FETCH_WAIT_MS:-25}"
-# Viewers ack gifts every ACK_INTERVAL; edges resend after RETRANSMIT (must be longer).
-ACK_INTERVAL="${ACK_INTERVAL:-2s}"
-RETRANSMIT="${RETRANSMIT:-10s}"
+FETCH_WAIT_MS="${FETCH_WAIT_MS:-100}"
+MAX_WINDOW="${MAX_WINDOW:-2s}"
+# Viewers ack gifts every CLIENT_ACK_INTERVAL (or ACK_INTERVAL, if slower); edges
+# resend after RETRANSMIT (must exceed the pace plus MAX_WINDOW).
+ACK_INTERVAL="${ACK_INTERVAL:-1s}"
+CLIENT_ACK_INTERVAL="${CLIENT_ACK_INTERVAL:-5s}"
+RETRANSMIT="${RETRANSMIT:-15s}"
 DRAIN_GRACE="${DRAIN_GRACE:-10}"
 SECRET="bench-secret-$$"
 LOGS="$ROOT/.services/bench"
@@ -129,7 +136,8 @@ start scheduler "${sched_args[@]}"
 for i in "${!edges[@]}"; do
   args=(edge --listen "${edges[$i]}" --bus "$BUS?fetch_wait_ms=$FETCH_WAIT_MS" --store "$STORE" --auth-secret "$SECRET"
         --advertise "${edges[$i]}" --write-budget "$WRITE_BUDGET" --batch-max-events 2000
-        --retransmit-initial "$RETRANSMIT")
+        --retransmit-initial "$RETRANSMIT" --client-ack-interval "$CLIENT_ACK_INTERVAL"
+        --max-window "$MAX_WINDOW")
   if [ "$self_register" = 1 ]; then
     args+=(--scheduler "http://127.0.0.1:$sched_port" --capacity 19000)
   fi

@@ -468,6 +468,11 @@ struct Batching {
     /// exceed the clients' ack interval plus one batch window.
     #[arg(long, env = "DANMAKU_RETRANSMIT_INITIAL", default_value = "3s", value_parser = parse_duration)]
     retransmit_initial: Duration,
+    /// How often clients should ack gifts and chat at most, e.g. 1s: announced
+    /// to every client at connect. In a hot room each ack is a frame the edge
+    /// reads; must stay below --retransmit-initial minus --max-window.
+    #[arg(long, env = "DANMAKU_CLIENT_ACK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    client_ack_interval: Duration,
     /// Hot-room thinning: danmaku per second pushed to each viewer of a room
     /// without a `max_rate` setting of its own; above it ticks are sampled
     /// (gifts, chat and priority senders always pass). 0 = no cap.
@@ -476,6 +481,30 @@ struct Batching {
 }
 
 impl Batching {
+    /// Refuses an ack pace the resend timer would always overtake, and warns
+    /// about one it overtakes in the biggest rooms: a client acking every
+    /// `client_ack_interval` leaves a tick unacked for up to that plus the
+    /// room's window, and a resend before then is only a duplicate.
+    fn check(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.retransmit_initial > self.client_ack_interval,
+            "--retransmit-initial ({:?}) must exceed --client-ack-interval ({:?}): \
+             every connection would be resent what it is about to ack",
+            self.retransmit_initial,
+            self.client_ack_interval,
+        );
+        if self.retransmit_initial <= self.client_ack_interval + self.max_window {
+            tracing::warn!(
+                retransmit_initial = ?self.retransmit_initial,
+                client_ack_interval = ?self.client_ack_interval,
+                max_window = ?self.max_window,
+                "rooms big enough for the longest window will get duplicate resends: \
+                 --retransmit-initial should exceed --client-ack-interval plus --max-window"
+            );
+        }
+        Ok(())
+    }
+
     fn apply(&self, config: danmaku_edge::EdgeConfig) -> danmaku_edge::EdgeConfig {
         danmaku_edge::EdgeConfig {
             batch: danmaku_edge::BatchConfig {
@@ -488,6 +517,7 @@ impl Batching {
             reliable: danmaku_edge::ReliableConfig {
                 retransmit_initial: self.retransmit_initial,
                 retransmit_max: config.reliable.retransmit_max.max(self.retransmit_initial),
+                client_ack_interval: self.client_ack_interval,
                 ..config.reliable
             },
             room_max_rate: self.room_max_rate,
@@ -575,6 +605,7 @@ async fn run_standalone(a: StandaloneArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let mut secrets = a.auth_secret.into_iter();
+    a.batching.check()?;
     let config = StandaloneConfig {
         listen: a.listen,
         data: a.data,
@@ -644,6 +675,7 @@ async fn run_edge(a: EdgeArgs) -> Result<()> {
     let advertise = a.advertise.unwrap_or_else(|| listen.to_string());
     let control = &a.control;
     check_capacity_fits(control.capacity);
+    a.batching.check()?;
     let config = a
         .caps
         .apply(a.top.apply(a.batching.apply(danmaku_edge::EdgeConfig {

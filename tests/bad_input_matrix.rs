@@ -1515,7 +1515,7 @@ async fn sdk_token_refresh_keeps_the_session_past_expiry() {
             tokio::time::timeout(Duration::from_secs(5), async {
                 while let Some(ev) = client.next_event().await {
                     match ev {
-                        ServerEvent::AuthOk { user: u } => return assert_eq!(u, user),
+                        ServerEvent::AuthOk { user: u, .. } => return assert_eq!(u, user),
                         ServerEvent::Error { code, .. } => panic!("{transport:?}: error {code}"),
                         _ => {}
                     }

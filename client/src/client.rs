@@ -5,6 +5,7 @@
 use danmaku_proto::frame;
 use danmaku_proto::pb::{self, client_frame::Body};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,7 @@ use crate::{quic, session, ws};
 pub struct Client {
     transport: Transport,
     user: String,
+    ack_interval: Duration,
     outgoing: mpsc::Sender<pb::ClientFrame>,
     events: mpsc::Receiver<ServerEvent>,
     cancel: CancellationToken,
@@ -75,8 +77,11 @@ impl Client {
             mut events,
             cancel,
         } = conn;
-        let user = match events.recv().await {
-            Some(ServerEvent::AuthOk { user }) => user,
+        let (user, ack_interval_ms) = match events.recv().await {
+            Some(ServerEvent::AuthOk {
+                user,
+                ack_interval_ms,
+            }) => (user, ack_interval_ms),
             other => {
                 cancel.cancel();
                 return Err(match other {
@@ -101,6 +106,7 @@ impl Client {
         Ok(Client {
             transport,
             user,
+            ack_interval: Duration::from_millis(u64::from(ack_interval_ms)),
             outgoing,
             events,
             cancel,
@@ -180,6 +186,12 @@ impl Client {
     /// The user id the edge authenticated (from `AuthOk`).
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// How often the edge asked this client to ack at most (from `AuthOk`);
+    /// zero when it left the pace to the client.
+    pub fn ack_interval(&self) -> Duration {
+        self.ack_interval
     }
 
     /// Closes the connection; pending `next_event` calls drain what was

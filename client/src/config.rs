@@ -113,7 +113,9 @@ pub struct ClientConfig {
     /// the edge's per-connection frame budget (50/s), so that after a reconnect
     /// storm the acks of replays and retransmits were refused `rate_limited`,
     /// which caused more retransmits. Keep it well below the edge's
-    /// `--retransmit-initial` (3 s). Default 250 ms.
+    /// `--retransmit-initial` (3 s). The edge's own pace, announced in
+    /// `AuthOk` (`--client-ack-interval`), applies on top, also when caught
+    /// up. Default 250 ms.
     pub ack_interval: Duration,
     /// Where a fresh token comes from before the current one expires. The edge
     /// closes a connection whose token expires (`error{code:"token_expired"}`);

@@ -24,7 +24,9 @@ pub type EdgeAddr = pb::EdgeAddr;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
     /// The edge accepted the token; `user` is the authenticated user id.
-    AuthOk { user: String },
+    /// `ack_interval_ms`: how often the edge asks for acks at most (0: the
+    /// client's own [`ClientConfig::ack_interval`](crate::ClientConfig::ack_interval)).
+    AuthOk { user: String, ack_interval_ms: u32 },
     /// The client is a member of `channel`; `last_seq` is the channel's latest reliable seq.
     Joined { channel: String, last_seq: u64 },
     /// The client left `channel`: on request (`reason` empty), `"removed"`
@@ -119,7 +121,10 @@ pub fn split_tick(ev: ServerEvent) -> Vec<ServerEvent> {
 /// Converts a protobuf server frame; batches are decompressed and decoded within `limits`.
 pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, ProtoError> {
     Ok(match f.body.ok_or(ProtoError::EmptyFrame)? {
-        Body::AuthOk(a) => ServerEvent::AuthOk { user: a.user },
+        Body::AuthOk(a) => ServerEvent::AuthOk {
+            user: a.user,
+            ack_interval_ms: a.ack_interval_ms,
+        },
         Body::Joined(j) => ServerEvent::Joined {
             channel: j.channel,
             last_seq: j.last_seq,
@@ -239,7 +244,13 @@ pub fn decode_json_events(text: &str, limits: &Limits) -> Result<Vec<ServerEvent
 /// Converts a JSON server frame.
 pub fn from_json(f: JsonServerFrame) -> ServerEvent {
     match f {
-        JsonServerFrame::AuthOk { user } => ServerEvent::AuthOk { user },
+        JsonServerFrame::AuthOk {
+            user,
+            ack_interval_ms,
+        } => ServerEvent::AuthOk {
+            user,
+            ack_interval_ms,
+        },
         JsonServerFrame::Joined { channel, last_seq } => ServerEvent::Joined { channel, last_seq },
         JsonServerFrame::Left { channel, reason } => ServerEvent::Left { channel, reason },
         JsonServerFrame::Batch {
@@ -367,9 +378,11 @@ mod tests {
             (
                 Body::AuthOk(pb::AuthOk {
                     user: "alice".into(),
+                    ack_interval_ms: 5000,
                 }),
                 ServerEvent::AuthOk {
                     user: "alice".into(),
+                    ack_interval_ms: 5000,
                 },
             ),
             (
@@ -481,6 +494,14 @@ mod tests {
                 r#"{"type":"auth_ok","user":"alice"}"#,
                 ServerEvent::AuthOk {
                     user: "alice".into(),
+                    ack_interval_ms: 0,
+                },
+            ),
+            (
+                r#"{"type":"auth_ok","user":"alice","ack_interval_ms":1000}"#,
+                ServerEvent::AuthOk {
+                    user: "alice".into(),
+                    ack_interval_ms: 1000,
                 },
             ),
             (

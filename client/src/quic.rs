@@ -285,7 +285,10 @@ mod tests {
         let events = CommentGenerator::new(1).events(50, 10);
         let batch = BatchEncoder::default().encode("room:1", &events).unwrap();
         let frames = [
-            frame::server(server_frame::Body::AuthOk(pb::AuthOk { user: "u".into() })),
+            frame::server(server_frame::Body::AuthOk(pb::AuthOk {
+                user: "u".into(),
+                ack_interval_ms: 0,
+            })),
             frame::server(server_frame::Body::Joined(pb::Joined {
                 channel: "room:1".into(),
                 last_seq: 0,
@@ -303,7 +306,13 @@ mod tests {
                 got.extend(drain_frames(&mut reader, &limits).unwrap());
             }
             assert_eq!(got.len(), 4, "chunk {chunk}");
-            assert_eq!(got[0], ServerEvent::AuthOk { user: "u".into() });
+            assert_eq!(
+                got[0],
+                ServerEvent::AuthOk {
+                    user: "u".into(),
+                    ack_interval_ms: 0
+                }
+            );
             assert_eq!(
                 got[2],
                 ServerEvent::Batch {

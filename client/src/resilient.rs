@@ -27,10 +27,11 @@
 //!
 //! Reliable events go through a [`ReliableTracker`]: the application sees
 //! each seq of a channel once, in order, and the client acks cumulatively
-//! once it has handed them out: at once when nothing more has arrived, and
-//! while a backlog drains at most once per [`ClientConfig::ack_interval`] and
-//! channel (a deferred ack goes out when the interval ends, even while the
-//! application waits in `next_event`).
+//! once it has handed them out: at once when nothing more has arrived (but no
+//! more often than the edge asked in `AuthOk`: in a hot room each ack is a
+//! frame the edge reads), and while a backlog drains at most once per
+//! [`ClientConfig::ack_interval`] and channel (a deferred ack goes out when the
+//! interval ends, even while the application waits in `next_event`).
 
 use crate::tls::ServerTrust;
 use std::collections::{HashMap, VecDeque};
@@ -580,12 +581,11 @@ impl ResilientClient {
         if self.acks_owed.is_empty() {
             return;
         }
-        let interval = self.config.ack_interval;
-        let caught_up = self.client.as_ref().is_none_or(|c| !c.has_queued());
+        let pace = self.ack_pace();
         let mut sent = Vec::new();
         for (channel, &force) in &self.acks_owed {
             let last = self.acks.get(channel);
-            if (!caught_up && last.is_some_and(|(at, _)| now < *at + interval))
+            if last.is_some_and(|(at, _)| now < *at + pace)
                 || self
                     .pending
                     .iter()
@@ -610,13 +610,29 @@ impl ResilientClient {
         }
     }
 
+    /// The least time between two acks of a channel now: the edge's pace
+    /// (`AuthOk`) always; a backlog still queued also waits for the client's
+    /// own `ack_interval`, so that it drains with few acks.
+    fn ack_pace(&self) -> Duration {
+        let announced = self
+            .client
+            .as_ref()
+            .map_or(Duration::ZERO, Client::ack_interval);
+        let caught_up = self.client.as_ref().is_none_or(|c| !c.has_queued());
+        if caught_up {
+            announced
+        } else {
+            announced.max(self.config.ack_interval)
+        }
+    }
+
     /// When the next owed ack may go out (`None`: none owed).
     fn next_ack_at(&self) -> Option<Instant> {
-        let interval = self.config.ack_interval;
+        let pace = self.ack_pace();
         self.acks_owed
             .keys()
             .map(|c| match self.acks.get(c) {
-                Some((at, _)) => *at + interval,
+                Some((at, _)) => *at + pace,
                 None => Instant::now(),
             })
             .min()

@@ -29,6 +29,16 @@ async fn fake_edge<F>(script: F) -> (SocketAddr, Log)
 where
     F: Fn(&Value) -> Option<Vec<String>> + Send + 'static,
 {
+    fake_edge_with(r#"{"type":"auth_ok","user":"amy"}"#, script).await
+}
+
+/// [`fake_edge`] with its own `auth_ok`. Logged frames get `_at_ms`: when
+/// they arrived, in ms since the edge started.
+async fn fake_edge_with<F>(auth_ok: &'static str, script: F) -> (SocketAddr, Log)
+where
+    F: Fn(&Value) -> Option<Vec<String>> + Send + 'static,
+{
+    let started = std::time::Instant::now();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log: Log = Arc::default();
@@ -48,13 +58,13 @@ where
         let mut ws = tokio_tungstenite::accept_hdr_async(stream, cb)
             .await
             .unwrap();
-        ws.send(Message::text(r#"{"type":"auth_ok","user":"amy"}"#))
-            .await
-            .unwrap();
+        ws.send(Message::text(auth_ok)).await.unwrap();
         while let Some(Ok(msg)) = ws.next().await {
             let Message::Text(t) = msg else { continue };
             let frame: Value = serde_json::from_str(&t).unwrap();
-            log2.lock().unwrap().push(frame.clone());
+            let mut logged = frame.clone();
+            logged["_at_ms"] = json!(started.elapsed().as_millis() as u64);
+            log2.lock().unwrap().push(logged);
             match script(&frame) {
                 Some(out) => {
                     for o in out {
@@ -244,6 +254,81 @@ async fn acks_at_most_once_per_interval_and_sends_the_held_back_one() {
         "about one ack per 300 ms over ~600 ms, not one per seq: {acks:?}"
     );
     assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+}
+
+#[tokio::test]
+async fn a_caught_up_client_acks_no_faster_than_the_edge_asked() {
+    // The edge asks for acks every 400 ms at most and sends a new seq on every
+    // ping (every 50 ms). The client is always caught up, so without the
+    // edge's pace it would ack each seq at once: ~20 acks a second.
+    let next = Arc::new(Mutex::new(1u64));
+    let (a, log) = fake_edge_with(
+        r#"{"type":"auth_ok","user":"amy","ack_interval_ms":400}"#,
+        {
+            let next = next.clone();
+            move |f| match ty(f) {
+                "join" => Some(vec![
+                    json!({"type":"joined","channel":"group:7","last_seq":0}).to_string(),
+                ]),
+                "ping" => {
+                    let mut n = next.lock().unwrap();
+                    *n += 1;
+                    Some(vec![reliable(*n - 1)])
+                }
+                _ => Some(vec![]),
+            }
+        },
+    )
+    .await;
+    let config = ClientConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        ack_interval: Duration::from_millis(10),
+        ..ClientConfig::default()
+    };
+    let mut c = ResilientClient::connect(
+        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
+        "tok".into(),
+        config,
+    )
+    .await
+    .unwrap();
+    c.join("group:7").await.unwrap();
+    let mut seqs = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seqs.len() < 30 {
+            if let Some(ServerEvent::Reliable { seq, .. }) = c.next_event().await {
+                seqs.push(seq);
+            }
+        }
+        // Keep reading (new seqs keep coming) past one more interval.
+        let until = tokio::time::Instant::now() + Duration::from_millis(600);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(until, c.next_event()).await {
+            if let ServerEvent::Reliable { seq, .. } = ev {
+                seqs.push(seq);
+            }
+        }
+    })
+    .await
+    .expect("30 seqs in time");
+    assert_eq!(seqs[..30], (1..=30).collect::<Vec<_>>());
+    let acks: Vec<(u64, u64)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|f| ty(f) == "ack")
+        .map(|f| (f["_at_ms"].as_u64().unwrap(), f["seq"].as_u64().unwrap()))
+        .collect();
+    assert!(acks.len() >= 2, "{acks:?}");
+    assert!(
+        acks.last().unwrap().1 >= 30,
+        "the last seq is acked: {acks:?}"
+    );
+    for w in acks.windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= 390,
+            "acks {w:?} closer than the edge's 400 ms"
+        );
+    }
 }
 
 #[tokio::test]

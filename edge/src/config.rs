@@ -150,6 +150,13 @@ pub struct ReliableConfig {
     pub retransmit_initial: Duration,
     /// Each resend doubles the wait, up to this. Default 15 s.
     pub retransmit_max: Duration,
+    /// How often clients should ack, at most: sent in `AuthOk`, and the SDKs
+    /// follow it. Each ack is a frame the edge reads, so in a hot room whose
+    /// ticks carry gifts, clients acking every tick would double the edge's
+    /// frames; a slower pace costs nothing on a live stream (nothing is lost
+    /// there; a reconnect resumes from the client's own last seq) but must stay
+    /// below `retransmit_initial` minus one batch window. Default 1 s.
+    pub client_ack_interval: Duration,
     /// Seqs one connection may owe acks for on one channel (live, or sent by a
     /// resume: a resume from far back is paced by acks within this window);
     /// past it the connection is closed with `reliable_backlog` (the client
@@ -182,6 +189,7 @@ impl Default for ReliableConfig {
         ReliableConfig {
             retransmit_initial: Duration::from_secs(3),
             retransmit_max: Duration::from_secs(15),
+            client_ack_interval: Duration::from_secs(1),
             max_unacked: 2_000,
             max_attempts: 6,
             reorder_hold: Duration::from_millis(200),
@@ -242,6 +250,11 @@ impl Default for ControlConfig {
 }
 
 impl ReliableConfig {
+    /// The ack pace announced in `AuthOk`, in ms (saturating).
+    pub(crate) fn client_ack_interval_ms(&self) -> u32 {
+        u32::try_from(self.client_ack_interval.as_millis()).unwrap_or(u32::MAX)
+    }
+
     /// How often the stall sweep looks at every lane.
     pub(crate) fn sweep_interval(&self) -> std::time::Duration {
         self.retransmit_initial / 2

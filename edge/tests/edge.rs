@@ -287,7 +287,8 @@ async fn ws_json_batches_several_events_into_fewer_frames() -> Result<()> {
     assert_eq!(
         next_json(&mut ws).await?,
         JsonServerFrame::AuthOk {
-            user: "alice".into()
+            user: "alice".into(),
+            ack_interval_ms: 1000,
         }
     );
     ws.send(Message::Text(

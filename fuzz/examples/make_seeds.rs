@@ -97,6 +97,7 @@ fn main() {
             "auth-ok".into(),
             frame::server(server_frame::Body::AuthOk(pb::AuthOk {
                 user: "alice".into(),
+                ack_interval_ms: 1000,
             })),
         ),
     ]);

@@ -73,6 +73,7 @@ fn hello_frames(room: &str) -> Vec<u8> {
         OP_BINARY,
         &frame::encode(&frame::server(Body::AuthOk(pb::AuthOk {
             user: "bare".into(),
+            ack_interval_ms: 0,
         }))),
     );
     out.extend(server_frame(

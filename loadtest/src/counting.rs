@@ -118,6 +118,12 @@ impl ViewerCounts {
         self
     }
 
+    /// Follows the edge's ack pace (`AuthOk`) where it is slower than our own,
+    /// as the SDKs do.
+    fn on_auth_ok(&mut self, ack_interval_ms: u32) {
+        self.ack_interval_ms = self.ack_interval_ms.max(i64::from(ack_interval_ms));
+    }
+
     /// The cumulative ack to send now, if one is due.
     fn ack_due(&mut self, now_ms: i64) -> Option<u64> {
         if self.contiguous <= self.acked
@@ -304,7 +310,10 @@ fn on_pb(
                 record(Lane::Gift, latency(now_ms, e.ts_ms));
             }
         }
-        Some(Body::AuthOk(_)) => reply.send.push(join_frame(wire, room)),
+        Some(Body::AuthOk(a)) => {
+            c.on_auth_ok(a.ack_interval_ms);
+            reply.send.push(join_frame(wire, room));
+        }
         Some(Body::Joined(j)) if j.channel == room => reply.joined = true,
         Some(Body::Error(e)) => {
             c.errors += 1;
@@ -380,7 +389,12 @@ fn on_json(
                 record(Lane::Gift, latency(now_ms, event.ts_ms));
             }
         }
-        JsonServerFrame::AuthOk { .. } => reply.send.push(join_frame(Wire::WsJson, room)),
+        JsonServerFrame::AuthOk {
+            ack_interval_ms, ..
+        } => {
+            c.on_auth_ok(ack_interval_ms);
+            reply.send.push(join_frame(Wire::WsJson, room));
+        }
         JsonServerFrame::Joined { channel, .. } if channel == room => reply.joined = true,
         JsonServerFrame::Error { code, message } => {
             c.errors += 1;
@@ -697,5 +711,44 @@ mod tests {
         let mut late = ViewerCounts::new(false).with_ack_interval(0);
         let r = on_message(&mut late, Wire::WsPb, room, &gift(40), 1, &mut rec);
         assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, 40)]);
+    }
+
+    #[test]
+    fn the_edges_slower_ack_pace_wins() {
+        let room = "room:a";
+        let auth_ok = |ms| {
+            frame::encode(&frame::server(Body::AuthOk(pb::AuthOk {
+                user: "v".into(),
+                ack_interval_ms: ms,
+            })))
+            .to_vec()
+        };
+        let gift = |seq| {
+            frame::encode(&frame::server(Body::Reliable(pb::Reliable {
+                channel: room.into(),
+                seq,
+                event: Some(pb::Event {
+                    seq,
+                    ..Default::default()
+                }),
+            })))
+            .to_vec()
+        };
+        let mut rec = |_: Lane, _: u64| {};
+        let mut c = ViewerCounts::new(false).with_ack_interval(1000);
+        on_message(&mut c, Wire::WsPb, room, &auth_ok(5000), 0, &mut rec);
+        let r = on_message(&mut c, Wire::WsPb, room, &gift(1), 10_000, &mut rec);
+        assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, 1)]);
+        // Past our own 1 s but inside the edge's 5 s: no ack yet.
+        let r = on_message(&mut c, Wire::WsPb, room, &gift(2), 12_000, &mut rec);
+        assert!(r.send.is_empty());
+        let r = on_message(&mut c, Wire::WsPb, room, &gift(3), 15_000, &mut rec);
+        assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, 3)]);
+        // A faster edge pace does not speed up our own.
+        let mut d = ViewerCounts::new(false).with_ack_interval(1000);
+        on_message(&mut d, Wire::WsPb, room, &auth_ok(100), 0, &mut rec);
+        on_message(&mut d, Wire::WsPb, room, &gift(1), 10_000, &mut rec);
+        let r = on_message(&mut d, Wire::WsPb, room, &gift(2), 10_500, &mut rec);
+        assert!(r.send.is_empty());
     }
 }

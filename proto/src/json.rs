@@ -137,6 +137,10 @@ impl JsonEvent {
     }
 }
 
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
 fn kind_name(kind: i32) -> &'static str {
     pb::Kind::try_from(kind)
         .unwrap_or(pb::Kind::Unspecified)
@@ -167,6 +171,9 @@ pub struct JsonEdge {
 pub enum JsonServerFrame {
     AuthOk {
         user: String,
+        /// How often to ack reliable seqs at most (see `pb::AuthOk`); absent: 0.
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        ack_interval_ms: u32,
     },
     Joined {
         channel: String,
@@ -234,6 +241,7 @@ impl JsonServerFrame {
         Ok(match f.body.as_ref().ok_or(ProtoError::EmptyFrame)? {
             Body::AuthOk(a) => JsonServerFrame::AuthOk {
                 user: a.user.clone(),
+                ack_interval_ms: a.ack_interval_ms,
             },
             Body::Joined(j) => JsonServerFrame::Joined {
                 channel: j.channel.clone(),

@@ -201,6 +201,7 @@ async fn start(session: &mut Session, ip: Option<IpAddr>, token: TokenFacts) -> 
     session
         .reply(Body::AuthOk(pb::AuthOk {
             user: session.user.clone(),
+            ack_interval_ms: session.edge.config.reliable.client_ack_interval_ms(),
         }))
         .await
 }

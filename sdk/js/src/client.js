@@ -77,6 +77,8 @@ export class DanmakuClient {
     this.channels = new Set();
     this.state = "idle";
     this.user = null;
+    /** How often the edge asked for acks at most (`auth_ok`; 0: once per frame). */
+    this.ackIntervalMs = 0;
     this.stats = { frames: 0, batches: 0, events: 0, reliable: 0, duplicates: 0, reconnects: 0, decodeMs: 0, rttMs: null };
     this.#listeners = new Map();
     this.#pendingJoins = [];
@@ -97,6 +99,7 @@ export class DanmakuClient {
   #lastFrameAt = 0;
   #ackDue = new Map();
   #ackScheduled = false;
+  #lastAckAt = -Infinity;
 
   /**
    * Subscribes to an event kind: `danmaku`, `gift`, `chat` (one event each),
@@ -314,6 +317,7 @@ export class DanmakuClient {
           }
           if (f.type === "auth_ok") {
             a.user = f.user;
+            a.ackIntervalMs = f.ack_interval_ms || 0;
             finish(a);
           } else if (f.type === "error") {
             a.error = f;
@@ -385,6 +389,7 @@ export class DanmakuClient {
     this.#ws = ws;
     this.#connProtocol = conn.protocol;
     this.user = conn.user;
+    this.ackIntervalMs = conn.ackIntervalMs || 0;
     this.backoff.reset();
     this.tracker.onReconnect();
     const resumed = this.#connectedOnce;
@@ -398,6 +403,10 @@ export class DanmakuClient {
       ended = true;
       for (const t of this.#timers) clearInterval(t);
       this.#timers = [];
+      // A paced ack that had not gone out: the resume after reconnecting
+      // tells the next edge where this client is.
+      this.#ackScheduled = false;
+      this.#ackDue.clear();
       ws.onmessage = ws.onclose = ws.onerror = null;
       if (this.#ws === ws) this.#ws = null;
       this.#dropConnection = null;
@@ -481,15 +490,22 @@ export class DanmakuClient {
     }
   }
 
+  // Acks are cumulative: one per channel covers everything delivered. They go
+  // out once the frame that brought them is handled, but no more often than
+  // the edge asked in `auth_ok` (in a hot room each ack is a frame it reads).
   #queueAck(channel, seq) {
     this.#ackDue.set(channel, seq);
     if (this.#ackScheduled) return;
     this.#ackScheduled = true;
-    queueMicrotask(() => {
+    const flush = () => {
       this.#ackScheduled = false;
+      this.#lastAckAt = Date.now();
       for (const [channel, seq] of this.#ackDue) this.#send({ type: "ack", channel, seq });
       this.#ackDue.clear();
-    });
+    };
+    const wait = this.#lastAckAt + this.ackIntervalMs - Date.now();
+    if (wait > 0) this.#timers.push(setTimeout(flush, wait));
+    else queueMicrotask(flush);
   }
 
   /** One reliable event, alone or from a tick: deduplicated, ordered, acked. */

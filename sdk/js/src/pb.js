@@ -197,8 +197,8 @@ export function decodeServerFrame(bytes, limits) {
           break;
         }
         case F.auth_ok: {
-          const f = { type: "auth_ok", user: "" };
-          sub(r, (n) => (n === 1 ? ((f.user = r.string()), true) : false));
+          const f = { type: "auth_ok", user: "", ack_interval_ms: 0 };
+          sub(r, (n) => (n === 1 ? ((f.user = r.string()), true) : n === 2 ? ((f.ack_interval_ms = r.uint32()), true) : false));
           frame = f;
           break;
         }

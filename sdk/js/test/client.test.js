@@ -87,10 +87,11 @@ function pbAcks(bytes) {
 }
 
 /** A WebSocket class that records every frame the SDK sends. */
-function recordingWebSocket(sent) {
+function recordingWebSocket(sent, times = []) {
   return class extends WebSocket {
     send(data) {
       sent.push(data);
+      times.push(Date.now());
       super.send(data);
     }
   };
@@ -104,7 +105,7 @@ async function metric(base, name) {
 }
 
 describe("against a real standalone", () => {
-  const server = new Standalone({ args: [...RATE, "--dev-app-tokens", "--retransmit-initial", `${RETRANSMIT_MS}ms`] });
+  const server = new Standalone({ args: [...RATE, "--dev-app-tokens", "--retransmit-initial", `${RETRANSMIT_MS}ms`, "--client-ack-interval", "200ms"] });
   before(() => server.start());
   after(() => server.stop());
 
@@ -169,6 +170,39 @@ describe("against a real standalone", () => {
     assert.equal(await metric(server.baseUrl, "danmaku_edge_reliable_retransmits_total"), retransmits0);
     assert.ok((await metric(server.baseUrl, "danmaku_edge_reliable_acked_total")) - acked0 >= 6);
     viewer.close();
+  });
+
+  test("acks follow the edge's pace from auth_ok, however fast gifts arrive", async () => {
+    const sent = [];
+    const times = [];
+    const viewer = client(server, "pacewatcher", { WebSocket: recordingWebSocket(sent, times) });
+    const gifts = [];
+    viewer.on("gift", (ev) => gifts.push(ev.seq));
+    await viewer.connect();
+    assert.equal(viewer.ackIntervalMs, 200, "the server's --client-ack-interval");
+    await viewer.join("room:pace");
+    const sender = client(server, "pacegiver");
+    const seqs = [];
+    // One gift every ~40 ms for 1.2 s: unpaced, about one ack per gift.
+    for (let i = 0; i < 30; i++) {
+      seqs.push((await sender.send("room:pace", { kind: "gift", text: "heart" })).seq);
+      await sleep(40);
+    }
+    await until("30 gifts", () => gifts.length >= 30);
+    await sleep(400);
+    assert.deepEqual(gifts, seqs);
+    const acks = sent
+      .map((d, i) => ({ d, at: times[i] }))
+      .filter(({ d }) => typeof d !== "string")
+      .flatMap(({ d, at }) => pbAcks(d).map((a) => ({ ...a, at })));
+    assert.equal(Math.max(...acks.map((a) => a.seq)), seqs.at(-1), "the last gift is acked");
+    assert.ok(acks.length < 15, `paced: ${acks.length} acks for 30 gifts`);
+    for (let i = 1; i < acks.length; i++) {
+      // setTimeout may fire a millisecond early on some platforms.
+      assert.ok(acks[i].at - acks[i - 1].at >= 195, `acks ${i - 1} and ${i} ${acks[i].at - acks[i - 1].at} ms apart`);
+    }
+    viewer.close();
+    sender.close();
   });
 
   for (const protocol of ["pb", "json"]) {

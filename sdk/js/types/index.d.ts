@@ -29,7 +29,7 @@ export interface DanmakuEvent {
 export interface EdgeAddr { id: string; ws: string; quic: string; load: number }
 
 export type ServerFrame =
-  | { type: "auth_ok"; user: string }
+  | { type: "auth_ok"; user: string; ack_interval_ms?: number }
   | { type: "joined"; channel: string; last_seq: number }
   /** `reason`: absent for the client's own leave, `removed` (from the group),
    * `banned` (by a moderator; a new join is refused with `banned`) */
@@ -183,6 +183,8 @@ export class DanmakuClient {
   /** the transport in use (or being tried): "ws-pb" → "ws-json" → "sse" → "long-poll" */
   readonly transport: TransportName;
   readonly user: string | null;
+  /** How often the edge asked for acks at most (from `auth_ok`; 0: once per frame). */
+  readonly ackIntervalMs: number;
   readonly stats: ClientStats;
   readonly http: HttpApi;
   on<K extends keyof EventMap>(kind: K, fn: EventMap[K]): () => void;

@@ -93,6 +93,7 @@ pub(crate) async fn handle(session: &mut Session, auth: pb::Auth) -> Flow {
     session
         .reply(Body::AuthOk(pb::AuthOk {
             user: session.user.clone(),
+            ack_interval_ms: session.edge.config.reliable.client_ack_interval_ms(),
         }))
         .await
 }
