@@ -50,9 +50,12 @@ pub(crate) struct ShardItem {
     pub max_rate: u32,
 }
 
-/// Encodes batches; keeps the zstd context between batches.
+/// Encodes batches; keeps the zstd contexts between batches.
 pub struct FrameBuilder {
     encoder: BatchEncoder,
+    /// For rooms of at least `big_members` members (`big_room_zstd_level`).
+    big: BatchEncoder,
+    big_members: usize,
 }
 
 /// Sizes of the last built batch, for metrics.
@@ -66,6 +69,8 @@ impl FrameBuilder {
     pub fn new(cfg: &BatchConfig) -> Result<Self, ProtoError> {
         Ok(FrameBuilder {
             encoder: BatchEncoder::new(cfg.zstd_level, cfg.compress_threshold)?,
+            big: BatchEncoder::new(cfg.big_room_zstd_level, cfg.compress_threshold)?,
+            big_members: cfg.big_room_members,
         })
     }
 
@@ -81,11 +86,12 @@ impl FrameBuilder {
         online: Option<u64>,
         with_json: bool,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
-        self.build_tick(channel, events, online, 0, with_json)
+        self.build_tick(channel, events, online, 0, with_json, 0)
     }
 
     /// [`FrameBuilder::build`], also saying how many danmaku hot-room
-    /// thinning left out of the tick (`sampled_out`, 0: none).
+    /// thinning left out of the tick (`sampled_out`, 0: none); `members`
+    /// (the room's local members) picks the zstd level.
     pub fn build_tick(
         &mut self,
         channel: &str,
@@ -93,12 +99,18 @@ impl FrameBuilder {
         online: Option<u64>,
         sampled_out: u64,
         with_json: bool,
+        members: usize,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
-        let mut batch = self.encoder.encode(channel, events)?;
+        let encoder = if members >= self.big_members {
+            &mut self.big
+        } else {
+            &mut self.encoder
+        };
+        let mut batch = encoder.encode(channel, events)?;
         batch.online = online.unwrap_or(0);
         batch.sampled_out = sampled_out;
         let sizes = BuiltSizes {
-            raw: self.encoder.last_raw_len(),
+            raw: encoder.last_raw_len(),
             compressed: batch.payload.len(),
         };
         let pb = Prepared::encode(OpCode::Binary, &frame::server(Body::Batch(batch)));
@@ -206,6 +218,7 @@ pub(crate) fn flush_to(
         online,
         sampled_out,
         with_json,
+        channel.len(),
     );
     let (frames, sizes) = match built {
         Ok(built) => built,
@@ -265,6 +278,32 @@ mod tests {
             ts_ms: danmaku_proto::now_ms(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn big_rooms_get_the_tighter_level_and_the_same_events() {
+        let events = danmaku_proto::sample::CommentGenerator::new(3).events(400, 1_796_650_800_000);
+        let cfg = BatchConfig::default();
+        let mut b = FrameBuilder::new(&cfg).unwrap();
+        let payload = |b: &mut FrameBuilder, members| {
+            let (frames, sizes) = b
+                .build_tick("room:big", &events, None, 0, false, members)
+                .unwrap();
+            let f = frame::decode_server(&frames.pb.payload(), &Limits::default()).unwrap();
+            let Some(Body::Batch(batch)) = f.body else {
+                panic!("not a batch")
+            };
+            assert_eq!(decode_batch(&batch, &Limits::default()).unwrap(), events);
+            sizes.compressed
+        };
+        let small = payload(&mut b, cfg.big_room_members - 1);
+        let big = payload(&mut b, cfg.big_room_members);
+        assert!(
+            big < small,
+            "level {} {big} B vs level {} {small} B",
+            cfg.big_room_zstd_level,
+            cfg.zstd_level
+        );
     }
 
     fn setup(

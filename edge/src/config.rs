@@ -116,6 +116,15 @@ pub struct BatchConfig {
     pub max_raw_bytes: usize,
     /// zstd level of batch payloads. Default 3 (fast, good ratio on short text).
     pub zstd_level: i32,
+    /// zstd level for rooms of at least `big_room_members` local members. A
+    /// tick is compressed once and written to every member, so in a big room a
+    /// slower level costs once what it saves per viewer: 9 writes ~7 % fewer
+    /// bytes than 3 for ~0.4 ms more per 400-event tick (BENCHMARKS.md, "Bytes
+    /// per event by zstd level"); in a hot room the socket copies of those
+    /// bytes are the edge's biggest cost. Default 9.
+    pub big_room_zstd_level: i32,
+    /// Local members from which a room's ticks use `big_room_zstd_level`. Default 1,000.
+    pub big_room_members: usize,
     /// Payloads up to this many bytes stay uncompressed: zstd's header would cost
     /// more than it saves. Default 256.
     pub compress_threshold: usize,
@@ -130,6 +139,8 @@ impl Default for BatchConfig {
             max_events: 500,
             max_raw_bytes: 64 << 10,
             zstd_level: 3,
+            big_room_zstd_level: 9,
+            big_room_members: 1_000,
             compress_threshold: danmaku_proto::batch::DEFAULT_COMPRESS_THRESHOLD,
         }
     }
