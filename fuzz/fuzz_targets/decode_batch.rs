@@ -23,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
         dict_id: 0,
         count: u32::from(u16::from_le_bytes([count_lo, count_hi])),
         payload: payload.to_vec().into(),
+        // Plain, compact (timestamps and ids rebuilt) or an unknown layout.
+        encoding: u32::from(count_hi % 3),
         ..Default::default()
     };
     if let Ok(events) = decode_batch(&batch, &limits) {

@@ -30,6 +30,8 @@ pub enum ProtoError {
     Compression(String),
     #[error("unknown codec {0}")]
     UnknownCodec(i32),
+    #[error("unknown batch encoding {0}")]
+    UnknownEncoding(u32),
     #[error(
         "invalid channel name {0:?}: expected room:<id> or group:<id> with id [A-Za-z0-9_-]{{1,64}}"
     )]
@@ -51,7 +53,8 @@ impl ProtoError {
             ProtoError::StringTooLong { .. } => "string_too_long",
             ProtoError::TooManyEvents { .. }
             | ProtoError::CountMismatch { .. }
-            | ProtoError::BatchTooLarge { .. } => "bad_batch",
+            | ProtoError::BatchTooLarge { .. }
+            | ProtoError::UnknownEncoding(_) => "bad_batch",
             ProtoError::Compression(_) | ProtoError::UnknownCodec(_) => "bad_compression",
             ProtoError::BadChannel(_) => "bad_channel",
         }

@@ -7,6 +7,7 @@
 //! allow). Case counts are kept small so the file runs in a few seconds; the
 //! fuzz targets in `fuzz/` explore the same decoders for longer.
 
+use danmaku_proto::batch::{ENCODING_COMPACT, ENCODING_PLAIN};
 use danmaku_proto::framing::{FrameReader, encode_prefixed};
 use danmaku_proto::json::{self, JsonClientFrame};
 use danmaku_proto::pb::{self, client_frame};
@@ -152,6 +153,32 @@ proptest! {
     }
 
     #[test]
+    fn compact_batches_round_trip(
+        mut events in prop::collection::vec(event(), 0..40),
+        ids in prop::collection::vec(prop::option::of((0i64..1 << 44, any::<u64>())), 40),
+        threshold in prop_oneof![Just(0usize), Just(usize::MAX)],
+    ) {
+        // Some events become danmaku with ids as ingest issues them (their
+        // time in 11 hex digits first), the ones the compact layout shortens.
+        for (e, id) in events.iter_mut().zip(&ids) {
+            if let Some((ts, tail)) = id {
+                e.kind = pb::Kind::Danmaku as i32;
+                e.ts_ms = *ts;
+                e.id = format!("{ts:011x}{tail:016x}");
+            }
+        }
+        let limits = Limits::default();
+        let mut enc = BatchEncoder::new(1, threshold).unwrap();
+        let batch = enc.encode_as("room:1", &events, ENCODING_COMPACT).unwrap();
+        let odd_id = events.iter().any(|e| e.kind == pb::Kind::Danmaku as i32 && e.id.len() == 16);
+        prop_assert_eq!(batch.encoding, if odd_id { ENCODING_PLAIN } else { ENCODING_COMPACT });
+        prop_assert_eq!(&decode_batch(&batch, &limits).unwrap(), &events);
+        let sf = frame::server(pb::server_frame::Body::Batch(batch.clone()));
+        let back = frame::decode_server(&frame::encode(&sf), &limits).unwrap();
+        prop_assert_eq!(back, sf);
+    }
+
+    #[test]
     fn batch_limits_are_enforced_on_real_batches(
         events in prop::collection::vec(event(), 0..40),
         threshold in prop_oneof![Just(0usize), Just(usize::MAX)],
@@ -289,7 +316,8 @@ proptest! {
         ],
     ) {
         let limits = tight_limits();
-        let b = pb::Batch { channel: "room:1".into(), codec, dict_id, count, payload: payload.into(), ..Default::default() };
+        let encoding = u32::from(count % 3 == 0);
+        let b = pb::Batch { channel: "room:1".into(), codec, dict_id, count, payload: payload.into(), encoding, ..Default::default() };
         if let Ok(events) = decode_batch(&b, &limits) {
             assert_events_within(&events, &limits);
             prop_assert_eq!(events.len(), count as usize);
