@@ -14,6 +14,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use danmaku_proto::batch::ENCODING_COMPACT;
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::wsframe::{OpCode, Prepared};
 use danmaku_proto::{BatchEncoder, ChannelName, ProtoError, frame, json, pb};
@@ -86,12 +87,14 @@ impl FrameBuilder {
         online: Option<u64>,
         with_json: bool,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
-        self.build_tick(channel, events, online, 0, with_json, 0)
+        self.build_tick(channel, events, online, 0, with_json, 0, false)
     }
 
     /// [`FrameBuilder::build`], also saying how many danmaku hot-room
     /// thinning left out of the tick (`sampled_out`, 0: none); `members`
-    /// (the room's local members) picks the zstd level.
+    /// (the room's local members) picks the zstd level; `with_compact` also
+    /// builds the compact layout.
+    #[allow(clippy::too_many_arguments)] // one tick's facts, each from its own source
     pub fn build_tick(
         &mut self,
         channel: &str,
@@ -100,6 +103,7 @@ impl FrameBuilder {
         sampled_out: u64,
         with_json: bool,
         members: usize,
+        with_compact: bool,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
         let encoder = if members >= self.big_members {
             &mut self.big
@@ -113,6 +117,17 @@ impl FrameBuilder {
             raw: encoder.last_raw_len(),
             compressed: batch.payload.len(),
         };
+        let pb_compact = if with_compact {
+            let mut c = encoder.encode_as(channel, events, ENCODING_COMPACT)?;
+            c.online = batch.online;
+            c.sampled_out = sampled_out;
+            Some(Prepared::encode(
+                OpCode::Binary,
+                &frame::server(Body::Batch(c)),
+            ))
+        } else {
+            None
+        };
         let pb = Prepared::encode(OpCode::Binary, &frame::server(Body::Batch(batch)));
         let json = with_json.then(|| {
             Prepared::new(
@@ -120,7 +135,14 @@ impl FrameBuilder {
                 json::batch_json(channel, events, online, sampled_out).as_bytes(),
             )
         });
-        Ok((BatchFrames { pb, json }, sizes))
+        Ok((
+            BatchFrames {
+                pb,
+                json,
+                pb_compact,
+            },
+            sizes,
+        ))
     }
 }
 
@@ -219,6 +241,7 @@ pub(crate) fn flush_to(
         sampled_out,
         with_json,
         channel.len(),
+        channel.compact_members() > 0,
     );
     let (frames, sizes) = match built {
         Ok(built) => built,
@@ -282,22 +305,36 @@ mod tests {
 
     #[test]
     fn big_rooms_get_the_tighter_level_and_the_same_events() {
-        let events = danmaku_proto::sample::CommentGenerator::new(3).events(400, 1_796_650_800_000);
+        let mut events =
+            danmaku_proto::sample::CommentGenerator::new(3).events(400, 1_796_650_800_000);
+        for (i, e) in events.iter_mut().enumerate() {
+            e.id = format!("{:011x}{:08x}{i:08x}", e.ts_ms, 7);
+        }
         let cfg = BatchConfig::default();
         let mut b = FrameBuilder::new(&cfg).unwrap();
-        let payload = |b: &mut FrameBuilder, members| {
-            let (frames, sizes) = b
-                .build_tick("room:big", &events, None, 0, false, members)
-                .unwrap();
-            let f = frame::decode_server(&frames.pb.payload(), &Limits::default()).unwrap();
+        let batch_of = |p: &Prepared| {
+            let f = frame::decode_server(&p.payload(), &Limits::default()).unwrap();
             let Some(Body::Batch(batch)) = f.body else {
                 panic!("not a batch")
             };
             assert_eq!(decode_batch(&batch, &Limits::default()).unwrap(), events);
+            batch
+        };
+        let mut payload = |members| {
+            let (frames, sizes) = b
+                .build_tick("room:big", &events, None, 0, false, members, true)
+                .unwrap();
+            let plain = batch_of(&frames.pb);
+            assert_eq!(plain.encoding, 0);
+            assert_eq!(sizes.compressed, plain.payload.len());
+            // The compact layout: the same events, fewer bytes.
+            let compact = batch_of(frames.pb_compact.as_ref().expect("asked for"));
+            assert_eq!(compact.encoding, ENCODING_COMPACT);
+            assert!(compact.payload.len() < plain.payload.len());
             sizes.compressed
         };
-        let small = payload(&mut b, cfg.big_room_members - 1);
-        let big = payload(&mut b, cfg.big_room_members);
+        let small = payload(cfg.big_room_members - 1);
+        let big = payload(cfg.big_room_members);
         assert!(
             big < small,
             "level {} {big} B vs level {} {small} B",

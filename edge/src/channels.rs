@@ -42,6 +42,10 @@ pub struct BatchFrames {
     pub pb: Prepared,
     /// The JSON text frame, built only when the channel has JSON members.
     pub json: Option<Prepared>,
+    /// `ServerFrame{Batch}` in the compact layout (`Batch.encoding` 1), built
+    /// only when the channel has members that asked for it (`danmaku.v2.pb`);
+    /// they take `pb` when it is absent.
+    pub pb_compact: Option<Prepared>,
 }
 
 /// `user` was removed from the group `channel`, or banned from `channel`
@@ -138,6 +142,8 @@ impl Waker {
 #[derive(Debug, Clone)]
 pub struct Member {
     transport: Transport,
+    /// Reads batches in the compact layout (`danmaku.v2.pb`).
+    compact: bool,
     queue: mpsc::Sender<Outbound>,
     wake: Waker,
     lane: Arc<LaneShared>,
@@ -152,10 +158,17 @@ impl Member {
     ) -> Self {
         Member {
             transport,
+            compact: false,
             queue,
             wake,
             lane,
         }
+    }
+
+    /// This member reads batches in the compact layout.
+    pub fn compact(mut self, on: bool) -> Self {
+        self.compact = on;
+        self
     }
 
     /// Queues one tick, droppable. `seqs` is the range of reliable seqs it
@@ -221,6 +234,7 @@ pub struct Channel {
     members: DashMap<ConnId, Member>,
     count: AtomicUsize,
     json_count: AtomicUsize,
+    compact_count: AtomicUsize,
     /// Bus events routed here since the top-rooms task last looked (`top_rooms.rs`).
     inbound: AtomicU64,
     /// The channel's recent reliable events (`reliable/ring.rs`). Locked once
@@ -243,6 +257,7 @@ impl Channel {
             members: DashMap::new(),
             count: AtomicUsize::new(0),
             json_count: AtomicUsize::new(0),
+            compact_count: AtomicUsize::new(0),
             inbound: AtomicU64::new(0),
             ring: Mutex::new(Ring::new(ring)),
             online: AtomicU64::new(0),
@@ -315,6 +330,12 @@ impl Channel {
         self.json_count.load(Ordering::Relaxed)
     }
 
+    /// Local members that read the compact batch layout; the batcher builds
+    /// it only when > 0.
+    pub fn compact_members(&self) -> usize {
+        self.compact_count.load(Ordering::Relaxed)
+    }
+
     /// Queues the frames of one tick to every member without waiting: a full
     /// queue drops the tick for that member only (slow consumer), a closed one
     /// (connection ending) is skipped. `seqs`: the first and last reliable seq
@@ -337,6 +358,9 @@ impl Channel {
                     })
                     .clone(),
                 t if t.is_json() => frames.json.clone(),
+                _ if member.compact => {
+                    Some(frames.pb_compact.as_ref().unwrap_or(&frames.pb).clone())
+                }
                 _ => Some(frames.pb.clone()),
             };
             member.push(&self.name, item, seqs, &mut out);
@@ -412,13 +436,16 @@ impl Channel {
     }
 
     fn insert(&self, conn: ConnId, member: Member) -> bool {
-        let json = member.transport.is_json();
+        let (json, compact) = (member.transport.is_json(), member.compact);
         if self.members.insert(conn, member).is_some() {
             return false;
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         if json {
             self.json_count.fetch_add(1, Ordering::Relaxed);
+        }
+        if compact {
+            self.compact_count.fetch_add(1, Ordering::Relaxed);
         }
         true
     }
@@ -430,6 +457,9 @@ impl Channel {
         self.count.fetch_sub(1, Ordering::Relaxed);
         if member.transport.is_json() {
             self.json_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        if member.compact {
+            self.compact_count.fetch_sub(1, Ordering::Relaxed);
         }
         true
     }
@@ -596,6 +626,7 @@ pub(crate) mod tests {
         BatchFrames {
             pb: Prepared::new(OpCode::Binary, b"pb"),
             json: Some(Prepared::new(OpCode::Text, b"{}")),
+            pb_compact: Some(Prepared::new(OpCode::Binary, b"pb2")),
         }
     }
 
@@ -663,6 +694,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn compact_members_get_the_compact_frame_or_the_plain_one_without_it() {
+        let reg = Channels::new(gauges(), 16);
+        let r = room("room:9");
+        let (plain, mut plain_rx) = member(Transport::WsPb, 8);
+        let (compact, mut compact_rx) = member(Transport::WsPb, 8);
+        reg.join(&r, 1, plain);
+        reg.join(&r, 2, compact.compact(true));
+        let ch = reg.get("room:9").unwrap();
+        assert_eq!(ch.compact_members(), 1);
+        let f = frames();
+        assert_eq!(ch.push(&f, None).pushed, [0, 2, 0, 0, 0]);
+        assert_eq!(&plain_rx.try_recv().unwrap().payload()[..], b"pb");
+        assert_eq!(&compact_rx.try_recv().unwrap().payload()[..], b"pb2");
+        // A tick built before the member joined has no compact frame: the
+        // plain one reads the same.
+        let without = BatchFrames {
+            pb_compact: None,
+            ..frames()
+        };
+        ch.push(&without, None);
+        assert_eq!(&compact_rx.try_recv().unwrap().payload()[..], b"pb");
+        reg.leave(&r, 2);
+        assert_eq!(ch.compact_members(), 0);
+    }
+
+    #[test]
     fn sse_members_share_one_event_per_tick_with_the_id_of_its_last_seq() {
         let reg = Channels::new(gauges(), 16);
         let r = room("room:8");
@@ -694,6 +751,7 @@ pub(crate) mod tests {
             &BatchFrames {
                 pb: Prepared::new(OpCode::Binary, b""),
                 json: None,
+                pb_compact: None,
             },
             None,
         );

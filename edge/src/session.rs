@@ -52,6 +52,8 @@ pub(crate) struct Session {
     pub conn_id: ConnId,
     pub user: String,
     pub transport: Transport,
+    /// The client asked for compact batches (`danmaku.v2.pb`, `ws.rs`).
+    pub compact_batches: bool,
     /// The joined channels with their reliable lanes (`reliable/`).
     pub joined: Joined,
     /// When the token expires (unix seconds); a fresh `auth` frame moves it.
@@ -147,6 +149,7 @@ impl Session {
             conn_id,
             user,
             transport,
+            compact_batches: false,
             joined: Joined::default(),
             token_exp: u64::MAX,
             limits,
@@ -174,6 +177,7 @@ impl Session {
             self.wake.clone(),
             Arc::clone(lane.shared()),
         )
+        .compact(self.compact_batches)
     }
 
     /// Whether tick frames wait in the batch queue for the socket.

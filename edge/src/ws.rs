@@ -53,6 +53,17 @@ use crate::transport::Transport;
 pub const SUBPROTOCOL_JSON: &str = "danmaku.v1.json";
 /// Subprotocol for binary protobuf frames.
 pub const SUBPROTOCOL_PB: &str = "danmaku.v1.pb";
+/// Protobuf frames whose batches may use the compact layout (`Batch.encoding`
+/// 1): what the SDKs offer first. Chosen over `danmaku.v1.pb` when offered.
+pub const SUBPROTOCOL_PB_COMPACT: &str = "danmaku.v2.pb";
+
+/// What the upgrade agreed on: the transport and whether batches may come in
+/// the compact layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Negotiated {
+    transport: Transport,
+    compact: bool,
+}
 
 /// How long a closing connection may take to flush its last frames.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
@@ -102,14 +113,16 @@ pub(crate) async fn upgrade(
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return not_websocket("this connection cannot be upgraded").into_response();
     };
-    let transport = match select_subprotocol(req.headers()) {
-        Some(t) => t,
+    let negotiated = match select_subprotocol(req.headers()) {
+        Some(n) => n,
         None => {
             edge.metrics.error("bad_subprotocol");
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_subprotocol",
-                format!("request subprotocol {SUBPROTOCOL_JSON} or {SUBPROTOCOL_PB}"),
+                format!(
+                    "request subprotocol {SUBPROTOCOL_JSON}, {SUBPROTOCOL_PB} or {SUBPROTOCOL_PB_COMPACT}"
+                ),
             )
             .into_response();
         }
@@ -117,13 +130,15 @@ pub(crate) async fn upgrade(
     tokio::spawn(connection(
         Arc::clone(&edge),
         on_upgrade,
-        transport,
+        negotiated,
         TokenFacts::from(&claims),
         claims.sub,
         ip,
     ));
-    let protocol = if transport.is_json() {
+    let protocol = if negotiated.transport.is_json() {
         SUBPROTOCOL_JSON
+    } else if negotiated.compact {
+        SUBPROTOCOL_PB_COMPACT
     } else {
         SUBPROTOCOL_PB
     };
@@ -189,8 +204,9 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
-/// The subprotocol the edge speaks with this client: protobuf if offered, else JSON.
-fn select_subprotocol(headers: &HeaderMap) -> Option<Transport> {
+/// The subprotocol the edge speaks with this client: protobuf with compact
+/// batches, plain protobuf, JSON, in that order of preference among those offered.
+fn select_subprotocol(headers: &HeaderMap) -> Option<Negotiated> {
     let offered = |name: &str| {
         headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -198,13 +214,16 @@ fn select_subprotocol(headers: &HeaderMap) -> Option<Transport> {
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .any(|p| p.trim_ascii() == name.as_bytes())
     };
-    if offered(SUBPROTOCOL_PB) {
-        Some(Transport::WsPb)
+    let (transport, compact) = if offered(SUBPROTOCOL_PB_COMPACT) {
+        (Transport::WsPb, true)
+    } else if offered(SUBPROTOCOL_PB) {
+        (Transport::WsPb, false)
     } else if offered(SUBPROTOCOL_JSON) {
-        Some(Transport::WsJson)
+        (Transport::WsJson, false)
     } else {
-        None
-    }
+        return None;
+    };
+    Some(Negotiated { transport, compact })
 }
 
 /// The task of one WebSocket connection, from the upgrade until it closes.
@@ -214,7 +233,7 @@ fn select_subprotocol(headers: &HeaderMap) -> Option<Transport> {
 fn connection(
     edge: Arc<Edge>,
     on_upgrade: hyper::upgrade::OnUpgrade,
-    transport: Transport,
+    negotiated: Negotiated,
     token: TokenFacts,
     user: String,
     ip: Option<std::net::IpAddr>,
@@ -232,7 +251,7 @@ fn connection(
                 run(
                     edge,
                     Halves { rd, wr, read_ahead },
-                    transport,
+                    negotiated,
                     token,
                     user,
                     ip,
@@ -246,7 +265,7 @@ fn connection(
                 run(
                     edge,
                     Halves { rd, wr, read_ahead },
-                    transport,
+                    negotiated,
                     token,
                     user,
                     ip,
@@ -278,7 +297,7 @@ struct Halves<R, W> {
 fn run<R, W>(
     edge: Arc<Edge>,
     Halves { rd, wr, read_ahead }: Halves<R, W>,
-    transport: Transport,
+    negotiated: Negotiated,
     token: TokenFacts,
     user: String,
     ip: Option<std::net::IpAddr>,
@@ -288,8 +307,10 @@ where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     use futures_util::FutureExt;
+    let transport = negotiated.transport;
     let gauge = ConnectionGauge::open(&edge, transport);
-    let (session, queues) = Session::open(Arc::clone(&edge), user, transport);
+    let (mut session, queues) = Session::open(Arc::clone(&edge), user, transport);
+    session.compact_batches = negotiated.compact;
     tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
     let writer = tokio::spawn(write_loop(
         wr,
@@ -642,7 +663,10 @@ mod tests {
         let conn = connection(
             Arc::clone(&edge),
             upgrade,
-            Transport::WsPb,
+            Negotiated {
+                transport: Transport::WsPb,
+                compact: true,
+            },
             TokenFacts::default(),
             "u".into(),
             None,
@@ -720,18 +744,25 @@ mod tests {
 
     #[test]
     fn protobuf_is_preferred_when_both_subprotocols_are_offered() {
+        let pick = |transport, compact| Some(Negotiated { transport, compact });
         let mut h = HeaderMap::new();
         assert_eq!(select_subprotocol(&h), None);
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("chat, danmaku.v1.json"),
         );
-        assert_eq!(select_subprotocol(&h), Some(Transport::WsJson));
+        assert_eq!(select_subprotocol(&h), pick(Transport::WsJson, false));
         h.append(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("danmaku.v1.pb"),
         );
-        assert_eq!(select_subprotocol(&h), Some(Transport::WsPb));
+        assert_eq!(select_subprotocol(&h), pick(Transport::WsPb, false));
+        // The compact batch layout wins wherever it is in the list.
+        h.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("danmaku.v2.pb"),
+        );
+        assert_eq!(select_subprotocol(&h), pick(Transport::WsPb, true));
     }
 
     /// A socket that accepts at most `step` bytes per write, to exercise partial

@@ -441,6 +441,60 @@ async fn two_subprotocols_in_one_channel_get_the_same_events() -> Result<()> {
 }
 
 #[tokio::test]
+async fn compact_batches_go_to_clients_that_offered_v2_and_read_the_same() -> Result<()> {
+    let t = start(config()).await?;
+    // A v2 client (offering both, as the SDKs do) and a v1 client, one room.
+    let mut v2 = t.ws("n", Some("danmaku.v2.pb, danmaku.v1.pb")).await?;
+    let mut v1 = t.ws("o", Some("danmaku.v1.pb")).await?;
+    for ws in [&mut v2, &mut v1] {
+        next_pb(ws).await?;
+        send_pb(ws, join("room:c")).await?;
+        next_pb(ws).await?;
+    }
+    // Danmaku as ingest publishes them: ids of time, node tag and counter.
+    let ts = danmaku_proto::now_ms();
+    let sent: Vec<pb::Event> = (0..30)
+        .map(|i| pb::Event {
+            kind: pb::Kind::Danmaku as i32,
+            sender: format!("s{}", i % 3),
+            text: format!("comment {i}"),
+            ts_ms: ts + i,
+            id: format!("{:011x}{:08x}{i:08x}", ts + i, 0xabcdu32),
+            ..Default::default()
+        })
+        .collect();
+    for ev in &sent {
+        let bus = pb::BusEvent {
+            version: 1,
+            channel: "room:c".into(),
+            event: Some(ev.clone()),
+            origin: "test".into(),
+            ..Default::default()
+        };
+        t.bus
+            .publish(Bytes::from("room:c"), frame::encode(&bus))
+            .await?;
+    }
+    let mut got = Vec::new();
+    for (ws, encoding) in [(&mut v2, 1), (&mut v1, 0)] {
+        let mut events = Vec::new();
+        while events.len() < sent.len() {
+            match next_pb(ws).await?.body {
+                Some(server_frame::Body::Batch(b)) => {
+                    assert_eq!(b.encoding, encoding);
+                    events.extend(danmaku_proto::decode_batch(&b, &Limits::default())?);
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+        got.push(events);
+    }
+    assert_eq!(got[0], sent);
+    assert_eq!(got[1], sent);
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_token_is_401_and_missing_subprotocol_is_400() -> Result<()> {
     let t = start(config()).await?;
     for url in [

@@ -66,7 +66,11 @@ fn online_frames(channel: &str, online: u64, json: bool) -> BatchFrames {
         .to_text();
         Prepared::new(OpCode::Text, text.as_bytes())
     });
-    BatchFrames { pb, json }
+    BatchFrames {
+        pb,
+        json,
+        pb_compact: None,
+    }
 }
 
 /// Every [`crate::config::ControlConfig::online_push_interval`], one `online` frame to

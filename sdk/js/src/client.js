@@ -24,6 +24,9 @@ import { ReliableTracker } from "./reliable.js";
 import { PollSocket, SseSocket, httpBase } from "./fallback.js";
 
 export const SUBPROTOCOL_PB = "danmaku.v1.pb";
+/** Protobuf with compact batches (timestamps as deltas, shorter danmaku ids):
+ * offered first; an edge that does not know it picks `danmaku.v1.pb`. */
+export const SUBPROTOCOL_PB_COMPACT = "danmaku.v2.pb";
 export const SUBPROTOCOL_JSON = "danmaku.v1.json";
 
 /**
@@ -275,7 +278,7 @@ export class DanmakuClient {
     const token = await this.tokens.get();
     const urls = (await this.#edgeUrls()).slice(0, Math.max(1, this.raceCount));
     const protocol = this.protocol;
-    const sub = protocol === "pb" ? SUBPROTOCOL_PB : SUBPROTOCOL_JSON;
+    const sub = protocol === "pb" ? [SUBPROTOCOL_PB_COMPACT, SUBPROTOCOL_PB] : SUBPROTOCOL_JSON;
     const attempts = [];
     const winner = await new Promise((resolve, reject) => {
       let failed = 0;

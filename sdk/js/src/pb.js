@@ -18,7 +18,7 @@ export const PROTOCOL_VERSION = 1;
 /** Field numbers (mirrors proto/danmaku.proto; checked by the tests). */
 export const FIELDS = {
   Event: { kind: 1, sender: 2, text: 3, ts_ms: 4, seq: 5, payload_json: 6, client_msg_id: 7, id: 8, priority: 9, blob: 10 },
-  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7, online: 8, sampled_out: 9 },
+  Batch: { channel: 1, codec: 2, dict_id: 3, count: 4, payload: 5, first_seq: 6, last_seq: 7, online: 8, sampled_out: 9, encoding: 10 },
   ClientFrame: { version: 1, auth: 2, join: 3, leave: 4, ack: 5, resume: 6, ping: 7 },
   ServerFrame: {
     version: 1, joined: 2, left: 3, batch: 4, reliable: 5, pong: 6, redirect: 7, error: 8,
@@ -132,7 +132,7 @@ export function decodeServerFrame(bytes, limits) {
         }
         case F.batch: {
           let channel = "", codec = 0, dictId = 0, count = 0, payload = new Uint8Array(0);
-          let firstSeq = 0, lastSeq = 0, online = 0, sampledOut = 0;
+          let firstSeq = 0, lastSeq = 0, online = 0, sampledOut = 0, encoding = 0;
           sub(r, (n) => {
             switch (n) {
               case 1: channel = r.string(); return true;
@@ -144,11 +144,12 @@ export function decodeServerFrame(bytes, limits) {
               case 7: lastSeq = toNum(r.uint64()); return true;
               case 8: online = toNum(r.uint64()); return true;
               case 9: sampledOut = toNum(r.uint64()); return true;
+              case 10: encoding = r.uint32(); return true;
               default: return false;
             }
           });
-          const events = decodeBatchPayload({ codec, dictId, count, payload }, limits);
-          frame = { type: "batch", channel, events, codec, first_seq: firstSeq, last_seq: lastSeq };
+          const events = decodeBatchPayload({ codec, dictId, count, payload, encoding }, limits);
+          frame = { type: "batch", channel, events, codec, encoding, first_seq: firstSeq, last_seq: lastSeq };
           if (online > 0) frame.online = online;
           if (sampledOut > 0) frame.sampled_out = sampledOut;
           break;

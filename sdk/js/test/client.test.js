@@ -114,8 +114,12 @@ describe("against a real standalone", () => {
       const viewer = client(server, `v-${protocol}`, { protocol });
       const seen = [];
       let zstd = 0;
+      let compact = 0;
       viewer.on("danmaku", (ev, channel) => seen.push({ ...ev, channel }));
-      viewer.on("batch", (b) => { if (b.codec === 1) zstd++; });
+      viewer.on("batch", (b) => {
+        if (b.codec === 1) zstd++;
+        if (b.encoding === 1) compact++;
+      });
       const states = [];
       viewer.on("state", (s) => states.push(s.state));
       await viewer.connect();
@@ -125,14 +129,21 @@ describe("against a real standalone", () => {
       await until("online count", async () => (await viewer.online("room:dm")) === 1);
       const sender = client(server, "poster");
       const n = 60;
-      await Promise.all(
+      const accepted = await Promise.all(
         Array.from({ length: n }, (_, i) => sender.send("room:dm", `弹幕 ${protocol} number ${i} — 前方高能 awesome play!`)),
       );
       await until(`${n} danmaku`, () => seen.length >= n);
       assert.equal(seen.length, n);
       assert.deepEqual(new Set(seen.map((e) => e.text)).size, n);
       assert.ok(seen.every((e) => e.channel === "room:dm" && e.sender === "poster" && e.kind === "danmaku"));
-      if (protocol === "auto") assert.ok(zstd > 0, "at least one zstd-compressed batch");
+      // Each danmaku arrives with the id its post was answered with, and its
+      // time is the id's first 11 hex digits (the compact layout rebuilds both).
+      assert.deepEqual(new Set(seen.map((e) => e.id)), new Set(accepted.map((a) => a.id)));
+      assert.ok(seen.every((e) => parseInt(e.id.slice(0, 11), 16) === e.ts_ms), JSON.stringify(seen[0]));
+      if (protocol === "auto") {
+        assert.ok(zstd > 0, "at least one zstd-compressed batch");
+        assert.ok(compact > 0, "the edge sent the compact layout the SDK offered");
+      }
       assert.deepEqual(states.slice(0, 2), ["connecting", "connected"]);
       viewer.close();
     });

@@ -94,6 +94,29 @@ test("raw batches decode; counts and codecs are checked", () => {
   assert.throws(() => decodeBatchPayload({ codec: 7, dictId: 0, count: 3, payload }), { code: "bad_compression" });
 });
 
+test("compact batches rebuild timestamps and danmaku ids; unknown layouts are refused", () => {
+  const zz = (d) => (d >= 0 ? 2 * d : -2 * d - 1);
+  const ts = [1732350000000, 1732350000007, 1732350000003];
+  const hex = (t) => t.toString(16).padStart(11, "0");
+  const tails = ["3f2a91c400000001", "3f2a91c400000002", "3f2a91c400000003"];
+  const evs = [
+    { kind: 1, sender: "a", text: "666", ts_ms: zz(ts[0]), id: tails[0] },
+    // Out of order by 4 ms: a negative delta.
+    { kind: 1, sender: "b", text: "233", ts_ms: zz(ts[1] - ts[0]), id: tails[1] },
+    { kind: 1, sender: "c", text: "gg", ts_ms: zz(ts[2] - ts[1]), id: tails[2] },
+    // A gift: its time is a delta too, it has no id to rebuild.
+    { kind: 2, sender: "d", text: "rocket", ts_ms: zz(0), seq: 9 },
+  ];
+  const payload = rawPayload(evs);
+  const out = decodeBatchPayload({ codec: 0, dictId: 0, count: 4, payload, encoding: 1 });
+  assert.deepEqual(out.map((e) => e.ts_ms), [...ts, ts[2]]);
+  assert.deepEqual(out.slice(0, 3).map((e) => e.id), ts.map((t, i) => hex(t) + tails[i]));
+  assert.equal(out[3].id, undefined);
+  // The same bytes read plainly keep their deltas: the flag matters.
+  assert.equal(decodeBatchPayload({ codec: 0, dictId: 0, count: 4, payload }).at(1).ts_ms, zz(7));
+  assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 4, payload, encoding: 2 }), { code: "bad_batch" });
+});
+
 test("server frames decode; garbage is a DecodeError, unknown bodies are skipped", () => {
   const w = new BinaryWriter();
   w.tag(1, WireType.Varint).uint32(1);

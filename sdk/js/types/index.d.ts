@@ -246,6 +246,7 @@ export class Backoff {
 }
 
 export const SUBPROTOCOL_PB: "danmaku.v1.pb";
+export const SUBPROTOCOL_PB_COMPACT: "danmaku.v2.pb";
 export const SUBPROTOCOL_JSON: "danmaku.v1.json";
 /** Error codes after which the client stops for good instead of reconnecting. */
 export const FINAL_CODES: ReadonlySet<string>;
