@@ -256,7 +256,8 @@ struct LoadtestArgs {
     #[arg(long, env = "DANMAKU_PROBE_FRACTION", default_value_t = 0.01)]
     probe_fraction: f64,
     /// Viewers ack gifts cumulatively at most this often, e.g. 1s (0 = every
-    /// gift); keep it below the edges' --retransmit-initial.
+    /// gift), or at the edge's announced pace (`auth_ok`) if that is slower, as
+    /// the SDKs do; keep it below the edges' --retransmit-initial.
     #[arg(long, env = "DANMAKU_ACK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     ack_interval: Duration,
     /// Worker processes (≤19k viewers each); 0 = in this process.

@@ -61,7 +61,8 @@ pub struct LoadtestConfig {
     /// connection silent for 2.5 × their 30 s interval).
     pub heartbeat: Duration,
     /// Viewers ack gifts cumulatively at most this often (0 = one ack per
-    /// gift). Default 1 s. Keep it below the edges' retransmit timeout.
+    /// gift), or at the edge's pace from `auth_ok` when that is slower. Default
+    /// 1 s. Keep it below the edges' retransmit timeout.
     pub ack_interval: Duration,
     /// Wait after the last post for the last batches to arrive. Default 3 s.
     pub drain_grace: Duration,
