@@ -138,7 +138,7 @@ async fn connect(edge: &Proc, token: &str, transport: Transport) -> Result<Clien
 /// Posts a danmaku; the error code, or `accepted`.
 async fn post_code(http: &IngestClient, token: &str) -> String {
     match http.post_danmaku(token, "room:acct", "hi").await {
-        Ok(PostOutcome::Accepted) => "accepted".into(),
+        Ok(PostOutcome::Accepted { .. }) => "accepted".into(),
         Ok(PostOutcome::Rejected { code, .. }) => code,
         other => format!("{other:?}"),
     }

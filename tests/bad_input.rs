@@ -205,7 +205,7 @@ async fn malformed_frames_close_only_their_connection() {
         .post_danmaku(&common::token(&srv, "alice"), "room:1", "still here")
         .await
         .unwrap();
-    assert!(matches!(out, PostOutcome::Accepted));
+    assert!(matches!(out, PostOutcome::Accepted { .. }));
     let mut saw_bad_channel = false;
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(ev) = bystander.next_event().await {

@@ -505,7 +505,7 @@ async fn chaos_broker_restart_mid_stream_every_ingest_recovers() {
                 async move {
                     let t = token(&format!("prober{i}"));
                     loop {
-                        if let Ok(PostOutcome::Accepted) =
+                        if let Ok(PostOutcome::Accepted { .. }) =
                             http.post_danmaku(&t, "room:probe", "ping").await
                         {
                             recovered.lock().unwrap().push((i, back.elapsed()));

@@ -210,7 +210,7 @@ async fn standalone_exposition() -> String {
             .post_danmaku(&poster, "room:hot", &format!("{n} {filler}"))
             .await
             .unwrap();
-        assert!(matches!(out, PostOutcome::Accepted), "{out:?}");
+        assert!(matches!(out, PostOutcome::Accepted { .. }), "{out:?}");
         n += 1;
         if n % 50 == 0 {
             tokio::time::sleep(Duration::from_millis(60)).await;

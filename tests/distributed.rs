@@ -42,7 +42,7 @@ async fn viewer(i: usize, edge: &Proc) -> Client {
 /// before measuring, since an edge consumes from "latest" once its subscription is live.
 async fn post_until_accepted(ingest: &IngestClient, t: &str, channel: &str, text: &str) {
     for _ in 0..300 {
-        if let Ok(PostOutcome::Accepted) = ingest.post_danmaku(t, channel, text).await {
+        if let Ok(PostOutcome::Accepted { .. }) = ingest.post_danmaku(t, channel, text).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -150,7 +150,7 @@ async fn two_ingest_three_edges_deliver_every_comment_in_order() {
                         .post_danmaku(&t, "room:dist", &format!("s{s} {n}"))
                         .await
                         .unwrap();
-                    assert!(matches!(out, PostOutcome::Accepted), "{out:?}");
+                    assert!(matches!(out, PostOutcome::Accepted { .. }), "{out:?}");
                 }
             })
         })

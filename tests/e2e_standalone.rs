@@ -15,12 +15,15 @@ const TOTAL: usize = SENDERS * PER_SENDER;
 /// What one viewer saw: comment texts in arrival order and how many frames carried them.
 struct Seen {
     texts: Vec<(String, String)>,
+    /// The danmaku ids, in arrival order.
+    ids: Vec<String>,
     frames: usize,
 }
 
 async fn collect(mut client: Client, channel: &'static str, want: usize) -> Seen {
     let mut seen = Seen {
         texts: Vec::new(),
+        ids: Vec::new(),
         frames: 0,
     };
     let done = tokio::time::timeout(Duration::from_secs(60), async {
@@ -29,8 +32,10 @@ async fn collect(mut client: Client, channel: &'static str, want: usize) -> Seen
                 Some(ServerEvent::Batch { channel: c, events }) => {
                     assert_eq!(c, channel, "batch for a channel this client did not join");
                     seen.frames += 1;
-                    seen.texts
-                        .extend(events.into_iter().map(|e| (e.sender, e.text)));
+                    for e in events {
+                        seen.ids.push(e.id);
+                        seen.texts.push((e.sender, e.text));
+                    }
                 }
                 Some(ServerEvent::Error { code, message }) => {
                     panic!("error frame {code}: {message}")
@@ -120,7 +125,7 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
                         .await
                         .expect("post");
                     assert!(
-                        matches!(out, PostOutcome::Accepted),
+                        matches!(out, PostOutcome::Accepted { .. }),
                         "post {s}/{n}: {out:?}"
                     );
                 }
@@ -149,7 +154,13 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         .post_danmaku(&common::token(&srv, "marker"), "room:2", "room2-marker")
         .await
         .unwrap();
-    assert!(matches!(marker, PostOutcome::Accepted));
+    let PostOutcome::Accepted { id: marker_id } = marker else {
+        panic!("marker not accepted: {marker:?}")
+    };
+    assert!(
+        marker_id.len() == 27 && marker_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a danmaku id: {marker_id:?}"
+    );
 
     for c in collectors {
         let seen = c.await.unwrap();
@@ -179,6 +190,9 @@ async fn every_viewer_gets_every_comment_in_sender_order() {
         seen.texts,
         vec![("marker".to_owned(), "room2-marker".to_owned())]
     );
+    // The id the post was answered with is the one the viewer reads (through
+    // the compact batch layout the SDK asked for).
+    assert_eq!(seen.ids, vec![marker_id]);
 
     // The batcher counts a tick after handing it to the viewers (on the edge's
     // delivery thread), so the last tick's count may trail what they read.
@@ -253,7 +267,7 @@ async fn a_slow_viewer_loses_batches_without_stalling_others() {
             .post_danmaku(&token, "room:slow", &format!("{n} {filler}"))
             .await
             .unwrap();
-        assert!(matches!(out, PostOutcome::Accepted), "{out:?}");
+        assert!(matches!(out, PostOutcome::Accepted { .. }), "{out:?}");
         if n % 50 == 49 {
             // Spread the posts over many batching windows.
             tokio::time::sleep(Duration::from_millis(60)).await;

@@ -45,7 +45,7 @@ async fn every_documented_metric_is_served() {
             .unwrap()
         {
             PostOutcome::RateLimited { .. } => limited = true,
-            PostOutcome::Accepted => {}
+            PostOutcome::Accepted { .. } => {}
             other => panic!("{other:?}"),
         }
     }

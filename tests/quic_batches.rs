@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 async fn post(http: &IngestClient, token: &str, channel: &str, text: &str) {
     for _ in 0..200 {
         match http.post_danmaku(token, channel, text).await {
-            Ok(PostOutcome::Accepted) => return,
+            Ok(PostOutcome::Accepted { .. }) => return,
             Ok(PostOutcome::RateLimited { .. }) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }

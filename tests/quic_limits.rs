@@ -201,7 +201,7 @@ async fn unauthenticated_quic_peers_are_bounded_and_closed_at_the_deadline() {
         .post_danmaku(&token("poster"), "room:ql", "still serving")
         .await
         .unwrap();
-    assert!(matches!(posted, PostOutcome::Accepted), "{posted:?}");
+    assert!(matches!(posted, PostOutcome::Accepted { .. }), "{posted:?}");
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match viewer.next_event().await {

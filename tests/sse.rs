@@ -126,7 +126,7 @@ async fn many_sse_viewers_get_every_gift_and_the_danmaku() {
     let danmaku = tokio::spawn(async move {
         for i in 0..DANMAKU {
             let r = http2.post_danmaku(&p, &ch, &format!("666 {i}")).await;
-            assert!(matches!(r, Ok(PostOutcome::Accepted)), "{r:?}");
+            assert!(matches!(r, Ok(PostOutcome::Accepted { .. })), "{r:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });

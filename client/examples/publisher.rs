@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
         ticker.tick().await;
         let text = comments.text();
         match ingest.post_danmaku(&token, &channel, &text).await? {
-            PostOutcome::Accepted | PostOutcome::Persisted { .. } => {
+            PostOutcome::Accepted { .. } | PostOutcome::Persisted { .. } => {
                 sent += 1;
                 println!("sent {sent}/{count}: {text}");
             }

@@ -15,8 +15,10 @@ use crate::error::ClientError;
 /// What ingest did with a posted danmaku.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostOutcome {
-    /// `202`: accepted and published (danmaku lane).
-    Accepted,
+    /// `202`: accepted and published (danmaku lane). `id` names the danmaku
+    /// for a moderator's retraction (27 hex digits; empty from an ingest that
+    /// predates ids).
+    Accepted { id: String },
     /// `200 {"seq":N}`: a reliable message (gift, chat) persisted with `seq`. A
     /// retry with the same `client_msg_id` answers the same `seq`.
     Persisted { seq: u64 },
@@ -547,6 +549,13 @@ pub fn blob_path(id: &str) -> String {
     format!("/v1/blobs/{id}")
 }
 
+/// A `202`'s body: `{"accepted":true,"id":"…"}`.
+#[derive(Deserialize)]
+struct AcceptedBody {
+    #[serde(default)]
+    id: String,
+}
+
 #[derive(Deserialize)]
 struct BlobCreated {
     id: String,
@@ -560,7 +569,11 @@ async fn post_outcome(resp: reqwest::Response) -> Result<PostOutcome, ClientErro
         let body = resp.bytes().await?;
         return Ok(match serde_json::from_slice::<SeqBody>(&body) {
             Ok(SeqBody { seq }) => PostOutcome::Persisted { seq },
-            Err(_) => PostOutcome::Accepted,
+            Err(_) => PostOutcome::Accepted {
+                id: serde_json::from_slice::<AcceptedBody>(&body)
+                    .map(|b| b.id)
+                    .unwrap_or_default(),
+            },
         });
     }
     if status.as_u16() == 429 {

@@ -129,7 +129,7 @@ pub async fn run_sender(
             out.attempted += 1;
             match ingest.post_danmaku(&token, &rooms[room_idx], &text).await {
                 // A danmaku post is answered 202; a seq would mean a reliable kind.
-                Ok(PostOutcome::Accepted | PostOutcome::Persisted { .. }) => {
+                Ok(PostOutcome::Accepted { .. } | PostOutcome::Persisted { .. }) => {
                     out.accepted += 1;
                     out.accepted_posts.push((room_idx, n));
                     out.raw_json_bytes +=
@@ -215,7 +215,7 @@ pub async fn run_gift_sender(
                     posted.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Ok(PostOutcome::Accepted) => {
+                Ok(PostOutcome::Accepted { .. }) => {
                     warn!(sender = index, "a gift was answered 202 without a seq");
                     out.failed += 1;
                     break;
