@@ -71,11 +71,7 @@ async fn start(config: EdgeConfig) -> Result<TestEdge> {
     let http = listener.local_addr()?;
     let app = edge.router();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
+    tokio::spawn(danmaku_edge::serve_http1(listener, app, |_| {}, stop));
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let quic = udp.local_addr()?;
     edge.serve_quic(udp)?;
