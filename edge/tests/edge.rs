@@ -71,7 +71,11 @@ async fn start(config: EdgeConfig) -> Result<TestEdge> {
     let http = listener.local_addr()?;
     let app = edge.router();
     let stop = shutdown.clone();
-    tokio::spawn(danmaku_edge::serve_http1(listener, app, |_| {}, stop));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let quic = udp.local_addr()?;
     edge.serve_quic(udp)?;
