@@ -32,7 +32,6 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use bytes::Bytes;
 use danmaku_proto::json::JsonServerFrame;
 use danmaku_proto::wsframe::{Decoder, Message, OpCode, Prepared, WsError};
 use danmaku_proto::{Limits, ProtoError, frame, json, pb};
@@ -241,39 +240,16 @@ fn connection(
     use futures_util::FutureExt;
     use hyper_util::rt::TokioIo;
     on_upgrade.then(move |upgraded| match upgraded {
-        // Plain TCP (every listener but TLS): the socket itself, split into
-        // owned halves. Every read and write then goes straight to the socket,
-        // not through hyper's boxed upgrade and `tokio::io::split`'s lock.
-        Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => {
-                let (rd, wr) = parts.io.into_inner().into_split();
-                let read_ahead = parts.read_buf;
-                run(
-                    edge,
-                    Halves { rd, wr, read_ahead },
-                    negotiated,
-                    token,
-                    user,
-                    ip,
-                )
-                .left_future()
-                .left_future()
-            }
-            Err(upgraded) => {
-                let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
-                let read_ahead = Bytes::new();
-                run(
-                    edge,
-                    Halves { rd, wr, read_ahead },
-                    negotiated,
-                    token,
-                    user,
-                    ip,
-                )
-                .right_future()
-                .left_future()
-            }
-        },
+        // hyper's upgraded IO, split in two. Taking the TcpStream back as owned
+        // halves was tried: under `axum::serve` (hyper-util's HTTP/1-or-2
+        // builder wraps the socket in a private type) the downcast never
+        // matches, and with an HTTP/1-only accept loop of our own it matched
+        // and measured no faster (BENCHMARKS.md, "Side by side with the bare
+        // writer"). Bytes read past the upgrade request stay in hyper's IO.
+        Ok(upgraded) => {
+            let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+            run(edge, Halves { rd, wr }, negotiated, token, user, ip).left_future()
+        }
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
             std::future::ready(()).right_future()
@@ -285,9 +261,6 @@ fn connection(
 struct Halves<R, W> {
     rd: R,
     wr: W,
-    /// What the HTTP server read past the upgrade request (a client may send
-    /// its first frame without waiting for the `101`).
-    read_ahead: Bytes,
 }
 
 /// Opens the session on the socket's halves, spawns its writer and returns the
@@ -296,7 +269,7 @@ struct Halves<R, W> {
 /// each local too).
 fn run<R, W>(
     edge: Arc<Edge>,
-    Halves { rd, wr, read_ahead }: Halves<R, W>,
+    Halves { rd, wr }: Halves<R, W>,
     negotiated: Negotiated,
     token: TokenFacts,
     user: String,
@@ -323,8 +296,7 @@ where
     let limits = edge.config.limits;
     // Limit = max_frame_bytes: a larger message is refused from its header
     // with a `frame_too_large` error frame, before any of it is buffered.
-    let mut decoder = Decoder::server(limits.max_frame_bytes);
-    decoder.push(&read_ahead);
+    let decoder = Decoder::server(limits.max_frame_bytes);
     let reader = WsReader {
         rd,
         decoder,
