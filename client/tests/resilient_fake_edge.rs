@@ -17,6 +17,20 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 /// Client frames a fake edge received.
 type Log = Arc<Mutex<Vec<Value>>>;
 
+/// A client of the one fake edge at `addr`, over JSON WebSocket.
+async fn connect_json(addr: SocketAddr, config: ClientConfig) -> ResilientClient {
+    ResilientClient::connect(
+        vec![EdgeTarget::new(
+            &format!("http://{addr}"),
+            Transport::WsJson,
+        )],
+        "tok".into(),
+        config,
+    )
+    .await
+    .unwrap()
+}
+
 fn reliable(seq: u64) -> String {
     json!({"type":"reliable","channel":"group:7","seq":seq,
            "event":{"kind":"chat","sender":"bob","text":format!("m{seq}"),"ts_ms":1}})
@@ -186,13 +200,7 @@ async fn gives_up_after_max_reconnect_time() {
         max_reconnect_time: Duration::from_millis(800),
         ..ClientConfig::default()
     };
-    let mut c = ResilientClient::connect(
-        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
-        "tok".into(),
-        config,
-    )
-    .await
-    .unwrap();
+    let mut c = connect_json(a, config).await;
     c.join("room:1").await.unwrap();
     let started = std::time::Instant::now();
     let ev = tokio::time::timeout(Duration::from_secs(5), c.next_event())
@@ -218,13 +226,7 @@ async fn acks_at_most_once_per_interval_and_sends_the_held_back_one() {
         ack_interval: Duration::from_millis(300),
         ..ClientConfig::default()
     };
-    let mut c = ResilientClient::connect(
-        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
-        "tok".into(),
-        config,
-    )
-    .await
-    .unwrap();
+    let mut c = connect_json(a, config).await;
     c.join("group:7").await.unwrap();
     let mut seqs = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -285,13 +287,7 @@ async fn a_caught_up_client_acks_no_faster_than_the_edge_asked() {
         ack_interval: Duration::from_millis(10),
         ..ClientConfig::default()
     };
-    let mut c = ResilientClient::connect(
-        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
-        "tok".into(),
-        config,
-    )
-    .await
-    .unwrap();
+    let mut c = connect_json(a, config).await;
     c.join("group:7").await.unwrap();
     let mut seqs = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -374,13 +370,7 @@ async fn asks_again_for_a_gap_whose_resume_was_refused() {
         heartbeat_interval: Duration::from_millis(200),
         ..ClientConfig::default()
     };
-    let mut c = ResilientClient::connect(
-        vec![EdgeTarget::new(&format!("http://{a}"), Transport::WsJson)],
-        "tok".into(),
-        config,
-    )
-    .await
-    .unwrap();
+    let mut c = connect_json(a, config).await;
     c.join("group:7").await.unwrap();
     let mut seqs = Vec::new();
     let started = std::time::Instant::now();

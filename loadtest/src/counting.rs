@@ -683,17 +683,7 @@ mod tests {
     #[test]
     fn acks_are_cumulative_and_paced() {
         let room = "room:a";
-        let gift = |seq| {
-            frame::encode(&frame::server(Body::Reliable(pb::Reliable {
-                channel: room.into(),
-                seq,
-                event: Some(pb::Event {
-                    seq,
-                    ..Default::default()
-                }),
-            })))
-            .to_vec()
-        };
+        let gift = |seq| reliable_frame(room, seq);
         let mut c = ViewerCounts::new(false).with_ack_interval(1000);
         let mut rec = |_: Lane, _: u64| {};
         // The first gift is acked at once (nothing acked yet, interval elapsed).
@@ -723,17 +713,7 @@ mod tests {
             })))
             .to_vec()
         };
-        let gift = |seq| {
-            frame::encode(&frame::server(Body::Reliable(pb::Reliable {
-                channel: room.into(),
-                seq,
-                event: Some(pb::Event {
-                    seq,
-                    ..Default::default()
-                }),
-            })))
-            .to_vec()
-        };
+        let gift = |seq| reliable_frame(room, seq);
         let mut rec = |_: Lane, _: u64| {};
         let mut c = ViewerCounts::new(false).with_ack_interval(1000);
         on_message(&mut c, Wire::WsPb, room, &auth_ok(5000), 0, &mut rec);
