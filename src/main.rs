@@ -720,17 +720,13 @@ async fn run_edge(a: EdgeArgs) -> Result<()> {
         .merge(edge.router());
     let listener = tokio::net::TcpListener::from_std(tcp)?;
     tracing::info!(%listen, "edge serving");
-    use axum::serve::ListenerExt;
-    let tuned = {
+    // HTTP/1.1 with upgrades (`danmaku_edge::serve_http1`: a WebSocket takes
+    // its socket back); requests carry the peer address (per-IP caps).
+    let tune = {
         let edge = edge.clone();
-        listener.tap_io(move |s| edge.tune_tcp(s))
+        move |s: &tokio::net::TcpStream| edge.tune_tcp(s)
     };
-    let graceful = shutdown.clone();
-    // Connect info gives the edge the peer address (per-IP connection caps).
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(tuned, app)
-        .with_graceful_shutdown(async move { graceful.cancelled().await })
-        .await?;
+    danmaku_edge::serve_http1(listener, app, tune, shutdown.clone()).await;
     quic.abort();
     Ok(())
 }

@@ -240,19 +240,15 @@ pub async fn start(
     let quic_task = edge.serve_quic(udp)?;
     let listener = tokio::net::TcpListener::from_std(tcp)?;
     let http_task = {
-        use axum::serve::ListenerExt;
         let edge = edge.clone();
-        let listener = listener.tap_io(move |tcp| edge.tune_tcp(tcp));
+        let tune = move |tcp: &tokio::net::TcpStream| edge.tune_tcp(tcp);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let graceful = shutdown.clone();
-            // Connect info gives the edge the peer address (per-IP connection caps).
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                graceful.cancelled().await;
-            });
+            // HTTP/1.1 with upgrades (`danmaku_edge::serve_http1`: a WebSocket
+            // takes its socket back); requests carry the peer address.
+            let serve = danmaku_edge::serve_http1(listener, app, tune, shutdown.clone());
             tokio::select! {
-                r = serve => if let Err(e) = r { tracing::error!(error = %e, "http server failed") },
+                () = serve => {},
                 _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                     tracing::warn!("connections still open after the shutdown grace; closing");
                 }

@@ -53,6 +53,9 @@ fn record(
             compressed_bytes: sizes.compressed,
             pushed: outcome.pushed,
             dropped: outcome.dropped,
+            direct: outcome.direct,
+            handed: outcome.handed,
+            direct_bytes: outcome.direct_bytes,
         },
     );
 }

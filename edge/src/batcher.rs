@@ -260,6 +260,9 @@ pub(crate) fn flush_to(
             compressed_bytes: sizes.compressed,
             pushed: outcome.pushed,
             dropped: outcome.dropped,
+            direct: outcome.direct,
+            handed: outcome.handed,
+            direct_bytes: outcome.direct_bytes,
         },
     );
     if outcome.dropped > 0 {

@@ -20,6 +20,7 @@ use prometheus::IntGauge;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};
 
+use crate::direct::{DirectSink, Offer};
 use crate::reliable::lane::LaneShared;
 use crate::reliable::ring::{ReliableFrame, Ring};
 use crate::thinning::Thinning;
@@ -145,6 +146,9 @@ pub struct Member {
     /// Reads batches in the compact layout (`danmaku.v2.pb`).
     compact: bool,
     queue: mpsc::Sender<Outbound>,
+    /// The socket itself, for a plain-TCP WebSocket: ticks are written into it
+    /// directly when nothing waits in the queue (`direct.rs`).
+    direct: Option<Arc<DirectSink>>,
     wake: Waker,
     lane: Arc<LaneShared>,
 }
@@ -160,6 +164,7 @@ impl Member {
             transport,
             compact: false,
             queue,
+            direct: None,
             wake,
             lane,
         }
@@ -168,6 +173,12 @@ impl Member {
     /// This member reads batches in the compact layout.
     pub fn compact(mut self, on: bool) -> Self {
         self.compact = on;
+        self
+    }
+
+    /// Ticks go straight into this socket when they can (`direct.rs`).
+    pub(crate) fn direct(mut self, sink: Option<Arc<DirectSink>>) -> Self {
+        self.direct = sink;
         self
     }
 
@@ -183,18 +194,53 @@ impl Member {
         seqs: Option<(u64, u64)>,
         out: &mut PushOutcome,
     ) {
-        let sent = match item.map(|i| self.queue.try_send(i)) {
-            Some(Ok(())) => {
-                out.pushed[self.transport as usize] += 1;
-                true
-            }
-            Some(Err(TrySendError::Full(_))) => {
-                out.dropped += 1;
-                false
-            }
-            // Connection ending: its task leaves the channel.
-            Some(Err(TrySendError::Closed(_))) => return,
+        let t = self.transport as usize;
+        let sent = match item {
             None => false,
+            Some(item) => {
+                let offer = match &self.direct {
+                    Some(d) => d.try_write(item.wire()),
+                    None => Offer::Busy,
+                };
+                match offer {
+                    Offer::Written => {
+                        out.pushed[t] += 1;
+                        out.direct_bytes[t] += item.wire().len() as u64;
+                        out.direct += 1;
+                        true
+                    }
+                    Offer::Handed(n) => {
+                        out.pushed[t] += 1;
+                        out.direct_bytes[t] += n as u64;
+                        out.handed += 1;
+                        true
+                    }
+                    // Connection ending: its task leaves the channel.
+                    Offer::Closed => return,
+                    Offer::Busy => {
+                        if let Some(d) = &self.direct {
+                            d.queued();
+                        }
+                        let sent = self.queue.try_send(item);
+                        if sent.is_err()
+                            && let Some(d) = &self.direct
+                        {
+                            d.unqueued();
+                        }
+                        match sent {
+                            Ok(()) => {
+                                out.pushed[t] += 1;
+                                true
+                            }
+                            Err(TrySendError::Full(_)) => {
+                                out.dropped += 1;
+                                false
+                            }
+                            Err(TrySendError::Closed(_)) => return,
+                        }
+                    }
+                }
+            }
         };
         let Some((first, last)) = seqs else {
             return;
@@ -219,6 +265,12 @@ pub struct PushOutcome {
     pub pushed: [u64; 5],
     /// Members whose queue was full: the tick is dropped for them.
     pub dropped: u64,
+    /// Frames the shard wrote into the socket itself, whole (`direct.rs`).
+    pub direct: u64,
+    /// Direct writes the socket took in part; the writer task writes the rest.
+    pub handed: u64,
+    /// Bytes the shard wrote into sockets itself, by `Transport as usize`.
+    pub direct_bytes: [u64; 5],
 }
 
 impl PushOutcome {

@@ -98,6 +98,11 @@ pub struct Flush<'a> {
     pub pushed: [u64; 5],
     /// Members whose queue was full (the tick was dropped for them).
     pub dropped: u64,
+    /// Frames a shard wrote into sockets itself, whole and in part
+    /// (`direct.rs`), and the bytes it wrote, by `Transport as usize`.
+    pub direct: u64,
+    pub handed: u64,
+    pub direct_bytes: [u64; 5],
 }
 
 /// Handles to the edge's metrics.
@@ -117,6 +122,9 @@ pub struct Metrics {
     pub frames_pushed: IntCounterVec,
     pub events_delivered: IntCounter,
     pub slow_consumer_drops: IntCounter,
+    /// Tick frames a batcher shard wrote into the socket itself, by
+    /// `result` = `whole` | `partial` (the rest left to the connection's writer).
+    pub direct_writes: IntCounterVec,
     pub bus_events: IntCounterVec,
     pub bus_lagged: IntCounter,
     pub bad_frames: IntCounterVec,
@@ -220,6 +228,13 @@ impl Metrics {
         let slow_consumer_drops = IntCounter::new(
             "danmaku_edge_slow_consumer_drops_total",
             "Batches dropped for a connection because its send queue was full.",
+        )?;
+        let direct_writes = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_direct_writes_total",
+                "Tick frames a batcher shard wrote into the socket itself (no queue, no wake), by result.",
+            ),
+            &["result"],
         )?;
         let bus_events = IntCounterVec::new(
             Opts::new(
@@ -415,6 +430,10 @@ impl Metrics {
         registry.register(Box::new(frames_pushed.clone()))?;
         registry.register(Box::new(events_delivered.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
+        registry.register(Box::new(direct_writes.clone()))?;
+        for result in ["whole", "partial"] {
+            direct_writes.with_label_values(&[result]);
+        }
         registry.register(Box::new(bus_events.clone()))?;
         registry.register(Box::new(bus_lagged.clone()))?;
         registry.register(Box::new(bad_frames.clone()))?;
@@ -447,6 +466,7 @@ impl Metrics {
             frames_pushed,
             events_delivered,
             slow_consumer_drops,
+            direct_writes,
             bus_events,
             bus_lagged,
             bad_frames,
@@ -533,6 +553,20 @@ impl Metrics {
         }
         if f.dropped > 0 {
             self.slow_consumer_drops.inc_by(f.dropped);
+        }
+        if f.direct + f.handed > 0 {
+            self.direct_writes
+                .with_label_values(&["whole"])
+                .inc_by(f.direct);
+            self.direct_writes
+                .with_label_values(&["partial"])
+                .inc_by(f.handed);
+            for t in Transport::ALL {
+                let n = f.direct_bytes[t as usize];
+                if n > 0 {
+                    self.egress(t).inc_by(n);
+                }
+            }
         }
     }
 

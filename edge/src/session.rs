@@ -19,6 +19,7 @@ use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelName, ProtoError, frame, pb};
 use tokio::sync::{Notify, mpsc};
 
+use crate::direct::DirectSink;
 use crate::channels::{ConnEvent, ConnId, Member, Outbound, Waker};
 use crate::limits::ConnLimits;
 use crate::node::Edge;
@@ -54,6 +55,9 @@ pub(crate) struct Session {
     pub transport: Transport,
     /// The client asked for compact batches (`danmaku.v2.pb`, `ws.rs`).
     pub compact_batches: bool,
+    /// The socket, for a plain-TCP WebSocket: its members' ticks are written
+    /// into it directly when nothing waits (`direct.rs`).
+    pub direct: Option<Arc<DirectSink>>,
     /// The joined channels with their reliable lanes (`reliable/`).
     pub joined: Joined,
     /// When the token expires (unix seconds); a fresh `auth` frame moves it.
@@ -150,6 +154,7 @@ impl Session {
             user,
             transport,
             compact_batches: false,
+            direct: None,
             joined: Joined::default(),
             token_exp: u64::MAX,
             limits,
@@ -178,11 +183,13 @@ impl Session {
             Arc::clone(lane.shared()),
         )
         .compact(self.compact_batches)
+        .direct(self.direct.clone())
     }
 
     /// Whether tick frames wait in the batch queue for the socket.
     pub fn ticks_queued(&self) -> bool {
         self.batches.capacity() < self.batches.max_capacity()
+            || self.direct.as_ref().is_some_and(|d| d.pending() > 0)
     }
 
     /// Queues a shared prebuilt frame on the reply queue (never dropped).

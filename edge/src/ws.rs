@@ -32,6 +32,7 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::Bytes;
 use danmaku_proto::json::JsonServerFrame;
 use danmaku_proto::wsframe::{Decoder, Message, OpCode, Prepared, WsError};
 use danmaku_proto::{Limits, ProtoError, frame, json, pb};
@@ -42,6 +43,7 @@ use tokio::sync::mpsc;
 
 use crate::account::TokenFacts;
 use crate::channels::Outbound;
+use crate::direct::DirectSink;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
 use crate::error::ApiError;
 use crate::node::Edge;
@@ -240,16 +242,37 @@ fn connection(
     use futures_util::FutureExt;
     use hyper_util::rt::TokioIo;
     on_upgrade.then(move |upgraded| match upgraded {
-        // hyper's upgraded IO, split in two. Taking the TcpStream back as owned
-        // halves was tried: under `axum::serve` (hyper-util's HTTP/1-or-2
-        // builder wraps the socket in a private type) the downcast never
-        // matches, and with an HTTP/1-only accept loop of our own it matched
-        // and measured no faster (BENCHMARKS.md, "Side by side with the bare
-        // writer"). Bytes read past the upgrade request stay in hyper's IO.
-        Ok(upgraded) => {
-            let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
-            run(edge, Halves { rd, wr }, negotiated, token, user, ip).left_future()
-        }
+        // Plain TCP (the edge's own HTTP/1.1 listener, `listener.rs`): the
+        // socket itself, shared by the reader, the writer and the batcher
+        // shards that write ticks into it directly (`direct.rs`).
+        Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => {
+                let sink = Arc::new(DirectSink::new(parts.io.into_inner()));
+                let halves = Halves {
+                    rd: SinkIo(Arc::clone(&sink)),
+                    wr: SinkIo(Arc::clone(&sink)),
+                    read_ahead: parts.read_buf,
+                    direct: Some(sink),
+                };
+                run(edge, halves, negotiated, token, user, ip)
+                    .left_future()
+                    .left_future()
+            }
+            // TLS, or a server that wrapped the socket: hyper's upgraded IO,
+            // split in two; ticks go through the queue.
+            Err(upgraded) => {
+                let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+                let halves = Halves {
+                    rd,
+                    wr,
+                    read_ahead: Bytes::new(),
+                    direct: None,
+                };
+                run(edge, halves, negotiated, token, user, ip)
+                    .right_future()
+                    .left_future()
+            }
+        },
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
             std::future::ready(()).right_future()
@@ -261,6 +284,88 @@ fn connection(
 struct Halves<R, W> {
     rd: R,
     wr: W,
+    /// What the HTTP server read past the upgrade request (a client may send
+    /// its first frame without waiting for the `101`).
+    read_ahead: Bytes,
+    /// The socket, when the batcher may write ticks into it directly.
+    direct: Option<Arc<DirectSink>>,
+}
+
+/// The shared socket of a plain-TCP WebSocket as a reader or writer half.
+/// Every call goes to the socket (no lock, no buffer); writes by the batcher
+/// shards are kept apart from the writer's by [`DirectSink`]'s state.
+struct SinkIo(Arc<DirectSink>);
+
+impl AsyncRead for SinkIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let stream = self.0.stream();
+        loop {
+            ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SinkIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let stream = self.0.stream();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let stream = self.0.stream();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let sock = socket2::SockRef::from(self.0.stream());
+        Poll::Ready(sock.shutdown(std::net::Shutdown::Write))
+    }
 }
 
 /// Opens the session on the socket's halves, spawns its writer and returns the
@@ -269,7 +374,12 @@ struct Halves<R, W> {
 /// each local too).
 fn run<R, W>(
     edge: Arc<Edge>,
-    Halves { rd, wr }: Halves<R, W>,
+    Halves {
+        rd,
+        wr,
+        read_ahead,
+        direct,
+    }: Halves<R, W>,
     negotiated: Negotiated,
     token: TokenFacts,
     user: String,
@@ -284,9 +394,11 @@ where
     let gauge = ConnectionGauge::open(&edge, transport);
     let (mut session, queues) = Session::open(Arc::clone(&edge), user, transport);
     session.compact_batches = negotiated.compact;
+    session.direct = direct.clone();
     tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
     let writer = tokio::spawn(write_loop(
         wr,
+        direct,
         queues.replies,
         queues.batches,
         transport,
@@ -296,7 +408,8 @@ where
     let limits = edge.config.limits;
     // Limit = max_frame_bytes: a larger message is refused from its header
     // with a `frame_too_large` error frame, before any of it is buffered.
-    let decoder = Decoder::server(limits.max_frame_bytes);
+    let mut decoder = Decoder::server(limits.max_frame_bytes);
+    decoder.push(&read_ahead);
     let reader = WsReader {
         rd,
         decoder,
@@ -409,23 +522,43 @@ async fn on_message(
 
 /// What the writer does next.
 enum Next {
-    Send(Outbound),
+    /// A frame; `true` for a tick from the batch queue (counted pending by a
+    /// [`DirectSink`]), `false` for a reply.
+    Send(Outbound, bool),
+    /// A batcher shard left the end of a partial direct write.
+    Tail,
     Close(CloseReason),
     End,
+}
+
+/// Stops direct writes however the writer ends (its socket is done).
+struct ClosesSink(Option<Arc<DirectSink>>);
+
+impl Drop for ClosesSink {
+    fn drop(&mut self) {
+        if let Some(sink) = &self.0 {
+            sink.close();
+        }
+    }
 }
 
 /// Owns the write half. Replies first (biased), then batches. Frames already
 /// queued are written together in one vectored write: the cost the edge budgets
 /// is write calls, not bytes. Every frame is a shared, prebuilt WebSocket frame;
-/// nothing is copied per connection.
+/// nothing is copied per connection. With a [`DirectSink`], most ticks never
+/// come here (a shard wrote them); the writer takes the socket from the shards
+/// for each write and writes a tail they left first.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
+    direct: Option<Arc<DirectSink>>,
     mut control: mpsc::Receiver<Reply>,
     mut batches: mpsc::Receiver<Outbound>,
     transport: Transport,
     limits: Limits,
     egress: prometheus::IntCounter,
 ) {
+    let sink = ClosesSink(direct);
+    let sink = sink.0.as_deref();
     let mut batches_open = true;
     loop {
         let mut next = tokio::select! {
@@ -434,11 +567,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Some(c) => from_reply(c, transport, &limits),
                 None => Next::End,
             },
+            () = tail_left(sink) => Next::Tail,
             b = batches.recv(), if batches_open => match b {
-                Some(o) => Next::Send(o),
+                Some(o) => Next::Send(o, true),
                 None => { batches_open = false; continue; }
             },
         };
+        if let Next::Tail = next {
+            match write_out(&mut wr, sink, &[], 0).await {
+                Ok(n) => egress.inc_by(n as u64),
+                Err(_) => return,
+            }
+            continue;
+        }
         // The live path: one tick frame queued, nothing behind it. Written
         // straight away: no yield, no allocation (a member's tick costs one
         // wake-up and one write).
@@ -450,9 +591,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             &limits,
         );
         if after.is_none()
-            && let Next::Send(f) = &next
+            && let Next::Send(f, tick) = &next
         {
-            match write_frames(&mut wr, std::slice::from_ref(f)).await {
+            match write_out(&mut wr, sink, std::slice::from_ref(f), u32::from(*tick)).await {
                 Ok(n) => egress.inc_by(n as u64),
                 Err(_) => return,
             }
@@ -463,9 +604,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         // Allocated per wake-up (sized to what is queued), never kept while idle.
         let queued = control.len() + batches.len() + 2;
         let mut frames: Vec<Outbound> = Vec::with_capacity(queued.min(MAX_COALESCE));
+        let mut ticks = 0u32;
         let end = loop {
             match next {
-                Next::Send(f) => frames.push(f),
+                Next::Send(f, tick) => {
+                    frames.push(f);
+                    ticks += u32::from(tick);
+                }
+                // Written with the frames: the writer takes any tail first.
+                Next::Tail => {}
                 end => break Some(end),
             }
             if frames.len() >= MAX_COALESCE {
@@ -484,11 +631,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => break None,
             }
         };
-        if !frames.is_empty() {
-            match write_frames(&mut wr, &frames).await {
-                Ok(n) => egress.inc_by(n as u64),
-                Err(_) => return,
-            }
+        match write_out(&mut wr, sink, &frames, ticks).await {
+            Ok(n) => egress.inc_by(n as u64),
+            Err(_) => return,
         }
         drop(frames);
         let reason = match end {
@@ -497,12 +642,47 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Some(_) => CloseReason::PeerClosed,
         };
         let close = Prepared::close(reason.ws_code(), reason.text());
-        if wr.write_all(close.wire()).await.is_ok() {
-            egress.inc_by(close.wire().len() as u64);
+        if let Ok(n) = write_out(&mut wr, sink, std::slice::from_ref(&close), 0).await {
+            egress.inc_by(n as u64);
         }
         let _ = wr.shutdown().await;
         return;
     }
+}
+
+/// Resolves when a shard left a tail for the writer; never without a sink.
+async fn tail_left(sink: Option<&DirectSink>) {
+    match sink {
+        Some(s) => s.tail_left().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes `frames` (of which `ticks` came from the batch queue), first taking
+/// the socket from the batcher shards and writing the tail of a partial direct
+/// write, if one was left. Returns the bytes written.
+async fn write_out<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    sink: Option<&DirectSink>,
+    frames: &[Outbound],
+    ticks: u32,
+) -> std::io::Result<usize> {
+    let Some(sink) = sink else {
+        return write_frames(wr, frames).await;
+    };
+    sink.lock_writer().await;
+    let tail = sink.take_tail();
+    let res = async {
+        let mut n = 0;
+        if let Some(tail) = &tail {
+            wr.write_all(tail).await?;
+            n += tail.len();
+        }
+        Ok(n + write_frames(wr, frames).await?)
+    }
+    .await;
+    sink.unlock_writer(ticks + u32::from(tail.is_some()));
+    res
 }
 
 /// Writes every frame completely, as few `writev` calls as the socket allows.
@@ -566,7 +746,7 @@ fn try_next(
     }
     if *batches_open {
         match batches.try_recv() {
-            Ok(o) => return Some(Next::Send(o)),
+            Ok(o) => return Some(Next::Send(o, true)),
             Err(mpsc::error::TryRecvError::Disconnected) => *batches_open = false,
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
@@ -576,8 +756,8 @@ fn try_next(
 
 fn from_reply(c: Reply, transport: Transport, limits: &Limits) -> Next {
     match c {
-        Reply::Frame(f) => Next::Send(encode_reply(&f, transport, limits)),
-        Reply::Shared(o) => Next::Send(o),
+        Reply::Frame(f) => Next::Send(encode_reply(&f, transport, limits), false),
+        Reply::Shared(o) => Next::Send(o, false),
         Reply::Close(reason) => Next::Close(reason),
     }
 }
@@ -649,6 +829,7 @@ mod tests {
         let (_b, batches) = mpsc::channel::<Outbound>(1);
         let writer = write_loop(
             peer2,
+            None,
             control,
             batches,
             Transport::WsPb,

@@ -71,11 +71,13 @@ async fn start(config: EdgeConfig) -> Result<TestEdge> {
     let http = listener.local_addr()?;
     let app = edge.router();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
+    let tuned = Arc::clone(&edge);
+    tokio::spawn(danmaku_edge::serve_http1(
+        listener,
+        app,
+        move |tcp| tuned.tune_tcp(tcp),
+        stop,
+    ));
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let quic = udp.local_addr()?;
     edge.serve_quic(udp)?;
@@ -1491,6 +1493,97 @@ async fn a_slow_consumer_still_gets_every_reliable_frame() -> Result<()> {
         t.metric("danmaku_edge_reliable_missed_sent_total"),
         singles as f64
     );
+    Ok(())
+}
+
+/// Ticks go from the batcher shard straight into a WebSocket's socket; when
+/// the socket is full the shard writes what it takes and the connection's
+/// writer the rest, and later ticks queue behind it: the viewer still reads
+/// whole frames, in order, with only whole ticks dropped.
+#[tokio::test]
+async fn ticks_written_by_the_shard_stay_whole_and_in_order_when_the_socket_fills() -> Result<()> {
+    let mut cfg = config();
+    cfg.tcp_send_buffer = Some(4096);
+    cfg.send_queue_frames = 4;
+    cfg.batch.min_window = Duration::from_millis(1);
+    cfg.batch.max_events = 1;
+    let t = start(cfg).await?;
+    let mut ws = t.ws("reader", Some("danmaku.v1.pb")).await?;
+    assert!(matches!(
+        next_pb(&mut ws).await?.body,
+        Some(server_frame::Body::AuthOk(_))
+    ));
+    send_pb(&mut ws, join("room:d")).await?;
+    assert!(matches!(
+        next_pb(&mut ws).await?.body,
+        Some(server_frame::Body::Joined(_))
+    ));
+    // A reading viewer: its tick goes into the socket whole, from the shard.
+    t.publish("room:d", "bob", "first").await?;
+    match next_pb(&mut ws).await?.body {
+        Some(server_frame::Body::Batch(b)) => assert_eq!(batch_texts(&b)?, ["first"]),
+        other => bail!("expected the first batch, got {other:?}"),
+    }
+    let whole = r#"danmaku_edge_direct_writes_total{result="whole"}"#;
+    assert_eq!(t.metric_when(whole, |v| v >= 1.0).await, 1.0);
+    // Now it stops reading while ticks of incompressible text pile up.
+    const TICKS: usize = 300;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..TICKS {
+        // ~3 KB per frame after zstd: hex of a xorshift stream.
+        let filler: String = (0..375)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect();
+        t.publish("room:d", "bob", &format!("{i:04} {filler}")).await?;
+    }
+    let partial = r#"danmaku_edge_direct_writes_total{result="partial"}"#;
+    assert!(
+        t.metric_when(partial, |v| v >= 1.0).await >= 1.0,
+        "a full socket took a frame in part"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Read until the edge has handled every tick and a quiet second passed.
+    let mut seen = Vec::new();
+    loop {
+        let Ok(msg) = tokio::time::timeout(Duration::from_secs(1), next_pb(&mut ws)).await else {
+            if t.metric("danmaku_edge_batches_total") >= (TICKS + 1) as f64 {
+                break;
+            }
+            continue;
+        };
+        match msg?.body {
+            Some(server_frame::Body::Batch(b)) => {
+                for text in batch_texts(&b)? {
+                    seen.push(text[..4].parse::<usize>()?);
+                }
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ticks arrive in order: {seen:?}"
+    );
+    let dropped = t.metric("danmaku_edge_slow_consumer_drops_total");
+    assert_eq!(
+        seen.len() + dropped as usize,
+        TICKS,
+        "every tick is either read or counted as dropped"
+    );
+    assert!(dropped > 0.0, "the queue behind the full socket overflowed");
+    // Drained: the next tick goes from the shard into the socket again.
+    let before = t.metric(whole);
+    t.publish("room:d", "bob", "after").await?;
+    match next_pb(&mut ws).await?.body {
+        Some(server_frame::Body::Batch(b)) => assert_eq!(batch_texts(&b)?, ["after"]),
+        other => bail!("expected the last batch, got {other:?}"),
+    }
+    assert_eq!(t.metric_when(whole, |v| v > before).await, before + 1.0);
     Ok(())
 }
 
