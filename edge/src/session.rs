@@ -19,8 +19,8 @@ use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::{ChannelName, ProtoError, frame, pb};
 use tokio::sync::{Notify, mpsc};
 
-use crate::direct::DirectSink;
 use crate::channels::{ConnEvent, ConnId, Member, Outbound, Waker};
+use crate::direct::DirectSink;
 use crate::limits::ConnLimits;
 use crate::node::Edge;
 use crate::reliable::lane::LaneState;

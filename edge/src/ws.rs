@@ -14,6 +14,11 @@
 //!   each connection writes those shared bytes, several queued frames in one
 //!   vectored write, instead of copying header and payload into its own buffer.
 //!
+//! * **Wake-ups per tick.** On plain TCP the socket comes back from hyper
+//!   (`listener.rs` serves HTTP/1.1 so it can) and the batcher writes ticks into
+//!   it directly while nothing is queued (`direct.rs`); the writer task only
+//!   wakes for replies, and for ticks when the socket was full.
+//!
 //! The token and the upgrade request are checked before the upgrade (hyper's, as
 //! axum's extractor does it), so a refused client gets a plain HTTP error with
 //! the JSON error body. After the upgrade the reader loop here decodes frames
@@ -43,8 +48,8 @@ use tokio::sync::mpsc;
 
 use crate::account::TokenFacts;
 use crate::channels::Outbound;
-use crate::direct::DirectSink;
 use crate::connection::{ConnectionGauge, Reader, WakeQueue, dispatch, finish_writer, serve};
+use crate::direct::DirectSink;
 use crate::error::ApiError;
 use crate::node::Edge;
 use crate::session::{CloseReason, Flow, Reply, Session};

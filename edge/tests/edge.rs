@@ -1539,7 +1539,8 @@ async fn ticks_written_by_the_shard_stay_whole_and_in_order_when_the_socket_fill
                 format!("{x:016x}")
             })
             .collect();
-        t.publish("room:d", "bob", &format!("{i:04} {filler}")).await?;
+        t.publish("room:d", "bob", &format!("{i:04} {filler}"))
+            .await?;
     }
     let partial = r#"danmaku_edge_direct_writes_total{result="partial"}"#;
     assert!(
