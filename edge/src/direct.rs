@@ -166,7 +166,8 @@ impl DirectSink {
         self.lock_tail().take()
     }
 
-    /// No more direct writes: the writer is ending.
+    /// No more direct writes: the writer is closing or gone. The writer may
+    /// still lock the socket (to write a tail and the close frame).
     pub fn close(&self) {
         self.state.fetch_or(CLOSED, Ordering::AcqRel);
     }
@@ -208,7 +209,13 @@ mod tests {
         let mut got = [0u8; 12];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"tick-1tick-2");
+        // Closing stops the shards; the writer can still take the socket for
+        // the close frame.
         sink.close();
+        assert_eq!(sink.try_write(&frame), Offer::Closed);
+        sink.lock_writer().await;
+        assert_eq!(sink.try_write(&frame), Offer::Closed);
+        sink.unlock_writer(0);
         assert_eq!(sink.try_write(&frame), Offer::Closed);
     }
 

@@ -646,6 +646,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Some(Next::Close(reason)) => reason,
             Some(_) => CloseReason::PeerClosed,
         };
+        // No tick may follow the close frame: stop the shards' direct writes first.
+        if let Some(sink) = sink {
+            sink.close();
+        }
         let close = Prepared::close(reason.ws_code(), reason.text());
         if let Ok(n) = write_out(&mut wr, sink, std::slice::from_ref(&close), 0).await {
             egress.inc_by(n as u64);
