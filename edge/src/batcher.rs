@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch_policy::{PendingBatches, Ready};
-use crate::channels::{BatchFrames, Channel, Channels};
+use crate::channels::{BatchFrames, Channel, Channels, WritePool};
 use crate::config::BatchConfig;
 use crate::metrics::{Flush, Metrics};
 
@@ -156,6 +156,7 @@ pub(crate) fn spawn_shards(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<Vec<mpsc::Sender<ShardItem>>, ProtoError> {
+    let writers = WritePool::new(cfg.write_threads, cfg.members_per_write_thread).map(Arc::new);
     (0..shards.max(1))
         .map(|_| {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
@@ -164,6 +165,7 @@ pub(crate) fn spawn_shards(
                 builder: FrameBuilder::new(cfg)?,
                 channels: Arc::clone(&channels),
                 metrics: metrics.clone(),
+                writers: writers.clone(),
             };
             runtime.spawn(shard.run(rx, shutdown.clone()));
             Ok(tx)
@@ -176,6 +178,8 @@ struct Shard {
     builder: FrameBuilder,
     channels: Arc<Channels>,
     metrics: Metrics,
+    /// Pushes a big room's tick on several threads (shared by the shards).
+    writers: Option<Arc<WritePool>>,
 }
 
 impl Shard {
@@ -215,7 +219,13 @@ impl Shard {
         let Some(channel) = self.channels.get(ready.channel.as_str()) else {
             return;
         };
-        flush_to(&mut self.builder, &self.metrics, &channel, &mut ready);
+        flush_to(
+            &mut self.builder,
+            &self.metrics,
+            &channel,
+            &mut ready,
+            self.writers.as_deref(),
+        );
     }
 }
 
@@ -226,6 +236,7 @@ pub(crate) fn flush_to(
     metrics: &Metrics,
     channel: &Channel,
     ready: &mut Ready<ChannelName>,
+    writers: Option<&WritePool>,
 ) {
     let now_ms = danmaku_proto::now_ms();
     let sampled_out = channel.thin(ready.window, &mut ready.events);
@@ -250,7 +261,7 @@ pub(crate) fn flush_to(
             return;
         }
     };
-    let outcome = channel.push(&frames, reliable_seqs(&ready.events));
+    let outcome = channel.push_spread(&frames, reliable_seqs(&ready.events), writers);
     metrics.record_flush(
         now_ms,
         &Flush {

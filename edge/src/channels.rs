@@ -277,6 +277,54 @@ impl PushOutcome {
     pub fn total_pushed(&self) -> u64 {
         self.pushed.iter().sum()
     }
+
+    fn add(&mut self, other: &PushOutcome) {
+        for (a, b) in self.pushed.iter_mut().zip(other.pushed) {
+            *a += b;
+        }
+        for (a, b) in self.direct_bytes.iter_mut().zip(other.direct_bytes) {
+            *a += b;
+        }
+        self.dropped += other.dropped;
+        self.direct += other.direct;
+        self.handed += other.handed;
+    }
+}
+
+/// Threads that push one big room's tick side by side, each to its own part of
+/// the members (`BatchConfig::write_threads`). A tick is pushed whole before
+/// the next one starts, so a member still gets its ticks in order.
+pub struct WritePool {
+    pool: rayon::ThreadPool,
+    min_members_per_part: usize,
+}
+
+impl WritePool {
+    /// A pool of `threads` (None below 2: every write stays on the caller's thread).
+    pub fn new(threads: usize, min_members_per_part: usize) -> Option<Self> {
+        if threads < 2 {
+            return None;
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("edge-writer-{i}"))
+            .build();
+        match pool {
+            Ok(pool) => Some(WritePool {
+                pool,
+                min_members_per_part: min_members_per_part.max(1),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no write threads; ticks are written by the batcher alone");
+                None
+            }
+        }
+    }
+
+    /// Parts a tick to `members` members is split into.
+    fn parts(&self, members: usize) -> usize {
+        (members / self.min_members_per_part).clamp(1, self.pool.current_num_threads())
+    }
 }
 
 /// A channel's local members.
@@ -394,11 +442,54 @@ impl Channel {
     /// inside, if any (see [`Member::push`] for what a member that misses them
     /// gets).
     pub fn push(&self, frames: &BatchFrames, seqs: Option<(u64, u64)>) -> PushOutcome {
+        self.push_part(frames, seqs, 0, 1)
+    }
+
+    /// [`Self::push`], split over `writers` when the room is big enough; returns
+    /// when every part is pushed.
+    pub fn push_spread(
+        &self,
+        frames: &BatchFrames,
+        seqs: Option<(u64, u64)>,
+        writers: Option<&WritePool>,
+    ) -> PushOutcome {
+        let Some(writers) = writers else {
+            return self.push(frames, seqs);
+        };
+        let parts = writers.parts(self.len());
+        if parts < 2 {
+            return self.push(frames, seqs);
+        }
+        use rayon::prelude::*;
+        let outcomes: Vec<PushOutcome> = writers.pool.install(|| {
+            (0..parts)
+                .into_par_iter()
+                .map(|part| self.push_part(frames, seqs, part, parts))
+                .collect()
+        });
+        let mut out = PushOutcome::default();
+        for o in &outcomes {
+            out.add(o);
+        }
+        out
+    }
+
+    /// Pushes to the members whose connection id is `part` modulo `parts`.
+    fn push_part(
+        &self,
+        frames: &BatchFrames,
+        seqs: Option<(u64, u64)>,
+        part: usize,
+        parts: usize,
+    ) -> PushOutcome {
         let mut out = PushOutcome::default();
         // The SSE event, framed from the JSON text once per tick when the
         // first SSE member is reached (`sse_wire.rs`).
         let mut sse: Option<Option<Outbound>> = None;
         for member in self.members.iter() {
+            if parts > 1 && *member.key() % parts as u64 != part as u64 {
+                continue;
+            }
             let item = match member.transport {
                 Transport::Sse => sse
                     .get_or_insert_with(|| {
@@ -679,6 +770,72 @@ pub(crate) mod tests {
             pb: Prepared::new(OpCode::Binary, b"pb"),
             json: Some(Prepared::new(OpCode::Text, b"{}")),
             pb_compact: Some(Prepared::new(OpCode::Binary, b"pb2")),
+        }
+    }
+
+    /// A big room's tick pushed by several threads reaches every member once,
+    /// queued or written into its socket, and each member gets the ticks in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tick_spread_over_write_threads_reaches_every_member_once_in_order() {
+        use tokio::io::AsyncReadExt;
+        let reg = Channels::new(gauges(), 16);
+        let r = room("room:spread");
+        let mut queued = Vec::new();
+        for conn in 0..40u64 {
+            let (m, rx) = member(Transport::WsPb, 64);
+            assert!(reg.join(&r, conn, m));
+            queued.push(rx);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peers = Vec::new();
+        for conn in 40..48u64 {
+            let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let sink = Arc::new(DirectSink::new(server));
+            let (m, rx) = member(Transport::WsPb, 64);
+            assert!(reg.join(&r, conn, m.direct(Some(sink))));
+            queued.push(rx);
+            peers.push(peer);
+        }
+        let writers = WritePool::new(2, 1).unwrap();
+        assert_eq!(writers.parts(48), 2);
+        assert_eq!(WritePool::new(2, 100).unwrap().parts(48), 1);
+        assert!(WritePool::new(1, 1).is_none());
+        let ch = reg.get("room:spread").unwrap();
+        let tick = |i: usize| Prepared::new(OpCode::Binary, format!("tick{i:03}").as_bytes());
+        const TICKS: usize = 20;
+        for i in 0..TICKS {
+            let frames = BatchFrames {
+                pb: tick(i),
+                json: None,
+                pb_compact: None,
+            };
+            let out = ch.push_spread(&frames, None, Some(&writers));
+            assert_eq!(out.total_pushed(), 48, "tick {i}");
+            assert_eq!((out.direct, out.dropped), (8, 0), "tick {i}");
+            let len = tick(i).wire().len() as u64;
+            assert_eq!(out.direct_bytes[Transport::WsPb as usize], 8 * len);
+        }
+        let want: Vec<u8> = (0..TICKS).flat_map(|i| tick(i).wire().to_vec()).collect();
+        for rx in &mut queued[..40] {
+            let got: Vec<u8> = (0..TICKS)
+                .flat_map(|_| rx.try_recv().unwrap().wire().to_vec())
+                .collect();
+            assert_eq!(got, want);
+            assert!(rx.try_recv().is_err(), "nothing twice");
+        }
+        for rx in &mut queued[40..] {
+            assert!(
+                rx.try_recv().is_err(),
+                "written into the socket, not queued"
+            );
+        }
+        for peer in &mut peers {
+            let mut got = vec![0u8; want.len()];
+            peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, want);
         }
     }
 

@@ -128,6 +128,16 @@ pub struct BatchConfig {
     /// Payloads up to this many bytes stay uncompressed: zstd's header would cost
     /// more than it saves. Default 256.
     pub compress_threshold: usize,
+    /// Threads that write one big room's tick into its members' sockets side by
+    /// side (`direct.rs`; `channels.rs` `WritePool`). The batcher runs on one
+    /// thread, and a 10,000-member tick is ~10,000 `write`s: alone it caps a room
+    /// at one core's writes. 1 keeps every write on the batcher's thread.
+    /// Default: the host's cores.
+    pub write_threads: usize,
+    /// Members per write thread below which a tick is written on the batcher's
+    /// thread alone (handing a tick to the threads costs a few wake-ups).
+    /// Default 2,048.
+    pub members_per_write_thread: usize,
 }
 
 impl Default for BatchConfig {
@@ -141,6 +151,8 @@ impl Default for BatchConfig {
             zstd_level: 3,
             big_room_zstd_level: 9,
             big_room_members: 1_000,
+            write_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            members_per_write_thread: 2_048,
             compress_threshold: danmaku_proto::batch::DEFAULT_COMPRESS_THRESHOLD,
         }
     }
