@@ -465,8 +465,9 @@ struct Batching {
     #[arg(long, env = "DANMAKU_BATCH_MAX_EVENTS", default_value_t = 500)]
     batch_max_events: usize,
     /// Threads that write one big room's tick into its viewers' sockets side by
-    /// side (0: one per core; 1: the batcher's own thread only).
-    #[arg(long, env = "DANMAKU_WRITE_THREADS", default_value_t = 0)]
+    /// side (1: the batcher's own thread only). Raise to the host's cores only
+    /// where this edge has them to itself.
+    #[arg(long, env = "DANMAKU_WRITE_THREADS", default_value_t = 1)]
     write_threads: usize,
     /// How long a connection's acks may stand still, with seqs outstanding,
     /// before the edge resends from its last ack, e.g. 3s (then doubling). Must
@@ -517,10 +518,7 @@ impl Batching {
                 min_window: self.min_window,
                 max_window: self.max_window,
                 max_events: self.batch_max_events,
-                write_threads: match self.write_threads {
-                    0 => config.batch.write_threads,
-                    n => n,
-                },
+                write_threads: self.write_threads,
                 ..config.batch
             },
             reliable: danmaku_edge::ReliableConfig {

@@ -131,8 +131,11 @@ pub struct BatchConfig {
     /// Threads that write one big room's tick into its members' sockets side by
     /// side (`direct.rs`; `channels.rs` `WritePool`). The batcher runs on one
     /// thread, and a 10,000-member tick is ~10,000 `write`s: alone it caps a room
-    /// at one core's writes. 1 keeps every write on the batcher's thread.
-    /// Default: the host's cores.
+    /// at one core's writes. Worth raising to the host's cores only where the
+    /// edge has them to itself: on a host whose cores are already busy (several
+    /// edges, or the viewers, on two cores) the extra threads took CPU from the
+    /// readers and acks, and the 100k preset's p99 went from ~11 s to 16–26 s
+    /// (BENCHMARKS.md). Default 1: every write on the batcher's thread.
     pub write_threads: usize,
     /// Members per write thread below which a tick is written on the batcher's
     /// thread alone (handing a tick to the threads costs a few wake-ups).
@@ -151,7 +154,7 @@ impl Default for BatchConfig {
             zstd_level: 3,
             big_room_zstd_level: 9,
             big_room_members: 1_000,
-            write_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            write_threads: 1,
             members_per_write_thread: 2_048,
             compress_threshold: danmaku_proto::batch::DEFAULT_COMPRESS_THRESHOLD,
         }
