@@ -38,6 +38,9 @@ const WRITER: u32 = 1 << 30;
 const CLOSED: u32 = 1 << 29;
 const PENDING: u32 = CLOSED - 1;
 
+/// Yields [`DirectSink::lock_writer`] makes before it naps between tries.
+const SPINS_BEFORE_NAP: u32 = 16;
+
 /// What [`DirectSink::try_write`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offer {
@@ -136,8 +139,10 @@ impl DirectSink {
     }
 
     /// Takes the socket for the writer task: waits out a shard's write in
-    /// progress (one `write` call long).
+    /// progress (one `write` call long; a few yields, then 1 ms naps in case
+    /// the shard's thread was preempted mid-call on a busy host).
     pub async fn lock_writer(&self) {
+        let mut waits = 0u32;
         loop {
             let s = self.state.load(Ordering::Relaxed);
             if s & DIRECT == 0 {
@@ -150,7 +155,12 @@ impl DirectSink {
                 }
                 continue;
             }
-            tokio::task::yield_now().await;
+            waits += 1;
+            if waits <= SPINS_BEFORE_NAP {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
         }
     }
 
@@ -217,6 +227,28 @@ mod tests {
         assert_eq!(sink.try_write(&frame), Offer::Closed);
         sink.unlock_writer(0);
         assert_eq!(sink.try_write(&frame), Offer::Closed);
+    }
+
+    #[tokio::test]
+    async fn the_writer_waits_out_a_shards_write_in_progress() {
+        let (sink, _peer) = pair().await;
+        let sink = std::sync::Arc::new(sink);
+        // As if a shard were inside its `write` call.
+        sink.state.store(DIRECT, Ordering::Release);
+        let locker = tokio::spawn({
+            let sink = std::sync::Arc::clone(&sink);
+            async move { sink.lock_writer().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!locker.is_finished(), "the writer must not write meanwhile");
+        sink.state.fetch_and(!DIRECT, Ordering::Release);
+        tokio::time::timeout(std::time::Duration::from_secs(5), locker)
+            .await
+            .expect("the writer gets the socket once the shard is done")
+            .unwrap();
+        assert_eq!(sink.try_write(&Bytes::from_static(b"x")), Offer::Busy);
+        sink.unlock_writer(0);
+        assert_eq!(sink.try_write(&Bytes::from_static(b"x")), Offer::Written);
     }
 
     #[tokio::test]
