@@ -59,8 +59,34 @@ pub struct FrameBuilder {
     big_members: usize,
 }
 
-/// Sizes of the last built batch, for metrics.
+/// The protobuf layouts a tick is built in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PbLayouts {
+    /// `Batch.encoding` 0: QUIC members and `danmaku.v1.pb`.
+    pub plain: bool,
+    /// The compact layout (`danmaku.v2.pb`).
+    pub compact: bool,
+}
+
+impl PbLayouts {
+    pub const PLAIN: PbLayouts = PbLayouts {
+        plain: true,
+        compact: false,
+    };
+
+    /// What a room whose members read `plain` and `compact` needs. A room of
+    /// JSON readers only still gets the plain layout built (its size is what
+    /// the batch metrics count).
+    pub fn for_members(plain: usize, compact: usize) -> PbLayouts {
+        PbLayouts {
+            plain: plain > 0 || compact == 0,
+            compact: compact > 0,
+        }
+    }
+}
+
+/// Sizes of the last built batch, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BuiltSizes {
     pub raw: usize,
     pub compressed: usize,
@@ -87,13 +113,14 @@ impl FrameBuilder {
         online: Option<u64>,
         with_json: bool,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
-        self.build_tick(channel, events, online, 0, with_json, 0, false)
+        self.build_tick(channel, events, online, 0, with_json, 0, PbLayouts::PLAIN)
     }
 
     /// [`FrameBuilder::build`], also saying how many danmaku hot-room
     /// thinning left out of the tick (`sampled_out`, 0: none); `members`
-    /// (the room's local members) picks the zstd level; `with_compact` also
-    /// builds the compact layout.
+    /// (the room's local members) picks the zstd level; `layouts` says which
+    /// protobuf layouts the room's members read (each costs an encode and a
+    /// compression per tick, so one nobody reads is not built).
     #[allow(clippy::too_many_arguments)] // one tick's facts, each from its own source
     pub fn build_tick(
         &mut self,
@@ -103,24 +130,24 @@ impl FrameBuilder {
         sampled_out: u64,
         with_json: bool,
         members: usize,
-        with_compact: bool,
+        layouts: PbLayouts,
     ) -> Result<(BatchFrames, BuiltSizes), ProtoError> {
         let encoder = if members >= self.big_members {
             &mut self.big
         } else {
             &mut self.encoder
         };
-        let mut batch = encoder.encode(channel, events)?;
-        batch.online = online.unwrap_or(0);
-        batch.sampled_out = sampled_out;
-        let sizes = BuiltSizes {
-            raw: encoder.last_raw_len(),
-            compressed: batch.payload.len(),
-        };
-        let pb_compact = if with_compact {
+        let mut sizes = BuiltSizes::default();
+        // The compact layout first: when both are built, the sizes reported
+        // are the plain one's (built last), as before the compact layout.
+        let pb_compact = if layouts.compact || !layouts.plain {
             let mut c = encoder.encode_as(channel, events, ENCODING_COMPACT)?;
-            c.online = batch.online;
+            c.online = online.unwrap_or(0);
             c.sampled_out = sampled_out;
+            sizes = BuiltSizes {
+                raw: encoder.last_raw_len(),
+                compressed: c.payload.len(),
+            };
             Some(Prepared::encode(
                 OpCode::Binary,
                 &frame::server(Body::Batch(c)),
@@ -128,7 +155,21 @@ impl FrameBuilder {
         } else {
             None
         };
-        let pb = Prepared::encode(OpCode::Binary, &frame::server(Body::Batch(batch)));
+        let pb = if layouts.plain {
+            let mut batch = encoder.encode(channel, events)?;
+            batch.online = online.unwrap_or(0);
+            batch.sampled_out = sampled_out;
+            sizes = BuiltSizes {
+                raw: encoder.last_raw_len(),
+                compressed: batch.payload.len(),
+            };
+            Some(Prepared::encode(
+                OpCode::Binary,
+                &frame::server(Body::Batch(batch)),
+            ))
+        } else {
+            None
+        };
         let json = with_json.then(|| {
             Prepared::new(
                 OpCode::Text,
@@ -245,6 +286,7 @@ pub(crate) fn flush_to(
     }
     let with_json = channel.json_members() > 0;
     let online = channel.take_online();
+    let layouts = PbLayouts::for_members(channel.plain_members(), channel.compact_members());
     let built = builder.build_tick(
         ready.channel.as_str(),
         &ready.events,
@@ -252,7 +294,7 @@ pub(crate) fn flush_to(
         sampled_out,
         with_json,
         channel.len(),
-        channel.compact_members() > 0,
+        layouts,
     );
     let (frames, sizes) = match built {
         Ok(built) => built,
@@ -334,11 +376,46 @@ mod tests {
             assert_eq!(decode_batch(&batch, &Limits::default()).unwrap(), events);
             batch
         };
+        // Only compact readers: the plain layout is not built, and the sizes
+        // are the compact one's.
+        let (frames, sizes) = b
+            .build_tick(
+                "room:big",
+                &events,
+                None,
+                0,
+                false,
+                10,
+                PbLayouts::for_members(0, 10),
+            )
+            .unwrap();
+        assert!(frames.pb.is_none());
+        let compact = batch_of(frames.pb_compact.as_ref().expect("asked for"));
+        assert_eq!(sizes.compressed, compact.payload.len());
+        assert_eq!(PbLayouts::for_members(0, 0), PbLayouts::PLAIN);
+        assert_eq!(
+            PbLayouts::for_members(3, 2),
+            PbLayouts {
+                plain: true,
+                compact: true
+            }
+        );
         let mut payload = |members| {
             let (frames, sizes) = b
-                .build_tick("room:big", &events, None, 0, false, members, true)
+                .build_tick(
+                    "room:big",
+                    &events,
+                    None,
+                    0,
+                    false,
+                    members,
+                    PbLayouts {
+                        plain: true,
+                        compact: true,
+                    },
+                )
                 .unwrap();
-            let plain = batch_of(&frames.pb);
+            let plain = batch_of(frames.pb.as_ref().expect("asked for"));
             assert_eq!(plain.encoding, 0);
             assert_eq!(sizes.compressed, plain.payload.len());
             // The compact layout: the same events, fewer bytes.

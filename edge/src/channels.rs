@@ -39,13 +39,16 @@ pub type Outbound = Prepared;
 /// The frames of one tick, built once and shared by all members of a channel.
 #[derive(Debug, Clone)]
 pub struct BatchFrames {
-    /// `ServerFrame{Batch}` as a binary frame, for protobuf and QUIC members.
-    pub pb: Prepared,
+    /// `ServerFrame{Batch}` as a binary frame, for QUIC and `danmaku.v1.pb`
+    /// members; built only when the channel has some (or no compact readers).
+    pub pb: Option<Prepared>,
     /// The JSON text frame, built only when the channel has JSON members.
     pub json: Option<Prepared>,
     /// `ServerFrame{Batch}` in the compact layout (`Batch.encoding` 1), built
     /// only when the channel has members that asked for it (`danmaku.v2.pb`);
-    /// they take `pb` when it is absent.
+    /// they take `pb` when it is absent. A member whose layout was not built
+    /// (it joined after the tick was) misses that tick, as a JSON member
+    /// does: its reliable seqs are sent again on their own.
     pub pb_compact: Option<Prepared>,
 }
 
@@ -430,6 +433,14 @@ impl Channel {
         self.json_count.load(Ordering::Relaxed)
     }
 
+    /// Local members that read the plain protobuf batch layout (QUIC,
+    /// `danmaku.v1.pb`); with compact readers and none of these the batcher
+    /// builds only the compact one.
+    pub fn plain_members(&self) -> usize {
+        self.len()
+            .saturating_sub(self.json_members() + self.compact_members())
+    }
+
     /// Local members that read the compact batch layout; the batcher builds
     /// it only when > 0.
     pub fn compact_members(&self) -> usize {
@@ -501,10 +512,8 @@ impl Channel {
                     })
                     .clone(),
                 t if t.is_json() => frames.json.clone(),
-                _ if member.compact => {
-                    Some(frames.pb_compact.as_ref().unwrap_or(&frames.pb).clone())
-                }
-                _ => Some(frames.pb.clone()),
+                _ if member.compact => frames.pb_compact.as_ref().or(frames.pb.as_ref()).cloned(),
+                _ => frames.pb.clone(),
             };
             member.push(&self.name, item, seqs, &mut out);
         }
@@ -767,7 +776,7 @@ pub(crate) mod tests {
 
     fn frames() -> BatchFrames {
         BatchFrames {
-            pb: Prepared::new(OpCode::Binary, b"pb"),
+            pb: Some(Prepared::new(OpCode::Binary, b"pb")),
             json: Some(Prepared::new(OpCode::Text, b"{}")),
             pb_compact: Some(Prepared::new(OpCode::Binary, b"pb2")),
         }
@@ -808,7 +817,7 @@ pub(crate) mod tests {
         const TICKS: usize = 20;
         for i in 0..TICKS {
             let frames = BatchFrames {
-                pb: tick(i),
+                pb: Some(tick(i)),
                 json: None,
                 pb_compact: None,
             };
@@ -891,12 +900,9 @@ pub(crate) mod tests {
         assert_eq!(second.dropped, 1, "pb member's queue of 1 is full");
         assert_eq!(second.total_pushed(), 1);
         let b = pb_rx.try_recv().unwrap();
-        assert_eq!(b, f.pb);
-        assert_eq!(
-            b.wire().as_ptr(),
-            f.pb.wire().as_ptr(),
-            "shared, not copied"
-        );
+        let pb = f.pb.as_ref().unwrap();
+        assert_eq!(&b, pb);
+        assert_eq!(b.wire().as_ptr(), pb.wire().as_ptr(), "shared, not copied");
         let t = js_rx.try_recv().unwrap();
         assert_eq!(t.opcode(), OpCode::Text);
         assert_eq!(&t.payload()[..], b"{}");
@@ -924,6 +930,17 @@ pub(crate) mod tests {
         };
         ch.push(&without, None);
         assert_eq!(&compact_rx.try_recv().unwrap().payload()[..], b"pb");
+        assert_eq!(&plain_rx.try_recv().unwrap().payload()[..], b"pb");
+        assert_eq!(ch.plain_members(), 1);
+        // A tick built without the plain layout (every protobuf reader asked
+        // for compact): the plain member that joined since misses it.
+        let compact_only = BatchFrames {
+            pb: None,
+            ..frames()
+        };
+        assert_eq!(ch.push(&compact_only, None).pushed, [0, 1, 0, 0, 0]);
+        assert_eq!(&compact_rx.try_recv().unwrap().payload()[..], b"pb2");
+        assert!(plain_rx.try_recv().is_err());
         reg.leave(&r, 2);
         assert_eq!(ch.compact_members(), 0);
     }
@@ -958,7 +975,7 @@ pub(crate) mod tests {
         reg.join(&r, 1, js);
         let out = reg.get("group:g").unwrap().push(
             &BatchFrames {
-                pb: Prepared::new(OpCode::Binary, b""),
+                pb: Some(Prepared::new(OpCode::Binary, b"")),
                 json: None,
                 pb_compact: None,
             },

@@ -84,7 +84,7 @@ use danmaku_proto::token::TokenKey;
 use danmaku_store::Store;
 use tokio_util::sync::CancellationToken;
 
-pub use batcher::{BuiltSizes, FrameBuilder};
+pub use batcher::{BuiltSizes, FrameBuilder, PbLayouts};
 pub use config::{BatchConfig, ClientLimits, ControlConfig, EdgeConfig, ReliableConfig};
 pub use control_plane::NotReady;
 pub use error::{ApiError, EdgeError};

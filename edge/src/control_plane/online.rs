@@ -67,7 +67,7 @@ fn online_frames(channel: &str, online: u64, json: bool) -> BatchFrames {
         Prepared::new(OpCode::Text, text.as_bytes())
     });
     BatchFrames {
-        pb,
+        pb: Some(pb),
         json,
         pb_compact: None,
     }
@@ -122,9 +122,11 @@ mod tests {
             &text.payload()[..],
             br#"{"type":"online","channel":"room:1","online":900}"#
         );
-        let decoded =
-            danmaku_proto::frame::decode_server(&f.pb.payload(), &danmaku_proto::Limits::default())
-                .unwrap();
+        let decoded = danmaku_proto::frame::decode_server(
+            &f.pb.as_ref().unwrap().payload(),
+            &danmaku_proto::Limits::default(),
+        )
+        .unwrap();
         assert_eq!(
             decoded.body,
             Some(Body::Online(pb::Online {
