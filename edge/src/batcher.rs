@@ -14,7 +14,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use danmaku_proto::batch::ENCODING_COMPACT;
+use danmaku_proto::batch::{ENCODING_COMPACT, ENCODING_PLAIN};
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::wsframe::{OpCode, Prepared};
 use danmaku_proto::{BatchEncoder, ChannelName, ProtoError, frame, json, pb};
@@ -137,39 +137,29 @@ impl FrameBuilder {
         } else {
             &mut self.encoder
         };
-        let mut sizes = BuiltSizes::default();
-        // The compact layout first: when both are built, the sizes reported
-        // are the plain one's (built last), as before the compact layout.
-        let pb_compact = if layouts.compact || !layouts.plain {
-            let mut c = encoder.encode_as(channel, events, ENCODING_COMPACT)?;
-            c.online = online.unwrap_or(0);
-            c.sampled_out = sampled_out;
-            sizes = BuiltSizes {
-                raw: encoder.last_raw_len(),
-                compressed: c.payload.len(),
-            };
-            Some(Prepared::encode(
-                OpCode::Binary,
-                &frame::server(Body::Batch(c)),
-            ))
-        } else {
-            None
-        };
-        let pb = if layouts.plain {
-            let mut batch = encoder.encode(channel, events)?;
+        // One layout: encoded, compressed and framed once for every member.
+        let mut build = |encoding| -> Result<(Prepared, BuiltSizes), ProtoError> {
+            let mut batch = encoder.encode_as(channel, events, encoding)?;
             batch.online = online.unwrap_or(0);
             batch.sampled_out = sampled_out;
-            sizes = BuiltSizes {
+            let sizes = BuiltSizes {
                 raw: encoder.last_raw_len(),
                 compressed: batch.payload.len(),
             };
-            Some(Prepared::encode(
-                OpCode::Binary,
-                &frame::server(Body::Batch(batch)),
-            ))
-        } else {
-            None
+            let frame = Prepared::encode(OpCode::Binary, &frame::server(Body::Batch(batch)));
+            Ok((frame, sizes))
         };
+        // At least one protobuf layout is built; the metrics count the plain
+        // one's sizes when there is one.
+        let pb_compact = (layouts.compact || !layouts.plain)
+            .then(|| build(ENCODING_COMPACT))
+            .transpose()?;
+        let pb = layouts.plain.then(|| build(ENCODING_PLAIN)).transpose()?;
+        let sizes = pb
+            .as_ref()
+            .or(pb_compact.as_ref())
+            .map_or_else(BuiltSizes::default, |(_, sizes)| *sizes);
+        let (pb, pb_compact) = (pb.map(|(f, _)| f), pb_compact.map(|(f, _)| f));
         let json = with_json.then(|| {
             Prepared::new(
                 OpCode::Text,
