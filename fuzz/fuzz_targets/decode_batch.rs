@@ -20,11 +20,12 @@ fuzz_target!(|data: &[u8]| {
         channel: "room:1".into(),
         // Mostly the two real codecs, sometimes an unknown one.
         codec: i32::from(codec % 3),
-        dict_id: 0,
+        // No dictionary, the built-in one, or one this build does not know.
+        dict_id: u32::from(codec / 3 % 3),
         count: u32::from(u16::from_le_bytes([count_lo, count_hi])),
         payload: payload.to_vec().into(),
-        // Plain, compact (timestamps and ids rebuilt) or an unknown layout.
-        encoding: u32::from(count_hi % 3),
+        // Plain, compact, dense (timestamps and ids rebuilt) or an unknown layout.
+        encoding: u32::from(count_hi % 4),
         ..Default::default()
     };
     if let Ok(events) = decode_batch(&batch, &limits) {

@@ -8,6 +8,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 
+use zstd::dict::DecoderDictionary;
+
 use crate::error::ProtoError;
 use crate::limits::Limits;
 use crate::pb::{self, Codec};
@@ -25,8 +27,59 @@ pub const ENCODING_PLAIN: u32 = 0;
 /// delta of a few ms does not (~30 % of a big tick, BENCHMARKS.md).
 pub const ENCODING_COMPACT: u32 = 1;
 
+/// `Batch.encoding`: the compact layout, and a danmaku id that continues the
+/// previous danmaku id's node counter sent as `""` (counter + 1) or
+/// `"+<difference>"`. A node's counter runs over all its rooms, so in a busy
+/// room consecutive ids differ by small gaps: 8 hex digits zstd cannot
+/// predict become one or two it can (~2 B per event at 300 events a tick).
+/// Only on `danmaku.v3.pb`, with [`crate::dictionary::DICT_DANMAKU_1`].
+pub const ENCODING_DENSE: u32 = 2;
+
+/// Highest `Batch.encoding` this build reads.
+pub const MAX_ENCODING: u32 = ENCODING_DENSE;
+
+/// How a tick is laid out and compressed for one kind of reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Events as they are, zstd without a dictionary (`danmaku.v1.pb`, QUIC).
+    Plain,
+    /// [`ENCODING_COMPACT`] (`danmaku.v2.pb`).
+    Compact,
+    /// [`ENCODING_DENSE`] compressed with dictionary 1 (`danmaku.v3.pb`).
+    Dense,
+}
+
+impl Layout {
+    pub const ALL: [Layout; 3] = [Layout::Plain, Layout::Compact, Layout::Dense];
+
+    /// The `Batch.encoding` this layout asks for (a tick that cannot be laid
+    /// out so goes in a simpler one: see [`BatchEncoder::encode_layout`]).
+    pub fn encoding(self) -> u32 {
+        match self {
+            Layout::Plain => ENCODING_PLAIN,
+            Layout::Compact => ENCODING_COMPACT,
+            Layout::Dense => ENCODING_DENSE,
+        }
+    }
+
+    /// The dictionary its payloads are compressed with (0: none).
+    pub fn dict_id(self) -> u32 {
+        match self {
+            Layout::Dense => crate::dictionary::DICT_DANMAKU_1,
+            _ => 0,
+        }
+    }
+
+    /// Position in [`Layout::ALL`], for per-layout arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Hex digits of the time at the start of a danmaku id (ingest's `message_id.rs`).
 const ID_TIME_DIGITS: usize = 11;
+/// Hex digits of a danmaku id after its time: node tag (8) and counter (8).
+const ID_TAIL_DIGITS: usize = 16;
 
 fn zigzag(v: i64) -> i64 {
     (v << 1) ^ (v >> 63)
@@ -40,7 +93,7 @@ fn unzigzag(v: i64) -> i64 {
 /// Whether `id` starts with the 11 hex digits of `ts_ms` (ingest's layout).
 fn id_time_prefix(id: &str, ts_ms: i64) -> bool {
     use std::fmt::Write;
-    if id.len() != 27 || ts_ms < 0 {
+    if id.len() != ID_TIME_DIGITS + ID_TAIL_DIGITS || ts_ms < 0 {
         return false;
     }
     let mut hex = String::with_capacity(16);
@@ -48,26 +101,55 @@ fn id_time_prefix(id: &str, ts_ms: i64) -> bool {
     hex.len() == ID_TIME_DIGITS && id.as_bytes()[..ID_TIME_DIGITS] == *hex.as_bytes()
 }
 
-/// The compact layout of `events` ([`ENCODING_COMPACT`]), or `None` when a
-/// danmaku carries an id of the shortened length that is not a shortened one
-/// (no id ingest issues; such a batch goes plain rather than be misread).
-fn compact(events: &[pb::Event]) -> Option<Vec<pb::Event>> {
-    let danmaku = pb::Kind::Danmaku as i32;
-    if events
-        .iter()
-        .any(|e| e.kind == danmaku && e.id.len() == 27 - ID_TIME_DIGITS)
-    {
+/// The node tag and counter of an id tail: 16 lowercase hex digits, exactly
+/// what `format!("{tag:08x}{n:08x}")` writes back.
+fn id_tail(tail: &str) -> Option<(u32, u32)> {
+    let b = tail.as_bytes();
+    if b.len() != ID_TAIL_DIGITS || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let mut prev = 0i64;
+    let tag = u32::from_str_radix(&tail[..8], 16).ok()?;
+    let n = u32::from_str_radix(&tail[8..], 16).ok()?;
+    Some((tag, n))
+}
+
+/// `events` laid out as `encoding` ([`ENCODING_COMPACT`] or
+/// [`ENCODING_DENSE`]), or `None` when a danmaku's own id could be misread as
+/// a shortened one (no id ingest issues: 16 characters, or for dense empty or
+/// starting with `+`); the caller then takes the next simpler layout.
+fn compact(events: &[pb::Event], encoding: u32) -> Option<Vec<pb::Event>> {
+    let danmaku = pb::Kind::Danmaku as i32;
+    let dense = encoding == ENCODING_DENSE;
+    if events.iter().any(|e| {
+        e.kind == danmaku
+            && (e.id.len() == ID_TAIL_DIGITS
+                || (dense && (e.id.is_empty() || e.id.starts_with('+'))))
+    }) {
+        return None;
+    }
+    let mut prev_ts = 0i64;
+    let mut prev_id: Option<(u32, u32)> = None;
     let out = events
         .iter()
         .map(|e| {
             let mut c = e.clone();
-            c.ts_ms = zigzag(e.ts_ms.wrapping_sub(prev));
-            prev = e.ts_ms;
+            c.ts_ms = zigzag(e.ts_ms.wrapping_sub(prev_ts));
+            prev_ts = e.ts_ms;
             if e.kind == danmaku && id_time_prefix(&e.id, e.ts_ms) {
                 c.id.drain(..ID_TIME_DIGITS);
+                if dense && let Some((tag, n)) = id_tail(&c.id) {
+                    if let Some((ptag, pn)) = prev_id
+                        && ptag == tag
+                        && n > pn
+                    {
+                        c.id.clear();
+                        if n - pn > 1 {
+                            use std::fmt::Write;
+                            let _ = write!(c.id, "+{}", n - pn);
+                        }
+                    }
+                    prev_id = Some((tag, n));
+                }
             }
             c
         })
@@ -76,23 +158,60 @@ fn compact(events: &[pb::Event]) -> Option<Vec<pb::Event>> {
 }
 
 /// Undoes [`compact`] in place. Never fails or panics, whatever the input: a
-/// hostile delta wraps, an id of another length is left as it is.
-fn expand(events: &mut [pb::Event]) {
-    let mut prev = 0i64;
+/// hostile delta wraps, an id of another length or a counter step without a
+/// counter before it is left as it is.
+fn expand(events: &mut [pb::Event], encoding: u32) {
+    let dense = encoding == ENCODING_DENSE;
+    let mut prev_ts = 0i64;
+    let mut prev_id: Option<(u32, u32)> = None;
     for e in events {
-        e.ts_ms = prev.wrapping_add(unzigzag(e.ts_ms));
-        prev = e.ts_ms;
-        if e.kind == pb::Kind::Danmaku as i32 && e.id.len() == 27 - ID_TIME_DIGITS && e.ts_ms >= 0 {
+        e.ts_ms = prev_ts.wrapping_add(unzigzag(e.ts_ms));
+        prev_ts = e.ts_ms;
+        if e.kind != pb::Kind::Danmaku as i32 || e.ts_ms < 0 {
+            continue;
+        }
+        if dense && (e.id.is_empty() || e.id.starts_with('+')) {
+            let step = if e.id.is_empty() {
+                Some(1)
+            } else {
+                let digits = &e.id[1..];
+                (!digits.is_empty()
+                    && digits.len() <= 10
+                    && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse::<u32>().ok())
+                .flatten()
+            };
+            let Some(((tag, pn), step)) = prev_id.zip(step) else {
+                continue;
+            };
+            let Some(n) = pn.checked_add(step) else {
+                continue;
+            };
+            e.id = format!("{:011x}{tag:08x}{n:08x}", e.ts_ms);
+            prev_id = Some((tag, n));
+        } else if e.id.len() == ID_TAIL_DIGITS {
+            if dense && let Some(tail) = id_tail(&e.id) {
+                prev_id = Some(tail);
+            }
             let tail = std::mem::take(&mut e.id);
             e.id = format!("{:011x}{tail}", e.ts_ms);
         }
     }
 }
 
-/// Builds batches. Holds a reusable zstd context, so keep one per thread or task
-/// rather than one per batch.
+/// Payloads laid out for a dictionary reader are compressed from this size
+/// up: with the dictionary even a one-comment tick shrinks (a zstd frame
+/// header without dictionary id or checksum is 2–6 bytes); the smaller of the
+/// two is sent.
+pub const DICT_COMPRESS_THRESHOLD: usize = 16;
+
+/// Builds batches. Holds reusable zstd contexts, so keep one per thread or
+/// task rather than one per batch.
 pub struct BatchEncoder {
     compressor: zstd::bulk::Compressor<'static>,
+    /// With dictionary 1 loaded, made at the first [`Layout::Dense`] tick.
+    dict_compressor: Option<zstd::bulk::Compressor<'static>>,
+    level: i32,
     threshold: usize,
     scratch: BytesMut,
 }
@@ -104,6 +223,8 @@ impl BatchEncoder {
             .map_err(|e| ProtoError::Compression(e.to_string()))?;
         Ok(BatchEncoder {
             compressor,
+            dict_compressor: None,
+            level,
             threshold,
             scratch: BytesMut::new(),
         })
@@ -115,38 +236,76 @@ impl BatchEncoder {
     }
 
     /// Encodes `events` of `channel` into one batch laid out as `encoding`
-    /// ([`ENCODING_PLAIN`] or [`ENCODING_COMPACT`]).
+    /// ([`ENCODING_PLAIN`], [`ENCODING_COMPACT`] or [`ENCODING_DENSE`]),
+    /// compressed without a dictionary.
     pub fn encode_as(
         &mut self,
         channel: &str,
         events: &[pb::Event],
         encoding: u32,
     ) -> Result<pb::Batch, ProtoError> {
+        if encoding > MAX_ENCODING {
+            return Err(ProtoError::UnknownEncoding(encoding));
+        }
+        self.encode_with(channel, events, encoding, 0)
+    }
+
+    /// Encodes `events` of `channel` for readers of `layout`: laid out as it
+    /// asks when the tick allows (else the next simpler layout, which every
+    /// reader of it also reads) and, for [`Layout::Dense`], compressed with
+    /// its dictionary.
+    pub fn encode_layout(
+        &mut self,
+        channel: &str,
+        events: &[pb::Event],
+        layout: Layout,
+    ) -> Result<pb::Batch, ProtoError> {
+        self.encode_with(channel, events, layout.encoding(), layout.dict_id())
+    }
+
+    fn encode_with(
+        &mut self,
+        channel: &str,
+        events: &[pb::Event],
+        encoding: u32,
+        dict_id: u32,
+    ) -> Result<pb::Batch, ProtoError> {
         self.scratch.clear();
-        let compacted;
-        let (laid_out, encoding) = match encoding {
-            ENCODING_PLAIN => (events, ENCODING_PLAIN),
-            ENCODING_COMPACT => match compact(events) {
-                Some(c) => {
-                    compacted = c;
-                    (&compacted[..], ENCODING_COMPACT)
-                }
-                None => (events, ENCODING_PLAIN),
-            },
-            other => return Err(ProtoError::UnknownEncoding(other)),
-        };
-        for ev in laid_out {
+        let mut encoding = encoding;
+        let mut compacted = None;
+        while encoding > ENCODING_PLAIN {
+            compacted = compact(events, encoding);
+            if compacted.is_some() {
+                break;
+            }
+            encoding -= 1;
+        }
+        for ev in compacted.as_deref().unwrap_or(events) {
             ev.encode_length_delimited(&mut self.scratch)
                 .map_err(|e| ProtoError::Malformed(e.to_string()))?;
         }
-        let (codec, payload) = if self.scratch.len() > self.threshold {
-            let compressed = self
-                .compressor
-                .compress(&self.scratch)
-                .map_err(|e| ProtoError::Compression(e.to_string()))?;
-            (Codec::Zstd, Bytes::from(compressed))
-        } else {
-            (Codec::Raw, Bytes::copy_from_slice(&self.scratch))
+        let compress = |c: &mut zstd::bulk::Compressor<'static>, raw: &[u8]| {
+            c.compress(raw)
+                .map_err(|e| ProtoError::Compression(e.to_string()))
+        };
+        let (codec, payload, dict_id) = match crate::dictionary::bytes(dict_id) {
+            Some(dict) if self.scratch.len() >= DICT_COMPRESS_THRESHOLD => {
+                let c = match &mut self.dict_compressor {
+                    Some(c) => c,
+                    slot => slot.insert(dict_compressor(self.level, dict)?),
+                };
+                let compressed = compress(c, &self.scratch)?;
+                if compressed.len() < self.scratch.len() {
+                    (Codec::Zstd, Bytes::from(compressed), dict_id)
+                } else {
+                    (Codec::Raw, Bytes::copy_from_slice(&self.scratch), 0)
+                }
+            }
+            _ if self.scratch.len() > self.threshold => {
+                let compressed = compress(&mut self.compressor, &self.scratch)?;
+                (Codec::Zstd, Bytes::from(compressed), 0)
+            }
+            _ => (Codec::Raw, Bytes::copy_from_slice(&self.scratch), 0),
         };
         let mut seqs = events.iter().map(|e| e.seq).filter(|&s| s > 0);
         let first_seq = seqs.next().unwrap_or(0);
@@ -154,7 +313,7 @@ impl BatchEncoder {
         Ok(pb::Batch {
             channel: channel.to_owned(),
             codec: codec as i32,
-            dict_id: 0,
+            dict_id,
             count: events.len() as u32,
             payload,
             first_seq,
@@ -171,6 +330,16 @@ impl BatchEncoder {
     }
 }
 
+/// A compressor with `dict` loaded once (zstd keeps it across frames). The
+/// dictionary id is left out of each frame: `Batch.dict_id` names it already.
+fn dict_compressor(level: i32, dict: &[u8]) -> Result<zstd::bulk::Compressor<'static>, ProtoError> {
+    let err = |e: std::io::Error| ProtoError::Compression(e.to_string());
+    let mut c = zstd::bulk::Compressor::with_dictionary(level, dict).map_err(err)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))
+        .map_err(err)?;
+    Ok(c)
+}
+
 impl Default for BatchEncoder {
     fn default() -> Self {
         // Level 3 always exists; `new` only fails on invalid levels.
@@ -180,9 +349,13 @@ impl Default for BatchEncoder {
 
 /// Opens a batch: decompresses (bounded) and decodes its events.
 pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>, ProtoError> {
-    if batch.encoding > ENCODING_COMPACT {
+    if batch.encoding > MAX_ENCODING {
         return Err(ProtoError::UnknownEncoding(batch.encoding));
     }
+    let dict = match batch.dict_id {
+        0 => None,
+        id => Some(crate::dictionary::decoder(id).ok_or(ProtoError::UnknownDictionary(id))?),
+    };
     let claimed = batch.count as usize;
     if claimed > limits.max_batch_events {
         return Err(ProtoError::TooManyEvents {
@@ -195,6 +368,7 @@ pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>
         Ok(Codec::Zstd) => Bytes::from(decompress_bounded(
             &batch.payload,
             limits.max_batch_raw_bytes,
+            dict.map(|d| (batch.dict_id, d)),
         )?),
         Err(_) => return Err(ProtoError::UnknownCodec(batch.codec)),
     };
@@ -228,13 +402,18 @@ pub fn decode_batch(batch: &pb::Batch, limits: &Limits) -> Result<Vec<pb::Event>
             actual: events.len(),
         });
     }
-    if batch.encoding == ENCODING_COMPACT {
-        expand(&mut events);
+    if batch.encoding != ENCODING_PLAIN {
+        expand(&mut events, batch.encoding);
     }
     Ok(events)
 }
 
-fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, ProtoError> {
+fn decompress_bounded(
+    data: &[u8],
+    limit: usize,
+    dict: Option<(u32, &'static DecoderDictionary<'static>)>,
+) -> Result<Vec<u8>, ProtoError> {
+    let err = |e: std::io::Error| ProtoError::Compression(e.to_string());
     // Our encoder records the content size in the frame header: then one reused
     // context decompresses straight into an exact-size buffer (making a context
     // costs more than decoding a small batch). Frames without a size, or claiming
@@ -243,37 +422,49 @@ fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, ProtoError> 
         if size > limit as u64 {
             return Err(ProtoError::BatchTooLarge { limit });
         }
-        return DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let dctx = match slot.as_mut() {
-                Some(d) => d,
-                None => slot.insert(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| ProtoError::Compression(e.to_string()))?,
-                ),
+        return DECOMPRESSORS.with(|cell| {
+            let mut slots = cell.borrow_mut();
+            let key = dict.map_or(0, |(id, _)| id);
+            let dctx = match slots.iter_mut().position(|(k, _)| *k == key) {
+                Some(i) => &mut slots[i].1,
+                None => {
+                    let d = match dict {
+                        Some((_, dict)) => zstd::bulk::Decompressor::with_prepared_dictionary(dict),
+                        None => zstd::bulk::Decompressor::new(),
+                    }
+                    .map_err(err)?;
+                    slots.push((key, d));
+                    &mut slots.last_mut().expect("just pushed").1
+                }
             };
-            dctx.decompress(data, size as usize)
-                .map_err(|e| ProtoError::Compression(e.to_string()))
+            dctx.decompress(data, size as usize).map_err(err)
         });
     }
     use std::io::Read;
-    let decoder = zstd::stream::read::Decoder::new(data)
-        .map_err(|e| ProtoError::Compression(e.to_string()))?;
+    let decoder: Box<dyn Read> = match dict {
+        Some((_, dict)) => Box::new(
+            zstd::stream::read::Decoder::with_prepared_dictionary(data, dict).map_err(err)?,
+        ),
+        None => Box::new(zstd::stream::read::Decoder::new(data).map_err(err)?),
+    };
     let mut out = Vec::new();
     decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| ProtoError::Compression(e.to_string()))?;
+        .map_err(err)?;
     if out.len() > limit {
         return Err(ProtoError::BatchTooLarge { limit });
     }
     Ok(out)
 }
 
+/// One zstd decompression context per thread and dictionary id (0: none),
+/// reused across batches.
+type Decompressors = Vec<(u32, zstd::bulk::Decompressor<'static>)>;
+
 thread_local! {
-    /// One zstd decompression context per thread, reused across batches.
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSORS: std::cell::RefCell<Decompressors> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -304,13 +495,164 @@ mod tests {
         );
         // A layout this build does not know is refused, not misread.
         let unknown = pb::Batch {
-            encoding: 2,
+            encoding: 3,
             ..compact
         };
         assert_eq!(
             decode_batch(&unknown, &Limits::default()),
-            Err(ProtoError::UnknownEncoding(2))
+            Err(ProtoError::UnknownEncoding(3))
         );
+    }
+
+    /// Danmaku as ingest ids them: node `tags[i % tags.len()]`, its counter
+    /// stepping by `step`.
+    fn ingest_ids(events: &mut [pb::Event], tags: &[u32], step: u32) {
+        let mut counters = vec![0x0001_0000u32; tags.len()];
+        for (i, e) in events.iter_mut().enumerate() {
+            let node = i % tags.len();
+            counters[node] += step;
+            e.id = format!("{:011x}{:08x}{:08x}", e.ts_ms, tags[node], counters[node]);
+        }
+    }
+
+    #[test]
+    fn the_dense_layout_sends_counter_steps_and_reads_back_the_same() {
+        let mut events = events(60);
+        ingest_ids(&mut events[..30], &[0x3f2a_91c4], 1);
+        ingest_ids(&mut events[30..], &[0x3f2a_91c4, 0x8b10_77e2], 3);
+        events[40].kind = pb::Kind::Gift as i32;
+        events[40].seq = 9;
+        let mut enc = BatchEncoder::new(3, usize::MAX).unwrap();
+        let dense = enc.encode_as("room:1", &events, ENCODING_DENSE).unwrap();
+        assert_eq!(dense.encoding, ENCODING_DENSE);
+        assert_eq!(dense.codec, Codec::Raw as i32);
+        let mut raw = dense.payload.clone();
+        let wire: Vec<pb::Event> = (0..60)
+            .map(|_| pb::Event::decode_length_delimited(&mut raw).unwrap())
+            .collect();
+        // One node counting by one: every id after the first is empty.
+        assert_eq!(wire[0].id.len(), ID_TAIL_DIGITS);
+        assert!(
+            wire[1..30].iter().all(|e| e.id.is_empty()),
+            "{:?}",
+            &wire[1..30]
+        );
+        // Two nodes interleaved: each id follows the other node's, so it goes
+        // whole; the gift in between is not a danmaku and keeps its own id.
+        assert!(wire[31..40].iter().all(|e| e.id.len() == ID_TAIL_DIGITS));
+        assert_eq!(decode_batch(&dense, &Limits::default()).unwrap(), events);
+        let compact = enc.encode_as("room:1", &events, ENCODING_COMPACT).unwrap();
+        assert!(dense.payload.len() + 29 * 17 <= compact.payload.len() + 29);
+        // Gaps within one node go as "+<gap>".
+        let mut gaps = self::events(10);
+        ingest_ids(&mut gaps, &[7], 12);
+        let b = enc.encode_as("room:1", &gaps, ENCODING_DENSE).unwrap();
+        let mut raw = b.payload.clone();
+        let wire: Vec<pb::Event> = (0..10)
+            .map(|_| pb::Event::decode_length_delimited(&mut raw).unwrap())
+            .collect();
+        assert!(wire[1..].iter().all(|e| e.id == "+12"), "{wire:?}");
+        assert_eq!(decode_batch(&b, &Limits::default()).unwrap(), gaps);
+    }
+
+    #[test]
+    fn a_danmaku_id_that_looks_shortened_sends_the_tick_in_a_simpler_layout() {
+        let mut events = events(5);
+        ingest_ids(&mut events, &[7], 1);
+        let mut enc = BatchEncoder::new(3, usize::MAX).unwrap();
+        for (id, encoding) in [
+            ("", ENCODING_COMPACT),
+            ("+2", ENCODING_COMPACT),
+            ("0123456789abcdef", ENCODING_PLAIN),
+        ] {
+            let mut odd = events.clone();
+            odd[2].id = id.into();
+            let b = enc.encode_layout("room:1", &odd, Layout::Dense).unwrap();
+            assert_eq!(b.encoding, encoding, "id {id:?}");
+            assert_eq!(decode_batch(&b, &Limits::default()).unwrap(), odd);
+        }
+    }
+
+    #[test]
+    fn hostile_dense_ids_are_left_as_they_are() {
+        // As they arrive (ts_ms 0 = no delta): a step with no id before it, a
+        // node counter at u32::MAX - 1, a step past u32::MAX, a step that is
+        // not a number, then a plain "+1" step.
+        let wire = ["+5", "00000007fffffffe", "+9", "+x1", ""];
+        let mut payload = BytesMut::new();
+        for id in wire {
+            pb::Event {
+                kind: pb::Kind::Danmaku as i32,
+                id: id.into(),
+                ..Default::default()
+            }
+            .encode_length_delimited(&mut payload)
+            .unwrap();
+        }
+        let b = pb::Batch {
+            count: wire.len() as u32,
+            payload: payload.freeze(),
+            encoding: ENCODING_DENSE,
+            ..Default::default()
+        };
+        let ids: Vec<String> = decode_batch(&b, &Limits::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let t = "0".repeat(ID_TIME_DIGITS);
+        assert_eq!(
+            ids,
+            [
+                "+5".to_owned(),
+                format!("{t}00000007fffffffe"),
+                "+9".into(),
+                "+x1".into(),
+                format!("{t}00000007ffffffff"),
+            ]
+        );
+    }
+
+    #[test]
+    fn dense_ticks_are_compressed_with_the_dictionary_even_when_small() {
+        let mut events = events(3);
+        ingest_ids(&mut events, &[7], 1);
+        let mut enc = BatchEncoder::default();
+        let plain = enc
+            .encode_layout("room:1", &events, Layout::Compact)
+            .unwrap();
+        assert_eq!(
+            plain.codec,
+            Codec::Raw as i32,
+            "3 events are below the threshold"
+        );
+        let dense = enc.encode_layout("room:1", &events, Layout::Dense).unwrap();
+        assert_eq!(dense.codec, Codec::Zstd as i32);
+        assert_eq!(dense.dict_id, crate::dictionary::DICT_DANMAKU_1);
+        assert!(
+            dense.payload.len() * 10 < plain.payload.len() * 8,
+            "dense + dict {} B vs compact {} B",
+            dense.payload.len(),
+            plain.payload.len()
+        );
+        assert_eq!(decode_batch(&dense, &Limits::default()).unwrap(), events);
+        // Without the dictionary, or with one this build does not know, the
+        // payload is refused, never misread.
+        for dict_id in [0, 2, u32::MAX] {
+            let b = pb::Batch {
+                dict_id,
+                ..dense.clone()
+            };
+            assert_eq!(
+                decode_batch(&b, &Limits::default()).unwrap_err().code(),
+                "bad_compression",
+                "dict {dict_id}"
+            );
+        }
+        // One event of nothing is not worth a frame header: it goes raw.
+        let tiny = [pb::Event::default()];
+        let b = enc.encode_layout("room:1", &tiny, Layout::Dense).unwrap();
+        assert_eq!((b.codec, b.dict_id), (Codec::Raw as i32, 0));
     }
 
     #[test]

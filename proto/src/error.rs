@@ -30,6 +30,8 @@ pub enum ProtoError {
     Compression(String),
     #[error("unknown codec {0}")]
     UnknownCodec(i32),
+    #[error("unknown zstd dictionary {0}")]
+    UnknownDictionary(u32),
     #[error("unknown batch encoding {0}")]
     UnknownEncoding(u32),
     #[error(
@@ -55,7 +57,9 @@ impl ProtoError {
             | ProtoError::CountMismatch { .. }
             | ProtoError::BatchTooLarge { .. }
             | ProtoError::UnknownEncoding(_) => "bad_batch",
-            ProtoError::Compression(_) | ProtoError::UnknownCodec(_) => "bad_compression",
+            ProtoError::Compression(_)
+            | ProtoError::UnknownCodec(_)
+            | ProtoError::UnknownDictionary(_) => "bad_compression",
             ProtoError::BadChannel(_) => "bad_channel",
         }
     }

@@ -15,6 +15,7 @@ pub mod account;
 pub mod batch;
 pub mod channel;
 pub mod control;
+pub mod dictionary;
 pub mod error;
 pub mod frame;
 pub mod framing;
@@ -27,7 +28,7 @@ pub mod sample;
 pub mod token;
 pub mod wsframe;
 
-pub use batch::{BatchEncoder, decode_batch};
+pub use batch::{BatchEncoder, Layout, decode_batch};
 pub use channel::{ChannelKind, ChannelName};
 pub use error::ProtoError;
 pub use frame::PROTOCOL_VERSION;

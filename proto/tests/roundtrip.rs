@@ -10,9 +10,9 @@
 use danmaku_proto::batch::{ENCODING_COMPACT, ENCODING_PLAIN};
 use danmaku_proto::framing::{FrameReader, encode_prefixed};
 use danmaku_proto::json::{self, JsonClientFrame};
-use danmaku_proto::pb::{self, client_frame};
+use danmaku_proto::pb::{self, Codec, client_frame};
 use danmaku_proto::token::{Claims, TokenKey};
-use danmaku_proto::{BatchEncoder, Limits, ProtoError, decode_batch, frame};
+use danmaku_proto::{BatchEncoder, Layout, Limits, ProtoError, decode_batch, frame};
 use proptest::prelude::*;
 
 fn config(cases: u32) -> ProptestConfig {
@@ -179,6 +179,48 @@ proptest! {
     }
 
     #[test]
+    fn dense_batches_round_trip_with_and_without_the_dictionary(
+        mut events in prop::collection::vec(event(), 0..40),
+        ids in prop::collection::vec(
+            prop::option::of((0i64..1 << 44, 0u32..3, prop_oneof![Just(1u32), 0u32..5, any::<u32>()])),
+            40,
+        ),
+        odd in prop::option::of((0usize..40, prop_oneof![Just(String::new()), Just("+3".to_owned()), "[0-9a-f]{16}"])),
+        threshold in prop_oneof![Just(0usize), Just(usize::MAX)],
+        layout in prop_oneof![Just(Layout::Dense), Just(Layout::Compact), Just(Layout::Plain)],
+    ) {
+        // Danmaku with ids as ingest issues them: a few node tags, counters
+        // that step by one, by a gap, stay, go back or wrap.
+        let mut counter = 0u32;
+        for (e, id) in events.iter_mut().zip(&ids) {
+            if let Some((ts, tag, step)) = id {
+                counter = counter.wrapping_add(*step);
+                e.kind = pb::Kind::Danmaku as i32;
+                e.ts_ms = *ts;
+                e.id = format!("{ts:011x}{:08x}{counter:08x}", 0x3f2a_91c4u32.wrapping_add(*tag));
+            }
+        }
+        // Sometimes a danmaku whose own id looks shortened: the encoder must
+        // fall back to a layout that cannot misread it.
+        if let Some((i, id)) = odd && i < events.len() {
+            events[i].kind = pb::Kind::Danmaku as i32;
+            events[i].id = id;
+        }
+        let limits = Limits::default();
+        let mut enc = BatchEncoder::new(3, threshold).unwrap();
+        let batch = enc.encode_layout("room:1", &events, layout).unwrap();
+        prop_assert!(batch.encoding <= layout.encoding());
+        prop_assert!(batch.dict_id == 0 || batch.dict_id == layout.dict_id());
+        if batch.dict_id != 0 {
+            prop_assert_eq!(batch.codec, Codec::Zstd as i32);
+        }
+        prop_assert_eq!(&decode_batch(&batch, &limits).unwrap(), &events);
+        let sf = frame::server(pb::server_frame::Body::Batch(batch.clone()));
+        let back = frame::decode_server(&frame::encode(&sf), &limits).unwrap();
+        prop_assert_eq!(back, sf);
+    }
+
+    #[test]
     fn batch_limits_are_enforced_on_real_batches(
         events in prop::collection::vec(event(), 0..40),
         threshold in prop_oneof![Just(0usize), Just(usize::MAX)],
@@ -303,7 +345,7 @@ proptest! {
     fn arbitrary_batches_never_panic_and_respect_limits(
         count in prop_oneof![0u32..20, any::<u32>()],
         codec in prop_oneof![0i32..2, any::<i32>()],
-        dict_id in any::<u32>(),
+        dict_id in prop_oneof![0u32..3, any::<u32>()],
         payload in prop_oneof![
             prop::collection::vec(any::<u8>(), 0..512),
             // A real zstd frame around arbitrary bytes reaches the event decoder.
@@ -313,10 +355,18 @@ proptest! {
             prop::collection::vec(event(), 0..24).prop_map(|evs| {
                 BatchEncoder::new(1, usize::MAX).unwrap().encode("room:1", &evs).unwrap().payload.to_vec()
             }),
+            // Arbitrary bytes compressed with the built-in dictionary.
+            prop::collection::vec(any::<u8>(), 0..512).prop_map(|raw| {
+                zstd::bulk::Compressor::with_dictionary(1, danmaku_proto::dictionary::DANMAKU_1)
+                    .unwrap()
+                    .compress(&raw)
+                    .unwrap()
+            }),
         ],
     ) {
         let limits = tight_limits();
-        let encoding = u32::from(count % 3 == 0);
+        // Every layout this build reads, and one it does not.
+        let encoding = count % 4;
         let b = pb::Batch { channel: "room:1".into(), codec, dict_id, count, payload: payload.into(), encoding, ..Default::default() };
         if let Ok(events) = decode_batch(&b, &limits) {
             assert_events_within(&events, &limits);
