@@ -307,3 +307,90 @@ async fn a_slow_quic_viewers_drops_are_counted_and_others_get_everything() {
     .await;
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Long enough that even alone in its tick it shrinks with the dictionary
+/// (a lone short comment does not pay for a zstd frame header and stays raw).
+const COMMENT: &str = "前方高能 前方高能 前方高能 主播好帅 主播好帅 666666 哈哈哈哈哈哈";
+
+/// Connects with ALPN `offer`, joins `channel`, posts one comment and returns
+/// the ALPN agreed on and the first batch off the batch stream, as sent.
+async fn first_batch(srv: &Running, offer: &[&[u8]], channel: &str) -> (Vec<u8>, pb::Batch) {
+    let der = IngestClient::new(&srv.base_url())
+        .fetch_cert_der()
+        .await
+        .unwrap();
+    let mut tls = danmaku_client::quic::tls_config(Some(der)).unwrap();
+    tls.alpn_protocols = offer.iter().map(|p| p.to_vec()).collect();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(srv.quic_addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .unwrap_or_default();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let token = srv.tokens.mint("viewer", "user", now_secs(), 3600);
+    for body in [
+        Body::Auth(pb::Auth { token }),
+        Body::Join(pb::Join {
+            channel: channel.into(),
+        }),
+    ] {
+        send.write_all(&encode_prefixed(&frame::encode(&frame::client(body))))
+            .await
+            .unwrap();
+    }
+    tokio::spawn(async move {
+        let _keep = (send, endpoint);
+        let mut buf = vec![0u8; 4096];
+        while let Ok(Some(_)) = recv.read(&mut buf).await {}
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = IngestClient::new(&srv.base_url());
+    post(&http, &common::token(srv, "poster"), channel, COMMENT).await;
+    let mut uni = tokio::time::timeout(Duration::from_secs(10), conn.accept_uni())
+        .await
+        .expect("a batch stream")
+        .unwrap();
+    let mut reader = FrameReader::new(1 << 20);
+    loop {
+        if let Some(f) = reader.next_frame().unwrap() {
+            match frame::decode_server(&f, &Limits::default()).unwrap().body {
+                Some(pb::server_frame::Body::Batch(b)) => return (alpn, b),
+                other => panic!("not a batch: {other:?}"),
+            }
+        }
+        let chunk = uni.read_chunk(64 << 10, true).await.unwrap().expect("open");
+        reader.push(&chunk.bytes);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_viewers_get_dense_batches_on_danmaku_2_and_plain_ones_on_danmaku_1() {
+    let data = std::env::temp_dir().join(danmaku_testkit::kafka::unique("danmaku-qa"));
+    let srv = common::start(|c| c.data = data.clone()).await;
+    use danmaku_client::quic::{ALPN, ALPN_DENSE};
+    // What the SDK offers: the dense layout, compressed with dictionary 1.
+    let (alpn, b) = first_batch(&srv, &[ALPN_DENSE, ALPN], "room:qa-dense").await;
+    assert_eq!(alpn, ALPN_DENSE);
+    assert_eq!(
+        (b.encoding, b.dict_id, b.codec),
+        (2, 1, pb::Codec::Zstd as i32)
+    );
+    let events = danmaku_proto::decode_batch(&b, &Limits::default()).unwrap();
+    assert_eq!(events[0].text, COMMENT);
+    assert_eq!(events[0].id.len(), 27, "the id is rebuilt whole");
+    // A client from before `danmaku/2`.
+    let (alpn, b) = first_batch(&srv, &[ALPN], "room:qa-plain").await;
+    assert_eq!(alpn, ALPN);
+    assert_eq!((b.encoding, b.dict_id), (0, 0));
+    let events = danmaku_proto::decode_batch(&b, &Limits::default()).unwrap();
+    assert_eq!(events[0].text, COMMENT);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -16,22 +16,24 @@ use danmaku_proto::Limits;
 pub enum Transport {
     /// WebSocket, subprotocol `danmaku.v1.json`: text frames of JSON.
     WsJson,
-    /// WebSocket, subprotocols `danmaku.v2.pb` (compact batches, preferred)
-    /// and `danmaku.v1.pb`: binary protobuf frames, batches zstd-compressed.
+    /// WebSocket, subprotocols `danmaku.v3.pb` (dense batches with zstd
+    /// dictionary 1, preferred), `danmaku.v2.pb` (compact batches) and
+    /// `danmaku.v1.pb`: binary protobuf frames, batches zstd-compressed.
     WsPb,
-    /// QUIC (ALPN `danmaku/1`): a control stream plus datagrams / unidirectional streams.
+    /// QUIC (ALPN `danmaku/2`, dense batches, else `danmaku/1`): a control
+    /// stream plus datagrams / unidirectional streams.
     Quic,
 }
 
 impl Transport {
     /// The WebSocket subprotocols this transport offers, as the header value
-    /// (`None` for QUIC). Protobuf offers the compact batch layout first; an
-    /// edge that does not know it picks `danmaku.v1.pb`, and the batch decoder
-    /// reads either.
+    /// (`None` for QUIC). Protobuf offers the dense batch layout first, then
+    /// the compact one; an edge that knows neither picks `danmaku.v1.pb`, and
+    /// the batch decoder reads all three.
     pub fn subprotocol(self) -> Option<&'static str> {
         match self {
             Transport::WsJson => Some("danmaku.v1.json"),
-            Transport::WsPb => Some("danmaku.v2.pb, danmaku.v1.pb"),
+            Transport::WsPb => Some("danmaku.v3.pb, danmaku.v2.pb, danmaku.v1.pb"),
             Transport::Quic => None,
         }
     }

@@ -1,4 +1,5 @@
-//! QUIC transport (quinn), ALPN `danmaku/1`.
+//! QUIC transport (quinn), ALPN `danmaku/2` (dense batches, zstd dictionary
+//! 1), falling back to `danmaku/1`.
 //!
 //! The client opens ONE bidirectional control stream and sends `Auth{token}`
 //! first; control frames go both ways on it, varint length-prefixed. Danmaku
@@ -27,8 +28,13 @@ use crate::event::ServerEvent;
 use crate::session::{Connected, Wiring, deliver};
 use crate::tls::ServerTrust;
 
-/// ALPN protocol id of danmaku over QUIC.
+/// ALPN protocol id of danmaku over QUIC with plain batches.
 pub const ALPN: &[u8] = b"danmaku/1";
+/// ALPN of danmaku over QUIC with dense batches and zstd dictionary 1,
+/// offered first; an edge that predates it answers `danmaku/1`.
+pub const ALPN_DENSE: &[u8] = b"danmaku/2";
+/// What the client offers, preferred first.
+const OFFERED: &[&[u8]] = &[ALPN_DENSE, ALPN];
 /// Name of the development certificate an edge makes for itself (it is pinned, so
 /// the name is not checked).
 pub const SERVER_NAME: &str = "localhost";
@@ -40,7 +46,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// the system's roots (see [`crate::tls::ServerTrust`]).
 pub fn tls_config(cert_der: Option<Vec<u8>>) -> Result<rustls::ClientConfig, ClientError> {
     let trust = cert_der.map_or(ServerTrust::SystemRoots, ServerTrust::Pinned);
-    crate::tls::client_config(&trust, None, &[ALPN])
+    crate::tls::client_config(&trust, None, OFFERED)
 }
 
 fn quic_err(e: impl std::fmt::Display) -> ClientError {
@@ -61,7 +67,7 @@ pub(crate) async fn connect(
         Some(der) => ServerTrust::Pinned(der),
         None => config.server_trust.clone(),
     };
-    let tls = crate::tls::client_config(&trust, None, &[ALPN])?;
+    let tls = crate::tls::client_config(&trust, None, OFFERED)?;
     let server_name = match &config.tls_server_name {
         Some(name) => name.clone(),
         None => addr.ip().to_string(),
@@ -347,9 +353,9 @@ mod tests {
 
     #[test]
     fn tls_configs_build_with_ring() {
-        let any = crate::tls::client_config(&ServerTrust::InsecureAcceptAny, None, &[ALPN]);
+        let any = crate::tls::client_config(&ServerTrust::InsecureAcceptAny, None, OFFERED);
         let cfg = any.unwrap();
-        assert_eq!(cfg.alpn_protocols, vec![ALPN.to_vec()]);
+        assert_eq!(cfg.alpn_protocols, vec![ALPN_DENSE.to_vec(), ALPN.to_vec()]);
         assert!(quinn::crypto::rustls::QuicClientConfig::try_from(cfg).is_ok());
         // Not a certificate: refused with a typed error, no panic.
         assert!(tls_config(Some(vec![1, 2, 3])).is_err());

@@ -14,10 +14,9 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use danmaku_proto::batch::{ENCODING_COMPACT, ENCODING_PLAIN};
 use danmaku_proto::pb::server_frame::Body;
 use danmaku_proto::wsframe::{OpCode, Prepared};
-use danmaku_proto::{BatchEncoder, ChannelName, ProtoError, frame, json, pb};
+use danmaku_proto::{BatchEncoder, ChannelName, Layout, ProtoError, frame, json, pb};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -59,29 +58,24 @@ pub struct FrameBuilder {
     big_members: usize,
 }
 
-/// The protobuf layouts a tick is built in.
+/// The protobuf layouts a tick is built in (indexed by [`Layout::index`]):
+/// each costs an encode and a compression per tick, so one nobody reads is
+/// not built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PbLayouts {
-    /// `Batch.encoding` 0: QUIC members and `danmaku.v1.pb`.
-    pub plain: bool,
-    /// The compact layout (`danmaku.v2.pb`).
-    pub compact: bool,
-}
+pub struct PbLayouts(pub [bool; 3]);
 
 impl PbLayouts {
-    pub const PLAIN: PbLayouts = PbLayouts {
-        plain: true,
-        compact: false,
-    };
+    pub const PLAIN: PbLayouts = PbLayouts([true, false, false]);
 
-    /// What a room whose members read `plain` and `compact` needs. A room of
-    /// JSON readers only still gets the plain layout built (its size is what
-    /// the batch metrics count).
-    pub fn for_members(plain: usize, compact: usize) -> PbLayouts {
-        PbLayouts {
-            plain: plain > 0 || compact == 0,
-            compact: compact > 0,
+    /// What a room whose protobuf members read each layout in the numbers
+    /// `members` needs ([`Channel::pb_members`]). A room of JSON readers only
+    /// still gets the plain layout built (its size is what the batch metrics
+    /// count).
+    pub fn for_members(members: [usize; 3]) -> PbLayouts {
+        if members.iter().all(|&n| n == 0) {
+            return PbLayouts::PLAIN;
         }
+        PbLayouts(members.map(|n| n > 0))
     }
 }
 
@@ -138,8 +132,8 @@ impl FrameBuilder {
             &mut self.encoder
         };
         // One layout: encoded, compressed and framed once for every member.
-        let mut build = |encoding| -> Result<(Prepared, BuiltSizes), ProtoError> {
-            let mut batch = encoder.encode_as(channel, events, encoding)?;
+        let mut build = |layout| -> Result<(Prepared, BuiltSizes), ProtoError> {
+            let mut batch = encoder.encode_layout(channel, events, layout)?;
             batch.online = online.unwrap_or(0);
             batch.sampled_out = sampled_out;
             let sizes = BuiltSizes {
@@ -149,31 +143,29 @@ impl FrameBuilder {
             let frame = Prepared::encode(OpCode::Binary, &frame::server(Body::Batch(batch)));
             Ok((frame, sizes))
         };
-        // At least one protobuf layout is built; the metrics count the plain
-        // one's sizes when there is one.
-        let pb_compact = (layouts.compact || !layouts.plain)
-            .then(|| build(ENCODING_COMPACT))
-            .transpose()?;
-        let pb = layouts.plain.then(|| build(ENCODING_PLAIN)).transpose()?;
-        let sizes = pb
-            .as_ref()
-            .or(pb_compact.as_ref())
-            .map_or_else(BuiltSizes::default, |(_, sizes)| *sizes);
-        let (pb, pb_compact) = (pb.map(|(f, _)| f), pb_compact.map(|(f, _)| f));
-        let json = with_json.then(|| {
+        // At least one protobuf layout is built; the metrics count the
+        // simplest one's sizes.
+        let layouts = if layouts.0.contains(&true) {
+            layouts
+        } else {
+            PbLayouts::PLAIN
+        };
+        let mut frames = BatchFrames::default();
+        let mut sizes = None;
+        for layout in Layout::ALL {
+            if layouts.0[layout.index()] {
+                let (frame, built) = build(layout)?;
+                frames.pb[layout.index()] = Some(frame);
+                sizes.get_or_insert(built);
+            }
+        }
+        frames.json = with_json.then(|| {
             Prepared::new(
                 OpCode::Text,
                 json::batch_json(channel, events, online, sampled_out).as_bytes(),
             )
         });
-        Ok((
-            BatchFrames {
-                pb,
-                json,
-                pb_compact,
-            },
-            sizes,
-        ))
+        Ok((frames, sizes.unwrap_or_default()))
     }
 }
 
@@ -276,7 +268,7 @@ pub(crate) fn flush_to(
     }
     let with_json = channel.json_members() > 0;
     let online = channel.take_online();
-    let layouts = PbLayouts::for_members(channel.plain_members(), channel.compact_members());
+    let layouts = PbLayouts::for_members(channel.pb_members());
     let built = builder.build_tick(
         ready.channel.as_str(),
         &ready.events,
@@ -333,6 +325,8 @@ pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
 mod tests {
     use std::time::Duration;
 
+    use danmaku_proto::batch::{ENCODING_COMPACT, ENCODING_DENSE};
+    use danmaku_proto::dictionary::DICT_DANMAKU_1;
     use danmaku_proto::{Limits, decode_batch};
 
     use super::*;
@@ -376,19 +370,16 @@ mod tests {
                 0,
                 false,
                 10,
-                PbLayouts::for_members(0, 10),
+                PbLayouts::for_members([0, 10, 0]),
             )
             .unwrap();
-        assert!(frames.pb.is_none());
-        let compact = batch_of(frames.pb_compact.as_ref().expect("asked for"));
+        assert!(frames.pb[0].is_none() && frames.pb[2].is_none());
+        let compact = batch_of(frames.pb[1].as_ref().expect("asked for"));
         assert_eq!(sizes.compressed, compact.payload.len());
-        assert_eq!(PbLayouts::for_members(0, 0), PbLayouts::PLAIN);
+        assert_eq!(PbLayouts::for_members([0, 0, 0]), PbLayouts::PLAIN);
         assert_eq!(
-            PbLayouts::for_members(3, 2),
-            PbLayouts {
-                plain: true,
-                compact: true
-            }
+            PbLayouts::for_members([3, 0, 2]),
+            PbLayouts([true, false, true])
         );
         let mut payload = |members| {
             let (frames, sizes) = b
@@ -399,19 +390,23 @@ mod tests {
                     0,
                     false,
                     members,
-                    PbLayouts {
-                        plain: true,
-                        compact: true,
-                    },
+                    PbLayouts([true, true, true]),
                 )
                 .unwrap();
-            let plain = batch_of(frames.pb.as_ref().expect("asked for"));
-            assert_eq!(plain.encoding, 0);
+            let plain = batch_of(frames.pb[0].as_ref().expect("asked for"));
+            assert_eq!((plain.encoding, plain.dict_id), (0, 0));
             assert_eq!(sizes.compressed, plain.payload.len());
-            // The compact layout: the same events, fewer bytes.
-            let compact = batch_of(frames.pb_compact.as_ref().expect("asked for"));
-            assert_eq!(compact.encoding, ENCODING_COMPACT);
+            // The compact layout: the same events, fewer bytes; the dense one
+            // with the dictionary fewer still.
+            let compact = batch_of(frames.pb[1].as_ref().expect("asked for"));
+            assert_eq!((compact.encoding, compact.dict_id), (ENCODING_COMPACT, 0));
             assert!(compact.payload.len() < plain.payload.len());
+            let dense = batch_of(frames.pb[2].as_ref().expect("asked for"));
+            assert_eq!(
+                (dense.encoding, dense.dict_id),
+                (ENCODING_DENSE, DICT_DANMAKU_1)
+            );
+            assert!(dense.payload.len() < compact.payload.len());
             sizes.compressed
         };
         let small = payload(cfg.big_room_members - 1);

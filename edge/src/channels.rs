@@ -13,8 +13,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use danmaku_proto::ChannelName;
 use danmaku_proto::wsframe::Prepared;
+use danmaku_proto::{ChannelName, Layout};
 use dashmap::DashMap;
 use prometheus::IntGauge;
 use tokio::sync::mpsc::error::TrySendError;
@@ -37,19 +37,34 @@ pub type ConnId = u64;
 pub type Outbound = Prepared;
 
 /// The frames of one tick, built once and shared by all members of a channel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchFrames {
-    /// `ServerFrame{Batch}` as a binary frame, for QUIC and `danmaku.v1.pb`
-    /// members; built only when the channel has some (or no compact readers).
-    pub pb: Option<Prepared>,
+    /// `ServerFrame{Batch}` as a binary frame in each protobuf layout
+    /// (indexed by [`Layout::index`]), built only for the layouts the
+    /// channel's members read. A member takes its own layout or, when that
+    /// one was not built, a simpler one (every reader of a layout reads the
+    /// simpler ones too). A member with no layout it reads (it joined after
+    /// the tick was built) misses that tick, as a JSON member does: its
+    /// reliable seqs are sent again on their own.
+    pub pb: [Option<Prepared>; 3],
     /// The JSON text frame, built only when the channel has JSON members.
     pub json: Option<Prepared>,
-    /// `ServerFrame{Batch}` in the compact layout (`Batch.encoding` 1), built
-    /// only when the channel has members that asked for it (`danmaku.v2.pb`);
-    /// they take `pb` when it is absent. A member whose layout was not built
-    /// (it joined after the tick was) misses that tick, as a JSON member
-    /// does: its reliable seqs are sent again on their own.
-    pub pb_compact: Option<Prepared>,
+}
+
+impl BatchFrames {
+    /// A tick in the plain protobuf layout only (which every protobuf member
+    /// reads) and, if any, JSON.
+    pub fn plain(pb: Prepared, json: Option<Prepared>) -> Self {
+        BatchFrames {
+            pb: [Some(pb), None, None],
+            json,
+        }
+    }
+
+    /// The protobuf frame a member reading `layout` takes.
+    pub fn pb_for(&self, layout: Layout) -> Option<&Prepared> {
+        self.pb[..=layout.index()].iter().rev().flatten().next()
+    }
 }
 
 /// `user` was removed from the group `channel`, or banned from `channel`
@@ -146,8 +161,8 @@ impl Waker {
 #[derive(Debug, Clone)]
 pub struct Member {
     transport: Transport,
-    /// Reads batches in the compact layout (`danmaku.v2.pb`).
-    compact: bool,
+    /// The protobuf batch layout it reads (`danmaku.v2.pb`, `danmaku.v3.pb`).
+    layout: Layout,
     queue: mpsc::Sender<Outbound>,
     /// The socket itself, for a plain-TCP WebSocket: ticks are written into it
     /// directly when nothing waits in the queue (`direct.rs`).
@@ -165,7 +180,7 @@ impl Member {
     ) -> Self {
         Member {
             transport,
-            compact: false,
+            layout: Layout::Plain,
             queue,
             direct: None,
             wake,
@@ -173,9 +188,9 @@ impl Member {
         }
     }
 
-    /// This member reads batches in the compact layout.
-    pub fn compact(mut self, on: bool) -> Self {
-        self.compact = on;
+    /// This member reads protobuf batches in `layout` (and the simpler ones).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -337,7 +352,8 @@ pub struct Channel {
     members: DashMap<ConnId, Member>,
     count: AtomicUsize,
     json_count: AtomicUsize,
-    compact_count: AtomicUsize,
+    /// Protobuf members by the batch layout they read (`Layout::index`).
+    layout_count: [AtomicUsize; 3],
     /// Bus events routed here since the top-rooms task last looked (`top_rooms.rs`).
     inbound: AtomicU64,
     /// The channel's recent reliable events (`reliable/ring.rs`). Locked once
@@ -360,7 +376,7 @@ impl Channel {
             members: DashMap::new(),
             count: AtomicUsize::new(0),
             json_count: AtomicUsize::new(0),
-            compact_count: AtomicUsize::new(0),
+            layout_count: Default::default(),
             inbound: AtomicU64::new(0),
             ring: Mutex::new(Ring::new(ring)),
             online: AtomicU64::new(0),
@@ -433,18 +449,10 @@ impl Channel {
         self.json_count.load(Ordering::Relaxed)
     }
 
-    /// Local members that read the plain protobuf batch layout (QUIC,
-    /// `danmaku.v1.pb`); with compact readers and none of these the batcher
-    /// builds only the compact one.
-    pub fn plain_members(&self) -> usize {
-        self.len()
-            .saturating_sub(self.json_members() + self.compact_members())
-    }
-
-    /// Local members that read the compact batch layout; the batcher builds
-    /// it only when > 0.
-    pub fn compact_members(&self) -> usize {
-        self.compact_count.load(Ordering::Relaxed)
+    /// Local protobuf members by the batch layout they read
+    /// (`Layout::index`): the batcher builds only the layouts someone reads.
+    pub fn pb_members(&self) -> [usize; 3] {
+        std::array::from_fn(|i| self.layout_count[i].load(Ordering::Relaxed))
     }
 
     /// Queues the frames of one tick to every member without waiting: a full
@@ -512,8 +520,7 @@ impl Channel {
                     })
                     .clone(),
                 t if t.is_json() => frames.json.clone(),
-                _ if member.compact => frames.pb_compact.as_ref().or(frames.pb.as_ref()).cloned(),
-                _ => frames.pb.clone(),
+                _ => frames.pb_for(member.layout).cloned(),
             };
             member.push(&self.name, item, seqs, &mut out);
         }
@@ -588,16 +595,15 @@ impl Channel {
     }
 
     fn insert(&self, conn: ConnId, member: Member) -> bool {
-        let (json, compact) = (member.transport.is_json(), member.compact);
+        let (json, layout) = (member.transport.is_json(), member.layout);
         if self.members.insert(conn, member).is_some() {
             return false;
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         if json {
             self.json_count.fetch_add(1, Ordering::Relaxed);
-        }
-        if compact {
-            self.compact_count.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.layout_count[layout.index()].fetch_add(1, Ordering::Relaxed);
         }
         true
     }
@@ -609,9 +615,8 @@ impl Channel {
         self.count.fetch_sub(1, Ordering::Relaxed);
         if member.transport.is_json() {
             self.json_count.fetch_sub(1, Ordering::Relaxed);
-        }
-        if member.compact {
-            self.compact_count.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.layout_count[member.layout.index()].fetch_sub(1, Ordering::Relaxed);
         }
         true
     }
@@ -776,9 +781,12 @@ pub(crate) mod tests {
 
     fn frames() -> BatchFrames {
         BatchFrames {
-            pb: Some(Prepared::new(OpCode::Binary, b"pb")),
+            pb: [
+                Some(Prepared::new(OpCode::Binary, b"pb")),
+                Some(Prepared::new(OpCode::Binary, b"pb2")),
+                Some(Prepared::new(OpCode::Binary, b"pb3")),
+            ],
             json: Some(Prepared::new(OpCode::Text, b"{}")),
-            pb_compact: Some(Prepared::new(OpCode::Binary, b"pb2")),
         }
     }
 
@@ -816,11 +824,7 @@ pub(crate) mod tests {
         let tick = |i: usize| Prepared::new(OpCode::Binary, format!("tick{i:03}").as_bytes());
         const TICKS: usize = 20;
         for i in 0..TICKS {
-            let frames = BatchFrames {
-                pb: Some(tick(i)),
-                json: None,
-                pb_compact: None,
-            };
+            let frames = BatchFrames::plain(tick(i), None);
             let out = ch.push_spread(&frames, None, Some(&writers));
             assert_eq!(out.total_pushed(), 48, "tick {i}");
             assert_eq!((out.direct, out.dropped), (8, 0), "tick {i}");
@@ -900,7 +904,7 @@ pub(crate) mod tests {
         assert_eq!(second.dropped, 1, "pb member's queue of 1 is full");
         assert_eq!(second.total_pushed(), 1);
         let b = pb_rx.try_recv().unwrap();
-        let pb = f.pb.as_ref().unwrap();
+        let pb = f.pb[0].as_ref().unwrap();
         assert_eq!(&b, pb);
         assert_eq!(b.wire().as_ptr(), pb.wire().as_ptr(), "shared, not copied");
         let t = js_rx.try_recv().unwrap();
@@ -909,40 +913,56 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn compact_members_get_the_compact_frame_or_the_plain_one_without_it() {
+    fn members_get_their_layout_or_the_simplest_one_built_before_it() {
         let reg = Channels::new(gauges(), 16);
         let r = room("room:9");
         let (plain, mut plain_rx) = member(Transport::WsPb, 8);
         let (compact, mut compact_rx) = member(Transport::WsPb, 8);
+        let (dense, mut dense_rx) = member(Transport::WsPb, 8);
+        let (js, _js_rx) = member(Transport::WsJson, 8);
         reg.join(&r, 1, plain);
-        reg.join(&r, 2, compact.compact(true));
+        reg.join(&r, 2, compact.layout(Layout::Compact));
+        reg.join(&r, 3, dense.layout(Layout::Dense));
+        // A JSON member is not a protobuf reader, whatever its layout says.
+        reg.join(&r, 4, js.layout(Layout::Dense));
         let ch = reg.get("room:9").unwrap();
-        assert_eq!(ch.compact_members(), 1);
+        assert_eq!(ch.pb_members(), [1, 1, 1]);
+        let mut rx = [&mut plain_rx, &mut compact_rx, &mut dense_rx];
+        let mut got = |want: [Option<&[u8]>; 3]| {
+            for (rx, want) in rx.iter_mut().zip(want) {
+                assert_eq!(
+                    rx.try_recv().ok().map(|f| f.payload().to_vec()),
+                    want.map(<[u8]>::to_vec)
+                );
+            }
+        };
         let f = frames();
-        assert_eq!(ch.push(&f, None).pushed, [0, 2, 0, 0, 0]);
-        assert_eq!(&plain_rx.try_recv().unwrap().payload()[..], b"pb");
-        assert_eq!(&compact_rx.try_recv().unwrap().payload()[..], b"pb2");
-        // A tick built before the member joined has no compact frame: the
-        // plain one reads the same.
-        let without = BatchFrames {
-            pb_compact: None,
+        assert_eq!(ch.push(&f, None).pushed, [1, 3, 0, 0, 0]);
+        got([Some(b"pb"), Some(b"pb2"), Some(b"pb3")]);
+        // A tick built before the dense member joined: it reads the compact
+        // frame, and the plain one when only that was built.
+        let no_dense = BatchFrames {
+            pb: [f.pb[0].clone(), f.pb[1].clone(), None],
             ..frames()
         };
-        ch.push(&without, None);
-        assert_eq!(&compact_rx.try_recv().unwrap().payload()[..], b"pb");
-        assert_eq!(&plain_rx.try_recv().unwrap().payload()[..], b"pb");
-        assert_eq!(ch.plain_members(), 1);
-        // A tick built without the plain layout (every protobuf reader asked
-        // for compact): the plain member that joined since misses it.
-        let compact_only = BatchFrames {
-            pb: None,
+        ch.push(&no_dense, None);
+        got([Some(b"pb"), Some(b"pb2"), Some(b"pb2")]);
+        ch.push(
+            &BatchFrames::plain(Prepared::new(OpCode::Binary, b"pb"), None),
+            None,
+        );
+        got([Some(b"pb"), Some(b"pb"), Some(b"pb")]);
+        // A tick built for dense readers only: the others, who joined since,
+        // miss it.
+        let dense_only = BatchFrames {
+            pb: [None, None, f.pb[2].clone()],
             ..frames()
         };
-        assert_eq!(ch.push(&compact_only, None).pushed, [0, 1, 0, 0, 0]);
-        assert_eq!(&compact_rx.try_recv().unwrap().payload()[..], b"pb2");
-        assert!(plain_rx.try_recv().is_err());
-        reg.leave(&r, 2);
-        assert_eq!(ch.compact_members(), 0);
+        assert_eq!(ch.push(&dense_only, None).pushed, [1, 1, 0, 0, 0]);
+        got([None, None, Some(b"pb3")]);
+        reg.leave(&r, 3);
+        reg.leave(&r, 4);
+        assert_eq!(ch.pb_members(), [1, 1, 0]);
     }
 
     #[test]
@@ -974,11 +994,7 @@ pub(crate) mod tests {
         let (js, mut js_rx) = member(Transport::WsJson, 8);
         reg.join(&r, 1, js);
         let out = reg.get("group:g").unwrap().push(
-            &BatchFrames {
-                pb: Some(Prepared::new(OpCode::Binary, b"")),
-                json: None,
-                pb_compact: None,
-            },
+            &BatchFrames::plain(Prepared::new(OpCode::Binary, b""), None),
             None,
         );
         assert_eq!(out, PushOutcome::default());

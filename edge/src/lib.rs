@@ -91,7 +91,7 @@ pub use error::{ApiError, EdgeError};
 pub use listener::serve_http1;
 pub use metrics::BusResult;
 pub use node::Edge;
-pub use tls::ALPN;
+pub use tls::{ALPN, ALPN_DENSE};
 pub use transport::Transport;
 pub use ws::{SUBPROTOCOL_JSON, SUBPROTOCOL_PB};
 

@@ -1,4 +1,5 @@
-//! QUIC transport (quinn), ALPN `danmaku/1`.
+//! QUIC transport (quinn), ALPN `danmaku/2` (dense batches with dictionary 1)
+//! or `danmaku/1` (plain batches).
 //!
 //! A client opens one bidirectional control stream; its first frame must be
 //! `Auth{token}` (answered `AuthOk`, or `Error` and close). Frames on streams are
@@ -37,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 use danmaku_proto::framing::{FrameReader, encode_prefixed};
 use danmaku_proto::pb::client_frame;
 use danmaku_proto::pb::server_frame::Body;
-use danmaku_proto::{Limits, ProtoError, frame, pb};
+use danmaku_proto::{Layout, Limits, ProtoError, frame, pb};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
@@ -148,6 +149,18 @@ fn handle(edge: Arc<Edge>, incoming: quinn::Incoming) -> impl Future<Output = ()
     })
 }
 
+/// The batch layout the ALPN the handshake agreed on stands for.
+fn batch_layout(conn: &quinn::Connection) -> Layout {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    match alpn.as_deref() {
+        Some(crate::tls::ALPN_DENSE) => Layout::Dense,
+        _ => Layout::Plain,
+    }
+}
+
 /// The connection after [`handshake`] until it closes: the session, its
 /// writer and [`serve`], which admits it and runs it.
 fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
@@ -174,7 +187,8 @@ fn run(edge: Arc<Edge>, authed: Authed) -> impl Future<Output = ()> + Send {
         return Box::pin(refusing).left_future();
     }
     let gauge = ConnectionGauge::open(&edge, Transport::Quic);
-    let (session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
+    let (mut session, queues) = Session::open(Arc::clone(&edge), user, Transport::Quic);
+    session.batch_layout = batch_layout(&conn);
     tracing::debug!(conn_id = session.conn_id, user = %session.user, remote = %conn.remote_address(), "QUIC connected");
     let writer = tokio::spawn(write_loop(
         send,

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use danmaku_proto::pb::server_frame::Body;
-use danmaku_proto::{ChannelName, ProtoError, frame, pb};
+use danmaku_proto::{ChannelName, Layout, ProtoError, frame, pb};
 use tokio::sync::{Notify, mpsc};
 
 use crate::channels::{ConnEvent, ConnId, Member, Outbound, Waker};
@@ -53,8 +53,9 @@ pub(crate) struct Session {
     pub conn_id: ConnId,
     pub user: String,
     pub transport: Transport,
-    /// The client asked for compact batches (`danmaku.v2.pb`, `ws.rs`).
-    pub compact_batches: bool,
+    /// The protobuf batch layout the client asked for (`danmaku.v2.pb` and
+    /// `danmaku.v3.pb`, `ws.rs`).
+    pub batch_layout: Layout,
     /// The socket, for a plain-TCP WebSocket: its members' ticks are written
     /// into it directly when nothing waits (`direct.rs`).
     pub direct: Option<Arc<DirectSink>>,
@@ -153,7 +154,7 @@ impl Session {
             conn_id,
             user,
             transport,
-            compact_batches: false,
+            batch_layout: Layout::Plain,
             direct: None,
             joined: Joined::default(),
             token_exp: u64::MAX,
@@ -182,7 +183,7 @@ impl Session {
             self.wake.clone(),
             Arc::clone(lane.shared()),
         )
-        .compact(self.compact_batches)
+        .layout(self.batch_layout)
         .direct(self.direct.clone())
     }
 

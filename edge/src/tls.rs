@@ -17,6 +17,9 @@ use crate::error::EdgeError;
 
 /// ALPN of the danmaku QUIC protocol.
 pub const ALPN: &[u8] = b"danmaku/1";
+/// ALPN of the same protocol with batches in the dense layout and zstd
+/// dictionary 1 (what `danmaku.v3.pb` is to WebSocket); preferred.
+pub const ALPN_DENSE: &[u8] = b"danmaku/2";
 
 pub(crate) struct CertMaterial {
     pub chain: Vec<CertificateDer<'static>>,
@@ -70,7 +73,7 @@ impl CertMaterial {
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| EdgeError::Tls(e.to_string()))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![ALPN_DENSE.to_vec(), ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| EdgeError::Tls(e.to_string()))?;
         Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))

@@ -9,7 +9,7 @@ pub enum Transport {
     WsJson = 0,
     /// WebSocket, subprotocol `danmaku.v1.pb`: binary protobuf frames.
     WsPb = 1,
-    /// QUIC, ALPN `danmaku/1`: protobuf frames on streams and datagrams.
+    /// QUIC, ALPN `danmaku/2` or `danmaku/1`: protobuf frames on streams and datagrams.
     Quic = 2,
     /// Server-sent events (`GET /v1/sse`): the JSON frames as `data:` lines
     /// (`sse_wire.rs`), one way.

@@ -40,7 +40,7 @@ use base64::Engine;
 use bytes::Bytes;
 use danmaku_proto::json::JsonServerFrame;
 use danmaku_proto::wsframe::{Decoder, Message, OpCode, Prepared, WsError};
-use danmaku_proto::{Limits, ProtoError, frame, json, pb};
+use danmaku_proto::{Layout, Limits, ProtoError, frame, json, pb};
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -60,15 +60,18 @@ pub const SUBPROTOCOL_JSON: &str = "danmaku.v1.json";
 /// Subprotocol for binary protobuf frames.
 pub const SUBPROTOCOL_PB: &str = "danmaku.v1.pb";
 /// Protobuf frames whose batches may use the compact layout (`Batch.encoding`
-/// 1): what the SDKs offer first. Chosen over `danmaku.v1.pb` when offered.
+/// 1). Chosen over `danmaku.v1.pb` when offered.
 pub const SUBPROTOCOL_PB_COMPACT: &str = "danmaku.v2.pb";
+/// Protobuf frames whose batches may use the dense layout (`Batch.encoding`
+/// 2) and zstd dictionary 1: what the SDKs offer first, chosen over the others.
+pub const SUBPROTOCOL_PB_DENSE: &str = "danmaku.v3.pb";
 
-/// What the upgrade agreed on: the transport and whether batches may come in
-/// the compact layout.
+/// What the upgrade agreed on: the transport and the protobuf batch layout
+/// (`Layout::Plain` for JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Negotiated {
     transport: Transport,
-    compact: bool,
+    layout: Layout,
 }
 
 /// How long a closing connection may take to flush its last frames.
@@ -127,7 +130,7 @@ pub(crate) async fn upgrade(
                 StatusCode::BAD_REQUEST,
                 "bad_subprotocol",
                 format!(
-                    "request subprotocol {SUBPROTOCOL_JSON}, {SUBPROTOCOL_PB} or {SUBPROTOCOL_PB_COMPACT}"
+                    "request subprotocol {SUBPROTOCOL_JSON}, {SUBPROTOCOL_PB}, {SUBPROTOCOL_PB_COMPACT} or {SUBPROTOCOL_PB_DENSE}"
                 ),
             )
             .into_response();
@@ -141,12 +144,11 @@ pub(crate) async fn upgrade(
         claims.sub,
         ip,
     ));
-    let protocol = if negotiated.transport.is_json() {
-        SUBPROTOCOL_JSON
-    } else if negotiated.compact {
-        SUBPROTOCOL_PB_COMPACT
-    } else {
-        SUBPROTOCOL_PB
+    let protocol = match (negotiated.transport.is_json(), negotiated.layout) {
+        (true, _) => SUBPROTOCOL_JSON,
+        (false, Layout::Dense) => SUBPROTOCOL_PB_DENSE,
+        (false, Layout::Compact) => SUBPROTOCOL_PB_COMPACT,
+        (false, Layout::Plain) => SUBPROTOCOL_PB,
     };
     let mut resp = Response::new(HttpBody::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -210,8 +212,9 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
-/// The subprotocol the edge speaks with this client: protobuf with compact
-/// batches, plain protobuf, JSON, in that order of preference among those offered.
+/// The subprotocol the edge speaks with this client: protobuf with dense,
+/// compact or plain batches, then JSON, in that order of preference among
+/// those offered.
 fn select_subprotocol(headers: &HeaderMap) -> Option<Negotiated> {
     let offered = |name: &str| {
         headers
@@ -220,16 +223,18 @@ fn select_subprotocol(headers: &HeaderMap) -> Option<Negotiated> {
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .any(|p| p.trim_ascii() == name.as_bytes())
     };
-    let (transport, compact) = if offered(SUBPROTOCOL_PB_COMPACT) {
-        (Transport::WsPb, true)
+    let (transport, layout) = if offered(SUBPROTOCOL_PB_DENSE) {
+        (Transport::WsPb, Layout::Dense)
+    } else if offered(SUBPROTOCOL_PB_COMPACT) {
+        (Transport::WsPb, Layout::Compact)
     } else if offered(SUBPROTOCOL_PB) {
-        (Transport::WsPb, false)
+        (Transport::WsPb, Layout::Plain)
     } else if offered(SUBPROTOCOL_JSON) {
-        (Transport::WsJson, false)
+        (Transport::WsJson, Layout::Plain)
     } else {
         return None;
     };
-    Some(Negotiated { transport, compact })
+    Some(Negotiated { transport, layout })
 }
 
 /// The task of one WebSocket connection, from the upgrade until it closes.
@@ -398,7 +403,7 @@ where
     let transport = negotiated.transport;
     let gauge = ConnectionGauge::open(&edge, transport);
     let (mut session, queues) = Session::open(Arc::clone(&edge), user, transport);
-    session.compact_batches = negotiated.compact;
+    session.batch_layout = negotiated.layout;
     session.direct = direct.clone();
     tracing::debug!(conn_id = session.conn_id, user = %session.user, transport = transport.label(), "websocket connected");
     let writer = tokio::spawn(write_loop(
@@ -826,7 +831,7 @@ mod tests {
             upgrade,
             Negotiated {
                 transport: Transport::WsPb,
-                compact: true,
+                layout: Layout::Dense,
             },
             TokenFacts::default(),
             "u".into(),
@@ -906,25 +911,37 @@ mod tests {
 
     #[test]
     fn protobuf_is_preferred_when_both_subprotocols_are_offered() {
-        let pick = |transport, compact| Some(Negotiated { transport, compact });
+        let pick = |transport, layout| Some(Negotiated { transport, layout });
         let mut h = HeaderMap::new();
         assert_eq!(select_subprotocol(&h), None);
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("chat, danmaku.v1.json"),
         );
-        assert_eq!(select_subprotocol(&h), pick(Transport::WsJson, false));
+        assert_eq!(
+            select_subprotocol(&h),
+            pick(Transport::WsJson, Layout::Plain)
+        );
         h.append(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("danmaku.v1.pb"),
         );
-        assert_eq!(select_subprotocol(&h), pick(Transport::WsPb, false));
-        // The compact batch layout wins wherever it is in the list.
+        assert_eq!(select_subprotocol(&h), pick(Transport::WsPb, Layout::Plain));
+        // The compact batch layout wins wherever it is in the list, the
+        // dense one over it.
         h.append(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("danmaku.v2.pb"),
         );
-        assert_eq!(select_subprotocol(&h), pick(Transport::WsPb, true));
+        assert_eq!(
+            select_subprotocol(&h),
+            pick(Transport::WsPb, Layout::Compact)
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("danmaku.v3.pb, danmaku.v2.pb, danmaku.v1.pb"),
+        );
+        assert_eq!(select_subprotocol(&h), pick(Transport::WsPb, Layout::Dense));
     }
 
     /// A socket that accepts at most `step` bytes per write, to exercise partial

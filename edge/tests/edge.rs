@@ -443,12 +443,16 @@ async fn two_subprotocols_in_one_channel_get_the_same_events() -> Result<()> {
 }
 
 #[tokio::test]
-async fn compact_batches_go_to_clients_that_offered_v2_and_read_the_same() -> Result<()> {
+async fn each_client_gets_the_batch_layout_it_offered_and_reads_the_same() -> Result<()> {
     let t = start(config()).await?;
-    // A v2 client (offering both, as the SDKs do) and a v1 client, one room.
+    // A v3 client (offering all three, as the SDKs do), a v2 client (an SDK
+    // from before v3) and a v1 client, one room.
+    let mut v3 = t
+        .ws("m", Some("danmaku.v3.pb, danmaku.v2.pb, danmaku.v1.pb"))
+        .await?;
     let mut v2 = t.ws("n", Some("danmaku.v2.pb, danmaku.v1.pb")).await?;
     let mut v1 = t.ws("o", Some("danmaku.v1.pb")).await?;
-    for ws in [&mut v2, &mut v1] {
+    for ws in [&mut v3, &mut v2, &mut v1] {
         next_pb(ws).await?;
         send_pb(ws, join("room:c")).await?;
         next_pb(ws).await?;
@@ -478,21 +482,31 @@ async fn compact_batches_go_to_clients_that_offered_v2_and_read_the_same() -> Re
             .await?;
     }
     let mut got = Vec::new();
-    for (ws, encoding) in [(&mut v2, 1), (&mut v1, 0)] {
+    for (ws, encoding, dict) in [(&mut v3, 2, 1), (&mut v2, 1, 0), (&mut v1, 0, 0)] {
         let mut events = Vec::new();
+        let mut bytes = 0;
         while events.len() < sent.len() {
             match next_pb(ws).await?.body {
                 Some(server_frame::Body::Batch(b)) => {
-                    assert_eq!(b.encoding, encoding);
+                    assert_eq!((b.encoding, b.dict_id), (encoding, dict));
+                    bytes += b.payload.len();
                     events.extend(danmaku_proto::decode_batch(&b, &Limits::default())?);
                 }
                 other => bail!("unexpected {other:?}"),
             }
         }
-        got.push(events);
+        got.push((events, bytes));
     }
-    assert_eq!(got[0], sent);
-    assert_eq!(got[1], sent);
+    for (events, _) in &got {
+        assert_eq!(events, &sent);
+    }
+    // Each layout is smaller than the one before it (same ticks: the three
+    // members are in one room).
+    assert!(
+        got[0].1 < got[1].1 && got[1].1 < got[2].1,
+        "{:?}",
+        got.iter().map(|g| g.1).collect::<Vec<_>>()
+    );
     Ok(())
 }
 

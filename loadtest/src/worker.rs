@@ -358,8 +358,8 @@ fn subprotocol(ctx: &Ctx, wire: Wire) -> Option<&'static str> {
     match (&ctx.spec.targets, wire) {
         (Targets::Nats(_) | Targets::Bare(_), _) | (_, Wire::Nats) => None,
         (_, Wire::WsJson) => Some("danmaku.v1.json"),
-        // Compact batches first, as the SDKs offer them.
-        _ => Some("danmaku.v2.pb, danmaku.v1.pb"),
+        // Dense batches first, then compact, as the SDKs offer them.
+        _ => Some("danmaku.v3.pb, danmaku.v2.pb, danmaku.v1.pb"),
     }
 }
 

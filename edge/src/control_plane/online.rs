@@ -66,11 +66,7 @@ fn online_frames(channel: &str, online: u64, json: bool) -> BatchFrames {
         .to_text();
         Prepared::new(OpCode::Text, text.as_bytes())
     });
-    BatchFrames {
-        pb: Some(pb),
-        json,
-        pb_compact: None,
-    }
+    BatchFrames::plain(pb, json)
 }
 
 /// Every [`crate::config::ControlConfig::online_push_interval`], one `online` frame to
@@ -123,7 +119,7 @@ mod tests {
             br#"{"type":"online","channel":"room:1","online":900}"#
         );
         let decoded = danmaku_proto::frame::decode_server(
-            &f.pb.as_ref().unwrap().payload(),
+            &f.pb[0].as_ref().unwrap().payload(),
             &danmaku_proto::Limits::default(),
         )
         .unwrap();
