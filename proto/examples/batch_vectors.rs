@@ -143,7 +143,7 @@ fn batch_json(layout: &str, b: &pb::Batch) -> Value {
 }
 
 /// One set of events: the batches that carry it and the events each decodes to
-/// (the same for every batch of the set, checked here). Events one a line, so
+/// (the same for every batch of the set, checked here). One event per line, so
 /// the file reads and diffs by event.
 fn set_json(name: &str, batches: &[(&str, pb::Batch)], limits: &Limits) -> String {
     let mut events = None;

@@ -1,7 +1,7 @@
-// Bundles the SDK (with fzstd and @bufbuild/protobuf's wire codec) into one
-// minified ES module, dist/danmaku.min.js, which the player page (web/) loads
-// without a build step at run time. `--check` fails when the committed bundle is
-// not what the sources build to.
+// Bundles the SDK (with @bufbuild/protobuf's wire codec, the vendored zstd
+// decoder and its dictionary) into one minified ES module, dist/danmaku.min.js,
+// which the player page (web/) loads without a build step at run time.
+// `--check` fails when the committed bundle is not what the sources build to.
 import { build } from "esbuild";
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { gzipSync } from "node:zlib";

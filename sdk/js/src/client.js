@@ -2,8 +2,9 @@
 //
 // * connects through the scheduler: `GET /v1/edges`, then races WebSockets to the
 //   best few and keeps the first that authenticates;
-// * speaks protobuf (`danmaku.v1.pb`, zstd batches decoded here) by default and
-//   falls back to JSON (`danmaku.v1.json`) when protobuf connections keep failing;
+// * speaks protobuf (`danmaku.v3.pb`, else `v2` or `v1` on an older edge; zstd
+//   batches decoded here) by default and falls back to JSON (`danmaku.v1.json`)
+//   when protobuf connections keep failing;
 // * pings every heartbeat, and drops a connection silent for 2.5 heartbeats;
 // * reconnects with exponential backoff and jitter, follows `redirect`, re-joins
 //   every channel and resumes the reliable lane where the app left it;
@@ -24,9 +25,12 @@ import { ReliableTracker } from "./reliable.js";
 import { PollSocket, SseSocket, httpBase } from "./fallback.js";
 
 export const SUBPROTOCOL_PB = "danmaku.v1.pb";
-/** Protobuf with compact batches (timestamps as deltas, shorter danmaku ids):
- * offered first; an edge that does not know it picks `danmaku.v1.pb`. */
+/** Protobuf with compact batches (timestamps as deltas, shorter danmaku ids). */
 export const SUBPROTOCOL_PB_COMPACT = "danmaku.v2.pb";
+/** Protobuf with dense batches (danmaku ids as counter steps too) compressed
+ * with zstd dictionary 1: offered first, then `danmaku.v2.pb` and
+ * `danmaku.v1.pb` for edges that do not know it. */
+export const SUBPROTOCOL_PB_DENSE = "danmaku.v3.pb";
 export const SUBPROTOCOL_JSON = "danmaku.v1.json";
 
 /**
@@ -278,7 +282,7 @@ export class DanmakuClient {
     const token = await this.tokens.get();
     const urls = (await this.#edgeUrls()).slice(0, Math.max(1, this.raceCount));
     const protocol = this.protocol;
-    const sub = protocol === "pb" ? [SUBPROTOCOL_PB_COMPACT, SUBPROTOCOL_PB] : SUBPROTOCOL_JSON;
+    const sub = protocol === "pb" ? [SUBPROTOCOL_PB_DENSE, SUBPROTOCOL_PB_COMPACT, SUBPROTOCOL_PB] : SUBPROTOCOL_JSON;
     const attempts = [];
     const winner = await new Promise((resolve, reject) => {
       let failed = 0;

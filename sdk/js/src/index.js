@@ -1,5 +1,5 @@
 // @danmaku/sdk — the JavaScript client of danmaku. See README.md.
-export { DanmakuClient, FINAL_CODES, SUBPROTOCOL_JSON, SUBPROTOCOL_PB, SUBPROTOCOL_PB_COMPACT, TRANSPORTS } from "./client.js";
+export { DanmakuClient, FINAL_CODES, SUBPROTOCOL_JSON, SUBPROTOCOL_PB, SUBPROTOCOL_PB_COMPACT, SUBPROTOCOL_PB_DENSE, TRANSPORTS } from "./client.js";
 export { PollSocket, SseSocket } from "./fallback.js";
 export { ApiError, HttpApi, TokenSource, newClientMsgId, tokenExpiry } from "./http.js";
 export { ReliableTracker } from "./reliable.js";

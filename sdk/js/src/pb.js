@@ -149,7 +149,7 @@ export function decodeServerFrame(bytes, limits) {
             }
           });
           const events = decodeBatchPayload({ codec, dictId, count, payload, encoding }, limits);
-          frame = { type: "batch", channel, events, codec, encoding, first_seq: firstSeq, last_seq: lastSeq };
+          frame = { type: "batch", channel, events, codec, dict_id: dictId, encoding, first_seq: firstSeq, last_seq: lastSeq };
           if (online > 0) frame.online = online;
           if (sampledOut > 0) frame.sampled_out = sampledOut;
           break;

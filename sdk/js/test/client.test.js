@@ -97,6 +97,17 @@ function recordingWebSocket(sent, times = []) {
   };
 }
 
+/** A WebSocket class that keeps its sockets in `sockets` (to read the subprotocol
+ * each one negotiated). */
+function keepingWebSocket(sockets) {
+  return class extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      sockets.push(this);
+    }
+  };
+}
+
 /** A metric's value from a Prometheus exposition (unlabelled, or the first series). */
 async function metric(base, name) {
   const text = await (await fetch(`${base}/metrics`)).text();
@@ -111,14 +122,17 @@ describe("against a real standalone", () => {
 
   for (const protocol of ["auto", "json"]) {
     test(`danmaku arrive over ${protocol === "auto" ? "protobuf (zstd batches)" : "JSON"}`, async () => {
-      const viewer = client(server, `v-${protocol}`, { protocol });
+      const sockets = [];
+      const viewer = client(server, `v-${protocol}`, { protocol, WebSocket: keepingWebSocket(sockets) });
       const seen = [];
       let zstd = 0;
-      let compact = 0;
+      let dict = 0;
+      const layouts = [0, 0, 0]; // batches by `encoding`
       viewer.on("danmaku", (ev, channel) => seen.push({ ...ev, channel }));
       viewer.on("batch", (b) => {
         if (b.codec === 1) zstd++;
-        if (b.encoding === 1) compact++;
+        if (b.dict_id === 1) dict++;
+        layouts[b.encoding ?? 0]++;
       });
       const states = [];
       viewer.on("state", (s) => states.push(s.state));
@@ -137,12 +151,19 @@ describe("against a real standalone", () => {
       assert.deepEqual(new Set(seen.map((e) => e.text)).size, n);
       assert.ok(seen.every((e) => e.channel === "room:dm" && e.sender === "poster" && e.kind === "danmaku"));
       // Each danmaku arrives with the id its post was answered with, and its
-      // time is the id's first 11 hex digits (the compact layout rebuilds both).
+      // time is the id's first 11 hex digits (the compact and dense layouts rebuild both).
       assert.deepEqual(new Set(seen.map((e) => e.id)), new Set(accepted.map((a) => a.id)));
       assert.ok(seen.every((e) => parseInt(e.id.slice(0, 11), 16) === e.ts_ms), JSON.stringify(seen[0]));
       if (protocol === "auto") {
         assert.ok(zstd > 0, "at least one zstd-compressed batch");
-        assert.ok(compact > 0, "the edge sent the compact layout the SDK offered");
+        // The SDK offers v3, v2 and v1; an edge from before v3 picks v2.
+        const sub = sockets.at(-1).protocol;
+        if (sub === "danmaku.v3.pb") {
+          assert.ok(layouts[2] > 0 && dict > 0, `dense batches with dictionary 1 (${layouts}, ${dict})`);
+        } else {
+          assert.equal(sub, "danmaku.v2.pb");
+          assert.ok(layouts[1] > 0, "the edge sent the compact layout the SDK offered");
+        }
       }
       assert.deepEqual(states.slice(0, 2), ["connecting", "connected"]);
       viewer.close();

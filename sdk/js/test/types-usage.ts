@@ -1,6 +1,6 @@
 // Compiled (not run) by `npm run typecheck`: the published types describe the API
 // the README shows.
-import { DanmakuClient, devToken, type DanmakuEvent, type StateChange } from "@danmaku/sdk";
+import { DanmakuClient, devToken, SUBPROTOCOL_PB_DENSE, type DanmakuEvent, type StateChange } from "@danmaku/sdk";
 
 async function main(): Promise<void> {
   const client = new DanmakuClient({
@@ -15,6 +15,7 @@ async function main(): Promise<void> {
     if (ev.blob !== undefined) console.log(client.blobUrl(ev.blob), (await client.fetchBlob(ev.blob)).contentType);
   });
   client.on("online", ({ channel, online }) => console.log(channel, online.toFixed(0)));
+  client.on("batch", (b) => console.log(SUBPROTOCOL_PB_DENSE, b.codec, b.dict_id, b.encoding));
   client.on("state", (s: StateChange) => console.log(s.state, s.resumed === true));
   await client.connect();
   const joined = await client.join("room:1");

@@ -1,11 +1,14 @@
 // Pure parts: the protobuf field table against proto/danmaku.proto, client frame
-// encoding, batch bounds, the reliable tracker, backoff.
+// encoding, batches (bounds, layouts, zstd with and without the dictionary,
+// against batches the server's encoder made: test/fixtures/batches.json), the
+// reliable tracker, backoff.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { Backoff, decodeBatchPayload, decodeServerFrame, encodeClientFrame, ReliableTracker, tokenExpiry } from "../src/index.js";
+import { Backoff, DecodeError, decodeBatchPayload, decodeServerFrame, encodeClientFrame, ReliableTracker, tokenExpiry } from "../src/index.js";
+import { dictionaryBytes } from "../src/dictionary.js";
 import { FIELDS } from "../src/pb.js";
 
 const PROTO = readFileSync(new URL("../../../proto/danmaku.proto", import.meta.url), "utf8");
@@ -114,7 +117,148 @@ test("compact batches rebuild timestamps and danmaku ids; unknown layouts are re
   assert.equal(out[3].id, undefined);
   // The same bytes read plainly keep their deltas: the flag matters.
   assert.equal(decodeBatchPayload({ codec: 0, dictId: 0, count: 4, payload }).at(1).ts_ms, zz(7));
-  assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 4, payload, encoding: 2 }), { code: "bad_batch" });
+  assert.throws(() => decodeBatchPayload({ codec: 0, dictId: 0, count: 4, payload, encoding: 3 }), { code: "bad_batch" });
+});
+
+// Made by `cargo run --release -p danmaku-proto --example batch_vectors` (proto/examples/batch_vectors.rs):
+// event sets, each encoded by the server's BatchEncoder for every layout, and the events
+// the server's `decode_batch` reads back from them.
+const FIXTURES = JSON.parse(readFileSync(new URL("./fixtures/batches.json", import.meta.url), "utf8"));
+const fixtureBatch = (b, o = {}) => ({
+  codec: b.codec, dictId: b.dict_id, count: b.count, encoding: b.encoding, payload: Buffer.from(b.payload, "base64"), ...o,
+});
+const dense = (name) => fixtureBatch(FIXTURES.sets.find((s) => s.name === name).batches.find((b) => b.layout === "dense"));
+
+test("batches the server encoded decode to the events the server decodes them to", () => {
+  let n = 0;
+  for (const set of FIXTURES.sets) {
+    for (const b of set.batches) {
+      assert.deepEqual(decodeBatchPayload(fixtureBatch(b)), set.events, `${set.name}, ${b.layout}`);
+      n++;
+    }
+  }
+  assert.ok(n >= 28, `${n} batches`);
+  // Every dense tick went with dictionary 1, however small, and most in the dense layout.
+  const denseBatches = FIXTURES.sets.flatMap((s) => s.batches.filter((b) => b.layout === "dense"));
+  assert.ok(denseBatches.every((b) => b.codec === 1 && b.dict_id === 1), JSON.stringify(denseBatches));
+  assert.ok(denseBatches.filter((b) => b.encoding === 2).length >= 6);
+  // In a server frame, as a `danmaku.v3.pb` edge sends it.
+  const b = dense("40 danmaku, two nodes interleaved");
+  const w = new BinaryWriter();
+  w.tag(1, WireType.Varint).uint32(1);
+  w.tag(4, WireType.LengthDelimited).fork();
+  w.tag(1, WireType.LengthDelimited).string("room:1");
+  w.tag(2, WireType.Varint).int32(b.codec);
+  w.tag(3, WireType.Varint).uint32(b.dictId);
+  w.tag(4, WireType.Varint).uint32(b.count);
+  w.tag(5, WireType.LengthDelimited).bytes(b.payload);
+  w.tag(10, WireType.Varint).uint32(b.encoding);
+  w.join();
+  const f = decodeServerFrame(w.finish());
+  assert.deepEqual([f.type, f.codec, f.dict_id, f.encoding], ["batch", 1, 1, 2]);
+  assert.deepEqual(f.events, FIXTURES.sets[3].events);
+});
+
+test("dictionary 1 is proto/dict/danmaku-1.zdict, and dictionary frames need it", () => {
+  const file = readFileSync(new URL("../../../proto/dict/danmaku-1.zdict", import.meta.url));
+  assert.deepEqual(dictionaryBytes(1), new Uint8Array(file), "src/dictionary.js is stale: npm run dictionary");
+  assert.equal(dictionaryBytes(0), null);
+  assert.equal(dictionaryBytes(2), null);
+  const b = dense("3 danmaku, one node");
+  const compact = FIXTURES.sets[0].batches.find((x) => x.layout === "compact");
+  assert.equal(compact.codec, 0, "3 events are too few for zstd alone");
+  assert.ok(b.payload.length * 10 < fixtureBatch(compact).payload.length * 8, "the dictionary does its work");
+  // Without the dictionary, or with one this SDK does not know, the payload is
+  // refused, never misread; so is a frame whose header names another one.
+  for (const dictId of [0, 2, 0xffffffff]) {
+    assert.throws(() => decodeBatchPayload({ ...b, dictId }), { code: "bad_compression" }, `dict ${dictId}`);
+  }
+  const named = (id) => {
+    const p = b.payload;
+    assert.equal(p[4], 0x20, "single segment, 1-byte content size, no dictionary id");
+    return { ...b, payload: Uint8Array.from([...p.subarray(0, 4), 0x21, id, ...p.subarray(5)]) };
+  };
+  assert.deepEqual(decodeBatchPayload(named(1)), decodeBatchPayload(b));
+  assert.throws(() => decodeBatchPayload(named(9)), { code: "bad_compression" });
+  // The server never sends dictionary 1 on a raw payload; read as raw, it is.
+  assert.deepEqual(decodeBatchPayload(fixtureBatch(compact, { dictId: 1 })), FIXTURES.sets[0].events);
+});
+
+test("a corrupted dictionary frame is refused or misread, never a crash", () => {
+  const b = dense("20 danmaku, one node");
+  const codes = new Set();
+  const tryDecode = (payload) => {
+    try {
+      decodeBatchPayload({ ...b, payload });
+    } catch (e) {
+      assert.ok(e instanceof DecodeError, `${e.name}: ${e.message}`);
+      codes.add(e.code);
+    }
+  };
+  for (let i = 0; i < b.payload.length; i++) {
+    for (const x of [0x01, 0x80, 0xff]) {
+      const p = Uint8Array.from(b.payload);
+      p[i] ^= x;
+      tryDecode(p);
+    }
+    tryDecode(b.payload.subarray(0, i));
+  }
+  assert.ok(codes.has("bad_compression"), [...codes].join());
+  assert.throws(() => decodeBatchPayload({ ...b, payload: b.payload.subarray(0, 40) }), { code: "bad_compression" });
+});
+
+test("a frame declaring more than maxBatchRawBytes is refused before it is decoded", () => {
+  const b = dense("300 danmaku, one node");
+  assert.equal(b.payload[4], 0x60, "single segment, 2-byte content size");
+  const size = b.payload[5] + (b.payload[6] << 8) + 256;
+  assert.equal(decodeBatchPayload(b, { maxBatchRawBytes: size }).length, 300);
+  assert.throws(() => decodeBatchPayload(b, { maxBatchRawBytes: size - 1 }), { code: "bad_batch" });
+  // Headers claiming 4 GiB (4-byte size) and 1 TiB (8-byte size) with nothing
+  // after them: allocating first would run out of memory.
+  const header = (fhd, size) => Uint8Array.from([0x28, 0xb5, 0x2f, 0xfd, fhd, ...size]);
+  for (const payload of [header(0xa0, [0, 0, 0, 0x80]), header(0xe0, [0, 0, 0, 0, 0, 1, 0, 0])]) {
+    assert.throws(() => decodeBatchPayload({ codec: 1, dictId: 0, count: 1, payload }), { code: "bad_batch" });
+  }
+  // A frame that does not declare its size is decoded up to the limit: the same
+  // blocks behind a header with a 128 KiB window and no content size.
+  const plain = fixtureBatch(FIXTURES.sets[2].batches.find((x) => x.layout === "plain"));
+  const p = plain.payload;
+  assert.equal(p[4], 0x60, "single segment, 2-byte content size");
+  const unsized = { ...plain, payload: Uint8Array.from([...p.subarray(0, 4), 0x00, 7 << 3, ...p.subarray(7)]) };
+  assert.deepEqual(decodeBatchPayload(unsized), FIXTURES.sets[2].events);
+  assert.throws(() => decodeBatchPayload(unsized, { maxBatchRawBytes: 4000 }), { code: "bad_batch" });
+});
+
+test("dense ids: counter steps rebuild ids; hostile steps are left as they are", () => {
+  const zz = (d) => (d >= 0 ? 2 * d : -2 * d - 1);
+  const t = 1732350000000;
+  const h = t.toString(16).padStart(11, "0");
+  const evs = [
+    // Not lowercase hex: read whole, but no counter to step from.
+    [{ kind: 1, ts_ms: zz(t), id: "ABCDEF0100000001" }, h + "ABCDEF0100000001"],
+    [{ kind: 1, ts_ms: 0, id: "+5" }, "+5"],
+    [{ kind: 1, ts_ms: 0, id: "00000001fffffff0" }, h + "00000001fffffff0"],
+    [{ kind: 1, ts_ms: 0, id: "+15" }, h + "00000001ffffffff"],
+    // Past 2^32 - 1, or steps that are no u32 number: unchanged.
+    [{ kind: 1, ts_ms: 0 }, undefined],
+    [{ kind: 1, ts_ms: 0, id: "+0" }, h + "00000001ffffffff"],
+    ...["+4294967296", "+00000000001", "+x1", "+", "+-1", "+1 "].map((id) => [{ kind: 1, ts_ms: 0, id }, id]),
+    // A gift's empty id is no step.
+    [{ kind: 2, ts_ms: 0, seq: 3 }, undefined],
+    [{ kind: 1, ts_ms: 0, id: "00000002000000ff" }, h + "00000002000000ff"],
+    // Before 1970: no id to rebuild, and the counter waits for the next one.
+    [{ kind: 1, ts_ms: zz(-t - 5) }, undefined],
+    [{ kind: 1, ts_ms: zz(t + 5), id: "+1" }, h + "0000000200000100"],
+    [{ kind: 1, ts_ms: 0, id: "+4294967039" }, h + "00000002ffffffff"],
+  ];
+  const events = evs.map(([e]) => ({ sender: "s", text: "x", ...e }));
+  // A time no danmaku has (2^62 ms on): still no exception.
+  events.push({ kind: 1, sender: "s", text: "x", ts_ms: "9223372036854775806", id: "+0" });
+  const out = decodeBatchPayload({ codec: 0, dictId: 0, count: events.length, payload: rawPayload(events), encoding: 2 });
+  assert.deepEqual(out.slice(0, -1).map((e) => e.id), evs.map(([, id]) => id));
+  const last = out.at(-1);
+  assert.equal(last.ts_ms, t + 2 ** 62);
+  assert.equal(last.id, last.ts_ms.toString(16) + "00000002ffffffff");
 });
 
 test("server frames decode; garbage is a DecodeError, unknown bodies are skipped", () => {

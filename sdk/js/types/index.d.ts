@@ -36,9 +36,10 @@ export type ServerFrame =
   | { type: "left"; channel: string; reason?: string }
   /** A tick: its danmaku, and its reliable events (seq > 0), which the client
    * hands out as `reliable` (deduplicated, in order); `first_seq`/`last_seq`
-   * are their range (protobuf only); `online`, when present, is the channel's
-   * member count riding the tick (the client emits it as `online`). */
-  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number; first_seq?: number; last_seq?: number; online?: number; sampled_out?: number }
+   * are their range, `codec`, `dict_id` and `encoding` how it came (protobuf
+   * only); `online`, when present, is the channel's member count riding the
+   * tick (the client emits it as `online`). */
+  | { type: "batch"; channel: string; events: DanmakuEvent[]; codec?: number; dict_id?: number; encoding?: number; first_seq?: number; last_seq?: number; online?: number; sampled_out?: number }
   | { type: "reliable"; channel: string; seq: number; event: DanmakuEvent }
   | { type: "pong"; ts_ms?: number }
   | { type: "redirect"; edges: EdgeAddr[] }
@@ -150,7 +151,7 @@ export interface EventMap {
   gift: (ev: DanmakuEvent, channel: string) => void;
   chat: (ev: DanmakuEvent, channel: string) => void;
   event: (ev: DanmakuEvent, channel: string) => void;
-  batch: (b: { channel: string; events: DanmakuEvent[]; codec?: number }) => void;
+  batch: (b: { channel: string; events: DanmakuEvent[]; codec?: number; dict_id?: number; encoding?: number }) => void;
   reliable: (r: { channel: string; seq: number; event: DanmakuEvent }) => void;
   online: (o: { channel: string; online: number }) => void;
   joined: (j: { channel: string; last_seq: number }) => void;
@@ -247,6 +248,7 @@ export class Backoff {
 
 export const SUBPROTOCOL_PB: "danmaku.v1.pb";
 export const SUBPROTOCOL_PB_COMPACT: "danmaku.v2.pb";
+export const SUBPROTOCOL_PB_DENSE: "danmaku.v3.pb";
 export const SUBPROTOCOL_JSON: "danmaku.v1.json";
 /** Error codes after which the client stops for good instead of reconnecting. */
 export const FINAL_CODES: ReadonlySet<string>;
@@ -258,6 +260,6 @@ export function newClientMsgId(): string;
 export function tokenExpiry(token: string): number | null;
 export function decodeServerFrame(bytes: Uint8Array, limits?: BatchLimits): ServerFrame;
 export function encodeClientFrame(frame: ClientFrame): Uint8Array;
-export function decodeBatchPayload(batch: { codec: number; dictId: number; count: number; payload: Uint8Array }, limits?: BatchLimits): DanmakuEvent[];
+export function decodeBatchPayload(batch: { codec: number; dictId: number; count: number; payload: Uint8Array; encoding?: number }, limits?: BatchLimits): DanmakuEvent[];
 export function decodeJsonFrame(text: string): ServerFrame;
 export function encodeJsonFrame(frame: ClientFrame): string;
