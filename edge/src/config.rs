@@ -125,6 +125,15 @@ pub struct BatchConfig {
     pub big_room_zstd_level: i32,
     /// Local members from which a room's ticks use `big_room_zstd_level`. Default 1,000.
     pub big_room_members: usize,
+    /// zstd level for rooms of at least `huge_room_members` local members:
+    /// 15 writes 4–6 % fewer bytes than 9 for ~2–3 ms per 400-event tick
+    /// (dense layout with the dictionary; BENCHMARKS.md, "zstd dictionary"),
+    /// the cost of ~200 socket writes — under 4 % of a 5,000-member tick's
+    /// writes, and paid once for all of them. Default 15.
+    pub huge_room_zstd_level: i32,
+    /// Local members from which a room's ticks use `huge_room_zstd_level`.
+    /// Default 5,000.
+    pub huge_room_members: usize,
     /// Payloads up to this many bytes stay uncompressed: zstd's header would cost
     /// more than it saves. Default 256.
     pub compress_threshold: usize,
@@ -154,6 +163,8 @@ impl Default for BatchConfig {
             zstd_level: 3,
             big_room_zstd_level: 9,
             big_room_members: 1_000,
+            huge_room_zstd_level: 15,
+            huge_room_members: 5_000,
             write_threads: 1,
             members_per_write_thread: 2_048,
             compress_threshold: danmaku_proto::batch::DEFAULT_COMPRESS_THRESHOLD,

@@ -3,7 +3,7 @@
 //! every member, so in a big room a slower, tighter level is paid once and
 //! saved per viewer.
 //!
-//! `cargo run --release -p danmaku-proto --example tick_compression`
+//! `cargo run --release -p danmaku-proto --example tick_compression [-- LEVEL…]`
 //!
 //! Two event shapes: "app" (a sender from a pool of 5,000, a stock phrase) and
 //! "loadtest" (the harness's `lt <sender> <n> <phrase>` texts). Both carry
@@ -58,6 +58,14 @@ fn ticks(shape: &str, events_per_tick: usize, count: usize) -> Vec<Vec<pb::Event
 }
 
 fn main() {
+    // `-- 3 9 19`: the zstd levels to measure (default 3 and 9).
+    let mut levels: Vec<i32> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if levels.is_empty() {
+        levels = vec![3, 9];
+    }
     println!("| shape | events/tick | layout | raw B/event | level | B/event | µs per tick |");
     println!("|---|---:|---|---:|---:|---:|---:|");
     for shape in ["app", "loadtest"] {
@@ -69,7 +77,7 @@ fn main() {
                 ("dense, no dict", None),
                 ("dense + dict 1", Some(Layout::Dense)),
             ] {
-                for level in [3, 9] {
+                for level in levels.iter().copied() {
                     let mut enc = BatchEncoder::new(level, 0).expect("level");
                     let (mut raw, mut out) = (0, 0);
                     let start = Instant::now();
