@@ -124,6 +124,21 @@ impl ViewerCounts {
         self.ack_interval_ms = self.ack_interval_ms.max(i64::from(ack_interval_ms));
     }
 
+    /// When the cumulative ack owed falls due (ms since the epoch), if one is
+    /// owed. The viewer also acks on this timer, as the SDKs do: acking only
+    /// when a frame arrives left the last gifts of a run unacked once the
+    /// frames stopped, and the edge resent them after its stall timeout —
+    /// duplicates in the report that an SDK client does not cause.
+    pub fn ack_owed_at(&self) -> Option<i64> {
+        (self.contiguous > self.acked)
+            .then(|| self.last_ack_ms.saturating_add(self.ack_interval_ms))
+    }
+
+    /// The ack frame for `wire` to send at `now_ms`, if one is due.
+    pub fn flush_ack(&mut self, wire: Wire, room: &str, now_ms: i64) -> Option<Vec<u8>> {
+        self.ack_due(now_ms).map(|seq| ack_frame(wire, room, seq))
+    }
+
     /// The cumulative ack to send now, if one is due.
     fn ack_due(&mut self, now_ms: i64) -> Option<u64> {
         if self.contiguous <= self.acked
@@ -701,6 +716,28 @@ mod tests {
         let mut late = ViewerCounts::new(false).with_ack_interval(0);
         let r = on_message(&mut late, Wire::WsPb, room, &gift(40), 1, &mut rec);
         assert_eq!(r.send, vec![ack_frame(Wire::WsPb, room, 40)]);
+    }
+
+    #[test]
+    fn an_owed_ack_falls_due_on_the_timer_without_another_frame() {
+        let room = "room:a";
+        let gift = |seq| reliable_frame(room, seq);
+        let mut c = ViewerCounts::new(false).with_ack_interval(1000);
+        let mut rec = |_: Lane, _: u64| {};
+        assert_eq!(c.ack_owed_at(), None, "nothing received, nothing owed");
+        on_message(&mut c, Wire::WsPb, room, &gift(1), 10_000, &mut rec);
+        assert_eq!(c.ack_owed_at(), None, "acked at once");
+        // The run's last gifts: no frame follows them.
+        on_message(&mut c, Wire::WsPb, room, &gift(2), 10_100, &mut rec);
+        on_message(&mut c, Wire::WsPb, room, &gift(3), 10_200, &mut rec);
+        assert_eq!(c.ack_owed_at(), Some(11_000));
+        assert_eq!(c.flush_ack(Wire::WsPb, room, 10_999), None, "not yet due");
+        assert_eq!(
+            c.flush_ack(Wire::WsPb, room, 11_000),
+            Some(ack_frame(Wire::WsPb, room, 3))
+        );
+        assert_eq!(c.ack_owed_at(), None);
+        assert_eq!(c.flush_ack(Wire::WsPb, room, 20_000), None, "acked once");
     }
 
     #[test]

@@ -496,12 +496,39 @@ async fn serve(
         Conn::Ws(mut conn) => {
             let base = conn.bytes_in;
             let mut seen = base;
+            // The owed ack's deadline (`ViewerCounts::ack_owed_at`); reset
+            // only when it moves, not per frame.
+            let never = Instant::now() + Duration::from_secs(86_400);
+            let mut ack_at: Option<i64> = None;
+            let ack_timer = tokio::time::sleep_until(never);
+            tokio::pin!(ack_timer);
             let end = loop {
+                let owed = if slot.wire == Wire::Nats {
+                    None
+                } else {
+                    counts.ack_owed_at()
+                };
+                if owed != ack_at {
+                    ack_at = owed;
+                    let deadline = owed.map_or(never, |at| {
+                        let wait = at.saturating_sub(danmaku_proto::now_ms()).max(0);
+                        Instant::now() + Duration::from_millis(wait as u64)
+                    });
+                    ack_timer.as_mut().reset(deadline);
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break End::Stopped,
                     _ = &mut leave => break End::Churned,
                     _ = ping.tick() => {
                         if conn.send(opcode(slot.wire), &counting::ping_frame(slot.wire)).await.is_err() {
+                            break End::Dropped;
+                        }
+                    }
+                    _ = &mut ack_timer => {
+                        ack_at = None;
+                        ack_timer.as_mut().reset(never);
+                        let ack = counts.flush_ack(slot.wire, room, danmaku_proto::now_ms());
+                        if let Some(ack) = ack && conn.send(opcode(slot.wire), &ack).await.is_err() {
                             break End::Dropped;
                         }
                     }
