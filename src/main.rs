@@ -479,6 +479,12 @@ struct Batching {
     /// reads; must stay below --retransmit-initial minus --max-window.
     #[arg(long, env = "DANMAKU_CLIENT_ACK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     client_ack_interval: Duration,
+    /// How often clients should ack a room's gifts at most, e.g. 5s: announced
+    /// in each room's `Joined` when slower than --client-ack-interval (groups
+    /// keep that one: their acks move unread counts). Each ack is a frame the
+    /// edge reads; the resend timer waits this much longer on rooms.
+    #[arg(long, env = "DANMAKU_ROOM_ACK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    room_ack_interval: Duration,
     /// Hot-room thinning: danmaku per second pushed to each viewer of a room
     /// without a `max_rate` setting of its own; above it ticks are sampled
     /// (gifts, chat and priority senders always pass). 0 = no cap.
@@ -525,6 +531,7 @@ impl Batching {
                 retransmit_initial: self.retransmit_initial,
                 retransmit_max: config.reliable.retransmit_max.max(self.retransmit_initial),
                 client_ack_interval: self.client_ack_interval,
+                room_ack_interval: self.room_ack_interval,
                 ..config.reliable
             },
             room_max_rate: self.room_max_rate,

@@ -195,13 +195,25 @@ async fn lossy_relay(edge: std::net::SocketAddr, dropped: Arc<AtomicU64>) -> std
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lossy_relay_is_reported_exactly() {
-    let srv = common::start(|c| c.data = c.data.join("lossy-relay")).await;
+    // The relay loses ticks, which TCP never does: their gifts come back only
+    // by the stall sweep's resend, 1–1.5 × retransmit_initial after the tick
+    // (on rooms, after the room's slower ack pace too: use the connection's
+    // here, so the test stays short). A tick lost just before posting ends
+    // needs that long past it to be delivered.
+    let reliable = danmaku_edge::ReliableConfig::default();
+    let resend_by = reliable.retransmit_initial.mul_f32(1.5);
+    let srv = common::start(|c| {
+        c.data = c.data.join("lossy-relay");
+        c.edge.reliable.room_ack_interval = reliable.client_ack_interval;
+    })
+    .await;
     let dropped = Arc::new(AtomicU64::new(0));
     let relay = lossy_relay(srv.http_addr, dropped.clone()).await;
     let cfg = LoadtestConfig {
         edges: vec![format!("http://{relay}")],
         mix: parse_mix("ws-pb").unwrap(),
         probe_fraction: 0.1,
+        drain_grace: resend_by + Duration::from_secs(2),
         ..config(&srv.base_url(), 200, 2)
     };
     let r = danmaku_loadtest::run(cfg).await.expect("load test runs");

@@ -47,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
 
     while let Some(ev) = client.next_event().await {
         match ev {
-            ServerEvent::Joined { channel, last_seq } => {
+            ServerEvent::Joined {
+                channel, last_seq, ..
+            } => {
                 println!("joined {channel} (last seq {last_seq})")
             }
             ServerEvent::Batch { channel, events } => {

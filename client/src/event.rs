@@ -27,8 +27,14 @@ pub enum ServerEvent {
     /// `ack_interval_ms`: how often the edge asks for acks at most (0: the
     /// client's own [`ClientConfig::ack_interval`](crate::ClientConfig::ack_interval)).
     AuthOk { user: String, ack_interval_ms: u32 },
-    /// The client is a member of `channel`; `last_seq` is the channel's latest reliable seq.
-    Joined { channel: String, last_seq: u64 },
+    /// The client is a member of `channel`; `last_seq` is the channel's latest
+    /// reliable seq; `ack_interval_ms`: how often to ack this channel at most
+    /// when slower than `AuthOk`'s pace (0: that one; rooms get a slower one).
+    Joined {
+        channel: String,
+        last_seq: u64,
+        ack_interval_ms: u32,
+    },
     /// The client left `channel`: on request (`reason` empty), `"removed"`
     /// when the user was removed from the group, or `"banned"` when a
     /// moderator banned the user from it (nothing more arrives from it; a new
@@ -128,6 +134,7 @@ pub fn from_pb(f: pb::ServerFrame, limits: &Limits) -> Result<ServerEvent, Proto
         Body::Joined(j) => ServerEvent::Joined {
             channel: j.channel,
             last_seq: j.last_seq,
+            ack_interval_ms: j.ack_interval_ms,
         },
         Body::Left(l) => ServerEvent::Left {
             channel: l.channel,
@@ -251,7 +258,15 @@ pub fn from_json(f: JsonServerFrame) -> ServerEvent {
             user,
             ack_interval_ms,
         },
-        JsonServerFrame::Joined { channel, last_seq } => ServerEvent::Joined { channel, last_seq },
+        JsonServerFrame::Joined {
+            channel,
+            last_seq,
+            ack_interval_ms,
+        } => ServerEvent::Joined {
+            channel,
+            last_seq,
+            ack_interval_ms,
+        },
         JsonServerFrame::Left { channel, reason } => ServerEvent::Left { channel, reason },
         JsonServerFrame::Batch {
             channel, events, ..
@@ -389,10 +404,12 @@ mod tests {
                 Body::Joined(pb::Joined {
                     channel: "room:42".into(),
                     last_seq: 17,
+                    ack_interval_ms: 5000,
                 }),
                 ServerEvent::Joined {
                     channel: "room:42".into(),
                     last_seq: 17,
+                    ack_interval_ms: 5000,
                 },
             ),
             (
@@ -509,6 +526,15 @@ mod tests {
                 ServerEvent::Joined {
                     channel: "room:42".into(),
                     last_seq: 17,
+                    ack_interval_ms: 0,
+                },
+            ),
+            (
+                r#"{"type":"joined","channel":"room:42","last_seq":17,"ack_interval_ms":5000}"#,
+                ServerEvent::Joined {
+                    channel: "room:42".into(),
+                    last_seq: 17,
+                    ack_interval_ms: 5000,
                 },
             ),
             (

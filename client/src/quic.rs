@@ -298,6 +298,7 @@ mod tests {
             frame::server(server_frame::Body::Joined(pb::Joined {
                 channel: "room:1".into(),
                 last_seq: 0,
+                ..Default::default()
             })),
             frame::server(server_frame::Body::Batch(batch)),
             frame::server(server_frame::Body::Pong(pb::Pong { ts_ms: 1 })),

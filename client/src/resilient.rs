@@ -234,6 +234,8 @@ pub struct ResilientClient {
     /// Channels owing an ack; `true` re-sends it even when the seq was acked
     /// (the edge retransmitted, so it may not have got the last one).
     acks_owed: HashMap<String, bool>,
+    /// Channels whose `Joined` asked for a slower ack pace than `AuthOk`'s.
+    channel_paces: HashMap<String, Duration>,
     /// When the current connection last delivered anything.
     heard_at: Instant,
 }
@@ -290,6 +292,7 @@ impl ResilientClient {
                         offered: Vec::new(),
                         acks: HashMap::new(),
                         acks_owed: HashMap::new(),
+                        channel_paces: HashMap::new(),
                         heard_at: Instant::now(),
                     });
                 }
@@ -329,6 +332,7 @@ impl ResilientClient {
             offered: Vec::new(),
             acks: HashMap::new(),
             acks_owed: HashMap::new(),
+            channel_paces: HashMap::new(),
             heard_at: Instant::now(),
         })
     }
@@ -367,6 +371,7 @@ impl ResilientClient {
         self.tracker.forget(channel);
         self.acks.remove(channel);
         self.acks_owed.remove(channel);
+        self.channel_paces.remove(channel);
         self.resumed.remove(channel);
         self.send(Body::Leave(pb::Leave {
             channel: channel.to_owned(),
@@ -492,7 +497,11 @@ impl ResilientClient {
                     self.joined.retain(|c| *c != channel);
                     return Some(ServerEvent::Left { channel, reason });
                 }
-                Some(ServerEvent::Joined { channel, last_seq }) => {
+                Some(ServerEvent::Joined {
+                    channel,
+                    last_seq,
+                    ack_interval_ms,
+                }) => {
                     // A room owes this client every gift after `last_seq`: anchor
                     // there on a first join. A tick can reach the client before
                     // a gift the edge sends on its own (the one the tick's
@@ -501,7 +510,18 @@ impl ResilientClient {
                     if channel.starts_with("room:") && !self.tracker.is_anchored(&channel) {
                         self.tracker.set_delivered_upto(&channel, last_seq);
                     }
-                    return Some(ServerEvent::Joined { channel, last_seq });
+                    // The channel's own pace (rooms), newest join's word.
+                    if ack_interval_ms > 0 {
+                        let pace = Duration::from_millis(u64::from(ack_interval_ms));
+                        self.channel_paces.insert(channel.clone(), pace);
+                    } else {
+                        self.channel_paces.remove(&channel);
+                    }
+                    return Some(ServerEvent::Joined {
+                        channel,
+                        last_seq,
+                        ack_interval_ms,
+                    });
                 }
                 Some(other) => return Some(other),
             }
@@ -581,9 +601,9 @@ impl ResilientClient {
         if self.acks_owed.is_empty() {
             return;
         }
-        let pace = self.ack_pace();
         let mut sent = Vec::new();
         for (channel, &force) in &self.acks_owed {
+            let pace = self.ack_pace(channel);
             let last = self.acks.get(channel);
             if last.is_some_and(|(at, _)| now < *at + pace)
                 || self
@@ -610,14 +630,16 @@ impl ResilientClient {
         }
     }
 
-    /// The least time between two acks of a channel now: the edge's pace
-    /// (`AuthOk`) always; a backlog still queued also waits for the client's
-    /// own `ack_interval`, so that it drains with few acks.
-    fn ack_pace(&self) -> Duration {
+    /// The least time between two acks of `channel` now: the edge's pace
+    /// (`AuthOk`, or the channel's slower one from `Joined`) always; a
+    /// backlog still queued also waits for the client's own `ack_interval`,
+    /// so that it drains with few acks.
+    fn ack_pace(&self, channel: &str) -> Duration {
         let announced = self
             .client
             .as_ref()
-            .map_or(Duration::ZERO, Client::ack_interval);
+            .map_or(Duration::ZERO, Client::ack_interval)
+            .max(self.channel_paces.get(channel).copied().unwrap_or_default());
         let caught_up = self.client.as_ref().is_none_or(|c| !c.has_queued());
         if caught_up {
             announced
@@ -628,11 +650,10 @@ impl ResilientClient {
 
     /// When the next owed ack may go out (`None`: none owed).
     fn next_ack_at(&self) -> Option<Instant> {
-        let pace = self.ack_pace();
         self.acks_owed
             .keys()
             .map(|c| match self.acks.get(c) {
-                Some((at, _)) => *at + pace,
+                Some((at, _)) => *at + self.ack_pace(c),
                 None => Instant::now(),
             })
             .min()

@@ -258,29 +258,23 @@ async fn acks_at_most_once_per_interval_and_sends_the_held_back_one() {
     assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
 }
 
-#[tokio::test]
-async fn a_caught_up_client_acks_no_faster_than_the_edge_asked() {
-    // The edge asks for acks every 400 ms at most and sends a new seq on every
-    // ping (every 50 ms). The client is always caught up, so without the
-    // edge's pace it would ack each seq at once: ~20 acks a second.
+/// A caught-up client on a fake edge that sends a new seq on every ping
+/// (every 50 ms) and answers the join with `joined`: the acks it logged
+/// (arrival ms, seq) once 30 seqs and one more `min_gap_ms` went by.
+async fn acks_of_a_caught_up_client(auth_ok: &'static str, joined: Value) -> Vec<(u64, u64)> {
     let next = Arc::new(Mutex::new(1u64));
-    let (a, log) = fake_edge_with(
-        r#"{"type":"auth_ok","user":"amy","ack_interval_ms":400}"#,
-        {
-            let next = next.clone();
-            move |f| match ty(f) {
-                "join" => Some(vec![
-                    json!({"type":"joined","channel":"group:7","last_seq":0}).to_string(),
-                ]),
-                "ping" => {
-                    let mut n = next.lock().unwrap();
-                    *n += 1;
-                    Some(vec![reliable(*n - 1)])
-                }
-                _ => Some(vec![]),
+    let (a, log) = fake_edge_with(auth_ok, {
+        let next = next.clone();
+        move |f| match ty(f) {
+            "join" => Some(vec![joined.to_string()]),
+            "ping" => {
+                let mut n = next.lock().unwrap();
+                *n += 1;
+                Some(vec![reliable(*n - 1)])
             }
-        },
-    )
+            _ => Some(vec![]),
+        }
+    })
     .await;
     let config = ClientConfig {
         heartbeat_interval: Duration::from_millis(50),
@@ -297,7 +291,7 @@ async fn a_caught_up_client_acks_no_faster_than_the_edge_asked() {
             }
         }
         // Keep reading (new seqs keep coming) past one more interval.
-        let until = tokio::time::Instant::now() + Duration::from_millis(600);
+        let until = tokio::time::Instant::now() + Duration::from_millis(1_000);
         while let Ok(Some(ev)) = tokio::time::timeout_at(until, c.next_event()).await {
             if let ServerEvent::Reliable { seq, .. } = ev {
                 seqs.push(seq);
@@ -319,10 +313,40 @@ async fn a_caught_up_client_acks_no_faster_than_the_edge_asked() {
         acks.last().unwrap().1 >= 30,
         "the last seq is acked: {acks:?}"
     );
+    acks
+}
+
+#[tokio::test]
+async fn a_caught_up_client_acks_no_faster_than_the_edge_asked() {
+    // The edge asks for acks every 400 ms at most. The client is always caught
+    // up, so without the edge's pace it would ack each seq at once: ~20 acks a
+    // second.
+    let acks = acks_of_a_caught_up_client(
+        r#"{"type":"auth_ok","user":"amy","ack_interval_ms":400}"#,
+        json!({"type":"joined","channel":"group:7","last_seq":0}),
+    )
+    .await;
     for w in acks.windows(2) {
         assert!(
             w[1].0 - w[0].0 >= 390,
             "acks {w:?} closer than the edge's 400 ms"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_channel_whose_join_asks_for_a_slower_pace_is_acked_at_that_pace() {
+    // `auth_ok` asks for 100 ms, the channel's `joined` for 700 ms: the
+    // slower one holds for this channel.
+    let acks = acks_of_a_caught_up_client(
+        r#"{"type":"auth_ok","user":"amy","ack_interval_ms":100}"#,
+        json!({"type":"joined","channel":"group:7","last_seq":0,"ack_interval_ms":700}),
+    )
+    .await;
+    for w in acks.windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= 690,
+            "acks {w:?} closer than the channel's 700 ms"
         );
     }
 }

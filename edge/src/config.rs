@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use danmaku_proto::Limits;
+use danmaku_proto::{ChannelKind, Limits};
 
 /// Everything an `Edge` needs to know besides its bus, token key and metrics registry.
 #[derive(Debug, Clone)]
@@ -194,6 +194,15 @@ pub struct ReliableConfig {
     /// there; a reconnect resumes from the client's own last seq) but must stay
     /// below `retransmit_initial` minus one batch window. Default 1 s.
     pub client_ack_interval: Duration,
+    /// How often clients should ack a `room:` channel at most, when slower
+    /// than `client_ack_interval`: sent in that channel's `Joined`. A room's
+    /// acks only feed the resend timer (a reconnect resumes from the client's
+    /// own last seq), yet each is a frame the edge reads: at 1 s, 10,000
+    /// viewers are 10,000 reads a second, about a third of the edge's CPU in
+    /// the 10k loadtest (BENCHMARKS.md). Groups keep `client_ack_interval`:
+    /// their acks move unread counts. The stall sweep waits this long more
+    /// before it resends on a room. Default 5 s.
+    pub room_ack_interval: Duration,
     /// Seqs one connection may owe acks for on one channel (live, or sent by a
     /// resume: a resume from far back is paced by acks within this window);
     /// past it the connection is closed with `reliable_backlog` (the client
@@ -227,6 +236,7 @@ impl Default for ReliableConfig {
             retransmit_initial: Duration::from_secs(3),
             retransmit_max: Duration::from_secs(15),
             client_ack_interval: Duration::from_secs(1),
+            room_ack_interval: Duration::from_secs(5),
             max_unacked: 2_000,
             max_attempts: 6,
             reorder_hold: Duration::from_millis(200),
@@ -296,6 +306,34 @@ impl ReliableConfig {
     pub(crate) fn sweep_interval(&self) -> std::time::Duration {
         self.retransmit_initial / 2
     }
+
+    /// The ack pace `Joined` announces for a channel of `kind`, in ms: rooms
+    /// get `room_ack_interval` when it is slower than `client_ack_interval`;
+    /// 0 (`AuthOk`'s pace) otherwise.
+    pub(crate) fn joined_ack_interval_ms(&self, kind: ChannelKind) -> u32 {
+        if kind == ChannelKind::Room && self.room_ack_interval > self.client_ack_interval {
+            u32::try_from(self.room_ack_interval.as_millis()).unwrap_or(u32::MAX)
+        } else {
+            0
+        }
+    }
+
+    /// Whole sweep intervals a lane of `kind` stays silent before it counts
+    /// as stalled: the default covers `client_ack_interval` (it is below
+    /// `retransmit_initial`); a room acked at `room_ack_interval` waits that
+    /// plus `retransmit_initial`.
+    pub(crate) fn sweep_patience(&self, kind: ChannelKind) -> u8 {
+        use crate::reliable::lane::{DEFAULT_PATIENCE, MAX_PATIENCE};
+        if self.joined_ack_interval_ms(kind) == 0 {
+            return DEFAULT_PATIENCE;
+        }
+        let wait = self.room_ack_interval + self.retransmit_initial;
+        let sweep = self.sweep_interval().max(Duration::from_millis(1));
+        let passes = wait.as_nanos().div_ceil(sweep.as_nanos());
+        u8::try_from(passes)
+            .unwrap_or(MAX_PATIENCE)
+            .clamp(DEFAULT_PATIENCE, MAX_PATIENCE)
+    }
 }
 
 /// Client limits of an edge; part of [`EdgeConfig`].
@@ -336,5 +374,39 @@ impl Default for ClientLimits {
             max_conns_per_ip: 10_000,
             handshake_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_are_asked_for_a_slower_ack_pace_and_the_sweep_waits_for_it() {
+        let c = ReliableConfig::default();
+        assert_eq!(c.joined_ack_interval_ms(ChannelKind::Room), 5_000);
+        assert_eq!(c.joined_ack_interval_ms(ChannelKind::Group), 0);
+        // 5 s of pace + 3 s of retransmit_initial over 1.5 s sweeps.
+        assert_eq!(c.sweep_patience(ChannelKind::Room), 6);
+        assert_eq!(
+            c.sweep_patience(ChannelKind::Group),
+            crate::reliable::lane::DEFAULT_PATIENCE
+        );
+        // No slower than the connection's pace: nothing announced, no extra wait.
+        let same = ReliableConfig {
+            room_ack_interval: c.client_ack_interval,
+            ..c.clone()
+        };
+        assert_eq!(same.joined_ack_interval_ms(ChannelKind::Room), 0);
+        assert_eq!(same.sweep_patience(ChannelKind::Room), 2);
+        // A pace the sweep's bits cannot count: clamped, never wrapped.
+        let long = ReliableConfig {
+            room_ack_interval: Duration::from_secs(3600),
+            ..c
+        };
+        assert_eq!(
+            long.sweep_patience(ChannelKind::Room),
+            crate::reliable::lane::MAX_PATIENCE
+        );
     }
 }

@@ -301,7 +301,9 @@ async fn ws_json_batches_several_events_into_fewer_frames() -> Result<()> {
         next_json(&mut ws).await?,
         JsonServerFrame::Joined {
             channel: "room:42".into(),
-            last_seq: 0
+            last_seq: 0,
+            // Rooms are acked at the slower room pace (`room_ack_interval`).
+            ack_interval_ms: 5_000,
         }
     );
     for i in 0..20 {

@@ -64,6 +64,7 @@ fn main() {
             frame::server(server_frame::Body::Joined(pb::Joined {
                 channel: "room:42".into(),
                 last_seq: 17,
+                ack_interval_ms: 5000,
             })),
         ),
         (

@@ -81,6 +81,7 @@ fn hello_frames(room: &str) -> Vec<u8> {
         &frame::encode(&frame::server(Body::Joined(pb::Joined {
             channel: room.to_owned(),
             last_seq: 0,
+            ..Default::default()
         }))),
     ));
     out

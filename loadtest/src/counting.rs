@@ -118,9 +118,9 @@ impl ViewerCounts {
         self
     }
 
-    /// Follows the edge's ack pace (`AuthOk`) where it is slower than our own,
-    /// as the SDKs do.
-    fn on_auth_ok(&mut self, ack_interval_ms: u32) {
+    /// Follows the edge's ack pace (`AuthOk`, or the room's `Joined`) where
+    /// it is slower than our own, as the SDKs do.
+    fn follow_ack_pace(&mut self, ack_interval_ms: u32) {
         self.ack_interval_ms = self.ack_interval_ms.max(i64::from(ack_interval_ms));
     }
 
@@ -326,10 +326,13 @@ fn on_pb(
             }
         }
         Some(Body::AuthOk(a)) => {
-            c.on_auth_ok(a.ack_interval_ms);
+            c.follow_ack_pace(a.ack_interval_ms);
             reply.send.push(join_frame(wire, room));
         }
-        Some(Body::Joined(j)) if j.channel == room => reply.joined = true,
+        Some(Body::Joined(j)) if j.channel == room => {
+            c.follow_ack_pace(j.ack_interval_ms);
+            reply.joined = true;
+        }
         Some(Body::Error(e)) => {
             c.errors += 1;
             reply.error = Some(format!("{}: {}", e.code, e.message));
@@ -407,10 +410,17 @@ fn on_json(
         JsonServerFrame::AuthOk {
             ack_interval_ms, ..
         } => {
-            c.on_auth_ok(ack_interval_ms);
+            c.follow_ack_pace(ack_interval_ms);
             reply.send.push(join_frame(Wire::WsJson, room));
         }
-        JsonServerFrame::Joined { channel, .. } if channel == room => reply.joined = true,
+        JsonServerFrame::Joined {
+            channel,
+            ack_interval_ms,
+            ..
+        } if channel == room => {
+            c.follow_ack_pace(ack_interval_ms);
+            reply.joined = true;
+        }
         JsonServerFrame::Error { code, message } => {
             c.errors += 1;
             reply.error = Some(format!("{code}: {message}"));
@@ -767,5 +777,22 @@ mod tests {
         on_message(&mut d, Wire::WsPb, room, &gift(1), 10_000, &mut rec);
         let r = on_message(&mut d, Wire::WsPb, room, &gift(2), 10_500, &mut rec);
         assert!(r.send.is_empty());
+        // The room's own pace from `Joined` (slower than `AuthOk`'s) wins too.
+        let joined = |ms| {
+            frame::encode(&frame::server(Body::Joined(pb::Joined {
+                channel: room.into(),
+                last_seq: 0,
+                ack_interval_ms: ms,
+            })))
+            .to_vec()
+        };
+        let mut e = ViewerCounts::new(false).with_ack_interval(1000);
+        on_message(&mut e, Wire::WsPb, room, &auth_ok(1000), 0, &mut rec);
+        let r = on_message(&mut e, Wire::WsPb, room, &joined(5000), 0, &mut rec);
+        assert!(r.joined);
+        on_message(&mut e, Wire::WsPb, room, &gift(1), 10_000, &mut rec);
+        assert_eq!(e.ack_owed_at(), None, "the first gift is acked at once");
+        on_message(&mut e, Wire::WsPb, room, &gift(2), 12_000, &mut rec);
+        assert_eq!(e.ack_owed_at(), Some(15_000));
     }
 }

@@ -178,6 +178,9 @@ pub enum JsonServerFrame {
     Joined {
         channel: String,
         last_seq: u64,
+        /// This channel's ack pace when slower than `auth_ok`'s; absent: that one.
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        ack_interval_ms: u32,
     },
     Left {
         channel: String,
@@ -246,6 +249,7 @@ impl JsonServerFrame {
             Body::Joined(j) => JsonServerFrame::Joined {
                 channel: j.channel.clone(),
                 last_seq: j.last_seq,
+                ack_interval_ms: j.ack_interval_ms,
             },
             Body::Left(l) => JsonServerFrame::Left {
                 channel: l.channel.clone(),

@@ -31,8 +31,8 @@ const ACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The lane of a channel this connection is joining (`joined_seq`: a group
 /// member's join point, else 0); the join sets its start once it read the
 /// channel's last seq ([`LaneState::start_at`]).
-pub(crate) fn joining_lane(group: bool, joined_seq: u64) -> LaneState {
-    LaneState::joining(group, joined_seq)
+pub(crate) fn joining_lane(group: bool, joined_seq: u64, patience: u8) -> LaneState {
+    LaneState::joining(group, joined_seq, patience)
 }
 
 pub(crate) async fn on_ack(session: &mut Session, ack: pb::Ack) -> Flow {

@@ -26,6 +26,15 @@ use crate::config::ReliableConfig;
 /// "No seq" in [`LaneShared`]'s missed marker.
 const NONE: u64 = u64::MAX;
 
+/// Low bits of [`LaneShared`]'s sweep mark that count whole sweep intervals.
+const PASS_BITS: u32 = 4;
+const PASS_MASK: u64 = (1 << PASS_BITS) - 1;
+/// Whole sweep intervals without an ack before a lane counts as stalled, at
+/// the connection's ack pace: two, i.e. `retransmit_initial`.
+pub const DEFAULT_PATIENCE: u8 = 2;
+/// The most [`LaneShared::with_patience`] takes (what the mark's bits count).
+pub const MAX_PATIENCE: u8 = PASS_MASK as u8;
+
 /// `live_upto` of a lane whose join has not read the channel's last seq yet.
 const JOINING: u64 = u64::MAX;
 
@@ -39,9 +48,12 @@ pub struct LaneShared {
     /// The client's cumulative ack (mirrored from [`LaneState`]).
     acked: AtomicU64,
     /// The ack the previous sweeps saw while seqs were outstanding, plus one,
-    /// shifted left by one; the low bit says two passes saw it (0: nothing was
-    /// outstanding).
+    /// shifted left by [`PASS_BITS`]; the low bits count the whole intervals
+    /// since (0: nothing was outstanding).
     mark: AtomicU64,
+    /// Whole sweep intervals without an ack before the lane counts as stalled
+    /// ([`DEFAULT_PATIENCE`]; more on a channel acked at a slower pace).
+    patience: u8,
 }
 
 impl LaneShared {
@@ -52,6 +64,7 @@ impl LaneShared {
             missed_from: AtomicU64::new(NONE),
             acked: AtomicU64::new(start),
             mark: AtomicU64::new(0),
+            patience: DEFAULT_PATIENCE,
         }
     }
 
@@ -63,7 +76,17 @@ impl LaneShared {
             missed_from: AtomicU64::new(NONE),
             acked: AtomicU64::new(0),
             mark: AtomicU64::new(0),
+            patience: DEFAULT_PATIENCE,
         }
+    }
+
+    /// Waits `passes` whole sweep intervals (clamped to
+    /// `DEFAULT_PATIENCE..=MAX_PATIENCE`) before a silent lane counts as
+    /// stalled: a channel whose clients ack every few seconds (`Joined`'s
+    /// pace) must not be resent what they are about to ack.
+    pub fn with_patience(mut self, passes: u8) -> Self {
+        self.patience = passes.clamp(DEFAULT_PATIENCE, MAX_PATIENCE);
+        self
     }
 
     /// The highest seq pushed live (0 while joining).
@@ -116,9 +139,10 @@ impl LaneShared {
     }
 
     /// One pass of the stall sweep: true when seqs were outstanding at the
-    /// two previous passes too and no ack came in between. The sweep runs
-    /// every `retransmit_initial / 2`, so a seq counts as stalled only once it
-    /// went unacked for at least `retransmit_initial`, as configured: after
+    /// `patience` previous passes too and no ack came in between. The sweep
+    /// runs every `retransmit_initial / 2`, so with the default patience of two
+    /// a seq counts as stalled only once it went unacked for at least
+    /// `retransmit_initial`, as configured: after
     /// one interval it may have been pushed just before the previous pass,
     /// and a client that acks once a second on a loaded box would be resent
     /// what it already has (measured: 3.5 % duplicate gifts at 5,000 viewers).
@@ -130,17 +154,18 @@ impl LaneShared {
             self.mark.store(0, Ordering::Relaxed);
             return false;
         }
-        let mark = (acked + 1) << 1;
+        let mark = (acked + 1) << PASS_BITS;
         let prev = self.mark.load(Ordering::Relaxed);
-        if prev & !1 != mark {
+        if prev & !PASS_MASK != mark {
             self.mark.store(mark, Ordering::Relaxed); // outstanding since this pass
-            false
-        } else if prev & 1 == 0 {
-            self.mark.store(mark | 1, Ordering::Relaxed); // one whole interval
-            false
-        } else {
-            true // two whole intervals
+            return false;
         }
+        let passes = (prev & PASS_MASK) + 1; // whole intervals without an ack
+        if passes >= u64::from(self.patience) {
+            return true;
+        }
+        self.mark.store(mark | passes, Ordering::Relaxed);
+        false
     }
 }
 
@@ -233,9 +258,15 @@ impl LaneState {
     }
 
     /// A lane registered before the join reads the channel's last seq;
-    /// [`LaneState::start_at`] sets it.
-    pub fn joining(group: bool, floor: u64) -> Self {
-        Self::with_shared(LaneShared::joining(), group, 0, floor)
+    /// [`LaneState::start_at`] sets it. `patience`: see
+    /// [`LaneShared::with_patience`].
+    pub fn joining(group: bool, floor: u64, patience: u8) -> Self {
+        Self::with_shared(
+            LaneShared::joining().with_patience(patience),
+            group,
+            0,
+            floor,
+        )
     }
 
     fn with_shared(shared: LaneShared, group: bool, start: u64, floor: u64) -> Self {
@@ -506,6 +537,35 @@ mod tests {
     }
 
     #[test]
+    fn a_patient_lane_waits_its_passes_before_it_counts_as_stalled() {
+        let mut lane = LaneState::joining(false, 0, 6);
+        lane.start_at(0);
+        let s = Arc::clone(lane.shared());
+        s.on_tick(1, 3).unwrap();
+        assert!(!s.sweep(), "first pass only marks");
+        for pass in 1..6 {
+            assert!(!s.sweep(), "{pass} whole intervals of 6");
+        }
+        assert!(s.sweep(), "six whole intervals without an ack");
+        // An ack starts the count again.
+        lane.on_ack(1);
+        assert!(!s.sweep());
+        for _ in 1..6 {
+            assert!(!s.sweep());
+        }
+        assert!(s.sweep());
+        // Patience is clamped: never below the default, never past the mark's bits.
+        assert_eq!(
+            LaneShared::joining().with_patience(0).patience,
+            DEFAULT_PATIENCE
+        );
+        assert_eq!(
+            LaneShared::joining().with_patience(200).patience,
+            MAX_PATIENCE
+        );
+    }
+
+    #[test]
     fn acks_are_cumulative_and_mirrored() {
         let mut lane = LaneState::new(true, 3, 0);
         assert_eq!(lane.on_ack(2), 0, "below the start");
@@ -622,7 +682,7 @@ mod tests {
 
     #[test]
     fn a_joining_lane_sees_no_hole_until_it_knows_its_start() {
-        let mut lane = LaneState::joining(false, 0);
+        let mut lane = LaneState::joining(false, 0, DEFAULT_PATIENCE);
         assert_eq!(lane.shared().on_tick(7, 8), Ok(()), "start unknown");
         assert_eq!(lane.shared().live_upto(), 0);
         lane.start_at(8);
@@ -630,7 +690,7 @@ mod tests {
         assert_eq!(lane.shared().on_tick(9, 9), Ok(()));
         assert_eq!(lane.shared().on_tick(11, 11), Err(10));
         // An empty channel starts at 0 and still sees a hole before seq 2.
-        let mut empty = LaneState::joining(false, 0);
+        let mut empty = LaneState::joining(false, 0, DEFAULT_PATIENCE);
         empty.start_at(0);
         assert_eq!(empty.shared().on_tick(2, 3), Err(1));
     }

@@ -84,7 +84,8 @@ export class DanmakuClient {
     this.channels = new Set();
     this.state = "idle";
     this.user = null;
-    /** How often the edge asked for acks at most (`auth_ok`; 0: once per frame). */
+    /** How often the edge asked for acks at most (`auth_ok`; 0: once per frame);
+     * a channel's `joined` may ask for a slower pace (ackIntervalFor). */
     this.ackIntervalMs = 0;
     this.stats = { frames: 0, batches: 0, events: 0, reliable: 0, duplicates: 0, reconnects: 0, decodeMs: 0, rttMs: null };
     this.#listeners = new Map();
@@ -104,9 +105,14 @@ export class DanmakuClient {
   #connectedOnce = false;
   #timers = [];
   #lastFrameAt = 0;
+  /** channel → its own ack pace from its latest `joined` (0: the connection's) */
+  #joinedAckMs = new Map();
+  /** channel → the seq its next ack carries */
   #ackDue = new Map();
-  #ackScheduled = false;
-  #lastAckAt = -Infinity;
+  /** channel → its paced ack's timer (null: a microtask) */
+  #ackTimers = new Map();
+  /** channel → when its last ack went out */
+  #lastAckAt = new Map();
 
   /**
    * Subscribes to an event kind: `danmaku`, `gift`, `chat` (one event each),
@@ -184,7 +190,8 @@ export class DanmakuClient {
   }
 
   /**
-   * Joins a channel (re-joined after every reconnect). Resolves with `{channel, last_seq}`.
+   * Joins a channel (re-joined after every reconnect). Resolves with its `joined`
+   * frame: `{channel, last_seq, ack_interval_ms}` (see ackIntervalFor).
    * `afterSeq`: resume the reliable lane after an offset the app stored.
    */
   join(channel, { afterSeq } = {}) {
@@ -204,7 +211,23 @@ export class DanmakuClient {
   leave(channel) {
     this.channels.delete(channel);
     this.tracker.forget(channel);
-    if (this.#ws && this.state === "connected") this.#send({ type: "leave", channel });
+    // A paced ack still waiting goes out first: the edge stores a group's
+    // offset as it handles the leave.
+    const seq = this.#ackDue.get(channel);
+    this.#dropAcks(channel);
+    if (this.#ws && this.state === "connected") {
+      if (seq !== undefined) this.#send({ type: "ack", channel, seq });
+      this.#send({ type: "leave", channel });
+    }
+  }
+
+  /**
+   * How often `channel`'s reliable seqs are acked at most: the slower of the
+   * connection's pace (`ackIntervalMs`, from `auth_ok`) and the channel's own
+   * from its `joined` (rooms get a slower one than groups).
+   */
+  ackIntervalFor(channel) {
+    return Math.max(this.ackIntervalMs, this.#joinedAckMs.get(channel) ?? 0);
   }
 
   /** Sends over HTTP (see HttpApi.send); gifts and chat are idempotent on retry. */
@@ -412,7 +435,8 @@ export class DanmakuClient {
       this.#timers = [];
       // A paced ack that had not gone out: the resume after reconnecting
       // tells the next edge where this client is.
-      this.#ackScheduled = false;
+      for (const t of this.#ackTimers.values()) clearTimeout(t);
+      this.#ackTimers.clear();
       this.#ackDue.clear();
       ws.onmessage = ws.onclose = ws.onerror = null;
       if (this.#ws === ws) this.#ws = null;
@@ -499,20 +523,33 @@ export class DanmakuClient {
 
   // Acks are cumulative: one per channel covers everything delivered. They go
   // out once the frame that brought them is handled, but no more often than
-  // the edge asked in `auth_ok` (in a hot room each ack is a frame it reads).
+  // the channel's pace (ackIntervalFor: in a hot room each ack is a frame the
+  // edge reads, so a room's pace is slower than a group's).
   #queueAck(channel, seq) {
     this.#ackDue.set(channel, seq);
-    if (this.#ackScheduled) return;
-    this.#ackScheduled = true;
+    if (this.#ackTimers.has(channel)) return;
     const flush = () => {
-      this.#ackScheduled = false;
-      this.#lastAckAt = Date.now();
-      for (const [channel, seq] of this.#ackDue) this.#send({ type: "ack", channel, seq });
-      this.#ackDue.clear();
+      if (!this.#ackTimers.delete(channel)) return; // dropped meanwhile
+      const seq = this.#ackDue.get(channel);
+      this.#ackDue.delete(channel);
+      this.#lastAckAt.set(channel, Date.now());
+      this.#send({ type: "ack", channel, seq });
     };
-    const wait = this.#lastAckAt + this.ackIntervalMs - Date.now();
-    if (wait > 0) this.#timers.push(setTimeout(flush, wait));
-    else queueMicrotask(flush);
+    const wait = (this.#lastAckAt.get(channel) ?? -Infinity) + this.ackIntervalFor(channel) - Date.now();
+    if (wait > 0) this.#ackTimers.set(channel, setTimeout(flush, wait));
+    else {
+      this.#ackTimers.set(channel, null);
+      queueMicrotask(flush);
+    }
+  }
+
+  /** Forgets a channel's ack pace and any ack waiting for it (leave, or `left`). */
+  #dropAcks(channel) {
+    clearTimeout(this.#ackTimers.get(channel));
+    this.#ackTimers.delete(channel);
+    this.#ackDue.delete(channel);
+    this.#lastAckAt.delete(channel);
+    this.#joinedAckMs.delete(channel);
   }
 
   /** One reliable event, alone or from a tick: deduplicated, ordered, acked. */
@@ -566,6 +603,8 @@ export class DanmakuClient {
         this.#onReliable(f.channel, f.seq, f.event);
         break;
       case "joined": {
+        // The channel's ack pace, fresh on every (re-)join: 0 = the connection's.
+        if (this.channels.has(f.channel)) this.#joinedAckMs.set(f.channel, f.ack_interval_ms || 0);
         // A room pushes every gift after `last_seq`: anchor there on a first join.
         if (f.channel.startsWith("room:") && !this.tracker.anchored(f.channel)) {
           this.tracker.anchor(f.channel, f.last_seq);
@@ -576,8 +615,12 @@ export class DanmakuClient {
         break;
       }
       case "left":
-        // Removed from the group or banned: not re-joined after a reconnect.
-        if (f.reason === "removed" || f.reason === "banned") this.channels.delete(f.channel);
+        // Removed from the group or banned: not re-joined after a reconnect,
+        // and no ack for it goes out (the edge would ignore it).
+        if (f.reason === "removed" || f.reason === "banned") {
+          this.channels.delete(f.channel);
+          this.#dropAcks(f.channel);
+        }
         this.#emit("left", f);
         break;
       case "notice":

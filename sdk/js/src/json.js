@@ -20,6 +20,9 @@ export function decodeJsonFrame(text) {
   if (f.type === "batch") {
     if (!Array.isArray(f.events)) throw new DecodeError("malformed_json", "batch without events");
     for (const ev of f.events) normalizeEvent(ev);
+  } else if (f.type === "joined") {
+    // Present only when the channel has a pace of its own (0: auth_ok's).
+    f.ack_interval_ms = Number(f.ack_interval_ms ?? 0);
   } else if (f.type === "reliable") {
     f.event = normalizeEvent(f.event ?? {});
     f.seq = Number(f.seq ?? f.event.seq ?? 0);

@@ -24,7 +24,7 @@ export const FIELDS = {
     version: 1, joined: 2, left: 3, batch: 4, reliable: 5, pong: 6, redirect: 7, error: 8,
     auth_ok: 9, online: 10, notice: 11,
   },
-  Joined: { channel: 1, last_seq: 2 },
+  Joined: { channel: 1, last_seq: 2, ack_interval_ms: 3 },
   Reliable: { channel: 1, seq: 2, event: 3 },
   EdgeAddr: { id: 1, ws: 2, quic: 3, load: 4 },
   Online: { channel: 1, online: 2 },
@@ -118,8 +118,14 @@ export function decodeServerFrame(bytes, limits) {
       switch (no) {
         case F.version: version = r.uint32(); break;
         case F.joined: {
-          const f = { type: "joined", channel: "", last_seq: 0 };
-          sub(r, (n) => (n === 1 ? ((f.channel = r.string()), true) : n === 2 ? ((f.last_seq = toNum(r.uint64())), true) : false));
+          const f = { type: "joined", channel: "", last_seq: 0, ack_interval_ms: 0 };
+          sub(r, (n) => {
+            if (n === 1) f.channel = r.string();
+            else if (n === 2) f.last_seq = toNum(r.uint64());
+            else if (n === 3) f.ack_interval_ms = r.uint32();
+            else return false;
+            return true;
+          });
           frame = f;
           break;
         }

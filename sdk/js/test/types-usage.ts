@@ -19,7 +19,7 @@ async function main(): Promise<void> {
   client.on("state", (s: StateChange) => console.log(s.state, s.resumed === true));
   await client.connect();
   const joined = await client.join("room:1");
-  console.log(joined.last_seq + 1);
+  console.log(joined.last_seq + 1, joined.ack_interval_ms ?? 0, client.ackIntervalFor("room:1") >= client.ackIntervalMs);
   const sent = await client.send("room:1", { kind: "gift", text: "rocket", payload: { n: 1 } });
   console.log(sent.seq);
   const { id } = await client.http.uploadBlob(new Uint8Array([1]), "image/png");

@@ -1,13 +1,14 @@
 // Pure parts: the protobuf field table against proto/danmaku.proto, client frame
 // encoding, batches (bounds, layouts, zstd with and without the dictionary,
 // against batches the server's encoder made: test/fixtures/batches.json), the
-// reliable tracker, backoff.
+// reliable tracker, backoff; and the client's ack pacing against a fake edge
+// socket on mocked timers (no server).
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { Backoff, DecodeError, decodeBatchPayload, decodeServerFrame, encodeClientFrame, ReliableTracker, tokenExpiry } from "../src/index.js";
+import { Backoff, DanmakuClient, DecodeError, decodeBatchPayload, decodeJsonFrame, decodeServerFrame, encodeClientFrame, ReliableTracker, tokenExpiry } from "../src/index.js";
 import { dictionaryBytes } from "../src/dictionary.js";
 import { FIELDS } from "../src/pb.js";
 
@@ -335,6 +336,112 @@ test("moderation frames decode: sampled_out, retract and priority events, left r
     w.tag(3, WireType.Varint).int64(1732350600000);
   });
   assert.deepEqual(notice, { type: "notice", channel: "room:1", code: "muted", until_ms: 1732350600000 });
+});
+
+test("joined carries the channel's ack pace over protobuf and JSON (absent: 0)", () => {
+  const joined = (pace) => {
+    const w = new BinaryWriter();
+    w.tag(1, WireType.Varint).uint32(1);
+    w.tag(2, WireType.LengthDelimited).fork();
+    w.tag(1, WireType.LengthDelimited).string("room:1");
+    w.tag(2, WireType.Varint).uint64(41);
+    if (pace) w.tag(3, WireType.Varint).uint32(pace);
+    w.join();
+    return decodeServerFrame(w.finish());
+  };
+  assert.deepEqual(joined(5000), { type: "joined", channel: "room:1", last_seq: 41, ack_interval_ms: 5000 });
+  assert.deepEqual(joined(0), { type: "joined", channel: "room:1", last_seq: 41, ack_interval_ms: 0 });
+  assert.deepEqual(decodeJsonFrame('{"type":"joined","channel":"room:1","last_seq":41,"ack_interval_ms":5000}'),
+    { type: "joined", channel: "room:1", last_seq: 41, ack_interval_ms: 5000 });
+  assert.deepEqual(decodeJsonFrame('{"type":"joined","channel":"group:7","last_seq":3}'),
+    { type: "joined", channel: "group:7", last_seq: 3, ack_interval_ms: 0 });
+});
+
+/** A WebSocket stand-in on the JSON subprotocol: the test plays the edge with
+ * `push(frame)`; `sent` holds what the client sent, with the (mocked) time. */
+class FakeEdgeSocket {
+  static last = null;
+  constructor(url, protocol) {
+    this.url = url;
+    this.protocol = protocol;
+    this.readyState = 1;
+    this.sent = [];
+    FakeEdgeSocket.last = this;
+    // The client sets its handlers right after construction.
+    queueMicrotask(() => this.push({ type: "auth_ok", user: "viewer", ack_interval_ms: 1000 }));
+  }
+  send(data) { this.sent.push({ at: Date.now(), ...JSON.parse(data) }); }
+  close() {
+    this.readyState = 3;
+    this.onclose?.();
+  }
+  push(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
+  acks() { return this.sent.filter((f) => f.type === "ack").map(({ at, channel, seq }) => ({ at, channel, seq })); }
+}
+
+test("a channel's joined pace slows its acks; other channels keep auth_ok's", async (t) => {
+  const T0 = 1_000_000;
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"], now: T0 });
+  const flush = async () => { for (let i = 0; i < 5; i++) await Promise.resolve(); };
+  const c = new DanmakuClient({ token: "t", edges: ["ws://edge.test/v1/ws"], protocol: "json", WebSocket: FakeEdgeSocket });
+  await c.connect();
+  const ws = FakeEdgeSocket.last;
+  assert.equal(ws.protocol, "danmaku.v1.json");
+  assert.equal(c.ackIntervalMs, 1000);
+  const gift = (channel, seq) => ws.push({ type: "reliable", channel, seq, event: { kind: "gift", sender: "b", text: "rocket", ts_ms: 1, seq } });
+  const room = c.join("room:1");
+  const group = c.join("group:7");
+  ws.push({ type: "joined", channel: "room:1", last_seq: 0, ack_interval_ms: 5000 });
+  ws.push({ type: "joined", channel: "group:7", last_seq: 0 }); // an edge without the field
+  assert.equal((await room).ack_interval_ms, 5000);
+  assert.equal((await group).ack_interval_ms, 0);
+  assert.equal(c.ackIntervalFor("room:1"), 5000);
+  assert.equal(c.ackIntervalFor("group:7"), 1000, "0: auth_ok's pace");
+
+  // The first acks go out at once, then each channel waits for its own pace.
+  gift("room:1", 1);
+  gift("group:7", 1);
+  await flush();
+  assert.deepEqual(ws.acks(), [{ at: T0, channel: "room:1", seq: 1 }, { at: T0, channel: "group:7", seq: 1 }]);
+  t.mock.timers.tick(100);
+  gift("room:1", 2);
+  gift("group:7", 2);
+  gift("room:1", 3);
+  await flush();
+  assert.equal(ws.acks().length, 2, "paced: nothing yet");
+  t.mock.timers.tick(899);
+  await flush();
+  assert.equal(ws.acks().length, 2);
+  t.mock.timers.tick(1);
+  await flush();
+  assert.deepEqual(ws.acks().slice(2), [{ at: T0 + 1000, channel: "group:7", seq: 2 }], "the group at auth_ok's pace");
+  t.mock.timers.tick(3999);
+  await flush();
+  assert.equal(ws.acks().length, 3, "the room waits 5 s");
+  t.mock.timers.tick(1);
+  await flush();
+  assert.deepEqual(ws.acks().slice(3), [{ at: T0 + 5000, channel: "room:1", seq: 3 }], "cumulative: one ack for 2 and 3");
+
+  // A re-join's joined is the newest word: without the field, auth_ok's pace.
+  ws.push({ type: "joined", channel: "room:1", last_seq: 3 });
+  assert.equal(c.ackIntervalFor("room:1"), 1000);
+  gift("room:1", 4);
+  await flush();
+  t.mock.timers.tick(1000);
+  await flush();
+  assert.deepEqual(ws.acks().slice(4), [{ at: T0 + 6000, channel: "room:1", seq: 4 }]);
+
+  // Leaving sends the ack still waiting, then the leave; the pace is forgotten.
+  ws.push({ type: "joined", channel: "room:1", last_seq: 3, ack_interval_ms: 5000 });
+  gift("room:1", 5);
+  await flush();
+  c.leave("room:1");
+  assert.deepEqual(ws.sent.slice(-2).map(({ type, seq }) => [type, seq]), [["ack", 5], ["leave", undefined]]);
+  assert.equal(c.ackIntervalFor("room:1"), 1000);
+  t.mock.timers.tick(10_000);
+  await flush();
+  assert.equal(ws.acks().length, 6, "no ack after the leave");
+  c.close();
 });
 
 test("reliable tracker: dedupe, order, holes, cumulative acks", () => {

@@ -30,7 +30,9 @@ export interface EdgeAddr { id: string; ws: string; quic: string; load: number }
 
 export type ServerFrame =
   | { type: "auth_ok"; user: string; ack_interval_ms?: number }
-  | { type: "joined"; channel: string; last_seq: number }
+  /** `ack_interval_ms`: how often to ack this channel at most when slower than
+   * `auth_ok`'s (0 or absent: that pace); rooms get a slower one than groups */
+  | { type: "joined"; channel: string; last_seq: number; ack_interval_ms?: number }
   /** `reason`: absent for the client's own leave, `removed` (from the group),
    * `banned` (by a moderator; a new join is refused with `banned`) */
   | { type: "left"; channel: string; reason?: string }
@@ -154,7 +156,7 @@ export interface EventMap {
   batch: (b: { channel: string; events: DanmakuEvent[]; codec?: number; dict_id?: number; encoding?: number }) => void;
   reliable: (r: { channel: string; seq: number; event: DanmakuEvent }) => void;
   online: (o: { channel: string; online: number }) => void;
-  joined: (j: { channel: string; last_seq: number }) => void;
+  joined: (j: { channel: string; last_seq: number; ack_interval_ms?: number }) => void;
   left: (l: { channel: string; reason?: string }) => void;
   /** a moderator took back a comment: remove it from screen */
   retract: (r: { channel: string; id: string }) => void;
@@ -186,12 +188,15 @@ export class DanmakuClient {
   readonly user: string | null;
   /** How often the edge asked for acks at most (from `auth_ok`; 0: once per frame). */
   readonly ackIntervalMs: number;
+  /** How often `channel` is acked at most: the slower of `ackIntervalMs` and the
+   * pace its `joined` asked for (rooms get a slower one than groups). */
+  ackIntervalFor(channel: string): number;
   readonly stats: ClientStats;
   readonly http: HttpApi;
   on<K extends keyof EventMap>(kind: K, fn: EventMap[K]): () => void;
   connect(): Promise<void>;
   close(): void;
-  join(channel: string, options?: { afterSeq?: number }): Promise<{ channel: string; last_seq: number }>;
+  join(channel: string, options?: { afterSeq?: number }): Promise<{ channel: string; last_seq: number; ack_interval_ms?: number }>;
   leave(channel: string): void;
   send(channel: string, msg: string | SendMessage, options?: { retries?: number }): Promise<{ accepted?: boolean; seq?: number }>;
   history(channel: string, options?: { afterSeq?: number; limit?: number }): Promise<HistoryPage>;

@@ -1,6 +1,7 @@
 //! `Join{channel}`: validate the name, register this connection as a member and
-//! answer `Joined{last_seq}` (the channel's last stored seq). A `group:` channel
-//! needs membership in the store (`not_member` otherwise); a user a moderator
+//! answer `Joined{last_seq, ack_interval_ms}` (the channel's last stored seq, and
+//! a room's slower ack pace; the lane's stall sweep waits for it). A `group:`
+//! channel needs membership in the store (`not_member` otherwise); a user a moderator
 //! banned from the channel is refused `banned` (`bans.rs`); joining a group pushes
 //! the newest page of what the member missed as `Reliable` frames (older pages
 //! come from HTTP history). Rooms push nothing from before the join. A bad name,
@@ -69,7 +70,8 @@ pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
     // this connection live (or as a gap it fills), never falls in a hole.
     // The lane learns its start (the channel's last seq) below; a tick
     // pushed in between reaches this member and is not taken for a hole.
-    let mut lane = reliable::joining_lane(group, joined_seq);
+    let patience = session.edge.config.reliable.sweep_patience(channel.kind());
+    let mut lane = reliable::joining_lane(group, joined_seq, patience);
     let member = session.member(&lane);
     session
         .edge
@@ -95,10 +97,12 @@ pub(crate) async fn handle(session: &mut Session, join: pb::Join) -> Flow {
 }
 
 async fn joined(session: &Session, channel: &ChannelName, last_seq: u64) -> Flow {
+    let reliable = &session.edge.config.reliable;
     session
         .reply(Body::Joined(pb::Joined {
             channel: channel.to_string(),
             last_seq,
+            ack_interval_ms: reliable.joined_ack_interval_ms(channel.kind()),
         }))
         .await
 }
