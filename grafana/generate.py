@@ -188,11 +188,13 @@ def reliable_panels(ids, sel):
             ids,
             "Reliable frames sent, acked, retransmitted",
             "Sent for the first time vs acked by clients vs resent for want of an ack. "
-            "Retransmits rising while acks fall: clients or links in trouble.",
+            "Retransmits rising while acks fall: clients or links in trouble. Ack frames "
+            "read: what the ack paces keep down (one cumulative ack covers many seqs).",
             "cps",
             (f"sum(rate(danmaku_edge_reliable_sent_total{sel}[$__rate_interval]))", "sent"),
             (f"sum(rate(danmaku_edge_reliable_acked_total{sel}[$__rate_interval]))", "acked"),
             (f"sum(rate(danmaku_edge_reliable_retransmits_total{sel}[$__rate_interval]))", "retransmits"),
+            (f"sum(rate(danmaku_edge_ack_frames_total{sel}[$__rate_interval]))", "ack frames read"),
         ),
         ts(
             ids,

@@ -135,6 +135,9 @@ pub struct Metrics {
     pub batch_window: Histogram,
     pub reliable_sent: IntCounter,
     pub reliable_acked: IntCounter,
+    /// `Ack` frames read: each is a frame the edge reads, what the ack paces
+    /// (`--client-ack-interval`, `--room-ack-interval`) keep down.
+    pub ack_frames: IntCounter,
     pub reliable_retransmits: IntCounter,
     pub resumes: IntCounter,
     pub resume_replayed: IntCounter,
@@ -293,6 +296,10 @@ impl Metrics {
         let reliable_acked = counter(
             "danmaku_edge_reliable_acked_total",
             "Reliable seqs newly acknowledged by clients (cumulative acks and resumes).",
+        )?;
+        let ack_frames = counter(
+            "danmaku_edge_ack_frames_total",
+            "Ack frames read from clients (one cumulative ack acknowledges many seqs).",
         )?;
         let reliable_retransmits = counter(
             "danmaku_edge_reliable_retransmits_total",
@@ -475,6 +482,7 @@ impl Metrics {
             batch_window,
             reliable_sent,
             reliable_acked,
+            ack_frames,
             reliable_retransmits,
             resumes,
             resume_replayed,
@@ -833,6 +841,7 @@ mod tests {
             "danmaku_edge_batch_window_seconds",
             "danmaku_edge_reliable_sent_total",
             "danmaku_edge_reliable_acked_total",
+            "danmaku_edge_ack_frames_total",
             "danmaku_edge_reliable_retransmits_total",
             "danmaku_edge_resumes_total",
             "danmaku_edge_resume_replayed_total",

@@ -1216,6 +1216,11 @@ async fn reliable_events_reach_members_in_seq_order_when_published_out_of_order(
     );
     assert_eq!(t.metric("danmaku_edge_reliable_acked_total"), 5.0);
     assert_eq!(
+        t.metric("danmaku_edge_ack_frames_total"),
+        1.0,
+        "one cumulative ack"
+    );
+    assert_eq!(
         t.metric("danmaku_edge_reliable_sent_total"),
         10.0,
         "5 gifts to 2 members, each inside a tick"

@@ -36,6 +36,7 @@ pub(crate) fn joining_lane(group: bool, joined_seq: u64, patience: u8) -> LaneSt
 }
 
 pub(crate) async fn on_ack(session: &mut Session, ack: pb::Ack) -> Flow {
+    session.edge.metrics.ack_frames.inc();
     let channel = match ChannelName::parse(&ack.channel) {
         Ok(c) => c,
         Err(e) => return session.reply_error(e.code(), e.to_string()).await,
