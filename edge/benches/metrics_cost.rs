@@ -56,6 +56,7 @@ fn record(
             direct: outcome.direct,
             handed: outcome.handed,
             direct_bytes: outcome.direct_bytes,
+            built: [false, false, true, false],
         },
     );
 }

@@ -305,6 +305,12 @@ pub(crate) fn flush_to(
             direct: outcome.direct,
             handed: outcome.handed,
             direct_bytes: outcome.direct_bytes,
+            built: [
+                frames.pb[0].is_some(),
+                frames.pb[1].is_some(),
+                frames.pb[2].is_some(),
+                frames.json.is_some(),
+            ],
         },
     );
     if outcome.dropped > 0 {

@@ -103,7 +103,14 @@ pub struct Flush<'a> {
     pub direct: u64,
     pub handed: u64,
     pub direct_bytes: [u64; 5],
+    /// The tick's frames that were built: the protobuf layouts (by
+    /// `Layout::index`) and JSON last.
+    pub built: [bool; 4],
 }
+
+/// `layout` label values of `danmaku_edge_tick_frames_built_total`, in the
+/// order of [`Flush::built`].
+const BUILT_LAYOUTS: [&str; 4] = ["plain", "compact", "dense", "json"];
 
 /// Handles to the edge's metrics.
 #[derive(Clone)]
@@ -125,6 +132,10 @@ pub struct Metrics {
     /// Tick frames a batcher shard wrote into the socket itself, by
     /// `result` = `whole` | `partial` (the rest left to the connection's writer).
     pub direct_writes: IntCounterVec,
+    /// `direct_writes` by result, looked up once: `[whole, partial]`.
+    direct_writes_by: [IntCounter; 2],
+    /// Tick frames built, by layout ([`BUILT_LAYOUTS`]).
+    tick_frames_built: [IntCounter; 4],
     pub bus_events: IntCounterVec,
     pub bus_lagged: IntCounter,
     pub bad_frames: IntCounterVec,
@@ -238,6 +249,13 @@ impl Metrics {
                 "Tick frames a batcher shard wrote into the socket itself (no queue, no wake), by result.",
             ),
             &["result"],
+        )?;
+        let tick_frames_built_vec = IntCounterVec::new(
+            Opts::new(
+                "danmaku_edge_tick_frames_built_total",
+                "Tick frames encoded (and compressed) once for a room's members, by layout: a room whose members read several layouts pays one per layout per tick.",
+            ),
+            &["layout"],
         )?;
         let bus_events = IntCounterVec::new(
             Opts::new(
@@ -438,9 +456,10 @@ impl Metrics {
         registry.register(Box::new(events_delivered.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
         registry.register(Box::new(direct_writes.clone()))?;
-        for result in ["whole", "partial"] {
-            direct_writes.with_label_values(&[result]);
-        }
+        let direct_writes_by = ["whole", "partial"].map(|r| direct_writes.with_label_values(&[r]));
+        registry.register(Box::new(tick_frames_built_vec.clone()))?;
+        let tick_frames_built =
+            BUILT_LAYOUTS.map(|l| tick_frames_built_vec.with_label_values(&[l]));
         registry.register(Box::new(bus_events.clone()))?;
         registry.register(Box::new(bus_lagged.clone()))?;
         registry.register(Box::new(bad_frames.clone()))?;
@@ -474,6 +493,8 @@ impl Metrics {
             events_delivered,
             slow_consumer_drops,
             direct_writes,
+            direct_writes_by,
+            tick_frames_built,
             bus_events,
             bus_lagged,
             bad_frames,
@@ -562,13 +583,14 @@ impl Metrics {
         if f.dropped > 0 {
             self.slow_consumer_drops.inc_by(f.dropped);
         }
+        for (built, counter) in f.built.iter().zip(&self.tick_frames_built) {
+            if *built {
+                counter.inc();
+            }
+        }
         if f.direct + f.handed > 0 {
-            self.direct_writes
-                .with_label_values(&["whole"])
-                .inc_by(f.direct);
-            self.direct_writes
-                .with_label_values(&["partial"])
-                .inc_by(f.handed);
+            self.direct_writes_by[0].inc_by(f.direct);
+            self.direct_writes_by[1].inc_by(f.handed);
             for t in Transport::ALL {
                 let n = f.direct_bytes[t as usize];
                 if n > 0 {
@@ -842,6 +864,7 @@ mod tests {
             "danmaku_edge_reliable_sent_total",
             "danmaku_edge_reliable_acked_total",
             "danmaku_edge_ack_frames_total",
+            "danmaku_edge_tick_frames_built_total",
             "danmaku_edge_reliable_retransmits_total",
             "danmaku_edge_resumes_total",
             "danmaku_edge_resume_replayed_total",

@@ -509,6 +509,16 @@ async fn each_client_gets_the_batch_layout_it_offered_and_reads_the_same() -> Re
         "{:?}",
         got.iter().map(|g| g.1).collect::<Vec<_>>()
     );
+    // Every tick was built once per layout its readers asked for, no JSON.
+    let built = |layout: &str| {
+        t.metric(&format!(
+            "danmaku_edge_tick_frames_built_total{{layout=\"{layout}\"}}"
+        ))
+    };
+    assert!(built("dense") > 0.0);
+    assert_eq!(built("dense"), built("compact"));
+    assert_eq!(built("dense"), built("plain"));
+    assert_eq!(built("json"), 0.0);
     Ok(())
 }
 
