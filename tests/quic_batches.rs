@@ -50,28 +50,25 @@ fn filler(seed: &mut u64, n: usize) -> String {
         .collect()
 }
 
-/// A bare QUIC viewer (quinn with `transport`): authenticates, joins and
-/// reads its control stream. With `read` it also reads datagrams at once and
-/// the batch stream `read` late per chunk, sending the comments to the
-/// returned queue in the order they were read; without it, it never reads a
-/// batch.
-async fn raw_viewer(
+/// A bare QUIC connection (quinn with `transport`), offering `alpn` (`None`:
+/// what the SDK offers), authenticated as `user` and joined to `channel`. The
+/// control stream's replies are read and dropped so it never stalls.
+async fn bare_quic(
     srv: &Running,
     user: &str,
     channel: &str,
+    alpn: Option<&[&[u8]]>,
     transport: quinn::TransportConfig,
-    read: Option<Duration>,
-) -> (
-    quinn::Endpoint,
-    quinn::Connection,
-    mpsc::UnboundedReceiver<String>,
-) {
+) -> (quinn::Endpoint, quinn::Connection) {
     // The standalone's development certificate, pinned (verification is on).
-    let der = danmaku_client::IngestClient::new(&srv.base_url())
+    let der = IngestClient::new(&srv.base_url())
         .fetch_cert_der()
         .await
         .unwrap();
-    let tls = danmaku_client::quic::tls_config(Some(der)).unwrap();
+    let mut tls = danmaku_client::quic::tls_config(Some(der)).unwrap();
+    if let Some(alpn) = alpn {
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    }
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
@@ -94,12 +91,31 @@ async fn raw_viewer(
             .await
             .unwrap();
     }
-    // Replies are read (and dropped) so the control stream never stalls.
     tokio::spawn(async move {
         let _keep = send;
         let mut buf = vec![0u8; 4096];
         while let Ok(Some(_)) = recv.read(&mut buf).await {}
     });
+    (endpoint, conn)
+}
+
+/// A bare QUIC viewer (quinn with `transport`): authenticates, joins and
+/// reads its control stream. With `read` it also reads datagrams at once and
+/// the batch stream `read` late per chunk, sending the comments to the
+/// returned queue in the order they were read; without it, it never reads a
+/// batch.
+async fn raw_viewer(
+    srv: &Running,
+    user: &str,
+    channel: &str,
+    transport: quinn::TransportConfig,
+    read: Option<Duration>,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (endpoint, conn) = bare_quic(srv, user, channel, None, transport).await;
     let (tx, rx) = mpsc::unbounded_channel();
     if let Some(delay) = read {
         let texts = |bytes: &[u8]| match danmaku_client::event::decode_pb(bytes, &Limits::default())
@@ -315,42 +331,19 @@ const COMMENT: &str = "前方高能 前方高能 前方高能 主播好帅 主�
 /// Connects with ALPN `offer`, joins `channel`, posts one comment and returns
 /// the ALPN agreed on and the first batch off the batch stream, as sent.
 async fn first_batch(srv: &Running, offer: &[&[u8]], channel: &str) -> (Vec<u8>, pb::Batch) {
-    let der = IngestClient::new(&srv.base_url())
-        .fetch_cert_der()
-        .await
-        .unwrap();
-    let mut tls = danmaku_client::quic::tls_config(Some(der)).unwrap();
-    tls.alpn_protocols = offer.iter().map(|p| p.to_vec()).collect();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint
-        .connect(srv.quic_addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, conn) = bare_quic(
+        srv,
+        "viewer",
+        channel,
+        Some(offer),
+        quinn::TransportConfig::default(),
+    )
+    .await;
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol)
         .unwrap_or_default();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let token = srv.tokens.mint("viewer", "user", now_secs(), 3600);
-    for body in [
-        Body::Auth(pb::Auth { token }),
-        Body::Join(pb::Join {
-            channel: channel.into(),
-        }),
-    ] {
-        send.write_all(&encode_prefixed(&frame::encode(&frame::client(body))))
-            .await
-            .unwrap();
-    }
-    tokio::spawn(async move {
-        let _keep = (send, endpoint);
-        let mut buf = vec![0u8; 4096];
-        while let Ok(Some(_)) = recv.read(&mut buf).await {}
-    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let http = IngestClient::new(&srv.base_url());
     post(&http, &common::token(srv, "poster"), channel, COMMENT).await;

@@ -505,6 +505,8 @@ impl Channel {
         // The SSE event, framed from the JSON text once per tick when the
         // first SSE member is reached (`sse_wire.rs`).
         let mut sse: Option<Option<Outbound>> = None;
+        // Each protobuf layout's frame (or its fallback), chosen once per tick.
+        let pb = Layout::ALL.map(|l| frames.pb_for(l));
         for member in self.members.iter() {
             if parts > 1 && *member.key() % parts as u64 != part as u64 {
                 continue;
@@ -520,7 +522,7 @@ impl Channel {
                     })
                     .clone(),
                 t if t.is_json() => frames.json.clone(),
-                _ => frames.pb_for(member.layout).cloned(),
+                _ => pb[member.layout.index()].cloned(),
             };
             member.push(&self.name, item, seqs, &mut out);
         }
